@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine: `make test` and `make demo`.
+# Each creates .venv when missing and installs the project with its extras.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# On a machine without an NVIDIA GPU, install the CPU wheel of torch first so that
+# `torch>=2.8` in pyproject.toml is already satisfied and no CUDA build is pulled.
+TORCH_CPU := torch==2.13.0
+DEMO_OUT ?= demo-out
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q $(TORCH_CPU); fi
+	$(PY) -m pip install -q -e '.[forecast,dask,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+demo: $(STAMP)
+	rm -rf $(DEMO_OUT)/cohort
+	$(VENV)/bin/mseval simulate $(DEMO_OUT)/cohort --patients-per-arm 20 --shape 64 64 48 --seed 2026
+	$(VENV)/bin/mseval simulate-forecasts $(DEMO_OUT)/cohort --out $(DEMO_OUT)/forecasts --samples 20 --kind oracle --seed 7
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
