@@ -1,0 +1,276 @@
+"""The forecast store: sampled NET2 masks for every patient x arm, on disk.
+
+Layout of a store folder::
+
+    store.json                      format marker and version
+    index.parquet                   one row per (patient, arm) block (schema: forecast_index)
+    masks/<patient>/<arm>.nii.gz    4D uint8 (X, Y, Z, S), samples on the 4th axis, patient's affine
+    sparse/<patient>/<arm>.npz      foreground voxel indices per sample (see `mseval.io.sparse`)
+    _journal/<patient>/<arm>.json   index rows written since the last consolidation
+
+A block is written in this order, each file atomically: the 4D NIfTI, the sparse companion, then
+its journal entry. A block counts as present once its journal entry (or index row) exists, so a
+crash leaves either a whole block or none, and a resumed writer skips what is present.
+`flush()` folds the journal into `index.parquet`; run it from one process only (rank 0 under
+torchrun), since other processes may still be appending journal entries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mseval.errors import InputError
+from mseval.io.atomic import write_json_atomic, write_parquet_atomic
+from mseval.io.nifti import load_samples, save_volume
+from mseval.io.schemas import validate_frame
+from mseval.io.sparse import SparseMasks
+
+STORE_FORMAT = "mseval-forecast-store"
+STORE_VERSION = 1
+INDEX_COLUMNS = ["patient_id", "arm", "path", "sparse_path", "prob_path", "samples", "seeds", "checkpoint", "sampler"]
+
+
+@dataclass(frozen=True)
+class ForecastBlock:
+    """One patient under one arm: S sampled masks and how they were made."""
+
+    root: Path
+    patient_id: str
+    arm: str
+    path: str
+    sparse_path: str
+    samples: int
+    seeds: tuple[int, ...]
+    checkpoint: str
+    sampler: dict[str, Any] = field(default_factory=dict)
+    prob_path: str | None = None
+
+    def masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """The dense masks (S, X, Y, Z) uint8 and the (4, 4) affine; checks the sample count."""
+        return load_samples(self.root / self.path, expected_samples=self.samples)
+
+    def sparse(self) -> SparseMasks:
+        """The foreground indices of every sample (fast path for counting); checks the sample count."""
+        sp = SparseMasks.load(self.root / self.sparse_path)
+        if sp.n_samples != self.samples:
+            raise InputError(self.root / self.sparse_path, f"holds {sp.n_samples} samples, the index says {self.samples}", field="samples")
+        return sp
+
+
+class ForecastStore:
+    """Read and append blocks of a forecast store. Use `ForecastStore.create` to write, `open` to read."""
+
+    def __init__(self, root: Path, entries: dict[tuple[str, str], dict[str, Any]], *, writable: bool, flush_every: int = 64) -> None:
+        self.root = root
+        self._entries = entries
+        self._writable = writable
+        self._flush_every = flush_every
+        self._unflushed = 0
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, root: str | Path) -> ForecastStore:
+        """Open an existing store for reading (validates the index and journal)."""
+        root = Path(root)
+        cls._check_marker(root, must_exist=True)
+        return cls(root, cls._read_entries(root), writable=False)
+
+    @classmethod
+    def create(cls, root: str | Path, *, flush_every: int = 64) -> ForecastStore:
+        """Open a store for appending, creating it when missing. Blocks already present are kept (resume)."""
+        root = Path(root)
+        if root.exists() and not (root / "store.json").exists() and any(root.iterdir()):
+            raise InputError(root, "folder exists and is not a forecast store (no store.json); choose an empty or new folder")
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "store.json").exists():
+            write_json_atomic({"format": STORE_FORMAT, "version": STORE_VERSION}, root / "store.json")
+        cls._check_marker(root, must_exist=True)
+        return cls(root, cls._read_entries(root), writable=True, flush_every=flush_every)
+
+    @staticmethod
+    def _check_marker(root: Path, *, must_exist: bool) -> None:
+        marker = root / "store.json"
+        if not root.is_dir():
+            raise InputError(root, "forecast store folder not found")
+        if not marker.is_file():
+            raise InputError(root, "not a forecast store (store.json missing)")
+        try:
+            meta = json.loads(marker.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(marker, f"invalid JSON ({exc})") from None
+        if meta.get("format") != STORE_FORMAT:
+            raise InputError(marker, f"format is {meta.get('format')!r}, expected {STORE_FORMAT!r}", field="format")
+        if int(meta.get("version", -1)) > STORE_VERSION:
+            raise InputError(marker, f"store version {meta.get('version')} is newer than this mseval reads ({STORE_VERSION})", field="version")
+
+    @staticmethod
+    def _read_entries(root: Path) -> dict[tuple[str, str], dict[str, Any]]:
+        entries: dict[tuple[str, str], dict[str, Any]] = {}
+        index_path = root / "index.parquet"
+        if index_path.exists():
+            try:
+                df = pd.read_parquet(index_path)
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(index_path, f"cannot read index ({type(exc).__name__}: {exc})") from None
+            df = validate_frame(df, "forecast_index", index_path)
+            for rec in df.to_dict("records"):
+                entries[(rec["patient_id"], rec["arm"])] = _normalise(rec)
+        journal = sorted((root / "_journal").glob("*/*.json")) if (root / "_journal").is_dir() else []
+        if journal:
+            recs = []
+            for jp in journal:
+                try:
+                    recs.append(json.loads(jp.read_text()))
+                except json.JSONDecodeError as exc:
+                    raise InputError(jp, f"invalid journal entry ({exc})") from None
+            df = validate_frame(pd.DataFrame(recs, columns=INDEX_COLUMNS), "forecast_index", root / "_journal")
+            for rec in df.to_dict("records"):
+                entries[(rec["patient_id"], rec["arm"])] = _normalise(rec)
+        return entries
+
+    # -- reading ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def keys(self) -> list[tuple[str, str]]:
+        """(patient_id, arm) of every block, sorted."""
+        return sorted(self._entries)
+
+    @property
+    def patients(self) -> list[str]:
+        return sorted({p for p, _ in self._entries})
+
+    @property
+    def arms(self) -> list[str]:
+        return sorted({a for _, a in self._entries})
+
+    def index(self) -> pd.DataFrame:
+        """The index as a DataFrame (one row per block, sorted by patient and arm)."""
+        rows = [self._entries[k] for k in self.keys()]
+        df = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+        df["sampler"] = df["sampler"].map(lambda d: json.dumps(d, sort_keys=True))
+        df["seeds"] = df["seeds"].map(lambda s: [int(v) for v in s])
+        df["samples"] = df["samples"].astype("int64")
+        return df
+
+    def block(self, patient_id: str, arm: str) -> ForecastBlock:
+        try:
+            rec = self._entries[(patient_id, arm)]
+        except KeyError:
+            raise InputError(self.root, f"no block for patient {patient_id!r} under arm {arm!r}") from None
+        return ForecastBlock(root=self.root, **rec)
+
+    def blocks(self, patients: Iterable[str] | None = None, arms: Iterable[str] | None = None) -> Iterator[ForecastBlock]:
+        """Iterate blocks (sorted), optionally only those patients / arms. Loads nothing until asked."""
+        want_p = None if patients is None else set(patients)
+        want_a = None if arms is None else set(arms)
+        for p, a in self.keys():
+            if (want_p is None or p in want_p) and (want_a is None or a in want_a):
+                yield self.block(p, a)
+
+    # -- writing ---------------------------------------------------------------------------
+    def write_block(
+        self,
+        patient_id: str,
+        arm: str,
+        masks: np.ndarray,
+        affine: np.ndarray,
+        seeds: Sequence[int],
+        *,
+        checkpoint: str,
+        sampler: Mapping[str, Any],
+        prob: np.ndarray | None = None,
+    ) -> ForecastBlock:
+        """Append one block. masks: (S, X, Y, Z) binary; seeds: S non-negative ints; prob: optional
+        (S, X, Y, Z) float soft masks. Raises ValueError if the block is already present."""
+        if not self._writable:
+            raise ValueError("store opened read-only; use ForecastStore.create to append")
+        if (patient_id, arm) in self._entries:
+            raise ValueError(f"block ({patient_id}, {arm}) already in the store")
+        masks = np.asarray(masks)
+        if masks.ndim != 4:
+            raise ValueError(f"masks must be (S, X, Y, Z), got shape {masks.shape}")
+        if masks.dtype != np.uint8:
+            if not np.isin(masks, (0, 1)).all():
+                raise ValueError("masks must be binary")
+            masks = masks.astype(np.uint8)
+        n = masks.shape[0]
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} samples")
+        rel = f"{patient_id}/{arm}"
+        rec: dict[str, Any] = {
+            "patient_id": patient_id,
+            "arm": arm,
+            "path": f"masks/{rel}.nii.gz",
+            "sparse_path": f"sparse/{rel}.npz",
+            "prob_path": None,
+            "samples": int(n),
+            "seeds": [int(s) for s in seeds],
+            "checkpoint": str(checkpoint),
+            "sampler": json.dumps(dict(sampler), sort_keys=True),
+        }
+        validate_frame(pd.DataFrame([rec], columns=INDEX_COLUMNS), "forecast_index", self.root / "_journal" / f"{rel}.json")
+        save_volume(np.moveaxis(masks, 0, 3), affine, self.root / rec["path"], compresslevel=1)
+        SparseMasks.from_dense(masks).save(self.root / rec["sparse_path"])
+        if prob is not None:
+            rec["prob_path"] = f"prob/{rel}.nii.gz"
+            save_volume(np.moveaxis(np.asarray(prob, dtype=np.float32), 0, 3), affine, self.root / rec["prob_path"], compresslevel=1)
+        write_json_atomic(rec, self.root / "_journal" / f"{rel}.json")
+        self._entries[(patient_id, arm)] = _normalise(rec)
+        self._unflushed += 1
+        if self._unflushed >= self._flush_every:
+            self.flush()
+        return self.block(patient_id, arm)
+
+    def flush(self) -> None:
+        """Fold the journal into index.parquet (atomically), then drop the folded journal entries."""
+        if not self._writable:
+            return
+        write_parquet_atomic(self.index(), self.root / "index.parquet", metadata={"mseval_store_version": str(STORE_VERSION)})
+        journal = self.root / "_journal"
+        if journal.is_dir():
+            for jp in journal.glob("*/*.json"):
+                if (jp.parent.name, jp.stem) in self._entries:
+                    jp.unlink(missing_ok=True)
+            for d in sorted(journal.glob("*"), reverse=True):
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            if not any(journal.iterdir()):
+                journal.rmdir()
+        self._unflushed = 0
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> ForecastStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _normalise(rec: Mapping[str, Any]) -> dict[str, Any]:
+    sampler = rec["sampler"]
+    prob = rec.get("prob_path")
+    return {
+        "patient_id": str(rec["patient_id"]),
+        "arm": str(rec["arm"]),
+        "path": str(rec["path"]),
+        "sparse_path": str(rec["sparse_path"]),
+        "prob_path": None if prob is None or (isinstance(prob, float) and np.isnan(prob)) else str(prob),
+        "samples": int(rec["samples"]),
+        "seeds": tuple(int(s) for s in rec["seeds"]),
+        "checkpoint": str(rec["checkpoint"]),
+        "sampler": json.loads(sampler) if isinstance(sampler, str) else dict(sampler),
+    }
