@@ -68,8 +68,11 @@ class ForecastBlock:
 class ForecastStore:
     """Read and append blocks of a forecast store. Use `ForecastStore.create` to write, `open` to read."""
 
-    def __init__(self, root: Path, entries: dict[tuple[str, str], dict[str, Any]], *, writable: bool, flush_every: int = 64) -> None:
+    def __init__(
+        self, root: Path, entries: dict[tuple[str, str], dict[str, Any]], *, writable: bool, flush_every: int = 64, consolidates: bool = True
+    ) -> None:
         self.root = root
+        self._consolidates = consolidates
         self._entries = entries
         self._writable = writable
         self._flush_every = flush_every
@@ -94,6 +97,14 @@ class ForecastStore:
             write_json_atomic({"format": STORE_FORMAT, "version": STORE_VERSION}, root / "store.json")
         cls._check_marker(root, must_exist=True)
         return cls(root, cls._read_entries(root), writable=True, flush_every=flush_every)
+
+    @classmethod
+    def appender(cls, root: str | Path) -> ForecastStore:
+        """A write-only handle on an existing store for a worker process: it appends journal entries
+        and never consolidates (the coordinating process calls `flush`)."""
+        root = Path(root)
+        cls._check_marker(root, must_exist=True)
+        return cls(root, {}, writable=True, consolidates=False)
 
     @staticmethod
     def _check_marker(root: Path, *, must_exist: bool) -> None:
@@ -201,10 +212,9 @@ class ForecastStore:
         masks = np.asarray(masks)
         if masks.ndim != 4:
             raise ValueError(f"masks must be (S, X, Y, Z), got shape {masks.shape}")
-        if masks.dtype != np.uint8:
-            if not np.isin(masks, (0, 1)).all():
-                raise ValueError("masks must be binary")
-            masks = masks.astype(np.uint8)
+        if masks.dtype != bool and (masks.min(initial=0) < 0 or masks.max(initial=0) > 1 or not np.isin(masks, (0, 1)).all()):
+            raise ValueError("masks must be binary")
+        masks = masks.astype(np.uint8, copy=False)
         n = masks.shape[0]
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} samples")
@@ -229,13 +239,13 @@ class ForecastStore:
         write_json_atomic(rec, self.root / "_journal" / f"{rel}.json")
         self._entries[(patient_id, arm)] = _normalise(rec)
         self._unflushed += 1
-        if self._unflushed >= self._flush_every:
+        if self._consolidates and self._unflushed >= self._flush_every:
             self.flush()
         return self.block(patient_id, arm)
 
     def flush(self) -> None:
         """Fold the journal into index.parquet (atomically), then drop the folded journal entries."""
-        if not self._writable:
+        if not (self._writable and self._consolidates):
             return
         write_parquet_atomic(self.index(), self.root / "index.parquet", metadata={"mseval_store_version": str(STORE_VERSION)})
         journal = self.root / "_journal"
