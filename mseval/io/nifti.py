@@ -91,11 +91,17 @@ def load_volume(path: str | Path, *, mask: bool = False, field: str | None = Non
 
 
 def check_same_grid(volumes: Sequence[Volume], *, atol: float = AFFINE_ATOL_MM) -> None:
-    """Raise InputError when any volume's shape or affine differs from the first one's."""
+    """Raise InputError when any volume's shape or affine differs from the others'.
+
+    The reference is the grid most of the volumes share, so the error names the odd file out.
+    """
     if not volumes:
         return
-    first = volumes[0]
-    for vol in volumes[1:]:
+    agree = [
+        sum(v.shape == w.shape and np.allclose(v.affine, w.affine, atol=atol, rtol=0) for w in volumes) for v in volumes
+    ]
+    first = volumes[int(np.argmax(agree))]
+    for vol in volumes:
         if vol.shape != first.shape:
             raise InputError(vol.path, f"shape {vol.shape} differs from {first.path.name} {first.shape}")
         if not np.allclose(vol.affine, first.affine, atol=atol, rtol=0):

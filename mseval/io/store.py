@@ -212,8 +212,10 @@ class ForecastStore:
         masks = np.asarray(masks)
         if masks.ndim != 4:
             raise ValueError(f"masks must be (S, X, Y, Z), got shape {masks.shape}")
-        if masks.dtype != bool and (masks.min(initial=0) < 0 or masks.max(initial=0) > 1 or not np.isin(masks, (0, 1)).all()):
-            raise ValueError("masks must be binary")
+        if masks.dtype != bool:
+            fractional = masks.dtype.kind == "f" and not np.isin(masks, (0, 1)).all()
+            if masks.min(initial=0) < 0 or masks.max(initial=0) > 1 or fractional:
+                raise ValueError("masks must be binary")
         masks = masks.astype(np.uint8, copy=False)
         n = masks.shape[0]
         if len(seeds) != n:

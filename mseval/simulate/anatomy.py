@@ -56,20 +56,21 @@ _C_SUP = 66.0  # superior semi-axis
 _C_INF = 50.0  # inferior semi-axis (flattened bottom)
 _P_INF = 2.8  # superellipse exponent below the equator
 _CSF_OUT = 1.6  # CSF layer outside the brain
-_GM_THICK = 2.7  # mean cortical thickness
+_GM_THICK = 2.9  # mean cortical thickness
 _GM_THICK_VAR = 0.6  # +- modulation of cortical thickness by a smooth field
 _SULC_HALF = 0.75  # sulcal CSF half-width
-_SULC_DEPTH = 13.0  # mean sulcal depth
-_SULC_DEPTH_VAR = 5.0  # +- modulation of sulcal depth
-_SULC_SIGMA = 3.6  # smoothing (mm) of the sulcal field: sets the gyral spacing (~4.4 sigma)
+_SULC_DEPTH = 14.0  # mean sulcal depth
+_SULC_DEPTH_VAR = 6.0  # +- modulation of sulcal depth
+_SULC_SIGMA = 3.0  # smoothing (mm) of the sulcal field: sets the gyral spacing (~4.4 sigma)
 _THICK_SIGMA = 8.0
 _DEPTH_SIGMA = 9.0
 _FISSURE_HALF = 0.9  # interhemispheric fissure half-width
 _LATTICE_STEP = 3.0  # mm between nodes of the lattice on which the random fields live
-_SULC_BEND = 0.25  # 0: radial sulcal sheets; 1: isotropic 3D zero set
-_COARSE_CSF = 0.3  # minimum outer CSF layer, in voxels
+_SULC_BEND = 0.35  # 0: radial sulcal sheets; 1: isotropic 3D zero set
+_COARSE_CSF = 0.25  # minimum outer CSF layer, in voxels
 _COARSE_GM = 0.45  # minimum cortical thickness, in voxels
-_COARSE_SULC = 0.15  # minimum sulcal half width, in voxels
+_COARSE_SULC = 0.3  # minimum sulcal half width, in voxels (up to _SULC_HALF_MAX)
+_SULC_HALF_MAX = 1.0
 _SHELL_MM = 30.0  # depth below the surface where folding is evaluated
 
 # Corpus callosum: the interhemispheric fissure stops on its top between genu and splenium.
@@ -83,9 +84,9 @@ _VENT_MAIN = np.array(
         [6.0, 31.0, -2.0, 3.0, 4.0, 4.5, 20.0],  # frontal horn tip
         [6.6, 24.0, 1.0, 4.8, 5.0, 8.0, 25.0],  # frontal horn
         [6.8, 13.0, 4.0, 5.0, 5.0, 8.0, 25.0],  # frontal horn / foramen of Monro
-        [7.5, 1.0, 7.0, 4.8, 5.0, 6.0, 15.0],  # body
-        [9.5, -12.0, 8.5, 4.8, 5.0, 5.5, 10.0],  # body
-        [13.5, -24.0, 7.5, 5.4, 5.0, 6.0, 10.0],  # body / atrium
+        [8.0, 1.0, 7.0, 4.0, 5.0, 7.0, 45.0],  # body
+        [10.0, -12.0, 8.5, 3.6, 5.0, 7.0, 55.0],  # body
+        [13.5, -24.0, 7.5, 4.6, 5.0, 7.0, 45.0],  # body / atrium
         [19.0, -33.0, 3.0, 7.0, 6.5, 8.5, 0.0],  # atrium (trigone)
         [19.5, -44.0, 1.0, 4.4, 5.0, 4.4, 0.0],  # occipital horn
         [16.5, -55.0, 1.0, 2.5, 3.5, 2.5, 0.0],  # occipital horn tip
@@ -100,7 +101,7 @@ _VENT_TEMPORAL = np.array(
         [29.5, 6.0, -22.0, 1.8, 2.5, 1.8, 0.0],  # temporal horn tip
     ]
 )
-_VENT_FORCE = (9.5, -12.0, 8.5)  # voxel forced to ventricle at very coarse grids
+_VENT_FORCE = (10.0, -12.0, 8.5)  # voxel forced to ventricle at very coarse grids
 
 # Deep grey matter (right side; mirrored), phantom mm: centre x, y, z, radii x, y, z.
 _DEEP_GM = (
@@ -109,7 +110,7 @@ _DEEP_GM = (
 )
 _CAUDATE = (
     (12.5, 17.0, 2.0, 4.6, 8.0, 7.0),  # caudate head, indents the frontal horn
-    (13.5, 2.0, 8.0, 3.2, 8.0, 4.0),  # caudate body
+    (15.0, 0.0, 4.5, 3.2, 9.0, 3.5),  # caudate body
 )
 _DEEP_FORCE = (10.5, -15.0, -3.0)
 
@@ -118,10 +119,10 @@ _V3_Y, _V3_Z, _V3_HALF_X = (-26.0, 6.0), (-14.0, 4.0), 1.0
 
 # Sylvian fissure (right side; mirrored): insular cortex plane at x = _INSULA_X, lateral sulcus
 # rising posteriorly.
-_INSULA_X = 36.0
-_INSULA_Y = (-22.0, 22.0)
-_INSULA_Z = (-18.0, 6.0)
-_SYLV_Z0, _SYLV_SLOPE_Y, _SYLV_SLOPE_X = -6.0, 0.25, 0.15
+_INSULA_X, _INSULA_Y0, _INSULA_Z0 = 37.0, 2.0, -6.0  # most lateral point of the insula
+_INSULA_RY, _INSULA_RZ = 22.0, 13.0  # extent of the insular cistern
+_INSULA_CURV = 0.012  # 1/mm: the insula recedes medially away from its centre
+_SYLV_Z0, _SYLV_SLOPE_Y, _SYLV_SLOPE_X = -3.0, 0.3, 0.15
 
 
 @dataclass(frozen=True)
@@ -321,10 +322,10 @@ def _cortex_and_white_matter(labels, axes, vox_ph, fields) -> None:
     g = _sample(fields["g_spline"], q, o, st, order=3)
     sd = np.abs(g) / _sample(fields["gnorm"], q, o, st) * rh  # ~distance to the sulcal sheet (mm)
     thick = np.clip(_GM_THICK + _GM_THICK_VAR * _sample(fields["thick"], q, o, st), 1.6, 4.5)
-    thick = np.maximum(thick, _COARSE_GM * vmin)
+    shell_thick = np.maximum(thick, _COARSE_GM * vmin)  # outer cortex at least ~half a voxel
     sdepth = np.clip(_SULC_DEPTH + _SULC_DEPTH_VAR * _sample(fields["depth"], q, o, st), 5.0, 22.0)
-    sulc_half = max(_SULC_HALF, _COARSE_SULC * vmin)
-    gm = (d < thick) | ((sd < sulc_half + thick) & (d < sdepth + thick))
+    sulc_half = max(_SULC_HALF, min(_COARSE_SULC * vmin, _SULC_HALF_MAX))
+    gm = (d < shell_thick) | ((sd < sulc_half + thick) & (d < sdepth + thick))
     csf = (sd < sulc_half) & (d < sdepth)
     lab = np.where(csf, _CSF, np.where(gm, _GM, _WM)).astype(np.uint8)
     labels[idx] = lab
@@ -359,12 +360,13 @@ def _fissures(labels, axes, vox_ph) -> None:
     sub = np.where(inb & above[None] & is_csf_col, _CSF, sub)
     labels[cols_gm] = sub
 
-    # Sylvian fissures: insular cortex plane and lateral sulcus opening to the surface.
+    # Sylvian fissures: curved insular cistern and the lateral sulcus opening to the surface.
     if float(vox_ph.max()) > 6.0:
         return
-    ix = np.nonzero(np.abs(x) > _INSULA_X - thick - 1.0)[0]
-    iy = np.nonzero((y > _INSULA_Y[0] - 10) & (y < _INSULA_Y[1] + 10))[0]
-    iz = np.nonzero((z > _INSULA_Z[0] - 10) & (z < _INSULA_Z[1] + 12))[0]
+    xin = _INSULA_X - thick - 4.0
+    ix = np.nonzero(np.abs(x) > xin)[0]
+    iy = np.nonzero(np.abs(y - _INSULA_Y0) < _INSULA_RY + thick)[0]
+    iz = np.nonzero((z > _INSULA_Z0 - _INSULA_RZ - thick) & (z < _INSULA_Z0 + 3 * _INSULA_RZ))[0]
     if len(ix) == 0 or len(iy) == 0 or len(iz) == 0:
         return
     X = np.abs(x[ix])[:, None, None]
@@ -372,19 +374,19 @@ def _fissures(labels, axes, vox_ph) -> None:
     Z = z[iz][None, None, :]
     box = labels[np.ix_(ix, iy, iz)]
     inb = box > 0
-    half = max(_SULC_HALF, _COARSE_SULC * float(vox_ph.min()))
-    in_yz = (
-        (Y > _INSULA_Y[0]) & (Y < _INSULA_Y[1]) & (Z > _INSULA_Z[0]) & (Z < _INSULA_Z[1])
-    )
-    # Insular cistern: thin sheet at x = _INSULA_X, lined with insular cortex medially.
-    dins = X - _INSULA_X
+    half = max(_SULC_HALF, min(_COARSE_SULC * float(vox_ph.min()), _SULC_HALF_MAX))
+    ey = (Y - _INSULA_Y0) / _INSULA_RY
+    ez = (Z - _INSULA_Z0) / _INSULA_RZ
+    in_yz = ey**2 + ez**2 < 1.0
+    xins = _INSULA_X - _INSULA_CURV * ((Y - _INSULA_Y0) ** 2 + 1.5 * (Z - _INSULA_Z0) ** 2)
+    dins = X - xins
     cistern = in_yz & (np.abs(dins) < half)
     insula_gm = in_yz & (np.abs(dins) < half + thick)
     # Lateral sulcus: from the cistern to the surface, rising posteriorly and laterally.
-    zs = _SYLV_Z0 - _SYLV_SLOPE_Y * Y + _SYLV_SLOPE_X * (X - _INSULA_X)
-    ylat = (Y > _INSULA_Y[0] + 4) & (Y < _INSULA_Y[1] - 2)
-    lat = ylat & (X > _INSULA_X) & (np.abs(Z - zs) < half)
-    lat_gm = ylat & (X > _INSULA_X) & (np.abs(Z - zs) < half + thick)
+    zs = _SYLV_Z0 - _SYLV_SLOPE_Y * (Y - _INSULA_Y0) + _SYLV_SLOPE_X * (X - _INSULA_X)
+    ylat = np.abs(ey) < 0.8
+    lat = ylat & (dins > 0) & (np.abs(Z - zs) < half)
+    lat_gm = ylat & (dins > 0) & (np.abs(Z - zs) < half + thick)
     gm = (insula_gm | lat_gm) & inb & (box == _WM)
     box = np.where(gm, _GM, box)
     box = np.where((cistern | lat) & inb, _CSF, box)

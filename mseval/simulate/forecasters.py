@@ -123,12 +123,15 @@ def simulate_forecasts(
     if spec.samples < 1:
         raise InputError(None, "--samples must be at least 1", field="samples")
     cohort = read_cohort(cohort_dir)
-    _simulation_params(cohort)
     all_arms = list(cohort.arms["arm"])
     arms = list(arms) if arms else all_arms
     unknown = [a for a in arms if a not in all_arms]
     if unknown:
         raise InputError(Path(cohort_dir) / "arms.csv", f"unknown arm {unknown[0]!r} (arms: {', '.join(all_arms)})", field="arm")
+    sim = _simulation_params(cohort)
+    for pid in cohort.patient_ids:  # check every input before writing anything
+        tissues = load_volume(cohort.root / sim["truth_files"]["tissues"].format(patient_id=pid), field="tissues")
+        check_same_grid([load_volume(cohort.path(pid, "t2_lesion_mask"), mask=True, field="t2_lesion_mask"), tissues])  # type: ignore[arg-type]
     store = ForecastStore.create(out)
     todo = []
     for pid in cohort.patient_ids:

@@ -45,12 +45,22 @@ class TrialConfig:
     p_enlarging: float = 0.25
     new_radius_mm: float = 2.5
     baseline_radius_mm: float = 3.5
-    min_lesion_voxels: int = 4
+    min_lesion_voxels: int | None = None
     n_sites: int = 4
     arms: tuple[ArmSpec, ...] = field(default=DEFAULT_ARMS)
 
+    @property
+    def min_voxels(self) -> int:
+        """Smallest lesion (voxels). Default by grid: 4 from 32 voxels per axis up; 2 from 24; 1 below,
+        where a voxel of the 182 mm field of view is over 7 mm wide and there is no room for more."""
+        if self.min_lesion_voxels is not None:
+            return int(self.min_lesion_voxels)
+        smallest = min(self.shape)
+        return 4 if smallest >= 32 else 2 if smallest >= 24 else 1
+
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["min_lesion_voxels"] = self.min_voxels
         d["arms"] = [asdict(a) for a in self.arms]
         return d
 

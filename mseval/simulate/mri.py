@@ -8,7 +8,7 @@ Per-tissue mean intensities per sequence (arbitrary units, roughly 0..1000) with
 - PD: lesions > CSF ~ GM > deep GM > WM.
 - T1 post-gadolinium: as T1, Gd-enhancing lesions brightest.
 
-The intensity map is smoothed (partial volume, Gaussian ~0.9 mm), multiplied by a smooth random
+The intensity map is smoothed (partial volume, Gaussian sigma max(0.9 mm, 0.4 voxel)), multiplied by a smooth random
 bias field, and Gaussian noise (standard deviation ``noise * 1000``) is added inside the head; the
 result is clipped at 0 and zero outside the head (brain + skull + scalp ring).
 """
@@ -41,8 +41,9 @@ TISSUE_INTENSITY: dict[str, dict[str, float]] = {
     "t1gd": dict(zip(_CLASSES, (0.0, 170.0, 470.0, 720.0, 540.0, 160.0, 330.0, 950.0, 110.0, 820.0))),
 }
 
-_PV_SIGMA_MM = 0.9  # partial-volume smoothing
-_BIAS_AMPLITUDE = 0.08  # std of each bias-field polynomial coefficient (log scale)
+_PV_SIGMA_MM = 0.9  # partial-volume smoothing (mm) ...
+_PV_SIGMA_VOX = 0.4  # ... and at least this many voxels (coarse grids)
+_BIAS_AMPLITUDE = 0.06  # std of each bias-field polynomial coefficient (log scale)
 _SKULL_MM = 5.0
 _SCALP_MM = 5.0
 
@@ -59,8 +60,8 @@ def head_layers(anatomy: Anatomy) -> np.ndarray:
     if not brain.any():
         return out
     sp = np.asarray(anatomy.spacing, dtype=float)
-    skull_mm = max(_SKULL_MM, 0.6 * sp.max())
-    scalp_mm = max(_SCALP_MM, 0.6 * sp.max())
+    skull_mm = max(_SKULL_MM, 1.01 * sp.max())
+    scalp_mm = max(_SCALP_MM, 1.01 * sp.max())
     reach = skull_mm + scalp_mm
     # Work in the bounding box of the brain grown by the ring thickness (faster EDT).
     idx = [np.nonzero(brain.any(axis=tuple(j for j in range(3) if j != i)))[0] for i in range(3)]
@@ -126,7 +127,7 @@ def synthesize_mri(
     cls_gd = cls_t2.copy()
     cls_gd[enh] = _CLS["gd"]
 
-    sigma = [_PV_SIGMA_MM / s for s in anatomy.spacing]
+    sigma = [max(_PV_SIGMA_MM / s, _PV_SIGMA_VOX) for s in anatomy.spacing]
     # Subtle smooth tissue texture shared by all sequences (+-2 %).
     tex = rng.standard_normal(shape, dtype=np.float32)
     tex = ndimage.gaussian_filter(tex, [2.0 / s for s in anatomy.spacing], mode="nearest")

@@ -53,7 +53,7 @@ class PatientResult:
 
 
 def _place_or_fail(lf: LesionField, rng: np.random.Generator, cfg: TrialConfig, pid: str, k: int, n: int) -> int:
-    lid = lf.place_new(rng, median_radius_mm=cfg.baseline_radius_mm, min_voxels=cfg.min_lesion_voxels)
+    lid = lf.place_new(rng, median_radius_mm=cfg.baseline_radius_mm, min_voxels=cfg.min_voxels)
     if lid is None:
         raise SimulationError(
             None,
@@ -78,7 +78,7 @@ def simulate_patient(row: dict, expected_count: float, cfg: TrialConfig, spacing
     try:
         net2 = add_net2_lesions(
             lf, n_net2, rng, baseline_ids=base_ids, p_enlarging=cfg.p_enlarging,
-            new_radius_mm=cfg.new_radius_mm, min_voxels=cfg.min_lesion_voxels,
+            new_radius_mm=cfg.new_radius_mm, min_voxels=cfg.min_voxels,
         )
     except RuntimeError as exc:
         raise SimulationError(None, f"patient {pid}: {exc} at shape {cfg.shape} (lesions keep a one-voxel gap); use a larger --shape") from None
