@@ -89,18 +89,21 @@ def _print_summary(df, title: str) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption="NET2: new/enlarging T2 lesions at follow-up; RR: rate ratio vs the reference arm")
     names = {
-        "label": "Arm", "patients": "N", "age_mean": "Age", "female_pct": "Female %", "gd_mean": "Gd+ (mean)",
-        "true_expected_mean": "True NET2 mean", "observed_mean": "Observed NET2 mean", "active_pct": "Active %",
-        "true_rate_ratio": "True RR vs ref",
+        "label": "Arm", "patients": "N", "age_mean": "Age", "female_pct": "Female %", "gd_mean": "Gd+ lesions",
+        "true_expected_mean": "True NET2", "observed_mean": "Observed NET2", "active_pct": "Active %",
+        "true_rate_ratio": "True RR",
     }
     cols = [c for c in names if c in df.columns]
     for c in cols:
         table.add_column(names[c], justify="left" if c == "label" else "right")
     for rec in df.to_dict("records"):
         table.add_row(*[str(rec[c]) if isinstance(rec[c], (str, int)) else f"{rec[c]:.2f}" for c in cols])
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(table)
 
 
 @app.command("simulate-forecasts")

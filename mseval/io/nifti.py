@@ -144,6 +144,7 @@ def load_samples(path: str | Path, *, expected_samples: int | None = None) -> tu
         raise InputError(path, f"expected a 4D block (X, Y, Z, samples), got shape {tuple(data.shape)}", field="path")
     if expected_samples is not None and data.shape[3] != expected_samples:
         raise InputError(path, f"holds {data.shape[3]} samples, the index says {expected_samples}", field="samples")
-    if not np.isin(data, (0, 1)).all():
+    fractional = data.dtype.kind == "f" and not np.isin(data, (0, 1)).all()
+    if fractional or data.min(initial=0) < 0 or data.max(initial=0) > 1:
         raise InputError(path, "forecast masks are not binary; expected only 0 and 1", field="path")
-    return np.ascontiguousarray(np.moveaxis(data.astype(np.uint8), 3, 0)), affine
+    return np.ascontiguousarray(np.moveaxis(data, 3, 0), dtype=np.uint8), affine

@@ -211,7 +211,8 @@ def make_anatomy(
     vmax = float(vox_ph.max())
 
     labels = np.zeros(shape, dtype=np.uint8)
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x6D736576]))
+    seed = int(seed)
+    rng = np.random.default_rng(np.random.SeedSequence([abs(seed), int(seed < 0), 0x6D736576]))
     fields = _random_fields(rng)
     jitter = rng.uniform(-1.0, 1.0, size=8)  # small seeded left/right asymmetries
 
@@ -301,7 +302,8 @@ def _cortex_and_white_matter(labels, axes, vox_ph, fields) -> None:
     # Depth below (positive) / height above (negative) the surface along the ray from the centre.
     depth = (1.0 - rho) * r / rho_safe
     vmin, vmax = float(vox_ph.min()), float(vox_ph.max())
-    # At coarse grids keep each layer at least about a voxel thick.
+    # At coarse grids keep the layers from vanishing: outer CSF >= _COARSE_CSF voxel, cortex
+    # >= _COARSE_GM voxel (sulci are unresolved there and stay thin).
     csf_out = max(_CSF_OUT, _COARSE_CSF * vmax)
     inside = depth >= 0
     labels[(depth < 0) & (depth > -csf_out)] = _CSF
