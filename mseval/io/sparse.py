@@ -28,6 +28,7 @@ class SparseMasks:
     shape: tuple[int, int, int]
     offsets: np.ndarray
     indices: np.ndarray
+    affine: np.ndarray | None = None
 
     @property
     def n_samples(self) -> int:
@@ -48,14 +49,15 @@ class SparseMasks:
         return out.reshape(self.shape)
 
     @classmethod
-    def from_dense(cls, masks: np.ndarray) -> SparseMasks:
-        """masks: (S, X, Y, Z) binary."""
+    def from_dense(cls, masks: np.ndarray, affine: np.ndarray | None = None) -> SparseMasks:
+        """masks: (S, X, Y, Z) binary; affine: (4, 4) voxel -> world mm of the grid, kept alongside."""
         flat = masks.reshape(masks.shape[0], -1)
         parts = [np.flatnonzero(m) for m in flat]
         offsets = np.zeros(len(parts) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([p.size for p in parts])
         indices = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-        return cls(tuple(int(v) for v in masks.shape[1:]), offsets, indices)  # type: ignore[arg-type]
+        aff = None if affine is None else np.asarray(affine, dtype=np.float64)
+        return cls(tuple(int(v) for v in masks.shape[1:]), offsets, indices, aff)  # type: ignore[arg-type]
 
     def save(self, path: str | Path) -> Path:
         """Write atomically; fixed zip time stamps, so equal masks give equal bytes."""
@@ -65,6 +67,8 @@ class SparseMasks:
             "offsets": self.offsets.astype(np.int64),
             "indices": self.indices.astype(dtype),
         }
+        if self.affine is not None:
+            arrays["affine"] = np.asarray(self.affine, dtype=np.float64)
         with atomic_path(path) as tmp:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
                 for name, arr in arrays.items():
@@ -83,8 +87,9 @@ class SparseMasks:
                 shape = tuple(int(v) for v in z["shape"])
                 offsets = z["offsets"].astype(np.int64)
                 indices = z["indices"].astype(np.int64)
+                affine = z["affine"] if "affine" in z.files else None
         except Exception as exc:  # noqa: BLE001
             raise InputError(path, f"cannot read sparse block ({type(exc).__name__}: {exc})", field="sparse_path") from None
         if len(shape) != 3 or offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != indices.size or np.any(np.diff(offsets) < 0):
             raise InputError(path, "sparse block is inconsistent (shape/offsets/indices)", field="sparse_path")
-        return cls(shape, offsets, indices)  # type: ignore[arg-type]
+        return cls(shape, offsets, indices, affine)  # type: ignore[arg-type]

@@ -57,9 +57,21 @@ class ForecastBlock:
         """The dense masks (S, X, Y, Z) uint8 and the (4, 4) affine; checks the sample count."""
         return load_samples(self.root / self.path, expected_samples=self.samples)
 
+    def affine(self) -> np.ndarray:
+        """The block's (4, 4) affine, from the NIfTI header (no voxel data is read)."""
+        import nibabel as nib
+
+        return np.asarray(nib.load(str(self.root / self.path)).affine, dtype=np.float64)
+
     def sparse(self) -> SparseMasks:
-        """The foreground indices of every sample (fast path for counting); checks the sample count."""
+        """The foreground indices of every sample (fast path for counting), with the affine;
+        checks the sample count. Rebuilt from the dense block when the companion is missing."""
+        if not (self.root / self.sparse_path).is_file() and (self.root / self.path).is_file():
+            masks, affine = self.masks()
+            return SparseMasks.from_dense(masks, affine)
         sp = SparseMasks.load(self.root / self.sparse_path)
+        if sp.affine is None:
+            sp = SparseMasks(sp.shape, sp.offsets, sp.indices, self.affine())
         if sp.n_samples != self.samples:
             raise InputError(self.root / self.sparse_path, f"holds {sp.n_samples} samples, the index says {self.samples}", field="samples")
         return sp
@@ -234,7 +246,7 @@ class ForecastStore:
         }
         validate_frame(pd.DataFrame([rec], columns=INDEX_COLUMNS), "forecast_index", self.root / "_journal" / f"{rel}.json")
         save_volume(np.moveaxis(masks, 0, 3), affine, self.root / rec["path"], compresslevel=1)
-        SparseMasks.from_dense(masks).save(self.root / rec["sparse_path"])
+        SparseMasks.from_dense(masks, affine).save(self.root / rec["sparse_path"])
         if prob is not None:
             rec["prob_path"] = f"prob/{rel}.nii.gz"
             save_volume(np.moveaxis(np.asarray(prob, dtype=np.float32), 0, 3), affine, self.root / rec["prob_path"], compresslevel=1)
