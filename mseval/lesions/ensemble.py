@@ -119,7 +119,7 @@ def _run_chunks(
 ) -> Iterator[tuple[int, tuple[pd.DataFrame, pd.DataFrame]]]:
     if dask_scheduler:
         try:
-            from distributed import Client, as_completed
+            from distributed import Client
         except ImportError:  # pragma: no cover - the dask extra is installed by make
             raise InputError(None, "--dask-scheduler needs the dask extra: pip install 'mseval[dask]'", field="dask_scheduler") from None
         try:
@@ -127,9 +127,9 @@ def _run_chunks(
         except (OSError, TimeoutError) as exc:
             raise InputError(None, f"cannot reach the Dask scheduler at {dask_scheduler} ({exc})", field="dask_scheduler") from None
         try:
-            futures = {client.submit(count_chunk, blocks, settings, pure=False): k for k, blocks in chunks}
-            for fut in as_completed(futures):
-                yield futures[fut], fut.result()
+            futures = [(k, client.submit(count_chunk, blocks, settings, pure=False)) for k, blocks in chunks]
+            for k, fut in futures:  # in submission order; the cluster runs them all meanwhile
+                yield k, fut.result()
         finally:
             client.close()
     elif workers > 1:
