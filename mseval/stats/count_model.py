@@ -1,0 +1,295 @@
+"""Negative binomial (NB2) regression of lesion counts, the primary analysis of RRMS MRI trials.
+
+    log E[count_i] = x_i' beta + log(follow-up years_i),   Var = mu + alpha mu^2
+
+fitted by maximum likelihood over (beta, alpha) with statsmodels' discrete `NegativeBinomial`
+(which estimates alpha; the GLM family would need it fixed). This is the model of R's
+`MASS::glm.nb`: point estimates agree to optimiser tolerance (tests/stats/test_count_model.py
+checks 1e-5 relative against R output stored in tests/stats/data/).
+
+Standard errors: by default (`cov="expected"`) the Wald standard errors of beta come from the
+expected (Fisher) information of the GLM at the fitted alpha, (X' W X)^-1 with
+W = mu / (1 + alpha mu) -- what R's `summary(glm.nb(...))` reports. `cov="observed"` uses the
+inverse Hessian of the full (beta, alpha) log-likelihood (statsmodels' default); the two differ
+slightly in finite samples.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mseval.errors import InputError
+
+_FORMULA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_FUNCTIONS = {"C", "np", "log", "exp", "I", "Treatment", "center", "standardize", "scale", "bs", "cr", "Q", "reference"}
+
+
+def _formula_columns(formula: str) -> list[str]:
+    rhs_lhs = re.sub(r"(['\"]).*?\1", " ", formula)  # drop quoted strings (e.g. reference='placebo')
+    names = []
+    for m in _FORMULA_NAME.finditer(rhs_lhs):
+        name = m.group(0)
+        after = rhs_lhs[m.end() : m.end() + 1]
+        if after == "(" or name in _FUNCTIONS or name.split(".")[0] in {"np"}:
+            continue
+        names.append(name)
+    return names
+
+
+def check_formula(formula: str, data: pd.DataFrame, file: str | None = None) -> tuple[str, list[str]]:
+    """Split `formula` into its response and the columns it uses; InputError for unknown columns."""
+    if "~" not in formula:
+        raise InputError(file, f"formula {formula!r} has no '~' (expected e.g. 'net2 ~ arm + age')", field="formula")
+    lhs, rhs = formula.split("~", 1)
+    response = lhs.strip()
+    cols = _formula_columns(lhs) + _formula_columns(rhs)
+    unknown = [c for c in dict.fromkeys(cols) if c not in data.columns]
+    if unknown:
+        raise InputError(file, f"formula names unknown column '{unknown[0]}' (columns: {', '.join(map(str, data.columns))})", field="formula")
+    if response not in data.columns:
+        raise InputError(file, f"response {response!r} must be a column", field="formula")
+    return response, list(dict.fromkeys(cols))
+
+
+@dataclass(frozen=True)
+class CountModelFit:
+    """A fitted NB2 model. `table`: one row per term (term, coef, se, rate_ratio, ci_low, ci_high,
+    p_value); arm terms are named by the arm. `arm_means`: adjusted annualised rate per arm
+    (marginal standardisation over the analysed patients) and % reduction vs the reference."""
+
+    table: pd.DataFrame
+    arm_means: pd.DataFrame
+    alpha: float
+    alpha_se: float
+    converged: bool
+    n: int
+    llf: float
+    formula: str
+    reference: str | None
+    cov: str
+    method: str
+    notes: list[str] = field(default_factory=list)
+    vcov: pd.DataFrame | None = None
+
+    def rate_ratios(self) -> pd.DataFrame:
+        """term, rate_ratio, ci_low, ci_high, p_value (the public contract) plus coef and se."""
+        return self.table
+
+    def rate_ratio(self, term: str) -> pd.Series:
+        hit = self.table[self.table["term"] == term]
+        if hit.empty:
+            raise KeyError(f"no term {term!r}; terms: {', '.join(self.table['term'])}")
+        return hit.iloc[0]
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def model_info(self) -> dict[str, Any]:
+        return {
+            "model": "negative binomial (NB2), log link, offset log(follow-up years)",
+            "formula": self.formula, "reference": self.reference, "n": self.n, "alpha": self.alpha,
+            "alpha_se": self.alpha_se, "theta": 1.0 / self.alpha if self.alpha > 0 else float("inf"),
+            "converged": self.converged, "log_likelihood": self.llf, "cov": self.cov,
+            "optimizer": self.method, "notes": list(self.notes),
+        }
+
+    def summary(self) -> str:
+        lines = [f"NB2 regression: {self.formula} (n={self.n}, alpha={self.alpha:.3f}, {'converged' if self.converged else 'NOT CONVERGED'}; {self.cov} information)"]
+        for r in self.table.itertuples():
+            lines.append(f"  {r.term:28s} RR {r.rate_ratio:8.3f}  95% CI {r.ci_low:8.3f} to {r.ci_high:8.3f}  p={r.p_value:.3g}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _prepare(data: pd.DataFrame, formula: str, arm_col: str, reference: str | None, file: str | None) -> tuple[pd.DataFrame, str, list[str]]:
+    response, cols = check_formula(formula, data, file)
+    df = data.copy()
+    y = pd.to_numeric(df[response], errors="coerce")
+    if y.isna().any() or (y < 0).any() or not np.allclose(y, np.round(y)):
+        raise InputError(file, f"response '{response}' must hold non-negative whole counts", field=response)
+    if (y == 0).all():
+        raise InputError(file, f"all counts in '{response}' are zero: no rate ratio is estimable", field=response)
+    if arm_col in cols:
+        arms = list(pd.unique(df[arm_col].astype(str)))
+        if len(arms) < 2:
+            raise InputError(file, f"only one arm ({arms[0]!r}) in '{arm_col}': a rate ratio needs two", field=arm_col)
+        ref = reference if reference is not None else sorted(arms)[0]
+        if ref not in arms:
+            raise InputError(file, f"reference arm {ref!r} is not in '{arm_col}' ({', '.join(sorted(arms))})", field=arm_col)
+        order = [ref] + sorted(a for a in arms if a != ref)
+        df[arm_col] = pd.Categorical(df[arm_col].astype(str), categories=order)
+    return df, response, cols
+
+
+def _term_name(raw: str, arm_col: str) -> str:
+    m = re.fullmatch(rf"{re.escape(arm_col)}\[T\.(.+)\]", raw)
+    return m.group(1) if m else raw
+
+
+def fit_count_model(
+    data: pd.DataFrame,
+    formula: str = "net2 ~ arm",
+    *,
+    offset_years: str | None = "followup_years",
+    reference: str | None = None,
+    arm_col: str = "arm",
+    cov: Literal["expected", "observed"] = "expected",
+    maxiter: int = 500,
+    file: str | None = None,
+) -> CountModelFit:
+    """Fit NB2 `formula` on `data` with offset log(data[offset_years]) (None: no offset).
+
+    The reference arm is the comparator of every arm's rate ratio (default: first in sort order).
+    Non-convergence is reported (`converged=False`, a note), never hidden behind NaN.
+    """
+    from statsmodels.discrete.discrete_model import NegativeBinomial
+
+    df, response, cols = _prepare(data, formula, arm_col, reference, file)
+    if offset_years is not None:
+        if offset_years not in df.columns:
+            raise InputError(file, f"offset column '{offset_years}' not found", field=offset_years)
+        years = pd.to_numeric(df[offset_years], errors="coerce")
+        if years.isna().any() or (years <= 0).any():
+            raise InputError(file, f"offset '{offset_years}' must be positive years", field=offset_years)
+        df["_log_years"] = np.log(years.to_numpy(dtype=float))
+    used = [c for c in cols if c in df.columns] + (["_log_years"] if offset_years else [])
+    df = df.dropna(subset=used).reset_index(drop=True)
+    kwargs = {"offset": df["_log_years"].to_numpy()} if offset_years else {}
+    notes: list[str] = []
+    model = NegativeBinomial.from_formula(formula, df, loglike_method="nb2", **kwargs)
+    res, method, converged = None, "", False
+    for method in ("newton", "bfgs", "nm"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                if method == "nm":
+                    cand = model.fit(method="nm", maxiter=20 * maxiter, disp=0)
+                else:
+                    cand = model.fit(method=method, maxiter=maxiter, disp=0, gtol=1e-10)
+            except (np.linalg.LinAlgError, ValueError, OverflowError):
+                continue
+        ok = bool(cand.mle_retvals.get("converged", False)) and np.all(np.isfinite(cand.params))
+        if res is None or (np.isfinite(cand.llf) and cand.llf > res.llf + 1e-9) or ok:
+            res = cand
+        if ok:
+            converged = True
+            break
+    if res is None:
+        raise InputError(file, "the negative binomial model could not be fitted (singular design?)", field="formula")
+    if not converged:
+        notes.append(f"optimiser did not converge (last tried: {method}); estimates are the best found")
+    names = list(res.params.index)
+    beta_names = [n for n in names if n != "alpha"]
+    beta = res.params[beta_names].to_numpy(dtype=float)
+    alpha = float(res.params["alpha"])
+    X = model.exog
+    if cov == "expected":
+        mu = np.exp(X @ beta + (kwargs["offset"] if kwargs else 0.0))
+        w = mu / (1.0 + alpha * mu)
+        info = X.T @ (X * w[:, None])
+        try:
+            V = np.linalg.inv(info)
+        except np.linalg.LinAlgError:
+            V = np.linalg.pinv(info)
+            notes.append("singular information matrix: pseudo-inverse used")
+    else:
+        V = res.cov_params().loc[beta_names, beta_names].to_numpy(dtype=float)
+    se = np.sqrt(np.clip(np.diag(V), 0, None))
+    z = stats.norm.ppf(0.975)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        pvals = 2 * stats.norm.sf(np.abs(beta / se))
+    with np.errstate(over="ignore"):
+        rr, lo, hi = np.exp(beta), np.exp(beta - z * se), np.exp(beta + z * se)
+    table = pd.DataFrame(
+        {
+            "term": [_term_name(n, arm_col) for n in beta_names],
+            "coef": beta,
+            "se": se,
+            "rate_ratio": rr,
+            "ci_low": lo,
+            "ci_high": hi,
+            "p_value": pvals,
+        }
+    )
+    ref = None
+    arm_means = pd.DataFrame()
+    if arm_col in cols:
+        cats = list(df[arm_col].cat.categories)
+        ref = cats[0]
+        y = df[response].to_numpy(dtype=float)
+        for arm in cats[1:]:
+            if y[(df[arm_col] == arm).to_numpy()].sum() == 0:
+                notes.append(f"arm {arm!r} has no events: its rate ratio is not estimable (estimate at the boundary)")
+        arm_means = _adjusted_means(model, res, df, arm_col, cats, beta_names)
+    table = table[table["term"] != "Intercept"].reset_index(drop=True)
+    alpha_se = float(np.sqrt(res.cov_params().loc["alpha", "alpha"])) if np.isfinite(res.cov_params().loc["alpha", "alpha"]) else float("nan")
+    vcov = pd.DataFrame(V, index=[_term_name(n, arm_col) for n in beta_names], columns=[_term_name(n, arm_col) for n in beta_names])
+    return CountModelFit(table, arm_means, alpha, alpha_se, converged, int(len(df)), float(res.llf), formula, ref, cov, method, notes, vcov)
+
+
+def _adjusted_means(model: Any, res: Any, df: pd.DataFrame, arm_col: str, arms: list[str], beta_names: list[str]) -> pd.DataFrame:
+    """Adjusted annualised rate per arm: every analysed patient predicted under the arm (1 year)."""
+    rows = []
+    for arm in arms:
+        alt = df.copy()
+        alt[arm_col] = pd.Categorical([arm] * len(df), categories=arms)
+        pred = res.predict(alt, offset=np.zeros(len(alt)))
+        rows.append({"arm": arm, "adjusted_rate_per_year": float(np.mean(pred))})
+    out = pd.DataFrame(rows)
+    ref_rate = out["adjusted_rate_per_year"].iloc[0]
+    out["reduction_pct"] = 100.0 * (1.0 - out["adjusted_rate_per_year"] / ref_rate)
+    return out
+
+
+@dataclass(frozen=True)
+class LogitFit:
+    """Logistic regression of being free of NET2 lesions: odds ratios vs the reference arm."""
+
+    table: pd.DataFrame
+    proportions: pd.DataFrame
+    converged: bool
+    n: int
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def summary(self) -> str:
+        lines = [f"Logistic regression of lesion-free status (n={self.n})"]
+        for r in self.table.itertuples():
+            lines.append(f"  {r.term:28s} OR {r.odds_ratio:8.3f}  95% CI {r.ci_low:8.3f} to {r.ci_high:8.3f}  p={r.p_value:.3g}")
+        return "\n".join(lines)
+
+
+def fit_lesion_free(
+    data: pd.DataFrame, response: str = "net2", rhs: str = "arm", *, reference: str | None = None, arm_col: str = "arm", file: str | None = None
+) -> LogitFit:
+    """Odds ratios of being free of lesions (`response == 0`) by arm (+ covariates in `rhs`)."""
+    import statsmodels.formula.api as smf
+
+    df, _, _ = _prepare(data, f"{response} ~ {rhs}", arm_col, reference, file)
+    df["_lesion_free"] = (df[response].to_numpy(dtype=float) == 0).astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = smf.logit(f"_lesion_free ~ {rhs}", df).fit(disp=0, maxiter=200)
+    ci = res.conf_int()
+    table = pd.DataFrame(
+        {
+            "term": [_term_name(n, arm_col) for n in res.params.index],
+            "odds_ratio": np.exp(res.params.to_numpy()),
+            "ci_low": np.exp(ci[0].to_numpy()),
+            "ci_high": np.exp(ci[1].to_numpy()),
+            "p_value": res.pvalues.to_numpy(),
+        }
+    )
+    table = table[table["term"] != "Intercept"].reset_index(drop=True)
+    props = df.groupby(arm_col, observed=True)["_lesion_free"].agg(["mean", "size"]).reset_index()
+    props.columns = ["arm", "lesion_free_pct", "n"]
+    props["lesion_free_pct"] *= 100.0
+    return LogitFit(table, props, bool(res.mle_retvals.get("converged", True)), int(len(df)))

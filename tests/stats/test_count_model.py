@@ -1,0 +1,97 @@
+"""NB2 regression: agreement with R's MASS::glm.nb, recovery of the simulated truth, and bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mseval.errors import InputError
+from mseval.stats.count_model import fit_count_model, fit_lesion_free
+
+DATA = Path(__file__).parent / "data"
+
+
+def _r_term(term: str) -> str:
+    return "Intercept" if term == "(Intercept)" else term[3:] if term.startswith("arm") else term
+
+
+def _compare(ref: pd.DataFrame, data: pd.DataFrame) -> None:
+    for formula, r in ref.groupby("formula", sort=False):
+        fit = fit_count_model(data, formula, offset_years="followup_years", reference="placebo")
+        assert fit.converged
+        assert fit.alpha == pytest.approx(1.0 / r["theta"].iloc[0], rel=1e-5)
+        mine = fit.table.set_index("term")
+        for row in r.itertuples():
+            term = _r_term(row.term)
+            if term == "Intercept":
+                continue
+            assert np.exp(mine.loc[term, "coef"]) == pytest.approx(np.exp(row.coef), rel=1e-5), (formula, term)
+            assert mine.loc[term, "coef"] == pytest.approx(row.coef, rel=1e-5, abs=1e-8), (formula, term)
+            # expected-information standard errors are R's
+            assert mine.loc[term, "se"] == pytest.approx(row.se, rel=1e-4), (formula, term)
+
+
+def test_agrees_with_r_glm_nb_stored_reference() -> None:
+    """Against R 4.2.2 / MASS 7.3-58.2 output stored in tests/stats/data/nb_trial_r.csv (made by
+    make_r_reference.R): rate ratios and coefficients to 1e-5 relative, SEs to 1e-4."""
+    _compare(pd.read_csv(DATA / "nb_trial_r.csv"), pd.read_csv(DATA / "nb_trial.csv"))
+
+
+@pytest.mark.skipif(shutil.which("Rscript") is None, reason="R (Rscript with MASS) is not installed here")
+def test_agrees_with_r_glm_nb_live(tmp_path: Path) -> None:
+    """The same comparison with R run now, on a fresh data set (installs: r-base-core r-cran-mass)."""
+    rng = np.random.default_rng(12)
+    n = 300
+    d = pd.DataFrame({"arm": rng.choice(["placebo", "a", "b"], n), "age": rng.normal(37, 9, n).round(1),
+                      "gd_count": rng.poisson(1.0, n), "t2_volume_mm3": rng.lognormal(7, 0.5, n).round(1),
+                      "followup_years": rng.uniform(0.85, 1.0, n).round(5)})
+    mu = 6 * np.select([d.arm == "a", d.arm == "b"], [0.6, 0.2], 1.0) * d.followup_years * np.exp(0.3 * d.gd_count)
+    d["net2"] = rng.poisson(mu * rng.gamma(1.5, 1 / 1.5, n))
+    d["patient_id"] = [f"P{i}" for i in range(n)]
+    d.to_csv(tmp_path / "d.csv", index=False)
+    out = subprocess.run(["Rscript", str(DATA / "make_r_reference.R"), str(tmp_path / "d.csv")], capture_output=True, text=True, check=True)
+    (tmp_path / "r.csv").write_text(out.stdout)
+    _compare(pd.read_csv(tmp_path / "r.csv"), d)
+
+
+def test_rate_ratio_recovers_simulated_truth() -> None:
+    """400 per arm, RR 0.5, NB2 alpha 1: the 95% CI covers 0.5 (a 5% chance of a false failure is
+    avoided by a fixed seed; the coverage itself is checked over many trials in test_validity)."""
+    rng = np.random.default_rng(3)
+    n = 800
+    arm = np.repeat(["placebo", "drug"], n // 2)
+    years = rng.uniform(0.88, 0.96, n)
+    mu = 7.0 * np.where(arm == "drug", 0.5, 1.0) * years
+    d = pd.DataFrame({"arm": arm, "followup_years": years, "net2": rng.poisson(mu * rng.gamma(1.0, 1.0, n))})
+    fit = fit_count_model(d, "net2 ~ arm", reference="placebo")
+    rr = fit.rate_ratio("drug")
+    assert rr.ci_low < 0.5 < rr.ci_high and abs(fit.alpha - 1.0) < 0.3
+    assert fit.arm_means.set_index("arm").loc["drug", "reduction_pct"] == pytest.approx(100 * (1 - rr.rate_ratio), rel=1e-6)
+    obs = fit_count_model(d, "net2 ~ arm", reference="placebo", cov="observed")
+    assert obs.rate_ratio("drug").rate_ratio == pytest.approx(rr.rate_ratio, rel=1e-6)
+    assert obs.rate_ratio("drug").se == pytest.approx(rr.se, rel=0.05)
+    lf = fit_lesion_free(d, reference="placebo")
+    assert lf.table.set_index("term").loc["drug", "odds_ratio"] > 1
+
+
+def test_bad_input() -> None:
+    d = pd.read_csv(DATA / "nb_trial.csv")
+    with pytest.raises(InputError, match="unknown column 'edss'"):
+        fit_count_model(d, "net2 ~ arm + edss", reference="placebo")
+    with pytest.raises(InputError, match="only one arm"):
+        fit_count_model(d[d.arm == "placebo"], "net2 ~ arm", reference="placebo")
+    with pytest.raises(InputError, match="all counts .* are zero"):
+        fit_count_model(d.assign(net2=0), "net2 ~ arm", reference="placebo")
+    with pytest.raises(InputError, match="reference arm 'aspirin'"):
+        fit_count_model(d, "net2 ~ arm", reference="aspirin")
+    with pytest.raises(InputError, match="positive years"):
+        fit_count_model(d.assign(followup_years=0.0), "net2 ~ arm", reference="placebo")
+    zero_arm = d.copy()
+    zero_arm.loc[zero_arm.arm == "ocrelizumab", "net2"] = 0
+    fit = fit_count_model(zero_arm, "net2 ~ arm", reference="placebo")
+    assert any("no events" in n for n in fit.notes)
