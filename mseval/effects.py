@@ -1,0 +1,201 @@
+"""`mseval effects`: treatment effects the way RRMS trials report them, observed and forecast.
+
+Tables written to OUT (atomically, all or nothing):
+    primary_endpoint.csv        rate ratios vs the reference, side by side: observed (NB2), forecast
+                                (NB2 on each ensemble sample, Rubin's rules), counterfactual
+                                (ratio of ensemble means over all patients) [+ truth when simulated]
+    rate_ratios_observed.csv    every term of the observed NB2 model (incl. covariates)
+    rate_ratios_forecast.csv    every term, pooled over imputations
+    adjusted_means.csv          adjusted annualised NET2 rate per arm and % reduction
+    lesion_free.csv             proportion free of NET2 lesions per arm; odds ratios (logistic)
+    counterfactual_patients.csv per patient x arm: expected count, difference and ratio vs reference
+    counterfactual_average.csv  per arm: mean difference and ratio of means with CIs
+    responders.csv              observed effects in the top 10/30/50% predicted responders
+    qini_curve.csv, qini_area.csv
+    prognostic.csv              SE and sample-size saving from the prognostic score
+    power_analytic.csv, power_simulated.csv
+    counts.parquet              the ensemble counts used (unless given with --counts)
+    effects.json                settings, model information and headline numbers
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mseval import __version__
+from mseval.errors import InputError
+from mseval.io.atomic import atomic_dir, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from mseval.io.cohort import read_cohort
+from mseval.lesions.ensemble import CountSettings, count_store
+from mseval.lesions.observed import analysis_table
+from mseval.stats.count_model import fit_count_model, fit_lesion_free
+from mseval.stats.counterfactual import counterfactual_effects, qini_curve, responder_strata
+from mseval.stats.ensemble_counts import check_counts, forecast_means
+from mseval.stats.power import power_table
+from mseval.stats.prognostic import prognostic_adjustment
+from mseval.stats.rubin import fit_forecast_imputations
+
+
+@dataclass(frozen=True)
+class EffectsSettings:
+    formula: str = "net2 ~ arm"
+    connectivity: int = 26
+    min_volume_mm3: float = 3.0
+    cov: str = "expected"
+    responder_fractions: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
+    power_sims: int = 50
+    seed: int = 0
+
+
+def _truth_comparison(truth: pd.DataFrame, cf_patients: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per arm: the cohort's true ratio of mean counts and the correlation of forecast and true
+    per-patient effects (differences vs the reference)."""
+    t = truth.set_index(["patient_id", "arm"])["expected_count"]
+    rows = []
+    for arm, g in cf_patients.groupby("arm"):
+        if arm == reference:
+            continue
+        ids = g["patient_id"].to_numpy()
+        true_diff = t.loc[[(i, arm) for i in ids]].to_numpy() - t.loc[[(i, reference) for i in ids]].to_numpy()
+        r = stats.pearsonr(g["difference"], true_diff)[0] if len(ids) > 2 and np.std(true_diff) > 0 else np.nan
+        rows.append({"arm": arm, "true_ratio_of_means": float(t.loc[[(i, arm) for i in ids]].sum() / t.loc[[(i, reference) for i in ids]].sum()),
+                     "true_mean_difference": float(true_diff.mean()), "effect_correlation": float(r)})
+    return pd.DataFrame(rows)
+
+
+def run_effects(
+    cohort_dir: str | Path,
+    forecasts_dir: str | Path | None,
+    out: str | Path,
+    settings: EffectsSettings = EffectsSettings(),
+    *,
+    counts_path: str | Path | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Estimate every effect; write the tables listed in the module docstring to `out`."""
+    say = progress or (lambda _msg: None)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(out, "output folder exists; remove it or pass --overwrite")
+    cohort = read_cohort(cohort_dir)
+    ref = cohort.reference_arm
+    arms = list(cohort.arms["arm"])
+    say("observed counts from the NET2 masks")
+    table = analysis_table(cohort, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if counts_path is not None:
+            counts_file = Path(counts_path)
+            if not counts_file.is_file():
+                raise InputError(counts_file, "file not found")
+            counts = pd.read_parquet(counts_file)
+        else:
+            if forecasts_dir is None:
+                raise InputError(None, "give a forecast store or --counts", field="forecasts")
+            say("counting forecast lesions")
+            counts = count_store(forecasts_dir, tmp / "_count", CountSettings(settings.connectivity, settings.min_volume_mm3), workers=workers).counts
+            counts_file = tmp / "counts.parquet"
+            write_parquet_atomic(counts, counts_file)
+            import shutil
+
+            shutil.rmtree(tmp / "_count", ignore_errors=True)
+        S = check_counts(counts, cohort.patient_ids, arms, counts_file)
+        say("observed NB2 model")
+        observed = fit_count_model(table, settings.formula, reference=ref, cov=settings.cov, file=str(cohort.root / "manifest.csv"))
+        lesion_free = fit_lesion_free(table, reference=ref)
+        means = forecast_means(counts)
+        say(f"forecast NB2 models ({S} imputations)")
+        rubin = fit_forecast_imputations(table, counts, settings.formula, reference=ref)
+        say("counterfactual effects")
+        cf = counterfactual_effects(means, ref)
+        responders = responder_strata(table, cf, fractions=settings.responder_fractions, truth=cohort.truth)
+        qini = qini_curve(table, cf)
+        prog = prognostic_adjustment(table, means, ref, settings.formula)
+        say("power")
+        power = power_table(table, counts, means, ref, dispersion=observed.alpha, sims=settings.power_sims, seed=settings.seed)
+        primary = _primary(observed, rubin.table, cf.average, arms, ref)
+        truth_cmp = None
+        if cohort.truth is not None:
+            truth_cmp = _truth_comparison(cohort.truth, cf.patients, ref)
+            primary = primary.merge(truth_cmp[["arm", "true_ratio_of_means"]], on="arm", how="left")
+        files = {
+            "primary_endpoint.csv": primary,
+            "rate_ratios_observed.csv": observed.table,
+            "rate_ratios_forecast.csv": rubin.table,
+            "adjusted_means.csv": observed.arm_means,
+            "lesion_free.csv": lesion_free.proportions.merge(lesion_free.table.rename(columns={"term": "arm"}), on="arm", how="left"),
+            "counterfactual_patients.csv": cf.patients,
+            "counterfactual_average.csv": cf.average,
+            "responders.csv": responders.table,
+            "qini_curve.csv": qini.curve,
+            "qini_area.csv": qini.area,
+            "prognostic.csv": prog.table,
+            "power_analytic.csv": power.analytic,
+            "power_simulated.csv": power.simulated,
+        }
+        if truth_cmp is not None:
+            files["truth_comparison.csv"] = truth_cmp
+        for name, df in files.items():
+            write_csv_atomic(df, tmp / name)
+        summary = {
+            "mseval_version": __version__,
+            "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": str(counts_path) if counts_path else "counted from the store",
+                         "observed_counts": "components of each patient's net2_mask"},
+            "observed_model": observed.model_info(),
+            "forecast_model": {"imputations": rubin.imputations, "failed_fits": rubin.failed, "pooling": "Rubin's rules, Barnard-Rubin-free classic df"},
+            "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
+            "patients": int(len(table)),
+        }
+        write_json_atomic(summary, tmp / "effects.json")
+    return summary
+
+
+def _primary(observed: Any, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: list[str], reference: str) -> pd.DataFrame:
+    o = observed.table.set_index("term")
+    f = forecast.set_index("term")
+    c = cf_avg.set_index("arm")
+    rows = []
+    for arm in arms:
+        if arm == reference:
+            continue
+        rows.append({
+            "arm": arm,
+            "observed_rate_ratio": o.loc[arm, "rate_ratio"], "observed_ci_low": o.loc[arm, "ci_low"], "observed_ci_high": o.loc[arm, "ci_high"], "observed_p_value": o.loc[arm, "p_value"],
+            "forecast_rate_ratio": f.loc[arm, "rate_ratio"], "forecast_ci_low": f.loc[arm, "ci_low"], "forecast_ci_high": f.loc[arm, "ci_high"],
+            "counterfactual_rate_ratio": c.loc[arm, "ratio_of_means"], "counterfactual_ci_low": c.loc[arm, "ratio_ci_low"], "counterfactual_ci_high": c.loc[arm, "ratio_ci_high"],
+        })
+    return pd.DataFrame(rows)
+
+
+def run_nbreg(
+    table_path: str | Path, out: str | Path, *, formula: str, offset_years: str | None, reference: str | None,
+    cov: str = "expected", arm_col: str = "arm", overwrite: bool = False,
+) -> Any:
+    """`mseval nbreg`: the NB2 model on any table; writes rate_ratios.csv, adjusted_means.csv, model.json."""
+    table_path, out = Path(table_path), Path(out)
+    if not table_path.is_file():
+        raise InputError(table_path, "file not found")
+    if out.exists() and not overwrite:
+        raise InputError(out, "output folder exists; remove it or pass --overwrite")
+    try:
+        data = pd.read_parquet(table_path) if table_path.suffix == ".parquet" else pd.read_csv(table_path)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(table_path, f"cannot read table ({type(exc).__name__}: {exc})") from None
+    if cov not in ("expected", "observed"):
+        raise InputError(None, f"--cov must be expected or observed, got {cov!r}", field="cov")
+    fit = fit_count_model(data, formula, offset_years=offset_years, reference=reference, cov=cov, arm_col=arm_col, file=str(table_path))  # type: ignore[arg-type]
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        cols = ["term", "rate_ratio", "ci_low", "ci_high", "p_value", "coef", "se"]
+        write_csv_atomic(fit.table[cols], tmp / "rate_ratios.csv")
+        if not fit.arm_means.empty:
+            write_csv_atomic(fit.arm_means, tmp / "adjusted_means.csv")
+        write_json_atomic({**fit.model_info(), "table": str(table_path), "offset_years": offset_years, "mseval_version": __version__}, tmp / "model.json")
+    return fit

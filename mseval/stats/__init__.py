@@ -1,0 +1,1 @@
+"""Trial statistics: count regression, treatment effects, responders, prognostic adjustment, power, bootstrap."""
