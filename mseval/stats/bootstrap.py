@@ -63,6 +63,7 @@ def patient_bootstrap(
     seed: int | None = 0,
     vectorized: bool = False,
     method: str = "BCa",
+    batch: int | None = 256,
 ) -> BootstrapResult:
     """Bootstrap CI of `statistic(*data)` resampling patients.
 
@@ -70,7 +71,8 @@ def patient_bootstrap(
     patient's row together). statistic: called as `statistic(*arrays)` on resampled arrays; with
     `vectorized=True` it must accept an extra leading batch axis and an `axis=-1` keyword as
     scipy's vectorized statistics do (then 1D data only). method: 'BCa' (default; percentile
-    fallback when degenerate) or 'percentile'.
+    fallback when degenerate) or 'percentile'. batch: resamples (and jackknife leave-one-out
+    samples) evaluated per vectorized call, bounding memory at about batch x n values.
     """
     if method not in ("BCa", "percentile"):
         raise ValueError(f"method must be 'BCa' or 'percentile', got {method!r}")
@@ -110,7 +112,7 @@ def patient_bootstrap(
         try:
             res = stats.bootstrap(
                 sample, stat, n_resamples=n_resamples, confidence_level=confidence_level, method=method,
-                paired=len(sample) > 1, vectorized=vec, random_state=rng,
+                paired=len(sample) > 1, vectorized=vec, random_state=rng, batch=batch if vec else None,
             )
             low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
             dist = np.asarray(res.bootstrap_distribution, dtype=float)

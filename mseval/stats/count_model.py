@@ -202,7 +202,10 @@ def fit_count_model(
             V = np.linalg.pinv(info)
             notes.append("singular information matrix: pseudo-inverse used")
     else:
-        V = res.cov_params().loc[beta_names, beta_names].to_numpy(dtype=float)
+        try:
+            V = res.cov_params().loc[beta_names, beta_names].to_numpy(dtype=float)
+        except ValueError:
+            raise InputError(file, f"no observed information after the {method} optimiser; use cov='expected'", field="cov") from None
     se = np.sqrt(np.clip(np.diag(V), 0, None))
     z = stats.norm.ppf(0.975)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -232,7 +235,11 @@ def fit_count_model(
         if adjusted_means:
             arm_means = _adjusted_means(model, res, df, arm_col, cats, beta_names)
     table = table[table["term"] != "Intercept"].reset_index(drop=True)
-    alpha_se = float(np.sqrt(res.cov_params().loc["alpha", "alpha"])) if np.isfinite(res.cov_params().loc["alpha", "alpha"]) else float("nan")
+    try:
+        alpha_var = float(res.cov_params().loc["alpha", "alpha"])
+    except ValueError:  # no Hessian-based covariance (e.g. Nelder-Mead)
+        alpha_var = float("nan")
+    alpha_se = float(np.sqrt(alpha_var)) if np.isfinite(alpha_var) and alpha_var >= 0 else float("nan")
     vcov = pd.DataFrame(V, index=[_term_name(n, arm_col) for n in beta_names], columns=[_term_name(n, arm_col) for n in beta_names])
     return CountModelFit(table, arm_means, alpha, alpha_se, converged, int(len(df)), float(res.llf), formula, ref, cov, method, notes, vcov)
 

@@ -5,6 +5,10 @@ all-zero ensemble stays finite), enters the observed NB2 analysis as a covariate
 baseline function of the images, it cannot bias the randomized comparison; it shrinks the
 standard error of the log rate ratio when it predicts the outcome. Implied saving in sample size
 for the same power: 1 - (SE_adjusted / SE_unadjusted)^2.
+
+Caution: the adjusted rate ratio is conditional on the score. When the effect differs between
+patients (effect modification), it is a different estimand from the marginal ratio of means, and
+the two can differ by more than their standard errors; the test of no effect keeps its level.
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+"""Repeated simulated trials with known truth: CI coverage, type-I error, prognostic adjustment.
+
+Used by the fast checks in tests/stats/test_validity.py and the full runs in bench/validity.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from mseval.simulate.arms import ArmSpec
+from mseval.simulate.counts_only import population_rate_ratios, simulate_count_trial
+from mseval.simulate.model import TrialConfig
+from mseval.stats.count_model import fit_count_model
+from mseval.stats.ensemble_counts import forecast_means
+from mseval.stats.prognostic import prognostic_score
+
+DRUG = ArmSpec("dmf", "Dimethyl fumarate", "moderate", 0.15)
+NULL = ArmSpec("null", "Null arm", "none", 1.0)
+PLACEBO = ArmSpec("placebo", "Placebo", "none", 1.0, reference=True)
+
+
+def repeated_trials(n_trials: int, *, patients_per_arm: int = 100, drug: ArmSpec = DRUG, seed0: int = 0, samples: int = 10) -> pd.DataFrame:
+    """One row per simulated two-arm trial: the arm-only NB2 rate ratio and CI, whether it covers the
+    superpopulation rate ratio, p-value, and the same with the oracle prognostic score."""
+    base = TrialConfig(patients_per_arm=patients_per_arm, arms=(PLACEBO, drug))
+    target = population_rate_ratios(base)[drug.arm]
+    rows = []
+    for k in range(n_trials):
+        tr = simulate_count_trial(replace(base, seed=seed0 + k), samples=samples, forecast_seed=seed0 + k)
+        d = tr.table.merge(prognostic_score(forecast_means(tr.counts), "placebo"), left_on="patient_id", right_index=True)
+        row = {"trial": k, "target_rate_ratio": target}
+        for adjusted in (False, True):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit = fit_count_model(d, "net2 ~ arm + prognostic_score" if adjusted else "net2 ~ arm", reference="placebo", adjusted_means=False)
+            r = fit.rate_ratio(drug.arm)
+            tag = "adj_" if adjusted else ""
+            row.update({f"{tag}rate_ratio": r.rate_ratio, f"{tag}ci_low": r.ci_low, f"{tag}ci_high": r.ci_high, f"{tag}p_value": r.p_value,
+                        f"{tag}se": r.se, f"{tag}covers": bool(r.ci_low <= target <= r.ci_high), f"{tag}converged": fit.converged})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize(trials: pd.DataFrame) -> dict[str, float]:
+    n = len(trials)
+    mc = lambda p: float(np.sqrt(p * (1 - p) / n))  # noqa: E731
+    cov, rej = trials["covers"].mean(), (trials["p_value"] < 0.05).mean()
+    acov, arej = trials["adj_covers"].mean(), (trials["adj_p_value"] < 0.05).mean()
+    return {"trials": n, "coverage": cov, "coverage_mc_se": mc(0.95), "rejection_rate": rej,
+            "adjusted_coverage": acov, "adjusted_rejection_rate": arej,
+            "se_ratio_adjusted_vs_unadjusted": float((trials["adj_se"] / trials["se"]).mean())}

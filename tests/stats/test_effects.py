@@ -1,0 +1,131 @@
+"""Effects against the truth (counts-only trials, large n) and `mseval effects` / `mseval nbreg`
+end to end on a small simulated cohort with oracle forecasts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+
+import data_schemas
+from mseval.simulate.counts_only import population_rate_ratios, simulate_count_trial
+from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
+from mseval.simulate.model import TrialConfig
+from mseval.simulate.trial import simulate_trial
+from mseval.stats.counterfactual import counterfactual_effects, qini_curve, responder_strata
+from mseval.stats.ensemble_counts import forecast_means
+from mseval.stats.prognostic import prognostic_adjustment
+from mseval.stats.rubin import fit_forecast_imputations
+
+
+@pytest.fixture(scope="module")
+def big() -> tuple:
+    cfg = TrialConfig(patients_per_arm=150, seed=31)
+    return cfg, simulate_count_trial(cfg, samples=20, forecast_seed=4)
+
+
+def test_counterfactual_effects_track_the_truth(big: tuple) -> None:
+    """Oracle forecasts (20 Poisson draws of the true mean): per-patient effects correlate with the
+    true ones (> 0.9), and each arm's average ratio-of-means CI covers the superpopulation ratio
+    (5 arms at 95%; a miss in any would have probability ~ 0.23 for a correct method, so the check
+    is that at most one misses)."""
+    cfg, tr = big
+    cf = counterfactual_effects(forecast_means(tr.counts), "placebo")
+    truth = tr.truth.set_index(["patient_id", "arm"])["expected_count"]
+    target = population_rate_ratios(cfg)
+    misses = 0
+    for r in cf.average.itertuples():
+        p = cf.patients[cf.patients["arm"] == r.arm]
+        true_diff = truth.loc[list(zip(p.patient_id, [r.arm] * len(p)))].to_numpy() - truth.loc[list(zip(p.patient_id, ["placebo"] * len(p)))].to_numpy()
+        assert np.corrcoef(p["difference"], true_diff)[0, 1] > 0.9, r.arm
+        misses += not (r.ratio_ci_low <= target[r.arm] <= r.ratio_ci_high)
+    assert misses <= 1
+
+
+def test_rubin_forecast_estimate_covers_marginal_truth(big: tuple) -> None:
+    cfg, tr = big
+    fit = fit_forecast_imputations(tr.table, tr.counts, "net2 ~ arm", reference="placebo")
+    target = population_rate_ratios(cfg)
+    t = fit.table.set_index("term")
+    inside = [t.loc[a, "ci_low"] <= target[a] <= t.loc[a, "ci_high"] for a in target if a != "placebo"]
+    assert sum(inside) >= 4 and fit.imputations == 20 and (t["fraction_missing_info"] >= 0).all()
+
+
+def test_responders_prognostic_and_qini(big: tuple) -> None:
+    """With age modifying the effect, the top predicted responders have a stronger true effect than
+    everyone; the oracle prognostic score shrinks the SE; the Qini area is positive."""
+    cfg, tr = big
+    means = forecast_means(tr.counts)
+    cf = counterfactual_effects(means, "placebo")
+    rs = responder_strata(tr.table, cf, arms=["ifnb1a_sc"], truth=tr.truth).table.set_index("stratum")
+    assert rs.loc["top 10%", "true_rate_ratio"] < rs.loc["all", "true_rate_ratio"]
+    assert np.isfinite(rs.loc["all", "observed_rate_ratio"])
+    prog = prognostic_adjustment(tr.table, means, "placebo").table
+    assert (prog["se_reduction_pct"] > 5).all() and (prog["sample_size_saving_pct"] > 0).all()
+    q = qini_curve(tr.table, cf, arms=["dmf"]).area
+    assert q["qini_area"].iloc[0] > 0
+
+
+@pytest.fixture(scope="module")
+def small_trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("eff")
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=8, shape=(24, 24, 24), seed=8))
+    simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=5, seed=2))
+    return root / "cohort", root / "fc"
+
+
+def test_effects_cli_end_to_end(small_trial: tuple[Path, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
+    cohort, fc = small_trial
+    res = cli("effects", cohort, fc, "--out", tmp_path / "eff", "--power-sims", "3")
+    assert res.code == 0, res.err
+    out = tmp_path / "eff"
+    for name in ["primary_endpoint.csv", "rate_ratios_observed.csv", "rate_ratios_forecast.csv", "adjusted_means.csv", "lesion_free.csv",
+                 "counterfactual_patients.csv", "counterfactual_average.csv", "responders.csv", "qini_curve.csv", "qini_area.csv",
+                 "prognostic.csv", "power_analytic.csv", "power_simulated.csv", "truth_comparison.csv", "counts.parquet", "effects.json"]:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "effects.json").read_text())
+    jsonschema.validate(summary, data_schemas.load("effects_summary"))
+    primary = pd.read_csv(out / "primary_endpoint.csv")
+    assert len(primary) == 5 and primary[["observed_rate_ratio", "forecast_rate_ratio", "counterfactual_rate_ratio"]].notna().all().all()
+    assert "ocrelizumab" in res.out
+
+
+def test_effects_bad_input(small_trial: tuple[Path, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
+    cohort, fc = small_trial
+    assert cli("count", fc, "--out", tmp_path / "cnt").code == 0
+    counts = pd.read_parquet(tmp_path / "cnt" / "counts.parquet")
+    cases = {
+        "missing samples": (counts.drop(index=[0]), "has 4 samples, others have 5"),
+        "unknown arm": (counts.assign(arm=counts["arm"].replace("dmf", "aspirin")), "arm 'aspirin' is not in the arms table"),
+        "missing block": (counts[~((counts.patient_id == "P001") & (counts.arm == "dmf"))], "no samples for patient 'P001' under arm 'dmf'"),
+    }
+    for name, (bad, words) in cases.items():
+        bad.to_parquet(tmp_path / f"{name}.parquet")
+        res = cli("effects", cohort, "--counts", tmp_path / f"{name}.parquet", "--out", tmp_path / "eff")
+        # progress lines may precede it on stderr; the error itself is one line, the last
+        last = res.err.strip().splitlines()[-1]
+        assert res.code == 2 and last.startswith("mseval: error: ") and words in last and "Traceback" not in res.err, (name, res.err)
+        assert not (tmp_path / "eff").exists(), name
+    res = cli("effects", cohort, fc, "--out", tmp_path / "eff", "--formula", "net2 ~ arm + shoe_size")
+    assert res.code == 2 and "unknown column 'shoe_size'" in res.err and not (tmp_path / "eff").exists()
+
+
+def test_nbreg_contract(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    data = Path(__file__).parent / "data" / "nb_trial.csv"
+    res = cli("nbreg", data, "--formula", "net2 ~ arm + t2_volume_mm3", "--offset-years", "followup_years", "--reference", "placebo", "--out", tmp_path / "nb")
+    assert res.code == 0, res.err
+    rr = pd.read_csv(tmp_path / "nb" / "rate_ratios.csv")
+    assert list(rr.columns[:5]) == ["term", "rate_ratio", "ci_low", "ci_high", "p_value"]
+    assert {"dmf", "ocrelizumab", "t2_volume_mm3"} <= set(rr["term"])
+    model = json.loads((tmp_path / "nb" / "model.json").read_text())
+    assert {"alpha", "converged", "n"} <= set(model) and model["n"] == 360 and model["converged"] is True
+    d = pd.read_csv(data)
+    d.assign(net2=0).to_csv(tmp_path / "zeros.csv", index=False)
+    d[d.arm == "dmf"].to_csv(tmp_path / "one_arm.csv", index=False)
+    for name, words in [("zeros.csv", "all counts in 'net2' are zero"), ("one_arm.csv", "only one arm")]:
+        res = cli("nbreg", tmp_path / name, "--out", tmp_path / "x")
+        assert res.code == 2 and words in res.err and name in res.err and not (tmp_path / "x").exists(), res.err
