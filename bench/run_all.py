@@ -9,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_count  # noqa: E402
+import bench_evaluate  # noqa: E402
 import bench_simulate  # noqa: E402
 import bench_store  # noqa: E402
 
@@ -18,6 +19,7 @@ def main() -> None:
     for name, mod in [
         ("store read (182x218x182 masks)", bench_store),
         ("mseval count (182x218x182 masks, 10-40 lesions)", bench_count),
+        ("mseval evaluate metrics, paper-scale counts table", bench_evaluate),
         ("simulator", bench_simulate),
     ]:
         print(f"\n## {name}")

@@ -280,6 +280,15 @@ def effects(
     typer.echo(f"tables in {out}")
 
 
+from mseval.commands.match import match  # noqa: E402 - light module: heavy imports inside the command
+
+app.command("match", help="Lesion-wise detection metrics of a predicted mask against a reference (presets or explicit rule).")(match)
+
+from mseval.commands.evaluate import evaluate  # noqa: E402
+
+app.command()(evaluate)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mseval` console script."""
     command = typer.main.get_command(app)

@@ -57,7 +57,9 @@ def label_lesions(mask: np.ndarray, *, connectivity: int = 26, min_voxels: int =
     component's first voxel), and n.
     """
     check_connectivity(connectivity)
-    m = np.ascontiguousarray(mask, dtype=bool)
+    # uint8, not bool: cc3d 4.1.1 fails on bool volumes one voxel wide at 26-connectivity
+    # (found by the hypothesis test); binarised first, since cc3d labels each value apart.
+    m = np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
     if min_voxels > 1:
         labels = cc3d.dust(m, threshold=min_voxels, connectivity=connectivity, in_place=False)
         labels, n = cc3d.connected_components(labels, connectivity=connectivity, return_N=True)

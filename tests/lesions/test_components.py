@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -37,6 +37,7 @@ masks = st.builds(
 
 @settings(max_examples=400, deadline=None)
 @given(mask=masks, connectivity=st.sampled_from([6, 18, 26]), min_voxels=st.integers(0, 6))
+@example(mask=np.array([[[1, 0, 1]]], dtype=np.uint8), connectivity=26, min_voxels=0)  # cc3d bool-input bug
 def test_dense_and_sparse_labels_equal_scipy(mask: np.ndarray, connectivity: int, min_voxels: int) -> None:
     ref_labels, ref_n = scipy_reference(mask, connectivity, min_voxels)
     labels, n = label_lesions(mask, connectivity=connectivity, min_voxels=min_voxels)

@@ -1,0 +1,1 @@
+"""Command functions registered on the `mseval` Typer app by `mseval.cli` (heavy imports inside each)."""

@@ -1,0 +1,167 @@
+"""Calibration of P(active) and of counts, with validity checks against the simulator's truth model.
+
+The large-n validity tests build count tables directly from the simulator's truth model (the same
+`draw_patients` / `truth_frame` as `mseval simulate`, without images): each patient's observed
+count is Poisson(expected_count) under the allocated arm, exactly as the simulator draws it, and
+each forecast sample is drawn from the forecaster's law (`mseval.simulate.forecasters`:
+oracle Poisson(mu); overdispersed Poisson(mu G), G ~ Gamma(1, 1); biased Poisson(2 mu)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scoringrules as sr
+
+from mseval.metrics.calibration import (
+    binary_calibration, brier_decomposition, count_calibration, crps_ensemble_fair, expected_calibration_error,
+    logistic_recalibration, randomized_pit, ranked_probability_score, reliability_table,
+)
+from mseval.simulate.model import TrialConfig, draw_patients, truth_frame
+
+S = 20
+
+
+@pytest.fixture(scope="module")
+def truth_model():
+    """6,000 patients (1,000 per arm) of the default trial: allocated expected counts and observed counts."""
+    rng = np.random.default_rng(5)
+    cfg = TrialConfig(patients_per_arm=1000, seed=5)
+    truth = truth_frame(draw_patients(cfg, rng), cfg)
+    al = truth[truth["allocated"]].reset_index(drop=True)
+    mu = al["expected_count"].to_numpy()
+    return mu, al["p_active"].to_numpy(), rng.poisson(mu), rng
+
+
+def _forecast(kind: str, mu: np.ndarray, rng: np.random.Generator, samples: int = S) -> np.ndarray:
+    lam = {"oracle": lambda: np.repeat(mu[:, None], samples, 1),
+           "overdispersed": lambda: mu[:, None] * rng.gamma(1.0, 1.0, (mu.size, samples)),
+           "biased": lambda: np.repeat(2 * mu[:, None], samples, 1)}[kind]()
+    return rng.poisson(lam)
+
+
+# -- scores checked against scoringrules ----------------------------------------------------
+def test_fair_crps_equals_scoringrules():
+    """Our fair CRPS is scoringrules' `crps_ensemble(estimator='fair')` to rounding."""
+    rng = np.random.default_rng(0)
+    x, y = rng.poisson(3, (300, S)), rng.poisson(3, 300)
+    assert np.allclose(crps_ensemble_fair(x, y), sr.crps_ensemble(y, x.astype(float), estimator="fair"), atol=1e-12)
+
+
+def test_rps_equals_the_plain_ensemble_crps_for_counts():
+    """For integer forecasts and outcomes, sum_k (F(k) - 1{y <= k})^2 is the integral defining the
+    CRPS of the ensemble's empirical CDF: scoringrules' 'nrg' estimator, to rounding."""
+    rng = np.random.default_rng(1)
+    x, y = rng.poisson(4, (300, S)), rng.poisson(4, 300)
+    assert np.allclose(ranked_probability_score(x, y), sr.crps_ensemble(y, x.astype(float), estimator="nrg"), atol=1e-9)
+
+
+# -- P(active) building blocks --------------------------------------------------------------
+def test_reliability_bins_are_closed_and_count_every_patient():
+    """p = 0 and p = 1 (common with ensembles) are counted; tied quantiles merge; bins cover all."""
+    p = np.r_[np.zeros(40), np.full(10, 0.5), np.ones(50)]
+    y = np.r_[np.zeros(40), np.ones(5), np.zeros(5), np.ones(50)].astype(bool)
+    rel = reliability_table(p, y, n_bins=10)
+    assert rel["n"].sum() == 100 and (rel["n"] > 0).all()
+    assert rel["observed_rate"].iloc[-1] == 1.0 and rel["mean_predicted"].iloc[0] == 0.0
+    assert reliability_table(p, y, n_bins=4, strategy="uniform")["n"].sum() == 100
+
+
+def test_brier_decomposition_adds_up_and_is_exact_on_distinct_values():
+    """With few distinct forecast values, REL - RES + UNC equals the Brier score exactly (Murphy);
+    with many, the within-bin remainder makes the parts add up."""
+    rng = np.random.default_rng(2)
+    p = rng.integers(0, S + 1, 1000) / S
+    y = rng.random(1000) < p
+    d = brier_decomposition(p, y)
+    assert d["grouping"] == "distinct forecast values" and abs(d["within_bin"]) < 1e-12
+    q = rng.random(1000)
+    d2 = brier_decomposition(q, rng.random(1000) < q)
+    assert d2["reliability"] - d2["resolution"] + d2["uncertainty"] + d2["within_bin"] == pytest.approx(d2["brier"])
+
+
+def test_ece_by_hand():
+    """Two bins: {0.2, 0.2} with 1 event (gap 0.3) and {0.8, 0.8} with 2 events (gap 0.2): ECE 0.25."""
+    assert expected_calibration_error(np.array([0.2, 0.2, 0.8, 0.8]), np.array([1, 0, 1, 1]), n_bins=2) == pytest.approx(0.25)
+
+
+def test_recalibration_of_the_true_probability(truth_model):
+    """With the simulator's own P(active) as the forecast, intercept 0 and slope 1 are the truth:
+    each 95% Wald CI must cover them (each fails with probability 5% at this fixed seed)."""
+    mu, p_true, y, _ = truth_model
+    r = logistic_recalibration(p_true, y >= 1)
+    assert r.intercept_ci[0] < 0 < r.intercept_ci[1]
+    assert r.slope_ci[0] < 1 < r.slope_ci[1]
+
+
+# -- validity: oracle vs degraded forecasters ----------------------------------------------
+def test_oracle_pit_is_uniform_and_intervals_cover(truth_model):
+    """Oracle, S = 20, n = 6,000. The augmented randomized PIT is exactly U(0, 1) when observation and
+    members are exchangeable (any S), so the chi-square test must not reject at 1%, and the
+    randomized central-interval coverage must be within 2 points of nominal (2 points is >= 3 SE:
+    SE <= sqrt(.25 / 6000) = 0.65 points). The plain PIT against the 20-member CDF is not uniform
+    (values of exactly 0 or 1 when y falls outside the members): it must reject, showing why the
+    ensemble size has to be accounted for."""
+    mu, _, y, rng = truth_model
+    cc = count_calibration(_forecast("oracle", mu, rng), y, seed=1)
+    assert cc.pit_test.chi2_p > 0.01
+    for rec in cc.coverage.to_dict("records"):
+        assert abs(rec["randomized"] - rec["level"]) < 0.02, rec
+    plain = randomized_pit(_forecast("oracle", mu, rng), y, kind="ensemble")
+    assert ((plain == 0) | (plain == 1)).mean() > 0.02
+
+
+def test_oracle_quantile_interval_coverage_with_many_samples(truth_model):
+    """Closed sample-quantile intervals of discrete counts hold more than the nominal mass, so
+    their coverage is compared with the mass the forecast itself puts inside (`implied`). With
+    S = 400 members the implied mass is the true interval probability to O(1/sqrt S) per patient,
+    averaged over 6,000 patients; the observed coverage must match it within 2 points (3 SE)."""
+    mu, _, y, rng = truth_model
+    cov = count_calibration(_forecast("oracle", mu, rng, 400), y, seed=2).coverage
+    for rec in cov.to_dict("records"):
+        assert abs(rec["coverage"] - rec["implied"]) < 0.02, rec
+        assert rec["coverage"] >= rec["level"] - 0.02
+
+
+def test_oracle_probability_calibration(truth_model):
+    """Oracle P(active) from 20 samples: the calibration intercept's 95% CI covers 0 (E[p_hat] = p),
+    and the slope is within 0.1 of 1 (sampling noise in p_hat attenuates it by about
+    var(noise)/var(logit p) ~ 1-2%; the Wald SE is ~0.025, so 0.1 is 4 SE)."""
+    mu, _, y, rng = truth_model
+    r = binary_calibration((_forecast("oracle", mu, rng) >= 1).mean(1), y >= 1, samples=S, n_boot=0).recalibration
+    assert r.intercept_ci[0] < 0 < r.intercept_ci[1]
+    assert abs(r.slope - 1) < 0.1
+
+
+def test_overdispersed_forecaster_gives_a_hump(truth_model):
+    """Too-wide forecasts put observations in the middle of the ensemble: too few PIT values in the
+    tails (u < 0.1 or u > 0.9; 0.2 expected), significant at 1% by the exact binomial test."""
+    mu, _, y, rng = truth_model
+    t = count_calibration(_forecast("overdispersed", mu, rng), y, seed=3).pit_test
+    assert t.tail_share < 0.2 and t.tail_p < 0.01
+    assert t.chi2_p < 0.01 and t.variance < 1 / 12
+
+
+def test_biased_forecaster_is_flagged(truth_model):
+    """Doubling the rate over-forecasts activity: the calibration intercept's 95% CI lies below 0,
+    the count bias's CI above 0, and the PIT mean below 1/2 (observations fall low in the ensemble)."""
+    mu, _, y, rng = truth_model
+    ens = _forecast("biased", mu, rng)
+    r = binary_calibration((ens >= 1).mean(1), y >= 1, samples=S, n_boot=0).recalibration
+    assert r.intercept_ci[1] < 0
+    from mseval.metrics.activity import count_error
+
+    assert count_error(ens.mean(1), y).bias_ci[0] > 0
+    t = count_calibration(ens, y, seed=4).pit_test
+    assert t.mean < 0.5 and t.chi2_p < 0.01
+
+
+def test_ece_bootstrap_ci_and_tidy_frame(truth_model):
+    """The ECE has a patient-bootstrap CI that brackets it; the tidy frame has one row per metric."""
+    mu, _, y, rng = truth_model
+    m = slice(0, 1500)
+    bc = binary_calibration((_forecast("oracle", mu[m], rng) >= 1).mean(1), y[m] >= 1, samples=S, n_boot=200, seed=1)
+    assert bc.ece_ci[0] <= bc.ece <= bc.ece_ci[1]
+    f = bc.to_frame()
+    assert {"brier", "ece", "calibration_intercept", "calibration_slope", "brier_reliability"} <= set(f["metric"])
+    assert "Brier" in bc.summary()
