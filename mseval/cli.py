@@ -261,8 +261,9 @@ def effects(
     connectivity: Connectivity = 26,
     min_volume_mm3: MinVolume = 3.0,
     power_sims: Annotated[int, typer.Option(help="Simulated trials per arm for the simulated power (0: analytic only).")] = 50,
-    seed: Annotated[int, typer.Option(help="Seed for the power simulations.")] = 0,
-    workers: Annotated[int, typer.Option(help="Processes for counting.")] = 1,
+    bootstrap: Annotated[int, typer.Option(help="Patient-level bootstrap replicates of the observed rate ratios (0: none).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the power simulations and the bootstrap.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes for counting and the bootstrap.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Treatment effects: observed, forecast (Rubin's rules) and counterfactual rate ratios,
@@ -270,7 +271,9 @@ def effects(
     from mseval.effects import EffectsSettings, run_effects
 
     _check_conn(connectivity)
-    settings = EffectsSettings(formula=formula, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, seed=seed)
+    if bootstrap < 0 or power_sims < 0:
+        raise InputError(None, "--bootstrap and --power-sims must not be negative", field="bootstrap")
+    settings = EffectsSettings(formula=formula, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed)
     summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
                           progress=lambda m: typer.echo(f"... {m}", err=True))
     for row in summary["primary_endpoint"]:

@@ -35,7 +35,7 @@ from mseval.io.atomic import atomic_dir, write_csv_atomic, write_json_atomic, wr
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
-from mseval.stats.count_model import fit_count_model, fit_lesion_free
+from mseval.stats.count_model import bootstrap_rate_ratios, fit_count_model, fit_lesion_free
 from mseval.stats.counterfactual import counterfactual_effects, qini_curve, responder_strata
 from mseval.stats.ensemble_counts import check_counts, forecast_means
 from mseval.stats.power import power_table
@@ -51,6 +51,7 @@ class EffectsSettings:
     cov: str = "expected"
     responder_fractions: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
     power_sims: int = 50
+    bootstrap: int = 0
     seed: int = 0
 
 
@@ -143,6 +144,10 @@ def run_effects(
         }
         if truth_cmp is not None:
             files["truth_comparison.csv"] = truth_cmp
+        if settings.bootstrap > 0:
+            say(f"bootstrap of the observed rate ratios ({settings.bootstrap} patient resamples)")
+            boot = bootstrap_rate_ratios(table, settings.formula, reference=ref, n_resamples=settings.bootstrap, seed=settings.seed, workers=workers)
+            files["rate_ratios_bootstrap.csv"] = boot.table.assign(failed_fits=boot.failed)
         for name, df in files.items():
             write_csv_atomic(df, tmp / name)
         summary = {
