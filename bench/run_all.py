@@ -9,9 +9,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_count  # noqa: E402
+import bench_effects  # noqa: E402
 import bench_evaluate  # noqa: E402
 import bench_simulate  # noqa: E402
 import bench_store  # noqa: E402
+import validity  # noqa: E402
 
 
 def main() -> None:
@@ -20,7 +22,9 @@ def main() -> None:
         ("store read (182x218x182 masks)", bench_store),
         ("mseval count (182x218x182 masks, 10-40 lesions)", bench_count),
         ("mseval evaluate metrics, paper-scale counts table", bench_evaluate),
+        ("mseval effects statistics, paper-scale", bench_effects),
         ("simulator", bench_simulate),
+        ("validity: 500 simulated trials", validity),
     ]:
         print(f"\n## {name}")
         for k, v in mod.run().items():
