@@ -11,9 +11,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_count  # noqa: E402
 import bench_effects  # noqa: E402
 import bench_evaluate  # noqa: E402
+import bench_sampler  # noqa: E402
 import bench_simulate  # noqa: E402
 import bench_store  # noqa: E402
 import validity  # noqa: E402
+
+
+class _Sampler:
+    """DDPM timed over 100 of its 1000 steps and scaled (the script says so in its output)."""
+
+    @staticmethod
+    def run() -> dict[str, float]:
+        return bench_sampler.run(ddpm_steps=100, threads=2)
 
 
 def main() -> None:
@@ -24,6 +33,7 @@ def main() -> None:
         ("mseval evaluate metrics, paper-scale counts table", bench_evaluate),
         ("mseval effects statistics, paper-scale", bench_effects),
         ("simulator", bench_simulate),
+        ("diffusion sampler: DDIM-50 batched vs DDPM-1000 one at a time (tiny config)", _Sampler),
         ("validity: 500 simulated trials", validity),
     ]:
         print(f"\n## {name}")

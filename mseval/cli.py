@@ -291,12 +291,16 @@ from mseval.commands.evaluate import evaluate  # noqa: E402
 
 app.command()(evaluate)
 
+from forecast.cli import app as forecast_app  # noqa: E402 - torch is imported inside its commands only
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `mseval` console script."""
-    command = typer.main.get_command(app)
+app.add_typer(forecast_app, name="forecast", help="Train the treatment-conditioned diffusion model, sample forecast ensembles, evaluate checkpoints.")
+
+
+def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
+    """Run a Typer app with mseval's error handling: InputError -> one stderr line, exit code 2."""
+    command = typer.main.get_command(typer_app)
     try:
-        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="mseval", standalone_mode=False)
+        command.main(args=argv if argv is not None else sys.argv[1:], prog_name=prog_name, standalone_mode=False)
     except InputError as exc:
         typer.echo(f"mseval: error: {exc.message}", err=True)
         return 2
@@ -305,13 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
-        typer.echo("Aborted.", err=True)
-        return 130
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         typer.echo("Interrupted.", err=True)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mseval` console script."""
+    return run_typer(app, argv, "mseval")
 
 
 if __name__ == "__main__":

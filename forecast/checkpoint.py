@@ -1,0 +1,122 @@
+"""Checkpoint folder I/O. A checkpoint is a folder::
+
+    config.json       the ForecastConfig (arms filled in), readable without torch
+    checkpoint.pt     weights, EMA weights, optimizer, step, patient split, loss log (torch.save)
+    train_log.csv     step, loss (rank 0), seconds
+
+Written atomically (temporary name, then rename), so an interrupt never leaves half a file.
+Loading checks everything and raises InputError naming the file for a corrupt or foreign file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from forecast.config import ForecastConfig
+from mseval.errors import InputError
+from mseval.io.atomic import atomic_path
+
+FORMAT = "mseval-forecast-checkpoint"
+VERSION = 1
+WEIGHTS = "checkpoint.pt"
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to sample from, evaluate or resume a model."""
+
+    config: ForecastConfig
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    step: int
+    train_ids: list[str]
+    val_ids: list[str]
+    log: list[dict[str, float]] = field(default_factory=list)
+    path: Path | None = None
+    digest: str = ""
+
+    @property
+    def id(self) -> str:
+        """Short id for the forecast store: config name, step and the first 12 hex of the file's SHA-256."""
+        return f"{self.config.name}@{self.step}:{self.digest[:12]}"
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "config": self.config.to_dict(), "model": self.model, "ema": self.ema,
+            "optimizer": self.optimizer, "step": int(self.step), "train_ids": list(self.train_ids), "val_ids": list(self.val_ids),
+            "log": list(self.log),
+        }
+
+
+def weights_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p / WEIGHTS if p.is_dir() or p.suffix != ".pt" else p
+
+
+def save_checkpoint(ckpt: Checkpoint, folder: str | Path) -> Path:
+    """Write config.json, checkpoint.pt and train_log.csv into `folder`, each atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS) as tmp:
+        torch.save(ckpt.to_payload(), tmp)
+    ckpt.config.save(folder / "config.json")
+    lines = ["step,loss,seconds"] + [f"{int(r['step'])},{r['loss']:.6g},{r.get('seconds', 0.0):.3f}" for r in ckpt.log]
+    with atomic_path(folder / "train_log.csv") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    ckpt.path = folder
+    ckpt.digest = file_digest(folder / WEIGHTS)
+    return folder
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint folder (or its checkpoint.pt). Corrupt, truncated or foreign files raise InputError."""
+    wp = weights_path(path)
+    if not wp.is_file():
+        raise InputError(wp, "checkpoint not found (expected a folder written by `mseval forecast train`)")
+    try:
+        payload = torch.load(wp, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decode failure is bad input
+        raise InputError(wp, f"cannot read checkpoint (truncated or corrupt? {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(wp, f"not an mseval forecast checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})", field="format")
+    if int(payload.get("version", -1)) > VERSION:
+        raise InputError(wp, f"checkpoint version {payload.get('version')} is newer than this mseval reads ({VERSION})", field="version")
+    for key in ("config", "model", "ema", "step", "train_ids", "val_ids"):
+        if key not in payload:
+            raise InputError(wp, f"checkpoint lacks {key!r}", field=key)
+    cfg = ForecastConfig.from_dict(payload["config"], source=wp)
+    if cfg.arms is None:
+        raise InputError(wp, "checkpoint config has no arms", field="arms")
+    ckpt = Checkpoint(
+        config=cfg, model=payload["model"], ema=payload["ema"], optimizer=payload.get("optimizer"), step=int(payload["step"]),
+        train_ids=list(payload["train_ids"]), val_ids=list(payload["val_ids"]), log=list(payload.get("log", [])),
+        path=wp.parent, digest=file_digest(wp),
+    )
+    return ckpt
+
+
+def build_model(ckpt: Checkpoint, *, ema: bool = True, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The denoiser with the checkpoint's (EMA by default) weights, in eval mode. A state that does
+    not fit the config raises InputError."""
+    from forecast.model import NET2Denoiser
+
+    model = NET2Denoiser(ckpt.config)
+    try:
+        model.load_state_dict(ckpt.ema if ema else ckpt.model)
+    except RuntimeError as exc:
+        raise InputError(weights_path(ckpt.path or "."), f"weights do not fit the config ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval()

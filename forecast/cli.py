@@ -1,0 +1,185 @@
+"""`mseval forecast ...`: train, sample, evaluate. Thin: parse, call, print.
+
+Only typer, pathlib and typing are imported here; torch and MONAI load inside the commands, so
+`mseval --help` stays fast and torch-free. `InputError` is turned into one stderr line and exit
+code 2 by mseval's entry point (or by `main` below when this sub-app runs on its own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="forecast",
+    help="Train the treatment-conditioned diffusion model, sample forecasts, evaluate checkpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class _LazyProgress:
+    """A rich progress bar on stderr that appears at its first update (so an input error
+    raised before any work prints one line, not an empty bar)."""
+
+    def __init__(self, description: str, loss: bool) -> None:
+        self.description, self.loss, self.prog, self.task = description, loss, None, None
+
+    def update(self, done: int, total: int, value: float | None = None) -> None:
+        if self.prog is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+            if self.loss:
+                cols.append(TextColumn("loss {task.fields[loss]:.4f}"))
+            cols += [TimeElapsedColumn(), TimeRemainingColumn()]
+            self.prog = Progress(*cols, console=Console(stderr=True), transient=False)
+            self.task = self.prog.add_task(self.description, total=total, loss=float("nan"))
+            self.prog.start()
+        fields = {"loss": value} if value is not None else {}
+        self.prog.update(self.task, completed=done, total=total, **fields)
+
+    def __enter__(self) -> _LazyProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.prog is not None:
+            self.prog.stop()
+
+
+def _progress(description: str, *, loss: bool = False):  # noqa: ANN202 - (context manager, update)
+    p = _LazyProgress(description, loss)
+    return p, p.update
+
+
+def _rank0() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@app.command()
+def train(
+    cohort: Annotated[Path, typer.Argument(help="Cohort folder with follow-up NET2 masks.")],
+    config: Annotated[str, typer.Option("--config", help="Config JSON file, or a shipped config name: tiny, paper.")] = "tiny",
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint folder (config.json, checkpoint.pt, train_log.csv).")] = Path("checkpoint"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out (bit-for-bit on the CPU).")] = False,
+    steps: Annotated[Optional[int], typer.Option(help="Override the config's number of optimizer steps.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: cuda when present).")] = None,
+) -> None:
+    """Train (or resume) the model. Under `torchrun --nproc-per-node N`, runs DDP."""
+    from forecast.config import ForecastConfig
+    from forecast.train import init_distributed_from_env, train as run_train
+
+    cfg = ForecastConfig.load(config)
+    if steps is not None:
+        if steps < 1:
+            from mseval.errors import InputError
+
+            raise InputError(None, "--steps must be at least 1", field="steps")
+        cfg = cfg.with_(steps=steps)
+    started = init_distributed_from_env()
+    try:
+        prog, update = _progress("training", loss=True)
+        with prog if _rank0() else _Null():
+            ckpt = run_train(cohort, cfg, out, resume=resume, device=device, progress=update if _rank0() else None)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if _rank0():
+        last = ckpt.log[-1]["loss"] if ckpt.log else float("nan")
+        typer.echo(f"{out}: step {ckpt.step}, loss {last:.4f}, {len(ckpt.train_ids)} training / {len(ckpt.val_ids)} validation patients ({ckpt.id})")
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+@app.command()
+def sample(
+    cohort: Annotated[Path, typer.Argument(help="Cohort folder (baseline images; no follow-up needed).")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint folder from `mseval forecast train`.")],
+    out: Annotated[Path, typer.Option("--out", help="Forecast store folder (created, or resumed).")],
+    samples: Annotated[int, typer.Option(help="Ensemble members per patient and arm.")] = 10,
+    arms: Annotated[str, typer.Option(help="'all' (every arm of the cohort) or a comma-separated list.")] = "all",
+    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the config's, 50).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="ddim | ddpm | rflow (default: the config's).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale w: uncond + w (cond - uncond); 1 = conditional.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Network batch (members, arms and guidance halves together); results do not depend on it.")] = 8,
+    seed: Annotated[int, typer.Option(help="Base seed; sample seeds derive from (seed, patient, arm, sample).")] = 0,
+    blend: Annotated[Optional[list[str]], typer.Option(help="Efficacy sweep A:B:0.25,0.5,0.75 (repeatable): sample under (1-f) A + f B.")] = None,
+    patients: Annotated[Optional[str], typer.Option(help="Only these patients (comma-separated; default: all).")] = None,
+    prob: Annotated[bool, typer.Option("--prob/--no-prob", help="Also store the soft probability of each sample.")] = False,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: cuda when present).")] = None,
+) -> None:
+    """Sample every patient under every arm into a forecast store. Shards patients under torchrun."""
+    from forecast.ensemble import forecast_cohort
+    from forecast.sampler import SAMPLERS, SamplerSettings
+    from forecast.checkpoint import load_checkpoint
+    from forecast.train import init_distributed_from_env
+    from mseval.errors import InputError
+
+    if sampler is not None and sampler not in SAMPLERS:
+        raise InputError(None, f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}", field="sampler")
+    if steps is not None and steps < 1:
+        raise InputError(None, "--steps must be at least 1", field="steps")
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    settings = SamplerSettings(sampler or cfg.sampler, steps or cfg.sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0)
+    started = init_distributed_from_env()
+    try:
+        prog, update = _progress("sampling patients")
+        with prog if _rank0() else _Null():
+            store = forecast_cohort(cohort, ckpt, out, samples=samples, arms=arms, settings=settings, batch_size=batch_size,
+                                    seed=seed, blend=blend or (), save_prob=prob,
+                                    patients=[p.strip() for p in patients.split(",") if p.strip()] if patients else None, device=device, progress=update if _rank0() else None)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if store is not None:
+        typer.echo(f"{len(store)} blocks ({len(store.patients)} patients x {len(store.arms)} arms, {samples} samples each) in {out}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+    cohort: Annotated[Path, typer.Argument(help="Cohort with observed follow-up NET2 masks.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for forecasts/, evaluation.csv, summary.json.")],
+    split: Annotated[str, typer.Option(help="validation (the checkpoint's held-out patients) | test (patients it never saw) | all")] = "validation",
+    samples: Annotated[int, typer.Option(help="Ensemble members per patient and arm.")] = 10,
+    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the config's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Network batch.")] = 8,
+    seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda.")] = None,
+) -> None:
+    """Sample a split of patients under every arm and score the forecasts against what was observed."""
+    from forecast.evaluate import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(checkpoint, cohort, out, split=split, samples=samples, steps=steps, batch_size=batch_size,
+                                  seed=seed, device=device)
+    for k, v in summary.items():
+        if isinstance(v, (int, float, str)):
+            typer.echo(f"{k:32s} {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run this sub-app on its own (`python -m forecast.cli`), with mseval's error handling."""
+    from mseval.cli import run_typer
+
+    return run_typer(app, argv, "mseval forecast")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Ensemble sampling into the forecast store: every patient under every arm (counterfactuals),
+S samples each, optionally under blended arms (efficacy sweep).
+
+Ensemble members, arms and both halves of a guidance pair share network batches; each member's
+noise comes from its own seed `derive_seed(seed, patient, arm, sample)`, so the output does not
+depend on the batch size. Blocks already in the store are skipped (resume); under torchrun the
+patients are sharded by rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from forecast.checkpoint import Checkpoint, build_model, load_checkpoint
+from forecast.config import ForecastConfig
+from forecast.data import load_patient
+from forecast.diffusion import alphas_cumprod
+from forecast.model import arm_weights, blend_weights
+from forecast.sampler import SamplerSettings, binarize, sample
+from mseval.errors import InputError
+from mseval.io.cohort import Cohort, read_cohort
+from mseval.io.store import ForecastStore
+from mseval.seeding import derive_seed
+
+
+MIN_NET_BATCH = 4
+"""Network calls run on at least this many members (padded with copies). On the CPU, oneDNN's 3D
+convolution takes another code path for a batch of 1 and MKL's GEMM another for 1-3 rows, whose
+sums differ in the last bits from those for larger batches; from 4 rows up every member's numbers
+do not depend on the batch (checked up to 64), so padding makes the output batch-size invariant.
+On CUDA, kernels chosen per batch size may still differ in the last bits."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One treatment to sample under: a store arm name and its (K+1,) class weights."""
+
+    name: str
+    weights: torch.Tensor
+
+
+def parse_blend(spec: str, cfg: ForecastConfig) -> list[Condition]:
+    """'A:B:0.25,0.5,0.75' -> blended conditions named 'A:B:0.25', ... ((1-f) A + f B)."""
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise InputError(None, f"--blend {spec!r}: expected ARM_A:ARM_B:F1,F2,...", field="blend")
+    a, b, fr = parts
+    for arm in (a, b):
+        if arm not in (cfg.arms or ()):
+            raise InputError(None, f"--blend: arm {arm!r} was never seen by the checkpoint (arms: {', '.join(cfg.arms or ())})", field="blend")
+    try:
+        fracs = [float(f) for f in fr.split(",") if f.strip()]
+    except ValueError:
+        raise InputError(None, f"--blend {spec!r}: fractions must be numbers", field="blend") from None
+    if not fracs or any(not 0 <= f <= 1 for f in fracs):
+        raise InputError(None, f"--blend {spec!r}: fractions must lie in [0, 1]", field="blend")
+    return [Condition(f"{a}:{b}:{f:g}", blend_weights(cfg, a, b, f)) for f in fracs]
+
+
+def resolve_conditions(cohort: Cohort, cfg: ForecastConfig, arms: str | Sequence[str], blend: Sequence[str] = ()) -> list[Condition]:
+    """'all' = every arm of the cohort's arms table; each must be one the checkpoint was trained on."""
+    known = list(cfg.arms or ())
+    if isinstance(arms, str):
+        wanted = list(cohort.arms["arm"]) if arms == "all" else [a.strip() for a in arms.split(",") if a.strip()]
+        source = cohort.root / "arms.csv" if arms == "all" else None
+    else:
+        wanted, source = list(arms), None
+    for a in wanted:
+        if a not in known:
+            raise InputError(source, f"arm {a!r} was never seen by the checkpoint (arms: {', '.join(known)})", field="arm" if source else "arms")
+    conds = [Condition(a, arm_weights(cfg, [a])[0]) for a in wanted]
+    for spec in blend:
+        conds += parse_blend(spec, cfg)
+    return conds
+
+
+def check_sampler(cfg: ForecastConfig, settings: SamplerSettings) -> None:
+    if (cfg.objective == "rflow") != (settings.sampler == "rflow"):
+        need = "rflow" if cfg.objective == "rflow" else "ddim or ddpm"
+        raise InputError(None, f"sampler {settings.sampler!r} does not fit a {cfg.objective} checkpoint (use {need})", field="sampler")
+
+
+def sample_patient(
+    model: torch.nn.Module,
+    cfg: ForecastConfig,
+    cond: np.ndarray,
+    conditions: Sequence[Condition],
+    seeds: Sequence[Sequence[int]],
+    settings: SamplerSettings,
+    *,
+    batch_size: int,
+    acp: torch.Tensor,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """Sample one patient under each condition. cond: (C, X, Y, Z); seeds[j]: the seeds of condition j.
+    Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. All members are batched together."""
+    jobs = [(j, s) for j, c in enumerate(conditions) for s in range(len(seeds[j]))]
+    c = torch.from_numpy(cond).to(device)
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    for lo in range(0, len(jobs), batch_size):
+        chunk = jobs[lo: lo + batch_size]
+        labels = torch.stack([conditions[j].weights for j, _ in chunk]).to(device)
+        gens = [torch.Generator().manual_seed(int(seeds[j][s])) for j, s in chunk]
+        conds = c.unsqueeze(0).expand(len(chunk), *c.shape)
+
+        def denoise(x: torch.Tensor, cc: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+            n = x.shape[0]
+            if n < MIN_NET_BATCH:  # pad with copies of the last member; see MIN_NET_BATCH
+                pad = MIN_NET_BATCH - n
+                x, cc, t, lab = (torch.cat([v, v[-1:].expand(pad, *v.shape[1:])]) for v in (x, cc, t, lab))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                return model(x, cc, t, lab)[:n]
+
+        x0 = sample(denoise, conds, labels, gens, settings, alphas_cumprod=acp, prediction=cfg.prediction,
+                    num_train_timesteps=cfg.num_train_timesteps).cpu()
+        for k, key in enumerate(chunk):
+            out[key] = x0[k]
+    return [torch.stack([out[(j, s)] for s in range(len(seeds[j]))]) for j in range(len(conditions))]
+
+
+def forecast_cohort(
+    cohort_dir: str | Path,
+    checkpoint: str | Path | Checkpoint,
+    out: str | Path,
+    *,
+    samples: int,
+    arms: str | Sequence[str] = "all",
+    settings: SamplerSettings | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    blend: Sequence[str] = (),
+    patients: Sequence[str] | None = None,
+    save_prob: bool = False,
+    device: str | torch.device | None = None,
+    ema: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> ForecastStore | None:
+    """Write S sampled NET2 masks of every (given) patient under every requested arm into a store.
+
+    Every input is checked before the store is created; blocks present are skipped. Under
+    torchrun, patient i goes to rank i mod world and rank 0 consolidates the index. Returns the
+    store opened for reading (None on ranks other than 0).
+    """
+    from forecast.train import default_device, dist_info
+
+    if samples < 1:
+        raise InputError(None, "--samples must be at least 1", field="samples")
+    if batch_size < 1:
+        raise InputError(None, "--batch-size must be at least 1", field="batch_size")
+    cohort = read_cohort(cohort_dir)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    settings = settings or SamplerSettings(cfg.sampler, cfg.sample_steps, cfg.guidance, cfg.clip_x0)
+    check_sampler(cfg, settings)
+    conditions = resolve_conditions(cohort, cfg, arms, blend)
+    ids = cohort.patient_ids if patients is None else list(patients)
+    for pid in ids:
+        cohort.row(pid)
+    rank, world = dist_info()
+    dev = torch.device(device) if device is not None else default_device()
+    model = build_model(ckpt, ema=ema, device=dev)
+    out = Path(out)
+    existing = ForecastStore.open(out) if (out / "store.json").is_file() else None
+    todo = [pid for k, pid in enumerate(ids) if k % world == rank
+            and (existing is None or any((pid, c.name) not in existing for c in conditions))]
+    loaded = {pid: load_patient(cohort, pid, cfg, with_target=False) for pid in todo}  # every check before any write
+    if rank == 0:
+        store = ForecastStore.create(out)
+    if world > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        store = ForecastStore.appender(out)
+    acp = alphas_cumprod(cfg).to(torch.float64)
+    record = {"model": "forecast", **settings.to_dict(), "seed": int(seed), "ema": bool(ema), "batch_size_invariant": True}
+    try:
+        for n, pid in enumerate(todo):
+            p = loaded.pop(pid)
+            missing = [c for c in conditions if (pid, c.name) not in store]
+            seeds = [[derive_seed(seed, pid, c.name, s) for s in range(samples)] for c in missing]
+            x0s = sample_patient(model, cfg, p.cond, missing, seeds, settings, batch_size=batch_size, acp=acp, device=dev)
+            for c, x0, sd in zip(missing, x0s, seeds):
+                masks, prob = binarize(x0)
+                store.write_block(pid, c.name, masks, p.affine, sd, checkpoint=ckpt.id, sampler=record,
+                                  prob=prob if save_prob else None)
+            if progress:
+                progress(n + 1, len(todo))
+    finally:
+        if world > 1:
+            torch.distributed.barrier()
+        if rank == 0:
+            store.flush()
+    return ForecastStore.open(out) if rank == 0 else None

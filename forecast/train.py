@@ -1,0 +1,215 @@
+"""Training: AdamW, EMA of the weights, gradient clipping, checkpoints every N steps and on
+interrupt, bit-for-bit resume, DDP under torchrun.
+
+Every random draw of step k (which patients, their augmentation, timesteps, noise, dropped arm
+labels) comes from seeds derived from (config seed, k), so a run resumed from the checkpoint of
+step k continues exactly as the uninterrupted run would (on the same device and world size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from forecast.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_path
+from forecast.config import ForecastConfig
+from forecast.data import Augment, TrainingSet, load_patients, split_patients
+from forecast.diffusion import alphas_cumprod, diffusion_loss, to_signed
+from forecast.model import NET2Denoiser, arm_weights
+from mseval.errors import InputError
+from mseval.io.cohort import Cohort, read_cohort
+from mseval.seeding import derive_seed
+
+Progress = Callable[[int, int, float], None]
+"""progress(step, total_steps, loss)."""
+StepHook = Callable[[int, float], None]
+"""on_step(step, loss), called after each completed step (tests raise KeyboardInterrupt from it)."""
+
+
+def _seed(x: int) -> int:
+    return int(x) % (2**63)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when torch.distributed is not initialized."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed_from_env() -> bool:
+    """Under torchrun (WORLD_SIZE > 1 in the environment) start the process group (nccl on CUDA,
+    gloo on the CPU). Returns True when this call started it."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return True
+    return False
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init_model(cfg: ForecastConfig) -> NET2Denoiser:
+    """A fresh denoiser whose initial weights depend only on the config seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(derive_seed(cfg.seed, "init")))
+        return NET2Denoiser(cfg)
+
+
+def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float, step: int) -> None:
+    """EMA of every floating state entry, with the usual warm-up min(decay, (1 + step) / (10 + step))."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                ema[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+            else:
+                ema[k].copy_(v)
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[list[bool]]:
+    """Turn Ctrl-C into a flag checked at step boundaries, so a checkpoint never holds half a step."""
+    flag = [False]
+    try:
+        old = signal.signal(signal.SIGINT, lambda *_: flag.__setitem__(0, True))
+    except ValueError:  # not the main thread
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _start(cohort: Cohort, cfg: ForecastConfig, out: Path, resume: bool) -> tuple[ForecastConfig, Checkpoint | None, list[str], list[str]]:
+    cohort_arms = list(cohort.arms["arm"])
+    if resume:
+        if not weights_path(out).is_file():
+            raise InputError(out, "nothing to resume (no checkpoint.pt); drop --resume to start")
+        ckpt = load_checkpoint(out)
+        if cfg.steps != ckpt.config.steps:
+            ckpt.config = ckpt.config.with_(steps=cfg.steps)
+        return ckpt.config, ckpt, ckpt.train_ids, ckpt.val_ids
+    if weights_path(out).is_file():
+        raise InputError(out, "a checkpoint is already there; pass --resume to continue it or choose a new folder")
+    if cfg.arms is None:
+        cfg = cfg.with_(arms=tuple(cohort_arms))
+    unknown = [a for a in cohort_arms if a not in (cfg.arms or ())]
+    if unknown:
+        raise InputError(cohort.root / "arms.csv", f"arm {unknown[0]!r} is not among the config's arms ({', '.join(cfg.arms or ())})", field="arm")
+    train_ids, val_ids = split_patients(cohort.patient_ids, list(cohort.manifest["arm"]), cfg.val_fraction, cfg.seed)
+    return cfg, None, train_ids, val_ids
+
+
+def train(
+    cohort_dir: str | Path,
+    cfg: ForecastConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    on_step: StepHook | None = None,
+) -> Checkpoint:
+    """Train (or with `resume`, continue) a model on a cohort's observed NET2 masks; checkpoints go to `out`.
+
+    Raises InputError for bad input before anything is written. Ctrl-C (or KeyboardInterrupt from
+    `on_step`) saves a checkpoint of the last completed step, then re-raises.
+    """
+    out = Path(out)
+    cohort = read_cohort(cohort_dir)
+    cfg, ckpt, train_ids, val_ids = _start(cohort, cfg, out, resume)
+    rank, world = dist_info()
+    if cfg.batch_size % world:
+        raise InputError(None, f"batch_size {cfg.batch_size} is not divisible by the {world} processes", field="batch_size")
+    dev = torch.device(device) if device is not None else default_device()
+    data = TrainingSet(load_patients(cohort, train_ids, cfg))
+    augment = Augment(cfg) if cfg.augment else None
+    model = init_model(cfg).to(dev)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, log = 0, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model)
+        ema = {k: v.to(dev).clone() for k, v in ckpt.ema.items()}
+        if ckpt.optimizer is not None:
+            opt.load_state_dict(ckpt.optimizer)
+        step, log = ckpt.step, list(ckpt.log)
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    acp = alphas_cumprod(cfg)
+    local = cfg.batch_size // world
+    t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
+
+    def snapshot(at: int) -> Checkpoint:
+        c = Checkpoint(
+            config=cfg, model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            ema={k: v.detach().cpu().clone() for k, v in ema.items()}, optimizer=opt.state_dict(), step=at,
+            train_ids=list(train_ids), val_ids=list(val_ids), log=list(log),
+        )
+        if rank == 0:
+            save_checkpoint(c, out)
+        if world > 1:
+            torch.distributed.barrier()
+        return c
+
+    last = snapshot(step) if step == 0 else None
+    model.train()
+    with _deferred_sigint() as sigint:
+        try:
+            while step < cfg.steps:
+                k = step + 1
+                rng = np.random.default_rng(derive_seed(cfg.seed, "batch", k))
+                idx = rng.choice(len(data), size=cfg.batch_size, replace=len(data) < cfg.batch_size)
+                members = list(range(rank * local, (rank + 1) * local))
+                seeds = [derive_seed(cfg.seed, "augment", k, m) for m in members]
+                cond, target, arms = data.batch([int(idx[m]) for m in members], augment, seeds)
+                gen = torch.Generator().manual_seed(_seed(derive_seed(cfg.seed, "noise", k, rank)))
+                labels = arm_weights(cfg, arms, device=dev)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    loss = diffusion_loss(net, to_signed(target.to(dev)), cond.to(dev), labels, cfg, acp, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                ema_update(ema, model, cfg.ema_decay, k)
+                value = loss.detach().float()
+                if world > 1:
+                    torch.distributed.all_reduce(value)
+                    value /= world
+                step = k
+                log.append({"step": k, "loss": float(value), "seconds": time.perf_counter() - t0})
+                if progress:
+                    progress(step, cfg.steps, float(value))
+                if on_step:
+                    on_step(step, float(value))
+                if sigint[0]:
+                    raise KeyboardInterrupt
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    last = snapshot(step)
+        except KeyboardInterrupt:
+            snapshot(step)
+            raise
+    if last is None or last.step != step:
+        last = snapshot(step)
+    last.path = out
+    return load_checkpoint(out) if rank == 0 else last

@@ -1,0 +1,36 @@
+"""Forecast fixtures: one thread, a tiny network, and one short training run shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from forecast.config import ForecastConfig  # noqa: E402
+
+TEST_NET = {"channels": (8, 8, 16), "attention_levels": (False, False, True), "num_head_channels": 8, "norm_num_groups": 8}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def small_cfg() -> ForecastConfig:
+    """A tiny denoiser at 32^3 (three levels, attention at 8^3 only), a few steps."""
+    return ForecastConfig(name="test", **TEST_NET, steps=2, batch_size=2, checkpoint_every=1, sample_steps=3, lr=1e-3, seed=5)
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_cohort: Path, small_cfg: ForecastConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint folder after two training steps on the tiny cohort."""
+    from forecast.train import train
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("ckpt") / "model"
+    train(tiny_cohort, small_cfg, out, device="cpu")
+    return out

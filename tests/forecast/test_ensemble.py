@@ -1,0 +1,130 @@
+"""Ensemble sampling into the forecast store: batch-size invariant, seeded, resumable, checked input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forecast.cli import main
+from forecast.ensemble import forecast_cohort
+from forecast.sampler import SamplerSettings
+from mseval.io.store import ForecastStore
+
+PATIENTS = ["P001"]
+
+
+def _run(cohort, ckpt, out, **kw):
+    args = {"samples": 3, "arms": ["placebo", "ocrelizumab"], "settings": SamplerSettings("ddim", 2, 1.5), "patients": PATIENTS,
+            "batch_size": 4, "seed": 7, "device": "cpu", "save_prob": True} | kw
+    return forecast_cohort(cohort, ckpt, out, **args)
+
+
+def _blocks(store: ForecastStore) -> dict:
+    out = {}
+    for b in store.blocks():
+        masks, _ = b.masks()
+        out[(b.patient_id, b.arm)] = (masks, b.seeds)
+    return out
+
+
+def test_output_is_identical_for_any_batch_size(tiny_cohort, trained, tmp_path):
+    one = _blocks(_run(tiny_cohort, trained, tmp_path / "b1", batch_size=1))
+    many = _blocks(_run(tiny_cohort, trained, tmp_path / "b5", batch_size=5))
+    assert one.keys() == many.keys() and len(one) == 2
+    for k in one:
+        assert np.array_equal(one[k][0], many[k][0]) and one[k][1] == many[k][1]
+    s1, s5 = ForecastStore.open(tmp_path / "b1"), ForecastStore.open(tmp_path / "b5")
+    import nibabel as nib
+
+    p1 = np.asarray(nib.load(tmp_path / "b1" / s1.block("P001", "placebo").prob_path).dataobj)
+    p5 = np.asarray(nib.load(tmp_path / "b5" / s5.block("P001", "placebo").prob_path).dataobj)
+    assert p1.shape == (32, 32, 32, 3) and np.array_equal(p1, p5)  # the soft probabilities too, bit for bit
+
+
+def test_sampling_is_seed_deterministic(tiny_cohort, trained, tmp_path):
+    st = SamplerSettings("ddpm", 2, 1.0)  # ancestral: fresh noise every step, from each member's seed
+    a = _blocks(_run(tiny_cohort, trained, tmp_path / "a", settings=st))
+    b = _blocks(_run(tiny_cohort, trained, tmp_path / "b", settings=st))
+    c = _blocks(_run(tiny_cohort, trained, tmp_path / "c", settings=st, seed=8))
+    k = ("P001", "placebo")
+    assert np.array_equal(a[k][0], b[k][0]) and a[k][1] == b[k][1]
+    assert a[k][1] != c[k][1]
+    assert len(set(a[k][1])) == 3 and a[k][1] != a[("P001", "ocrelizumab")][1]
+
+
+def test_sampling_resumes_where_it_stopped(tiny_cohort, trained, tmp_path):
+    out = tmp_path / "s"
+    _run(tiny_cohort, trained, out, arms=["placebo"])
+    first = (out / "masks" / "P001" / "placebo.nii.gz").stat().st_mtime_ns
+    store = _run(tiny_cohort, trained, out, blend=["placebo:ocrelizumab:0.5"])
+    assert (out / "masks" / "P001" / "placebo.nii.gz").stat().st_mtime_ns == first
+    assert set(store.keys()) == {(p, a) for p in PATIENTS for a in ("placebo", "ocrelizumab", "placebo:ocrelizumab:0.5")}
+    full = _blocks(_run(tiny_cohort, trained, tmp_path / "full", blend=["placebo:ocrelizumab:0.5"]))
+    assert all(np.array_equal(v[0], full[k][0]) for k, v in _blocks(store).items())
+    sampler = store.block("P001", "placebo").sampler
+    assert sampler["sampler"] == "ddim" and sampler["steps"] == 2 and sampler["guidance"] == 1.5
+
+
+def test_cli_samples_every_arm(tiny_cohort, trained, tmp_path, capsys):
+    out = tmp_path / "f"
+    code = main(["sample", str(tiny_cohort), "--checkpoint", str(trained), "--out", str(out), "--samples", "1", "--steps", "1",
+                 "--patients", "P003", "--batch-size", "6"])
+    assert code == 0, capsys.readouterr().err
+    store = ForecastStore.open(out)
+    assert len(store) == 6 and store.patients == ["P003"]
+
+
+def _assert_clean_error(capsys, code: int, out: Path, *needles: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("mseval: error:"), err
+    for n in needles:
+        assert n in err
+    assert not out.exists()
+
+
+def test_corrupt_checkpoint_is_one_line_and_writes_nothing(tiny_cohort, trained, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(trained, bad)
+    data = (bad / "checkpoint.pt").read_bytes()
+    (bad / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    code = main(["sample", str(tiny_cohort), "--checkpoint", str(bad), "--out", str(out)])
+    _assert_clean_error(capsys, code, out, "checkpoint.pt", "cannot read checkpoint")
+
+
+def test_unknown_arm_is_one_line_and_writes_nothing(tiny_cohort, trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["sample", str(tiny_cohort), "--checkpoint", str(trained), "--out", str(out), "--arms", "placebo,natalizumab"])
+    _assert_clean_error(capsys, code, out, "natalizumab", "never seen")
+    code = main(["sample", str(tiny_cohort), "--checkpoint", str(trained), "--out", str(out), "--blend", "placebo:natalizumab:0.5"])
+    _assert_clean_error(capsys, code, out, "natalizumab")
+
+
+def test_cohort_arm_the_checkpoint_never_saw(cohort_copy, trained, tmp_path, capsys):
+    arms = cohort_copy / "arms.csv"
+    arms.write_text(arms.read_text().rstrip("\n") + "\nnatalizumab,Natalizumab,high,false\n")
+    (cohort_copy / "truth.csv").unlink()  # a cohort to forecast has no truth
+    out = tmp_path / "out"
+    code = main(["sample", str(cohort_copy), "--checkpoint", str(trained), "--out", str(out)])
+    _assert_clean_error(capsys, code, out, "arms.csv", "natalizumab")
+
+
+def test_cohort_shape_mismatch_is_one_line_and_writes_nothing(trained, tmp_path, capsys):
+    from mseval.simulate.model import TrialConfig
+    from mseval.simulate.trial import simulate_trial
+
+    small = tmp_path / "c16"
+    simulate_trial(small, TrialConfig(patients_per_arm=1, shape=(16, 16, 16), seed=2))
+    out = tmp_path / "out"
+    code = main(["sample", str(small), "--checkpoint", str(trained), "--out", str(out)])
+    _assert_clean_error(capsys, code, out, "manifest.csv", "shape [16, 16, 16]", "[32, 32, 32]")
+
+
+def test_sampler_must_fit_the_objective(tiny_cohort, trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["sample", str(tiny_cohort), "--checkpoint", str(trained), "--out", str(out), "--sampler", "rflow"])
+    _assert_clean_error(capsys, code, out, "rflow")
