@@ -13,13 +13,13 @@ DEMO_OUT ?= demo-out
 
 install: $(STAMP)
 
+# panoptica (the reference for the `panoptica` preset's parity test) pins numpy<2.3, pandas<3 and
+# cc3d<4; installing it with its pins would downgrade the core stack, so it goes in without them,
+# with the dependencies it actually imports.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q $(TORCH_CPU); fi
 	$(PY) -m pip install -q -e '.[forecast,dask,dev]'
-	# panoptica (reference for the `panoptica` preset's parity test) pins numpy<2.3, pandas<3 and
-	# cc3d<4; installing it with its pins would downgrade the core stack, so it goes in without
-	# them, with the dependencies it actually imports.
 	$(PY) -m pip install -q --no-deps panoptica==2.1.7
 	$(PY) -m pip install -q scikit-image 'plotly<6' ruamel.yaml tqdm
 	touch $(STAMP)
