@@ -95,7 +95,7 @@ class ForecastStore:
     def open(cls, root: str | Path) -> ForecastStore:
         """Open an existing store for reading (validates the index and journal)."""
         root = Path(root)
-        cls._check_marker(root, must_exist=True)
+        cls._check_marker(root)
         return cls(root, cls._read_entries(root), writable=False)
 
     @classmethod
@@ -107,7 +107,7 @@ class ForecastStore:
         root.mkdir(parents=True, exist_ok=True)
         if not (root / "store.json").exists():
             write_json_atomic({"format": STORE_FORMAT, "version": STORE_VERSION}, root / "store.json")
-        cls._check_marker(root, must_exist=True)
+        cls._check_marker(root)
         return cls(root, cls._read_entries(root), writable=True, flush_every=flush_every)
 
     @classmethod
@@ -115,11 +115,11 @@ class ForecastStore:
         """A write-only handle on an existing store for a worker process: it appends journal entries
         and never consolidates (the coordinating process calls `flush`)."""
         root = Path(root)
-        cls._check_marker(root, must_exist=True)
+        cls._check_marker(root)
         return cls(root, {}, writable=True, consolidates=False)
 
     @staticmethod
-    def _check_marker(root: Path, *, must_exist: bool) -> None:
+    def _check_marker(root: Path) -> None:
         marker = root / "store.json"
         if not root.is_dir():
             raise InputError(root, "forecast store folder not found")
