@@ -28,9 +28,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 demo: $(STAMP)
-	rm -rf $(DEMO_OUT)/cohort $(DEMO_OUT)/forecasts
-	$(VENV)/bin/mseval simulate $(DEMO_OUT)/cohort --patients-per-arm 20 --shape 64 76 64 --seed 2026 --workers 2
-	$(VENV)/bin/mseval simulate-forecasts $(DEMO_OUT)/cohort --out $(DEMO_OUT)/forecasts --samples 20 --kind oracle --seed 7 --workers 2
+	$(VENV)/bin/mseval demo --out $(DEMO_OUT)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -291,6 +291,11 @@ from mseval.commands.evaluate import evaluate  # noqa: E402
 
 app.command()(evaluate)
 
+from mseval.commands.report import demo, report  # noqa: E402
+
+app.command(help="Write a self-contained trial report (HTML, Markdown, figures, tables, summary.json).")(report)
+app.command(help="Run the whole pipeline on a small synthetic six-arm trial and write its report.")(demo)
+
 from forecast.cli import app as forecast_app  # noqa: E402 - torch is imported inside its commands only
 
 app.add_typer(forecast_app, name="forecast", help="Train the treatment-conditioned diffusion model, sample forecast ensembles, evaluate checkpoints.")

@@ -1,0 +1,680 @@
+"""Assemble a trial-style report from a cohort, its forecast store and the result tables.
+
+`build_report(cohort_dir, forecasts_dir, out)` checks that the store holds every patient under
+every arm, counts the forecast lesions once, runs `mseval evaluate` and `mseval effects` (unless
+their folders are given), draws every figure, and writes, into a temporary folder renamed to
+`out` at the end (all or nothing):
+
+    report.html        one self-contained file (figures inlined as base64 PNG, CSS inline, no network)
+    report.md          the same numbers as text
+    figures/*.pdf|png  every figure as PDF (vector text) and 300-dpi PNG
+    tables/*.csv       every table of the report
+    summary.json       the headline numbers (schema `data_schemas/report_summary.schema.json`)
+    results/           the evaluation and effects folders (and counts) when computed here
+
+The same inputs give byte-identical report.html, report.md, summary.json, tables and figures:
+no dates, no output paths, fixed figure metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mseval import __version__
+from mseval.errors import InputError
+from reports import figures as F
+from reports import tables as T
+from reports.style import arm_colors, arm_labels, figure_bytes
+
+ABBREVIATIONS = {
+    "NET2": "new or enlarging T2-hyperintense lesion(s) at follow-up vs baseline",
+    "RR": "rate ratio (NET2 lesion rate in an arm divided by the rate in the reference arm)",
+    "NB2": "negative binomial regression, quadratic variance (var = mu + alpha mu^2), offset log(follow-up years)",
+    "CI": "confidence interval (95% unless stated)",
+    "OR": "odds ratio",
+    "SD": "standard deviation",
+    "IQR": "interquartile range (25th-75th percentile)",
+    "EDSS": "Expanded Disability Status Scale (0-10)",
+    "Gd+": "gadolinium-enhancing (lesions on T1-weighted MRI after contrast)",
+    "FLAIR": "fluid-attenuated inversion recovery MRI",
+    "P(active)": "forecast probability of >= 1 NET2 lesion: share of ensemble samples with at least one lesion",
+    "ROC": "receiver operating characteristic curve",
+    "AUC": "area under the ROC curve",
+    "PPV / NPV": "positive / negative predictive value",
+    "ECE": "expected calibration error (mean |forecast - observed| over probability bins, weighted by patients)",
+    "PIT": "probability integral transform: where the observed count falls in its forecast distribution (uniform when calibrated)",
+    "CRPS": "continuous ranked probability score (lower is better; fair ensemble version)",
+    "MAE": "mean absolute error",
+    "Dice": "Sørensen-Dice overlap of forecast and observed NET2 voxels",
+    "F1": "harmonic mean of lesion-wise precision and recall",
+    "Qini": "uplift curve: lesions avoided when treating patients in order of forecast benefit",
+    "SE": "standard error",
+}
+
+
+CSS_PX_PER_INCH = 125  # figures shown at 125 CSS px per inch: 6.5 in -> 812 px (sharp: the PNG has html_dpi pixels per inch)
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Settings of the analyses a report runs (ignored for folders given ready-made)."""
+
+    connectivity: int = 26
+    min_volume_mm3: float = 3.0
+    detection_preset: str | None = None
+    formula: str = "net2 ~ arm"
+    n_boot: int = 1000
+    power_sims: int = 50
+    seed: int = 0
+    workers: int = 1
+    figure_dpi: int = 300
+    html_dpi: int = 150
+    figure_formats: tuple[str, ...] = ("pdf", "png")
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote: the folder, the headline numbers and the files."""
+
+    out: Path
+    summary: dict[str, Any]
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def html(self) -> Path:
+        return self.out / "report.html"
+
+
+# -- input checks ---------------------------------------------------------------------------
+def check_store_covers_cohort(cohort: Any, store: Any, forecasts_dir: Path) -> None:
+    """InputError naming what is missing when the store lacks a patient or an arm of the cohort."""
+    arms = list(cohort.arms["arm"])
+    have = set(store.keys())
+    store_patients, store_arms = set(store.patients), set(store.arms)
+    missing_p = [p for p in cohort.patient_ids if p not in store_patients]
+    missing_a = [a for a in arms if a not in store_arms]
+
+    def names(xs: list[str]) -> str:
+        return ", ".join(xs[:5]) + (f" and {len(xs) - 5} more" if len(xs) > 5 else "")
+
+    problems = []
+    if missing_a:
+        problems.append(f"arm{'s' if len(missing_a) > 1 else ''} {names(missing_a)} (of {len(arms)})")
+    if missing_p:
+        problems.append(f"patient{'s' if len(missing_p) > 1 else ''} {names(missing_p)} (of {len(cohort.patient_ids)})")
+    if problems:
+        raise InputError(forecasts_dir, f"the forecast store does not match the cohort {cohort.root}: it lacks {' and '.join(problems)}; "
+                                        "a report needs every patient under every arm")
+    holes = [(p, a) for p in cohort.patient_ids for a in arms if (p, a) not in have]
+    if holes:
+        p, a = holes[0]
+        raise InputError(forecasts_dir, f"the forecast store lacks patient {p!r} under arm {a!r} ({len(holes)} patient-arm blocks missing); "
+                                        "a report needs every patient under every arm")
+
+
+def _read(folder: Path, name: str, required: bool = True) -> pd.DataFrame | None:
+    path = folder / name
+    if not path.is_file():
+        if required:
+            raise InputError(path, "file not found (not an `mseval evaluate` / `mseval effects` output folder?)")
+        return None
+    try:
+        return pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"cannot read ({type(exc).__name__}: {exc})") from None
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return None if not math.isfinite(f) else f
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return [_clean(r) for r in df.to_dict("records")]
+
+
+def _versions() -> dict[str, str]:
+    out = {"mseval": __version__}
+    for pkg in ("numpy", "scipy", "pandas", "statsmodels", "nibabel", "matplotlib", "jinja2"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _metric(metrics: pd.DataFrame, group: str, name: str) -> dict[str, Any] | None:
+    m = metrics[(metrics["group"].astype(str) == group) & (metrics["metric"] == name)]
+    if not len(m):
+        return None
+    r = m.iloc[0]
+    return _clean({"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"]})
+
+
+# -- the example slice ----------------------------------------------------------------------
+def _example_slice(cohort: Any, store: Any, primary: pd.DataFrame, reference: str) -> dict[str, Any]:
+    """Pick a patient (most observed NET2 lesion voxels; ties by id) and the axial slice with the
+    most observed NET2 voxels; return the arrays for `figures.example_slices` under the
+    reference arm and the arm with the lowest counterfactual rate ratio."""
+    best = None
+    if len(primary) and primary["counterfactual_rate_ratio"].notna().any():
+        best = str(primary.sort_values(["counterfactual_rate_ratio", "arm"]).iloc[0]["arm"])
+    arms = [reference] + ([best] if best and best != reference else [])
+    score = []
+    for pid in cohort.patient_ids:
+        p = cohort.path(pid, "net2_mask")
+        if p is None:
+            continue
+        import nibabel as nib
+
+        score.append((int(np.asarray(nib.load(str(p)).dataobj).astype(bool).sum()), pid))
+    if not score:
+        return {}
+    score.sort(key=lambda t: (-t[0], t[1]))
+    pid = score[0][1]
+    vols = cohort.load_patient(pid, ("flair", "net2_mask"))
+    flair, net2 = vols["flair"].data, vols["net2_mask"].data
+    probs = {}
+    for a in arms:
+        masks, _ = store.block(pid, a).masks()
+        probs[a] = masks.astype(np.float32).mean(axis=0)
+    per_z = net2.reshape(-1, net2.shape[2]).sum(axis=0) + sum(p.reshape(-1, p.shape[2]).sum(axis=0) for p in probs.values()) * 1e-3
+    z = int(np.argmax(per_z))
+    spacing = tuple(float(s) for s in vols["flair"].spacing[:2]) if hasattr(vols["flair"], "spacing") else (1.0, 1.0)
+    import nibabel as nib
+
+    right_side = nib.aff2axcodes(vols["flair"].affine)[0]  # the patient side that x increases towards
+    return {"flair": flair[:, :, z], "observed": net2[:, :, z], "probabilities": {a: probs[a][:, :, z] for a in arms},
+            "spacing": spacing, "patient": pid, "slice_label": f"axial slice {z + 1} of {net2.shape[2]}",
+            "arms": arms, "allocated": str(cohort.row(pid)["arm"]), "right_side": right_side}
+
+
+# -- the build ------------------------------------------------------------------------------
+def build_report(
+    cohort_dir: str | Path,
+    forecasts_dir: str | Path,
+    out: str | Path,
+    *,
+    title: str = "NET2 lesion forecasts: trial report",
+    evaluation_dir: str | Path | None = None,
+    effects_dir: str | Path | None = None,
+    settings: ReportSettings = ReportSettings(),
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Write the report folder `out` (see the module docstring). Raises InputError for bad input
+    (nothing is left behind); `progress(message)` is called at each step."""
+    from mseval.effects import EffectsSettings, run_effects
+    from mseval.evaluation import EvaluationSettings, evaluate
+    from mseval.io.atomic import atomic_dir, write_bytes_atomic, write_csv_atomic, write_json_atomic
+    from mseval.io.cohort import read_cohort
+    from mseval.io.store import ForecastStore
+    from mseval.lesions.ensemble import CountSettings, count_store
+
+    say = progress or (lambda _m: None)
+    out, forecasts_dir = Path(out), Path(forecasts_dir)
+    if out.exists() and not overwrite:
+        raise InputError(out, "exists already; remove it, choose another --out, or pass --overwrite")
+    if settings.connectivity not in (6, 18, 26):
+        raise InputError(None, f"--connectivity must be 6, 18 or 26, got {settings.connectivity}", field="connectivity")
+    say("checking the cohort and the forecast store")
+    cohort = read_cohort(cohort_dir)
+    store = ForecastStore.open(forecasts_dir)
+    check_store_covers_cohort(cohort, store, forecasts_dir)
+    for name, d in (("evaluation", evaluation_dir), ("effects", effects_dir)):
+        if d is not None and not Path(d).is_dir():
+            raise InputError(d, f"{name} folder not found")
+    arms_df = cohort.arms
+    ref = cohort.reference_arm
+    order = list(arms_df["arm"])
+    labels = arm_labels(arms_df)
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        results = tmp / "results"
+        counts_path = None
+        if evaluation_dir is None or effects_dir is None:
+            say("counting forecast lesions")
+            count_store(forecasts_dir, results / "counts", CountSettings(settings.connectivity, settings.min_volume_mm3), workers=settings.workers)
+            counts_path = results / "counts" / "counts.parquet"
+        if evaluation_dir is None:
+            say("evaluating forecasts against observed NET2 masks")
+            es = EvaluationSettings(connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3, detection_preset=settings.detection_preset,
+                                    n_boot=settings.n_boot, seed=settings.seed, workers=settings.workers)
+            evaluate(cohort_dir, forecasts_dir, results / "evaluation", es, counts=counts_path)
+            evaluation_dir = results / "evaluation"
+        if effects_dir is None:
+            say("estimating treatment effects")
+            fs = EffectsSettings(formula=settings.formula, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3,
+                                 power_sims=settings.power_sims, seed=settings.seed)
+            run_effects(cohort_dir, forecasts_dir, results / "effects", fs, counts_path=counts_path, workers=settings.workers,
+                        progress=lambda m: say(f"  effects: {m}"))
+            effects_dir = results / "effects"
+        ev, ef = Path(evaluation_dir), Path(effects_dir)
+
+        say("reading result tables")
+        t = {n: _read(ev, f"{n}.csv") for n in ("metrics", "patients", "reliability", "pit_histogram", "coverage", "confusion")}
+        for n in ("voxel_reliability", "detection"):
+            t[n] = _read(ev, f"{n}.csv", required=False)
+        for n in ("primary_endpoint", "lesion_free", "counterfactual_patients", "counterfactual_average", "responders", "qini_curve",
+                  "qini_area", "prognostic", "power_analytic", "power_simulated", "adjusted_means"):
+            t[n] = _read(ef, f"{n}.csv")
+        t["truth_comparison"] = _read(ef, "truth_comparison.csv", required=False)
+        ev_summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").is_file() else {}
+        ef_summary = json.loads((ef / "effects.json").read_text()) if (ef / "effects.json").is_file() else {}
+        metrics = t["metrics"]
+
+        # ---- figures
+        say("drawing figures")
+        auc = _metric(metrics, "all", "auc") or {}
+        ece = _metric(metrics, "all", "ece") or {}
+        conf = t["confusion"][t["confusion"]["group"].astype(str) == "all"]
+        figs: list[tuple[str, Any, str]] = []
+        figs.append(("forest_plot", F.forest_plot(t["primary_endpoint"], arms_df, reference=ref),
+                     f"NET2 rate ratios vs {labels[ref]} (log scale) with 95% CIs. Filled circles: observed, NB2 regression of each patient's observed NET2 count "
+                     "on arm with offset log(follow-up years). Open squares: forecast, the same model fitted on each ensemble sample of the allocated arm, "
+                     "pooled with Rubin's rules. Open diamonds: counterfactual, ratio of mean forecast counts with every patient under both arms. "
+                     "x: the simulator's true ratio (simulated cohorts only)."))
+        figs.append(("lesion_free", F.lesion_free_plot(t["lesion_free"], arms_df),
+                     "Patients with no NET2 lesion at follow-up, per arm, with Wilson 95% CIs; odds ratios (OR) vs the reference from logistic regression."))
+        figs.append(("activity_roc", F.activity_roc(t["patients"], auc=auc.get("value"), auc_ci=(auc.get("ci_low"), auc.get("ci_high")) if auc else None,
+                                                    operating_points=conf),
+                     "Activity classification: ROC curve of P(active) for observed activity (>= 1 NET2 lesion), each patient's allocated arm. "
+                     "Points: the 0.5 and Youden (maximal sensitivity + specificity - 1) thresholds. AUC with DeLong 95% CI."))
+        figs.append(("reliability", F.reliability_diagram(t["reliability"], voxel_reliability=t["voxel_reliability"], ece=ece.get("value")),
+                     "Reliability diagrams. Left: observed share of active patients against forecast P(active) in quantile bins (Wilson 95% CIs); "
+                     "on the diagonal when calibrated. Right: the same for voxel probabilities inside the brain mask."))
+        figs.append(("pit_histogram", F.pit_histogram(t["pit_histogram"]),
+                     "Count calibration: histogram of the randomized PIT of each observed NET2 count under its forecast count distribution; "
+                     "flat when calibrated, U-shaped when the forecasts are too narrow, hump-shaped when too wide."))
+        figs.append(("coverage", F.coverage_plot(t["coverage"], arms_df),
+                     "Share of observed NET2 counts inside the forecast's central 50%, 80% and 95% prediction intervals (randomized PIT intervals, "
+                     "exact for count data), overall with 95% CIs and per allocated arm."))
+        figs.append(("count_scatter", F.count_scatter(t["patients"], arms_df),
+                     "Forecast mean NET2 count (allocated arm; vertical lines: central 80% interval of the ensemble) against the observed count, per patient."))
+        if t["detection"] is not None and len(t["detection"]):
+            figs.append(("detection", F.detection_plot(t["detection"], arms_df),
+                         "Lesion-wise detection of the observed NET2 lesions by each forecast sample (allocated arm): recall, precision, F1 and voxel Dice, "
+                         "averaged over samples per patient. Forecasts predict where lesions may appear, not a single realisation, so overlap with one "
+                         "observed follow-up is expected to be low even for a perfect (oracle) forecaster."))
+        figs.append(("effect_distribution", F.effect_distribution(t["counterfactual_patients"], arms_df, reference=ref),
+                     f"Per-patient counterfactual effect: forecast expected NET2 count under the arm minus under {labels[ref]}, for every patient "
+                     "(all patients, whatever arm they were randomized to). Circle: median; bar: IQR."))
+        figs.append(("responders", F.responder_plot(t["responders"], arms_df),
+                     "Observed NET2 rate ratios (NB2, 95% CI) among the 10%, 30%, 50% of patients with the largest forecast benefit and in all patients, "
+                     "using only patients randomized to the arm or the reference; open squares: the ratio the forecasts predict for the stratum."))
+        figs.append(("qini", F.qini_plot(t["qini_curve"], arms_df, qini_area=t["qini_area"]),
+                     "Qini curves: cumulative observed NET2 lesions avoided when patients are treated in order of forecast benefit (solid) or in random order "
+                     "(dashed); the Qini coefficient is the area between them, normalised."))
+        figs.append(("prognostic", F.prognostic_plot(t["prognostic"], arms_df),
+                     "Prognostic adjustment: observed rate ratios without and with the log forecast mean under the reference arm as a covariate (left); "
+                     "reduction of the SE of the log rate ratio and the implied sample-size saving (right)."))
+        figs.append(("power", F.power_plot(t["power_analytic"], arms_df, power_simulated=t["power_simulated"]),
+                     "Power of a two-arm NB2 comparison with the reference at the two-sided 5% level by patients per arm: analytic curves "
+                     "(rates and dispersion estimated from the data) and trials simulated from the forecasts (open: unadjusted; filled: prognostic-adjusted; "
+                     "bars: Monte Carlo 95% range)."))
+        ex = _example_slice(cohort, store, t["primary_endpoint"], ref)
+        if ex:
+            figs.append(("example_slices", F.example_slices(ex["flair"], ex["observed"], ex["probabilities"], arms_df, spacing=ex["spacing"],
+                                                            patient=ex["patient"], slice_label=ex["slice_label"], right_side=ex["right_side"]),
+                         f"Patient {ex['patient']} (randomized to {labels.get(ex['allocated'], ex['allocated'])}), {ex['slice_label']}, shown with the patient's "
+                         f"{'right' if ex['right_side'] == 'R' else 'left'} on the image's right (from the image affine); 20 mm scale bar. Left: baseline FLAIR with the observed NET2 lesions at follow-up (orange). Right: the forecast "
+                         "probability map (share of ensemble samples in which the voxel is in a NET2 lesion) under "
+                         + " and ".join(labels.get(a, a) for a in ex["arms"]) + " (the arm with the lowest counterfactual rate ratio)."))
+        fig_entries = []
+        for k, (name, fig, caption) in enumerate(figs, start=1):
+            say(f"  figure {k}/{len(figs)}: {name}")
+            for fmt in settings.figure_formats:
+                write_bytes_atomic(figure_bytes(fig, fmt, dpi=settings.figure_dpi), tmp / "figures" / f"{name}.{fmt}")
+            png = figure_bytes(fig, "png", dpi=settings.html_dpi)
+            w_in, h_in = fig.get_size_inches()
+            fig_entries.append({"name": name, "number": k, "caption": caption, "data": base64.b64encode(png).decode("ascii"),
+                                "width": int(round(w_in * CSS_PX_PER_INCH)), "height": int(round(h_in * CSS_PX_PER_INCH))})
+
+        # ---- tables
+        say("writing tables")
+        table1 = T.table1(cohort.manifest, arms_df)
+        out_tables: dict[str, pd.DataFrame] = {"table1_baseline": table1}
+        out_tables["primary_endpoint"] = T.order_arms(t["primary_endpoint"], arms_df)
+        out_tables["adjusted_means"] = T.order_arms(t["adjusted_means"], arms_df)
+        out_tables["lesion_free"] = T.order_arms(t["lesion_free"], arms_df)
+        act_names = ["prevalence", "auc", "sensitivity@0.5", "specificity@0.5", "ppv@0.5", "npv@0.5", "sensitivity@youden", "specificity@youden",
+                     "ppv@youden", "npv@youden", "count_mae", "count_bias", "spearman"]
+        cal_names = ["brier", "ece", "calibration_intercept", "calibration_slope", "pit_chi2_p", "pit_ks_p", "crps_fair", "coverage_randomized_50",
+                     "coverage_randomized_80", "coverage_randomized_95"]
+        groups = ["all", *order]
+        m = metrics[metrics["group"].astype(str).isin(groups)]
+        out_tables["activity"] = _metric_table(m, act_names, groups)
+        out_tables["calibration"] = _metric_table(m, cal_names, groups)
+        det_m = metrics[metrics["group"].astype(str).isin(["detection", "voxels"])]
+        out_tables["detection"] = det_m[["group", "metric", "value", "ci_low", "ci_high", "n", "note"]].reset_index(drop=True)
+        out_tables["counterfactual_average"] = T.order_arms(t["counterfactual_average"], arms_df)
+        out_tables["responders"] = T.order_arms(t["responders"], arms_df)
+        out_tables["qini_area"] = T.order_arms(t["qini_area"], arms_df)
+        out_tables["prognostic"] = T.order_arms(t["prognostic"], arms_df)
+        out_tables["power_analytic"] = T.order_arms(t["power_analytic"], arms_df)
+        out_tables["power_simulated"] = T.order_arms(t["power_simulated"], arms_df)
+        if t["truth_comparison"] is not None:
+            out_tables["truth_comparison"] = T.order_arms(t["truth_comparison"], arms_df)
+        for name, df in out_tables.items():
+            write_csv_atomic(df, tmp / "tables" / f"{name}.csv")
+
+        # ---- settings and summary
+        idx = store.index()
+        samplers = sorted(set(idx["sampler"]))
+        checkpoints = sorted(set(idx["checkpoint"].astype(str)))
+        samples = sorted(set(int(s) for s in idx["samples"]))
+        det_rule = (ev_summary.get("detection") or {}).get("rule") or {}
+        ev_set = ev_summary.get("settings", {})
+        ef_set = ef_summary.get("settings", {})
+        settings_doc = {
+            "forecaster": {"checkpoint": checkpoints, "sampler": [json.loads(s) if s.startswith("{") else s for s in samplers], "samples_per_patient_and_arm": samples,
+                           "sample_seeds": "derived from (seed, patient, arm, sample); listed per block in the store's index.parquet"},
+            "lesions": {"connectivity": ev_set.get("connectivity", settings.connectivity), "min_volume_mm3": ev_set.get("min_volume_mm3", settings.min_volume_mm3),
+                        "min_voxels": ev_set.get("min_voxels")},
+            "detection": {"preset": ev_set.get("detection_preset") or "default (no preset)", **{k: det_rule.get(k) for k in ("name", "connectivity", "min_volume_mm3", "criterion", "threshold", "matching")}},
+            "evaluation": {k: ev_set.get(k) for k in ("k", "operating_point", "n_bins", "bin_strategy", "pit_bins", "pit_kind", "levels", "n_boot", "seed")},
+            "effects": {k: ef_set.get(k) for k in ("formula", "cov", "reference", "samples", "power_sims", "seed", "responder_fractions")},
+            "observed_model": {k: (ef_summary.get("observed_model") or {}).get(k) for k in ("model", "alpha", "converged", "n")},
+            "versions": _versions(),
+        }
+        n_by_arm = cohort.manifest["arm"].value_counts()
+        summary = _clean({
+            "format": "mseval-report-summary",
+            "mseval_version": __version__,
+            "title": title,
+            "inputs": {"cohort": str(cohort_dir), "forecasts": str(forecasts_dir),
+                       "evaluation": "computed by the report" if ev == results / "evaluation" else str(evaluation_dir),
+                       "effects": "computed by the report" if ef == results / "effects" else str(effects_dir)},
+            "n_patients": int(len(cohort.manifest)),
+            "reference_arm": ref,
+            "simulated": cohort.truth is not None,
+            "arms": [{"arm": a, "label": labels[a], "n": int(n_by_arm.get(a, 0)), "color": arm_colors(arms_df)[a]} for a in order],
+            "settings": settings_doc,
+            "primary_endpoint": _records(out_tables["primary_endpoint"]),
+            "lesion_free": _records(out_tables["lesion_free"]),
+            "activity": {k: _metric(metrics, "all", k) for k in ("auc", "sensitivity@youden", "specificity@youden", "count_mae")},
+            "calibration": {k: _metric(metrics, "all", k) for k in ("ece", "brier", "calibration_slope", "pit_chi2_p", "crps_fair",
+                                                                      "coverage_randomized_50", "coverage_randomized_80", "coverage_randomized_95")},
+            "detection": {k: _metric(metrics, "detection", k) for k in ("lesion_recall_pooled", "lesion_precision_pooled", "lesion_f1_mean", "dice_mean")},
+            "counterfactual": _records(out_tables["counterfactual_average"][["arm", "ratio_of_means", "ratio_ci_low", "ratio_ci_high", "mean_difference"]]),
+            "prognostic": _records(out_tables["prognostic"][["arm", "se_reduction_pct", "sample_size_saving_pct"]]),
+            "vs_truth": ev_summary.get("vs_truth"),
+            "flags": list(ev_summary.get("flags", [])),
+            "figures": [f"figures/{e['name']}.{x}" for e in fig_entries for x in settings.figure_formats],
+            "tables": [f"tables/{n}.csv" for n in out_tables],
+        })
+        write_json_atomic(summary, tmp / "summary.json")
+
+        # ---- HTML and Markdown
+        say("writing report.html and report.md")
+        ctx = _context(title, summary, settings_doc, table1, t, out_tables, fig_entries, arms_df, ref, ev_summary, ex)
+        write_bytes_atomic(_render_html(ctx).encode("utf-8"), tmp / "report.html")
+        write_bytes_atomic(_render_md(ctx).encode("utf-8"), tmp / "report.md")
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        for p in [tmp, *tmp.rglob("*")]:  # temporary files are private (0600); a report is for sharing
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    say(f"report written to {out / 'report.html'}")
+    return Report(out, summary, files)
+
+
+def _metric_table(m: pd.DataFrame, names: list[str], groups: list[str]) -> pd.DataFrame:
+    """Wide table: one row per metric, value (and CI) per group in the given order."""
+    rows = []
+    for name in names:
+        sub = m[m["metric"] == name]
+        if not len(sub):
+            continue
+        row: dict[str, Any] = {"metric": name}
+        for g in groups:
+            r = sub[sub["group"].astype(str) == g]
+            if len(r):
+                row[g] = float(r.iloc[0]["value"])
+                row[f"{g}_ci_low"] = float(r.iloc[0]["ci_low"])
+                row[f"{g}_ci_high"] = float(r.iloc[0]["ci_high"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+METRIC_NAMES = {
+    "prevalence": "Active patients (>= 1 NET2 lesion), proportion",
+    "auc": "AUC of P(active)",
+    "sensitivity@0.5": "Sensitivity, P(active) >= 0.5",
+    "specificity@0.5": "Specificity, P(active) >= 0.5",
+    "ppv@0.5": "PPV, P(active) >= 0.5",
+    "npv@0.5": "NPV, P(active) >= 0.5",
+    "sensitivity@youden": "Sensitivity, Youden threshold",
+    "specificity@youden": "Specificity, Youden threshold",
+    "ppv@youden": "PPV, Youden threshold",
+    "npv@youden": "NPV, Youden threshold",
+    "count_mae": "Count MAE (lesions; forecast mean vs observed)",
+    "count_bias": "Count bias (lesions; forecast - observed)",
+    "spearman": "Spearman correlation, forecast mean vs observed count",
+    "brier": "Brier score of P(active) (lower is better)",
+    "ece": "ECE of P(active)",
+    "calibration_intercept": "Calibration intercept (0 when calibrated)",
+    "calibration_slope": "Calibration slope (1 when calibrated)",
+    "pit_chi2_p": "PIT uniformity, chi-square p-value",
+    "pit_ks_p": "PIT uniformity, Kolmogorov-Smirnov p-value",
+    "crps_fair": "CRPS of the count forecast (lesions; lower is better)",
+    "coverage_randomized_50": "Coverage of the 50% prediction interval",
+    "coverage_randomized_80": "Coverage of the 80% prediction interval",
+    "coverage_randomized_95": "Coverage of the 95% prediction interval",
+    "lesion_recall_pooled": "Lesion-wise recall (pooled over samples)",
+    "lesion_precision_pooled": "Lesion-wise precision (pooled over samples)",
+    "lesion_f1_mean": "Lesion-wise F1 (mean over non-empty cases)",
+    "dice_mean": "Voxel Dice (mean over non-empty cases)",
+    "voxel_brier": "Voxel Brier score (inside the brain)",
+    "voxel_ece": "Voxel ECE",
+    "voxel_auc": "Voxel AUC",
+    "voxel_prevalence": "Share of brain voxels in NET2 lesions",
+}
+
+
+def _num(x: Any, digits: int = 2) -> str:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return str(x) if x is not None else "NA"
+    if not math.isfinite(f):
+        return "NA"
+    if f != 0 and abs(f) < 10 ** -digits:
+        return f"{f:.1e}"
+    return f"{f:.{digits}f}"
+
+
+def _ci(v: Any, lo: Any, hi: Any, digits: int = 2) -> str:
+    s = _num(v, digits)
+    if s == "NA":
+        return s
+    if _num(lo) == "NA" or _num(hi) == "NA":
+        return s
+    return f"{s} ({_num(lo, digits)}-{_num(hi, digits)})"
+
+
+def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame, t: dict, out_tables: dict, fig_entries: list,
+             arms_df: pd.DataFrame, ref: str, ev_summary: dict, ex: dict) -> dict[str, Any]:
+    """Everything the templates show, as strings (one place for number formatting)."""
+    labels, colors = arm_labels(arms_df), arm_colors(arms_df)
+    order = list(arms_df["arm"])
+
+    def table(df: pd.DataFrame) -> dict[str, Any]:
+        return {"columns": list(df.columns), "rows": [[str(v) for v in r] for r in df.itertuples(index=False)]}
+
+    t1 = table1.copy()
+    t1.insert(0, "Characteristic", [f"{c}, {s}" for c, s in zip(t1.pop("characteristic"), t1.pop("statistic"))])
+    prim = T.primary_table(t["primary_endpoint"], arms_df, reference=ref)
+    am = t["adjusted_means"].set_index("arm")
+    lab2arm = {labels[a]: a for a in order}
+    prim.insert(1, "Adjusted NET2 rate per year", [_num(am.loc[lab2arm[x], "adjusted_rate_per_year"]) if lab2arm.get(x) in am.index else "NA" for x in prim["Arm"]])
+    lf = out_tables["lesion_free"]
+    lf_rows = [[labels.get(r["arm"], r["arm"]), f"{int(round(r['lesion_free_pct'] * r['n'] / 100))}/{int(r['n'])} ({_num(r['lesion_free_pct'], 0)}%)",
+                "1 (reference)" if r["arm"] == ref else _ci(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high")),
+                "" if r["arm"] == ref else T.p_text(r.get("p_value", float("nan")))] for r in lf.to_dict("records")]
+    groups = ["all", *order]
+    glabels = {"all": "All patients", **labels}
+
+    def metric_rows(df: pd.DataFrame, digits: int = 2) -> dict[str, Any]:
+        cols = ["Metric"] + [glabels[g] for g in groups if g in df.columns]
+        rows = []
+        for r in df.to_dict("records"):
+            row = [METRIC_NAMES.get(r["metric"], r["metric"])]
+            for g in groups:
+                if g in df.columns:
+                    row.append(_ci(r.get(g), r.get(f"{g}_ci_low"), r.get(f"{g}_ci_high"), digits) if g == "all" else _num(r.get(g), digits))
+            rows.append(row)
+        return {"columns": cols, "rows": rows}
+
+    det = out_tables["detection"]
+    det_rows = {"columns": ["Metric", "Value (95% CI)", "n", "Note"],
+                "rows": [[METRIC_NAMES.get(r["metric"], r["metric"]), _ci(r["value"], r["ci_low"], r["ci_high"], 3), _num(r["n"], 0), str(r["note"]) if pd.notna(r["note"]) else ""]
+                         for r in det.to_dict("records")]}
+    cfa = out_tables["counterfactual_average"]
+    cf_rows = {"columns": ["Arm", "Mean difference vs reference, lesions (95% CI)", "Ratio of means (95% CI)", "10th / 50th / 90th percentile of patient differences"],
+               "rows": [[labels.get(r["arm"], r["arm"]), _ci(r["mean_difference"], r["difference_ci_low"], r["difference_ci_high"]),
+                         _ci(r["ratio_of_means"], r["ratio_ci_low"], r["ratio_ci_high"]),
+                         f"{_num(r['difference_p10'], 1)} / {_num(r['difference_median'], 1)} / {_num(r['difference_p90'], 1)}"] for r in cfa.to_dict("records")]}
+    rsp = out_tables["responders"]
+    has_true = "true_rate_ratio" in rsp.columns
+    rsp_rows = {"columns": ["Arm", "Stratum", "n arm / reference", "Predicted RR", "Observed RR (95% CI)", "p"] + (["True RR"] if has_true else []),
+                "rows": [[labels.get(r["arm"], r["arm"]), r["stratum"], f"{int(r['n_arm'])} / {int(r['n_reference'])}", _num(r["predicted_rate_ratio"]),
+                          _ci(r["observed_rate_ratio"], r["ci_low"], r["ci_high"]) if pd.notna(r["observed_rate_ratio"]) else (r.get("note") or "NA"),
+                          T.p_text(r["p_value"])] + ([_num(r["true_rate_ratio"])] if has_true else []) for r in rsp.to_dict("records")]}
+    qa = out_tables["qini_area"].set_index("arm")
+    pg = out_tables["prognostic"]
+    pg_rows = {"columns": ["Arm", "RR unadjusted", "RR adjusted (95% CI)", "SE reduction", "Sample-size saving", "Qini coefficient"],
+               "rows": [[labels.get(r["arm"], r["arm"]), _num(r["rate_ratio_unadjusted"]), _ci(r["rate_ratio_adjusted"], r["ci_low_adjusted"], r["ci_high_adjusted"]),
+                         f"{_num(r['se_reduction_pct'], 0)}%", f"{_num(r['sample_size_saving_pct'], 0)}%",
+                         _num(qa.loc[r["arm"], "qini_coefficient"]) if r["arm"] in qa.index else "NA"] for r in pg.to_dict("records")]}
+    pa = out_tables["power_analytic"]
+    ps = out_tables["power_simulated"]
+
+    def sim(arm: str, adjusted: bool) -> str:
+        d = ps[(ps["arm"] == arm) & (ps["adjusted"].astype(str).str.lower().isin(["true", "1"]) == adjusted)]
+        return f"{_num(d.iloc[0]['power'])} (n={int(d.iloc[0]['n_per_arm'])})" if len(d) else "NA"
+
+    pw_rows = {"columns": ["Arm", "Rate per year, reference / arm", "RR", "Patients per arm for 80% / 90% power", "Simulated power, unadjusted", "Simulated power, adjusted"],
+               "rows": [[labels.get(r["arm"], r["arm"]), f"{_num(r['rate_reference'])} / {_num(r['rate_arm'])}", _num(r["rate_ratio"]),
+                         f"{int(r['n_per_arm_80'])} / {int(r['n_per_arm_90'])}", sim(r["arm"], False), sim(r["arm"], True)] for r in pa.to_dict("records")]}
+    s = settings_doc
+    settings_rows = [
+        ("Forecaster (checkpoint)", ", ".join(s["forecaster"]["checkpoint"])),
+        ("Sampler", "; ".join(json.dumps(x, sort_keys=True) if isinstance(x, dict) else str(x) for x in s["forecaster"]["sampler"])),
+        ("Samples per patient and arm", ", ".join(str(x) for x in s["forecaster"]["samples_per_patient_and_arm"])),
+        ("Sample seeds", s["forecaster"]["sample_seeds"]),
+        ("Lesion definition", f"connected components, {s['lesions']['connectivity']}-connectivity, minimum volume {s['lesions']['min_volume_mm3']} mm³ "
+                              "(forecasts and observed masks alike)"),
+        ("Detection rule", f"preset: {s['detection']['preset']}; criterion {s['detection'].get('criterion')}, threshold {s['detection'].get('threshold')}, "
+                           f"matching {s['detection'].get('matching')}, {s['detection'].get('connectivity')}-connectivity, >= {s['detection'].get('min_volume_mm3')} mm³"),
+        ("Activity", f"active = >= {s['evaluation'].get('k')} NET2 lesion(s); operating point {s['evaluation'].get('operating_point')}"),
+        ("Calibration", f"{s['evaluation'].get('n_bins')} {s['evaluation'].get('bin_strategy')} bins for P(active); PIT {s['evaluation'].get('pit_kind')}, "
+                        f"{s['evaluation'].get('pit_bins')} bins; interval levels {s['evaluation'].get('levels')}; {s['evaluation'].get('n_boot')} bootstrap resamples; seed {s['evaluation'].get('seed')}"),
+        ("Count model", f"{s['observed_model'].get('model') or 'NB2'}; formula {s['effects'].get('formula')}; reference arm {labels.get(ref, ref)}; "
+                        f"dispersion alpha {_num(s['observed_model'].get('alpha'))}; SEs from the {s['effects'].get('cov')} information"),
+        ("Forecast-based estimates", f"each of {s['effects'].get('samples')} ensemble samples as one imputation, pooled with Rubin's rules"),
+        ("Power simulation", f"{s['effects'].get('power_sims')} simulated trials per arm, seed {s['effects'].get('seed')}"),
+        ("Software", ", ".join(f"{k} {v}" for k, v in s["versions"].items())),
+    ]
+    arms_rows = [[labels[a], a, str(arms_df.set_index("arm").loc[a, "efficacy"]) if "efficacy" in arms_df.columns else "",
+                  "reference" if a == ref else "", str(next(x["n"] for x in summary["arms"] if x["arm"] == a)), colors[a]] for a in order]
+    vt = summary.get("vs_truth") or {}
+    headline = []
+    best = sorted((r for r in summary["primary_endpoint"] if r.get("observed_rate_ratio") is not None), key=lambda r: r["observed_rate_ratio"])
+    if best:
+        b = best[0]
+        headline.append(f"Largest observed effect: {labels.get(b['arm'], b['arm'])}, NET2 RR {_ci(b['observed_rate_ratio'], b['observed_ci_low'], b['observed_ci_high'])} "
+                        f"vs {labels[ref]}; forecast RR {_ci(b['forecast_rate_ratio'], b.get('forecast_ci_low'), b.get('forecast_ci_high'))}.")
+    a = summary["activity"].get("auc")
+    if a:
+        headline.append(f"Activity: AUC of P(active) {_ci(a['value'], a['ci_low'], a['ci_high'])}.")
+    e = summary["calibration"].get("ece")
+    c95 = summary["calibration"].get("coverage_randomized_95")
+    if e and c95:
+        headline.append(f"Calibration: ECE {_num(e['value'], 3)}; 95% prediction intervals cover {_num(100 * c95['value'], 0)}% of observed counts.")
+    if vt:
+        headline.append(f"Against the simulator's truth: mean forecast count vs true expected count, MAE {_num(vt.get('mae_mean_vs_true_expected'))} lesions, "
+                        f"Pearson r {_num(vt.get('pearson_mean_vs_true_expected'), 3)}.")
+    return {
+        "title": title, "summary": summary, "headline": headline, "abbreviations": ABBREVIATIONS, "settings_rows": settings_rows,
+        "arms_rows": arms_rows, "table1": table(t1), "table1_note": T.TABLE1_NOTE, "primary": table(prim), "lesion_free": {"columns": ["Arm", "Free of NET2 lesions", "OR vs reference (95% CI)", "p"], "rows": lf_rows},
+        "activity": metric_rows(out_tables["activity"]), "calibration": metric_rows(out_tables["calibration"], 3), "detection": det_rows,
+        "counterfactual": cf_rows, "responders": rsp_rows, "prognostic": pg_rows, "power": pw_rows,
+        "figures": {e["name"]: e for e in fig_entries}, "flags": summary.get("flags", []), "ref_label": labels[ref],
+        "n_patients": summary["n_patients"], "n_arms": len(order), "simulated": summary["simulated"],
+        "example": {"patient": ex.get("patient"), "arms": [labels.get(a, a) for a in ex.get("arms", [])]} if ex else None,
+    }
+
+
+def _env():  # noqa: ANN202
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    return Environment(loader=FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=select_autoescape(["html", "j2"]),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def _render_html(ctx: dict[str, Any]) -> str:
+    return _env().get_template("report.html.j2").render(**ctx)
+
+
+def _md_table(tab: dict[str, Any]) -> str:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(c) for c in tab["columns"]) + " |", "|" + "---|" * len(tab["columns"])]
+    lines += ["| " + " | ".join(esc(v) for v in r) + " |" for r in tab["rows"]]
+    return "\n".join(lines)
+
+
+def _render_md(ctx: dict[str, Any]) -> str:
+    figs = ctx["figures"]
+    out = [f"# {ctx['title']}", "", f"{ctx['n_patients']} patients randomized to {ctx['n_arms']} arms (reference: {ctx['ref_label']})"
+           + ("; a simulated trial with known truth." if ctx["simulated"] else "."), ""]
+    out += [f"- {h}" for h in ctx["headline"]] + [""]
+    out += ["## Abbreviations", ""] + [f"- **{k}**: {v}" for k, v in ctx["abbreviations"].items()] + [""]
+    out += ["## Settings", "", _md_table({"columns": ["Setting", "Value"], "rows": ctx["settings_rows"]}), ""]
+    out += ["## Arms", "", _md_table({"columns": ["Arm", "Identifier", "Efficacy group", "Reference", "Patients", "Colour"], "rows": ctx["arms_rows"]}), ""]
+
+    def fig(name: str) -> list[str]:
+        if name not in figs:
+            return []
+        e = figs[name]
+        return [f"![Figure {e['number']}](figures/{name}.png)", "", f"*Figure {e['number']}.* {e['caption']}", ""]
+
+    out += ["## Table 1. Baseline characteristics by arm", "", _md_table(ctx["table1"]), "", ctx["table1_note"], ""]
+    out += ["## Primary endpoint: NET2 lesion rate ratios", "", _md_table(ctx["primary"]), "",
+            "Adjusted rate per year: NET2 lesions per patient-year from the observed NB2 model. p: Wald test of the observed RR.", ""] + fig("forest_plot")
+    out += ["## Proportion free of NET2 lesions", "", _md_table(ctx["lesion_free"]), ""] + fig("lesion_free")
+    out += ["## Activity classification", "", _md_table(ctx["activity"]), "", "All patients: value (95% CI); arms: value among patients randomized to the arm.", ""] + fig("activity_roc")
+    out += ["## Calibration", "", _md_table(ctx["calibration"]), ""] + fig("reliability") + fig("pit_histogram") + fig("coverage") + fig("count_scatter")
+    out += ["## Detection against the observed NET2 masks", "", _md_table(ctx["detection"]), ""] + fig("detection")
+    out += ["## Counterfactual effects", "", _md_table(ctx["counterfactual"]), ""] + fig("effect_distribution")
+    out += ["### Effects in predicted-responder strata", "", _md_table(ctx["responders"]), ""] + fig("responders") + fig("qini")
+    out += ["## Prognostic adjustment", "", _md_table(ctx["prognostic"]), ""] + fig("prognostic")
+    out += ["## Power and sample size", "", _md_table(ctx["power"]), ""] + fig("power")
+    out += ["## Example slices", ""] + fig("example_slices")
+    if ctx["flags"]:
+        out += ["## Flags", ""] + [f"- {f}" for f in ctx["flags"]] + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def settings_dict(s: ReportSettings) -> dict[str, Any]:
+    return asdict(s)

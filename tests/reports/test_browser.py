@@ -1,0 +1,83 @@
+"""report.html in a real browser (headless Chromium): no console errors, every image decodes,
+and the screenshot is not blank. Skipped where /usr/bin/chromium is missing (CI installs it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path(os.environ.get("MSEVAL_CHROMIUM", "/usr/bin/chromium"))
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", "--hide-scrollbars", "--disable-extensions"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not found: install the Debian package 'chromium' to run the browser check")
+
+# Appended to a copy of the report: after load, write what the page saw into the DOM, which
+# --dump-dom prints. Console errors are also caught from Chromium's own log (--enable-logging).
+PROBE = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0); }).length;
+  var p = document.createElement('pre'); p.id = 'probe';
+  p.textContent = 'PROBE images=' + imgs.length + ' broken=' + broken + ' errors=' + (window.__errors || []).length;
+  document.body.appendChild(p);
+});
+</script>"""
+CATCH = "<script>window.__errors=[];window.addEventListener('error',function(e){window.__errors.push(String(e.message||e));},true);" \
+        "var _ce=console.error;console.error=function(){window.__errors.push([].join.call(arguments,' '));_ce.apply(console,arguments);};</script>"
+
+
+@pytest.fixture(scope="module")
+def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
+    from mseval.simulate.model import TrialConfig
+    from mseval.simulate.trial import simulate_trial
+    from reports.builder import ReportSettings, build_report
+
+    root = tmp_path_factory.mktemp("browser")
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=3, shape=(32, 38, 32), seed=4))
+    simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=3, seed=2))
+    rep = build_report(root / "cohort", root / "fc", root / "report",
+                       settings=ReportSettings(n_boot=20, power_sims=2, figure_dpi=50, html_dpi=60, figure_formats=("png",)))
+    return rep.html
+
+
+def _chromium(args: list[str], profile: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_report_opens_without_errors_or_broken_images(report_html, tmp_path):
+    page = tmp_path / "probe.html"
+    html = report_html.read_text()
+    page.write_text(html.replace("<head>", "<head>" + CATCH, 1).replace("</body>", PROBE + "</body>", 1))
+    with tempfile.TemporaryDirectory() as profile:
+        res = _chromium(["--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], profile)
+    import re
+
+    probe = re.search(r"PROBE images=(\d+) broken=(\d+) errors=(\d+)", res.stdout)
+    assert probe, f"the page did not finish loading: {res.stderr[-2000:]}"
+    fields = dict(zip(("images", "broken", "errors"), probe.groups()))
+    assert int(fields["images"]) >= 10
+    assert int(fields["broken"]) == 0
+    assert int(fields["errors"]) == 0
+    console = [line for line in res.stderr.splitlines() if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)]
+    assert console == []
+    assert "net::ERR" not in res.stderr  # nothing was fetched from a network
+
+
+def test_screenshot_is_not_blank(report_html, tmp_path):
+    from PIL import Image
+
+    shot = tmp_path / "shot.png"
+    with tempfile.TemporaryDirectory() as profile:
+        _chromium([f"--screenshot={shot}", "--window-size=1400,3000", "--virtual-time-budget=5000", report_html.as_uri()], profile)
+    assert shot.is_file(), "no screenshot written"
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.shape[0] >= 1000
+    assert img.std() > 10  # text, tables and figures, not a blank page
+    assert (img < 128).mean() > 0.005

@@ -1,0 +1,131 @@
+"""`build_report` / `mseval report`: byte-identical output for identical inputs, and bad input
+(a forecast store missing patients or arms) gives one line naming what is missing, exit code 2
+and no report folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import data_schemas
+from mseval.errors import InputError
+from reports.builder import ReportSettings, build_report
+
+FAST = ReportSettings(n_boot=50, power_sims=4, figure_dpi=60, html_dpi=40)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny simulated trial (4 patients per arm, 32x38x32 voxels) and oracle forecasts (4 samples)."""
+    from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
+    from mseval.simulate.model import TrialConfig
+    from mseval.simulate.trial import simulate_trial
+
+    root = tmp_path_factory.mktemp("trial")
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=4, shape=(32, 38, 32), seed=11))
+    simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=4, seed=5))
+    return {"root": root, "cohort": root / "cohort", "fc": root / "fc"}
+
+
+@pytest.fixture(scope="module")
+def trial(store: dict[str, Path]) -> dict[str, Path]:
+    """`store` plus its evaluation and effects folders."""
+    from mseval.effects import EffectsSettings, run_effects
+    from mseval.evaluation import EvaluationSettings, evaluate
+    from mseval.lesions.ensemble import CountSettings, count_store
+
+    root = store["root"]
+    count_store(root / "fc", root / "counts", CountSettings())
+    counts = root / "counts" / "counts.parquet"
+    evaluate(root / "cohort", root / "fc", root / "ev", EvaluationSettings(n_boot=50, voxel=False), counts=counts)
+    run_effects(root / "cohort", root / "fc", root / "eff", EffectsSettings(power_sims=4), counts_path=counts)
+    return {**store, "ev": root / "ev", "eff": root / "eff"}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    keep = [folder / "report.html", folder / "report.md", folder / "summary.json", *sorted((folder / "tables").glob("*.csv")),
+            *sorted((folder / "figures").iterdir())]
+    return {str(p.relative_to(folder)): p.read_bytes() for p in keep}
+
+
+def test_two_builds_from_the_same_inputs_are_byte_identical(trial, tmp_path):
+    a = build_report(trial["cohort"], trial["fc"], tmp_path / "a", evaluation_dir=trial["ev"], effects_dir=trial["eff"], settings=FAST)
+    b = build_report(trial["cohort"], trial["fc"], tmp_path / "b", evaluation_dir=trial["ev"], effects_dir=trial["eff"], settings=FAST)
+    fa, fb = _files(a.out), _files(b.out)
+    assert sorted(fa) == sorted(fb)
+    assert {"report.html", "report.md", "summary.json", "tables/table1_baseline.csv", "figures/forest_plot.pdf", "figures/forest_plot.png",
+            "figures/example_slices.png"} <= set(fa)
+    different = [k for k in fa if fa[k] != fb[k]]
+    assert different == []
+    # no dates or output paths leak into the files
+    assert str(tmp_path) not in fa["report.html"].decode() and str(tmp_path) not in fa["summary.json"].decode()
+    assert b"CreationDate" not in fa["figures/forest_plot.pdf"]
+    _check_contents(a)
+
+
+def _check_contents(rep) -> None:  # noqa: ANN001
+    """summary.json follows its schema; the HTML has every section and fetches nothing."""
+    import jsonschema
+
+    trial = {"cohort": Path(json.loads((rep.out / "summary.json").read_text())["inputs"]["cohort"])}
+    summary = json.loads((rep.out / "summary.json").read_text())
+    jsonschema.validate(summary, data_schemas.load("report_summary") if "report_summary" in data_schemas.SCHEMAS
+                        else json.loads((Path(data_schemas.__file__).parent / "report_summary.schema.json").read_text()))
+    arms = list(pd.read_csv(trial["cohort"] / "arms.csv")["arm"])
+    assert [a["arm"] for a in summary["arms"]] == arms
+    html = rep.html.read_text()
+    for heading in ("Table 1. Baseline characteristics", "Primary endpoint", "Proportion free of NET2 lesions", "Activity classification",
+                    "Calibration", "Detection against the observed NET2 masks", "Counterfactual effects", "predicted-responder strata",
+                    "Prognostic adjustment", "Power and sample size", "Example slices", "Abbreviations", "Settings"):
+        assert heading in html, heading
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html  # self-contained: nothing fetched
+    md = (rep.out / "report.md").read_text()
+    assert "## Primary endpoint" in md and "| Arm |" in md
+    t1 = pd.read_csv(rep.out / "tables" / "table1_baseline.csv")
+    assert "p" not in [c.lower() for c in t1.columns] and not any("p-value" in c for c in t1.columns)
+
+
+def _cli(argv: list[str]) -> int:
+    from mseval import cli
+    from mseval.commands.report import report
+
+    names = {c.name or (c.callback.__name__ if c.callback else None) for c in cli.app.registered_commands}
+    if "report" not in names:
+        cli.app.command("report")(report)
+    return cli.main(argv)
+
+
+def test_store_missing_an_arm_is_one_line_exit_2_and_leaves_nothing(store, tmp_path, capsys):
+    trial = store
+    from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
+
+    arms = list(pd.read_csv(trial["cohort"] / "arms.csv")["arm"])
+    partial = tmp_path / "fc_partial"
+    simulate_forecasts(trial["cohort"], partial, ForecasterSpec("oracle", samples=2, seed=1), arms=arms[:-1])
+    out = tmp_path / "rep"
+    code = _cli(["report", str(trial["cohort"]), str(partial), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("mseval: error:")]
+    assert len(errors) == 1 and arms[-1] in errors[0] and "lacks" in errors[0] and "Traceback" not in err
+    assert not out.exists() and list(tmp_path.glob(".rep*")) == []
+
+
+def test_store_missing_patients_names_them(store, tmp_path):
+    trial = store
+    cohort = tmp_path / "cohort"
+    shutil.copytree(trial["cohort"], cohort)
+    man = pd.read_csv(cohort / "manifest.csv")
+    truth = pd.read_csv(cohort / "truth.csv")
+    man = pd.concat([man, man.iloc[[0]].assign(patient_id="P999")], ignore_index=True)
+    truth = pd.concat([truth, truth[truth["patient_id"] == man.iloc[0]["patient_id"]].assign(patient_id="P999")], ignore_index=True)
+    man.to_csv(cohort / "manifest.csv", index=False)
+    truth.to_csv(cohort / "truth.csv", index=False)
+    with pytest.raises(InputError, match="P999") as exc:
+        build_report(cohort, trial["fc"], tmp_path / "rep", settings=FAST)
+    assert "\n" not in exc.value.message
+    assert not (tmp_path / "rep").exists()
