@@ -65,7 +65,7 @@ def _truth_comparison(truth: pd.DataFrame, cf_patients: pd.DataFrame, reference:
             continue
         ids = g["patient_id"].to_numpy()
         true_diff = t.loc[[(i, arm) for i in ids]].to_numpy() - t.loc[[(i, reference) for i in ids]].to_numpy()
-        r = stats.pearsonr(g["difference"], true_diff)[0] if len(ids) > 2 and np.std(true_diff) > 0 else np.nan
+        r = stats.pearsonr(g["difference"], true_diff)[0] if len(ids) > 2 and np.std(true_diff) > 0 and g["difference"].std() > 0 else np.nan
         rows.append({"arm": arm, "true_ratio_of_means": float(t.loc[[(i, arm) for i in ids]].sum() / t.loc[[(i, reference) for i in ids]].sum()),
                      "true_mean_difference": float(true_diff.mean()), "effect_correlation": float(r)})
     return pd.DataFrame(rows)
@@ -155,7 +155,8 @@ def run_effects(
             "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": str(counts_path) if counts_path else "counted from the store",
                          "observed_counts": "components of each patient's net2_mask"},
             "observed_model": observed.model_info(),
-            "forecast_model": {"imputations": rubin.imputations, "failed_fits": rubin.failed, "pooling": "Rubin's rules, Barnard-Rubin-free classic df"},
+            "forecast_model": {"imputations": rubin.imputations, "failed_fits": rubin.failed, "pooling": "Rubin's rules (Rubin 1987 degrees of freedom)",
+                               "note": rubin.note},
             "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
             "patients": int(len(table)),
         }

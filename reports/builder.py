@@ -574,7 +574,8 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
 
     pw_rows = {"columns": ["Arm", "Rate per year, reference / arm", "RR", "Patients per arm for 80% / 90% power", "Simulated power, unadjusted", "Simulated power, adjusted"],
                "rows": [[labels.get(r["arm"], r["arm"]), f"{_num(r['rate_reference'])} / {_num(r['rate_arm'])}", _num(r["rate_ratio"]),
-                         f"{int(r['n_per_arm_80'])} / {int(r['n_per_arm_90'])}", sim(r["arm"], False), sim(r["arm"], True)] for r in pa.to_dict("records")]}
+                         f"{_num(r['n_per_arm_80'], 0)} / {_num(r['n_per_arm_90'], 0)}" if pd.notna(r["n_per_arm_80"]) else (r.get("note") or "NA"),
+                         sim(r["arm"], False), sim(r["arm"], True)] for r in pa.to_dict("records")]}
     s = settings_doc
     settings_rows = [
         ("Forecaster (checkpoint)", ", ".join(s["forecaster"]["checkpoint"])),

@@ -15,24 +15,54 @@ from typing import Any
 from mseval.errors import InputError
 from mseval.io.atomic import write_json_atomic
 
-DEMO_PARTS = ("cohort", "forecasts", "report", "demo.json")
+DEMO_PARTS = ("cohort", "forecasts", "report", "checkpoint", "demo.json")
 FORECASTERS = ("oracle", "diffusion")
 
 Stage = Callable[[str], Callable[[int, int], None]]
 """stage(description) -> update(done, total): opens a progress bar for one stage."""
 
 
-def _diffusion_forecasts(cohort: Path, out: Path, samples: int, seed: int, minutes: float) -> None:
-    """Train the tiny diffusion model for at most `minutes` and sample every patient under every
-    arm into the forecast store `out`. Not connected yet: raises InputError until it is."""
+class _TimeUp(KeyboardInterrupt):
+    """Raised from the training hook when the time budget is spent (training then checkpoints)."""
+
+
+def _diffusion_forecasts(
+    cohort: Path, out: Path, samples: int, seed: int, minutes: float, *, checkpoint: Path, config: str = "tiny",
+    sample_steps: int = 10, threads: int = 2, say: Callable[[str], None] = lambda _m: None, stage: Stage | None = None,
+) -> dict[str, Any]:
+    """Train the diffusion model (`config`) on the cohort for at most `minutes`, then sample every
+    patient under every arm into the forecast store `out` (DDIM with `sample_steps` steps, the
+    config's guidance). Returns the training summary (steps, minutes, last loss)."""
+    import torch
+
+    from forecast.checkpoint import load_checkpoint
+    from forecast.config import ForecastConfig
+    from forecast.ensemble import forecast_cohort
+    from forecast.sampler import SamplerSettings
+    from forecast.train import train
+
+    torch.set_num_threads(max(threads, 1))
+    cfg = ForecastConfig.load(config).with_(seed=seed, steps=10**7)
+    deadline = time.monotonic() + minutes * 60.0
+    update = stage("training (time-bounded)") if stage else None
+    last = {"step": 0, "loss": float("nan")}
+
+    def hook(step: int, loss: float) -> None:
+        last.update(step=step, loss=loss)
+        if update:
+            update(int(min(minutes * 60, minutes * 60 - (deadline - time.monotonic()))), int(minutes * 60))
+        if time.monotonic() >= deadline:
+            raise _TimeUp
+
     try:
-        from forecast.ensemble import forecast_cohort  # noqa: F401
-        from forecast.train import train  # noqa: F401
-    except ImportError as exc:
-        raise InputError(None, f"--forecaster diffusion is not available yet (the forecast module has no training/sampling API: {exc}); "
-                               "use --forecaster oracle", field="forecaster") from None
-    raise InputError(None, "--forecaster diffusion is not available yet in the demo (the training and sampling API is not connected); "
-                           "use --forecaster oracle", field="forecaster")
+        train(cohort, cfg, checkpoint, device="cpu", on_step=hook)
+    except _TimeUp:
+        pass
+    ckpt = load_checkpoint(checkpoint)
+    say(f"    trained {ckpt.step} steps in {minutes:g} min (last loss {last['loss']:.4f}); sampling {samples} per patient and arm, DDIM-{sample_steps}")
+    forecast_cohort(cohort, ckpt, out, samples=samples, settings=SamplerSettings("ddim", sample_steps, guidance=cfg.guidance),
+                    batch_size=8, seed=seed)
+    return {"config": config, "steps": ckpt.step, "minutes": minutes, "last_loss": last["loss"], "sample_steps": sample_steps}
 
 
 def _prepare(out: Path) -> None:
@@ -61,6 +91,8 @@ def run_demo(
     seed: int = 2026,
     workers: int = 2,
     minutes: float = 5.0,
+    config: str = "tiny",
+    sample_steps: int = 10,
     power_sims: int = 50,
     report_settings: Any = None,
     say: Callable[[str], None] | None = None,
@@ -91,19 +123,28 @@ def run_demo(
     times: dict[str, float] = {}
     t0 = time.perf_counter()
 
+    if forecaster == "diffusion":
+        from forecast.config import ForecastConfig
+
+        model_shape = tuple(ForecastConfig.load(config).shape)
+        if tuple(shape) != model_shape:
+            say(f"    the {config} model works at {model_shape[0]}x{model_shape[1]}x{model_shape[2]}: simulating at that shape")
+            shape = model_shape
     say(f"1/3 simulating a six-arm trial: {patients_per_arm} patients per arm, {shape[0]}x{shape[1]}x{shape[2]} voxels, seed {seed}")
     simulate_trial(cohort, TrialConfig(patients_per_arm=patients_per_arm, shape=tuple(shape), seed=seed), workers=workers,
                    progress=stage("simulating patients"))
     times["simulate_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
+    training: dict[str, Any] | None = None
     if forecaster == "oracle":
         say(f"2/3 oracle forecasts: every patient under every arm, {samples} samples each")
         simulate_forecasts(cohort, forecasts, ForecasterSpec("oracle", samples=samples, seed=seed), workers=workers,
                            progress=stage("forecasting patients"))
     else:
         say(f"2/3 diffusion model: training for at most {minutes:g} min, then {samples} samples per patient and arm")
-        _diffusion_forecasts(cohort, forecasts, samples, seed, minutes)
+        training = _diffusion_forecasts(cohort, forecasts, samples, seed, minutes, checkpoint=out / "checkpoint", config=config,
+                                        sample_steps=sample_steps, threads=workers, say=say, stage=stage)
     times["forecast_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -113,7 +154,7 @@ def run_demo(
     times["report_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
     info = {"forecaster": forecaster, "patients_per_arm": patients_per_arm, "shape": list(shape), "samples": samples, "seed": seed,
-            "workers": workers, "cohort": "cohort", "forecasts": "forecasts", "report": "report/report.html",
+            "workers": workers, "cohort": "cohort", "forecasts": "forecasts", "report": "report/report.html", "training": training,
             "timings_s": {k: round(v, 1) for k, v in times.items()}}
     write_json_atomic(info, out / "demo.json")
     return {**info, "report_html": report / "report.html"}

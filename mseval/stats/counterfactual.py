@@ -76,6 +76,7 @@ def counterfactual_effects(means: pd.DataFrame, reference: str) -> Counterfactua
             "arm": arm, "n": n, "mean_difference": md, "difference_ci_low": md - z * sd / np.sqrt(n), "difference_ci_high": md + z * sd / np.sqrt(n),
             "ratio_of_means": rom, "ratio_ci_low": rom * np.exp(-z * se_log), "ratio_ci_high": rom * np.exp(z * se_log),
             "difference_p10": q[0], "difference_median": q[1], "difference_p90": q[2],
+            "note": "" if r_sum > 0 else "ratio not estimable: the reference arm's forecasts hold no lesion",
         })
     return CounterfactualEffects(pd.concat(rows, ignore_index=True), pd.DataFrame(avg), reference)
 

@@ -81,10 +81,15 @@ def power_table(
     yrs = table.set_index("patient_id")["followup_years"]
     for arm in arms:
         r0, r1 = float(rates[reference]), float(rates[arm])
+        if not (r0 > 0 and r1 > 0) or abs(r1 - r0) < 1e-12:
+            analytic.append({"arm": arm, "rate_reference": r0, "rate_arm": r1, "rate_ratio": r1 / r0 if r0 > 0 else np.nan, "dispersion": dispersion,
+                             "years": years, "n_per_arm_80": np.nan, "n_per_arm_90": np.nan,
+                             "note": "not estimable: a forecast rate is zero or the rates are equal"})
+            continue
         n80 = sample_size(r0, r1, power=0.8, years=years, dispersion=dispersion)
         n90 = sample_size(r0, r1, power=0.9, years=years, dispersion=dispersion)
         analytic.append({"arm": arm, "rate_reference": r0, "rate_arm": r1, "rate_ratio": r1 / r0, "dispersion": dispersion,
-                         "years": years, "n_per_arm_80": int(np.ceil(n80)), "n_per_arm_90": int(np.ceil(n90))})
+                         "years": years, "n_per_arm_80": int(np.ceil(n80)), "n_per_arm_90": int(np.ceil(n90)), "note": ""})
         grid = n_grid or (max(int(np.ceil(n80)), 4),)
         for n in grid:
             hits = {False: 0, True: 0}
@@ -106,4 +111,5 @@ def power_table(
                 p = hits[adjusted] / sims if sims else np.nan
                 simulated.append({"arm": arm, "n_per_arm": n, "adjusted": adjusted, "power": p,
                                   "mc_se": np.sqrt(p * (1 - p) / sims) if sims else np.nan, "simulations": sims})
-    return PowerTable(pd.DataFrame(analytic), pd.DataFrame(simulated))
+    sim_cols = ["arm", "n_per_arm", "adjusted", "power", "mc_se", "simulations"]
+    return PowerTable(pd.DataFrame(analytic), pd.DataFrame(simulated, columns=sim_cols))

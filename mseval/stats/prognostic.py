@@ -47,6 +47,14 @@ def prognostic_score(means: pd.DataFrame, reference: str) -> pd.Series:
 def prognostic_adjustment(table: pd.DataFrame, means: pd.DataFrame, reference: str, formula: str = "net2 ~ arm") -> PrognosticAdjustment:
     d = table.merge(prognostic_score(means, reference), left_on="patient_id", right_index=True)
     plain = fit_count_model(d, formula, reference=reference).table.set_index("term")
+    if d["prognostic_score"].std() < 1e-9:  # e.g. all-zero forecasts: the score is collinear with the intercept
+        nan = float("nan")
+        rows = [{"arm": arm, "rate_ratio_unadjusted": plain.loc[arm, "rate_ratio"], "rate_ratio_adjusted": nan, "ci_low_adjusted": nan,
+                 "ci_high_adjusted": nan, "se_unadjusted": float(plain.loc[arm, "se"]), "se_adjusted": nan, "se_reduction_pct": nan,
+                 "sample_size_saving_pct": nan, "prognostic_rate_ratio_per_log_unit": nan,
+                 "note": "not estimable: the prognostic score is the same for every patient"}
+                for arm in plain.index if arm in set(d["arm"])]
+        return PrognosticAdjustment(pd.DataFrame(rows))
     adj = fit_count_model(d, f"{formula} + prognostic_score", reference=reference).table.set_index("term")
     rows = []
     for arm in plain.index:
@@ -58,6 +66,6 @@ def prognostic_adjustment(table: pd.DataFrame, means: pd.DataFrame, reference: s
             "ci_low_adjusted": adj.loc[arm, "ci_low"], "ci_high_adjusted": adj.loc[arm, "ci_high"],
             "se_unadjusted": s0, "se_adjusted": s1, "se_reduction_pct": 100 * (1 - s1 / s0),
             "sample_size_saving_pct": 100 * (1 - (s1 / s0) ** 2),
-            "prognostic_rate_ratio_per_log_unit": adj.loc["prognostic_score", "rate_ratio"],
+            "prognostic_rate_ratio_per_log_unit": adj.loc["prognostic_score", "rate_ratio"], "note": "",
         })
     return PrognosticAdjustment(pd.DataFrame(rows))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mseval.errors import InputError
 from mseval.stats.count_model import fit_count_model
 
 
@@ -25,6 +26,7 @@ class RubinFit:
     table: pd.DataFrame
     imputations: int
     failed: int
+    note: str = ""
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
@@ -64,9 +66,15 @@ def fit_forecast_imputations(
     alloc = counts.merge(table[["patient_id", "arm"]], on=["patient_id", "arm"])
     wide = alloc.pivot(index="patient_id", columns="sample", values="count")
     ests, vars_, terms, failed = [], [], None, 0
+    reasons: list[str] = []
     for s in wide.columns:
         d = table.drop(columns=[response], errors="ignore").merge(wide[s].rename(response), left_on="patient_id", right_index=True)
-        fit = fit_count_model(d, formula, offset_years=offset_years, reference=reference)
+        try:
+            fit = fit_count_model(d, formula, offset_years=offset_years, reference=reference, adjusted_means=False)
+        except InputError as exc:  # e.g. an imputation with no lesion at all: not estimable
+            failed += 1
+            reasons.append(exc.problem)
+            continue
         if not fit.converged:
             failed += 1
             continue
@@ -75,7 +83,12 @@ def fit_forecast_imputations(
         ests.append(t.loc[terms, "coef"].to_numpy())
         vars_.append(t.loc[terms, "se"].to_numpy() ** 2)
     if not ests:
-        raise RuntimeError("no imputation fit converged")
+        arms = [a for a in pd.unique(table["arm"]) if a != reference]
+        nan = np.full(len(arms), np.nan)
+        note = f"not estimable: no imputation could be fitted ({reasons[0] if reasons else 'no fit converged'})"
+        out = pd.DataFrame({"term": arms, "rate_ratio": nan, "ci_low": nan, "ci_high": nan, "p_value": nan, "coef": nan, "se": nan,
+                            "df": nan, "fraction_missing_info": nan, "note": note})
+        return RubinFit(out, 0, failed, note)
     q, se, df, fmi = rubin_combine(np.array(ests), np.array(vars_))
     crit = stats.t.ppf(0.975, df)
     with np.errstate(over="ignore"):
