@@ -47,6 +47,7 @@ class ForecastConfig:
     target_blur_sigma: float = 0.0
     p_uncond: float = 0.1
     dice_bce_weight: float = 0.0
+    fg_weight: float = 0.0  # extra MSE weight on voxels at or next to the target foreground (0 = plain MSE)
     # training
     steps: int = 2000
     batch_size: int = 4

@@ -64,6 +64,23 @@ def soft_dice_bce(x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
+def foreground_weights(x0: torch.Tensor, fg_weight: float) -> torch.Tensor:
+    """Per-voxel MSE weights: 1 + fg_weight on voxels whose 3x3x3 neighbourhood holds target
+    foreground (soft foreground (x0 + 1) / 2, so blurred targets weigh in proportion), else 1."""
+    fg = ((x0.float() + 1) / 2).clamp(0, 1)
+    pool = F.max_pool3d if x0.ndim == 5 else F.max_pool2d
+    near = pool(fg, kernel_size=3, stride=1, padding=1)
+    return 1.0 + fg_weight * near
+
+
+def weighted_mse(out: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, fg_weight: float) -> torch.Tensor:
+    """MSE, or with fg_weight > 0 the foreground-weighted MSE normalized by the mean weight."""
+    if fg_weight <= 0:
+        return F.mse_loss(out, target)
+    w = foreground_weights(x0, fg_weight)
+    return (w * (out - target) ** 2).sum() / w.sum()
+
+
 def diffusion_loss(
     model: torch.nn.Module,
     x0: torch.Tensor,
@@ -95,7 +112,7 @@ def diffusion_loss(
         x_t = (1 - tt) * x0 + tt * noise
         out = model(x_t, cond, t * cfg.num_train_timesteps, labels)
         target = noise - x0
-        loss = F.mse_loss(out.float(), target)
+        loss = weighted_mse(out.float(), target, x0, cfg.fg_weight)
         if cfg.dice_bce_weight > 0:
             loss = loss + cfg.dice_bce_weight * soft_dice_bce(x_t.float() - tt * out.float(), x0)
         return loss
@@ -104,7 +121,7 @@ def diffusion_loss(
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     out = model(x_t, cond, t.to(dev), labels)
     par = Parametrization(cfg.prediction)
-    loss = F.mse_loss(out.float(), par.target(x0, noise, a))
+    loss = weighted_mse(out.float(), par.target(x0, noise, a), x0, cfg.fg_weight)
     if cfg.dice_bce_weight > 0:
         x0_hat, _ = par.split(out.float(), x_t, a)
         loss = loss + cfg.dice_bce_weight * soft_dice_bce(x0_hat, x0)
