@@ -1,0 +1,162 @@
+"""Forecast quality of the `tiny` model on the CPU, end to end (issue 4, "Quality").
+
+1. simulate a six-arm trial (40 patients per arm, 32^3, seed 2026) unless it is there;
+2. train a config for at most N minutes (or its steps), checkpointing into OUT/ckpt
+   (the checkpoint records the patient-level train/validation split);
+3. sample the validation patients under every arm (S samples each);
+4. score against the truth and the oracle forecaster (`forecast.evaluate.score_store`) and print
+   the per-arm table, the ocrelizumab/placebo ratio with its bootstrap CI, AUC, CRPS and the
+   white-matter share; everything is written to OUT/eval/ (summary.json, per_arm.csv, evaluation.csv).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train_quality.py --out /tmp/quality/best \\
+        --config forecast/configs/tiny_quality.json --minutes 20 --samples 8 --sample-steps 20
+
+`--skip-train` re-evaluates an existing OUT/ckpt (other sampler settings); `--patients K` and
+`--arms` restrict the evaluation for a quick look during experiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def simulate(cohort: Path, patients_per_arm: int, seed: int, workers: int) -> None:
+    if (cohort / "manifest.csv").is_file():
+        return
+    exe = Path(sys.executable).with_name("mseval")
+    subprocess.run([str(exe), "simulate", str(cohort), "--patients-per-arm", str(patients_per_arm),
+                    "--shape", "32", "32", "32", "--seed", str(seed), "--workers", str(workers)], check=True)
+
+
+def train_for(cohort: Path, cfg_path: str, ckpt_dir: Path, minutes: float | None, steps: int | None, resume: bool) -> dict:
+    from forecast.config import ForecastConfig
+    from forecast.train import train
+
+    cfg = ForecastConfig.load(cfg_path)
+    if steps:
+        cfg = cfg.with_(steps=steps)
+    t0 = time.perf_counter()
+    last = [0.0]
+    losses: list[float] = []
+
+    def on_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        now = time.perf_counter() - t0
+        if step % 25 == 0 or now - last[0] > 60:
+            last[0] = now
+            print(f"  step {step:5d}  loss(25) {np.mean(losses[-25:]):.4f}  {now / 60:.1f} min", flush=True)
+        if minutes is not None and now > minutes * 60:
+            raise KeyboardInterrupt  # train() saves the checkpoint of this step, then re-raises
+
+    try:
+        train(cohort, cfg, ckpt_dir, resume=resume, device="cpu", on_step=on_step)
+    except KeyboardInterrupt:
+        pass
+    from forecast.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(ckpt_dir)
+    return {"steps": ck.step, "train_seconds": ck.log[-1]["seconds"] if ck.log else 0.0}
+
+
+def evaluate(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sample_steps: int, guidance: float | None,
+             sampler: str | None, batch_size: int, patients: int | None, arms: str, seed: int) -> dict:
+    from forecast.checkpoint import load_checkpoint
+    from forecast.ensemble import forecast_cohort
+    from forecast.evaluate import score_store, split_ids
+    from forecast.sampler import SamplerSettings
+    from mseval.io.atomic import write_csv_atomic, write_json_atomic
+    from mseval.io.cohort import read_cohort
+
+    ckpt = load_checkpoint(ckpt_dir)
+    cfg = ckpt.config
+    cohort = read_cohort(cohort_dir)
+    ids = split_ids(cohort, ckpt.train_ids, ckpt.val_ids, "validation")
+    if patients:
+        ids = ids[:patients]
+    settings = SamplerSettings(sampler or cfg.sampler, sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0)
+    t0 = time.perf_counter()
+    store = forecast_cohort(cohort.root, ckpt, out / "forecasts", samples=samples, arms=arms, settings=settings,
+                            batch_size=batch_size, seed=seed, patients=ids, device="cpu")
+    sample_s = time.perf_counter() - t0
+    per, per_arm, summary = score_store(cohort, store, seed=seed)
+    summary.update({"checkpoint": ckpt.id, "split": "validation", "sampler": settings.to_dict(), "train_steps": ckpt.step,
+                    "train_seconds": ckpt.log[-1]["seconds"] if ckpt.log else 0.0, "sample_seconds": sample_s,
+                    "config": cfg.to_dict()})
+    write_csv_atomic(per, out / "evaluation.csv")
+    write_csv_atomic(per_arm, out / "per_arm.csv")
+    write_json_atomic(summary, out / "summary.json")
+    return summary
+
+
+def report(summary: dict) -> str:
+    lines = [f"checkpoint step {summary['train_steps']} ({summary['train_seconds'] / 60:.1f} min training); "
+             f"{summary['patients']} validation patients x {len(summary['arms'])} arms x {summary['samples']} samples; "
+             f"sampler {summary['sampler']}; sampling {summary['sample_seconds'] / 60:.1f} min",
+             "",
+             "| arm | forecast mean count | true mean count | forecast P(active) | ratio vs placebo [95% CI] | true ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in summary["per_arm"]:
+        lines.append(f"| {r['arm']} | {r['forecast_mean']:.2f} | {r.get('true_mean', float('nan')):.2f} | {r['forecast_p_active']:.2f} | "
+                     f"{r.get('ratio_vs_ref', float('nan')):.2f} [{r.get('ratio_ci_low', float('nan')):.2f}, {r.get('ratio_ci_high', float('nan')):.2f}] | "
+                     f"{r.get('true_ratio_vs_ref', float('nan')):.2f} |")
+    g = summary.get
+    lines += ["",
+              f"P(active) AUC {g('auc_p_active', float('nan')):.3f} (oracle {g('oracle_auc_p_active', float('nan')):.3f}); "
+              f"count CRPS {g('crps_count', float('nan')):.3f} (oracle {g('oracle_crps_count', float('nan')):.3f}); "
+              f"white-matter share {g('white_matter_share', float('nan')):.3f}; "
+              f"forecast voxels/sample {g('forecast_voxels_per_sample', float('nan')):.1f}; Dice {g('dice_mean', float('nan')):.3f}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cohort", type=Path, default=Path("/tmp/quality/coh"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--config", default=str(ROOT / "forecast/configs/tiny_quality.json"))
+    ap.add_argument("--minutes", type=float, default=None, help="stop training after this many minutes")
+    ap.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--sample-steps", type=int, default=20)
+    ap.add_argument("--sampler", default=None)
+    ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument("--batch-size", type=int, default=24)
+    ap.add_argument("--patients", type=int, default=None)
+    ap.add_argument("--arms", default="all")
+    ap.add_argument("--eval-name", default="eval")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    simulate(a.cohort, 40, 2026, 2)
+    ckpt_dir = a.out / "ckpt"
+    if not a.skip_train:
+        info = train_for(a.cohort, a.config, ckpt_dir, a.minutes, a.steps, a.resume)
+        print(f"trained: {info}", flush=True)
+    ev = a.out / a.eval_name
+    if (ev / "forecasts").exists():
+        import shutil
+
+        shutil.rmtree(ev / "forecasts")
+    summary = evaluate(a.cohort, ckpt_dir, ev, samples=a.samples, sample_steps=a.sample_steps, guidance=a.guidance,
+                       sampler=a.sampler, batch_size=a.batch_size, patients=a.patients, arms=a.arms, seed=a.seed)
+    text = report(summary)
+    (ev / "report.md").write_text(text + "\n")
+    print(text)
+    print(json.dumps({k: summary.get(k) for k in ("auc_p_active", "oracle_auc_p_active", "crps_count", "oracle_crps_count", "white_matter_share")}))
+
+
+if __name__ == "__main__":
+    main()
