@@ -1,6 +1,7 @@
 """Sampler benchmark: seconds per ensemble member, DDIM-50 with 8 members batched vs DDPM-1000 one
 member at a time (the MONAI tutorial way), same network (the `tiny` config at 32^3, random
-weights: speed does not depend on them), same machine, one run.
+weights: speed does not depend on them), same machine, one run. The batched run uses the layout
+`mseval forecast sample` uses (channels-last 3D on the CPU); it is also timed with the plain layout.
 
     .venv/bin/python bench/bench_sampler.py [--config tiny] [--members 8] [--ddpm-steps 1000] [--threads N]
 
@@ -37,11 +38,21 @@ def run(config: str = "tiny", members: int = 8, ddpm_steps: int = 1000, ddim_ste
     cond = torch.randn(1, cfg.in_channels - 1, *cfg.shape, device=dev)
     bf16 = dev.type == "cuda"
 
-    def net(x, c, t, lab):  # noqa: ANN001, ANN202
+    import copy
+
+    from forecast.ensemble import inference_layout, to_layout
+
+    fast_model = inference_layout(copy.deepcopy(model), dev)  # what `mseval forecast sample` runs
+
+    def net(x, c, t, lab):  # noqa: ANN001, ANN202  (the plain model, as the MONAI tutorials run it)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             return model(x, c, t, lab)
 
-    def timed(n: int, settings: SamplerSettings) -> float:
+    def fast_net(x, c, t, lab):  # noqa: ANN001, ANN202
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            return fast_model(to_layout(x, dev), to_layout(c, dev), t, lab).contiguous()
+
+    def timed(n: int, settings: SamplerSettings, net=fast_net) -> float:  # noqa: ANN001
         gens = [torch.Generator().manual_seed(i) for i in range(n)]
         labels = arm_weights(cfg, ["drug"] * n, device=dev)
         if dev.type == "cuda":
@@ -53,9 +64,11 @@ def run(config: str = "tiny", members: int = 8, ddpm_steps: int = 1000, ddim_ste
         return time.perf_counter() - t0
 
     timed(min(members, 2), SamplerSettings("ddim", 2))  # warm-up
+    timed(min(members, 2), SamplerSettings("ddim", 2), net)
     ddim = timed(members, SamplerSettings("ddim", ddim_steps)) / members
+    ddim_plain = timed(members, SamplerSettings("ddim", ddim_steps), net) / members
     # DDPM-1000 one at a time (all 1000 steps, or the first K network calls and noise draws, scaled)
-    t_ddpm = timed(1, SamplerSettings("ddpm", ddpm_steps)) if ddpm_steps >= cfg.num_train_timesteps else None
+    t_ddpm = timed(1, SamplerSettings("ddpm", ddpm_steps), net) if ddpm_steps >= cfg.num_train_timesteps else None
     if t_ddpm is None:
         gens = [torch.Generator().manual_seed(0)]
         labels = arm_weights(cfg, ["drug"], device=dev)
@@ -68,8 +81,10 @@ def run(config: str = "tiny", members: int = 8, ddpm_steps: int = 1000, ddim_ste
         t_ddpm = (time.perf_counter() - t0) * cfg.num_train_timesteps / ddpm_steps
     out = {
         f"ddim{ddim_steps}_batched{members}_s_per_member": ddim,
+        f"ddim{ddim_steps}_batched{members}_plain_layout_s_per_member": ddim_plain,
         "ddpm1000_one_at_a_time_s_per_member": t_ddpm,
         "speedup": t_ddpm / ddim,
+        "speedup_plain_layout": t_ddpm / ddim_plain,
         "ddpm_steps_timed": float(min(ddpm_steps, cfg.num_train_timesteps)),
     }
     if dev.type == "cuda":

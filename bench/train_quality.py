@@ -70,7 +70,7 @@ def train_for(cohort: Path, cfg_path: str, ckpt_dir: Path, minutes: float | None
 
 
 def evaluate(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sample_steps: int, guidance: float | None,
-             sampler: str | None, batch_size: int, patients: int | None, arms: str, seed: int) -> dict:
+             sampler: str | None, batch_size: int, patients: int | None, arms: str, seed: int, allocated_samples: int = 0) -> dict:
     from forecast.checkpoint import load_checkpoint
     from forecast.ensemble import forecast_cohort
     from forecast.evaluate import score_store, split_ids
@@ -93,6 +93,21 @@ def evaluate(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sampl
     summary.update({"checkpoint": ckpt.id, "split": "validation", "sampler": settings.to_dict(), "train_steps": ckpt.step,
                     "train_seconds": ckpt.log[-1]["seconds"] if ckpt.log else 0.0, "sample_seconds": sample_s,
                     "config": cfg.to_dict()})
+    if allocated_samples:
+        # P(active) AUC and count CRPS from a larger ensemble under each patient's allocated arm only:
+        # with 3 samples P(active) takes 4 values, which ties most patients.
+        t1 = time.perf_counter()
+        for arm in cohort.arms["arm"]:
+            ids_arm = [p for p in ids if cohort.row(p)["arm"] == arm]
+            if ids_arm:
+                alloc_store = forecast_cohort(cohort.root, ckpt, out / "forecasts_allocated", samples=allocated_samples, arms=[arm],
+                                              settings=settings, batch_size=batch_size, seed=seed + 1, patients=ids_arm, device="cpu")
+        per_alloc, _, s_alloc = score_store(cohort, alloc_store, seed=seed)
+        write_csv_atomic(per_alloc, out / "evaluation_allocated.csv")
+        summary["allocated"] = {k: s_alloc.get(k) for k in ("samples", "auc_p_active", "auc_p_active_ci", "oracle_auc_p_active",
+                                                            "oracle_auc_p_active_ci", "crps_count", "oracle_crps_count",
+                                                            "observed_active_share", "white_matter_share")}
+        summary["allocated"]["sample_seconds"] = time.perf_counter() - t1
     write_csv_atomic(per, out / "evaluation.csv")
     write_csv_atomic(per_arm, out / "per_arm.csv")
     write_json_atomic(summary, out / "summary.json")
@@ -116,6 +131,13 @@ def report(summary: dict) -> str:
               f"count CRPS {g('crps_count', float('nan')):.3f} (oracle {g('oracle_crps_count', float('nan')):.3f}); "
               f"white-matter share {g('white_matter_share', float('nan')):.3f}; "
               f"forecast voxels/sample {g('forecast_voxels_per_sample', float('nan')):.1f}; Dice {g('dice_mean', float('nan')):.3f}"]
+    if "auc_p_active_ci" in summary:
+        lines.append(f"AUC 95% CI (patient bootstrap) {summary['auc_p_active_ci']}; oracle {summary.get('oracle_auc_p_active_ci')}")
+    if "allocated" in summary:
+        a = summary["allocated"]
+        lines += ["", f"allocated arm only, {a['samples']} samples per patient ({a['sample_seconds'] / 60:.1f} min): "
+                      f"P(active) AUC {a['auc_p_active']:.3f} {a['auc_p_active_ci']} (oracle {a['oracle_auc_p_active']:.3f}); "
+                      f"count CRPS {a['crps_count']:.3f} (oracle {a['oracle_crps_count']:.3f})"]
     return "\n".join(lines)
 
 
@@ -136,6 +158,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=None)
     ap.add_argument("--arms", default="all")
     ap.add_argument("--eval-name", default="eval")
+    ap.add_argument("--allocated-samples", type=int, default=0,
+                    help="also sample each patient's allocated arm this many times and score AUC/CRPS on that ensemble")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -146,12 +170,14 @@ def main() -> None:
         info = train_for(a.cohort, a.config, ckpt_dir, a.minutes, a.steps, a.resume)
         print(f"trained: {info}", flush=True)
     ev = a.out / a.eval_name
-    if (ev / "forecasts").exists():
-        import shutil
+    import shutil
 
-        shutil.rmtree(ev / "forecasts")
+    for d in ("forecasts", "forecasts_allocated"):
+        if (ev / d).exists():
+            shutil.rmtree(ev / d)
     summary = evaluate(a.cohort, ckpt_dir, ev, samples=a.samples, sample_steps=a.sample_steps, guidance=a.guidance,
-                       sampler=a.sampler, batch_size=a.batch_size, patients=a.patients, arms=a.arms, seed=a.seed)
+                       sampler=a.sampler, batch_size=a.batch_size, patients=a.patients, arms=a.arms, seed=a.seed,
+                       allocated_samples=a.allocated_samples)
     text = report(summary)
     (ev / "report.md").write_text(text + "\n")
     print(text)

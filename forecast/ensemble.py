@@ -36,6 +36,17 @@ do not depend on the batch (checked up to 64), so padding makes the output batch
 On CUDA, kernels chosen per batch size may still differ in the last bits."""
 
 
+def inference_layout(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """On the CPU, put the weights in the channels-last 3D layout (NDHWC): oneDNN's 3D convolutions
+    run about 1.3x faster on it at 32^3 (bench/RESULTS.md). Inputs follow via `to_layout`."""
+    return model.to(memory_format=torch.channels_last_3d) if device.type == "cpu" else model
+
+
+def to_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A 5D tensor in the layout `inference_layout` chose for `device`."""
+    return x.contiguous(memory_format=torch.channels_last_3d) if device.type == "cpu" and x.dim() == 5 else x
+
+
 @dataclass(frozen=True)
 class Condition:
     """One treatment to sample under: a store arm name and its (K+1,) class weights."""
@@ -114,7 +125,7 @@ def sample_patient(
                 pad = MIN_NET_BATCH - n
                 x, cc, t, lab = (torch.cat([v, v[-1:].expand(pad, *v.shape[1:])]) for v in (x, cc, t, lab))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                return model(x, cc, t, lab)[:n]
+                return model(to_layout(x, device), to_layout(cc, device), t, lab)[:n].contiguous()
 
         x0 = sample(denoise, conds, labels, gens, settings, alphas_cumprod=acp, prediction=cfg.prediction,
                     num_train_timesteps=cfg.num_train_timesteps).cpu()
@@ -163,7 +174,7 @@ def forecast_cohort(
         cohort.row(pid)
     rank, world = dist_info()
     dev = torch.device(device) if device is not None else default_device()
-    model = build_model(ckpt, ema=ema, device=dev)
+    model = inference_layout(build_model(ckpt, ema=ema, device=dev), dev)
     out = Path(out)
     existing = ForecastStore.open(out) if (out / "store.json").is_file() else None
     todo = [pid for k, pid in enumerate(ids) if k % world == rank

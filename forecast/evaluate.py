@@ -72,6 +72,16 @@ def _auc(score: np.ndarray, label: np.ndarray) -> float:
     return float(roc_auc_score(label, score))
 
 
+def _auc_ci(score: np.ndarray, label: np.ndarray, rng: np.random.Generator, n_boot: int) -> tuple[float, float]:
+    """Patient-bootstrap 95% percentile interval of the AUC (resamples without both classes are skipped)."""
+    idx = rng.integers(0, len(label), size=(n_boot, len(label)))
+    vals = [_auc(score[i], label[i]) for i in idx]
+    vals = np.asarray([v for v in vals if np.isfinite(v)])
+    if len(vals) < n_boot // 2:
+        return float("nan"), float("nan")
+    return float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     s = a.sum() + b.sum()
     return float("nan") if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
@@ -137,7 +147,9 @@ def score_store(cohort: Cohort, store: ForecastStore, *, n_boot: int = 2000, see
             r["ratio_vs_ref"] = a.mean() / b.mean() if b.mean() > 0 else float("nan")
             with np.errstate(divide="ignore", invalid="ignore"):
                 bs = a[boots].mean(1) / b[boots].mean(1)
-            r["ratio_ci_low"], r["ratio_ci_high"] = (float(np.nanquantile(bs, 0.025)), float(np.nanquantile(bs, 0.975)))
+            ok = np.isfinite(bs)  # NaN where a store holds only the allocated arm (no within-patient contrast)
+            r["ratio_ci_low"], r["ratio_ci_high"] = ((float(np.quantile(bs[ok], 0.025)), float(np.quantile(bs[ok], 0.975))) if ok.any()
+                                                     else (float("nan"), float("nan")))
             if "true_expected" in per:
                 tw = per.pivot(index="patient_id", columns="arm", values="true_expected")
                 r["true_ratio_vs_ref"] = tw[arm].mean() / tw[ref].mean()
@@ -150,11 +162,13 @@ def score_store(cohort: Cohort, store: ForecastStore, *, n_boot: int = 2000, see
     if len(alloc):
         active = (alloc["observed_count"] > 0).to_numpy().astype(int)
         summary["auc_p_active"] = _auc(alloc["forecast_p_active"].to_numpy(), active)
+        summary["auc_p_active_ci"] = list(_auc_ci(alloc["forecast_p_active"].to_numpy(), active, rng, min(n_boot, 1000)))
         summary["crps_count"] = float(alloc["crps"].mean())
         summary["dice_mean"] = float(np.nanmean(alloc["dice_mean"])) if alloc["dice_mean"].notna().any() else float("nan")
         summary["observed_active_share"] = float(active.mean())
         if "true_p_active" in alloc:
             summary["oracle_auc_p_active"] = _auc(alloc["true_p_active"].to_numpy(), active)
+            summary["oracle_auc_p_active_ci"] = list(_auc_ci(alloc["true_p_active"].to_numpy(), active, rng, min(n_boot, 1000)))
             summary["oracle_crps_count"] = float(alloc["oracle_crps"].mean())
     if wm_all:
         summary["white_matter_share"] = wm_in / wm_all

@@ -497,8 +497,8 @@ def _num(x: Any, digits: int = 2) -> str:
         return str(x) if x is not None else "NA"
     if not math.isfinite(f):
         return "NA"
-    if f != 0 and abs(f) < 10 ** -digits:
-        return f"{f:.1e}"
+    if f != 0 and abs(f) < 10 ** -digits:  # small: two significant digits (0.0041), scientific below 1e-4
+        return f"{f:.2g}" if abs(f) >= 1e-4 else f"{f:.1e}"
     return f"{f:.{digits}f}"
 
 

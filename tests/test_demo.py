@@ -15,7 +15,7 @@ def test_small_demo_writes_a_report(tmp_path):
     from reports.builder import ReportSettings
 
     fast = ReportSettings(n_boot=20, power_sims=2, figure_dpi=40, html_dpi=40, figure_formats=("png",))
-    info = run_demo(tmp_path / "demo", patients_per_arm=2, shape=(32, 38, 32), samples=2, seed=1, workers=1, report_settings=fast, say=said.append)
+    info = run_demo(tmp_path / "demo", "oracle", patients_per_arm=2, shape=(32, 38, 32), samples=2, seed=1, workers=1, report_settings=fast, say=said.append)
     html = info["report_html"]
     assert html.is_file() and html.read_text().startswith("<!DOCTYPE html>")
     assert (tmp_path / "demo" / "cohort" / "manifest.csv").is_file() and (tmp_path / "demo" / "forecasts" / "store.json").is_file()
@@ -48,5 +48,5 @@ def test_diffusion_demo_runs_end_to_end_and_flags_what_is_not_estimable(tmp_path
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(InputError, match="not a demo"):
-        run_demo(tmp_path, patients_per_arm=2, shape=(32, 38, 32), samples=2)
+        run_demo(tmp_path, "oracle", patients_per_arm=2, shape=(32, 38, 32), samples=2)
     assert (tmp_path / "precious.txt").exists()
