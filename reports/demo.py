@@ -38,10 +38,12 @@ class _TimeUp(KeyboardInterrupt):
 def _diffusion_forecasts(
     cohort: Path, out: Path, samples: int, seed: int, minutes: float, *, checkpoint: Path, config: str = "tiny",
     sample_steps: int = 10, threads: int = 2, say: Callable[[str], None] = lambda _m: None, stage: Stage | None = None,
+    train_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train the diffusion model (`config`) on the cohort for at most `minutes`, then sample every
-    patient under every arm into the forecast store `out` (DDIM with `sample_steps` steps, the
-    config's guidance). Returns the training summary (steps, minutes, last loss)."""
+    """Train the diffusion model (`config`) on the cohort for at most `minutes` (or exactly
+    `train_steps` steps, which reproduces across machines), then sample every patient under every
+    arm into the forecast store `out` (DDIM with `sample_steps` steps, the config's guidance).
+    Returns the training summary (steps, minutes, last loss)."""
     import torch
 
     from forecast.checkpoint import load_checkpoint
@@ -51,13 +53,18 @@ def _diffusion_forecasts(
     from forecast.train import train
 
     torch.set_num_threads(max(threads, 1))
-    cfg = ForecastConfig.load(config).with_(seed=seed, steps=10**7)
+    cfg = ForecastConfig.load(config).with_(seed=seed, steps=train_steps or 10**7)
     deadline = time.monotonic() + minutes * 60.0
-    update = stage("training (time-bounded)") if stage else None
+    update = stage("training (time-bounded)" if train_steps is None else "training") if stage else None
     last = {"step": 0, "loss": float("nan")}
+    t_start = time.monotonic()
 
     def hook(step: int, loss: float) -> None:
         last.update(step=step, loss=loss)
+        if train_steps is not None:
+            if update:
+                update(step, train_steps)
+            return
         if update:
             update(int(min(minutes * 60, minutes * 60 - (deadline - time.monotonic()))), int(minutes * 60))
         if time.monotonic() >= deadline:
@@ -68,10 +75,11 @@ def _diffusion_forecasts(
     except _TimeUp:
         pass
     ckpt = load_checkpoint(checkpoint)
-    say(f"    trained {ckpt.step} steps in {minutes:g} min (last loss {last['loss']:.4f}); sampling {samples} per patient and arm, DDIM-{sample_steps}")
+    minutes = (time.monotonic() - t_start) / 60.0
+    say(f"    trained {ckpt.step} steps in {minutes:.1f} min (last loss {last['loss']:.4f}); sampling {samples} per patient and arm, DDIM-{sample_steps}")
     forecast_cohort(cohort, ckpt, out, samples=samples, settings=SamplerSettings("ddim", sample_steps, guidance=cfg.guidance),
                     batch_size=8, seed=seed)
-    return {"config": config, "steps": ckpt.step, "minutes": minutes, "last_loss": last["loss"], "sample_steps": sample_steps}
+    return {"config": config, "steps": ckpt.step, "minutes": round(minutes, 2), "last_loss": last["loss"], "sample_steps": sample_steps}
 
 
 def _prepare(out: Path) -> None:
@@ -102,6 +110,7 @@ def run_demo(
     minutes: float = 3.0,
     config: str = "tiny_quality",
     sample_steps: int = 6,
+    train_steps: int | None = None,
     power_sims: int = 50,
     report_settings: Any = None,
     say: Callable[[str], None] | None = None,
@@ -128,6 +137,8 @@ def run_demo(
         raise InputError(None, "--patients-per-arm must be at least 2", field="patients_per_arm")
     if samples < 2:
         raise InputError(None, "--samples must be at least 2", field="samples")
+    if train_steps is not None and train_steps < 1:
+        raise InputError(None, "--train-steps must be at least 1", field="train_steps")
     out = Path(out)
     _prepare(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,9 +165,10 @@ def run_demo(
         simulate_forecasts(cohort, forecasts, ForecasterSpec("oracle", samples=samples, seed=seed), workers=workers,
                            progress=stage("forecasting patients"))
     else:
-        say(f"2/3 diffusion model: training for at most {minutes:g} min, then {samples} samples per patient and arm")
+        budget = f"for at most {minutes:g} min" if train_steps is None else f"for {train_steps} steps"
+        say(f"2/3 diffusion model: training {budget}, then {samples} samples per patient and arm")
         training = _diffusion_forecasts(cohort, forecasts, samples, seed, minutes, checkpoint=out / "checkpoint", config=config,
-                                        sample_steps=sample_steps, threads=workers, say=say, stage=stage)
+                                        sample_steps=sample_steps, threads=workers, say=say, stage=stage, train_steps=train_steps)
     times["forecast_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -46,6 +46,7 @@ def demo(
     minutes: float = typer.Option(3.0, help="Training time budget for the diffusion model (minutes)."),
     config: str = typer.Option("tiny_quality", help="Diffusion model config: tiny_quality, tiny or a JSON file."),
     sample_steps: int = typer.Option(6, help="DDIM steps per sample for the diffusion model."),
+    train_steps: Optional[int] = typer.Option(None, help="Train exactly this many steps instead of for --minutes (the same numbers on any machine)."),
 ) -> None:
     """Simulate a small six-arm trial, train the tiny diffusion model for a few minutes (or use the
     oracle), forecast every patient under every arm, count, evaluate, estimate effects and write
@@ -72,7 +73,7 @@ def demo(
 
     with prog:
         info = run_demo(out, forecaster, patients_per_arm=patients_per_arm, samples=samples, seed=seed, workers=workers, minutes=minutes,
-                        config=config, sample_steps=sample_steps, say=say, stage=stage)
+                        config=config, sample_steps=sample_steps, train_steps=train_steps, say=say, stage=stage)
     say(f"done in {info['timings_s']['total_s']:.0f} s")
     typer.echo(f"Report: {info['report_html']}")
     typer.echo(f"Open it in a browser, e.g. file://{Path(info['report_html']).resolve()}")
