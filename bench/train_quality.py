@@ -114,6 +114,39 @@ def evaluate(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sampl
     return summary
 
 
+def score_heldout(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sample_steps: int, guidance: float | None,
+                  batch_size: int, seed: int) -> dict:
+    """Sample every patient of a trial the model never saw under the allocated arm and score it."""
+    from forecast.checkpoint import load_checkpoint
+    from forecast.ensemble import forecast_cohort
+    from forecast.evaluate import score_store
+    from forecast.sampler import SamplerSettings
+    from mseval.io.atomic import write_csv_atomic, write_json_atomic
+    from mseval.io.cohort import read_cohort
+
+    ckpt = load_checkpoint(ckpt_dir)
+    cfg = ckpt.config
+    cohort = read_cohort(cohort_dir)
+    settings = SamplerSettings(cfg.sampler, sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0)
+    t0 = time.perf_counter()
+    store = None
+    for arm in cohort.arms["arm"]:
+        ids = [p for p in cohort.patient_ids if cohort.row(p)["arm"] == arm]
+        store = forecast_cohort(cohort.root, ckpt, out / "forecasts", samples=samples, arms=[arm], settings=settings,
+                                batch_size=batch_size, seed=seed, patients=ids, device="cpu")
+    per, _, s = score_store(cohort, store, seed=seed)
+    summary = {k: s.get(k) for k in ("patients", "samples", "auc_p_active", "auc_p_active_ci", "oracle_auc_p_active", "oracle_auc_p_active_ci",
+                                     "crps_count", "oracle_crps_count", "observed_active_share", "white_matter_share")}
+    alloc = per[per["allocated"]]
+    summary["forecast_mean"] = float(alloc["forecast_mean"].mean())
+    summary["true_mean"] = float(alloc["true_expected"].mean())
+    summary["observed_mean"] = float(alloc["observed_count"].mean())
+    summary.update({"checkpoint": ckpt.id, "cohort": str(cohort_dir), "sampler": settings.to_dict(), "sample_seconds": time.perf_counter() - t0})
+    write_csv_atomic(per, out / "evaluation.csv")
+    write_json_atomic(summary, out / "summary.json")
+    return summary
+
+
 def report(summary: dict) -> str:
     lines = [f"checkpoint step {summary['train_steps']} ({summary['train_seconds'] / 60:.1f} min training); "
              f"{summary['patients']} validation patients x {len(summary['arms'])} arms x {summary['samples']} samples; "
@@ -161,6 +194,9 @@ def main() -> None:
     ap.add_argument("--allocated-samples", type=int, default=0,
                     help="also sample each patient's allocated arm this many times and score AUC/CRPS on that ensemble")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--heldout-patients-per-arm", type=int, default=0,
+                    help="instead of the validation split, score a new trial (seed --heldout-seed) under the allocated arms")
+    ap.add_argument("--heldout-seed", type=int, default=2027)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -171,6 +207,16 @@ def main() -> None:
         print(f"trained: {info}", flush=True)
     ev = a.out / a.eval_name
     import shutil
+
+    if a.heldout_patients_per_arm:
+        held = a.cohort.with_name(f"{a.cohort.name}-heldout-{a.heldout_seed}")
+        simulate(held, a.heldout_patients_per_arm, a.heldout_seed, 2)
+        if (ev / "forecasts").exists():
+            shutil.rmtree(ev / "forecasts")
+        res = score_heldout(held, ckpt_dir, ev, samples=a.samples, sample_steps=a.sample_steps, guidance=a.guidance,
+                            batch_size=a.batch_size, seed=a.seed)
+        print(json.dumps(res, indent=1))
+        return
 
     for d in ("forecasts", "forecasts_allocated"):
         if (ev / d).exists():
