@@ -44,13 +44,14 @@ def run(config: str = "tiny", members: int = 8, ddpm_steps: int = 1000, ddim_ste
 
     fast_model = inference_layout(copy.deepcopy(model), dev)  # what `mseval forecast sample` runs
 
-    def net(x, c, t, lab):  # noqa: ANN001, ANN202  (the plain model, as the MONAI tutorials run it)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            return model(x, c, t, lab)
+    def wrap(m, layout):  # noqa: ANN001, ANN202
+        def call(x, c, t, lab):  # noqa: ANN001, ANN202
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                return m(layout(x, dev), layout(c, dev), t, lab).contiguous()
+        return call
 
-    def fast_net(x, c, t, lab):  # noqa: ANN001, ANN202
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            return fast_model(to_layout(x, dev), to_layout(c, dev), t, lab).contiguous()
+    net = wrap(model, lambda x, _d: x)  # the plain model, as the MONAI tutorials run it
+    fast_net = wrap(fast_model, to_layout)
 
     def timed(n: int, settings: SamplerSettings, net=fast_net) -> float:  # noqa: ANN001
         gens = [torch.Generator().manual_seed(i) for i in range(n)]

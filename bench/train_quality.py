@@ -69,6 +69,24 @@ def train_for(cohort: Path, cfg_path: str, ckpt_dir: Path, minutes: float | None
     return {"steps": ck.step, "train_seconds": ck.log[-1]["seconds"] if ck.log else 0.0}
 
 
+ALLOCATED_KEYS = ("samples", "auc_p_active", "auc_p_active_ci", "oracle_auc_p_active", "oracle_auc_p_active_ci",
+                  "crps_count", "oracle_crps_count", "observed_active_share", "white_matter_share")
+"""What the allocated-arm scores report (from `score_store`'s summary)."""
+
+
+def sample_allocated(cohort, ckpt, out: Path, ids, *, samples: int, settings, batch_size: int, seed: int):  # noqa: ANN001, ANN201
+    """Sample each of `ids` under its allocated arm only (S samples) into the store `out`; returns the store."""
+    from forecast.ensemble import forecast_cohort
+
+    store = None
+    for arm in cohort.arms["arm"]:
+        ids_arm = [p for p in ids if cohort.row(p)["arm"] == arm]
+        if ids_arm:
+            store = forecast_cohort(cohort.root, ckpt, out, samples=samples, arms=[arm], settings=settings, batch_size=batch_size,
+                                    seed=seed, patients=ids_arm, device="cpu")
+    return store
+
+
 def evaluate(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sample_steps: int, guidance: float | None,
              sampler: str | None, batch_size: int, patients: int | None, arms: str, seed: int, allocated_samples: int = 0) -> dict:
     from forecast.checkpoint import load_checkpoint
@@ -97,16 +115,11 @@ def evaluate(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sampl
         # P(active) AUC and count CRPS from a larger ensemble under each patient's allocated arm only:
         # with 3 samples P(active) takes 4 values, which ties most patients.
         t1 = time.perf_counter()
-        for arm in cohort.arms["arm"]:
-            ids_arm = [p for p in ids if cohort.row(p)["arm"] == arm]
-            if ids_arm:
-                alloc_store = forecast_cohort(cohort.root, ckpt, out / "forecasts_allocated", samples=allocated_samples, arms=[arm],
-                                              settings=settings, batch_size=batch_size, seed=seed + 1, patients=ids_arm, device="cpu")
+        alloc_store = sample_allocated(cohort, ckpt, out / "forecasts_allocated", ids, samples=allocated_samples, settings=settings,
+                                       batch_size=batch_size, seed=seed + 1)
         per_alloc, _, s_alloc = score_store(cohort, alloc_store, seed=seed)
         write_csv_atomic(per_alloc, out / "evaluation_allocated.csv")
-        summary["allocated"] = {k: s_alloc.get(k) for k in ("samples", "auc_p_active", "auc_p_active_ci", "oracle_auc_p_active",
-                                                            "oracle_auc_p_active_ci", "crps_count", "oracle_crps_count",
-                                                            "observed_active_share", "white_matter_share")}
+        summary["allocated"] = {k: s_alloc.get(k) for k in ALLOCATED_KEYS}
         summary["allocated"]["sample_seconds"] = time.perf_counter() - t1
     write_csv_atomic(per, out / "evaluation.csv")
     write_csv_atomic(per_arm, out / "per_arm.csv")
@@ -118,7 +131,6 @@ def score_heldout(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, 
                   batch_size: int, seed: int) -> dict:
     """Sample every patient of a trial the model never saw under the allocated arm and score it."""
     from forecast.checkpoint import load_checkpoint
-    from forecast.ensemble import forecast_cohort
     from forecast.evaluate import score_store
     from forecast.sampler import SamplerSettings
     from mseval.io.atomic import write_csv_atomic, write_json_atomic
@@ -129,14 +141,10 @@ def score_heldout(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, 
     cohort = read_cohort(cohort_dir)
     settings = SamplerSettings(cfg.sampler, sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0)
     t0 = time.perf_counter()
-    store = None
-    for arm in cohort.arms["arm"]:
-        ids = [p for p in cohort.patient_ids if cohort.row(p)["arm"] == arm]
-        store = forecast_cohort(cohort.root, ckpt, out / "forecasts", samples=samples, arms=[arm], settings=settings,
-                                batch_size=batch_size, seed=seed, patients=ids, device="cpu")
+    store = sample_allocated(cohort, ckpt, out / "forecasts", cohort.patient_ids, samples=samples, settings=settings,
+                             batch_size=batch_size, seed=seed)
     per, _, s = score_store(cohort, store, seed=seed)
-    summary = {k: s.get(k) for k in ("patients", "samples", "auc_p_active", "auc_p_active_ci", "oracle_auc_p_active", "oracle_auc_p_active_ci",
-                                     "crps_count", "oracle_crps_count", "observed_active_share", "white_matter_share")}
+    summary = {k: s.get(k) for k in ("patients", *ALLOCATED_KEYS)}
     alloc = per[per["allocated"]]
     summary["forecast_mean"] = float(alloc["forecast_mean"].mean())
     summary["true_mean"] = float(alloc["true_expected"].mean())

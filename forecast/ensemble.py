@@ -117,7 +117,7 @@ def sample_patient(
         chunk = jobs[lo: lo + batch_size]
         labels = torch.stack([conditions[j].weights for j, _ in chunk]).to(device)
         gens = [torch.Generator().manual_seed(int(seeds[j][s])) for j, s in chunk]
-        conds = c.unsqueeze(0).expand(len(chunk), *c.shape)
+        conds = to_layout(c.unsqueeze(0).expand(len(chunk), *c.shape), device)  # once, not at every step
 
         def denoise(x: torch.Tensor, cc: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
             n = x.shape[0]

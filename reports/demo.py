@@ -54,10 +54,10 @@ def _diffusion_forecasts(
 
     torch.set_num_threads(max(threads, 1))
     cfg = ForecastConfig.load(config).with_(seed=seed, steps=train_steps or 10**7)
-    deadline = time.monotonic() + minutes * 60.0
+    t_start = time.monotonic()
+    deadline = t_start + minutes * 60.0
     update = stage("training (time-bounded)" if train_steps is None else "training") if stage else None
     last = {"step": 0, "loss": float("nan")}
-    t_start = time.monotonic()
 
     def hook(step: int, loss: float) -> None:
         last.update(step=step, loss=loss)
@@ -75,11 +75,11 @@ def _diffusion_forecasts(
     except _TimeUp:
         pass
     ckpt = load_checkpoint(checkpoint)
-    minutes = (time.monotonic() - t_start) / 60.0
-    say(f"    trained {ckpt.step} steps in {minutes:.1f} min (last loss {last['loss']:.4f}); sampling {samples} per patient and arm, DDIM-{sample_steps}")
+    elapsed_min = (time.monotonic() - t_start) / 60.0
+    say(f"    trained {ckpt.step} steps in {elapsed_min:.1f} min (last loss {last['loss']:.4f}); sampling {samples} per patient and arm, DDIM-{sample_steps}")
     forecast_cohort(cohort, ckpt, out, samples=samples, settings=SamplerSettings("ddim", sample_steps, guidance=cfg.guidance),
                     batch_size=8, seed=seed)
-    return {"config": config, "steps": ckpt.step, "minutes": round(minutes, 2), "last_loss": last["loss"], "sample_steps": sample_steps}
+    return {"config": config, "steps": ckpt.step, "minutes": round(elapsed_min, 2), "last_loss": last["loss"], "sample_steps": sample_steps}
 
 
 def _prepare(out: Path) -> None:

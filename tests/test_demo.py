@@ -24,21 +24,26 @@ def test_small_demo_writes_a_report(tmp_path):
     assert any("1/3" in m for m in said) and any("3/3" in m for m in said)
 
 
-def test_diffusion_demo_runs_end_to_end_and_flags_what_is_not_estimable(tmp_path):
-    """The diffusion path: time-bounded training (a micro network, a few seconds), sampling every
-    patient under every arm, and a report even when the barely trained model forecasts no lesion
-    (the forecast-based estimates are then flagged as not estimable, not an error)."""
-    import pandas as pd
-
+def _micro_diffusion(tmp_path):
+    """(path of a micro diffusion config that trains in seconds, fast report settings)."""
     from forecast.config import ForecastConfig
     from reports.builder import ReportSettings
 
     micro = ForecastConfig.load("tiny").with_(name="micro", channels=(8, 8, 16), attention_levels=(False, False, False), num_head_channels=8,
                                               batch_size=2, checkpoint_every=1000)
     micro.save(tmp_path / "micro.json")
-    fast = ReportSettings(n_boot=20, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
+    return tmp_path / "micro.json", ReportSettings(n_boot=20, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
+
+
+def test_diffusion_demo_runs_end_to_end_and_flags_what_is_not_estimable(tmp_path):
+    """The diffusion path: time-bounded training (a micro network, a few seconds), sampling every
+    patient under every arm, and a report even when the barely trained model forecasts no lesion
+    (the forecast-based estimates are then flagged as not estimable, not an error)."""
+    import pandas as pd
+
+    micro, fast = _micro_diffusion(tmp_path)
     info = run_demo(tmp_path / "demo", "diffusion", patients_per_arm=2, samples=2, seed=1, workers=1, minutes=0.05,
-                    config=str(tmp_path / "micro.json"), sample_steps=2, report_settings=fast)
+                    config=str(micro), sample_steps=2, report_settings=fast)
     assert info["report_html"].is_file() and info["training"]["steps"] >= 1
     store_index = pd.read_parquet(tmp_path / "demo" / "forecasts" / "index.parquet")
     assert len(store_index) == 12 * 6 and store_index["checkpoint"].str.startswith("micro@").all()
@@ -52,17 +57,11 @@ def test_diffusion_demo_with_train_steps_is_reproducible(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from forecast.config import ForecastConfig
-    from reports.builder import ReportSettings
-
-    micro = ForecastConfig.load("tiny").with_(name="micro", channels=(8, 8, 16), attention_levels=(False, False, False), num_head_channels=8,
-                                              batch_size=2, checkpoint_every=1000)
-    micro.save(tmp_path / "micro.json")
-    fast = ReportSettings(n_boot=20, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
+    micro, fast = _micro_diffusion(tmp_path)
     runs = []
     for name in ("a", "b"):
         info = run_demo(tmp_path / name, "diffusion", patients_per_arm=2, samples=2, seed=3, workers=1, train_steps=3,
-                        config=str(tmp_path / "micro.json"), sample_steps=2, report_settings=fast)
+                        config=str(micro), sample_steps=2, report_settings=fast)
         assert info["training"]["steps"] == 3
         index = pd.read_parquet(tmp_path / name / "forecasts" / "index.parquet").sort_values(["patient_id", "arm"])
         runs.append([np.asarray(nib.load(tmp_path / name / "forecasts" / p).dataobj) for p in index["path"]])
