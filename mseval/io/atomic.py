@@ -66,8 +66,11 @@ def write_bytes_atomic(data: bytes, target: str | Path) -> Path:
 
 
 def write_json_atomic(obj: Any, target: str | Path) -> Path:
-    """JSON with sorted keys and a trailing newline, so the same object gives the same bytes."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    """JSON with sorted keys and a trailing newline, so the same object gives the same bytes.
+
+    NaN and +-Infinity become null (strict JSON); say why in a nearby `note`.
+    """
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False) + "\n"
     return write_bytes_atomic(text.encode(), target)
 
 
@@ -104,3 +107,20 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def json_safe(obj: Any) -> Any:
+    """Recursively replace NaN and +-Infinity by None (JSON null), so strict parsers accept the file."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(float(obj)) else None
+    return obj
