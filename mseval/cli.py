@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from mseval import __version__
@@ -65,23 +64,68 @@ from forecast.cli import app as forecast_app  # noqa: E402 - torch is imported i
 app.add_typer(forecast_app, name="forecast", help="Train the treatment-conditioned diffusion model, sample forecast ensembles, evaluate checkpoints.")
 
 
+def _click_exceptions():  # noqa: ANN202 - the exceptions module of the click that typer actually runs
+    """typer >= 0.2x vendors click as `typer._click`; older typer uses the `click` package."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - typer < 0.20
+        from click import exceptions
+    return exceptions
+
+
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
-    """Run a Typer app with mseval's error handling: InputError -> one stderr line, exit code 2."""
+    """Run a Typer app with mseval's one error path; returns the exit code.
+
+    - usage errors (unknown command or option, missing or malformed value): the usage line and one
+      error line on stderr, exit code 2;
+    - `InputError` (bad data or options found by mseval): one line, exit code 2;
+    - an unwritable or misplaced output (`PermissionError`, `IsADirectoryError`, ...): one line naming
+      the path, exit code 2;
+    - Ctrl-C (SIGINT): one line, exit code 130; finished blocks stay, so a rerun resumes.
+    """
+    ce = _click_exceptions()
     command = typer.main.get_command(typer_app)
     try:
-        command.main(args=argv if argv is not None else sys.argv[1:], prog_name=prog_name, standalone_mode=False)
+        code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name=prog_name, standalone_mode=False)
     except InputError as exc:
-        typer.echo(f"mseval: error: {exc.message}", err=True)
+        typer.echo(f"{prog_name}: error: {exc.message}", err=True)
         return 2
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        typer.echo("Interrupted.", err=True)
+    except ce.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `mseval` alone: the help was printed, nothing failed
+            return 0
+        usage = exc.ctx.get_usage() if exc.ctx is not None else f"Usage: {prog_name} [OPTIONS] COMMAND [ARGS]..."
+        typer.echo(_one_line(usage) + f"  (try '{exc.ctx.command_path if exc.ctx else prog_name} --help')", err=True)
+        typer.echo(f"{prog_name}: error: {_one_line(exc.format_message())}", err=True)
+        return 2
+    except ce.ClickException as exc:  # e.g. FileError from a click.File parameter
+        typer.echo(f"{prog_name}: error: {_one_line(exc.format_message())}", err=True)
+        return exc.exit_code or 1
+    except (ce.Abort, KeyboardInterrupt):  # older typer/click raise these; typer 0.2x returns 130 (below)
+        code = 130
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+        where = exc.filename or ""
+        typer.echo(f"{prog_name}: error: {where}: {exc.strerror or exc}".replace(": : ", ": "), err=True)
+        return 2
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            typer.echo(f"{prog_name}: error: {exc.filename or ''}: {exc.strerror}", err=True)
+            return 2
+        raise
+    except (typer.Exit, ce.Exit) as exc:
+        code = exc.exit_code
+    if code == 130:  # typer turns KeyboardInterrupt into exit code 130
+        typer.echo(f"{prog_name}: {INTERRUPTED}", err=True)
         return 130
-    return 0
+    return int(code) if isinstance(code, int) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_typer(app, argv, "mseval")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def run() -> None:
     """Console-script wrapper: exit with `main`'s code."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
