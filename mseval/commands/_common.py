@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -135,3 +136,27 @@ def check_formula_syntax(formula: str, columns: Iterable[str] | None = None, fil
         from mseval.stats.count_model import check_formula
 
         check_formula(formula, pd.DataFrame(columns=list(columns)), None if file is None else str(file))
+
+
+@contextlib.contextmanager
+def store_run(out: Path, settings: dict, option_names: dict[str, str], *, overwrite: bool = False) -> Iterator[None]:
+    """Create a forecast store recording `settings`, or resume one made with the same settings
+    (InputError naming the first difference, unless `overwrite` replaces the store). A store
+    created here is removed again when the run fails on bad input (a Ctrl-C keeps its whole blocks)."""
+    import shutil
+
+    from mseval.io.store import check_store_settings, record_store_settings
+
+    if overwrite and (out / "store.json").is_file():
+        shutil.rmtree(out)
+    existed = check_store_settings(out, settings, option_names=option_names)
+    if not existed:
+        if out.exists() and any(out.iterdir()):
+            raise InputError(out, "folder exists and is not a forecast store (no store.json); choose an empty or new folder")
+        record_store_settings(out, settings)
+    try:
+        yield
+    except InputError:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mseval.errors import InputError
-from mseval.commands._common import progress
+from mseval.commands._common import Wait, check_min, check_out_folder, progress, store_run
 
 
 def simulate(
@@ -20,6 +20,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives a byte-identical cohort.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes (results do not depend on it).")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    wait: Wait = False,
 ) -> None:
     """Simulate a six-arm RRMS trial with known truth (images, lesion masks, truth.csv)."""
     from mseval.io.cohort import read_cohort
@@ -27,6 +28,8 @@ def simulate(
     from mseval.simulate.summary import trial_summary
     from mseval.simulate.trial import simulate_trial
 
+    check_min(workers, "--workers", 1)
+    check_out_folder(out)
     if patients_per_arm < 1:
         raise InputError(None, "--patients-per-arm must be at least 1", field="patients_per_arm")
     if not all(16 <= s <= 512 for s in shape):
@@ -37,7 +40,7 @@ def simulate(
         raise InputError(None, "--followup-weeks must be positive", field="followup_weeks")
     cfg = TrialConfig(patients_per_arm=patients_per_arm, shape=tuple(shape), spacing=spacing, seed=seed, followup_weeks=followup_weeks)
     prog, update = progress("simulating patients")
-    with prog:
+    with output_lock(out, wait=wait), prog:
         simulate_trial(out, cfg, workers=workers, overwrite=overwrite, progress=update)
     _print_summary(trial_summary(read_cohort(out)), f"Simulated trial in {out}")
 
@@ -71,13 +74,23 @@ def simulate_forecasts_cmd(
     arms: Annotated[str, typer.Option(help="'all' or a comma-separated list of arms.")] = "all",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes (results do not depend on it).")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store at OUT (instead of resuming it with the same settings).")] = False,
+    wait: Wait = False,
 ) -> None:
     """Write a forecast store drawn from the simulator's true (or a deliberately wrong) law."""
-    from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
+    from mseval.io.lock import output_lock
+    from mseval.simulate.forecasters import KINDS, ForecasterSpec, simulate_forecasts
 
+    check_min(samples, "--samples", 1)
+    check_min(workers, "--workers", 1)
+    if kind not in KINDS:
+        raise InputError(None, f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
+    check_out_folder(out)
     spec = ForecasterSpec(kind=kind, samples=samples, seed=seed)
     arm_list = None if arms == "all" else [a.strip() for a in arms.split(",") if a.strip()]
     prog, update = progress(f"{kind} forecasts")
-    with prog:
+    settings = {"checkpoint": f"simulated-{kind}", "samples": samples, "seed": seed}
+    names = {"checkpoint": "--kind", "samples": "--samples", "seed": "--seed"}
+    with output_lock(out, wait=wait), store_run(out, settings, names, overwrite=overwrite), prog:
         store = simulate_forecasts(cohort, out, spec, arms=arm_list, workers=workers, progress=update)
     typer.echo(f"{len(store)} blocks ({len(store.patients)} patients x {len(store.arms)} arms, {samples} samples each) in {out}")
