@@ -31,7 +31,7 @@ from scipy import stats
 
 from mseval import __version__
 from mseval.errors import InputError
-from mseval.io.atomic import atomic_dir, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from mseval.io.atomic import atomic_dir, final_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
@@ -152,7 +152,7 @@ def run_effects(
             write_csv_atomic(df, tmp / name)
         summary = {
             "mseval_version": __version__,
-            "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": str(counts_path) if counts_path else "counted from the store",
+            "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": final_path(counts_path) if counts_path else "counted from the store",
                          "observed_counts": "components of each patient's net2_mask"},
             "observed_model": observed.model_info(),
             "forecast_model": {"imputations": rubin.imputations, "failed_fits": rubin.failed, "pooling": "Rubin's rules (Rubin 1987 degrees of freedom)",

@@ -160,3 +160,66 @@ def store_run(out: Path, settings: dict, option_names: dict[str, str], *, overwr
         if not existed:
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+# Columns `mseval.lesions.observed.analysis_table` adds to the manifest's (what an effects formula may name).
+OBSERVED_COLUMNS = ("net2", "net2_volume_mm3", "followup_years")
+
+
+def table_columns(path: Path, kind: str) -> list[str]:
+    """The column names of a CSV or Parquet table (header only)."""
+    import pandas as pd
+
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except Exception as exc:  # noqa: BLE001 - any decode failure is bad input
+        raise InputError(path, f"cannot read the table header ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+
+def check_counts_file(path: Path, cohort: object) -> None:
+    """A counts.parquet covers every patient of `cohort` under every arm, same S everywhere."""
+    import pandas as pd
+
+    from mseval.stats.ensemble_counts import check_counts
+
+    try:
+        counts = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"cannot read Parquet ({type(exc).__name__})") from None
+    check_counts(counts, cohort.patient_ids, list(cohort.arms["arm"]), path)  # type: ignore[attr-defined]
+
+
+def check_store_file(path: Path, cohort: object) -> None:
+    """A forecast store that opens and holds every patient of `cohort` under every arm."""
+    from mseval.io.store import ForecastStore
+
+    store = ForecastStore.open(path)
+    arms = list(cohort.arms["arm"])  # type: ignore[attr-defined]
+    for pid in cohort.patient_ids:  # type: ignore[attr-defined]
+        for arm in arms:
+            if (pid, arm) not in store:
+                raise InputError(path, f"has no forecasts of patient {pid} under arm {arm!r}; every patient is needed under every arm")
+
+
+@contextlib.contextmanager
+def quiet_numerics(say: Callable[[str], None] | None = None) -> Iterator[list]:
+    """Collect the numerical warnings that model fits on small cohorts raise (overflow in exp,
+    non-convergence of a bootstrap or power replicate, ...) instead of printing each one; at the
+    end, one line says how many there were and of which kinds. (Where they matter the statistics
+    record them in their own tables: failed fits, converged flags, estimability notes.)"""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+    if caught and say is not None:
+        kinds: dict[str, int] = {}
+        for w in caught:
+            key = f"{w.category.__name__}: {' '.join(str(w.message).split())[:60]}"
+            kinds[key] = kinds.get(key, 0) + 1
+        top = ", ".join(f"{n} x {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:2])
+        say(f"{len(caught)} numerical warnings in model fits (expected on small cohorts; failed fits are counted in the tables): {top}")

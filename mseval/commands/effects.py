@@ -7,8 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from mseval.commands._common import (
+    OBSERVED_COLUMNS, Connectivity, MinVolume, Wait, check_conn, check_counts_file, check_formula_syntax, check_in_file, check_min,
+    check_out_folder, check_store_file, quiet_numerics, table_columns,
+)
 from mseval.errors import InputError
-from mseval.commands._common import Connectivity, MinVolume, check_conn
 
 
 def nbreg(
@@ -20,11 +23,32 @@ def nbreg(
     cov: Annotated[str, typer.Option(help="Standard errors from the 'expected' (as R's glm.nb) or 'observed' information.")] = "expected",
     arm_column: Annotated[str, typer.Option(help="Column holding the arm.")] = "arm",
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    wait: Wait = False,
 ) -> None:
     """Negative binomial (NB2) regression of counts on any table: rate ratios with Wald 95% CIs."""
-    from mseval.effects import run_nbreg
+    import pandas as pd
 
-    fit = run_nbreg(table, out, formula=formula, offset_years=offset_years or None, reference=reference, cov=cov, arm_col=arm_column, overwrite=overwrite)
+    from mseval.effects import run_nbreg
+    from mseval.io.lock import output_lock
+    from mseval.stats.count_model import check_formula
+
+    kind = check_in_file(table, "TABLE")
+    check_out_folder(out)
+    if out.exists() and not overwrite:
+        raise InputError(out, "output folder exists; remove it or pass --overwrite")
+    if cov not in ("expected", "observed"):
+        raise InputError(None, f"--cov must be expected or observed, got {cov!r}")
+    columns = table_columns(table, kind)
+    check_formula_syntax(formula, columns, table)
+    _, used = check_formula(formula, pd.DataFrame(columns=columns), str(table))
+    if arm_column not in columns and (arm_column != "arm" or "arm" in used):
+        raise InputError(table, f"--arm-column {arm_column!r} names no column (columns: {', '.join(columns)})")
+    if arm_column != "arm" and arm_column not in used:
+        raise InputError(None, f"--arm-column {arm_column!r} is not a term of --formula {formula!r}")
+    if offset_years and offset_years not in columns:
+        raise InputError(table, f"--offset-years {offset_years!r} names no column (columns: {', '.join(columns)}; '' for no offset)")
+    with output_lock(out, wait=wait):
+        fit = run_nbreg(table, out, formula=formula, offset_years=offset_years or None, reference=reference, cov=cov, arm_col=arm_column, overwrite=overwrite)
     typer.echo(fit.summary())
 
 
@@ -41,17 +65,36 @@ def effects(
     seed: Annotated[int, typer.Option(help="Seed for the power simulations and the bootstrap.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes for counting and the bootstrap.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    wait: Wait = False,
 ) -> None:
     """Treatment effects: observed, forecast (Rubin's rules) and counterfactual rate ratios,
     responders, Qini, prognostic adjustment, power."""
     from mseval.effects import EffectsSettings, run_effects
 
+    from mseval.io.cohort import read_cohort
+    from mseval.io.lock import output_lock
+
     check_conn(connectivity)
-    if bootstrap < 0 or power_sims < 0:
-        raise InputError(None, "--bootstrap and --power-sims must not be negative", field="bootstrap")
+    check_min(min_volume_mm3, "--min-volume-mm3", 0)
+    check_min(bootstrap, "--bootstrap", 0)
+    check_min(power_sims, "--power-sims", 0)
+    check_min(workers, "--workers", 1)
+    check_out_folder(out)
+    if out.exists() and not overwrite:
+        raise InputError(out, "output folder exists; remove it or pass --overwrite")
+    c = read_cohort(cohort)
+    check_formula_syntax(formula, [*c.manifest.columns, *OBSERVED_COLUMNS], c.root / "manifest.csv")
+    if counts is not None:
+        check_in_file(counts, "--counts", kinds=("parquet",))
+        check_counts_file(counts, c)
+    elif forecasts is None:
+        raise InputError(None, "give a forecast store (FORECASTS) or --counts")
+    else:
+        check_store_file(forecasts, c)
     settings = EffectsSettings(formula=formula, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed)
-    summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
-                          progress=lambda m: typer.echo(f"... {m}", err=True))
+    with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
+        summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
+                              progress=lambda m: typer.echo(f"... {m}", err=True))
     for row in summary["primary_endpoint"]:
         typer.echo(f"{row['arm']:14s} RR observed {row['observed_rate_ratio']:.3f} ({row['observed_ci_low']:.3f}-{row['observed_ci_high']:.3f})"
                    f"  forecast {row['forecast_rate_ratio']:.3f}  counterfactual {row['counterfactual_rate_ratio']:.3f}"

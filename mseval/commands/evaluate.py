@@ -31,12 +31,15 @@ def evaluate(
     detection_preset: Optional[str] = typer.Option(None, help="Detection rule preset (msseg2, shifts, brats2023, isles22, panoptica)."),
     workers: int = typer.Option(1, help="Processes for counting the store."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    wait: bool = typer.Option(False, "--wait", help="If another mseval run is writing OUT, wait for it instead of stopping."),
 ) -> None:
     """Score the forecasts under each patient's allocated arm against the observed NET2 outcome:
     activity (AUC, sensitivity/specificity), count error, P(active), count and voxel calibration,
     detection. Writes DIR/*.csv, patients.parquet and summary.json (every setting recorded)."""
+    from mseval.commands._common import check_in_file, check_min, check_out_folder, quiet_numerics
     from mseval.errors import InputError
     from mseval.evaluation import EvaluationSettings
+    from mseval.io.lock import output_lock
     from mseval.evaluation import evaluate as run_evaluation
 
     try:
@@ -47,11 +50,24 @@ def evaluate(
         lv = tuple(float(v) for v in levels.split(",") if v.strip())
     except ValueError:
         raise InputError(None, f"--levels must be numbers separated by commas, got {levels!r}", field="levels") from None
+    check_min(k, "--k", 1)
+    check_min(min_volume_mm3, "--min-volume-mm3", 0)
+    check_min(min_voxels, "--min-voxels", 0)
+    check_min(n_bins, "--n-bins", 1)
+    check_min(pit_bins, "--pit-bins", 1)
+    check_min(n_boot, "--n-boot", 0)
+    check_min(workers, "--workers", 1)
+    check_out_folder(out)
+    if out.exists() and not overwrite:
+        raise InputError(out, "exists already; remove it, choose another --out, or pass --overwrite")
+    if counts is not None:
+        check_in_file(counts, "--counts", kinds=("parquet",))
     settings = EvaluationSettings(
         k=k, operating_point=op, connectivity=connectivity, min_volume_mm3=min_volume_mm3, min_voxels=min_voxels, n_bins=n_bins,
         bin_strategy=bin_strategy, pit_bins=pit_bins, pit_kind=pit_kind, levels=lv, n_boot=n_boot, seed=seed, by_arm=by_arm,
         voxel=voxel, detection=detection, detection_preset=detection_preset, workers=workers,
     )
-    result = run_evaluation(cohort, forecasts, out, settings, counts=counts, overwrite=overwrite)
+    with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
+        result = run_evaluation(cohort, forecasts, out, settings, counts=counts, overwrite=overwrite)
     typer.echo(result.summary())
     typer.echo(f"wrote {out}")

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mseval.errors import InputError
-from mseval.commands._common import Connectivity, MinVolume, check_conn
+from mseval.commands._common import Connectivity, MinVolume, check_conn, check_min, check_out_file
 
 
 def lesions(
@@ -26,6 +25,10 @@ def lesions(
     from mseval.lesions.components import count_lesions
 
     check_conn(connectivity)
+    check_min(min_volume_mm3, "--min-volume-mm3", 0)
+    check_out_file(out)
+    if lesions_out is not None:
+        check_out_file(lesions_out, "--lesions-out")
     rows, tables = [], []
     for path in masks:  # load and check every file before writing anything
         vol = load_volume(path, mask=True)
@@ -56,8 +59,12 @@ def net2(
     from mseval.lesions.net2 import Net2Rule, net2_from_visits
 
     check_conn(connectivity)
-    if enlarge_rel < 0 or enlarge_abs_mm3 < 0 or min_volume_mm3 < 0:
-        raise InputError(None, "thresholds must not be negative", field="enlarge_rel")
+    check_min(min_volume_mm3, "--min-volume-mm3", 0)
+    check_min(enlarge_rel, "--enlarge-rel", 0)
+    check_min(enlarge_abs_mm3, "--enlarge-abs-mm3", 0)
+    check_out_file(out)
+    if lesions_out is not None:
+        check_out_file(lesions_out, "--lesions-out")
     base = load_volume(baseline, mask=True, field="baseline")
     fu = load_volume(followup, mask=True, field="followup")
     check_same_grid([base, fu])

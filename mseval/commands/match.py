@@ -30,6 +30,7 @@ def match(
     Without --preset the mseval default rule applies (26-connectivity, >= 3 mm^3 on both sides,
     any overlap, optimal one-to-one); explicit options change single fields of it or of the preset.
     """
+    from mseval.commands._common import check_out_file
     from mseval.errors import InputError
     from mseval.io.atomic import write_csv_atomic
     from mseval.io.nifti import check_same_grid, load_volume
@@ -48,6 +49,9 @@ def match(
         field = next((k for k, v in options.items() if v is not None and k in str(exc)), None)
         raise InputError(None, f"bad rule option: {exc}", field=field) from None
 
+    check_out_file(out)
+    if lesions_out is not None:
+        check_out_file(lesions_out, "--lesions-out")
     p = load_volume(pred, mask=True, field="pred")
     r = load_volume(ref, mask=True, field="ref")
     check_same_grid([p, r])

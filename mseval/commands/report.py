@@ -23,16 +23,39 @@ def report(
     seed: int = typer.Option(0, help="Seed of the bootstrap, randomized PIT and power simulations."),
     workers: int = typer.Option(1, help="Processes for counting lesions."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists (only once the new report is complete)."),
+    wait: bool = typer.Option(False, "--wait", help="If another mseval run is writing OUT, wait for it instead of stopping."),
 ) -> None:
     """Write a self-contained trial report: settings, Table 1, rate ratios (observed, forecast,
     counterfactual), lesion-free proportions, activity, calibration, detection, responders,
     prognostic adjustment, power, example slices."""
+    from mseval.commands._common import check_conn, check_min, check_out_folder, quiet_numerics
+    from mseval.errors import InputError
+    from mseval.io.lock import output_lock
     from reports.builder import ReportSettings, build_report
 
+    check_conn(connectivity)
+    check_min(min_volume_mm3, "--min-volume-mm3", 0)
+    check_min(power_sims, "--power-sims", 0)
+    check_min(workers, "--workers", 1)
+    check_out_folder(out)
+    if out.exists() and not overwrite:
+        raise InputError(out, "exists already; remove it, choose another --out, or pass --overwrite")
+    for option, folder in (("--evaluation", evaluation), ("--effects", effects)):
+        if folder is not None and not folder.is_dir():
+            raise InputError(folder, f"{option} must be a folder written by `mseval {option[2:]}`")
+    from mseval.commands._common import OBSERVED_COLUMNS, check_formula_syntax
+    from mseval.io.cohort import read_cohort
+    from mseval.io.store import ForecastStore
+    from reports.builder import check_store_covers_cohort
+
+    c = read_cohort(cohort)  # every input checked before the first progress line
+    check_formula_syntax(formula, [*c.manifest.columns, *OBSERVED_COLUMNS], c.root / "manifest.csv")
+    check_store_covers_cohort(c, ForecastStore.open(forecasts), forecasts)
     settings = ReportSettings(connectivity=connectivity, min_volume_mm3=min_volume_mm3, detection_preset=detection_preset, formula=formula,
                               power_sims=power_sims, seed=seed, workers=workers)
-    rep = build_report(cohort, forecasts, out, title=title, evaluation_dir=evaluation, effects_dir=effects, settings=settings, overwrite=overwrite,
-                       progress=lambda m: typer.echo(f"... {m}", err=True))
+    with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
+        rep = build_report(cohort, forecasts, out, title=title, evaluation_dir=evaluation, effects_dir=effects, settings=settings,
+                           overwrite=overwrite, progress=lambda m: typer.echo(f"... {m}", err=True))
     typer.echo(f"report: {rep.html}")
 
 
@@ -56,7 +79,21 @@ def demo(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from mseval.commands._common import check_min, check_out_folder, quiet_numerics
+    from mseval.io.lock import output_lock
     from reports.demo import run_demo
+
+    check_min(minutes, "--minutes", 0, strict=True)
+    check_min(workers, "--workers", 1)
+    check_min(sample_steps, "--sample-steps", 1)
+    check_min(train_steps, "--train-steps", 1)
+    check_min(samples, "--samples", 1)
+    check_min(patients_per_arm, "--patients-per-arm", 1)
+    check_out_folder(out)
+    if forecaster == "diffusion":  # a config that does not exist fails here, before the output folder is made
+        from forecast.config import ForecastConfig
+
+        ForecastConfig.load(config)
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
@@ -71,7 +108,7 @@ def demo(
         task = prog.add_task(description, total=None)
         return lambda done, total: prog.update(task, completed=done, total=total)
 
-    with prog:
+    with output_lock(out, wait=False), quiet_numerics(say), prog:
         info = run_demo(out, forecaster, patients_per_arm=patients_per_arm, samples=samples, seed=seed, workers=workers, minutes=minutes,
                         config=config, sample_steps=sample_steps, train_steps=train_steps, say=say, stage=stage)
     say(f"done in {info['timings_s']['total_s']:.0f} s")

@@ -36,6 +36,25 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
+# Temporary folders of the atomic_dir blocks now running -> the folder each becomes (see final_path).
+_ACTIVE_DIRS: dict[Path, Path] = {}
+
+
+def final_path(path: str | Path) -> str:
+    """The path `path` will have once every enclosing `atomic_dir` block has renamed its temporary
+    folder: what to record in a settings file, so no temporary name that is gone by then is kept."""
+    p = Path(path)
+    for _ in range(len(_ACTIVE_DIRS) + 1):
+        resolved = p.absolute()
+        for tmp, target in sorted(_ACTIVE_DIRS.items(), key=lambda kv: -len(str(kv[0]))):
+            if resolved == tmp or tmp in resolved.parents:
+                p = target / resolved.relative_to(tmp)
+                break
+        else:
+            break
+    return str(p)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; rename it to `target` when the block succeeds.
@@ -45,6 +64,7 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _ACTIVE_DIRS[tmp.absolute()] = target
     try:
         yield tmp
         if target.exists() and overwrite:
@@ -57,6 +77,8 @@ def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _ACTIVE_DIRS.pop(tmp.absolute(), None)
 
 
 def write_bytes_atomic(data: bytes, target: str | Path) -> Path:
