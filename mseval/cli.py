@@ -91,6 +91,10 @@ def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) ->
     - Ctrl-C (SIGINT): one line, exit code 130; finished blocks stay, so a rerun resumes.
     """
     ce = _click_exceptions()
+    import typer.exceptions as te
+
+    aborts = tuple({t for t in (getattr(ce, "Abort", None), getattr(te, "Abort", None)) if t is not None}) + (KeyboardInterrupt,)
+    exits = tuple({t for t in (getattr(ce, "Exit", None), getattr(te, "Exit", None), typer.Exit) if t is not None})
     command = typer.main.get_command(typer_app)
     try:
         code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name=prog_name, standalone_mode=False)
@@ -107,7 +111,7 @@ def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) ->
     except ce.ClickException as exc:  # e.g. FileError from a click.File parameter
         typer.echo(f"{prog_name}: error: {_one_line(exc.format_message())}", err=True)
         return exc.exit_code or 1
-    except (ce.Abort, KeyboardInterrupt):  # older typer/click raise these; typer 0.2x returns 130 (below)
+    except aborts:  # older typer/click raise these; typer 0.2x returns 130 (below)
         code = 130
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
         where = exc.filename or ""
@@ -120,7 +124,7 @@ def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) ->
             typer.echo(f"{prog_name}: error: {exc.filename or ''}: {exc.strerror}", err=True)
             return 2
         raise
-    except (typer.Exit, ce.Exit) as exc:
+    except exits as exc:
         code = exc.exit_code
     if code == 130:  # typer turns KeyboardInterrupt into exit code 130
         typer.echo(f"{prog_name}: {INTERRUPTED}", err=True)

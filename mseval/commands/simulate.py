@@ -24,6 +24,7 @@ def simulate(
 ) -> None:
     """Simulate a six-arm RRMS trial with known truth (images, lesion masks, truth.csv)."""
     from mseval.io.cohort import read_cohort
+    from mseval.io.lock import output_lock
     from mseval.simulate.model import TrialConfig
     from mseval.simulate.summary import trial_summary
     from mseval.simulate.trial import simulate_trial
