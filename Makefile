@@ -16,12 +16,17 @@ install: $(STAMP)
 # panoptica (the reference for the `panoptica` preset's parity test) pins numpy<2.3, pandas<3 and
 # cc3d<4; installing it with its pins would downgrade the core stack, so it goes in without them,
 # with the dependencies it actually imports.
+# pip is quiet unless something fails: -qq hides pip's warnings (e.g. "Location ... is ignored" from a
+# find-links setting of the machine), --no-warn-conflicts the red resolver "ERROR" that the deliberate
+# --no-deps install of panoptica triggers although nothing failed; real errors still print and stop make.
+PIP := $(PY) -m pip install -qq --disable-pip-version-check --no-warn-conflicts
+
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q $(TORCH_CPU); fi
-	$(PY) -m pip install -q -e '.[forecast,dask,dev]'
-	$(PY) -m pip install -q --no-deps panoptica==2.1.7
-	$(PY) -m pip install -q scikit-image 'plotly<6' ruamel.yaml tqdm
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) $(TORCH_CPU); fi
+	$(PIP) -e '.[forecast,dask,dev]'
+	$(PIP) --no-deps panoptica==2.1.7
+	$(PIP) scikit-image 'plotly<6' ruamel.yaml tqdm
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -187,12 +187,21 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Network batch.")] = 8,
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another mseval run is writing OUT, wait for it instead of stopping.")] = False,
 ) -> None:
     """Sample a split of patients under every arm and score the forecasts against what was observed."""
     from forecast.evaluate import evaluate_checkpoint
+    from mseval.commands._common import check_min, check_out_folder
+    from mseval.io.lock import output_lock
 
-    summary = evaluate_checkpoint(checkpoint, cohort, out, split=split, samples=samples, steps=steps, batch_size=batch_size,
-                                  seed=seed, device=device)
+    check_min(samples, "--samples", 1)
+    check_min(steps, "--steps", 1)
+    check_min(batch_size, "--batch-size", 1)
+    check_out_folder(out)
+
+    with output_lock(out, wait=wait):
+        summary = evaluate_checkpoint(checkpoint, cohort, out, split=split, samples=samples, steps=steps, batch_size=batch_size,
+                                      seed=seed, device=device)
     for k, v in summary.items():
         if isinstance(v, (int, float, str)):
             typer.echo(f"{k:32s} {v}")
