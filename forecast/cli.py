@@ -97,7 +97,7 @@ def train(
     started = init_distributed_from_env()
     try:
         prog, update = _progress("training", loss=True)
-        with output_lock(out, wait=wait) if _rank0() else _Null(), prog if _rank0() else _Null():
+        with output_lock(out, wait=wait, clean=_world() == 1) if _rank0() else _Null(), prog if _rank0() else _Null():
             ckpt = run_train(cohort, cfg, out, resume=resume, device=device, progress=update if _rank0() else None)
     finally:
         if started:
@@ -107,6 +107,12 @@ def train(
     if _rank0():
         last = ckpt.log[-1]["loss"] if ckpt.log else float("nan")
         typer.echo(f"{out}: step {ckpt.step}, loss {last:.4f}, {len(ckpt.train_ids)} training / {len(ckpt.val_ids)} validation patients ({ckpt.id})")
+
+
+def _world() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class _Null:
@@ -162,7 +168,7 @@ def sample(
     started = init_distributed_from_env()
     try:
         prog, update = _progress("sampling patients")
-        lock = output_lock(out, wait=wait) if _rank0() else _Null()
+        lock = output_lock(out, wait=wait, clean=_world() == 1) if _rank0() else _Null()
         with lock, store_run(out, defining, names, overwrite=overwrite and _rank0()), prog if _rank0() else _Null():
             store = forecast_cohort(cohort, ckpt, out, samples=samples, arms=arms, settings=settings, batch_size=batch_size,
                                     seed=seed, blend=blend or (), save_prob=prob,

@@ -213,9 +213,13 @@ def quiet_numerics(say: Callable[[str], None] | None = None) -> Iterator[list]:
     record them in their own tables: failed fits, converged flags, estimability notes.)"""
     import warnings
 
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as recorded:
         warnings.simplefilter("always")
-        yield caught
+        yield recorded
+    caught = [w for w in recorded if issubclass(w.category, RuntimeWarning) or w.category.__module__.startswith(("statsmodels", "scipy"))]
+    for w in recorded:  # anything else is not expected: show it as Python would
+        if w not in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if caught and say is not None:
         kinds: dict[str, int] = {}
         for w in caught:

@@ -71,10 +71,12 @@ def remove_stale_temporaries(out: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def output_lock(out: str | Path, *, wait: bool = False, poll_s: float = 0.5) -> Iterator[Path]:
+def output_lock(out: str | Path, *, wait: bool = False, clean: bool = True, poll_s: float = 0.5) -> Iterator[Path]:
     """Hold the exclusive lock of the output folder `out` for the `with` block (see the module doc).
 
     wait: block until the other run finishes instead of raising `InputError`.
+    clean: remove a killed run's temporaries (pass False when processes of this same run that do
+    not take the lock, e.g. other torchrun ranks, may already be writing).
     """
     out = Path(out)
     path = lock_path(out)
@@ -108,7 +110,8 @@ def output_lock(out: str | Path, *, wait: bool = False, poll_s: float = 0.5) -> 
         info = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(['mseval', *sys.argv[1:]])}"
         os.ftruncate(fd, 0)
         os.write(fd, info.encode())
-        remove_stale_temporaries(out)
+        if clean:
+            remove_stale_temporaries(out)
         yield path
     finally:
         with contextlib.suppress(OSError):
