@@ -46,8 +46,10 @@ class _LazyProgress:
     def __enter__(self) -> _LazyProgress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.prog is not None:
+            if exc_type is not None and not self.prog.console.is_terminal:  # an error or Ctrl-C: its one line is all a log gets
+                self.prog.console.quiet = True
             self.prog.stop()
 
 

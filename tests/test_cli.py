@@ -139,4 +139,4 @@ def test_simulate_forecasts_cli_resumes(tiny_cohort: Path, cli, tmp_path: Path) 
     res = cli("simulate-forecasts", tiny_cohort, "--out", out, "--samples", "3")
     assert res.code == 0 and "72 blocks" in res.out
     res = cli("simulate-forecasts", tiny_cohort, "--out", tmp_path / "fc2", "--kind", "psychic")
-    assert res.code == 2 and "unknown forecaster kind 'psychic'" in res.err and not (tmp_path / "fc2").exists()
+    assert res.code == 2 and "--kind 'psychic'" in res.err and not (tmp_path / "fc2").exists()
