@@ -350,9 +350,9 @@ def bootstrap_rate_ratios(
     n = len(y)
     chunks = [(y, X, offset, start0, seed, k, min(_CHUNK, n_resamples - k * _CHUNK)) for k in range((n_resamples + _CHUNK - 1) // _CHUNK)]
     if workers > 1 and len(chunks) > 1:
-        import concurrent.futures as cf
+        from mseval.parallel import process_pool
 
-        with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             parts = list(pool.map(_bootstrap_chunk, chunks))
     else:
         parts = [_bootstrap_chunk(c) for c in chunks]
