@@ -457,15 +457,18 @@ def _bootstrap_chunk(args: tuple) -> tuple[np.ndarray, int, int]:
     for b in range(size):
         idx = rng.integers(0, n, n)
         Xb, yb = X[idx], y[idx]
-        present = np.any(Xb != 0, axis=0)
-        present &= ~_zero_event_terms(yb, Xb)
-        cols = np.flatnonzero(present)
+        ob = None if offset is None else offset[idx]
+        zero = _zero_event_terms(yb, Xb)
+        if zero.any():  # their rows contribute nothing at the MLE (rate -> 0): leave rows and term out
+            rows = ~np.any(Xb[:, zero] == 1, axis=1)
+            Xb, yb, ob = Xb[rows], yb[rows], None if ob is None else ob[rows]
+        cols = np.flatnonzero(np.any(Xb != 0, axis=0) & ~zero)
         if cols.size == 0 or yb.sum() == 0:
             failed += 1
             continue
         Xs = Xb[:, cols]
         with np.errstate(all="ignore"):
-            r = fit_nb2(yb, Xs, 0.0 if offset is None else offset[idx], beta0=start0[cols], alpha0=float(start0[k]), check_boundary=not interior)
+            r = fit_nb2(yb, Xs, 0.0 if ob is None else ob, beta0=start0[cols], alpha0=float(start0[k]), check_boundary=not interior)
         if r.converged and np.all(np.isfinite(r.beta)):
             out[b, cols] = r.beta
             boundary += int(r.boundary)
@@ -474,7 +477,14 @@ def _bootstrap_chunk(args: tuple) -> tuple[np.ndarray, int, int]:
     return out, failed, boundary
 
 
-from mseval.stats.lesion_free import LesionFreeFit, LogitFit, fit_lesion_free  # noqa: E402  (re-exported: its old home)
+def __getattr__(name: str) -> Any:
+    """`fit_lesion_free` and its result lived here before `mseval.stats.lesion_free`: still importable from here."""
+    if name in ("fit_lesion_free", "LesionFreeFit", "LogitFit"):
+        from mseval.stats import lesion_free
+
+        return getattr(lesion_free, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["BootstrapRateRatios", "CountModelFit", "LesionFreeFit", "LogitFit", "bootstrap_rate_ratios", "check_formula", "design",
            "fit_count_model", "fit_lesion_free", "nb2_newton"]

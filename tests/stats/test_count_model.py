@@ -193,3 +193,68 @@ def test_bootstrap_is_seeded_and_worker_invariant() -> None:
     # bootstrap and Wald SEs of the log rate ratio agree to within the bootstrap's own noise
     # (relative SE of an SD estimate from 300 replicates ~ 1/sqrt(2 x 299) = 4%; allow 25%)
     assert np.allclose(t["se_log"], wald.loc[t.index, "se"], rtol=0.25)
+
+
+def _poisson_trial(seed: int, n: int = 150) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    arm = np.repeat(["placebo", "a", "b"], n // 3)
+    years = rng.uniform(0.8, 1.0, n)
+    mu = 4.0 * np.select([arm == "a", arm == "b"], [0.6, 0.4], 1.0) * years
+    return pd.DataFrame({"arm": arm, "followup_years": years, "net2": rng.poisson(mu), "patient_id": [f"P{i}" for i in range(n)]})
+
+
+def test_poisson_boundary_is_reported_and_json_has_no_nan(tmp_path: Path) -> None:
+    """Under-dispersed-looking Poisson data: the MLE is alpha = 0 exactly (the score for alpha at the
+    Poisson fit is negative), reported with a note; model.json is strict JSON (theta, alpha_se null)."""
+    import json
+
+    import statsmodels.api as sm
+
+    from mseval.effects import run_nbreg
+
+    d = _poisson_trial(1)
+    mu = sm.GLM(d["net2"], sm.add_constant(pd.get_dummies(d["arm"], drop_first=True, dtype=float)), family=sm.families.Poisson(),
+                offset=np.log(d["followup_years"])).fit().fittedvalues
+    assert ((d["net2"] - mu) ** 2 - d["net2"]).sum() < 0  # the data are at the boundary
+    fit = fit_count_model(d, "net2 ~ arm", reference="placebo")
+    assert fit.boundary and fit.alpha == 0.0 and fit.converged and any("Poisson boundary" in n for n in fit.notes)
+    pois = sm.GLM(d["net2"], sm.add_constant((d["arm"] == "a").astype(float).to_frame("a").assign(b=(d["arm"] == "b").astype(float))),
+                  family=sm.families.Poisson(), offset=np.log(d["followup_years"])).fit(tol=1e-12)
+    assert fit.rate_ratio("a").coef == pytest.approx(pois.params["a"], rel=1e-8)
+    d.to_csv(tmp_path / "d.csv", index=False)
+    run_nbreg(tmp_path / "d.csv", tmp_path / "out", formula="net2 ~ arm", offset_years="followup_years", reference="placebo")
+    text = (tmp_path / "out" / "model.json").read_text()
+    info = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert info["theta"] is None and info["alpha"] == 0.0 and any("null" in n for n in info["notes"])
+    rr = pd.read_csv(tmp_path / "out" / "rate_ratios.csv")
+    assert {"estimable", "note"} <= set(rr.columns) and rr["estimable"].all()
+
+
+def test_dropped_rows_are_counted_and_named() -> None:
+    d = pd.read_csv(DATA / "nb_trial.csv").head(30).copy()
+    d["patient_id"] = [f"P{i:02d}" for i in range(30)]
+    d.loc[[3, 7, 9], "age"] = np.nan
+    fit = fit_count_model(d, "net2 ~ arm + age", reference="placebo")
+    assert fit.n == 27 and fit.n_dropped == 3 and fit.dropped_rows == [4, 8, 10]
+    assert any("3 of 30 rows dropped" in n and "P03" in n and "age: 3" in n for n in fit.notes)
+    assert "P07" in fit.summary() and fit.model_info()["n_dropped"] == 3
+
+
+def test_bootstrap_keeps_boundary_replicates_and_isolates_a_degenerate_arm() -> None:
+    """Poisson data: replicates at alpha = 0 are valid and kept (none dropped). An arm without any
+    event: its term fails in every replicate (counted, flagged) while the other arms keep their CIs."""
+    from mseval.stats.count_model import bootstrap_rate_ratios
+
+    d = _poisson_trial(1)
+    b = bootstrap_rate_ratios(d, "net2 ~ arm", reference="placebo", n_resamples=200, seed=2)
+    t = b.table.set_index("term")
+    assert b.failed == 0 and (t["replicates"] == 200).all() and (t["n_failed"] == 0).all()
+    assert t["n_boundary"].iloc[0] > 20 and t["estimable"].all()
+    wald = fit_count_model(d, "net2 ~ arm", reference="placebo").table.set_index("term")
+    assert np.allclose(t["se_log"], wald.loc[t.index, "se"], rtol=0.25)
+    z = d.copy()
+    z.loc[z["arm"] == "b", "net2"] = 0
+    b = bootstrap_rate_ratios(z, "net2 ~ arm", reference="placebo", n_resamples=200, seed=2)
+    t = b.table.set_index("term")
+    assert t.loc["b", "n_failed"] == 200 and not t.loc["b", "estimable"] and "no events" in t.loc["b", "note"]
+    assert t.loc["a", "estimable"] and t.loc["a", "n_failed"] == 0 and t.loc["a", "ci_low"] < t.loc["a", "rate_ratio"] < t.loc["a", "ci_high"]
