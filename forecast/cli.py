@@ -77,7 +77,7 @@ def train(
     """Train (or resume) the model. Under `torchrun --nproc-per-node N`, runs DDP."""
     from forecast.config import ForecastConfig
     from forecast.train import init_distributed_from_env, train as run_train
-    from mseval.commands._common import check_min, check_out_folder
+    from mseval.commands._checks import check_min, check_out_folder
     from mseval.errors import InputError
     from mseval.io.lock import output_lock
 
@@ -149,7 +149,8 @@ def sample(
 
     from forecast.ensemble import forecast_cohort
     from forecast.sampler import SAMPLERS, SamplerSettings
-    from mseval.commands._common import check_min, check_out_folder, store_run
+    from mseval.commands._checks import check_min, check_out_folder
+    from mseval.commands._common import store_run
     from mseval.io.lock import output_lock
     from forecast.checkpoint import load_checkpoint
     from forecast.train import init_distributed_from_env
@@ -199,7 +200,7 @@ def evaluate(
 ) -> None:
     """Sample a split of patients under every arm and score the forecasts against what was observed."""
     from forecast.evaluate import evaluate_checkpoint
-    from mseval.commands._common import check_min, check_out_folder
+    from mseval.commands._checks import check_min, check_out_folder
     from mseval.io.lock import output_lock
 
     check_min(samples, "--samples", 1)

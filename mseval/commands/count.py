@@ -7,7 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from mseval.commands._common import Connectivity, MinVolume, Wait, check_conn, check_min, check_out_folder, progress
+from mseval.commands._checks import check_conn, check_min, check_out_folder
+
+from mseval.commands._common import Connectivity, MinVolume, Wait
+
+from mseval.commands._progress import progress
 
 
 def count(

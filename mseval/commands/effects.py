@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from mseval.commands._common import (
-    OBSERVED_COLUMNS, Connectivity, MinVolume, Wait, check_conn, check_counts_file, check_formula_syntax, check_in_file, check_min,
-    check_out_folder, check_store_file, quiet_numerics, table_columns,
+from mseval.commands._checks import (
+    OBSERVED_COLUMNS, check_conn, check_counts_file, check_formula_syntax, check_in_file, check_min, check_out_folder, check_store_file,
+    table_columns,
 )
+from mseval.commands._common import Connectivity, MinVolume, Wait, quiet_numerics
 from mseval.errors import InputError
 
 

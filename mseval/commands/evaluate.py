@@ -36,7 +36,8 @@ def evaluate(
     """Score the forecasts under each patient's allocated arm against the observed NET2 outcome:
     activity (AUC, sensitivity/specificity), count error, P(active), count and voxel calibration,
     detection. Writes DIR/*.csv, patients.parquet and summary.json (every setting recorded)."""
-    from mseval.commands._common import check_in_file, check_min, check_out_folder, quiet_numerics
+    from mseval.commands._checks import check_in_file, check_min, check_out_folder
+    from mseval.commands._common import quiet_numerics
     from mseval.errors import InputError
     from mseval.evaluation import EvaluationSettings
     from mseval.io.lock import output_lock

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from mseval.commands._common import Connectivity, MinVolume, check_conn, check_min, check_out_file
+from mseval.commands._checks import check_conn, check_min, check_out_file
+
+from mseval.commands._common import Connectivity, MinVolume
 
 
 def lesions(

@@ -30,7 +30,7 @@ def match(
     Without --preset the mseval default rule applies (26-connectivity, >= 3 mm^3 on both sides,
     any overlap, optimal one-to-one); explicit options change single fields of it or of the preset.
     """
-    from mseval.commands._common import check_out_file
+    from mseval.commands._checks import check_out_file
     from mseval.errors import InputError
     from mseval.io.atomic import write_csv_atomic
     from mseval.io.nifti import check_same_grid, load_volume

@@ -28,10 +28,13 @@ def report(
     """Write a self-contained trial report: settings, Table 1, rate ratios (observed, forecast,
     counterfactual), lesion-free proportions, activity, calibration, detection, responders,
     prognostic adjustment, power, example slices."""
-    from mseval.commands._common import check_conn, check_min, check_out_folder, quiet_numerics
+    from mseval.commands._checks import OBSERVED_COLUMNS, check_conn, check_formula_syntax, check_min, check_out_folder
+    from mseval.commands._common import quiet_numerics
     from mseval.errors import InputError
+    from mseval.io.cohort import read_cohort
     from mseval.io.lock import output_lock
-    from reports.builder import ReportSettings, build_report
+    from mseval.io.store import ForecastStore
+    from reports.builder import ReportSettings, build_report, check_store_covers_cohort
 
     check_conn(connectivity)
     check_min(min_volume_mm3, "--min-volume-mm3", 0)
@@ -43,11 +46,6 @@ def report(
     for option, folder in (("--evaluation", evaluation), ("--effects", effects)):
         if folder is not None and not folder.is_dir():
             raise InputError(folder, f"{option} must be a folder written by `mseval {option[2:]}`")
-    from mseval.commands._common import OBSERVED_COLUMNS, check_formula_syntax
-    from mseval.io.cohort import read_cohort
-    from mseval.io.store import ForecastStore
-    from reports.builder import check_store_covers_cohort
-
     c = read_cohort(cohort)  # every input checked before the first progress line
     check_formula_syntax(formula, [*c.manifest.columns, *OBSERVED_COLUMNS], c.root / "manifest.csv")
     check_store_covers_cohort(c, ForecastStore.open(forecasts), forecasts)
@@ -79,7 +77,8 @@ def demo(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from mseval.commands._common import check_min, check_out_folder, quiet_numerics
+    from mseval.commands._checks import check_min, check_out_folder
+    from mseval.commands._common import quiet_numerics
     from mseval.io.lock import output_lock
     from reports.demo import run_demo
 

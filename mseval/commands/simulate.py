@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from mseval.errors import InputError
-from mseval.commands._common import Wait, check_min, check_out_folder, progress, store_run
+from mseval.commands._checks import check_min, check_out_folder
+from mseval.commands._common import Wait, store_run
+from mseval.commands._progress import progress
 
 
 def simulate(
