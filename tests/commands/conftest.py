@@ -24,6 +24,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     simulate_trial(root / "cohort", TrialConfig(patients_per_arm=2, shape=(16, 16, 16), seed=5))
     assert main(["simulate-forecasts", str(root / "cohort"), "--out", str(root / "store"), "--samples", "2", "--seed", "1"]) == 0
     count_store(root / "store", root / "counted")
+    from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
+
+    simulate_forecasts(root / "cohort", root / "partial", ForecasterSpec("oracle", samples=2, seed=1), arms=["placebo", "dmf"])
     table = analysis_table(read_cohort(root / "cohort"))
     table.to_csv(root / "table.csv", index=False)
     table.to_parquet(root / "table.parquet")
@@ -34,5 +37,5 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "root": root, "cohort": root / "cohort", "store": root / "store", "counts": root / "counted" / "counts.parquet",
         "csv": root / "table.csv", "parquet": root / "table.parquet", "fake": root / "fake.parquet", "afile": root / "afile",
-        "mask": root / "mask.nii.gz",
+        "mask": root / "mask.nii.gz", "partial": root / "partial",
     }

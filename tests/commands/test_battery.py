@@ -62,6 +62,10 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("effects-no-forecasts", ["effects", "{cohort}", "--out", "o"], 2, ["--counts"]),
     ("report-formula-syntax", ["report", "{cohort}", "{store}", "--out", "o", "--formula", "net2 ~"], 2, ["formula"]),
     ("evaluate-counts-is-csv", ["evaluate", "{cohort}", "{store}", "--out", "o", "--counts", "{csv}"], 2, ["--counts"]),
+    # inputs that only a look inside reveals: still one line, before any progress line
+    ("effects-store-missing-arms", ["effects", "{cohort}", "{partial}", "--out", "o"], 2, ["partial", "has no forecasts"]),
+    ("report-store-missing-arms", ["report", "{cohort}", "{partial}", "--out", "o"], 2, ["partial"]),
+    ("count-not-a-store", ["count", "{cohort}", "--out", "o"], 2, ["cohort", "store"]),
     ("validate-missing", ["validate", "nope"], 2, ["nope", "not found"]),
     # resume only what matches (the store was made with --samples 2 --seed 1 --kind oracle)
     ("resume-other-samples", ["simulate-forecasts", "{cohort}", "--out", "{store}", "--samples", "3", "--seed", "1"], 2, ["--samples", "3"]),
@@ -106,7 +110,7 @@ def test_bad_input_is_one_clean_line(argv: list[str], code: int, words: list[str
 def test_battery_covers_every_class_of_the_issue() -> None:
     """At least the issue's cases are in the table (so the count of clean cases only goes up)."""
     ids = {c[0] for c in CASES}
-    assert len(CASES) >= 40
+    assert len(CASES) >= 48
     for needed in ("unknown-command", "unknown-option", "missing-out", "samples-not-a-number", "shape-not-a-number", "count-out-is-a-file",
                    "lesions-out-dot", "nbreg-formula-syntax", "effects-counts-is-csv", "lesions-negative-min-volume", "count-workers-0",
                    "nbreg-arm-column-missing", "demo-negative-minutes", "demo-missing-config", "resume-other-samples", "resume-other-seed",
