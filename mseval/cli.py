@@ -1,7 +1,9 @@
-"""The `mseval` command line. Thin: parse, validate, call, print.
+"""The `mseval` command line: registers the commands of `mseval/commands/` (one module per command
+or group) and the `forecast` sub-app, and holds the one error path (`run_typer`).
 
-Bad input raises `InputError` anywhere below; `main` turns it into one line on stderr and exit
-code 2, never a traceback.
+Bad input raises `InputError` anywhere below; `run_typer` turns it into one line on stderr and exit
+code 2, a usage error into the usage line plus one line (exit 2), Ctrl-C into one line (exit 130);
+never a traceback.
 """
 
 from __future__ import annotations
