@@ -173,8 +173,10 @@ def count_store(
     parts = out / "_parts"
     if parts.is_dir() and (parts / "settings.json").is_file():
         previous = json.loads((parts / "settings.json").read_text())
-        if {k: v for k, v in previous.items() if k != "store"} != {k: v for k, v in meta.items() if k != "store"}:
-            raise InputError(parts / "settings.json", "partial results were made with other settings or another store; remove the folder to start again")
+        diff = next((k for k in meta if k != "store" and previous.get(k) != meta[k]), None)
+        if diff is not None:
+            raise InputError(parts / "settings.json", f"partial results were made with {diff} = {previous.get(diff)!r}, this run asks for "
+                                                      f"{meta[diff]!r}; rerun with the same settings to resume, or remove {parts} to start again", field=diff)
     blocks = list(store.blocks())
     chunks = [(k, blocks[i : i + chunk_blocks]) for k, i in enumerate(range(0, len(blocks), chunk_blocks))]
     todo = [(k, c) for k, c in chunks if not (parts / f"counts-{k:06d}.parquet").exists()]

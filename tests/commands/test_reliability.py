@@ -147,3 +147,29 @@ def test_report_twice_gives_identical_bytes(inputs: dict[str, Path], tmp_path: P
     differ = [k for k in first if first[k] != second[k]]
     assert not differ, differ
     assert b".tmp" not in first["results/effects/effects.json"] and b".tmp" not in first["results/evaluation/summary.json"]
+
+
+def test_interrupted_count_resumes_only_with_the_same_settings(inputs: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
+    from mseval.lesions.ensemble import count_store
+
+    out = tmp_path / "counts"
+    calls = []
+
+    def stop_after_first_chunk(done: int, total: int) -> None:
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        count_store(inputs["store"], out, progress=stop_after_first_chunk)
+    assert sorted(p.name for p in (out / "_parts").iterdir()) == ["counts-000000.parquet", "lesions-000000.parquet", "settings.json"]
+    assert main(["count", str(inputs["store"]), "--out", str(out), "--connectivity", "6"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "connectivity = 26" in err and "6" in err
+    assert main(["count", str(inputs["store"]), "--out", str(out)]) == 0
+    got = pd.read_parquet(out / "counts.parquet")
+    pd.testing.assert_frame_equal(got, pd.read_parquet(inputs["counts"]))
+    assert not (out / "_parts").exists()
