@@ -48,7 +48,7 @@ def nbreg(
         raise InputError(None, f"--arm-column {arm_column!r} is not a term of --formula {formula!r}")
     if offset_years and offset_years not in columns:
         raise InputError(table, f"--offset-years {offset_years!r} names no column (columns: {', '.join(columns)}; '' for no offset)")
-    with output_lock(out, wait=wait):
+    with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         fit = run_nbreg(table, out, formula=formula, offset_years=offset_years or None, reference=reference, cov=cov, arm_col=arm_column, overwrite=overwrite)
     typer.echo(fit.summary())
 
