@@ -228,3 +228,4 @@ def test_debiased_calibration_error_ci_contains_zero_when_calibrated():
         b = binary_calibration(p, y, samples=12, n_boot=150, seed=i)
         missed += b.ce_sq_debiased_ci[0] <= 0
     assert missed <= 8
+
