@@ -163,6 +163,10 @@ def test_bad_input() -> None:
     assert not t.loc["ocrelizumab", "estimable"] and "no events" in t.loc["ocrelizumab", "note"]
     assert t.drop(index="ocrelizumab")["estimable"].all()  # the other arms keep their numbers
     assert not fit.arm_means.set_index("arm").loc["ocrelizumab", "estimable"]
+    zero_ref = d.copy()
+    zero_ref.loc[zero_ref.arm == "placebo", "net2"] = 0
+    t = fit_count_model(zero_ref, "net2 ~ arm", reference="placebo").table
+    assert not t["estimable"].any() and t["note"].str.contains("reference arm 'placebo' has no events").all()
 
 
 def test_lean_newton_fitter_matches_statsmodels() -> None:
