@@ -177,6 +177,7 @@ def _primary(observed: Any, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: 
         rows.append({
             "arm": arm,
             "observed_rate_ratio": o.loc[arm, "rate_ratio"], "observed_ci_low": o.loc[arm, "ci_low"], "observed_ci_high": o.loc[arm, "ci_high"], "observed_p_value": o.loc[arm, "p_value"],
+            "observed_estimable": bool(o.loc[arm, "estimable"]), "observed_note": o.loc[arm, "note"],
             "forecast_rate_ratio": f.loc[arm, "rate_ratio"], "forecast_ci_low": f.loc[arm, "ci_low"], "forecast_ci_high": f.loc[arm, "ci_high"],
             "counterfactual_rate_ratio": c.loc[arm, "ratio_of_means"], "counterfactual_ci_low": c.loc[arm, "ratio_ci_low"], "counterfactual_ci_high": c.loc[arm, "ratio_ci_high"],
         })

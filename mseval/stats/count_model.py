@@ -288,6 +288,14 @@ def fit_count_model(
     for j in np.flatnonzero(zero):
         reasons[j] = "no events in this group: the rate ratio's maximum-likelihood estimate is 0 (not estimable)"
         notes.append(f"{names[j]!r} has no events: its rate ratio is not estimable (estimate at the boundary)")
+    if arm_col in cols:
+        ref_rows = (df[arm_col] == df[arm_col].cat.categories[0]).to_numpy()
+        if y[ref_rows].sum() == 0:
+            ref_name = df[arm_col].cat.categories[0]
+            notes.append(f"the reference arm {ref_name!r} has no events: no rate ratio against it is estimable")
+            for j, nm in enumerate(names):
+                if nm in set(df[arm_col].cat.categories[1:]):
+                    reasons[j] = f"the reference arm {ref_name!r} has no events: the rate ratio's maximum-likelihood estimate is infinite (not estimable)"
     table = pd.DataFrame({"term": names, "coef": beta, "se": se, "rate_ratio": rr, "ci_low": lo, "ci_high": hi, "p_value": pvals,
                           "estimable": [not r for r in reasons], "note": reasons})
     table["converged"] = res.converged

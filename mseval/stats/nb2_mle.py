@@ -100,12 +100,10 @@ def nb2_loglik(y: np.ndarray, eta: np.ndarray, theta: float, lgy1: np.ndarray | 
     """NB2 log-likelihood (sum over observations) at linear predictor eta (offset included)."""
     if not np.all(eta < _ETA_MAX) or not np.isfinite(theta) or theta <= 0:
         return -np.inf
-    mu = np.exp(eta)
     lgy1 = gammaln(y + 1.0) if lgy1 is None else lgy1
     lt = np.log(theta)
     log_tm = np.logaddexp(lt, eta)  # log(theta + mu)
     ll = _lgamma_ratio(y, theta) - lgy1 + theta * (lt - log_tm) + y * (eta - log_tm)
-    del mu
     s = float(np.sum(ll))
     return s if np.isfinite(s) else -np.inf
 

@@ -163,6 +163,10 @@ def test_bad_input() -> None:
     assert not t.loc["ocrelizumab", "estimable"] and "no events" in t.loc["ocrelizumab", "note"]
     assert t.drop(index="ocrelizumab")["estimable"].all()  # the other arms keep their numbers
     assert not fit.arm_means.set_index("arm").loc["ocrelizumab", "estimable"]
+    zero_ref = d.copy()
+    zero_ref.loc[zero_ref.arm == "placebo", "net2"] = 0
+    t = fit_count_model(zero_ref, "net2 ~ arm", reference="placebo").table
+    assert not t["estimable"].any() and t["note"].str.contains("reference arm 'placebo' has no events").all()
 
 
 def test_lean_newton_fitter_matches_statsmodels() -> None:
@@ -258,3 +262,24 @@ def test_bootstrap_keeps_boundary_replicates_and_isolates_a_degenerate_arm() -> 
     t = b.table.set_index("term")
     assert t.loc["b", "n_failed"] == 200 and not t.loc["b", "estimable"] and "no events" in t.loc["b", "note"]
     assert t.loc["a", "estimable"] and t.loc["a", "n_failed"] == 0 and t.loc["a", "ci_low"] < t.loc["a", "rate_ratio"] < t.loc["a", "ci_high"]
+
+
+def test_converged_only_at_a_verified_optimum() -> None:
+    """Stopped after one iteration the fit says so (converged False, a note, every row flagged); run to
+    the end its gradient criterion holds, and a warm start anywhere (theta far too small or too large)
+    reaches the same maximum."""
+    from mseval.stats.count_model import design
+    from mseval.stats.nb2_mle import fit_nb2
+
+    d = pd.read_csv(DATA / "nb_trial.csv")
+    early = fit_count_model(d, "net2 ~ arm + gd_count", reference="placebo", maxiter=1)
+    assert not early.converged and any("did not reach a verified maximum" in n for n in early.notes)
+    assert not early.table["estimable"].any()
+    full = fit_count_model(d, "net2 ~ arm + gd_count", reference="placebo")
+    assert full.converged and full.gradient_decrement < 1e-20
+    prep = d.assign(arm=pd.Categorical(d["arm"], categories=["placebo", *sorted(set(d["arm"]) - {"placebo"})]))
+    y, X, _ = design("net2 ~ arm + gd_count", prep)
+    off = np.log(d["followup_years"].to_numpy())
+    for alpha0 in (1e-6, 50.0):
+        r = fit_nb2(y, X, off, beta0=np.zeros(X.shape[1]), alpha0=alpha0)
+        assert r.converged and r.alpha == pytest.approx(full.alpha, rel=1e-8) and r.llf == pytest.approx(full.llf, rel=1e-12)
