@@ -174,6 +174,34 @@ def evaluate(
             typer.echo(f"{k:32s} {v}")
 
 
+@app.command()
+def plan(
+    config: Annotated[str, typer.Option("--config", help="Config JSON file, or a shipped config name: tiny, paper.")] = "paper",
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training micro-batch per device (default: the config's batch_size / grad_accumulation).")] = None,
+    sample_members: Annotated[int, typer.Option("--sample-members", help="Ensemble members per sampling call (each with its guidance pair).")] = 8,
+    gpu_memory: Annotated[Optional[float], typer.Option("--gpu-memory", help="Device memory in GiB: also report what fits and the largest batches.")] = None,
+    headroom: Annotated[float, typer.Option(help="Share of --gpu-memory kept free for the CUDA context, cuDNN workspaces, fragmentation.")] = 0.1,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Plan without bf16 autocast.")] = False,
+) -> None:
+    """Parameters, FLOPs per network call and peak memory of training and sampling, computed on fake
+    tensors (no GPU needed); with --gpu-memory, the largest batches that fit."""
+    from forecast.config import ForecastConfig
+    from forecast.planner import plan as make_plan
+    from mseval.errors import InputError
+
+    if batch_size is not None and batch_size < 1:
+        raise InputError(None, "--batch-size must be at least 1", field="batch_size")
+    if sample_members < 1:
+        raise InputError(None, "--sample-members must be at least 1", field="sample_members")
+    if gpu_memory is not None and gpu_memory <= 0:
+        raise InputError(None, "--gpu-memory must be positive (GiB)", field="gpu_memory")
+    if not 0 <= headroom < 1:
+        raise InputError(None, "--headroom must lie in [0, 1)", field="headroom")
+    cfg = ForecastConfig.load(config)
+    result = make_plan(cfg, batch_size=batch_size, sample_members=sample_members, gpu_gib=gpu_memory, headroom=headroom, bf16=not fp32)
+    typer.echo(result.summary())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run this sub-app on its own (`python -m forecast.cli`), with mseval's error handling."""
     from mseval.cli import run_typer
