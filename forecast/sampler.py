@@ -49,8 +49,11 @@ class SamplerSettings:
 
 
 def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """Descending, evenly spaced, unique timesteps from T-1 down to 0 (at most T of them)."""
+    """Descending, evenly spaced, unique timesteps from T-1 down to 0 (at most T of them). The first
+    network call is always at t = T-1 (pure noise); one step is the single call at T-1 that jumps to x0."""
     steps = min(steps, num_train_timesteps)
+    if steps <= 1:
+        return [num_train_timesteps - 1]
     ts = np.unique(np.linspace(0, num_train_timesteps - 1, steps).round().astype(int))[::-1]
     return [int(t) for t in ts]
 
