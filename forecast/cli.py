@@ -69,7 +69,9 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Checkpoint folder (config.json, checkpoint.pt, train_log.csv).")] = Path("checkpoint"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out (bit-for-bit on the CPU).")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Override the config's number of optimizer steps.")] = None,
+    grad_accumulation: Annotated[Optional[int], typer.Option("--grad-accumulation", help="Override the config's micro-batches per step (batch_size = ranks x micro-batch x this).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: cuda when present).")] = None,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="CUDA: deterministic kernels, no TF32, no cudnn.benchmark (slower; the CPU always is).")] = False,
 ) -> None:
     """Train (or resume) the model. Under `torchrun --nproc-per-node N`, runs DDP."""
     from forecast.config import ForecastConfig
@@ -82,11 +84,18 @@ def train(
 
             raise InputError(None, "--steps must be at least 1", field="steps")
         cfg = cfg.with_(steps=steps)
+    if grad_accumulation is not None:
+        if grad_accumulation < 1:
+            from mseval.errors import InputError
+
+            raise InputError(None, "--grad-accumulation must be at least 1", field="grad_accumulation")
+        cfg = cfg.with_(grad_accumulation=grad_accumulation)
     started = init_distributed_from_env()
     try:
         prog, update = _progress("training", loss=True)
         with prog if _rank0() else _Null():
-            ckpt = run_train(cohort, cfg, out, resume=resume, device=device, progress=update if _rank0() else None)
+            ckpt = run_train(cohort, cfg, out, resume=resume, device=device, progress=update if _rank0() else None,
+                             deterministic=deterministic)
     finally:
         if started:
             import torch.distributed as dist
@@ -121,6 +130,7 @@ def sample(
     patients: Annotated[Optional[str], typer.Option(help="Only these patients (comma-separated; default: all).")] = None,
     prob: Annotated[bool, typer.Option("--prob/--no-prob", help="Also store the soft probability of each sample.")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: cuda when present).")] = None,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="CUDA: deterministic kernels, no TF32, no cudnn.benchmark (the store records it).")] = False,
 ) -> None:
     """Sample every patient under every arm into a forecast store. Shards patients under torchrun."""
     from forecast.ensemble import forecast_cohort
@@ -142,7 +152,8 @@ def sample(
         with prog if _rank0() else _Null():
             store = forecast_cohort(cohort, ckpt, out, samples=samples, arms=arms, settings=settings, batch_size=batch_size,
                                     seed=seed, blend=blend or (), save_prob=prob,
-                                    patients=[p.strip() for p in patients.split(",") if p.strip()] if patients else None, device=device, progress=update if _rank0() else None)
+                                    patients=[p.strip() for p in patients.split(",") if p.strip()] if patients else None, device=device, progress=update if _rank0() else None,
+                                    deterministic=deterministic)
     finally:
         if started:
             import torch.distributed as dist

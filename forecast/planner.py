@@ -301,7 +301,7 @@ def plan(cfg: ForecastConfig, *, batch_size: int | None = None, sample_members: 
         p.rows.append(training_peak(cfg, micro, bf16=bf16, checkpointing=ck, accumulation=1))
     p.rows.append(sampling_peak(cfg, sample_members, bf16=bf16))
     p.config_batch = {"training": f"global batch {cfg.batch_size} = micro-batch {cfg.batch_size // cfg.grad_accumulation} x "
-                                  f"{cfg.grad_accumulation} accumulation (per rank: divide by ranks)",
+                                  f"{cfg.grad_accumulation} accumulation on one device (N ranks: micro-batch {cfg.batch_size} / (N x accumulation))",
                       "checkpointing": str(cfg.activation_checkpointing), "flash attention": str(cfg.flash_attention)}
     if gpu_gib is not None and search:
         budget = p.budget or 0
