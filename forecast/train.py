@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from forecast.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_path
 from forecast.config import ForecastConfig
-from forecast.data import Augment, TrainingSet, load_patients, split_patients
+from forecast.cache import PatientCache, build_cache, step_loader
+from forecast.data import Augment, split_patients
 from forecast.diffusion import alphas_cumprod, diffusion_loss, to_signed
 from forecast.model import NET2Denoiser, arm_weights
 from forecast.runtime import configure_backend
@@ -136,6 +136,8 @@ def train(
     progress: Progress | None = None,
     on_step: StepHook | None = None,
     deterministic: bool = False,
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
 ) -> Checkpoint:
     """Train (or with `resume`, continue) a model on a cohort's observed NET2 masks; checkpoints go to `out`.
 
@@ -143,6 +145,11 @@ def train(
     `on_step`) saves a checkpoint of the last completed step, then re-raises. Each rank runs
     batch_size / (ranks x grad_accumulation) members per network call. `deterministic` selects
     deterministic kernels on CUDA (see `forecast.runtime`); the checkpoint records the settings.
+
+    Data: the training patients go to a memory-mapped cache (`forecast.cache`; default
+    `out/data_cache`, built by rank 0, reused when the cohort and inputs are unchanged); a
+    DataLoader with `workers` processes (pinned memory on CUDA) reads each step's members ahead of
+    the step, and augmentation runs on the training device.
     """
     out = Path(out)
     cohort = read_cohort(cohort_dir)
@@ -153,7 +160,22 @@ def train(
         raise InputError(None, f"batch_size {cfg.batch_size} is not divisible by {world} processes x grad_accumulation {acc}", field="batch_size")
     dev = torch.device(device) if device is not None else default_device()
     runtime = {**configure_backend(dev, deterministic=deterministic), "world_size": world, "grad_accumulation": acc}
-    data = TrainingSet(load_patients(cohort, train_ids, cfg))
+    cache = Path(cache_dir) if cache_dir is not None else out / "data_cache"
+    if rank == 0:
+        fresh, out_fresh = not cache.exists(), not out.exists()
+        try:
+            build_cache(cohort, train_ids, cfg, cache)
+        except InputError:
+            import shutil
+
+            if fresh:  # nothing partial is left behind
+                shutil.rmtree(cache, ignore_errors=True)
+            if out_fresh and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
+    if world > 1:
+        torch.distributed.barrier()
+    data = PatientCache(cache, train_ids)
     augment = Augment(cfg) if cfg.augment else None
     model = init_model(cfg).to(dev)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -188,25 +210,29 @@ def train(
 
     last = snapshot(step) if step == 0 else None
     model.train()
+    batches = iter(step_loader(data, cfg, step + 1, cfg.steps, rank, world, workers=workers, pin_memory=dev.type == "cuda"))
     with _deferred_sigint() as sigint:
         try:
             while step < cfg.steps:
                 k = step + 1
-                rng = np.random.default_rng(derive_seed(cfg.seed, "batch", k))
-                idx = rng.choice(len(data), size=cfg.batch_size, replace=len(data) < cfg.batch_size)
+                cond_all, target_all, member_ids, aug_seeds, patient_ids = next(batches)  # prepared while step k-1 ran
                 opt.zero_grad(set_to_none=True)
                 total = torch.zeros((), device=dev)
                 for j in range(acc):  # micro-batch j of rank r holds global members (j x world + r) x local ...
-                    lo = (j * world + rank) * local
-                    members = list(range(lo, lo + local))
-                    seeds = [derive_seed(cfg.seed, "augment", k, m) for m in members]
-                    cond, target, arms = data.batch([int(idx[m]) for m in members], augment, seeds)
+                    sl = slice(j * local, (j + 1) * local)
+                    cond = cond_all[sl].to(dev, non_blocking=True)
+                    target = target_all[sl].to(dev, non_blocking=True)
+                    if augment is not None:  # on the training device, seeded per member
+                        pairs = [augment(c, t, int(s)) for c, t, s in zip(cond, target, aug_seeds[sl])]
+                        cond, target = torch.stack([c for c, _ in pairs]), torch.stack([t for _, t in pairs])
+                    members = [int(m) for m in member_ids[sl]]
+                    arms = [data.arms[int(p)] for p in patient_ids[sl]]
                     gens = [torch.Generator().manual_seed(_seed(derive_seed(cfg.seed, "noise", k, m))) for m in members]
                     labels = arm_weights(cfg, arms, device=dev)
                     sync = net.no_sync() if world > 1 and j < acc - 1 else contextlib.nullcontext()
                     with sync:
                         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                            loss = diffusion_loss(net, to_signed(target.to(dev)), cond.to(dev), labels, cfg, acp, gens)
+                            loss = diffusion_loss(net, to_signed(target), cond, labels, cfg, acp, gens)
                         (loss / acc).backward()
                     total += loss.detach().float() / acc
                 if cfg.grad_clip > 0:
