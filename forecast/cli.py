@@ -131,6 +131,7 @@ def sample(
     prob: Annotated[bool, typer.Option("--prob/--no-prob", help="Also store the soft probability of each sample.")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: cuda when present).")] = None,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="CUDA: deterministic kernels, no TF32, no cudnn.benchmark (the store records it).")] = False,
+    max_rows: Annotated[Optional[int], typer.Option("--max-rows", help="At most this many rows per network call (a guided batch of B members has 2B rows); same output, less memory.")] = None,
 ) -> None:
     """Sample every patient under every arm into a forecast store. Shards patients under torchrun."""
     from forecast.ensemble import forecast_cohort
@@ -153,7 +154,7 @@ def sample(
             store = forecast_cohort(cohort, ckpt, out, samples=samples, arms=arms, settings=settings, batch_size=batch_size,
                                     seed=seed, blend=blend or (), save_prob=prob,
                                     patients=[p.strip() for p in patients.split(",") if p.strip()] if patients else None, device=device, progress=update if _rank0() else None,
-                                    deterministic=deterministic)
+                                    deterministic=deterministic, max_rows=max_rows)
     finally:
         if started:
             import torch.distributed as dist

@@ -22,7 +22,7 @@ from forecast.data import load_patient
 from forecast.diffusion import alphas_cumprod
 from forecast.model import arm_weights, blend_weights
 from forecast.runtime import configure_backend
-from forecast.sampler import SamplerSettings, binarize, sample
+from forecast.sampler import SamplerSettings, binarize, chunked_rows, sample
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.io.store import ForecastStore
@@ -108,9 +108,11 @@ def sample_patient(
     batch_size: int,
     acp: torch.Tensor,
     device: torch.device,
+    max_rows: int | None = None,
 ) -> list[torch.Tensor]:
     """Sample one patient under each condition. cond: (C, X, Y, Z); seeds[j]: the seeds of condition j.
-    Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. All members are batched together."""
+    Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. Members are batched `batch_size` at a time
+    (x2 rows when guided); `max_rows` caps the rows of one network call (less memory, same output)."""
     jobs = [(j, s) for j, c in enumerate(conditions) for s in range(len(seeds[j]))]
     c = torch.from_numpy(cond).to(device)
     out: dict[tuple[int, int], torch.Tensor] = {}
@@ -128,7 +130,7 @@ def sample_patient(
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 return model(to_layout(x, device), to_layout(cc, device), t, lab)[:n].contiguous()
 
-        x0 = sample(denoise, conds, labels, gens, settings, alphas_cumprod=acp, prediction=cfg.prediction,
+        x0 = sample(chunked_rows(denoise, max_rows), conds, labels, gens, settings, alphas_cumprod=acp, prediction=cfg.prediction,
                     num_train_timesteps=cfg.num_train_timesteps).cpu()
         for k, key in enumerate(chunk):
             out[key] = x0[k]
@@ -152,6 +154,7 @@ def forecast_cohort(
     ema: bool = True,
     progress: Callable[[int, int], None] | None = None,
     deterministic: bool = False,
+    max_rows: int | None = None,
 ) -> ForecastStore | None:
     """Write S sampled NET2 masks of every (given) patient under every requested arm into a store.
 
@@ -168,6 +171,8 @@ def forecast_cohort(
         raise InputError(None, "--samples must be at least 1", field="samples")
     if batch_size < 1:
         raise InputError(None, "--batch-size must be at least 1", field="batch_size")
+    if max_rows is not None and max_rows < 1:
+        raise InputError(None, "--max-rows must be at least 1", field="max_rows")
     cohort = read_cohort(cohort_dir)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
@@ -210,7 +215,8 @@ def forecast_cohort(
             p = loaded.pop(pid)
             missing = [c for c in conditions if (pid, c.name) not in done]
             seeds = [[derive_seed(seed, pid, c.name, s) for s in range(samples)] for c in missing]
-            x0s = sample_patient(model, cfg, p.cond, missing, seeds, settings, batch_size=batch_size, acp=acp, device=dev)
+            x0s = sample_patient(model, cfg, p.cond, missing, seeds, settings, batch_size=batch_size, acp=acp, device=dev,
+                                 max_rows=max_rows)
             if pending is not None:
                 pending.result()  # at most one patient waits for the writer; its errors surface here
             pending = writer.submit(write, pid, missing, x0s, seeds, p.affine)

@@ -128,6 +128,7 @@ class MemoryEstimate:
     checkpointing: bool
     static: int
     traced: int
+    max_rows: int | None = None  # sampling: rows per network call (None: all 2 x batch at once)
 
     @property
     def peak(self) -> int:
@@ -190,11 +191,13 @@ def training_peak(cfg: ForecastConfig, micro_batch: int, *, bf16: bool = True, c
     return MemoryEstimate("training", micro_batch, "bf16" if bf16 else "fp32", ck, static, tracker.peak)
 
 
-def sampling_peak(cfg: ForecastConfig, members: int, *, guided: bool = True, bf16: bool = True) -> MemoryEstimate:
-    """Peak memory of one sampling network call on `members` ensemble members (2 x members rows
-    when guided), as `forecast.ensemble.sample_patient` runs it: the member batch, the guidance
-    pair concatenated, the network under autocast, no gradients. Static: the weights (fp32)."""
-    from forecast.sampler import _guided
+def sampling_peak(cfg: ForecastConfig, members: int, *, guided: bool = True, bf16: bool = True,
+                  max_rows: int | None = None) -> MemoryEstimate:
+    """Peak memory of one sampling step on `members` ensemble members (2 x members rows when
+    guided), as `forecast.ensemble.sample_patient` runs it: the member batch, the guidance pair
+    concatenated, the network under autocast on at most `max_rows` rows per call, no gradients.
+    Static: the weights (fp32)."""
+    from forecast.sampler import _guided, chunked_rows
 
     cfg = _with_arms(cfg).with_(activation_checkpointing=False)
     with _fake_mode():
@@ -210,10 +213,10 @@ def sampling_peak(cfg: ForecastConfig, members: int, *, guided: bool = True, bf1
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     return model(xx, cc, tt, lab)
 
-            out = _guided(denoise, x, cond, t, labels, 2.0 if guided else 1.0).float()
+            out = _guided(chunked_rows(denoise, max_rows), x, cond, t, labels, 2.0 if guided else 1.0).float()
             x0 = (x - out).clamp(-1, 1)  # the sampler's update holds a few (B, 1, X, Y, Z) fp32 tensors
             del out, x0
-    return MemoryEstimate("sampling", members, "bf16" if bf16 else "fp32", False, static, tracker.peak)
+    return MemoryEstimate("sampling", members, "bf16" if bf16 else "fp32", False, static, tracker.peak, max_rows)
 
 
 def largest_fitting(estimate: Callable[[int], MemoryEstimate], budget: int, *, upper: int = 256) -> tuple[int, MemoryEstimate | None]:
@@ -259,7 +262,7 @@ class Plan:
         recs = []
         for r in self.rows:
             recs.append({
-                "what": r.what, "batch": r.batch, "rows_per_call": 2 * r.batch if r.what == "sampling" else r.batch,
+                "what": r.what, "batch": r.batch, "rows_per_call": (r.max_rows or 2 * r.batch) if r.what == "sampling" else r.batch,
                 "precision": r.precision, "checkpointing": r.checkpointing,
                 "static_gib": r.static / GiB, "traced_gib": r.traced / GiB, "peak_gib": r.peak / GiB,
                 "fits": None if self.budget is None else r.peak <= self.budget,
@@ -277,6 +280,8 @@ class Plan:
         for r in self.rows:
             tag = "" if budget is None else ("  fits" if r.peak <= budget else "  DOES NOT FIT")
             rows = f"{r.batch} members x 2 (guidance) rows" if r.what == "sampling" else f"micro-batch {r.batch}"
+            if r.max_rows:
+                rows = f"{r.batch} members, {r.max_rows} rows/call"
             ck = ", checkpointing" if r.checkpointing else ""
             lines.append(f"  {r.what:9s} {rows:28s} {r.precision}{ck:15s} {r.peak / GiB:8.1f} GiB{tag}")
         if budget is not None:
@@ -300,6 +305,7 @@ def plan(cfg: ForecastConfig, *, batch_size: int | None = None, sample_members: 
     for ck in (False, True):
         p.rows.append(training_peak(cfg, micro, bf16=bf16, checkpointing=ck, accumulation=1))
     p.rows.append(sampling_peak(cfg, sample_members, bf16=bf16))
+    p.rows.append(sampling_peak(cfg, sample_members, bf16=bf16, max_rows=sample_members))
     p.config_batch = {"training": f"global batch {cfg.batch_size} = micro-batch {cfg.batch_size // cfg.grad_accumulation} x "
                                   f"{cfg.grad_accumulation} accumulation on one device (N ranks: micro-batch {cfg.batch_size} / (N x accumulation))",
                       "checkpointing": str(cfg.activation_checkpointing), "flash attention": str(cfg.flash_attention)}
@@ -309,7 +315,7 @@ def plan(cfg: ForecastConfig, *, batch_size: int | None = None, sample_members: 
             n, _ = largest_fitting(lambda b, ck=ck: training_peak(cfg, b, bf16=bf16, checkpointing=ck, accumulation=1), budget)
             p.largest[f"training micro-batch ({prec}{', checkpointing' if ck else ''})"] = n
         n, _ = largest_fitting(lambda b: sampling_peak(cfg, b, bf16=bf16), budget)
-        p.largest[f"sampling members with guidance ({prec})"] = n
+        p.largest[f"sampling members with guidance, one call ({prec})"] = n
     return p
 
 

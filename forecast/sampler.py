@@ -58,6 +58,22 @@ def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
     return [int(t) for t in ts]
 
 
+def chunked_rows(denoise: Denoise, max_rows: int | None) -> Denoise:
+    """`denoise` evaluated on at most `max_rows` rows per network call (None: all rows at once).
+    Rows are independent, so the output is the same; the peak memory is that of `max_rows` rows."""
+    if not max_rows:
+        return denoise
+
+    def run(x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= max_rows:
+            return denoise(x, cond, t, labels)
+        outs = [denoise(x[lo: lo + max_rows], cond[lo: lo + max_rows], t[lo: lo + max_rows], labels[lo: lo + max_rows])
+                for lo in range(0, x.shape[0], max_rows)]
+        return torch.cat(outs)
+
+    return run
+
+
 def _guided(denoise: Denoise, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, w: float) -> torch.Tensor:
     null = torch.zeros_like(labels)
     null[:, 0] = 1.0

@@ -154,3 +154,10 @@ def test_a_second_rank_skips_blocks_already_stored(tiny_cohort, trained, tmp_pat
     block = ForecastStore.open(out).block("P002", "ocrelizumab")
     assert block.sampler["device"] == "cpu" and block.sampler["batch_size_invariant"] is True
     assert block.sampler["autocast_dtype"] == "float32"
+
+
+def test_capping_rows_per_call_does_not_change_the_samples(tiny_cohort, trained, tmp_path):
+    whole = _blocks(_run(tiny_cohort, trained, tmp_path / "whole", batch_size=4))
+    capped = _blocks(_run(tiny_cohort, trained, tmp_path / "capped", batch_size=4, max_rows=3))
+    assert whole.keys() == capped.keys()
+    assert all(np.array_equal(whole[k][0], capped[k][0]) for k in whole)

@@ -128,7 +128,8 @@ def test_largest_fitting_is_the_largest_batch_under_the_budget():
 def test_plan_reports_rows_and_the_largest_batches():
     p = plan(_cfg(), batch_size=2, sample_members=2, gpu_gib=0.25)
     frame = p.to_frame()
-    assert list(frame["what"]) == ["training", "training", "sampling"]
+    assert list(frame["what"]) == ["training", "training", "sampling", "sampling"]
+    assert frame["peak_gib"].iloc[3] < frame["peak_gib"].iloc[2]  # 2 rows per call instead of 4
     assert set(p.largest) and all(v >= 1 for v in p.largest.values())
     text = p.summary()
     assert "M parameters" in text and "TFLOP" in text and "largest" in text

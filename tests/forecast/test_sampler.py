@@ -128,3 +128,19 @@ def test_one_step_calls_the_network_once_at_t_max(sampler):
                  alphas_cumprod=ACP, prediction="x0")
     assert len(seen) == 1 and seen[0].tolist() == [999, 999, 999]
     torch.testing.assert_close(out, x0, atol=2e-5, rtol=0)
+
+
+def test_chunked_rows_gives_the_same_output_in_smaller_calls():
+    from forecast.sampler import chunked_rows
+
+    sizes: list[int] = []
+
+    def net(x, c, t, lab):  # noqa: ANN001, ANN202
+        sizes.append(x.shape[0])
+        return x * 2 + c[:, :1] + t.view(-1, 1, 1, 1, 1) + lab[:, :1, None, None, None]
+
+    x, c = torch.randn(5, 1, 4, 4, 4), torch.randn(5, 2, 4, 4, 4)
+    t, lab = torch.arange(5), torch.eye(5)
+    whole = net(x, c, t, lab)
+    sizes.clear()
+    assert torch.equal(chunked_rows(net, 2)(x, c, t, lab), whole) and sizes == [2, 2, 1]
