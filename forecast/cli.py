@@ -72,6 +72,8 @@ def train(
     grad_accumulation: Annotated[Optional[int], typer.Option("--grad-accumulation", help="Override the config's micro-batches per step (batch_size = ranks x micro-batch x this).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: cuda when present).")] = None,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="CUDA: deterministic kernels, no TF32, no cudnn.benchmark (slower; the CPU always is).")] = False,
+    workers: Annotated[int, typer.Option(help="DataLoader processes preparing the next steps (0: in the training process).")] = 0,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Per-patient training cache folder (default: OUT/data_cache).")] = None,
 ) -> None:
     """Train (or resume) the model. Under `torchrun --nproc-per-node N`, runs DDP."""
     from forecast.config import ForecastConfig
@@ -84,6 +86,10 @@ def train(
 
             raise InputError(None, "--steps must be at least 1", field="steps")
         cfg = cfg.with_(steps=steps)
+    if workers < 0:
+        from mseval.errors import InputError
+
+        raise InputError(None, "--workers must be at least 0", field="workers")
     if grad_accumulation is not None:
         if grad_accumulation < 1:
             from mseval.errors import InputError
@@ -95,7 +101,7 @@ def train(
         prog, update = _progress("training", loss=True)
         with prog if _rank0() else _Null():
             ckpt = run_train(cohort, cfg, out, resume=resume, device=device, progress=update if _rank0() else None,
-                             deterministic=deterministic)
+                             deterministic=deterministic, workers=workers, cache_dir=cache)
     finally:
         if started:
             import torch.distributed as dist

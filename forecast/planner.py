@@ -274,7 +274,8 @@ class Plan:
             f"config {self.config}: shape {' x '.join(map(str, self.shape))}, {self.parameters / 1e6:.1f} M parameters",
             f"forward FLOPs per member per network call: {self.flops_per_member / 1e12:.2f} TFLOP "
             f"(training step ~3x, ~4x with checkpointing; guided sampling 2 calls per member per step)",
-            "peak memory per device (estimated on fake tensors; GiB = 2^30 bytes; excludes the CUDA context and cuDNN workspaces):",
+            "peak memory per device (estimated on fake tensors; GiB = 2^30 bytes; excludes the CUDA context and cuDNN workspaces;",
+            "  on the CPU these estimates ran 2-19% under the measured peak, bench/RESULTS.md):",
         ]
         budget = self.budget
         for r in self.rows:
