@@ -40,6 +40,7 @@ class Checkpoint:
     log: list[dict[str, float]] = field(default_factory=list)
     path: Path | None = None
     digest: str = ""
+    runtime: dict[str, Any] = field(default_factory=dict)  # device, dtype, deterministic settings (forecast.runtime)
 
     @property
     def id(self) -> str:
@@ -51,7 +52,7 @@ class Checkpoint:
         return {
             "format": FORMAT, "version": VERSION, "config": self.config.to_dict(), "model": self.model, "ema": self.ema,
             "optimizer": self.optimizer, "step": int(self.step), "train_ids": list(self.train_ids), "val_ids": list(self.val_ids),
-            "log": list(self.log),
+            "log": list(self.log), "runtime": dict(self.runtime),
         }
 
 
@@ -113,7 +114,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     ckpt = Checkpoint(
         config=cfg, model=payload["model"], ema=payload["ema"], optimizer=payload.get("optimizer"), step=int(payload["step"]),
         train_ids=list(payload["train_ids"]), val_ids=list(payload["val_ids"]), log=list(payload.get("log", [])),
-        path=wp.parent, digest=content_digest(payload),
+        path=wp.parent, digest=content_digest(payload), runtime=dict(payload.get("runtime") or {}),
     )
     return ckpt
 

@@ -71,8 +71,12 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Checkpoint folder (config.json, checkpoint.pt, train_log.csv).")] = Path("checkpoint"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out (bit-for-bit on the CPU).")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Override the config's number of optimizer steps.")] = None,
+    grad_accumulation: Annotated[Optional[int], typer.Option("--grad-accumulation", help="Override the config's micro-batches per step (batch_size = ranks x micro-batch x this).")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: cuda when present).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another mseval run is writing OUT, wait for it instead of stopping.")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="CUDA: deterministic kernels, no TF32, no cudnn.benchmark (slower; the CPU always is).")] = False,
+    workers: Annotated[int, typer.Option(help="DataLoader processes preparing the next steps (0: in the training process).")] = 0,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Per-patient training cache folder (default: OUT/data_cache).")] = None,
 ) -> None:
     """Train (or resume) the model. Under `torchrun --nproc-per-node N`, runs DDP."""
     from forecast.config import ForecastConfig
@@ -96,11 +100,22 @@ def train(
         cfg = ForecastConfig.load(config or "tiny")
     if steps is not None:
         cfg = cfg.with_(steps=steps)
+    if workers < 0:
+        from mseval.errors import InputError
+
+        raise InputError(None, "--workers must be at least 0", field="workers")
+    if grad_accumulation is not None:
+        if grad_accumulation < 1:
+            from mseval.errors import InputError
+
+            raise InputError(None, "--grad-accumulation must be at least 1", field="grad_accumulation")
+        cfg = cfg.with_(grad_accumulation=grad_accumulation)
     started = init_distributed_from_env()
     try:
         prog, update = _progress("training", loss=True)
         with output_lock(out, wait=wait, clean=_world() == 1) if _rank0() else _Null(), prog if _rank0() else _Null():
-            ckpt = run_train(cohort, cfg, out, resume=resume, device=device, progress=update if _rank0() else None)
+            ckpt = run_train(cohort, cfg, out, resume=resume, device=device, progress=update if _rank0() else None,
+                             deterministic=deterministic, workers=workers, cache_dir=cache)
     finally:
         if started:
             import torch.distributed as dist
@@ -143,6 +158,8 @@ def sample(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: cuda when present).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store at OUT (instead of resuming it with the same settings).")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If another mseval run is writing OUT, wait for it instead of stopping.")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="CUDA: deterministic kernels, no TF32, no cudnn.benchmark (the store records it).")] = False,
+    max_rows: Annotated[Optional[int], typer.Option("--max-rows", help="At most this many rows per network call (a guided batch of B members has 2B rows); same output, less memory.")] = None,
 ) -> None:
     """Sample every patient under every arm into a forecast store. Shards patients under torchrun."""
     from dataclasses import asdict
@@ -175,7 +192,8 @@ def sample(
         with lock, store_run(out, defining, names, overwrite=overwrite and _rank0()), prog if _rank0() else _Null():
             store = forecast_cohort(cohort, ckpt, out, samples=samples, arms=arms, settings=settings, batch_size=batch_size,
                                     seed=seed, blend=blend or (), save_prob=prob,
-                                    patients=[p.strip() for p in patients.split(",") if p.strip()] if patients else None, device=device, progress=update if _rank0() else None)
+                                    patients=[p.strip() for p in patients.split(",") if p.strip()] if patients else None, device=device, progress=update if _rank0() else None,
+                                    deterministic=deterministic, max_rows=max_rows)
     finally:
         if started:
             import torch.distributed as dist
@@ -214,6 +232,34 @@ def evaluate(
     for k, v in summary.items():
         if isinstance(v, (int, float, str)):
             typer.echo(f"{k:32s} {v}")
+
+
+@app.command()
+def plan(
+    config: Annotated[str, typer.Option("--config", help="Config JSON file, or a shipped config name: tiny, paper.")] = "paper",
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Training micro-batch per device (default: the config's batch_size / grad_accumulation).")] = None,
+    sample_members: Annotated[int, typer.Option("--sample-members", help="Ensemble members per sampling call (each with its guidance pair).")] = 8,
+    gpu_memory: Annotated[Optional[float], typer.Option("--gpu-memory", help="Device memory in GiB: also report what fits and the largest batches.")] = None,
+    headroom: Annotated[float, typer.Option(help="Share of --gpu-memory kept free for the CUDA context, cuDNN workspaces, fragmentation.")] = 0.1,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Plan without bf16 autocast.")] = False,
+) -> None:
+    """Parameters, FLOPs per network call and peak memory of training and sampling, computed on fake
+    tensors (no GPU needed); with --gpu-memory, the largest batches that fit."""
+    from forecast.config import ForecastConfig
+    from forecast.planner import plan as make_plan
+    from mseval.errors import InputError
+
+    if batch_size is not None and batch_size < 1:
+        raise InputError(None, "--batch-size must be at least 1", field="batch_size")
+    if sample_members < 1:
+        raise InputError(None, "--sample-members must be at least 1", field="sample_members")
+    if gpu_memory is not None and gpu_memory <= 0:
+        raise InputError(None, "--gpu-memory must be positive (GiB)", field="gpu_memory")
+    if not 0 <= headroom < 1:
+        raise InputError(None, "--headroom must lie in [0, 1)", field="headroom")
+    cfg = ForecastConfig.load(config)
+    result = make_plan(cfg, batch_size=batch_size, sample_members=sample_members, gpu_gib=gpu_memory, headroom=headroom, bf16=not fp32)
+    typer.echo(result.summary())
 
 
 def main(argv: list[str] | None = None) -> int:

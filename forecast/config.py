@@ -37,6 +37,8 @@ class ForecastConfig:
     num_res_blocks: int = 1
     norm_num_groups: int = 8
     num_head_channels: int = 16
+    flash_attention: bool = False  # torch's scaled_dot_product_attention (flash / memory-efficient kernels): O(tokens) memory
+    activation_checkpointing: bool = False  # recompute each ResNet and attention block in the backward pass
     # diffusion
     objective: str = "ddpm"
     prediction: str = "x0"
@@ -51,6 +53,7 @@ class ForecastConfig:
     # training
     steps: int = 2000
     batch_size: int = 4
+    grad_accumulation: int = 1  # micro-batches per optimizer step: batch_size = ranks x micro-batch x grad_accumulation
     lr: float = 2e-4
     weight_decay: float = 1e-4
     ema_decay: float = 0.999
@@ -59,6 +62,7 @@ class ForecastConfig:
     val_fraction: float = 0.2
     augment: bool = True
     flip_prob: float = 0.5
+    flip_axes: tuple[int, ...] = (0, 1, 2)  # voxel axes flipped at random; real MRI in RAS: (0,) = left-right only
     affine_prob: float = 0.3
     rotate_deg: float = 5.0
     scale: float = 0.05
@@ -159,6 +163,10 @@ class ForecastConfig:
             raise InputError(source, "a rectified-flow model samples with sampler 'rflow'", field="sampler")
         if self.objective == "ddpm" and self.sampler == "rflow":
             raise InputError(source, "a DDPM model samples with 'ddim' or 'ddpm'", field="sampler")
+        if any(a not in (0, 1, 2) for a in self.flip_axes) or len(set(self.flip_axes)) != len(self.flip_axes):
+            raise InputError(source, f"flip_axes {list(self.flip_axes)}: distinct voxel axes among 0, 1, 2", field="flip_axes")
+        if self.batch_size % self.grad_accumulation:
+            raise InputError(source, f"batch_size {self.batch_size} is not divisible by grad_accumulation={self.grad_accumulation}", field="grad_accumulation")
         if self.arms is not None and len(self.arms) == 0:
             raise InputError(source, "arms must not be empty", field="arms")
 

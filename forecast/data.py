@@ -94,7 +94,7 @@ def split_patients(patient_ids: Sequence[str], arms: Sequence[str], val_fraction
 
 
 class Augment:
-    """Random flips on every axis and a small affine (MONAI), applied to condition and target
+    """Random flips on the configured axes (`flip_axes`) and a small affine (MONAI), applied to condition and target
     together; `__call__(cond, target, seed)` is a pure function of its seed."""
 
     def __init__(self, cfg: ForecastConfig) -> None:
@@ -103,9 +103,7 @@ class Augment:
         keys = ["cond", "target"]
         rot = np.deg2rad(cfg.rotate_deg)
         self.tf = Compose([
-            RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=0),
-            RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=1),
-            RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=2),
+            *(RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=a) for a in cfg.flip_axes),
             RandAffined(keys, prob=cfg.affine_prob, rotate_range=(rot, rot, rot), scale_range=(cfg.scale,) * 3,
                         mode=("bilinear", "bilinear"), padding_mode="zeros"),
         ])

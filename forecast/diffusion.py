@@ -7,6 +7,7 @@ probability (x0 + 1) / 2 > 0.5).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,17 +89,27 @@ def diffusion_loss(
     labels: torch.Tensor,
     cfg: ForecastConfig,
     acp: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> torch.Tensor:
     """One training loss. x0: (B, 1, X, Y, Z) target in [-1, 1]; cond: (B, C, X, Y, Z); labels: (B, K+1).
 
     Every random draw (timesteps, noise, dropped labels) comes from `generator` on the CPU, so a
-    step is a function of its seed whatever the device.
+    step is a function of its seed whatever the device. Given one generator per member, member i
+    draws its noise, label drop and timestep from generators[i] alone, so its draws do not depend
+    on which batch, rank or micro-batch it is in (world-size invariant training).
     """
     b = x0.shape[0]
     dev = x0.device
-    noise = torch.randn(x0.shape, generator=generator).to(dev)
-    drop = torch.rand(b, generator=generator) < cfg.p_uncond
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn(x0.shape, generator=generator).to(dev)
+        drop = torch.rand(b, generator=generator) < cfg.p_uncond
+        u = None
+    else:
+        if len(generator) != b:
+            raise ValueError(f"{len(generator)} generators for a batch of {b}")
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in generator]).to(dev)
+        drop = torch.cat([torch.rand(1, generator=g) for g in generator]) < cfg.p_uncond
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generator])  # the timestep draw
     labels = labels.clone()
     if drop.any() or not cfg.use_arm:
         null = torch.zeros(cfg.num_classes, device=dev)
@@ -107,7 +118,7 @@ def diffusion_loss(
         labels[rows.to(dev)] = null
     shape = (b,) + (1,) * (x0.ndim - 1)
     if cfg.objective == "rflow":
-        t = torch.rand(b, generator=generator).to(dev)
+        t = (torch.rand(b, generator=generator) if u is None else u.float()).to(dev)
         tt = t.view(shape)
         x_t = (1 - tt) * x0 + tt * noise
         out = model(x_t, cond, t * cfg.num_train_timesteps, labels)
@@ -116,7 +127,10 @@ def diffusion_loss(
         if cfg.dice_bce_weight > 0:
             loss = loss + cfg.dice_bce_weight * soft_dice_bce(x_t.float() - tt * out.float(), x0)
         return loss
-    t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=generator)
+    if u is None:
+        t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=generator)
+    else:
+        t = (u * cfg.num_train_timesteps).long().clamp_(max=cfg.num_train_timesteps - 1)
     a = acp[t].to(dev, torch.float32).view(shape)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     out = model(x_t, cond, t.to(dev), labels)

@@ -21,7 +21,8 @@ from forecast.config import ForecastConfig
 from forecast.data import load_patient
 from forecast.diffusion import alphas_cumprod
 from forecast.model import arm_weights, blend_weights
-from forecast.sampler import SamplerSettings, binarize, sample
+from forecast.runtime import configure_backend
+from forecast.sampler import SamplerSettings, binarize, chunked_rows, sample
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.io.store import ForecastStore
@@ -107,9 +108,11 @@ def sample_patient(
     batch_size: int,
     acp: torch.Tensor,
     device: torch.device,
+    max_rows: int | None = None,
 ) -> list[torch.Tensor]:
     """Sample one patient under each condition. cond: (C, X, Y, Z); seeds[j]: the seeds of condition j.
-    Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. All members are batched together."""
+    Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. Members are batched `batch_size` at a time
+    (x2 rows when guided); `max_rows` caps the rows of one network call (less memory, same output)."""
     jobs = [(j, s) for j, c in enumerate(conditions) for s in range(len(seeds[j]))]
     c = torch.from_numpy(cond).to(device)
     out: dict[tuple[int, int], torch.Tensor] = {}
@@ -127,7 +130,7 @@ def sample_patient(
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 return model(to_layout(x, device), to_layout(cc, device), t, lab)[:n].contiguous()
 
-        x0 = sample(denoise, conds, labels, gens, settings, alphas_cumprod=acp, prediction=cfg.prediction,
+        x0 = sample(chunked_rows(denoise, max_rows), conds, labels, gens, settings, alphas_cumprod=acp, prediction=cfg.prediction,
                     num_train_timesteps=cfg.num_train_timesteps).cpu()
         for k, key in enumerate(chunk):
             out[key] = x0[k]
@@ -150,12 +153,17 @@ def forecast_cohort(
     device: str | torch.device | None = None,
     ema: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    deterministic: bool = False,
+    max_rows: int | None = None,
 ) -> ForecastStore | None:
     """Write S sampled NET2 masks of every (given) patient under every requested arm into a store.
 
     Every input is checked before the store is created; blocks present are skipped. Under
-    torchrun, patient i goes to rank i mod world and rank 0 consolidates the index. Returns the
-    store opened for reading (None on ranks other than 0).
+    torchrun, patient i goes to rank i mod world and rank 0 consolidates the index; every rank
+    skips the blocks already in the store (index or journal) when it starts. Compression and
+    writing of a patient's blocks run on a writer thread while the next patient samples. Each block
+    records the device, dtype and deterministic settings (`forecast.runtime`); batch-size
+    invariance is claimed only on the CPU. Returns the store opened for reading (None on ranks other than 0).
     """
     from forecast.train import default_device, dist_info
 
@@ -163,6 +171,8 @@ def forecast_cohort(
         raise InputError(None, "--samples must be at least 1", field="samples")
     if batch_size < 1:
         raise InputError(None, "--batch-size must be at least 1", field="batch_size")
+    if max_rows is not None and max_rows < 1:
+        raise InputError(None, "--max-rows must be at least 1", field="max_rows")
     cohort = read_cohort(cohort_dir)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
@@ -174,11 +184,12 @@ def forecast_cohort(
         cohort.row(pid)
     rank, world = dist_info()
     dev = torch.device(device) if device is not None else default_device()
+    runtime = configure_backend(dev, deterministic=deterministic)
     model = inference_layout(build_model(ckpt, ema=ema, device=dev), dev)
     out = Path(out)
     existing = ForecastStore.open(out) if (out / "store.json").is_file() else None
-    todo = [pid for k, pid in enumerate(ids) if k % world == rank
-            and (existing is None or any((pid, c.name) not in existing for c in conditions))]
+    done = set(existing.keys()) if existing is not None else set()  # what every rank must not sample again
+    todo = [pid for k, pid in enumerate(ids) if k % world == rank and any((pid, c.name) not in done for c in conditions)]
     loaded = {pid: load_patient(cohort, pid, cfg, with_target=False) for pid in todo}  # every check before any write
     if rank == 0:
         store = ForecastStore.create(out)
@@ -187,20 +198,34 @@ def forecast_cohort(
     if rank != 0:
         store = ForecastStore.appender(out)
     acp = alphas_cumprod(cfg).to(torch.float64)
-    record = {"model": "forecast", **settings.to_dict(), "seed": int(seed), "ema": bool(ema), "batch_size_invariant": True}
+    record = {"model": "forecast", **settings.to_dict(), "seed": int(seed), "ema": bool(ema), **runtime}
+
+    def write(pid: str, missing: list[Condition], x0s: list[torch.Tensor], seeds: list[list[int]], affine: np.ndarray) -> None:
+        for c, x0, sd in zip(missing, x0s, seeds):
+            masks, prob = binarize(x0)
+            store.write_block(pid, c.name, masks, affine, sd, checkpoint=ckpt.id,
+                              sampler=record, prob=prob if save_prob else None)
+
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pending: Future | None = None
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast-writer")
     try:
         for n, pid in enumerate(todo):
             p = loaded.pop(pid)
-            missing = [c for c in conditions if (pid, c.name) not in store]
+            missing = [c for c in conditions if (pid, c.name) not in done]
             seeds = [[derive_seed(seed, pid, c.name, s) for s in range(samples)] for c in missing]
-            x0s = sample_patient(model, cfg, p.cond, missing, seeds, settings, batch_size=batch_size, acp=acp, device=dev)
-            for c, x0, sd in zip(missing, x0s, seeds):
-                masks, prob = binarize(x0)
-                store.write_block(pid, c.name, masks, p.affine, sd, checkpoint=ckpt.id, sampler=record,
-                                  prob=prob if save_prob else None)
+            x0s = sample_patient(model, cfg, p.cond, missing, seeds, settings, batch_size=batch_size, acp=acp, device=dev,
+                                 max_rows=max_rows)
+            if pending is not None:
+                pending.result()  # at most one patient waits for the writer; its errors surface here
+            pending = writer.submit(write, pid, missing, x0s, seeds, p.affine)
             if progress:
                 progress(n + 1, len(todo))
+        if pending is not None:
+            pending.result()
     finally:
+        writer.shutdown(wait=True)
         if world > 1:
             torch.distributed.barrier()
         if rank == 0:

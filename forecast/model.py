@@ -48,17 +48,47 @@ class NET2Denoiser(nn.Module):
             norm_num_groups=cfg.norm_num_groups,
             num_head_channels=cfg.num_head_channels,
             num_class_embeds=cfg.num_classes,
+            use_flash_attention=cfg.flash_attention,
         )
         old = self.unet.class_embedding
         emb = ArmEmbedding(old.num_embeddings, old.embedding_dim)
         emb.weight.data.copy_(old.weight.data)
         self.unet.class_embedding = emb
+        if cfg.activation_checkpointing:
+            checkpoint_blocks(self.unet)
 
     def forward(self, x_t: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if cond.shape[1] != self.cfg.in_channels - 1:
             raise ValueError(f"expected {self.cfg.in_channels - 1} condition channels, got {cond.shape[1]}")
         x = torch.cat([x_t, cond.to(x_t.dtype)], dim=1)
         return self.unet(x, timesteps=t, class_labels=labels)
+
+
+def checkpoint_blocks(unet: nn.Module) -> int:
+    """Gradient (activation) checkpointing: every ResNet block and spatial attention block of a MONAI
+    `DiffusionModelUNet` keeps only its inputs in a training forward pass and runs again in the
+    backward pass (torch.utils.checkpoint, non-reentrant). Inference and `no_grad` calls are
+    unchanged. The state dict is unchanged. Returns the number of wrapped blocks."""
+    from monai.networks.blocks.spatialattention import SpatialAttentionBlock
+    from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
+
+    n = 0
+    for mod in unet.modules():
+        if isinstance(mod, (DiffusionUNetResnetBlock, SpatialAttentionBlock)):
+            mod.forward = _checkpointed(mod, mod.forward)  # type: ignore[method-assign]
+            n += 1
+    return n
+
+
+def _checkpointed(mod: nn.Module, forward):  # noqa: ANN001, ANN202 - wraps any block forward
+    from torch.utils.checkpoint import checkpoint
+
+    def run(*args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        if mod.training and torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
 
 
 def arm_weights(cfg: ForecastConfig, arms: Sequence[str | None], *, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -49,10 +49,29 @@ class SamplerSettings:
 
 
 def ddim_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """Descending, evenly spaced, unique timesteps from T-1 down to 0 (at most T of them)."""
+    """Descending, evenly spaced, unique timesteps from T-1 down to 0 (at most T of them). The first
+    network call is always at t = T-1 (pure noise); one step is the single call at T-1 that jumps to x0."""
     steps = min(steps, num_train_timesteps)
+    if steps <= 1:
+        return [num_train_timesteps - 1]
     ts = np.unique(np.linspace(0, num_train_timesteps - 1, steps).round().astype(int))[::-1]
     return [int(t) for t in ts]
+
+
+def chunked_rows(denoise: Denoise, max_rows: int | None) -> Denoise:
+    """`denoise` evaluated on at most `max_rows` rows per network call (None: all rows at once).
+    Rows are independent, so the output is the same; the peak memory is that of `max_rows` rows."""
+    if not max_rows:
+        return denoise
+
+    def run(x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= max_rows:
+            return denoise(x, cond, t, labels)
+        outs = [denoise(x[lo: lo + max_rows], cond[lo: lo + max_rows], t[lo: lo + max_rows], labels[lo: lo + max_rows])
+                for lo in range(0, x.shape[0], max_rows)]
+        return torch.cat(outs)
+
+    return run
 
 
 def _guided(denoise: Denoise, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, w: float) -> torch.Tensor:

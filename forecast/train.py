@@ -2,8 +2,15 @@
 interrupt, bit-for-bit resume, DDP under torchrun.
 
 Every random draw of step k (which patients, their augmentation, timesteps, noise, dropped arm
-labels) comes from seeds derived from (config seed, k), so a run resumed from the checkpoint of
-step k continues exactly as the uninterrupted run would (on the same device and world size).
+labels) comes from seeds derived from (config seed, k, global member index), so a run resumed
+from the checkpoint of step k continues exactly as the uninterrupted run would, and the same
+global batch split over 1 or N ranks (or micro-batches of gradient accumulation) draws the same
+numbers for each member: the gradient is the same mean over members up to floating-point
+summation order (exactly so for the plain MSE loss; `fg_weight > 0` normalizes by the weight of
+each micro-batch, which is not split-invariant).
+
+The Ctrl-C flag is all-reduced with the loss at every step, so all ranks stop at the same step
+and save one consistent checkpoint.
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from forecast.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_path
 from forecast.config import ForecastConfig
-from forecast.data import Augment, TrainingSet, load_patients, split_patients
+from forecast.cache import PatientCache, build_cache, step_loader
+from forecast.data import Augment, split_patients
 from forecast.diffusion import alphas_cumprod, diffusion_loss, to_signed
 from forecast.model import NET2Denoiser, arm_weights
+from forecast.runtime import configure_backend
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.seeding import derive_seed
@@ -52,6 +60,8 @@ def init_distributed_from_env() -> bool:
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():  # before NCCL starts, or every rank's communicator lands on GPU 0
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         return True
     return False
@@ -125,20 +135,47 @@ def train(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     on_step: StepHook | None = None,
+    deterministic: bool = False,
+    cache_dir: str | Path | None = None,
+    workers: int = 0,
 ) -> Checkpoint:
     """Train (or with `resume`, continue) a model on a cohort's observed NET2 masks; checkpoints go to `out`.
 
     Raises InputError for bad input before anything is written. Ctrl-C (or KeyboardInterrupt from
-    `on_step`) saves a checkpoint of the last completed step, then re-raises.
+    `on_step`) saves a checkpoint of the last completed step, then re-raises. Each rank runs
+    batch_size / (ranks x grad_accumulation) members per network call. `deterministic` selects
+    deterministic kernels on CUDA (see `forecast.runtime`); the checkpoint records the settings.
+
+    Data: the training patients go to a memory-mapped cache (`forecast.cache`; default
+    `out/data_cache`, built by rank 0, reused when the cohort and inputs are unchanged); a
+    DataLoader with `workers` processes (pinned memory on CUDA) reads each step's members ahead of
+    the step, and augmentation runs on the training device.
     """
     out = Path(out)
     cohort = read_cohort(cohort_dir)
     cfg, ckpt, train_ids, val_ids = _start(cohort, cfg, out, resume)
     rank, world = dist_info()
-    if cfg.batch_size % world:
-        raise InputError(None, f"batch_size {cfg.batch_size} is not divisible by the {world} processes", field="batch_size")
+    acc = cfg.grad_accumulation
+    if cfg.batch_size % (world * acc):
+        raise InputError(None, f"batch_size {cfg.batch_size} is not divisible by {world} processes x grad_accumulation {acc}", field="batch_size")
     dev = torch.device(device) if device is not None else default_device()
-    data = TrainingSet(load_patients(cohort, train_ids, cfg))
+    runtime = {**configure_backend(dev, deterministic=deterministic), "world_size": world, "grad_accumulation": acc}
+    cache = Path(cache_dir) if cache_dir is not None else out / "data_cache"
+    if rank == 0:
+        fresh, out_fresh = not cache.exists(), not out.exists()
+        try:
+            build_cache(cohort, train_ids, cfg, cache)
+        except InputError:
+            import shutil
+
+            if fresh:  # nothing partial is left behind
+                shutil.rmtree(cache, ignore_errors=True)
+            if out_fresh and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
+    if world > 1:
+        torch.distributed.barrier()
+    data = PatientCache(cache, train_ids)
     augment = Augment(cfg) if cfg.augment else None
     model = init_model(cfg).to(dev)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -156,14 +193,14 @@ def train(
 
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     acp = alphas_cumprod(cfg)
-    local = cfg.batch_size // world
+    local = cfg.batch_size // (world * acc)
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
 
     def snapshot(at: int) -> Checkpoint:
         c = Checkpoint(
             config=cfg, model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             ema={k: v.detach().cpu().clone() for k, v in ema.items()}, optimizer=opt.state_dict(), step=at,
-            train_ids=list(train_ids), val_ids=list(val_ids), log=list(log),
+            train_ids=list(train_ids), val_ids=list(val_ids), log=list(log), runtime=dict(runtime),
         )
         if rank == 0:
             save_checkpoint(c, out)
@@ -173,29 +210,40 @@ def train(
 
     last = snapshot(step) if step == 0 else None
     model.train()
+    batches = iter(step_loader(data, cfg, step + 1, cfg.steps, rank, world, workers=workers, pin_memory=dev.type == "cuda"))
     with _deferred_sigint() as sigint:
         try:
             while step < cfg.steps:
                 k = step + 1
-                rng = np.random.default_rng(derive_seed(cfg.seed, "batch", k))
-                idx = rng.choice(len(data), size=cfg.batch_size, replace=len(data) < cfg.batch_size)
-                members = list(range(rank * local, (rank + 1) * local))
-                seeds = [derive_seed(cfg.seed, "augment", k, m) for m in members]
-                cond, target, arms = data.batch([int(idx[m]) for m in members], augment, seeds)
-                gen = torch.Generator().manual_seed(_seed(derive_seed(cfg.seed, "noise", k, rank)))
-                labels = arm_weights(cfg, arms, device=dev)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                    loss = diffusion_loss(net, to_signed(target.to(dev)), cond.to(dev), labels, cfg, acp, gen)
+                cond_all, target_all, member_ids, aug_seeds, patient_ids = next(batches)  # prepared while step k-1 ran
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                total = torch.zeros((), device=dev)
+                for j in range(acc):  # micro-batch j of rank r holds global members (j x world + r) x local ...
+                    sl = slice(j * local, (j + 1) * local)
+                    cond = cond_all[sl].to(dev, non_blocking=True)
+                    target = target_all[sl].to(dev, non_blocking=True)
+                    if augment is not None:  # on the training device, seeded per member
+                        pairs = [augment(c, t, int(s)) for c, t, s in zip(cond, target, aug_seeds[sl])]
+                        cond, target = torch.stack([c for c, _ in pairs]), torch.stack([t for _, t in pairs])
+                    members = [int(m) for m in member_ids[sl]]
+                    arms = [data.arms[int(p)] for p in patient_ids[sl]]
+                    gens = [torch.Generator().manual_seed(_seed(derive_seed(cfg.seed, "noise", k, m))) for m in members]
+                    labels = arm_weights(cfg, arms, device=dev)
+                    sync = net.no_sync() if world > 1 and j < acc - 1 else contextlib.nullcontext()
+                    with sync:
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                            loss = diffusion_loss(net, to_signed(target), cond, labels, cfg, acp, gens)
+                        (loss / acc).backward()
+                    total += loss.detach().float() / acc
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 ema_update(ema, model, cfg.ema_decay, k)
-                value = loss.detach().float()
-                if world > 1:
-                    torch.distributed.all_reduce(value)
-                    value /= world
+                stats = torch.stack([total, torch.tensor(float(sigint[0]), device=dev)])
+                if world > 1:  # one collective per step: the mean loss and whether any rank saw Ctrl-C
+                    torch.distributed.all_reduce(stats)
+                value = stats[0] / world
+                sigint[0] = bool(stats[1] > 0)
                 step = k
                 log.append({"step": k, "loss": float(value), "seconds": time.perf_counter() - t0})
                 if progress:

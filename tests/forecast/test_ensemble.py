@@ -128,3 +128,36 @@ def test_sampler_must_fit_the_objective(tiny_cohort, trained, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["sample", str(tiny_cohort), "--checkpoint", str(trained), "--out", str(out), "--sampler", "rflow"])
     _assert_clean_error(capsys, code, out, "rflow")
+
+
+def test_a_second_rank_skips_blocks_already_stored(tiny_cohort, trained, tmp_path, monkeypatch):
+    """Multi-rank resume: rank 1 of 2 opens the store as an appender (which knows no index) and must
+    still skip what the index and journal hold, leaving stored blocks untouched."""
+    import torch
+
+    import forecast.train
+
+    out = tmp_path / "s"
+    ids = ["P001", "P002"]  # P002 is patient 1 of the list: rank 1 of 2 owns it
+    _run(tiny_cohort, trained, out, arms=["placebo"], patients=ids)
+    stored = out / "masks" / "P002" / "placebo.nii.gz"
+    before = stored.stat().st_mtime_ns
+    monkeypatch.setattr(forecast.train, "dist_info", lambda: (1, 2))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: None)
+    _run(tiny_cohort, trained, out, arms=["placebo", "ocrelizumab"], patients=ids)
+    assert stored.stat().st_mtime_ns == before
+    assert (out / "masks" / "P002" / "ocrelizumab.nii.gz").is_file()  # rank 1's missing block was sampled
+    assert not (out / "masks" / "P001" / "ocrelizumab.nii.gz").exists()  # P001 belongs to rank 0
+    monkeypatch.undo()
+    store = ForecastStore.create(out)
+    store.flush()
+    block = ForecastStore.open(out).block("P002", "ocrelizumab")
+    assert block.sampler["device"] == "cpu" and block.sampler["batch_size_invariant"] is True
+    assert block.sampler["autocast_dtype"] == "float32"
+
+
+def test_capping_rows_per_call_does_not_change_the_samples(tiny_cohort, trained, tmp_path):
+    whole = _blocks(_run(tiny_cohort, trained, tmp_path / "whole", batch_size=4))
+    capped = _blocks(_run(tiny_cohort, trained, tmp_path / "capped", batch_size=4, max_rows=3))
+    assert whole.keys() == capped.keys()
+    assert all(np.array_equal(whole[k][0], capped[k][0]) for k in whole)

@@ -109,3 +109,38 @@ def test_guidance_zero_equals_the_unconditional_model(trained):
     cnd = sample(model, cond, arm, _gens(2), SamplerSettings("ddim", 2, 1.0), **kw)
     assert torch.equal(g0, unc)
     assert not torch.equal(g0, cnd)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_one_step_calls_the_network_once_at_t_max(sampler):
+    """`--steps 1` evaluates the network on pure noise at t = T-1 (not t = 0) and jumps to x0."""
+    assert ddim_timesteps(1000, 1) == [999]
+    assert ddim_timesteps(1000, 2) == [999, 0]
+    x0 = _x0()
+    seen: list[torch.Tensor] = []
+    oracle = _oracle(x0, "x0")
+
+    def net(x, c, t, lab):  # noqa: ANN001, ANN202
+        seen.append(t.clone())
+        return oracle(x, c, t, lab)
+
+    out = sample(net, torch.zeros(3, 2, 8, 8, 8), torch.eye(3), _gens(3), SamplerSettings(sampler, 1, 1.0),
+                 alphas_cumprod=ACP, prediction="x0")
+    assert len(seen) == 1 and seen[0].tolist() == [999, 999, 999]
+    torch.testing.assert_close(out, x0, atol=2e-5, rtol=0)
+
+
+def test_chunked_rows_gives_the_same_output_in_smaller_calls():
+    from forecast.sampler import chunked_rows
+
+    sizes: list[int] = []
+
+    def net(x, c, t, lab):  # noqa: ANN001, ANN202
+        sizes.append(x.shape[0])
+        return x * 2 + c[:, :1] + t.view(-1, 1, 1, 1, 1) + lab[:, :1, None, None, None]
+
+    x, c = torch.randn(5, 1, 4, 4, 4), torch.randn(5, 2, 4, 4, 4)
+    t, lab = torch.arange(5), torch.eye(5)
+    whole = net(x, c, t, lab)
+    sizes.clear()
+    assert torch.equal(chunked_rows(net, 2)(x, c, t, lab), whole) and sizes == [2, 2, 1]
