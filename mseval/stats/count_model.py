@@ -77,6 +77,8 @@ class CountModelFit:
     method: str
     notes: list[str] = field(default_factory=list)
     vcov: pd.DataFrame | None = None
+    result: Any = field(default=None, repr=False, compare=False)  # the statsmodels results, for `predict`
+    offset_years: str | None = None
 
     def rate_ratios(self) -> pd.DataFrame:
         """term, rate_ratio, ci_low, ci_high, p_value (the public contract) plus coef and se."""
@@ -90,6 +92,17 @@ class CountModelFit:
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
+
+    def predict(self, data: pd.DataFrame) -> np.ndarray:
+        """Fitted mean count (n,) of each row of new `data` (same columns as the fit; arms among the
+        fitted ones), over the row's follow-up (offset column of the fit) or per year without one."""
+        if self.result is None:
+            raise ValueError("this fit holds no statsmodels results to predict from")
+        df = data.copy()
+        offset = np.zeros(len(df))
+        if self.offset_years is not None:
+            offset = np.log(pd.to_numeric(df[self.offset_years]).to_numpy(dtype=float))
+        return np.asarray(self.result.predict(df, offset=offset), dtype=float)
 
     def model_info(self) -> dict[str, Any]:
         return {
@@ -243,7 +256,8 @@ def fit_count_model(
         alpha_var = float("nan")
     alpha_se = float(np.sqrt(alpha_var)) if np.isfinite(alpha_var) and alpha_var >= 0 else float("nan")
     vcov = pd.DataFrame(V, index=[_term_name(n, arm_col) for n in beta_names], columns=[_term_name(n, arm_col) for n in beta_names])
-    return CountModelFit(table, arm_means, alpha, alpha_se, converged, int(len(df)), float(res.llf), formula, ref, cov, method, notes, vcov)
+    return CountModelFit(table, arm_means, alpha, alpha_se, converged, int(len(df)), float(res.llf), formula, ref, cov, method, notes, vcov,
+                         result=res, offset_years=offset_years)
 
 
 def _adjusted_means(model: Any, res: Any, df: pd.DataFrame, arm_col: str, arms: list[str], beta_names: list[str]) -> pd.DataFrame:
