@@ -1,0 +1,61 @@
+"""The NB2 baseline: predictions on new data, its predictive law, and that the baseline features carry signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mseval.metrics.calibration import crps_pmf
+from mseval.stats.baseline_nb2 import fit_nb2_baseline
+from mseval.stats.count_model import fit_count_model
+
+
+def test_predict_on_new_data_is_the_fitted_linear_predictor(count_trial):
+    train, _, _ = count_trial(41)
+    test, _, _ = count_trial(42, patients_per_arm=5)
+    b = fit_nb2_baseline(train, reference="placebo", trained_on="trial 41")
+    res = b.fit.result
+    assert np.allclose(b.fit.predict(train), res.predict(), rtol=1e-10)  # in-sample: statsmodels' own fitted means
+    X = pd.get_dummies(pd.Categorical(test["arm"], categories=["placebo", "dmf", "ifnb1a_im", "ifnb1a_sc", "laquinimod", "ocrelizumab"]),
+                       drop_first=True).to_numpy(dtype=float)
+    X = np.column_stack([np.ones(len(test)), X, np.log1p(test["gd_count"]), np.log(test["t2_count"]), np.log(test["t2_volume_mm3"]), test["age"]])
+    beta = res.params.drop("alpha").to_numpy()
+    assert np.allclose(b.mean(test), np.exp(X @ beta) * test["followup_years"].to_numpy(), rtol=1e-10)
+    assert b.to_dict()["trained_on"] == "trial 41" and b.to_dict()["n_train"] == 240
+
+
+def test_predictive_law_has_the_nb2_mean_and_variance(count_trial):
+    train, _, _ = count_trial(43)
+    b = fit_nb2_baseline(train, reference="placebo")
+    pmf = b.pmf(train.iloc[:20])
+    mu = b.mean(train.iloc[:20])
+    k = np.arange(pmf.shape[1])
+    assert np.allclose(pmf.sum(1), 1.0, atol=1e-9)
+    assert np.allclose((pmf * k).sum(1), mu, rtol=1e-7)
+    assert np.allclose((pmf * k**2).sum(1) - mu**2, mu + b.fit.alpha * mu**2, rtol=1e-6)
+
+
+def test_baseline_features_beat_the_arm_only_model(count_trial):
+    """On a new trial the baseline's CRPS is below an arm-only NB2's (paired over patients, 3 SE)."""
+    from scipy import stats
+
+    train, _, _ = count_trial(44, patients_per_arm=200)
+    test, _, _ = count_trial(45, patients_per_arm=100)
+    y = test["net2"].to_numpy()
+    full = fit_nb2_baseline(train, reference="placebo")
+    arm_only = fit_count_model(train, "net2 ~ arm", offset_years="followup_years", reference="placebo", adjusted_means=False)
+    mu0 = arm_only.predict(test)
+    a = arm_only.alpha
+    pmf0 = stats.nbinom.pmf(np.arange(200)[None, :], 1 / a, (1 / (1 + a * mu0))[:, None])
+    d = crps_pmf(full.pmf(test), y) - crps_pmf(pmf0, y)
+    assert d.mean() < -3 * d.std(ddof=1) / np.sqrt(len(d))
+
+
+def test_predict_needs_the_fitted_results(count_trial):
+    from dataclasses import replace
+
+    train, _, _ = count_trial(46, patients_per_arm=10)
+    fit = replace(fit_nb2_baseline(train, reference="placebo").fit, result=None)
+    with pytest.raises(ValueError, match="no statsmodels results"):
+        fit.predict(train)
