@@ -433,8 +433,9 @@ def evaluate_checkpoint(
     per_arm.csv and summary.json; returns the summary.
 
     Leak-free protocol: with `tune_cohort`, the sampler settings are first chosen on that cohort's
-    validation patients (the checkpoint's val_ids when it is the training cohort, else all of its
-    patients) from the grids tune_guidance x tune_steps x tune_samplers (`select_settings`), then
+    validation patients (the checkpoint's val_ids found there; where there are none, a separate
+    validation trial is assumed and all its patients are used -- refused when the checkpoint's
+    provenance names it as the training cohort) from the grids tune_guidance x tune_steps x tune_samplers (`select_settings`), then
     `split` is sampled once with the choice; reporting on the patients tuned on is refused. The
     choice is written to out/tuning.json (and to the checkpoint folder's tuning.json with
     `record_in_checkpoint`). `baseline_cohort`: the training trial the NB2 baseline is fitted on
@@ -453,9 +454,14 @@ def evaluate_checkpoint(
     tuning = None
     if tune_cohort is not None:
         tc = read_cohort(tune_cohort, check_files=False)
-        val = [p for p in tc.patient_ids if p in set(ckpt.val_ids)] or ([] if set(tc.patient_ids) & set(ckpt.train_ids) else tc.patient_ids)
-        if not val:
-            raise InputError(tc.root / "manifest.csv", "no validation patients: the tuning cohort holds only the checkpoint's training patients", field="patient_id")
+        val = [p for p in tc.patient_ids if p in set(ckpt.val_ids)]
+        if not val:  # a separate validation trial: all of its patients (patient ids are per trial)
+            prov = getattr(ckpt, "provenance", None) or {}
+            trained_on = {str(Path(v).resolve()) for k, v in prov.items() if "cohort" in k and isinstance(v, str)}
+            if str(tc.root.resolve()) in trained_on:
+                raise InputError(tc.root / "manifest.csv", "no validation patients: this is the checkpoint's training cohort and it holds none of "
+                                 "its held-out patients; tune on a separate validation trial", field="patient_id")
+            val = tc.patient_ids
         if Path(tune_cohort).resolve() == Path(cohort_dir).resolve() and set(val) & set(ids):
             raise InputError(None, f"the {split!r} split overlaps the validation patients the settings are tuned on; report on --split test or another cohort",
                              field="split")
