@@ -198,6 +198,9 @@ def protocol_report(s: dict) -> str:
               f"| model (fair ensemble CRPS) | {s['auc_p_active']:.3f} [{s['auc_p_active_ci'][0]:.2f}, {s['auc_p_active_ci'][1]:.2f}] | "
               f"{s['crps_count']:.3f} ({s['crps_count_se']:.3f}) | {s['pit_chi2_p']:.3g} |"]
     for name, r in s.get("references", {}).items():
+        if not r.get("estimable"):
+            lines.append(f"| {name} | {r.get('note')} | | |")
+            continue
         lines.append(f"| {name} (exact CRPS) | {r['auc_p_active']:.3f} [{r['auc_p_active_ci'][0]:.2f}, {r['auc_p_active_ci'][1]:.2f}] | "
                      f"{r['crps_count']:.3f} ({r['crps_count_se']:.3f}) | {r['pit_chi2_p']:.3g} |")
     lines.append(f"calibration slope {s.get('calibration_slope', float('nan')):.2f} {s.get('calibration_slope_ci')}; "

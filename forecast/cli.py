@@ -186,7 +186,7 @@ def evaluate(
         if isinstance(v, (int, float, str)):
             typer.echo(f"{k:32s} {v}")
     for name, r in (summary.get("references") or {}).items():
-        typer.echo(f"reference {name:22s} fair/exact CRPS {r['crps_count']:.3f}  AUC {r['auc_p_active']:.3f}")
+        typer.echo(f"reference {name:22s} " + (f"exact CRPS {r['crps_count']:.3f}  AUC {r['auc_p_active']:.3f}" if r.get("estimable") else r["note"]))
 
 
 def main(argv: list[str] | None = None) -> int:

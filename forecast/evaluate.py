@@ -80,7 +80,7 @@ def split_ids(cohort: Cohort, train_ids: Sequence[str], val_ids: Sequence[str], 
 def _auc(score: np.ndarray, label: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
-    if len(np.unique(label)) < 2:
+    if len(np.unique(label)) < 2 or not np.isfinite(score).all():
         return float("nan")
     return float(roc_auc_score(label, score))
 
@@ -142,7 +142,9 @@ def score_law(pmf: np.ndarray, y: np.ndarray, *, seed: int = 0, n_boot: int = 10
 
 
 def reference_laws(cohort: Cohort, features: pd.DataFrame, *, baseline: Any = None) -> dict[str, np.ndarray]:
-    """pmf (n, K) of each available reference forecaster for the rows of `features` (allocated arm)."""
+    """pmf (n, K) of each available reference forecaster for the rows of `features` (allocated arm).
+    A reference whose law is not finite for every row (e.g. an NB2 fit on too few patients) is
+    left out; `unusable_references` says why."""
     from mseval.simulate.observable_oracle import ModelParams, observable_pmf, true_law_pmf
 
     laws: dict[str, np.ndarray] = {}
@@ -155,8 +157,18 @@ def reference_laws(cohort: Cohort, features: pd.DataFrame, *, baseline: Any = No
         if cfg:
             laws["observable_oracle"] = observable_pmf(features, ModelParams.from_config(cfg))
     if baseline is not None:
-        laws["nb2_baseline"] = baseline.pmf(features)
+        with np.errstate(all="ignore"):
+            laws["nb2_baseline"] = baseline.pmf(features)
     return laws
+
+
+def unusable_references(laws: dict[str, np.ndarray]) -> dict[str, str]:
+    """name -> reason, for laws that are not finite probability rows."""
+    bad = {}
+    for name, pmf in laws.items():
+        if not np.isfinite(pmf).all() or not np.allclose(pmf.sum(axis=1), 1.0, atol=1e-6):
+            bad[name] = "not estimable: its predictive law is not finite for every patient (fit on too few patients, or not converged)"
+    return bad
 
 
 def fit_baseline_on(cohort: Cohort, patient_ids: Sequence[str] | None, label: str) -> Any:
@@ -260,8 +272,14 @@ def score_store(cohort: Cohort, store: ForecastStore, *, n_boot: int = 2000, see
 
         feats = baseline_features(cohort, ids, connectivity=CONNECTIVITY, min_volume_mm3=MIN_VOLUME_MM3)
         refs: dict[str, Any] = {}
-        for name, pmf in reference_laws(cohort, feats, baseline=baseline).items():
+        laws = reference_laws(cohort, feats, baseline=baseline)
+        bad = unusable_references(laws)
+        for name, pmf in laws.items():
+            if name in bad:
+                refs[name] = {"estimable": False, "note": bad[name]}
+                continue
             refs[name], crps_ref = score_law(pmf, y, seed=seed, n_boot=min(n_boot, 1000))
+            refs[name]["estimable"] = True
             if S >= 2:  # paired difference model - reference on the same patients
                 d = crps_ensemble_fair(ens, y) - crps_ref
                 refs[name]["crps_difference_model_minus_ref"], refs[name]["crps_difference_se"] = _mean_se(d)
