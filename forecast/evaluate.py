@@ -47,7 +47,8 @@ from mseval.metrics.calibration import crps_ensemble_fair, crps_pmf, pit_uniform
 WM_LABEL = 3
 CONNECTIVITY = 26
 MIN_VOLUME_MM3 = 3.0
-SELECTION_CRITERION = "lowest mean fair count CRPS on the validation patients (allocated arm, observed NET2 counts only)"
+SELECTION_CRITERION = ("lowest mean fair count CRPS on the validation patients (allocated arm, observed NET2 counts only); "
+                       "ties go to the first candidate in grid order")
 ESTIMANDS = {
     "crps_count": "mean over this split's patients of the fair ensemble CRPS of the NET2 count under the allocated arm "
                   "(unbiased for the CRPS of the forecaster's law; conditional on these patients)",
