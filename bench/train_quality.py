@@ -1,18 +1,24 @@
-"""Forecast quality of the `tiny` model on the CPU, end to end (issue 4, "Quality").
+"""Forecast quality of the `tiny` model on the CPU, end to end (issues 4 and 13).
 
-1. simulate a six-arm trial (40 patients per arm, 32^3, seed 2026) unless it is there;
-2. train a config for at most N minutes (or its steps), checkpointing into OUT/ckpt
-   (the checkpoint records the patient-level train/validation split);
-3. sample the validation patients under every arm (S samples each);
-4. score against the truth and the oracle forecaster (`forecast.evaluate.score_store`) and print
-   the per-arm table, the ocrelizumab/placebo ratio with its bootstrap CI, AUC, CRPS and the
-   white-matter share; everything is written to OUT/eval/ (summary.json, per_arm.csv, evaluation.csv).
+Leak-free protocol (`--protocol`, issue 13):
+1. three simulated trials at 32^3: TRAIN (seed 2026), VALIDATION (seed --val-seed) and TEST
+   (seed --heldout-seed), each --patients-per-arm per arm (simulated when missing);
+2. train a config on TRAIN for at most N minutes (or its steps), checkpointing into OUT/ckpt;
+3. choose the sampler settings on VALIDATION from --guidance-grid x --steps-grid x --sampler-grid by
+   the lowest mean fair count CRPS against the observed NET2 counts (allocated arm; truth.csv is
+   not used: `forecast.evaluate.select_settings`);
+4. sample TEST once with the choice (allocated arm, S samples) and score it beside the true-law
+   oracle, the observable oracle and the NB2 baseline fitted on TRAIN; OUT/EVAL/summary.json holds
+   the scores, the references, the tuning table and what each step used (`protocol`).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/train_quality.py --out /tmp/quality/best \\
-        --config forecast/configs/tiny_quality.json --minutes 20 --samples 8 --sample-steps 20
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train_quality.py --protocol --out /tmp/quality/p1 \
+        --config forecast/configs/tiny_quality.json --minutes 60 --samples 12 \
+        --guidance-grid 1,2,3 --steps-grid 6 --tune-samples 12
 
-`--skip-train` re-evaluates an existing OUT/ckpt (other sampler settings); `--patients K` and
-`--arms` restrict the evaluation for a quick look during experiments.
+The older modes (issue 4; their figures in bench/RESULTS_forecast.md are in-sample/leaky, see there):
+without --protocol, sample the checkpoint's validation patients of TRAIN under every arm and score
+against the truth; `--heldout-patients-per-arm` scores a new trial under the allocated arms with
+fixed settings. `--skip-train` re-evaluates an existing OUT/ckpt.
 """
 
 from __future__ import annotations
@@ -70,21 +76,15 @@ def train_for(cohort: Path, cfg_path: str, ckpt_dir: Path, minutes: float | None
 
 
 ALLOCATED_KEYS = ("samples", "auc_p_active", "auc_p_active_ci", "oracle_auc_p_active", "oracle_auc_p_active_ci",
-                  "crps_count", "oracle_crps_count", "observed_active_share", "white_matter_share")
+                  "crps_count", "crps_count_se", "oracle_crps_count", "observed_active_share", "white_matter_share")
 """What the allocated-arm scores report (from `score_store`'s summary)."""
 
 
 def sample_allocated(cohort, ckpt, out: Path, ids, *, samples: int, settings, batch_size: int, seed: int):  # noqa: ANN001, ANN201
     """Sample each of `ids` under its allocated arm only (S samples) into the store `out`; returns the store."""
-    from forecast.ensemble import forecast_cohort
+    from forecast.evaluate import sample_allocated as _sample
 
-    store = None
-    for arm in cohort.arms["arm"]:
-        ids_arm = [p for p in ids if cohort.row(p)["arm"] == arm]
-        if ids_arm:
-            store = forecast_cohort(cohort.root, ckpt, out, samples=samples, arms=[arm], settings=settings, batch_size=batch_size,
-                                    seed=seed, patients=ids_arm, device="cpu")
-    return store
+    return _sample(cohort.root, ckpt, out, ids, samples=samples, settings=settings, batch_size=batch_size, seed=seed, device="cpu")
 
 
 def evaluate(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sample_steps: int, guidance: float | None,
@@ -128,10 +128,11 @@ def evaluate(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sampl
 
 
 def score_heldout(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sample_steps: int, guidance: float | None,
-                  batch_size: int, seed: int) -> dict:
-    """Sample every patient of a trial the model never saw under the allocated arm and score it."""
+                  batch_size: int, seed: int, train_cohort: Path | None = None) -> dict:
+    """Sample every patient of a trial the model never saw under the allocated arm and score it
+    (fixed settings: not tuned here), beside the references (NB2 baseline fitted on `train_cohort`)."""
     from forecast.checkpoint import load_checkpoint
-    from forecast.evaluate import score_store
+    from forecast.evaluate import fit_baseline_on, score_store
     from forecast.sampler import SamplerSettings
     from mseval.io.atomic import write_csv_atomic, write_json_atomic
     from mseval.io.cohort import read_cohort
@@ -143,8 +144,12 @@ def score_heldout(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, 
     t0 = time.perf_counter()
     store = sample_allocated(cohort, ckpt, out / "forecasts", cohort.patient_ids, samples=samples, settings=settings,
                              batch_size=batch_size, seed=seed)
-    per, _, s = score_store(cohort, store, seed=seed)
-    summary = {k: s.get(k) for k in ("patients", *ALLOCATED_KEYS)}
+    baseline = None
+    if train_cohort is not None:
+        tc = read_cohort(train_cohort)
+        baseline = fit_baseline_on(tc, [p for p in tc.patient_ids if p in set(ckpt.train_ids)], f"{train_cohort} (training patients)")
+    per, _, s = score_store(cohort, store, seed=seed, baseline=baseline)
+    summary = {k: s.get(k) for k in ("patients", *ALLOCATED_KEYS, "references", "pit_chi2_p", "calibration_slope")}
     alloc = per[per["allocated"]]
     summary["forecast_mean"] = float(alloc["forecast_mean"].mean())
     summary["true_mean"] = float(alloc["true_expected"].mean())
@@ -153,6 +158,54 @@ def score_heldout(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, 
     write_csv_atomic(per, out / "evaluation.csv")
     write_json_atomic(summary, out / "summary.json")
     return summary
+
+
+def protocol(a: argparse.Namespace) -> dict:
+    """Train on TRAIN, tune on VALIDATION (observed counts only), report once on TEST (see the module docstring)."""
+    from forecast.evaluate import evaluate_checkpoint, parse_grid
+
+    train_c = a.cohort
+    val_c = a.cohort.with_name(f"{a.cohort.name}-validation-{a.val_seed}")
+    test_c = a.cohort.with_name(f"{a.cohort.name}-heldout-{a.heldout_seed}")
+    for c, seed in ((train_c, 2026), (val_c, a.val_seed), (test_c, a.heldout_seed)):
+        simulate(c, a.patients_per_arm, seed, 2)
+    ckpt_dir = a.out / "ckpt"
+    if not a.skip_train:
+        print(f"trained: {train_for(train_c, a.config, ckpt_dir, a.minutes, a.steps, a.resume)}", flush=True)
+    ev = a.out / a.eval_name
+    t0 = time.perf_counter()
+    summary = evaluate_checkpoint(ckpt_dir, test_c, ev, split="all", samples=a.samples, batch_size=a.batch_size, seed=a.seed, device="cpu",
+                                  arms="allocated", tune_cohort=val_c, tune_guidance=parse_grid(a.guidance_grid, float, None),
+                                  tune_steps=parse_grid(a.steps_grid, int, None), tune_samplers=parse_grid(a.sampler_grid, str, None),
+                                  tune_samples=a.tune_samples, baseline_cohort=train_c, record_in_checkpoint=True)
+    summary["protocol"]["seconds_tuning_and_test"] = time.perf_counter() - t0
+    summary["protocol"]["cohorts"] = {"train": str(train_c), "validation": str(val_c), "test": str(test_c)}
+    from mseval.io.atomic import write_json_atomic
+
+    write_json_atomic(summary, ev / "summary.json")
+    return summary
+
+
+def protocol_report(s: dict) -> str:
+    t = s["protocol"]["tuned_on"]
+    lines = [f"checkpoint {s['checkpoint']}; sampler chosen on {t['validation']['patients']} validation patients: {t['chosen']} "
+             f"({t['criterion']})", "", "| candidate | validation fair CRPS (SE) | AUC | PIT chi2 p |", "|---|---|---|---|"]
+    for r in t["candidates"]:
+        lines.append(f"| {r['sampler']} {r['steps']} steps, guidance {r['guidance']:g} | {r['crps_count']:.3f} ({r['crps_count_se']:.3f}) | "
+                     f"{r['auc_p_active']:.3f} | {r['pit_chi2_p']:.3g} |")
+    lines += ["", f"TEST trial, {s['patients']} patients, allocated arm, {s['samples']} samples:", "",
+              "| forecaster | P(active) AUC [95% CI] | count CRPS (SE) | PIT chi2 p |", "|---|---|---|---|",
+              f"| model (fair ensemble CRPS) | {s['auc_p_active']:.3f} [{s['auc_p_active_ci'][0]:.2f}, {s['auc_p_active_ci'][1]:.2f}] | "
+              f"{s['crps_count']:.3f} ({s['crps_count_se']:.3f}) | {s['pit_chi2_p']:.3g} |"]
+    for name, r in s.get("references", {}).items():
+        if not r.get("estimable"):
+            lines.append(f"| {name} | {r.get('note')} | | |")
+            continue
+        lines.append(f"| {name} (exact CRPS) | {r['auc_p_active']:.3f} [{r['auc_p_active_ci'][0]:.2f}, {r['auc_p_active_ci'][1]:.2f}] | "
+                     f"{r['crps_count']:.3f} ({r['crps_count_se']:.3f}) | {r['pit_chi2_p']:.3g} |")
+    lines.append(f"calibration slope {s.get('calibration_slope', float('nan')):.2f} {s.get('calibration_slope_ci')}; "
+                 f"white-matter share {s.get('white_matter_share', float('nan')):.3f}")
+    return "\n".join(lines)
 
 
 def report(summary: dict) -> str:
@@ -206,8 +259,21 @@ def main() -> None:
                     help="instead of the validation split, score a new trial (seed --heldout-seed) under the allocated arms")
     ap.add_argument("--heldout-seed", type=int, default=2027)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--protocol", action="store_true", help="train / validation (tuning) / test protocol of issue 13")
+    ap.add_argument("--patients-per-arm", type=int, default=40, help="per arm, each of the protocol's three trials")
+    ap.add_argument("--val-seed", type=int, default=2028)
+    ap.add_argument("--guidance-grid", default="1,3")
+    ap.add_argument("--steps-grid", default="6")
+    ap.add_argument("--sampler-grid", default="ddim")
+    ap.add_argument("--tune-samples", type=int, default=12)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.protocol:
+        summary = protocol(a)
+        text = protocol_report(summary)
+        (a.out / a.eval_name / "report.md").write_text(text + "\n")
+        print(text)
+        return
     simulate(a.cohort, 40, 2026, 2)
     ckpt_dir = a.out / "ckpt"
     if not a.skip_train:
@@ -222,7 +288,7 @@ def main() -> None:
         if (ev / "forecasts").exists():
             shutil.rmtree(ev / "forecasts")
         res = score_heldout(held, ckpt_dir, ev, samples=a.samples, sample_steps=a.sample_steps, guidance=a.guidance,
-                            batch_size=a.batch_size, seed=a.seed)
+                            batch_size=a.batch_size, seed=a.seed, train_cohort=a.cohort)
         print(json.dumps(res, indent=1))
         return
 

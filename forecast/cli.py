@@ -211,13 +211,22 @@ def evaluate(
     split: Annotated[str, typer.Option(help="validation (the checkpoint's held-out patients) | test (patients it never saw) | all")] = "validation",
     samples: Annotated[int, typer.Option(help="Ensemble members per patient and arm.")] = 10,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the config's).")] = None,
+    arms: Annotated[str, typer.Option(help="'all' (every arm: counterfactual ratios), 'allocated' (skill only), or a comma-separated list.")] = "all",
+    tune_on: Annotated[Optional[Path], typer.Option("--tune-on", help="Validation cohort: choose the sampler settings there on observed counts only (fair CRPS), then report once.")] = None,
+    tune_guidance: Annotated[Optional[str], typer.Option(help="Guidance values to try, e.g. 1,2,3 (default: the config's).")] = None,
+    tune_steps: Annotated[Optional[str], typer.Option(help="Sampling steps to try, e.g. 6,12 (default: --steps or the config's).")] = None,
+    tune_sampler: Annotated[Optional[str], typer.Option(help="Samplers to try, e.g. ddim,ddpm (default: the config's).")] = None,
+    tune_samples: Annotated[int, typer.Option(help="Ensemble members per validation patient while tuning.")] = 12,
+    baseline_cohort: Annotated[Optional[Path], typer.Option(help="Training trial for the NB2 baseline (default: this cohort's training patients).")] = None,
+    record: Annotated[bool, typer.Option("--record/--no-record", help="Also write the tuning choice into the checkpoint folder (tuning.json).")] = True,
     batch_size: Annotated[int, typer.Option(help="Network batch.")] = 8,
     seed: Annotated[int, typer.Option(help="Base seed.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another mseval run is writing OUT, wait for it instead of stopping.")] = False,
 ) -> None:
-    """Sample a split of patients under every arm and score the forecasts against what was observed."""
-    from forecast.evaluate import evaluate_checkpoint
+    """Sample a split of patients and score the forecasts against what was observed, beside the true-law
+    oracle, the observable oracle and the NB2 baseline (settings tuned on validation data with --tune-on)."""
+    from forecast.evaluate import evaluate_checkpoint, parse_grid
     from mseval.commands._checks import check_min, check_out_folder
     from mseval.io.lock import output_lock
 
@@ -228,10 +237,16 @@ def evaluate(
 
     with output_lock(out, wait=wait):
         summary = evaluate_checkpoint(checkpoint, cohort, out, split=split, samples=samples, steps=steps, batch_size=batch_size,
-                                      seed=seed, device=device)
+                                      seed=seed, device=device, arms=arms, tune_cohort=tune_on,
+                                      tune_guidance=parse_grid(tune_guidance, float, None) if tune_guidance else None,
+                                      tune_steps=parse_grid(tune_steps, int, None) if tune_steps else None,
+                                      tune_samplers=parse_grid(tune_sampler, str, None) if tune_sampler else None,
+                                      tune_samples=tune_samples, baseline_cohort=baseline_cohort, record_in_checkpoint=record)
     for k, v in summary.items():
         if isinstance(v, (int, float, str)):
             typer.echo(f"{k:32s} {v}")
+    for name, r in (summary.get("references") or {}).items():
+        typer.echo(f"reference {name:22s} " + (f"exact CRPS {r['crps_count']:.3f}  AUC {r['auc_p_active']:.3f}" if r.get("estimable") else r["note"]))
 
 
 @app.command()

@@ -27,6 +27,9 @@ Counts (discrete forecasts as ensembles, matrix (n, S)):
   binomial test: too few = hump (ensemble too wide), too many = U shape (too narrow).
 - `crps_ensemble_fair`: the fair CRPS estimator, mean |x - y| - sum_{j,k} |x_j - x_k| / (2 S (S - 1))
   (Ferro 2014; agrees with scoringrules' `crps_ensemble(..., estimator="fair")`).
+- `crps_pmf`: the exact CRPS of a discrete law given as a pmf (a reference forecaster's, e.g. the
+  true law or the observable oracle), the quantity the fair ensemble estimator is unbiased for;
+  `randomized_pit_pmf` its randomized PIT.
 - `ranked_probability_score`: sum over k = 0, 1, ... of (F(k) - 1{y <= k})^2 with F the ensemble's
   empirical CDF (unnormalised; for integer counts it equals the ensemble CRPS with the plain
   energy estimator).
@@ -405,6 +408,31 @@ def crps_ensemble_fair(ensemble: np.ndarray, y: np.ndarray) -> np.ndarray:
     k = np.arange(1, S + 1)
     pair_sum = 2.0 * (x * (2 * k - S - 1)).sum(axis=1)  # sum over all ordered pairs j, k of |x_j - x_k|
     return term1 - pair_sum / (2.0 * S * (S - 1))
+
+
+def crps_pmf(pmf: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Exact CRPS (n,) of discrete laws on 0, 1, ..., K-1 given as pmf rows (n, K) at integer y (n,):
+    sum over k >= 0 of (F(k) - 1{y <= k})^2 (for integer outcomes the CRPS is this sum). For
+    K <= k < y the terms are F(K-1)^2 (an observation beyond the rows' support), added exactly; rows
+    should hold all but a negligible tail (the terms k >= max(y, K), (1 - F(K-1))^2 each, are left out)."""
+    p = np.asarray(pmf, dtype=float)
+    yy = np.asarray(y, dtype=np.int64)
+    F = np.cumsum(p, axis=1)
+    ks = np.arange(p.shape[1])
+    out = ((F - (yy[:, None] <= ks[None, :])) ** 2).sum(axis=1)
+    beyond = np.maximum(yy - p.shape[1], 0)  # k = K .. y - 1: F(k) = F(K-1), 1{y <= k} = 0
+    return out + beyond * F[:, -1] ** 2
+
+
+def randomized_pit_pmf(pmf: np.ndarray, y: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """Randomized PIT (n,) of integer y against discrete laws (n, K): F(y - 1) + V p(y), V ~ U(0, 1)."""
+    p = np.asarray(pmf, dtype=float)
+    yy = np.asarray(y, dtype=np.int64)
+    F = np.concatenate([np.zeros((p.shape[0], 1)), np.cumsum(p, axis=1)], axis=1)
+    idx = np.minimum(yy, p.shape[1])
+    below = F[np.arange(len(yy)), idx]
+    at = np.where(yy < p.shape[1], p[np.arange(len(yy)), np.minimum(yy, p.shape[1] - 1)], 0.0)
+    return below + np.random.default_rng(seed).random(len(yy)) * at
 
 
 def ranked_probability_score(ensemble: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -93,6 +93,11 @@ class CountModelFit:
     dropped_rows: list[int] = field(default_factory=list)
     gradient_decrement: float = float("nan")
     iterations: int = 0
+    design_info: Any = field(default=None, repr=False, compare=False)  # patsy design of the fit, for `predict`
+    coef: np.ndarray | None = field(default=None, repr=False, compare=False)  # (k,) log-scale coefficients, intercept included
+    offset_years: str | None = None
+    arm_col: str = "arm"
+    arm_categories: tuple[str, ...] = ()
 
     def rate_ratios(self) -> pd.DataFrame:
         """term, rate_ratio, ci_low, ci_high, p_value (the public contract) plus coef, se, estimable, note."""
@@ -106,6 +111,22 @@ class CountModelFit:
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
+
+    def predict(self, data: pd.DataFrame) -> np.ndarray:
+        """Fitted mean count (n,) of each row of new `data` (same columns as the fit; arms among the
+        fitted ones), over the row's follow-up (offset column of the fit) or per year without one."""
+        import patsy
+
+        if self.design_info is None or self.coef is None:
+            raise ValueError("this fit holds no design to predict from")
+        df = data.copy()
+        if self.arm_categories and self.arm_col in df:
+            df[self.arm_col] = pd.Categorical(df[self.arm_col].astype(str), categories=list(self.arm_categories))
+        offset = np.zeros(len(df))
+        if self.offset_years is not None:
+            offset = np.log(pd.to_numeric(df[self.offset_years]).to_numpy(dtype=float))
+        (X,) = patsy.build_design_matrices([self.design_info], df)
+        return np.exp(np.asarray(X) @ self.coef + offset)
 
     def model_info(self) -> dict[str, Any]:
         notes = list(self.notes)
@@ -316,7 +337,9 @@ def fit_count_model(
     vcov = pd.DataFrame(V[:k, :k], index=names, columns=names)
     method = "Newton on (beta, log theta) with step halving; Poisson at the boundary" if not res.boundary else "Poisson (alpha = 0 boundary)"
     return CountModelFit(table, arm_means, float(alpha), alpha_se, bool(res.converged), int(len(df)), float(res.llf), formula, ref, cov, method,
-                         notes, vcov, bool(res.boundary), len(prep.dropped_rows), prep.dropped_rows, float(res.decrement), int(res.iterations))
+                         notes, vcov, bool(res.boundary), len(prep.dropped_rows), prep.dropped_rows, float(res.decrement), int(res.iterations),
+                         design_info=info, coef=np.asarray(beta, dtype=float), offset_years=offset_years, arm_col=arm_col,
+                         arm_categories=tuple(df[arm_col].cat.categories) if arm_col in cols else ())
 
 
 def _covariance(res: NB2Result, X: np.ndarray, off: np.ndarray | float, cov: str) -> tuple[np.ndarray, bool]:

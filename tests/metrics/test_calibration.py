@@ -229,3 +229,43 @@ def test_debiased_calibration_error_ci_contains_zero_when_calibrated():
         missed += b.ce_sq_debiased_ci[0] <= 0
     assert missed <= 8
 
+
+
+def test_crps_pmf_equals_the_energy_form_and_a_point_mass():
+    """Exact CRPS of a discrete law = E|X - y| - E|X - X'| / 2 (computed by double sums); a point mass gives |m - y|."""
+    from scipy import stats
+
+    from mseval.metrics.calibration import crps_pmf
+
+    k = np.arange(60)
+    for mu, alpha in ((0.4, 0.5), (3.0, 1.0), (9.0, 0.2)):
+        n, p = 1 / alpha, 1 / (1 + alpha * mu)
+        pmf = stats.nbinom.pmf(k, n, p)
+        y = np.array([0, 1, 4, 12, 70])  # 70: beyond the rows' support
+        energy = [(pmf * np.abs(k - yy)).sum() + (1 - pmf.sum()) * abs(60 - yy) - 0.5 * (pmf[:, None] * pmf[None, :] * np.abs(k[:, None] - k[None, :])).sum()
+                  for yy in y]
+        got = crps_pmf(np.tile(pmf, (len(y), 1)), y)
+        assert np.allclose(got, energy, atol=1e-8)  # y = 70 lies beyond the support: the added terms are exact
+    point = np.zeros((3, 10))
+    point[:, 4] = 1.0
+    assert np.allclose(crps_pmf(point, np.array([0, 4, 9])), [4, 0, 5])
+
+
+def test_randomized_pit_of_the_true_law_is_uniform():
+    from scipy import stats
+
+    from mseval.metrics.calibration import randomized_pit_pmf
+
+    rng = np.random.default_rng(8)
+    mu = rng.gamma(1.0, 3.0, 4000)
+    y = rng.poisson(mu)
+    pmf = stats.poisson.pmf(np.arange(80)[None, :], mu[:, None])
+    u = randomized_pit_pmf(pmf, y, seed=1)
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert pit_uniformity_p(u) > 1e-3
+
+
+def pit_uniformity_p(u: np.ndarray) -> float:
+    from mseval.metrics.calibration import pit_uniformity
+
+    return pit_uniformity(u).chi2_p

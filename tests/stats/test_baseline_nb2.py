@@ -1,0 +1,64 @@
+"""The NB2 baseline: predictions on new data, its predictive law, and that the baseline features carry signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mseval.metrics.calibration import crps_pmf
+from mseval.stats.baseline_nb2 import fit_nb2_baseline
+from mseval.stats.count_model import fit_count_model
+
+
+def test_predict_on_new_data_is_the_fitted_linear_predictor(count_trial):
+    train, _, _ = count_trial(41)
+    test, _, _ = count_trial(42, patients_per_arm=5)
+    b = fit_nb2_baseline(train, reference="placebo", trained_on="trial 41")
+    arms = ["placebo", "dmf", "ifnb1a_im", "ifnb1a_sc", "laquinimod", "ocrelizumab"]
+
+    def design(d: pd.DataFrame) -> np.ndarray:
+        X = pd.get_dummies(pd.Categorical(d["arm"], categories=arms), drop_first=True).to_numpy(dtype=float)
+        return np.column_stack([np.ones(len(d)), X, np.log1p(d["gd_count"]), np.log(d["t2_count"]), np.log(d["t2_volume_mm3"]), d["age"]])
+
+    beta = b.fit.coef
+    for d in (train, test):  # in-sample and new patients: exp(x'beta) x follow-up years
+        assert np.allclose(b.mean(d), np.exp(design(d) @ beta) * d["followup_years"].to_numpy(), rtol=1e-10)
+    assert np.allclose(b.fit.predict(train), b.mean(train), rtol=1e-12)
+    assert b.to_dict()["trained_on"] == "trial 41" and b.to_dict()["n_train"] == 240
+
+
+def test_predictive_law_has_the_nb2_mean_and_variance(count_trial):
+    train, _, _ = count_trial(43)
+    b = fit_nb2_baseline(train, reference="placebo")
+    pmf = b.pmf(train.iloc[:20])
+    mu = b.mean(train.iloc[:20])
+    k = np.arange(pmf.shape[1])
+    assert np.allclose(pmf.sum(1), 1.0, atol=1e-9)
+    assert np.allclose((pmf * k).sum(1), mu, rtol=1e-7)
+    assert np.allclose((pmf * k**2).sum(1) - mu**2, mu + b.fit.alpha * mu**2, rtol=1e-6)
+
+
+def test_baseline_features_beat_the_arm_only_model(count_trial):
+    """On a new trial the baseline's CRPS is below an arm-only NB2's (paired over patients, 3 SE)."""
+    from scipy import stats
+
+    train, _, _ = count_trial(44, patients_per_arm=200)
+    test, _, _ = count_trial(45, patients_per_arm=100)
+    y = test["net2"].to_numpy()
+    full = fit_nb2_baseline(train, reference="placebo")
+    arm_only = fit_count_model(train, "net2 ~ arm", offset_years="followup_years", reference="placebo", adjusted_means=False)
+    mu0 = arm_only.predict(test)
+    a = arm_only.alpha
+    pmf0 = stats.nbinom.pmf(np.arange(200)[None, :], 1 / a, (1 / (1 + a * mu0))[:, None])
+    d = crps_pmf(full.pmf(test), y) - crps_pmf(pmf0, y)
+    assert d.mean() < -3 * d.std(ddof=1) / np.sqrt(len(d))
+
+
+def test_predict_needs_the_fitted_design(count_trial):
+    from dataclasses import replace
+
+    train, _, _ = count_trial(46, patients_per_arm=10)
+    fit = replace(fit_nb2_baseline(train, reference="placebo").fit, design_info=None)
+    with pytest.raises(ValueError, match="no design"):
+        fit.predict(train)
