@@ -265,15 +265,26 @@ def effects(
     seed: Annotated[int, typer.Option(help="Seed for the power simulations and the bootstrap.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes for counting and the bootstrap.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    heldout_patients: Annotated[Optional[Path], typer.Option(help="Text file, one patient_id a line: patients with observed outcomes the "
+                                                              "forecaster never trained on; the counterfactual ratio then carries the forecaster's calibration error.")] = None,
+    min_stratum_per_arm: Annotated[int, typer.Option(help="Smallest responder stratum estimated, in patients per arm (exploratory strata).")] = 10,
 ) -> None:
-    """Treatment effects: observed, forecast (Rubin's rules) and counterfactual rate ratios,
-    responders, Qini, prognostic adjustment, power."""
+    """Treatment effects: observed, forecast (NB2 on fully synthetic outcomes) and counterfactual rate
+    ratios, each with its estimand; heterogeneity test, responders, Qini, prognostic adjustment, power."""
     from mseval.effects import EffectsSettings, run_effects
 
     _check_conn(connectivity)
     if bootstrap < 0 or power_sims < 0:
         raise InputError(None, "--bootstrap and --power-sims must not be negative", field="bootstrap")
-    settings = EffectsSettings(formula=formula, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed)
+    if min_stratum_per_arm < 2:
+        raise InputError(None, "--min-stratum-per-arm must be at least 2", field="min_stratum_per_arm")
+    heldout: tuple[str, ...] = ()
+    if heldout_patients is not None:
+        if not heldout_patients.is_file():
+            raise InputError(heldout_patients, "file not found")
+        heldout = tuple(x.strip() for x in heldout_patients.read_text().splitlines() if x.strip() and x.strip() != "patient_id")
+    settings = EffectsSettings(formula=formula, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed,
+                               heldout_patients=heldout, min_stratum_per_arm=min_stratum_per_arm)
     summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
                           progress=lambda m: typer.echo(f"... {m}", err=True))
     for row in summary["primary_endpoint"]:
