@@ -5,9 +5,13 @@ Predicted benefit of arm a for patient i (a baseline quantity: it uses only the 
 with E the ensemble mean count and S the ensemble size (1/(2S) keeps all-zero ensembles finite).
 
 Primary test (confirmatory): among the patients randomized to a or the reference r, the NB2 model
-    log E[net2] = b0 + b1 [arm = a] + b2 z_i + b3 [arm = a] z_i + log(years),  z = standardised b
-and the Wald test of b3 = 0 (no effect modification along the predicted benefit). exp(b3) is the
-ratio of rate ratios per SD of predicted benefit (< 1: patients predicted to benefit more do).
+    log E[net2] = b0 + b1 [arm = a] + b2 z_i + b3 [arm = a] z_i + b4 p_i + log(years)
+with z the standardised benefit and p the prognostic score (log(E_ir + 1/(2S))), and the Wald test
+of b3 = 0 (no effect modification along the predicted benefit). exp(b3) is the ratio of rate
+ratios per SD of predicted benefit (< 1: patients predicted to benefit more do). The prognostic
+main effect is needed: a benefit on the log scale rises with the baseline rate (small forecast
+means shrink toward no benefit), so without it a misspecified main effect leaks into the
+interaction (60 null trials with oracle forecasts: 17% rejections without it, 1.7% with it).
 
 Responder strata (exploratory): the observed NB2 rate ratio (net2 ~ arm) among the randomized
 patients whose predicted benefit is in the top 10/30/50%. A stratum holds every patient whose
@@ -29,11 +33,12 @@ from scipy import stats
 from mseval.stats.count_model import fit_count_model
 from mseval.stats.estimability import assess_ratio
 from mseval.stats.nb2_lean import design_matrix, fit_nb2
+from mseval.stats.prognostic import prognostic_score
 
 MIN_PER_ARM = 10
 ALPHA_BOUNDARY = 1e-4
 INTERACTION_ESTIMAND = ("ratio of rate ratios (arm vs reference) per SD of forecast-predicted benefit, "
-                        "among patients randomized to the arm or the reference (NB2 arm x score interaction)")
+                        "among patients randomized to the arm or the reference (NB2 arm x score interaction, adjusted for the prognostic score)")
 STRATUM_ESTIMAND = "rate ratio (NB2, observed counts) among randomized patients in the top fraction of forecast-predicted benefit"
 
 
@@ -63,9 +68,10 @@ class Heterogeneity:
         return "\n".join(lines)
 
 
-def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, reference: str, *, response: str = "net2",
-                     years: str = "followup_years") -> dict:
-    """Wald test of the arm x standardised-benefit interaction in NB2 (randomized patients of arm and reference)."""
+def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, reference: str, *, prognostic: pd.Series | None = None,
+                     response: str = "net2", years: str = "followup_years") -> dict:
+    """Wald test of the arm x standardised-benefit interaction in NB2 (randomized patients of arm and
+    reference), adjusted for the prognostic score `prognostic` (by patient_id) when given."""
     d = table[table["arm"].isin([arm, reference])].reset_index(drop=True)
     b = benefit.loc[d["patient_id"]].to_numpy(dtype=float)
     row = {"arm": arm, "n_arm": int((d["arm"] == arm).sum()), "n_reference": int((d["arm"] == reference).sum()),
@@ -75,7 +81,11 @@ def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, referenc
         return {**row, "interaction_coef": nan, "se": nan, "interaction_ratio": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
                 "estimable": False, "note": "not estimable: predicted benefit is the same for every patient"}
     d = d.assign(score=(b - b.mean()) / row["benefit_sd"])
-    des = design_matrix(d, "arm * score", reference=reference, years=years)
+    rhs = "arm * score"
+    if prognostic is not None:
+        d["prognostic_score"] = prognostic.loc[d["patient_id"]].to_numpy(dtype=float)
+        rhs += " + prognostic_score"
+    des = design_matrix(d, rhs, reference=reference, years=years)
     fit = fit_nb2(d[response].to_numpy(dtype=float)[des.rows], des.X, des.offset)
     k = des.names.index(f"{arm}:score")
     coef, se = float(fit.beta[k]), float(fit.se[k])
@@ -118,7 +128,8 @@ def heterogeneity(
     inter, rows = [], []
     for arm in arms:
         ben = predicted_benefit(means, reference, arm)
-        inter.append({**interaction_test(table, ben, arm, reference, response=response), "estimand": INTERACTION_ESTIMAND,
+        inter.append({**interaction_test(table, ben, arm, reference, prognostic=prognostic_score(means, reference), response=response),
+                      "estimand": INTERACTION_ESTIMAND,
                       "analysis": "primary test of heterogeneity"})
         rand = table[table["arm"].isin([arm, reference])].copy()
         rand["benefit"] = ben.loc[rand["patient_id"]].to_numpy()

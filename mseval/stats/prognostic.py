@@ -82,20 +82,20 @@ def procova_correlation(d: pd.DataFrame, *, response: str = "net2", years: str =
     return r, float(np.tanh(zr - h)), float(np.tanh(zr + h))
 
 
-def _savings(d: pd.DataFrame, rhs: str, reference: str, arms: list[str], idx: np.ndarray, response: str = "net2") -> np.ndarray:
-    """1 - V_adj / V_unadj per arm on the rows idx (lean NB2 fits)."""
-    sub = d.iloc[idx].reset_index(drop=True)
-    y = sub[response].to_numpy(dtype=float)
+def _savings(models: list[tuple], arms: list[str], idx: np.ndarray) -> np.ndarray:
+    """1 - V_adj / V_unadj per arm on the table rows idx. models: for the unadjusted and the adjusted
+    model, (y, X, offset, names, row_of, start beta, start alpha) built once on the whole table."""
     out = np.full(len(arms), np.nan)
     fits = []
-    for r in (rhs, rhs + " + prognostic_score"):
-        des = design_matrix(sub, r, reference=reference)
-        f = fit_nb2(y[des.rows], des.X, des.offset)
+    for y, X, off, names, row_of, beta0, alpha0 in models:
+        r = row_of[idx]
+        r = r[r >= 0]
+        f = fit_nb2(y[r], X[r], off[r], start=beta0, alpha0=alpha0)
         if not f.converged:
             return out
-        fits.append((des.names, np.diag(f.vcov)))
+        fits.append((names, np.diag(f.vcov)))
+    (n0, v0), (n1, v1) = fits
     for k, arm in enumerate(arms):
-        (n0, v0), (n1, v1) = fits
         if arm in n0 and arm in n1:
             out[k] = 1.0 - v1[n1.index(arm)] / v0[n0.index(arm)]
     return out
@@ -104,7 +104,7 @@ def _savings(d: pd.DataFrame, rhs: str, reference: str, arms: list[str], idx: np
 def prognostic_adjustment(table: pd.DataFrame, means: pd.DataFrame, reference: str, formula: str = "net2 ~ arm", *,
                           n_boot: int = 200, seed: int = 0) -> PrognosticAdjustment:
     """Observed NB2 with and without the prognostic score; the saving's CI by `n_boot` patient resamples."""
-    d = table.merge(prognostic_score(means, reference), left_on="patient_id", right_index=True)
+    d = table.merge(prognostic_score(means, reference), left_on="patient_id", right_index=True).reset_index(drop=True)
     plain = fit_count_model(d, formula, reference=reference).table.set_index("term")
     arms = [a for a in plain.index if a in set(d["arm"]) and a != reference]
     rho, rho_lo, rho_hi = procova_correlation(d, response=formula.split("~", 1)[0].strip())
@@ -122,8 +122,17 @@ def prognostic_adjustment(table: pd.DataFrame, means: pd.DataFrame, reference: s
     response, rhs = (x.strip() for x in formula.split("~", 1))
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero((d["arm"] == a).to_numpy()) for a in pd.unique(d["arm"])]
-    boot = np.array([_savings(d, rhs, reference, arms, np.concatenate([rng.choice(g, len(g)) for g in groups]), response) for _ in range(n_boot)]) \
-        if n_boot > 0 else np.empty((0, len(arms)))
+    models = []
+    for r in (rhs, rhs + " + prognostic_score"):  # design once; warm starts from the full-data fits
+        des = design_matrix(d, r, reference=reference)
+        y = d[response].to_numpy(dtype=float)[des.rows]
+        f = fit_nb2(y, des.X, des.offset)
+        row_of = np.full(len(d), -1)
+        row_of[des.rows] = np.arange(len(des.rows))
+        models.append((y, des.X, des.offset, des.names, row_of, f.beta, f.alpha))
+    d = d.reset_index(drop=True)
+    boot = np.array([_savings(models, arms, np.concatenate([rng.choice(g, len(g)) for g in groups]))
+                     for _ in range(n_boot)]) if n_boot > 0 else np.empty((0, len(arms)))
     rows = []
     for k, arm in enumerate(arms):
         s0, s1 = float(plain.loc[arm, "se"]), float(adj.loc[arm, "se"])
