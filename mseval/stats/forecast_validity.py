@@ -145,7 +145,9 @@ def null_prognostic_trials(n_trials: int, *, patients_per_arm: int = 100, sample
             p = prognostic_adjustment(tr.table, means, "placebo", n_boot=n_boot, seed=seed0 + k).table.iloc[0]
         row = {"trial": k, "saving_pct": p["sample_size_saving_pct"], "saving_ci_low_pct": p["saving_ci_low_pct"],
                "saving_ci_high_pct": p["saving_ci_high_pct"], "procova_r": p["procova_correlation"],
-               "procova_ci_low": p["procova_correlation_ci_low"], "procova_ci_high": p["procova_correlation_ci_high"]}
+               "procova_ci_low": p["procova_correlation_ci_low"], "procova_ci_high": p["procova_correlation_ci_high"],
+               "procova_saving_pct": p["procova_saving_pct"], "procova_saving_ci_low_pct": p["procova_saving_ci_low_pct"],
+               "procova_saving_ci_high_pct": p["procova_saving_ci_high_pct"]}
         if power_sims:
             sim = power_table(tr.table, means, "placebo", sims=power_sims, seed=seed0 + k).simulated
             row.update({"n_per_arm": int(sim["n_per_arm"].iloc[0]), "power_unadjusted": float(sim.loc[~sim["adjusted"], "power"].iloc[0]),

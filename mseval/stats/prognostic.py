@@ -15,9 +15,12 @@ outcomes drawn from the forecasts (that would be circular: the score predicts it
   in the observed NB2 fits without and with the score: the share of patients the adjusted
   analysis needs for the same precision. Its 95% CI: percentile patient bootstrap (resampling
   within arms, as randomized), both models refitted in every replicate.
+  Under a useless score the realised saving is slightly negative (a covariate that explains
+  nothing costs a little precision through chance imbalance), so this CI can sit just below 0.
 - procova_correlation: PROCOVA's rho, the Pearson correlation of the score with the observed
   log annualised count (log((y + 0.5) / years)), pooled within arms, with its Fisher-z 95% CI;
-  1 - rho^2 is PROCOVA's variance factor for a linear analysis (a guide for counts, not exact).
+  procova_saving_pct = 100 rho^2 (PROCOVA's saving for a linear analysis; a guide for counts,
+  not exact), its CI from the rho interval (lower bound 0 when that interval includes 0).
 """
 
 from __future__ import annotations
@@ -108,7 +111,10 @@ def prognostic_adjustment(table: pd.DataFrame, means: pd.DataFrame, reference: s
     plain = fit_count_model(d, formula, reference=reference).table.set_index("term")
     arms = [a for a in plain.index if a in set(d["arm"]) and a != reference]
     rho, rho_lo, rho_hi = procova_correlation(d, response=formula.split("~", 1)[0].strip())
+    sq = (rho_lo**2, rho_hi**2)
     common = {"procova_correlation": rho, "procova_correlation_ci_low": rho_lo, "procova_correlation_ci_high": rho_hi,
+              "procova_saving_pct": 100 * rho**2, "procova_saving_ci_low_pct": 0.0 if rho_lo <= 0 <= rho_hi else 100 * min(sq),
+              "procova_saving_ci_high_pct": 100 * max(sq),
               "estimand": ESTIMAND, "conditional_on": CONDITIONAL_ON}
     nan = float("nan")
     if d["prognostic_score"].std() < 1e-9:  # e.g. all-zero forecasts: the score is collinear with the intercept
