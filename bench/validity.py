@@ -1,6 +1,7 @@
 """Validity of the trial statistics on simulated trials with known truth (`make bench` runs it).
 
-Parts (python bench/validity.py PART [PART ...]; default: all; each part a few minutes on one core):
+Parts (python bench/validity.py PART [PART ...]; default: all; each part a few minutes on one core;
+`forecast-KIND` runs one forecaster of the `forecast` part):
   observed       500 two-arm trials (placebo vs dimethyl fumarate, RR 0.15 at age 37, 100 patients
                  per arm, the simulator's count model with its age effect modifier): coverage of the
                  superpopulation rate ratio by the NB2 95% CI (goal 93.5-96.5%); 500 null-arm trials:
@@ -50,11 +51,11 @@ def observed(n_trials: int = 500) -> dict[str, float]:
     }
 
 
-def forecast(n_trials: int = 300) -> pd.DataFrame:
+def forecast(n_trials: int = 300, kinds: tuple[str, ...] = ("oracle", "overdispersed", "biased", "effect_biased")) -> pd.DataFrame:
     from mseval.stats.forecast_validity import forecast_trials
 
     rows = []
-    for kind in ("oracle", "overdispersed", "biased", "effect_biased"):
+    for kind in kinds:
         d = forecast_trials(n_trials, kind=kind, patients_per_arm=100, samples=10, seed0=400_000, heldout_per_arm=100)
         row = {"forecaster": kind, "trials": len(d)}
         for c in ("forecast_covers_law", "forecast_covers_truth", "rubin_covers_law", "cf_covers_law", "cf_covers_truth", "cal_covers_truth"):
@@ -124,7 +125,8 @@ def qini(n_trials: int = 200) -> dict[str, float]:
     return res
 
 
-PARTS = {"observed": observed, "forecast": forecast, "heterogeneity": heterogeneity, "prognostic": prognostic, "qini": qini}
+PARTS = {"observed": observed, "forecast": forecast, "heterogeneity": heterogeneity, "prognostic": prognostic, "qini": qini,
+         **{f"forecast-{k}": (lambda k=k: forecast(kinds=(k,))) for k in ("oracle", "overdispersed", "biased", "effect_biased")}}
 
 
 def run() -> dict[str, float]:
@@ -133,7 +135,7 @@ def run() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    for part in sys.argv[1:] or list(PARTS):
+    for part in sys.argv[1:] or ["observed", "forecast", "heterogeneity", "prognostic", "qini"]:
         t0 = time.time()
         res = PARTS[part]()
         print(f"== {part} ({time.time() - t0:.0f} s)")
