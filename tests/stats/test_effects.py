@@ -87,8 +87,12 @@ def small_trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_effects_cli_end_to_end(small_trial: tuple[Path, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
     cohort, fc = small_trial
-    res = cli("effects", cohort, fc, "--out", tmp_path / "eff", "--power-sims", "3")
+    ids = pd.read_csv(cohort / "manifest.csv")["patient_id"]
+    (tmp_path / "heldout.txt").write_text("\n".join(ids) + "\n")
+    res = cli("effects", cohort, fc, "--out", tmp_path / "eff", "--power-sims", "3", "--heldout-patients", tmp_path / "heldout.txt")
     assert res.code == 0, res.err
+    cal = pd.read_csv(tmp_path / "eff" / "counterfactual_calibrated.csv")
+    assert len(cal) == 5 and {"calibrated_ratio", "ci_low", "ci_high", "conditional_on", "estimable", "note"} <= set(cal.columns)
     out = tmp_path / "eff"
     for name in ["primary_endpoint.csv", "rate_ratios_observed.csv", "rate_ratios_forecast.csv", "adjusted_means.csv", "lesion_free.csv",
                  "counterfactual_patients.csv", "counterfactual_average.csv", "responders.csv", "qini_curve.csv", "qini_area.csv",
@@ -126,6 +130,9 @@ def test_effects_bad_input(small_trial: tuple[Path, Path], tmp_path: Path, cli) 
         last = res.err.strip().splitlines()[-1]
         assert res.code == 2 and last.startswith("mseval: error: ") and words in last and "Traceback" not in res.err, (name, res.err)
         assert not (tmp_path / "eff").exists(), name
+    (tmp_path / "ho.txt").write_text("P001\nP999\n")
+    res = cli("effects", cohort, "--counts", tmp_path / "cnt" / "counts.parquet", "--out", tmp_path / "eff", "--heldout-patients", tmp_path / "ho.txt")
+    assert res.code == 2 and "held-out patient 'P999' is not in the cohort" in res.err and not (tmp_path / "eff").exists(), res.err
     res = cli("effects", cohort, fc, "--out", tmp_path / "eff", "--formula", "net2 ~ arm + shoe_size")
     assert res.code == 2 and "unknown column 'shoe_size'" in res.err and not (tmp_path / "eff").exists()
 
