@@ -14,9 +14,9 @@ Parts (python bench/validity.py PART [PART ...]; default: all; each part a few m
   heterogeneity  500 trials with a constant true rate ratio (modifier 0): rejection rate of the arm x
                  predicted-benefit interaction test (goal 3.5-6.5%); 500 with the simulator's age
                  modifier (0.3): its power.
-  prognostic     uninformative forecasts, homogeneous true risk: 100 trials, how often the prognostic
-                 sample-size saving's 95% CI includes 0; 10 trials x 400 simulated designs: adjusted
-                 vs unadjusted power.
+  prognostic     uninformative forecasts, homogeneous true risk: 60 trials (100 bootstrap replicates
+                 each), how often the prognostic sample-size saving's 95% CI includes 0 (and
+                 PROCOVA's rho^2 CI); 6 trials x 300 simulated designs: adjusted vs unadjusted power.
   qini           200 oracle trials with the age modifier: Qini coefficient of the true ranking, of the
                  oracle forecasts' ranking and of random rankings; an all-tied score.
 """
@@ -78,14 +78,16 @@ def heterogeneity(n_trials: int = 500) -> dict[str, float]:
             "power_age_modifier_0.3": r1, "power_mc_se": _mc(r1, n_trials)}
 
 
-def prognostic(n_trials: int = 100, n_power: int = 10, sims: int = 400) -> dict[str, float]:
+def prognostic(n_trials: int = 60, n_power: int = 6, sims: int = 300) -> dict[str, float]:
     from mseval.stats.forecast_validity import null_prognostic_trials
 
-    d = null_prognostic_trials(n_trials, seed0=600_000, n_boot=200)
+    d = null_prognostic_trials(n_trials, seed0=600_000, n_boot=100)
     inc = ((d["saving_ci_low_pct"] <= 0) & (d["saving_ci_high_pct"] >= 0)).mean()
     pw = null_prognostic_trials(n_power, seed0=610_000, n_boot=0, power_sims=sims)
     diff = pw["power_adjusted"] - pw["power_unadjusted"]
     return {"trials": float(n_trials), "saving_ci_includes_0": float(inc), "mean_saving_pct": float(d["saving_pct"].mean()),
+            "saving_ci_claims_gain": float((d["saving_ci_low_pct"] > 0).mean()),
+            "procova_saving_ci_includes_0": float(((d["procova_saving_ci_low_pct"] <= 0) & (d["procova_saving_ci_high_pct"] >= 0)).mean()),
             "procova_ci_includes_0": float(((d["procova_ci_low"] <= 0) & (d["procova_ci_high"] >= 0)).mean()),
             "power_designs": float(n_power), "sims_per_design": float(sims), "mean_power_unadjusted": float(pw["power_unadjusted"].mean()),
             "mean_power_adjusted": float(pw["power_adjusted"].mean()), "mean_difference": float(diff.mean()),
