@@ -145,6 +145,9 @@ def run_effects(
     cohort = read_cohort(cohort_dir)
     ref = cohort.reference_arm
     arms = list(cohort.arms["arm"])
+    unknown = sorted(set(settings.heldout_patients) - set(cohort.patient_ids))
+    if unknown:
+        raise InputError(None, f"held-out patient {unknown[0]!r} is not in the cohort", field="heldout_patients")
     say("observed counts from the NET2 masks")
     table = analysis_table(cohort, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -174,9 +177,6 @@ def run_effects(
         cf = counterfactual_effects(means, ref)
         calibrated = None
         if settings.heldout_patients:
-            unknown = sorted(set(settings.heldout_patients) - set(table["patient_id"]))
-            if unknown:
-                raise InputError(None, f"held-out patient {unknown[0]!r} is not in the cohort", field="heldout_patients")
             calibrated = calibrated_counterfactual(means, table, list(settings.heldout_patients), ref)
         het = heterogeneity(table, means, ref, observed.table, fractions=settings.responder_fractions,
                             min_per_arm=settings.min_stratum_per_arm, truth=cohort.truth)
