@@ -2,7 +2,7 @@
 
 A paper-scale counts table (2,131 patients x 6 arms x 20 samples = 255,720 rows) from the
 simulator's count model (no images, `mseval.simulate.counts_only`); the observed NB2 model, the
-Rubin-pooled forecast model (20 fits), counterfactual effects, responder strata, Qini, prognostic
+forecast model (20 per-sample fits, patient-level sandwich), counterfactual effects, responder strata, Qini, prognostic
 adjustment and analytic power (simulated power left out: it is a Monte Carlo of its own, sized
 by --power-sims). Goals (2 cores): evaluate + effects < 30 s; 2,000 bootstrap replicates < 60 s.
 """
@@ -20,11 +20,13 @@ from pathlib import Path
 from mseval.simulate.counts_only import simulate_count_trial
 from mseval.simulate.model import TrialConfig
 from mseval.stats.count_model import bootstrap_rate_ratios, fit_count_model, fit_lesion_free
-from mseval.stats.counterfactual import counterfactual_effects, qini_curve, responder_strata
+from mseval.stats.counterfactual import counterfactual_effects
 from mseval.stats.ensemble_counts import check_counts, forecast_means
+from mseval.stats.heterogeneity import heterogeneity
 from mseval.stats.power import power_table
 from mseval.stats.prognostic import prognostic_adjustment
-from mseval.stats.rubin import fit_forecast_imputations
+from mseval.stats.qini import qini_table
+from mseval.stats.synthetic import fit_forecast_rate_ratios
 
 
 def run() -> dict[str, float]:
@@ -37,12 +39,13 @@ def run() -> dict[str, float]:
     observed = fit_count_model(tr.table, "net2 ~ arm + gd_count", reference="placebo")
     fit_lesion_free(tr.table, reference="placebo")
     means = forecast_means(tr.counts)
-    fit_forecast_imputations(tr.table, tr.counts, "net2 ~ arm + gd_count", reference="placebo")
+    fit_forecast_rate_ratios(tr.table, tr.counts, "net2 ~ arm + gd_count", reference="placebo")
     cf = counterfactual_effects(means, "placebo")
-    responder_strata(tr.table, cf, truth=tr.truth)
-    qini_curve(tr.table, cf)
+    heterogeneity(tr.table, means, "placebo", observed.table, truth=tr.truth)
+    p = cf.patients
+    qini_table(tr.table, {a: p[p["arm"] == a].set_index("patient_id").eval("expected_reference - expected") for a in arms[1:]}, "placebo", truth=tr.truth)
     prognostic_adjustment(tr.table, means, "placebo", "net2 ~ arm + gd_count")
-    power_table(tr.table, tr.counts, means, "placebo", dispersion=observed.alpha, sims=0)
+    power_table(tr.table, means, "placebo", sims=0)
     effects_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     boot = bootstrap_rate_ratios(tr.table, "net2 ~ arm", reference="placebo", n_resamples=2000, workers=2)

@@ -1,17 +1,43 @@
 """Validity of the trial statistics on simulated trials with known truth (`make bench` runs it).
 
-500 two-arm trials (placebo vs dimethyl fumarate, RR 0.15 at age 37, 100 patients per arm, the
-simulator's count model with its age effect modifier): coverage of the superpopulation rate
-ratio by the NB2 95% CI (goal 93.5-96.5%); 500 trials with a null arm: rejection rate at 0.05
-(goal 3.5-6.5%); the same with the oracle prognostic score as a covariate.
+Parts (python bench/validity.py PART [PART ...]; default: all; each part a few minutes on one core;
+`forecast-KIND` runs one forecaster of the `forecast` part):
+  observed       500 two-arm trials (placebo vs dimethyl fumarate, RR 0.15 at age 37, 100 patients
+                 per arm, the simulator's count model with its age effect modifier): coverage of the
+                 superpopulation rate ratio by the NB2 95% CI (goal 93.5-96.5%); 500 null-arm trials:
+                 rejection rate at 0.05 (goal 3.5-6.5%); the same with the oracle prognostic score.
+  forecast       300 trials per forecaster (oracle, overdispersed, biased, effect_biased; 10 samples):
+                 coverage of the forecast-RR CI (patient-level sandwich; Rubin's rules on the same fits
+                 for comparison) and of the counterfactual ratio-of-means CI, of the forecaster-law
+                 target and of the true rate ratio; the ratio calibrated on a held-out trial of 100 per
+                 arm with observed outcomes, coverage of the true rate ratio.
+  heterogeneity  500 trials with a constant true rate ratio (modifier 0): rejection rate of the arm x
+                 predicted-benefit interaction test (goal 3.5-6.5%); 500 with the simulator's age
+                 modifier (0.3): its power.
+  prognostic     uninformative forecasts, homogeneous true risk: 60 trials (100 bootstrap replicates
+                 each), how often the prognostic sample-size saving's 95% CI includes 0 (and
+                 PROCOVA's rho^2 CI); 6 trials x 300 simulated designs: adjusted vs unadjusted power.
+  qini           200 oracle trials with the age modifier: Qini coefficient of the true ranking, of the
+                 oracle forecasts' ranking and of random rankings; an all-tied score.
 """
 
 from __future__ import annotations
 
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
 from mseval.stats.validity import NULL, repeated_trials, summarize
 
 
-def run(n_trials: int = 500) -> dict[str, float]:
+def _mc(p: float, n: int) -> float:
+    return float(np.sqrt(p * (1 - p) / n))
+
+
+def observed(n_trials: int = 500) -> dict[str, float]:
     effect = summarize(repeated_trials(n_trials, patients_per_arm=100, seed0=100_000))
     null = summarize(repeated_trials(n_trials, patients_per_arm=100, drug=NULL, seed0=200_000))
     return {
@@ -25,6 +51,99 @@ def run(n_trials: int = 500) -> dict[str, float]:
     }
 
 
+def forecast(n_trials: int = 300, kinds: tuple[str, ...] = ("oracle", "overdispersed", "biased", "effect_biased")) -> pd.DataFrame:
+    from mseval.stats.forecast_validity import forecast_trials
+
+    rows = []
+    for kind in kinds:
+        d = forecast_trials(n_trials, kind=kind, patients_per_arm=100, samples=10, seed0=400_000, heldout_per_arm=100)
+        row = {"forecaster": kind, "trials": len(d)}
+        for c in ("forecast_covers_law", "forecast_covers_truth", "rubin_covers_law", "cf_covers_law", "cf_covers_truth", "cal_covers_truth"):
+            row[c] = float(d[c].mean())
+        row["mc_se_at_95"] = _mc(0.95, len(d))
+        row["forecast_se_over_empirical_sd"] = float(d["forecast_se"].mean() / np.log(d["forecast_rr"]).std(ddof=1))
+        row["rubin_se_over_empirical_sd"] = float(d["rubin_se"].mean() / np.log(d["forecast_rr"]).std(ddof=1))
+        row["rrr2003_variance_negative"] = float((d["rrr_variance"] < 0).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def heterogeneity(n_trials: int = 500) -> dict[str, float]:
+    from mseval.stats.forecast_validity import heterogeneity_trials
+
+    null = heterogeneity_trials(n_trials, modifier=0.0, seed0=300_000)
+    alt = heterogeneity_trials(n_trials, modifier=0.3, seed0=310_000)
+    r0, r1 = float((null["p_value"] < 0.05).mean()), float((alt["p_value"] < 0.05).mean())
+    return {"trials": float(n_trials), "null_rejection_rate": r0, "null_mc_se": _mc(0.05, n_trials), "null_not_estimable": float((~null["estimable"]).mean()),
+            "power_age_modifier_0.3": r1, "power_mc_se": _mc(r1, n_trials)}
+
+
+def prognostic(n_trials: int = 60, n_power: int = 6, sims: int = 300) -> dict[str, float]:
+    from mseval.stats.forecast_validity import null_prognostic_trials
+
+    d = null_prognostic_trials(n_trials, seed0=600_000, n_boot=100)
+    inc = ((d["saving_ci_low_pct"] <= 0) & (d["saving_ci_high_pct"] >= 0)).mean()
+    pw = null_prognostic_trials(n_power, seed0=610_000, n_boot=0, power_sims=sims)
+    diff = pw["power_adjusted"] - pw["power_unadjusted"]
+    return {"trials": float(n_trials), "saving_ci_includes_0": float(inc), "mean_saving_pct": float(d["saving_pct"].mean()),
+            "saving_ci_claims_gain": float((d["saving_ci_low_pct"] > 0).mean()),
+            "procova_saving_ci_includes_0": float(((d["procova_saving_ci_low_pct"] <= 0) & (d["procova_saving_ci_high_pct"] >= 0)).mean()),
+            "procova_ci_includes_0": float(((d["procova_ci_low"] <= 0) & (d["procova_ci_high"] >= 0)).mean()),
+            "power_designs": float(n_power), "sims_per_design": float(sims), "mean_power_unadjusted": float(pw["power_unadjusted"].mean()),
+            "mean_power_adjusted": float(pw["power_adjusted"].mean()), "mean_difference": float(diff.mean()),
+            "mc_se_of_mean_difference_unpaired_bound": float(np.sqrt(2 * 0.25 / sims / n_power))}
+
+
+def qini(n_trials: int = 200) -> dict[str, float]:
+    from mseval.simulate.counts_only import simulate_count_trial
+    from mseval.simulate.model import TrialConfig
+    from mseval.stats.ensemble_counts import forecast_means
+    from mseval.stats.forecast_validity import DRUG, PLACEBO
+    from mseval.stats.qini import qini_coefficient
+
+    base = TrialConfig(patients_per_arm=100, arms=(PLACEBO, DRUG))
+    out: dict[str, list[float]] = {k: [] for k in ("true_vs_true", "true_obs", "oracle_vs_true", "oracle_obs", "random_vs_true", "random_obs", "tied_obs")}
+    rng = np.random.default_rng(7)
+    for k in range(n_trials):
+        tr = simulate_count_trial(replace(base, seed=700_000 + k), samples=10, forecast_seed=k)
+        m = forecast_means(tr.counts).pivot(index="patient_id", columns="arm", values="expected")
+        t = tr.truth.pivot(index="patient_id", columns="arm", values="expected_count")
+        d = tr.table
+        treated = (d["arm"] == "dmf").to_numpy()
+        y = (d["net2"] / d["followup_years"]).to_numpy()
+        ids = d["patient_id"]
+        true_b = (t["placebo"] - t["dmf"]).loc[ids].to_numpy()
+        pred_b = (m["placebo"] - m["dmf"]).loc[ids].to_numpy()
+        rand = rng.random(len(ids))
+        for name, s in (("true", true_b), ("oracle", pred_b), ("random", rand)):
+            out[f"{name}_vs_true"].append(qini_coefficient(s, treated, y, perfect_score=true_b))
+            out[f"{name}_obs"].append(qini_coefficient(s, treated, y))
+        out["tied_obs"].append(qini_coefficient(np.zeros(len(ids)), treated, y))
+    res: dict[str, float] = {"trials": float(n_trials)}
+    for k, v in out.items():
+        a = np.array(v, dtype=float)
+        res[f"{k}_mean"] = float(np.nanmean(a))
+        res[f"{k}_sd"] = float(np.nanstd(a, ddof=1))
+    return res
+
+
+PARTS = {"observed": observed, "forecast": forecast, "heterogeneity": heterogeneity, "prognostic": prognostic, "qini": qini,
+         **{f"forecast-{k}": (lambda k=k: forecast(kinds=(k,))) for k in ("oracle", "overdispersed", "biased", "effect_biased")}}
+
+
+def run() -> dict[str, float]:
+    """The observed-analysis part (kept for bench/run_all.py)."""
+    return observed()
+
+
 if __name__ == "__main__":
-    for k, v in run().items():
-        print(f"{k:42s} {v:10.4f}")
+    for part in sys.argv[1:] or ["observed", "forecast", "heterogeneity", "prognostic", "qini"]:
+        t0 = time.time()
+        res = PARTS[part]()
+        print(f"== {part} ({time.time() - t0:.0f} s)")
+        if isinstance(res, pd.DataFrame):
+            with pd.option_context("display.width", 250, "display.max_columns", 30):
+                print(res.round(4).to_string(index=False))
+        else:
+            for k, v in res.items():
+                print(f"{k:42s} {v:10.4f}")

@@ -1,23 +1,46 @@
 """`mseval effects`: treatment effects the way RRMS trials report them, observed and forecast.
 
+Every number derived from the forecasts names its estimand (population, contrast, what it
+conditions on) in its table (`estimand`, `conditional_on`, `ci_method`, `estimable`, `note`
+columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`estimands`):
+
+- forecast rate ratio: the NB2 rate ratio in the population these patients represent, randomized
+  as in the trial, if their outcomes followed the forecaster's law; mean of the per-sample NB2
+  fits, patient-level sandwich CI (fully synthetic outcomes: no Rubin's rules, no fraction of
+  missing information); conditional on the forecaster.
+- counterfactual ratio of means / mean difference: every patient under every arm, ratio of mean
+  forecast counts over the same population; delta-method CI over patients; conditional on the
+  forecaster -- unless held-out patients with observed outcomes are given (`heldout_patients`),
+  then `counterfactual_calibrated.csv` carries the forecaster's calibration error.
+- heterogeneity: the NB2 arm x predicted-benefit interaction (primary test); responder strata
+  are exploratory (minimum `min_stratum_per_arm` patients per arm), observed outcomes only.
+- Qini: Radcliffe (2007) normalisation (perfect = 1, random ~ 0), ties averaged.
+- prognostic adjustment: the saving in sample size measured on observed outcomes, bootstrap CI.
+- power: outcome law and score-outcome relation from the observed NB2 fit; design rate ratio
+  from the forecasts (an assumption).
+
 Tables written to OUT (atomically, all or nothing):
     primary_endpoint.csv        rate ratios vs the reference, side by side: observed (NB2), forecast
-                                (NB2 on each ensemble sample, Rubin's rules), counterfactual
-                                (ratio of ensemble means over all patients) [+ truth when simulated]
+                                (NB2 on the fully synthetic samples), counterfactual (ratio of
+                                ensemble means over all patients) [+ truth when simulated]
+    estimands.csv               one row per arm x forecast-derived quantity: estimate, CI, estimand,
+                                conditional_on, ci_method, estimable, note
     rate_ratios_observed.csv    every term of the observed NB2 model (incl. covariates), estimable + note
-    rate_ratios_forecast.csv    every term, pooled over imputations
+    rate_ratios_forecast.csv    every term of the forecast NB2 model
     adjusted_means.csv          adjusted annualised NET2 rate per arm and % reduction, estimable + note
     lesion_free.csv             proportion free of NET2 lesions per arm; hazard ratio of any lesion (cloglog,
                                 offset log(years)), odds ratio (logistic), risk difference (Newcombe CI),
                                 estimable + note (separation flagged)
     counterfactual_patients.csv per patient x arm: expected count, difference and ratio vs reference
     counterfactual_average.csv  per arm: mean difference and ratio of means with CIs
-    responders.csv              observed effects in the top 10/30/50% predicted responders
+    counterfactual_calibrated.csv (with held-out patients) the ratio corrected for forecaster error
+    heterogeneity.csv           per arm: the arm x predicted-benefit interaction test
+    responders.csv              observed effects in the top 10/30/50% predicted responders (exploratory)
     qini_curve.csv, qini_area.csv
-    prognostic.csv              SE and sample-size saving from the prognostic score
+    prognostic.csv              SE and sample-size saving (with CI) from the prognostic score
     power_analytic.csv, power_simulated.csv
     counts.parquet              the ensemble counts used (unless given with --counts)
-    effects.json                settings, model information and headline numbers
+    effects.json                settings, model information, estimands and headline numbers
 """
 
 from __future__ import annotations
@@ -38,11 +61,19 @@ from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
 from mseval.stats.count_model import bootstrap_rate_ratios, fit_count_model, fit_lesion_free
-from mseval.stats.counterfactual import counterfactual_effects, qini_curve, responder_strata
+from mseval.stats import counterfactual as CF
+from mseval.stats import heterogeneity as HET
+from mseval.stats import power as PW
+from mseval.stats import prognostic as PG
+from mseval.stats import qini as QI
+from mseval.stats import synthetic as SY
+from mseval.stats.counterfactual import calibrated_counterfactual, counterfactual_effects
 from mseval.stats.ensemble_counts import check_counts, forecast_means
+from mseval.stats.heterogeneity import heterogeneity
 from mseval.stats.power import power_table
 from mseval.stats.prognostic import prognostic_adjustment
-from mseval.stats.rubin import fit_forecast_imputations
+from mseval.stats.qini import qini_table
+from mseval.stats.synthetic import fit_forecast_rate_ratios
 
 
 @dataclass(frozen=True)
@@ -55,6 +86,30 @@ class EffectsSettings:
     power_sims: int = 50
     bootstrap: int = 0
     seed: int = 0
+    min_stratum_per_arm: int = HET.MIN_PER_ARM
+    prognostic_bootstrap: int = 200
+    heldout_patients: tuple[str, ...] = ()
+
+
+ESTIMANDS: dict[str, dict[str, str]] = {
+    "forecast_rate_ratio": {"estimand": SY.ESTIMAND, "conditional_on": SY.CONDITIONAL_ON, "ci_method": SY.CI_METHOD,
+                            "validation": "oracle forecaster: coverage of the true rate ratio in bench/RESULTS.md (bench/validity.py)"},
+    "counterfactual_ratio_of_means": {"estimand": CF.ESTIMAND, "conditional_on": CF.CONDITIONAL_ON, "ci_method": CF.CI_METHOD,
+                                      "validation": "oracle forecaster: coverage of the true ratio of means in bench/RESULTS.md"},
+    "counterfactual_mean_difference": {"estimand": CF.DIFF_ESTIMAND, "conditional_on": CF.CONDITIONAL_ON,
+                                       "ci_method": "normal approximation over patients"},
+    "counterfactual_calibrated_ratio": {"estimand": CF.CAL_ESTIMAND, "conditional_on": CF.CAL_CONDITIONAL_ON,
+                                        "ci_method": "joint delta method over patients (log scale)"},
+    "heterogeneity_interaction": {"estimand": HET.INTERACTION_ESTIMAND, "conditional_on": "observed outcomes of randomized patients; the score is a baseline quantity",
+                                  "ci_method": "NB2 Wald (expected information)"},
+    "responder_stratum_rate_ratio": {"estimand": HET.STRATUM_ESTIMAND, "conditional_on": "observed outcomes; exploratory, strata chosen by the forecasts",
+                                     "ci_method": "NB2 Wald within the stratum (not adjusted for multiplicity)"},
+    "qini_coefficient": {"estimand": "Qini coefficient of the forecast's ranking by predicted benefit (lesions per year prevented)",
+                         "conditional_on": "observed outcomes of randomized patients", "ci_method": "none (descriptive)", "normalisation": QI.NORMALISATION},
+    "prognostic_saving": {"estimand": PG.ESTIMAND, "conditional_on": PG.CONDITIONAL_ON, "ci_method": "percentile bootstrap of patients within arms"},
+    "power": {"estimand": PW.ESTIMAND, "conditional_on": "the observed trial's NB2 law and the design rate ratio (forecast ratio of means)",
+              "ci_method": "Monte Carlo SE"},
+}
 
 
 def _truth_comparison(truth: pd.DataFrame, cf_patients: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -92,6 +147,9 @@ def run_effects(
     cohort = read_cohort(cohort_dir)
     ref = cohort.reference_arm
     arms = list(cohort.arms["arm"])
+    unknown = sorted(set(settings.heldout_patients) - set(cohort.patient_ids))
+    if unknown:
+        raise InputError(None, f"held-out patient {unknown[0]!r} is not in the cohort", field="heldout_patients")
     say("observed counts from the NET2 masks")
     table = analysis_table(cohort, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -115,16 +173,23 @@ def run_effects(
         observed = fit_count_model(table, settings.formula, reference=ref, cov=settings.cov, file=str(cohort.root / "manifest.csv"))
         lesion_free = fit_lesion_free(table, reference=ref)
         means = forecast_means(counts)
-        say(f"forecast NB2 models ({S} imputations)")
-        rubin = fit_forecast_imputations(table, counts, settings.formula, reference=ref)
+        say(f"forecast NB2 models ({S} fully synthetic samples)")
+        fc = fit_forecast_rate_ratios(table, counts, settings.formula, reference=ref)
         say("counterfactual effects")
         cf = counterfactual_effects(means, ref)
-        responders = responder_strata(table, cf, fractions=settings.responder_fractions, truth=cohort.truth)
-        qini = qini_curve(table, cf)
-        prog = prognostic_adjustment(table, means, ref, settings.formula)
+        calibrated = None
+        if settings.heldout_patients:
+            calibrated = calibrated_counterfactual(means, table, list(settings.heldout_patients), ref)
+        het = heterogeneity(table, means, ref, observed.table, fractions=settings.responder_fractions,
+                            min_per_arm=settings.min_stratum_per_arm, truth=cohort.truth)
+        benefit = {a: (cf.patients[cf.patients["arm"] == a].set_index("patient_id")["expected_reference"]
+                       - cf.patients[cf.patients["arm"] == a].set_index("patient_id")["expected"]) for a in arms if a != ref}
+        qini = qini_table(table, benefit, ref, truth=cohort.truth)
+        prog = prognostic_adjustment(table, means, ref, settings.formula, n_boot=settings.prognostic_bootstrap, seed=settings.seed)
         say("power")
-        power = power_table(table, counts, means, ref, dispersion=observed.alpha, sims=settings.power_sims, seed=settings.seed)
-        primary = _primary(observed, rubin.table, cf.average, arms, ref)
+        power = power_table(table, means, ref, sims=settings.power_sims, seed=settings.seed)
+        primary = _primary(observed, fc.table, cf.average, arms, ref)
+        estimands = _estimands_table(fc.table, cf.average, calibrated, het.interaction, qini.area, prog.table)
         truth_cmp = None
         if cohort.truth is not None:
             truth_cmp = _truth_comparison(cohort.truth, cf.patients, ref)
@@ -132,12 +197,14 @@ def run_effects(
         files = {
             "primary_endpoint.csv": primary,
             "rate_ratios_observed.csv": observed.table,
-            "rate_ratios_forecast.csv": rubin.table,
+            "estimands.csv": estimands,
+            "rate_ratios_forecast.csv": fc.table,
             "adjusted_means.csv": observed.arm_means,
             "lesion_free.csv": lesion_free.table,
             "counterfactual_patients.csv": cf.patients,
             "counterfactual_average.csv": cf.average,
-            "responders.csv": responders.table,
+            "heterogeneity.csv": het.interaction,
+            "responders.csv": het.strata,
             "qini_curve.csv": qini.curve,
             "qini_area.csv": qini.area,
             "prognostic.csv": prog.table,
@@ -146,6 +213,8 @@ def run_effects(
         }
         if truth_cmp is not None:
             files["truth_comparison.csv"] = truth_cmp
+        if calibrated is not None:
+            files["counterfactual_calibrated.csv"] = calibrated
         if settings.bootstrap > 0:
             say(f"bootstrap of the observed rate ratios ({settings.bootstrap} patient resamples)")
             boot = bootstrap_rate_ratios(table, settings.formula, reference=ref, n_resamples=settings.bootstrap, seed=settings.seed, workers=workers)
@@ -157,8 +226,11 @@ def run_effects(
             "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": final_path(counts_path) if counts_path else "counted from the store",
                          "observed_counts": "components of each patient's net2_mask"},
             "observed_model": observed.model_info(),
-            "forecast_model": {"imputations": rubin.imputations, "failed_fits": rubin.failed, "pooling": "Rubin's rules (Rubin 1987 degrees of freedom)",
-                               "note": rubin.note},
+            "forecast_model": {"samples": fc.samples, "failed_fits": fc.failed, "outcomes": "fully synthetic (every outcome drawn from the forecaster)",
+                               "pooling": SY.CI_METHOD, "note": fc.note},
+            "estimands": {**ESTIMANDS, **({} if calibrated is not None else {"counterfactual_calibrated_ratio": {
+                "estimand": CF.CAL_ESTIMAND, "note": "not computed: no held-out patients with observed outcomes were given"}})},
+            "heldout_patients": len(settings.heldout_patients),
             "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
             "patients": int(len(table)),
         }
@@ -179,8 +251,41 @@ def _primary(observed: Any, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: 
             "observed_rate_ratio": o.loc[arm, "rate_ratio"], "observed_ci_low": o.loc[arm, "ci_low"], "observed_ci_high": o.loc[arm, "ci_high"], "observed_p_value": o.loc[arm, "p_value"],
             "observed_estimable": bool(o.loc[arm, "estimable"]), "observed_note": o.loc[arm, "note"],
             "forecast_rate_ratio": f.loc[arm, "rate_ratio"], "forecast_ci_low": f.loc[arm, "ci_low"], "forecast_ci_high": f.loc[arm, "ci_high"],
+            "forecast_estimable": bool(f.loc[arm, "estimable"]), "forecast_note": f.loc[arm, "note"],
+            "forecast_conditional_on": SY.CONDITIONAL_ON,
             "counterfactual_rate_ratio": c.loc[arm, "ratio_of_means"], "counterfactual_ci_low": c.loc[arm, "ratio_ci_low"], "counterfactual_ci_high": c.loc[arm, "ratio_ci_high"],
+            "counterfactual_estimable": bool(c.loc[arm, "estimable"]), "counterfactual_note": c.loc[arm, "note"],
+            "counterfactual_conditional_on": CF.CONDITIONAL_ON,
         })
+    return pd.DataFrame(rows)
+
+
+def _estimands_table(fc: pd.DataFrame, cf_avg: pd.DataFrame, calibrated: pd.DataFrame | None, interaction: pd.DataFrame,
+                     qini_area: pd.DataFrame, prog: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm x forecast-derived quantity (quantity, arm, estimate, ci_low, ci_high, estimand,
+    conditional_on, ci_method, estimable, note): the table a reader checks before quoting a number."""
+    rows: list[dict[str, Any]] = []
+
+    def add(quantity: str, df: pd.DataFrame | None, arm_col: str, est: str, lo: str | None, hi: str | None,
+            ok: str = "estimable", note: str = "note") -> None:
+        if df is None or df.empty:
+            return
+        meta = ESTIMANDS[quantity]
+        for r in df.to_dict("records"):
+            rows.append({"quantity": quantity, "arm": r[arm_col], "estimate": r[est], "ci_low": r[lo] if lo else np.nan,
+                         "ci_high": r[hi] if hi else np.nan, "estimand": meta["estimand"], "conditional_on": meta["conditional_on"],
+                         "ci_method": meta["ci_method"], "estimable": bool(r.get(ok, True)), "note": r.get(note, "") or ""})
+
+    add("forecast_rate_ratio", fc, "term", "rate_ratio", "ci_low", "ci_high")
+    add("counterfactual_ratio_of_means", cf_avg, "arm", "ratio_of_means", "ratio_ci_low", "ratio_ci_high")
+    add("counterfactual_mean_difference", cf_avg, "arm", "mean_difference", "difference_ci_low", "difference_ci_high",
+        ok="difference_estimable", note="difference_note")
+    add("counterfactual_calibrated_ratio", calibrated, "arm", "calibrated_ratio", "ci_low", "ci_high")
+    add("heterogeneity_interaction", interaction, "arm", "interaction_ratio", "ci_low", "ci_high")
+    add("qini_coefficient", qini_area, "arm", "qini_coefficient", None, None)
+    if not prog.empty:
+        add("prognostic_saving", prog.assign(saving=prog["sample_size_saving_pct"] / 100, lo=prog["saving_ci_low_pct"] / 100,
+                                             hi=prog["saving_ci_high_pct"] / 100), "arm", "saving", "lo", "hi")
     return pd.DataFrame(rows)
 
 

@@ -67,9 +67,12 @@ def effects(
     workers: Annotated[int, typer.Option(help="Processes for counting and the bootstrap.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     wait: Wait = False,
+    heldout_patients: Annotated[Optional[Path], typer.Option(help="Text file, one patient_id a line: patients with observed outcomes the "
+                                                              "forecaster never trained on; the counterfactual ratio then carries the forecaster's calibration error.")] = None,
+    min_stratum_per_arm: Annotated[int, typer.Option(help="Smallest responder stratum estimated, in patients per arm (exploratory strata).")] = 10,
 ) -> None:
-    """Treatment effects: observed, forecast (Rubin's rules) and counterfactual rate ratios,
-    responders, Qini, prognostic adjustment, power."""
+    """Treatment effects: observed, forecast (NB2 on fully synthetic outcomes) and counterfactual rate
+    ratios, each with its estimand; heterogeneity test, responders, Qini, prognostic adjustment, power."""
     from mseval.effects import EffectsSettings, run_effects
 
     from mseval.io.cohort import read_cohort
@@ -80,6 +83,7 @@ def effects(
     check_min(bootstrap, "--bootstrap", 0)
     check_min(power_sims, "--power-sims", 0)
     check_min(workers, "--workers", 1)
+    check_min(min_stratum_per_arm, "--min-stratum-per-arm", 2)
     check_out_folder(out)
     if out.exists() and not overwrite:
         raise InputError(out, "output folder exists; remove it or pass --overwrite")
@@ -92,7 +96,12 @@ def effects(
         raise InputError(None, "give a forecast store (FORECASTS) or --counts")
     else:
         check_store_file(forecasts, c)
-    settings = EffectsSettings(formula=formula, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed)
+    heldout: tuple[str, ...] = ()
+    if heldout_patients is not None:
+        check_in_file(heldout_patients, "--heldout-patients")
+        heldout = tuple(x.strip() for x in heldout_patients.read_text().splitlines() if x.strip() and x.strip() != "patient_id")
+    settings = EffectsSettings(formula=formula, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed,
+                               heldout_patients=heldout, min_stratum_per_arm=min_stratum_per_arm)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
                               progress=lambda m: typer.echo(f"... {m}", err=True))

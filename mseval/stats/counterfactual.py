@@ -6,11 +6,20 @@ and flagged, where E_ir = 0). Average effect per arm: the mean difference (CI fr
 limit theorem over patients) and the ratio of means sum_i E_ia / sum_i E_ir (CI by the delta
 method on the log ratio); both are patient-level, not sample-level, uncertainty.
 
-Predicted responders (Falet et al., Nat Commun 2022): rank patients by predicted benefit
-E_ir - E_ia, and estimate the **observed** effect (NB2 rate ratio of the observed counts) among
-the patients randomized to a or r within the top 10/30/50%. The Qini curve orders the same
-randomized patients by predicted benefit and plots the cumulative observed reduction in counts
-(reference-arm mean minus treated-arm mean, scaled to the treated patients seen so far).
+Estimand (ratio of means). E[mu_a] / E[mu_r] over the population these patients represent, where
+mu is the forecaster's expected count: the marginal rate ratio *if the forecaster's law were the
+truth*. The delta-method CI (patients as the independent unit; the ensemble's Monte Carlo noise is
+inside each patient's mean) is **conditional on the forecaster**: its errors are not carried.
+
+Forecaster error (`calibrated_counterfactual`). Where patients with observed outcomes that the
+forecaster never trained on exist (held-out patients, possibly the trial's own), the per-arm
+calibration factor c_a = sum_H y_j / sum_H E_j,a(j) (observed over forecast, held-out patients
+randomized to a) corrects the ratio: R_cal = R * c_a / c_r. Estimand: the true marginal ratio
+E[Y_a] / E[Y_r], under the assumption that the forecaster's error is, on average over patients,
+a multiplicative constant per arm (calibration-in-the-large). The CI carries the sampling error of
+the calibration factors through a joint delta method over patients (the union of both sets, so a
+patient in both is counted once, with its correlation).
+Heterogeneity (responder strata, interaction test) is in `heterogeneity.py`; Qini in `qini.py`.
 """
 
 from __future__ import annotations
@@ -21,7 +30,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mseval.stats.count_model import fit_count_model
+from mseval.stats.estimability import assess_additive, assess_ratio
+
+ESTIMAND = "ratio of mean forecast counts (arm vs reference) over the population these patients represent, if the forecaster's law were the truth"
+DIFF_ESTIMAND = "mean difference of forecast counts over follow-up (arm minus reference), same population and law"
+CONDITIONAL_ON = "the forecaster (its errors are not carried: no held-out patients with observed outcomes)"
+CI_METHOD = "delta method over patients (log ratio of means; paired)"
+CAL_ESTIMAND = "true ratio of mean counts (arm vs reference) over the population, forecasts calibrated per arm on held-out observed outcomes"
+CAL_CONDITIONAL_ON = "the forecaster's error being a per-arm multiplicative constant (calibration-in-the-large); its sampling error is carried"
 
 
 @dataclass(frozen=True)
@@ -78,110 +94,62 @@ def counterfactual_effects(means: pd.DataFrame, reference: str) -> Counterfactua
             "difference_p10": q[0], "difference_median": q[1], "difference_p90": q[2],
             "note": "" if r_sum > 0 else "ratio not estimable: the reference arm's forecasts hold no lesion",
         })
+        a = avg[-1]
+        ok, note = assess_ratio(a["ratio_of_means"], a["ratio_ci_low"], a["ratio_ci_high"], reasons=[a["note"]])
+        ok_d, note_d = assess_additive(md, a["difference_ci_low"], a["difference_ci_high"])
+        a.update({"estimand": ESTIMAND, "difference_estimand": DIFF_ESTIMAND, "conditional_on": CONDITIONAL_ON, "ci_method": CI_METHOD,
+                  "estimable": ok, "note": note, "difference_estimable": ok_d, "difference_note": note_d})
     return CounterfactualEffects(pd.concat(rows, ignore_index=True), pd.DataFrame(avg), reference)
 
 
-@dataclass(frozen=True)
-class ResponderStrata:
-    """table: one row per (arm, stratum): fraction, patients randomized to the arm / reference in
-    the stratum, predicted rate ratio, observed NB2 rate ratio with CI, and (simulated cohorts) the
-    true mean rate ratio of the stratum's patients."""
+def calibrated_counterfactual(means: pd.DataFrame, observed: pd.DataFrame, heldout: list[str] | set[str], reference: str,
+                              *, response: str = "net2", arms: list[str] | None = None) -> pd.DataFrame:
+    """Counterfactual ratio of means corrected by per-arm calibration on held-out observed outcomes.
 
-    table: pd.DataFrame
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.table
-
-    def summary(self) -> str:
-        lines = ["Observed effects in predicted-responder strata (patients randomized to arm or reference)"]
-        for r in self.table.itertuples():
-            lines.append(f"  {r.arm:16s} {r.stratum:9s} n={r.n_arm}+{r.n_reference}  observed RR {r.observed_rate_ratio:.3f} ({r.ci_low:.3f} to {r.ci_high:.3f})")
-        return "\n".join(lines)
-
-
-def _benefit(cf: CounterfactualEffects, arm: str) -> pd.Series:
-    p = cf.patients[cf.patients["arm"] == arm].set_index("patient_id")
-    return p["expected_reference"] - p["expected"]
-
-
-def responder_strata(
-    table: pd.DataFrame,
-    cf: CounterfactualEffects,
-    arms: list[str] | None = None,
-    fractions: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0),
-    *,
-    truth: pd.DataFrame | None = None,
-    response: str = "net2",
-) -> ResponderStrata:
-    """Observed effect among the top `fractions` of predicted benefit (1.0 = everyone)."""
-    ref = cf.reference
-    arms = arms or [a for a in cf.patients["arm"].unique() if a != ref]
+    means: forecast_means output for every patient of the counterfactual set under every arm (and
+    for the held-out patients under their allocated arm); observed: one row per patient (patient_id,
+    arm = allocated arm, `response` = observed count over the same follow-up as the forecasts);
+    heldout: ids of patients with observed outcomes the forecaster never trained on.
+    Returns one row per arm: ratio_of_means (uncalibrated), calibration_reference, calibration_arm,
+    calibrated_ratio with ci_low / ci_high (95%, joint delta method), n_heldout_arm / _reference,
+    estimand, conditional_on, estimable, note.
+    """
+    wide = means.pivot(index="patient_id", columns="arm", values="expected")
+    held = observed[observed["patient_id"].isin(set(heldout)) & observed["patient_id"].isin(wide.index)]
+    ids = pd.Index(sorted(set(wide.index) | set(held["patient_id"])))
+    N = len(ids)
+    z = stats.norm.ppf(0.975)
+    arms = arms or [a for a in wide.columns if a != reference]
+    in_cf = ids.isin(wide.dropna().index)
+    alloc = held.set_index("patient_id")["arm"].reindex(ids)
+    y = held.set_index("patient_id")[response].reindex(ids).to_numpy(dtype=float)
+    alloc_mean = np.array([wide.at[i, a] if isinstance(a, str) and i in wide.index and a in wide.columns else np.nan for i, a in zip(ids, alloc)])
     rows = []
     for arm in arms:
-        benefit = _benefit(cf, arm)
-        rand = table[table["arm"].isin([arm, ref])].copy()
-        rand["benefit"] = benefit.loc[rand["patient_id"]].to_numpy()
-        rand = rand.sort_values(["benefit", "patient_id"], ascending=[False, True])
-        for f in fractions:
-            top = rand.iloc[: max(int(round(f * len(rand))), 2)]
-            n_a, n_r = int((top["arm"] == arm).sum()), int((top["arm"] == ref).sum())
-            row = {"arm": arm, "stratum": "all" if f >= 1 else f"top {round(100 * f)}%", "fraction": f, "n_arm": n_a, "n_reference": n_r}
-            p = cf.patients.set_index(["patient_id", "arm"])
-            ids = top["patient_id"]
-            row["predicted_rate_ratio"] = float(p.loc[[(i, arm) for i in ids], "expected"].sum() / max(p.loc[[(i, ref) for i in ids], "expected"].sum(), 1e-12))
-            est = {"observed_rate_ratio": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "note": ""}
-            if n_a >= 2 and n_r >= 2 and top[response].sum() > 0:
-                try:
-                    fit = fit_count_model(top, f"{response} ~ arm", reference=ref)
-                    r = fit.rate_ratio(arm)
-                    est = {"observed_rate_ratio": r.rate_ratio, "ci_low": r.ci_low, "ci_high": r.ci_high, "p_value": r.p_value,
-                           "note": "" if fit.converged else "not converged"}
-                except Exception as exc:  # noqa: BLE001 - small strata may not be estimable; say so
-                    est["note"] = f"not estimable: {exc}"
-            else:
-                est["note"] = "too few patients or no events"
-            row.update(est)
-            if truth is not None:
-                t = truth.set_index(["patient_id", "arm"])
-                row["true_rate_ratio"] = float(t.loc[[(i, arm) for i in ids], "expected_count"].sum() / t.loc[[(i, ref) for i in ids], "expected_count"].sum())
+        cols = {}
+        cols["s_a"] = np.where(in_cf, wide[arm].reindex(ids).to_numpy(dtype=float), 0.0)
+        cols["s_r"] = np.where(in_cf, wide[reference].reindex(ids).to_numpy(dtype=float), 0.0)
+        ha, hr = (alloc == arm).to_numpy(), (alloc == reference).to_numpy()
+        cols["y_a"], cols["m_a"] = np.where(ha, y, 0.0), np.where(ha, alloc_mean, 0.0)
+        cols["y_r"], cols["m_r"] = np.where(hr, y, 0.0), np.where(hr, alloc_mean, 0.0)
+        sign = {"s_a": 1, "s_r": -1, "y_a": 1, "m_a": -1, "y_r": -1, "m_r": 1}
+        means_ = {k: float(np.nanmean(v)) for k, v in cols.items()}
+        row = {"arm": arm, "n_patients": int(in_cf.sum()), "n_heldout_arm": int(ha.sum()), "n_heldout_reference": int(hr.sum()),
+               "estimand": CAL_ESTIMAND, "conditional_on": CAL_CONDITIONAL_ON, "ci_method": "joint delta method over patients (log scale)"}
+        nan = float("nan")
+        if min(means_.values()) <= 0 or not all(np.isfinite(list(means_.values()))):
+            row.update({"ratio_of_means": means_["s_a"] / means_["s_r"] if means_["s_r"] > 0 else nan, "calibration_arm": nan,
+                        "calibration_reference": nan, "calibrated_ratio": nan, "ci_low": nan, "ci_high": nan, "estimable": False,
+                        "note": "not estimable: no held-out patients with observed lesions (or no forecast lesions) in this arm or the reference"})
             rows.append(row)
-    return ResponderStrata(pd.DataFrame(rows))
-
-
-@dataclass(frozen=True)
-class QiniCurve:
-    """curve: one row per (arm, step): fraction of randomized patients targeted, qini (cumulative
-    observed reduction in lesions), random (the straight line); area: per arm, the area between
-    the curve and the random line, also normalised by the total reduction (qini_coefficient)."""
-
-    curve: pd.DataFrame
-    area: pd.DataFrame
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.area
-
-
-def qini_curve(table: pd.DataFrame, cf: CounterfactualEffects, arms: list[str] | None = None, *, response: str = "net2", years: str = "followup_years") -> QiniCurve:
-    """Qini curve of predicted benefit against observed annualised counts, per treated arm."""
-    ref = cf.reference
-    arms = arms or [a for a in cf.patients["arm"].unique() if a != ref]
-    curves, areas = [], []
-    for arm in arms:
-        d = table[table["arm"].isin([arm, ref])].copy()
-        d["benefit"] = _benefit(cf, arm).loc[d["patient_id"]].to_numpy()
-        d = d.sort_values(["benefit", "patient_id"], ascending=[False, True])
-        y = d[response].to_numpy(dtype=float) / d[years].to_numpy(dtype=float)
-        t = (d["arm"] == arm).to_numpy()
-        n_t, n_c = np.cumsum(t), np.cumsum(~t)
-        y_t, y_c = np.cumsum(y * t), np.cumsum(y * ~t)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(n_c > 0, y_c * n_t / n_c, 0.0) - y_t
-        frac = np.arange(1, len(d) + 1) / len(d)
-        q = np.concatenate([[0.0], q])
-        frac = np.concatenate([[0.0], frac])
-        rand = frac * q[-1]
-        area = float(np.trapezoid(q - rand, frac))
-        curves.append(pd.DataFrame({"arm": arm, "fraction": frac, "qini": q, "random": rand}))
-        areas.append({"arm": arm, "qini_area": area, "total_reduction": float(q[-1]),
-                      "qini_coefficient": area / abs(q[-1]) if q[-1] != 0 else np.nan, "n": int(len(d))})
-    return QiniCurve(pd.concat(curves, ignore_index=True), pd.DataFrame(areas))
+            continue
+        log_r = sum(sign[k] * np.log(m) for k, m in means_.items())
+        psi = sum(sign[k] * (cols[k] - means_[k]) / means_[k] for k in cols)
+        se = float(np.sqrt(np.var(psi, ddof=1) / N))
+        est = float(np.exp(log_r))
+        row.update({"ratio_of_means": means_["s_a"] / means_["s_r"], "calibration_arm": means_["y_a"] / means_["m_a"],
+                    "calibration_reference": means_["y_r"] / means_["m_r"], "calibrated_ratio": est,
+                    "ci_low": est * np.exp(-z * se), "ci_high": est * np.exp(z * se)})
+        row["estimable"], row["note"] = assess_ratio(est, row["ci_low"], row["ci_high"])
+        rows.append(row)
+    return pd.DataFrame(rows)

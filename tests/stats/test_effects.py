@@ -16,10 +16,13 @@ from mseval.simulate.counts_only import population_rate_ratios, simulate_count_t
 from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
 from mseval.simulate.model import TrialConfig
 from mseval.simulate.trial import simulate_trial
-from mseval.stats.counterfactual import counterfactual_effects, qini_curve, responder_strata
+from mseval.stats.count_model import fit_count_model
+from mseval.stats.counterfactual import counterfactual_effects
 from mseval.stats.ensemble_counts import forecast_means
+from mseval.stats.heterogeneity import heterogeneity
 from mseval.stats.prognostic import prognostic_adjustment
-from mseval.stats.rubin import fit_forecast_imputations
+from mseval.stats.qini import qini_table
+from mseval.stats.synthetic import fit_forecast_rate_ratios
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +49,14 @@ def test_counterfactual_effects_track_the_truth(big: tuple) -> None:
     assert misses <= 1
 
 
-def test_rubin_forecast_estimate_covers_marginal_truth(big: tuple) -> None:
+def test_forecast_estimate_covers_marginal_truth(big: tuple) -> None:
     cfg, tr = big
-    fit = fit_forecast_imputations(tr.table, tr.counts, "net2 ~ arm", reference="placebo")
+    fit = fit_forecast_rate_ratios(tr.table, tr.counts, "net2 ~ arm", reference="placebo")
     target = population_rate_ratios(cfg)
     t = fit.table.set_index("term")
     inside = [t.loc[a, "ci_low"] <= target[a] <= t.loc[a, "ci_high"] for a in target if a != "placebo"]
-    assert sum(inside) >= 4 and fit.imputations == 20 and (t["fraction_missing_info"] >= 0).all()
+    assert sum(inside) >= 4 and fit.samples == 20 and "fraction_missing_info" not in t.columns
+    assert t["estimable"].all() and t["conditional_on"].str.contains("forecaster").all()
 
 
 def test_responders_prognostic_and_qini(big: tuple) -> None:
@@ -61,13 +65,16 @@ def test_responders_prognostic_and_qini(big: tuple) -> None:
     cfg, tr = big
     means = forecast_means(tr.counts)
     cf = counterfactual_effects(means, "placebo")
-    rs = responder_strata(tr.table, cf, arms=["ifnb1a_sc"], truth=tr.truth).table.set_index("stratum")
+    primary = fit_count_model(tr.table, "net2 ~ arm", reference="placebo").table
+    rs = heterogeneity(tr.table, means, "placebo", primary, arms=["ifnb1a_sc"], truth=tr.truth).strata.set_index("stratum")
     assert rs.loc["top 10%", "true_rate_ratio"] < rs.loc["all", "true_rate_ratio"]
-    assert np.isfinite(rs.loc["all", "observed_rate_ratio"])
-    prog = prognostic_adjustment(tr.table, means, "placebo").table
+    assert rs.loc["all", "observed_rate_ratio"] == primary.set_index("term").loc["ifnb1a_sc", "rate_ratio"]
+    prog = prognostic_adjustment(tr.table, means, "placebo", n_boot=50).table
     assert (prog["se_reduction_pct"] > 5).all() and (prog["sample_size_saving_pct"] > 0).all()
-    q = qini_curve(tr.table, cf, arms=["dmf"]).area
-    assert q["qini_area"].iloc[0] > 0
+    assert (prog["saving_ci_low_pct"] > 0).all()  # the oracle score's gain is measured on observed outcomes, CI above 0
+    p = cf.patients[cf.patients["arm"] == "dmf"].set_index("patient_id")
+    q = qini_table(tr.table, {"dmf": p["expected_reference"] - p["expected"]}, "placebo", truth=tr.truth).area
+    assert q["qini_area"].iloc[0] > 0 and 0 < q["qini_coefficient"].iloc[0] < 1
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +87,28 @@ def small_trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_effects_cli_end_to_end(small_trial: tuple[Path, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
     cohort, fc = small_trial
-    res = cli("effects", cohort, fc, "--out", tmp_path / "eff", "--power-sims", "3")
+    ids = pd.read_csv(cohort / "manifest.csv")["patient_id"]
+    (tmp_path / "heldout.txt").write_text("\n".join(ids) + "\n")
+    res = cli("effects", cohort, fc, "--out", tmp_path / "eff", "--power-sims", "3", "--heldout-patients", tmp_path / "heldout.txt")
     assert res.code == 0, res.err
+    cal = pd.read_csv(tmp_path / "eff" / "counterfactual_calibrated.csv")
+    assert len(cal) == 5 and {"calibrated_ratio", "ci_low", "ci_high", "conditional_on", "estimable", "note"} <= set(cal.columns)
     out = tmp_path / "eff"
     for name in ["primary_endpoint.csv", "rate_ratios_observed.csv", "rate_ratios_forecast.csv", "adjusted_means.csv", "lesion_free.csv",
                  "counterfactual_patients.csv", "counterfactual_average.csv", "responders.csv", "qini_curve.csv", "qini_area.csv",
-                 "prognostic.csv", "power_analytic.csv", "power_simulated.csv", "truth_comparison.csv", "counts.parquet", "effects.json"]:
+                 "prognostic.csv", "power_analytic.csv", "power_simulated.csv", "truth_comparison.csv", "counts.parquet", "effects.json",
+                 "estimands.csv", "heterogeneity.csv"]:
         assert (out / name).is_file(), name
     summary = json.loads((out / "effects.json").read_text())
     jsonschema.validate(summary, data_schemas.load("effects_summary"))
+    assert "forecaster" in summary["estimands"]["forecast_rate_ratio"]["conditional_on"]
+    est = pd.read_csv(out / "estimands.csv")
+    assert {"quantity", "arm", "estimate", "estimand", "conditional_on", "estimable", "note"} <= set(est.columns)
+    assert {"forecast_rate_ratio", "counterfactual_ratio_of_means", "heterogeneity_interaction"} <= set(est["quantity"])
+    # 8 patients per arm: every responder stratum is below the 10-per-arm minimum, flagged, no number
+    rs = pd.read_csv(out / "responders.csv")
+    small = rs[rs["stratum"] != "all"]
+    assert (~small["estimable"]).all() and small["observed_rate_ratio"].isna().all()
     primary = pd.read_csv(out / "primary_endpoint.csv")
     assert len(primary) == 5 and primary[["observed_rate_ratio", "forecast_rate_ratio", "counterfactual_rate_ratio"]].notna().all().all()
     assert "ocrelizumab" in res.out
@@ -110,6 +130,9 @@ def test_effects_bad_input(small_trial: tuple[Path, Path], tmp_path: Path, cli) 
         last = res.err.strip().splitlines()[-1]
         assert res.code == 2 and last.startswith("mseval: error: ") and words in last and "Traceback" not in res.err, (name, res.err)
         assert not (tmp_path / "eff").exists(), name
+    (tmp_path / "ho.txt").write_text("P001\nP999\n")
+    res = cli("effects", cohort, "--counts", tmp_path / "cnt" / "counts.parquet", "--out", tmp_path / "eff", "--heldout-patients", tmp_path / "ho.txt")
+    assert res.code == 2 and "held-out patient 'P999' is not in the cohort" in res.err and not (tmp_path / "eff").exists(), res.err
     res = cli("effects", cohort, fc, "--out", tmp_path / "eff", "--formula", "net2 ~ arm + shoe_size")
     assert res.code == 2 and "unknown column 'shoe_size'" in res.err and not (tmp_path / "eff").exists()
 
