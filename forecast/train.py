@@ -25,6 +25,7 @@ from forecast.diffusion import alphas_cumprod, diffusion_loss, to_signed
 from forecast.model import NET2Denoiser, arm_weights
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
+from mseval.provenance import training_provenance
 from mseval.seeding import derive_seed
 
 Progress = Callable[[int, int, float], None]
@@ -157,13 +158,14 @@ def train(
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     acp = alphas_cumprod(cfg)
     local = cfg.batch_size // world
+    provenance = training_provenance(cohort, train_ids, val_ids)
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
 
     def snapshot(at: int) -> Checkpoint:
         c = Checkpoint(
             config=cfg, model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             ema={k: v.detach().cpu().clone() for k, v in ema.items()}, optimizer=opt.state_dict(), step=at,
-            train_ids=list(train_ids), val_ids=list(val_ids), log=list(log),
+            train_ids=list(train_ids), val_ids=list(val_ids), log=list(log), provenance=provenance,
         )
         if rank == 0:
             save_checkpoint(c, out)

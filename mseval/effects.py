@@ -31,6 +31,7 @@ from scipy import stats
 
 from mseval import __version__
 from mseval.errors import InputError
+from mseval.provenance import forecast_provenance
 from mseval.io.atomic import atomic_dir, write_csv_atomic, write_json_atomic, write_parquet_atomic
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
@@ -159,6 +160,7 @@ def run_effects(
                                "note": rubin.note},
             "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
             "patients": int(len(table)),
+            "provenance": forecast_provenance(cohort_dir, forecasts_dir) if forecasts_dir is not None else None,
         }
         write_json_atomic(summary, tmp / "effects.json")
     return summary

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mseval.errors import InputError
-from reports.demo import run_demo
+from mseval.demo import run_demo
 
 
 def test_small_demo_writes_a_report(tmp_path):
