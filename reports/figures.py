@@ -155,7 +155,7 @@ def lesion_free_plot(lesion_free: pd.DataFrame, arms: ArmsLike, *, title: str | 
             if i == 0 and (orr is None or not np.isfinite(orr)):
                 txt += "   reference"
             if orr is not None and np.isfinite(orr):
-                txt += f"   OR {orr:.2f} ({d.loc[arm, 'ci_low']:.2f}-{d.loc[arm, 'ci_high']:.2f})"
+                txt += f"   OR {orr:.2f} ({d.loc[arm, 'ci_low']:.2f} to {d.loc[arm, 'ci_high']:.2f})"
             ax.text(102, y, txt, va="center", fontsize=7.5)
         ax.set_yticks(range(len(order)))
         ax.set_yticklabels([labels[a] for a in reversed(order)])
@@ -195,7 +195,7 @@ def activity_roc(patients: pd.DataFrame, *, auc: float | None = None, auc_ci: tu
         ax.plot([0, 1], [0, 1], color=GREY, lw=0.8, ls="--", label="Chance")
         name = "P(active)"
         if auc is not None and np.isfinite(auc):
-            name += f": AUC {auc:.2f}" + (f" ({auc_ci[0]:.2f}-{auc_ci[1]:.2f})" if auc_ci and all(np.isfinite(auc_ci)) else "")
+            name += f": AUC {auc:.2f}" + (f" ({auc_ci[0]:.2f} to {auc_ci[1]:.2f})" if auc_ci and all(np.isfinite(auc_ci)) else "")
         ax.step(fpr, tpr, where="post", color="#0072B2", lw=1.6, label=name)
         if operating_points is not None:
             for marker, (_, r) in zip(("o", "s", "^"), operating_points.iterrows()):
@@ -456,7 +456,7 @@ def responder_plot(responders: pd.DataFrame, arms: ArmsLike, *, title: str | Non
                     ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=colors[arm], lw=1.3)
                     ax.plot([r["observed_rate_ratio"]], [y], marker="o", color=colors[arm], ms=5)
                 else:
-                    ax.text(0.03, y, "too few events", fontsize=6.5, ha="left", va="center", color=GREY, transform=ax.get_yaxis_transform())
+                    ax.text(0.03, y, "not estimable", fontsize=6.5, ha="left", va="center", color=GREY, transform=ax.get_yaxis_transform())
                 if np.isfinite(r.get("predicted_rate_ratio", np.nan)):
                     ax.plot([r["predicted_rate_ratio"]], [y + 0.22], marker="s", mfc="white", mec=colors[arm], ms=4.5, mew=1.1, ls="none")
                 if "true_rate_ratio" in r and np.isfinite(r["true_rate_ratio"]):
