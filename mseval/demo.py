@@ -200,8 +200,16 @@ def run_demo(
 
     t = time.perf_counter()
     say("3/3 counting lesions, evaluating, estimating effects, writing the report")
+    extra: tuple[tuple[str, str], ...] = ()
+    if training is not None:
+        how = (f"{training['steps']} steps (fixed budget)" if training["budget"] == "steps"
+               else f"{training['steps']} steps in a {minutes:g}-minute wall-clock budget (the step count depends on the machine)")
+        extra = (("Training (demo)", f"model {training['config']} trained {how} on a separate simulated trial (train_cohort, seed {seed}; "
+                                     f"{patients_per_arm} patients per arm); evaluated on this trial (cohort, seed {eval_seed}), which it never saw; "
+                                     f"last loss {training['last_loss']:.4f}; torch threads {training['threads']}, device {training['device']}"),)
     build_report(cohort, forecasts, report, title=f"mseval demo: six-arm synthetic RRMS trial ({forecaster} forecasts)",
-                 settings=report_settings or ReportSettings(workers=workers, power_sims=power_sims, seed=seed), progress=lambda m: say(f"    {m}"))
+                 settings=report_settings or ReportSettings(workers=workers, power_sims=power_sims, seed=seed), progress=lambda m: say(f"    {m}"),
+                 extra_settings=extra)
     times["report_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
     info = {"forecaster": forecaster, "patients_per_arm": patients_per_arm, "shape": list(shape), "samples": samples, "seed": seed,
