@@ -158,7 +158,8 @@ def train(
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     acp = alphas_cumprod(cfg)
     local = cfg.batch_size // world
-    provenance = training_provenance(cohort, train_ids, val_ids)
+    provenance = {**training_provenance(cohort, train_ids, val_ids), "device": str(dev), "world_size": world,
+                  "torch_threads": torch.get_num_threads()}
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
 
     def snapshot(at: int) -> Checkpoint:

@@ -94,7 +94,8 @@ def classify(cohort_manifest: pd.DataFrame, provenance: dict[str, Any] | None) -
     status = nonzero[0] if len(nonzero) == 1 else "mixed"
     return {"status": status, "n_patients": len(fp), "n_in_sample": n_in, "n_validation": n_val, "n_held_out": n_out,
             "trained_on_cohort": provenance.get("cohort_fingerprint"), "evaluated_cohort": cohort_fingerprint(cohort_manifest),
-            "n_trained_on": len(train), "n_validated_on": len(val)}
+            "n_trained_on": len(train), "n_validated_on": len(val),
+            **{k: provenance[k] for k in ("device", "world_size", "torch_threads") if k in provenance}}
 
 
 def forecast_provenance(cohort_dir: str | Path, forecasts_dir: str | Path) -> dict[str, Any]:

@@ -745,7 +745,9 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
     s = settings_doc
     settings_rows = [
         ("Forecast provenance", prov.get("sentence", "unknown")),
-        ("Forecaster (checkpoint)", ", ".join(s["forecaster"]["checkpoint"])),
+        ("Forecaster (checkpoint)", ", ".join(s["forecaster"]["checkpoint"])
+         + "".join(f"; {c['checkpoint']} trained on {c['device']} ({c.get('world_size', 1)} process(es), {c.get('torch_threads')} torch threads)"
+                   for c in prov.get("checkpoints", []) if c.get("device"))),
         ("Sampler", "; ".join(json.dumps(x, sort_keys=True) if isinstance(x, dict) else str(x) for x in s["forecaster"]["sampler"])),
         ("Samples per patient and arm", ", ".join(str(x) for x in s["forecaster"]["samples_per_patient_and_arm"])),
         ("Sample seeds", s["forecaster"]["sample_seeds"]),
