@@ -209,15 +209,17 @@ def _forecast_load(patients: pd.DataFrame) -> dict[str, Any]:
                          "below describes a model that forecasts (almost) no lesions.") if degenerate else ""}
 
 
-def _mask_ratios(df: pd.DataFrame, keys: list[tuple[str, str, str, str]], labels: dict[str, str]) -> tuple[pd.DataFrame, list[str]]:
+def _mask_ratios(df: pd.DataFrame, keys: list[tuple[str, str, str, str]], labels: dict[str, str],
+                 reasons: dict[str, tuple[str, ...]] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Copy of `df` with every non-estimable ratio (and its CI) set to NaN, so figures leave it
     out; returns the footnotes ('Drug: forecast RR not estimable (reason)'). keys: (name, est, lo, hi)."""
     out, notes = df.copy(), []
     for i, r in df.iterrows():
         for name, est, lo, hi in keys:
-            if est not in df.columns or pd.isna(r.get(est)) and pd.isna(r.get(lo)):
+            if est not in df.columns:
                 continue
-            ok, why = N.ratio_ok(r.get(est), r.get(lo), r.get(hi))
+            row_note = (r.get("note"),) if isinstance(r.get("note"), str) and pd.isna(r.get(est)) else ()
+            ok, why = N.ratio_ok(r.get(est), r.get(lo), r.get(hi), reasons=(*(reasons or {}).get(name, ()), *row_note))
             if not ok:
                 out.loc[i, [c for c in (est, lo, hi) if c in out.columns]] = np.nan
                 notes.append(f"{labels.get(str(r['arm']), r['arm'])}: {name} not estimable ({why})")
@@ -379,8 +381,11 @@ def build_report(
         ece = _metric(metrics, "all", "ece") or {}
         conf = t["confusion"][t["confusion"]["group"].astype(str) == "all"]
         figs: list[tuple[str, Any, str]] = []
+        fc_why = ((f"degenerate forecaster ({forecast_load['forecast_lesions']} lesions in {forecast_load['samples']} samples)",)
+                  if forecast_load["degenerate"] else ())
         prim_fig, prim_notes = _mask_ratios(t["primary_endpoint"], [(f"{k} RR", f"{k}_rate_ratio", f"{k}_ci_low", f"{k}_ci_high")
-                                                                   for k in ("observed", "forecast", "counterfactual")], labels)
+                                                                   for k in ("observed", "forecast", "counterfactual")], labels,
+                                            reasons={"forecast RR": fc_why, "counterfactual RR": fc_why})
         figs.append(("forest_plot", F.forest_plot(prim_fig, arms_df, reference=ref),
                      f"NET2 rate ratios vs {labels[ref]} (log scale) with 95% CIs. Filled circles: observed, NB2 regression of each patient's observed NET2 count "
                      "on arm with offset log(follow-up years). Open squares: forecast, the same model fitted on each ensemble sample of the allocated arm, "

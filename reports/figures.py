@@ -503,7 +503,7 @@ def qini_plot(qini_curve: pd.DataFrame, arms: ArmsLike, *, qini_area: pd.DataFra
         for arm in _arms_in(qini_curve, arms):
             d = qini_curve[qini_curve["arm"].astype(str) == arm].sort_values("fraction")
             lab = labels[arm] + (f" (Qini coef. {coef[arm]:+.2f})" if arm in coef and np.isfinite(coef[arm]) else "")
-            ax.plot(100 * d["fraction"], d["qini"], color=colors[arm], lw=1.5, label=lab, marker=arm_markers(arms)[arm], ms=4, markevery=0.2)
+            ax.plot(100 * d["fraction"], d["qini"], color=colors[arm], lw=1.5, label=lab, marker=arm_markers(arms)[arm], ms=4, markevery=max(1, len(d) // 5))
             ax.plot(100 * d["fraction"], d["random"], color=colors[arm], lw=0.9, ls="--")
         ax.axhline(0, color=GREY, lw=0.6)
         ax.set_xlim(0, 100)
@@ -589,7 +589,7 @@ def power_plot(power_analytic: pd.DataFrame, arms: ArmsLike, *, power_simulated:
             r = pa.loc[arm]
             pw = [analytic_power(r["rate_reference"], r["rate_arm"], float(n), years=r["years"], dispersion=r["dispersion"]) for n in grid]
             rr = f"assumed RR {r['rate_ratio']:.2f}" if 1e-3 <= float(r["rate_ratio"]) <= 1e3 else "assumed RR not estimable"
-            ax.plot(grid, pw, color=colors[arm], lw=1.5, ls=arm_linestyles(arms)[arm], marker=arm_markers(arms)[arm], ms=4, markevery=0.25,
+            ax.plot(grid, pw, color=colors[arm], lw=1.5, ls=arm_linestyles(arms)[arm], marker=arm_markers(arms)[arm], ms=4, markevery=max(1, len(grid) // 4),
                     label=f"{labels[arm]} ({rr})")
             if power_simulated is not None:
                 d = power_simulated[power_simulated["arm"].astype(str) == arm]

@@ -95,3 +95,5 @@ def test_degenerate_forecaster_and_in_sample_are_flagged(degenerate):
     assert "95% prediction intervals cover" not in md  # no coverage headline from 2 samples per patient
     primary = next(rows for head, rows in _md_tables(md) if head[:2] == ["Arm", "Randomized, n"])
     assert all("not estimable" in r[10] for r in primary[1:])  # forecast RR of every non-reference arm
+    caption = next(line for line in md.splitlines() if line.startswith("*Figure 1.*"))
+    assert "forecast RR not estimable (degenerate forecaster" in caption  # and the forest plot leaves them out
