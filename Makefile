@@ -9,7 +9,11 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_CPU := torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean r
+
+# R and MASS for the live glm.nb parity test (Debian/Ubuntu, as root): `make r`.
+r:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq r-base-core r-cran-mass
 
 install: $(STAMP)
 

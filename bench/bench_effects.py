@@ -9,8 +9,13 @@ by --power-sims). Goals (2 cores): evaluate + effects < 30 s; 2,000 bootstrap re
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 
 from mseval.simulate.counts_only import simulate_count_trial
 from mseval.simulate.model import TrialConfig
@@ -46,6 +51,42 @@ def run() -> dict[str, float]:
             "bootstrap_failed_fits": float(boot.failed)}
 
 
+def compare_bootstrap(baseline_rev: str, n_resamples: int = 2000, workers: int = 2) -> dict[str, float]:
+    """Paper-scale bootstrap (2,130 patients, 6 arms) with this tree's fitter and with the fitter of git
+    revision `baseline_rev`, timed in the same run (the ratio is what to read on a shared machine)."""
+    warnings.simplefilter("ignore")
+    root = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "-C", str(root), "show", f"{baseline_rev}:mseval/stats/count_model.py"], capture_output=True, text=True, check=True).stdout
+    tmp = root / "bench" / "_baseline_count_model.py"
+    tmp.write_text(src)
+    try:
+        spec = importlib.util.spec_from_file_location("_baseline_count_model", tmp)
+        old = importlib.util.module_from_spec(spec)
+        sys.modules["_baseline_count_model"] = old  # worker processes unpickle its functions by module name
+        spec.loader.exec_module(old)  # type: ignore[union-attr]
+        tr = simulate_count_trial(TrialConfig(patients_per_arm=355, seed=7), samples=2)
+        out = {}
+        for name, fn in (("new", bootstrap_rate_ratios), ("baseline", old.bootstrap_rate_ratios)):
+            t0 = time.perf_counter()
+            b = fn(tr.table, "net2 ~ arm", reference="placebo", n_resamples=n_resamples, workers=workers)
+            out[f"{name}_s"] = time.perf_counter() - t0
+            out[f"{name}_failed"] = float(b.failed)
+        out["ratio_new_over_baseline"] = out["new_s"] / out["baseline_s"]
+        return out
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 if __name__ == "__main__":
-    for k, v in run().items():
-        print(f"{k:36s} {v:12.2f}")
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--baseline-rev", help="also time the bootstrap of this git revision's fitter, in the same run")
+    ap.add_argument("--bootstrap-only", action="store_true")
+    a = ap.parse_args()
+    if a.baseline_rev:
+        if str(Path(__file__).resolve().parent) not in sys.path:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+        for k, v in compare_bootstrap(a.baseline_rev).items():
+            print(f"{k:36s} {v:12.3f}")
+    if not a.bootstrap_only:
+        for k, v in run().items():
+            print(f"{k:36s} {v:12.2f}")

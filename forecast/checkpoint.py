@@ -46,7 +46,8 @@ class Checkpoint:
 
     @property
     def id(self) -> str:
-        """Short id for the forecast store: config name, step and the first 12 hex of the file's SHA-256."""
+        """Short id for the forecast store: config name, step and the first 12 hex of the content digest
+        (weights, EMA weights, config, step and patient split; not the training log's wall-clock seconds)."""
         return f"{self.config.name}@{self.step}:{self.digest[:12]}"
 
     def to_payload(self) -> dict[str, Any]:
@@ -73,15 +74,23 @@ def save_checkpoint(ckpt: Checkpoint, folder: str | Path) -> Path:
     with atomic_path(folder / "train_log.csv") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     ckpt.path = folder
-    ckpt.digest = file_digest(folder / WEIGHTS)
+    ckpt.digest = content_digest(ckpt.to_payload())
     return folder
 
 
-def file_digest(path: Path) -> str:
+def content_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of what defines a model's forecasts: its weights (model and EMA, names, dtypes, shapes,
+    values), config, step and patient split. Equal for a checkpoint and its resumed copy, whatever
+    the wall-clock times in its training log."""
+    import json
+
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    h.update(json.dumps({k: payload.get(k) for k in ("config", "step", "train_ids", "val_ids")}, sort_keys=True, default=str).encode())
+    for part in ("model", "ema"):
+        for name in sorted(payload.get(part) or {}):
+            t = payload[part][name]
+            h.update(f"{part}/{name}/{t.dtype}/{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -107,7 +116,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     ckpt = Checkpoint(
         config=cfg, model=payload["model"], ema=payload["ema"], optimizer=payload.get("optimizer"), step=int(payload["step"]),
         train_ids=list(payload["train_ids"]), val_ids=list(payload["val_ids"]), log=list(payload.get("log", [])),
-        provenance=dict(payload.get("provenance") or {}), path=wp.parent, digest=file_digest(wp),
+        provenance=dict(payload.get("provenance") or {}), path=wp.parent, digest=content_digest(payload),
     )
     return ckpt
 

@@ -65,27 +65,39 @@ def _rank0() -> bool:
 @app.command()
 def train(
     cohort: Annotated[Path, typer.Argument(help="Cohort folder with follow-up NET2 masks.")],
-    config: Annotated[str, typer.Option("--config", help="Config JSON file, or a shipped config name: tiny, paper.")] = "tiny",
+    config: Annotated[Optional[str], typer.Option("--config", help="Config JSON file, or a shipped config name: tiny, paper (default: tiny; with --resume, the checkpoint's).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Checkpoint folder (config.json, checkpoint.pt, train_log.csv).")] = Path("checkpoint"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out (bit-for-bit on the CPU).")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Override the config's number of optimizer steps.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: cuda when present).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another mseval run is writing OUT, wait for it instead of stopping.")] = False,
 ) -> None:
     """Train (or resume) the model. Under `torchrun --nproc-per-node N`, runs DDP."""
     from forecast.config import ForecastConfig
     from forecast.train import init_distributed_from_env, train as run_train
+    from mseval.commands._common import check_min, check_out_folder
+    from mseval.errors import InputError
+    from mseval.io.lock import output_lock
 
-    cfg = ForecastConfig.load(config)
+    check_min(steps, "--steps", 1)
+    check_out_folder(out)
+    recorded = out / "config.json"
+    if resume and recorded.is_file():
+        previous = ForecastConfig.load(str(recorded))
+        cfg = previous if config is None else ForecastConfig.load(config)
+        old, new = previous.to_dict(), cfg.to_dict()
+        diff = next((k for k in new if k not in ("steps", "arms") and old.get(k) != new.get(k)), None)
+        if diff is not None:
+            raise InputError(recorded, f"the checkpoint was trained with {diff} = {old.get(diff)!r}, --config {config} says {new.get(diff)!r}; "
+                                       "resume with the checkpoint's config (omit --config) or train into a new --out", field=diff)
+    else:
+        cfg = ForecastConfig.load(config or "tiny")
     if steps is not None:
-        if steps < 1:
-            from mseval.errors import InputError
-
-            raise InputError(None, "--steps must be at least 1", field="steps")
         cfg = cfg.with_(steps=steps)
     started = init_distributed_from_env()
     try:
         prog, update = _progress("training", loss=True)
-        with prog if _rank0() else _Null():
+        with output_lock(out, wait=wait) if _rank0() else _Null(), prog if _rank0() else _Null():
             ckpt = run_train(cohort, cfg, out, resume=resume, device=device, progress=update if _rank0() else None)
     finally:
         if started:
@@ -121,10 +133,16 @@ def sample(
     patients: Annotated[Optional[str], typer.Option(help="Only these patients (comma-separated; default: all).")] = None,
     prob: Annotated[bool, typer.Option("--prob/--no-prob", help="Also store the soft probability of each sample.")] = False,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda (default: cuda when present).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store at OUT (instead of resuming it with the same settings).")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="If another mseval run is writing OUT, wait for it instead of stopping.")] = False,
 ) -> None:
     """Sample every patient under every arm into a forecast store. Shards patients under torchrun."""
+    from dataclasses import asdict
+
     from forecast.ensemble import forecast_cohort
     from forecast.sampler import SAMPLERS, SamplerSettings
+    from mseval.commands._common import check_min, check_out_folder, store_run
+    from mseval.io.lock import output_lock
     from forecast.checkpoint import load_checkpoint
     from forecast.train import init_distributed_from_env
     from mseval.errors import InputError
@@ -133,13 +151,19 @@ def sample(
         raise InputError(None, f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}", field="sampler")
     if steps is not None and steps < 1:
         raise InputError(None, "--steps must be at least 1", field="steps")
+    check_min(samples, "--samples", 1)
+    check_min(batch_size, "--batch-size", 1)
+    check_out_folder(out)
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.config
     settings = SamplerSettings(sampler or cfg.sampler, steps or cfg.sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0)
+    defining = {"checkpoint": ckpt.id, "samples": samples, "seed": seed, "sampler": asdict(settings), "prob": prob}
+    names = {"checkpoint": "--checkpoint", "samples": "--samples", "seed": "--seed", "sampler": "--sampler/--steps/--guidance", "prob": "--prob"}
     started = init_distributed_from_env()
     try:
         prog, update = _progress("sampling patients")
-        with prog if _rank0() else _Null():
+        lock = output_lock(out, wait=wait) if _rank0() else _Null()
+        with lock, store_run(out, defining, names, overwrite=overwrite and _rank0()), prog if _rank0() else _Null():
             store = forecast_cohort(cohort, ckpt, out, samples=samples, arms=arms, settings=settings, batch_size=batch_size,
                                     seed=seed, blend=blend or (), save_prob=prob,
                                     patients=[p.strip() for p in patients.split(",") if p.strip()] if patients else None, device=device, progress=update if _rank0() else None)

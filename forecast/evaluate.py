@@ -50,9 +50,16 @@ def split_ids(cohort: Cohort, train_ids: Sequence[str], val_ids: Sequence[str], 
 
 
 def crps_samples(samples: np.ndarray, y: float) -> float:
-    """CRPS of an ensemble (1D) at observation y: E|X - y| - E|X - X'| / 2."""
-    x = np.asarray(samples, dtype=float)
-    return float(np.abs(x - y).mean() - 0.5 * np.abs(x[:, None] - x[None, :]).mean())
+    """CRPS of an ensemble (1D) at observation y by the fair estimator, the one `mseval evaluate` uses
+    (`mseval.metrics.calibration.crps_ensemble_fair`): mean |X - y| - sum_{j != k} |X_j - X_k| / (2 S (S - 1)),
+    unbiased for the CRPS of the law the members are drawn from (the plain energy form, with the
+    S^2 pairs, penalises small ensembles). One member: |X - y|."""
+    from mseval.metrics.calibration import crps_ensemble_fair
+
+    x = np.asarray(samples, dtype=float).ravel()
+    if x.size < 2:
+        return float(np.abs(x - y).mean())
+    return float(crps_ensemble_fair(x[None, :], np.array([float(y)]))[0])
 
 
 def crps_poisson(mu: float, y: int, kmax: int | None = None) -> float:

@@ -4,10 +4,12 @@ Tables written to OUT (atomically, all or nothing):
     primary_endpoint.csv        rate ratios vs the reference, side by side: observed (NB2), forecast
                                 (NB2 on each ensemble sample, Rubin's rules), counterfactual
                                 (ratio of ensemble means over all patients) [+ truth when simulated]
-    rate_ratios_observed.csv    every term of the observed NB2 model (incl. covariates)
+    rate_ratios_observed.csv    every term of the observed NB2 model (incl. covariates), estimable + note
     rate_ratios_forecast.csv    every term, pooled over imputations
-    adjusted_means.csv          adjusted annualised NET2 rate per arm and % reduction
-    lesion_free.csv             proportion free of NET2 lesions per arm; odds ratios (logistic)
+    adjusted_means.csv          adjusted annualised NET2 rate per arm and % reduction, estimable + note
+    lesion_free.csv             proportion free of NET2 lesions per arm; hazard ratio of any lesion (cloglog,
+                                offset log(years)), odds ratio (logistic), risk difference (Newcombe CI),
+                                estimable + note (separation flagged)
     counterfactual_patients.csv per patient x arm: expected count, difference and ratio vs reference
     counterfactual_average.csv  per arm: mean difference and ratio of means with CIs
     responders.csv              observed effects in the top 10/30/50% predicted responders
@@ -133,7 +135,7 @@ def run_effects(
             "rate_ratios_observed.csv": observed.table,
             "rate_ratios_forecast.csv": rubin.table,
             "adjusted_means.csv": observed.arm_means,
-            "lesion_free.csv": lesion_free.proportions.merge(lesion_free.table.rename(columns={"term": "arm"}), on="arm", how="left"),
+            "lesion_free.csv": lesion_free.table,
             "counterfactual_patients.csv": cf.patients,
             "counterfactual_average.csv": cf.average,
             "responders.csv": responders.table,
@@ -177,6 +179,7 @@ def _primary(observed: Any, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: 
         rows.append({
             "arm": arm,
             "observed_rate_ratio": o.loc[arm, "rate_ratio"], "observed_ci_low": o.loc[arm, "ci_low"], "observed_ci_high": o.loc[arm, "ci_high"], "observed_p_value": o.loc[arm, "p_value"],
+            "observed_estimable": bool(o.loc[arm, "estimable"]), "observed_note": o.loc[arm, "note"],
             "forecast_rate_ratio": f.loc[arm, "rate_ratio"], "forecast_ci_low": f.loc[arm, "ci_low"], "forecast_ci_high": f.loc[arm, "ci_high"],
             "counterfactual_rate_ratio": c.loc[arm, "ratio_of_means"], "counterfactual_ci_low": c.loc[arm, "ratio_ci_low"], "counterfactual_ci_high": c.loc[arm, "ratio_ci_high"],
         })
@@ -201,7 +204,7 @@ def run_nbreg(
         raise InputError(None, f"--cov must be expected or observed, got {cov!r}", field="cov")
     fit = fit_count_model(data, formula, offset_years=offset_years, reference=reference, cov=cov, arm_col=arm_col, file=str(table_path))  # type: ignore[arg-type]
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        cols = ["term", "rate_ratio", "ci_low", "ci_high", "p_value", "coef", "se"]
+        cols = ["term", "rate_ratio", "ci_low", "ci_high", "p_value", "coef", "se", "estimable", "note"]
         write_csv_atomic(fit.table[cols], tmp / "rate_ratios.csv")
         if not fit.arm_means.empty:
             write_csv_atomic(fit.arm_means, tmp / "adjusted_means.csv")

@@ -112,6 +112,22 @@ class GroupResult:
         return df[METRIC_COLUMNS]
 
 
+def _flag_metrics(df: pd.DataFrame) -> pd.DataFrame:
+    """Add `estimable` by the shared rule (`mseval.stats.estimability.assess_additive`): the value is
+    finite and, where the row has an interval, so is the interval; a failing row's note says why."""
+    from mseval.stats.estimability import assess_additive
+
+    ok_col, notes = [], []
+    for r in df.itertuples(index=False):
+        lo, hi = r.ci_low, r.ci_high
+        no_ci = pd.isna(lo) and pd.isna(hi)
+        ok, why = assess_additive(r.value, None if no_ci else lo, None if no_ci else hi)
+        ok_col.append(bool(ok))
+        old = r.note if isinstance(r.note, str) else ""
+        notes.append(old if ok else "; ".join(filter(None, [old, why])))
+    return df.assign(note=notes, estimable=ok_col)
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
     """The evaluation: per-patient table, metrics per group, voxel reliability, detection, flags."""
@@ -132,7 +148,7 @@ class EvaluationResult:
         raise KeyError(name)
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy metrics: group, metric, value, ci_low, ci_high, threshold, n, note."""
+        """Tidy metrics: group, metric, value, ci_low, ci_high, threshold, n, note, estimable."""
         parts = [g.to_frame() for g in self.groups]
         if self.voxel is not None:
             v = self.voxel.to_frame()
@@ -140,7 +156,7 @@ class EvaluationResult:
             parts.append(v[METRIC_COLUMNS])
         if self.detection is not None and len(self.detection):
             parts.append(_detection_metrics(self.detection))
-        return pd.concat(parts, ignore_index=True)
+        return _flag_metrics(pd.concat(parts, ignore_index=True))
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables `evaluate` writes, by file stem."""

@@ -219,7 +219,9 @@ def _mask_ratios(df: pd.DataFrame, keys: list[tuple[str, str, str, str]], labels
             if est not in df.columns:
                 continue
             row_note = (r.get("note"),) if isinstance(r.get("note"), str) and pd.isna(r.get(est)) else ()
-            ok, why = N.ratio_ok(r.get(est), r.get(lo), r.get(hi), reasons=(*(reasons or {}).get(name, ()), *row_note))
+            flag = next((c for c in (f"{est.split('_')[0]}_estimable", "estimable") if c in df.columns), None)
+            flags = {"estimable": r.get(flag), "note": r.get(flag.replace("estimable", "note"), "")} if flag else {}
+            ok, why = N.ratio_ok(r.get(est), r.get(lo), r.get(hi), reasons=(*(reasons or {}).get(name, ()), *row_note), **flags)
             if not ok:
                 out.loc[i, [c for c in (est, lo, hi) if c in out.columns]] = np.nan
                 notes.append(f"{labels.get(str(r['arm']), r['arm'])}: {name} not estimable ({why})")
@@ -462,7 +464,6 @@ def build_report(
         out_tables["primary_consort"] = T.consort_primary(observed, t["primary_endpoint"], arms_df, reference=ref,
                                                           n_randomized=cohort.manifest["arm"].astype(str).value_counts().to_dict(),
                                                           adjusted_means=t["adjusted_means"])
-        out_tables["lesion_free_risk_difference"] = T.lesion_free_rd(observed, arms_df, ref)
         out_tables["adjusted_means"] = T.order_arms(t["adjusted_means"], arms_df)
         out_tables["lesion_free"] = T.order_arms(t["lesion_free"], arms_df)
         act_names = ["prevalence", "auc", "sensitivity@0.5", "specificity@0.5", "ppv@0.5", "npv@0.5", "sensitivity@youden", "specificity@youden",
@@ -668,11 +669,14 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
         if is_ref:
             row += ["1 (reference)", "", "", "1 (reference)", "1 (reference)"] + (["1 (reference)"] if has_truth else [])
         else:
-            row += [N.ratio_text(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high")),
+            of = {k: r.get(f"observed_{k}", d) for k, d in (("estimable", True), ("note", ""))}
+            ff = {k: r.get(f"forecast_{k}", d) for k, d in (("estimable", True), ("note", ""))}
+            cf = {k: r.get(f"counterfactual_{k}", d) for k, d in (("estimable", True), ("note", ""))}
+            row += [N.ratio_text(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of),
                     *((T.p_text(r.get("observed_p_value", float("nan"))), T.p_text(r.get("observed_p_holm", float("nan"))))
-                      if N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"))[0] else ("", "")),
-                    N.ratio_text(r.get("forecast_rate_ratio"), r.get("forecast_ci_low"), r.get("forecast_ci_high"), reasons=fc_reasons),
-                    N.ratio_text(r.get("counterfactual_rate_ratio"), r.get("counterfactual_ci_low"), r.get("counterfactual_ci_high"), reasons=fc_reasons)]
+                      if N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of)[0] else ("", "")),
+                    N.ratio_text(r.get("forecast_rate_ratio"), r.get("forecast_ci_low"), r.get("forecast_ci_high"), reasons=fc_reasons, **ff),
+                    N.ratio_text(r.get("counterfactual_rate_ratio"), r.get("counterfactual_ci_low"), r.get("counterfactual_ci_high"), reasons=fc_reasons, **cf)]
             if has_truth:
                 row.append(_num(r.get("true_ratio_of_means")))
         prim_rows.append(row)
@@ -681,20 +685,29 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                     f"(nominal two-sided 5% each); the Holm-adjusted p controls the family-wise error over the {n_cmp} comparisons. "
                     "Forecast and counterfactual RRs are secondary and descriptive.")
 
-    # ---- lesion-free: proportion, OR and risk difference
+    # ---- lesion-free: proportion, hazard ratio, OR and risk difference (all from the effects' lesion_free table)
     lf = out_tables["lesion_free"].set_index("arm")
-    rd = out_tables["lesion_free_risk_difference"].set_index("arm")
+    has_hr = "hazard_ratio" in lf.columns
     lf_rows = []
     for a in order:
-        if a not in rd.index:
+        if a not in lf.index:
             continue
-        x, n = int(rd.at[a, "lesion_free"]), int(rd.at[a, "n"])
-        r = lf.loc[a] if a in lf.index else pd.Series(dtype=float)
-        lf_rows.append([labels.get(a, a), f"{x}/{n} ({_num(100 * x / n if n else float('nan'), 0)}%)",
-                        "0 (reference)" if a == ref else N.additive_text(rd.at[a, "risk_difference_pp"], rd.at[a, "rd_ci_low_pp"], rd.at[a, "rd_ci_high_pp"], digits=1),
-                        "1 (reference)" if a == ref else N.ratio_text(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high"),
-                                                                      estimable=r.get("estimable", True), note=r.get("note", "")),
-                        "" if a == ref else (T.p_text(r.get("p_value", float("nan"))) if N.ratio_ok(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high"))[0] else "")])
+        r = lf.loc[a]
+        n = int(r["n"])
+        x = int(r["lesion_free"]) if "lesion_free" in lf.columns else int(round(float(r["lesion_free_pct"]) * n / 100))
+        flags = {"estimable": r.get("estimable", True), "note": r.get("note", "")}
+        ok_or = N.ratio_ok(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high"), **flags)[0]
+        row = [labels.get(a, a), f"{x}/{n} ({_num(100 * x / n if n else float('nan'), 0)}%)"]
+        if has_hr:
+            ok_hr = N.ratio_ok(r.get("hazard_ratio"), r.get("hr_ci_low"), r.get("hr_ci_high"), **flags)[0]
+            row += ["1 (reference)" if a == ref else N.ratio_text(r.get("hazard_ratio"), r.get("hr_ci_low"), r.get("hr_ci_high"), **flags),
+                    "" if a == ref or not ok_hr else T.p_text(r.get("hr_p_value", float("nan")))]
+        rd = r.get("risk_difference", float("nan"))
+        row += ["0 (reference)" if a == ref else (N.additive_text(100 * rd, 100 * r.get("rd_ci_low"), 100 * r.get("rd_ci_high"), digits=1)
+                                                  if _num(rd) != "NA" else "NA"),
+                "1 (reference)" if a == ref else N.ratio_text(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high"), **flags),
+                "" if a == ref or not ok_or else T.p_text(r.get("p_value", float("nan")))]
+        lf_rows.append(row)
     groups = ["all", *order]
     glabels = {"all": "All patients", **labels}
 
@@ -787,7 +800,8 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
     for r in cp.to_dict("records"):
         if r["arm"] == ref:
             continue
-        ok, _ = N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"))
+        ok, _ = N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"),
+                           estimable=r.get("observed_estimable", True), note=r.get("observed_note", ""))
         if ok:
             cand.append(r)
     if cand:
@@ -819,8 +833,10 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
         "degenerate": load.get("sentence", ""),
         "arms_rows": arms_rows, "table1": table(t1), "table1_note": T.TABLE1_NOTE, "primary": {"columns": prim_cols, "rows": prim_rows},
         "multiplicity": multiplicity, "covariates": covs,
-        "lesion_free": {"columns": ["Arm", "Free of NET2 lesions, n/N (%)", "Risk difference vs reference, percentage points (95% CI, Newcombe)",
-                                    "OR vs reference (95% CI)", "p"], "rows": lf_rows},
+        "lesion_free": {"columns": ["Arm", "Free of NET2 lesions, n/N (%)"]
+                        + (["HR of any NET2 lesion vs reference (95% CI; follow-up respected)", "p (HR)"] if has_hr else [])
+                        + ["Risk difference vs reference, percentage points (95% CI, Newcombe)", "OR of lesion-free vs reference (95% CI)", "p (OR)"],
+                        "rows": lf_rows},
         "activity": metric_rows(out_tables["activity"]), "calibration": metric_rows(out_tables["calibration"], 3), "detection": det_rows,
         "counterfactual": cf_rows, "responders": rsp_rows, "prognostic": pg_rows, "power": pw_rows,
         "figures": {e["name"]: e for e in fig_entries}, "flags": summary.get("flags", []), "ref_label": labels[ref],

@@ -179,7 +179,7 @@ def consort_primary(
                    "model_rate_per_year": float(am.loc[a, "adjusted_rate_per_year"]) if a in am.index else float("nan")}
         for c in ("observed_rate_ratio", "observed_ci_low", "observed_ci_high", "observed_p_value", "forecast_rate_ratio", "forecast_ci_low",
                   "forecast_ci_high", "counterfactual_rate_ratio", "counterfactual_ci_low", "counterfactual_ci_high", "true_ratio_of_means",
-                  "estimable", "note", "forecast_estimable", "forecast_note", "counterfactual_estimable", "counterfactual_note"):
+                  "observed_estimable", "observed_note", "forecast_estimable", "forecast_note", "counterfactual_estimable", "counterfactual_note"):
             if c in p.columns and a in p.index:
                 r[c] = p.loc[a, c]
         rows.append(r)
@@ -192,21 +192,3 @@ def consort_primary(
             df.loc[ok, "observed_p_holm"] = multipletests(pv[ok].to_numpy(), method="holm")[1]
     return df
 
-
-def lesion_free_rd(observed: pd.DataFrame, arms: pd.DataFrame | Sequence[str], reference: str) -> pd.DataFrame:
-    """Per arm: patients free of NET2 lesions x / n and the risk difference vs the reference
-    (percentage points, Newcombe 95% CI; the reference row has NaN)."""
-    from mseval.stats.risk_difference import risk_difference
-
-    d = observed[observed["observed_count"].notna()]
-    free = {a: (int((g["observed_count"] == 0).sum()), int(len(g))) for a, g in d.groupby(d["arm"].astype(str))}
-    x0, n0 = free.get(reference, (0, 0))
-    rows = []
-    for a in arm_order(arms):
-        x, n = free.get(a, (0, 0))
-        r = {"arm": a, "lesion_free": x, "n": n, "risk_difference_pp": float("nan"), "rd_ci_low_pp": float("nan"), "rd_ci_high_pp": float("nan")}
-        if a != reference and n and n0:
-            rd = risk_difference(x, n, x0, n0)
-            r.update(risk_difference_pp=100 * rd.difference, rd_ci_low_pp=100 * rd.ci_low, rd_ci_high_pp=100 * rd.ci_high)
-        rows.append(r)
-    return pd.DataFrame(rows)

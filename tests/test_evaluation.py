@@ -50,7 +50,11 @@ def test_writes_every_table_and_a_valid_summary(full_run):
     assert {"all", "voxels", "detection"} <= set(summary["metrics"])
     assert "auc" in summary["metrics"]["all"] and "crps_fair" in summary["metrics"]["all"]
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics.columns) == ["group", "metric", "value", "ci_low", "ci_high", "threshold", "n", "note"]
+    assert list(metrics.columns) == ["group", "metric", "value", "ci_low", "ci_high", "threshold", "n", "note", "estimable"]
+    # the shared estimability rule: a row without a finite value (or with a half-defined interval) is flagged with a reason
+    bad = metrics[~metrics["value"].apply(np.isfinite)]
+    assert not bad["estimable"].any() and bad["note"].str.len().gt(0).all()
+    assert metrics.loc[metrics["metric"] == "calibration_error_debiased", "estimable"].all()
     det = pd.read_csv(out / "detection.csv")
     assert len(det) == 12 * 6 and {"patient_id", "arm", "sample", "tp_ref", "fp", "fn", "dice"} <= set(det.columns)
     assert "Activity" in res.summary()

@@ -298,3 +298,48 @@ def _normalise(rec: Mapping[str, Any]) -> dict[str, Any]:
         "checkpoint": str(rec["checkpoint"]),
         "sampler": json.loads(sampler) if isinstance(sampler, str) else dict(sampler),
     }
+
+
+def _first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    for key in [*new, *[k for k in old if k not in new]]:
+        if json.dumps(old.get(key), sort_keys=True) != json.dumps(new.get(key), sort_keys=True):
+            return key
+    return None
+
+
+def check_store_settings(root: str | Path, settings: Mapping[str, Any], *, option_names: Mapping[str, str] | None = None) -> bool:
+    """Check that resuming the store at `root` with `settings` adds to it, never mixes it.
+
+    settings: what defines every block of the store (e.g. forecaster or checkpoint id, samples per
+    block, seed, sampler), JSON-able. A store records them in store.json when it is made; a rerun with
+    different ones raises `InputError` naming the first difference (as the option `option_names` maps
+    it to). A store made before settings were recorded is checked block by block: one forecaster
+    (checkpoint) and one sample count. Returns whether the store already exists (False: new).
+    """
+    root = Path(root)
+    if not (root / "store.json").is_file():
+        return False
+    ForecastStore._check_marker(root)
+    meta = json.loads((root / "store.json").read_text())
+    names = dict(option_names or {})
+    recorded = meta.get("settings")
+    if recorded is None:
+        entries = ForecastStore._read_entries(root)
+        for e in entries.values():
+            for key, rec_key in (("checkpoint", "checkpoint"), ("samples", "samples")):
+                if key in settings and str(e[rec_key]) != str(settings[key]):
+                    raise InputError(root, f"holds forecasts with {names.get(key, key)} {e[rec_key]}, not {settings[key]}: one store holds one "
+                                           "forecaster's samples; choose another --out or pass --overwrite", field=names.get(key, key))
+        return True
+    key = _first_difference(recorded, settings)
+    if key is not None:
+        raise InputError(root / "store.json", f"the store was made with {names.get(key, key)} {json.dumps(recorded.get(key))}, this run asks for "
+                                              f"{json.dumps(settings.get(key))}; choose another --out or pass --overwrite", field=names.get(key, key))
+    return True
+
+
+def record_store_settings(root: str | Path, settings: Mapping[str, Any]) -> None:
+    """Write the store marker with `settings` (a new store, before its first block)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({"format": STORE_FORMAT, "version": STORE_VERSION, "settings": dict(settings)}, root / "store.json")

@@ -24,6 +24,7 @@ from mseval.io.atomic import write_json_atomic, write_parquet_atomic
 from mseval.io.store import ForecastBlock, ForecastStore
 from mseval.lesions.components import check_connectivity, min_voxels_for, voxel_volume
 from mseval.lesions.sparse_label import label_sparse
+from mseval.parallel import process_pool
 
 COUNT_COLUMNS = ["patient_id", "arm", "sample", "count", "volume_mm3"]
 ENSEMBLE_LESION_COLUMNS = [
@@ -133,7 +134,7 @@ def _run_chunks(
         finally:
             client.close()
     elif workers > 1:
-        with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             futures = {pool.submit(count_chunk, blocks, settings): k for k, blocks in chunks}
             for fut in cf.as_completed(futures):
                 yield futures[fut], fut.result()

@@ -8,7 +8,7 @@ from mseval.errors import InputError
 from mseval.io.cohort import Cohort
 from mseval.io.nifti import load_volume
 from mseval.lesions.components import count_lesions
-from mseval.simulate.model import WEEKS_PER_YEAR
+from mseval.units import WEEKS_PER_YEAR
 
 
 def analysis_table(cohort: Cohort, *, connectivity: int = 26, min_volume_mm3: float = 3.0, require_observed: bool = True) -> pd.DataFrame:

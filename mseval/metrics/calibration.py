@@ -33,8 +33,10 @@ Counts (discrete forecasts as ensembles, matrix (n, S)):
 - `interval_coverage`: central intervals at 50/80/95% from sample quantiles, numpy
   `method="inverted_cdf"` (Hyndman-Fan type 1: bounds are ensemble members, so counts stay
   integers), closed [lower, upper]. Because counts are discrete a closed interval holds *at least*
-  the nominal mass; `implied` is the mass the forecast itself puts inside (share of members in the
-  interval), the number to compare the observed coverage with. `randomized` is the coverage of the
+  the nominal mass; `implied` is the mass the forecast itself puts inside, by the ensemble-rank
+  (leave-one-out) construction, and `coverage_loo` the observed coverage of the same intervals:
+  equal in expectation for a calibrated ensemble (`implied_plugin`, the share of members inside the
+  interval they define, is biased upward and kept only for comparison). `randomized` is the coverage of the
   central PIT interval, |u - 1/2| <= level / 2, exactly nominal for a calibrated ensemble.
 """
 
@@ -109,6 +111,43 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, *, n_bins: int = 10
     flat = (np.arange(B)[:, None] * nb + b).ravel()
     gap = np.abs(np.bincount(flat, weights=(y - p).ravel(), minlength=B * nb)).reshape(B, nb)
     return gap.sum(axis=1) / m
+
+
+def debiased_calibration_error(p: np.ndarray, y: np.ndarray, *, edges: np.ndarray) -> np.ndarray | float:
+    """Debiased squared calibration error (Kumar, Liang and Ma 2019), p, y of shape (n,) or (B, n):
+
+        D = sum_b n_b / n [ (ybar_b - pbar_b)^2 - ybar_b (1 - ybar_b) / (n_b - 1) ]
+
+    (a bin of one patient uses pbar_b (1 - pbar_b) / 1 instead). The subtracted term removes the
+    binomial noise that makes the plain ECE positive for perfectly calibrated forecasts: E[D] is
+    about 0 when y ~ Bernoulli(p), and estimates sum_b n_b/n (E[y | bin b] - pbar_b)^2 otherwise.
+    Squared-probability units; may be negative by chance."""
+    p = np.asarray(p, dtype=float)
+    y = np.asarray(y, dtype=float)
+    nb = edges.size - 1
+    b = assign_bins(p, edges)
+    one = p.ndim == 1
+    if one:
+        p, y, b = p[None], y[None], b[None]
+    B, m = p.shape
+    flat = (np.arange(B)[:, None] * nb + b).ravel()
+    cnt = np.bincount(flat, minlength=B * nb).reshape(B, nb).astype(float)
+    sy = np.bincount(flat, weights=y.ravel(), minlength=B * nb).reshape(B, nb)
+    sp = np.bincount(flat, weights=p.ravel(), minlength=B * nb).reshape(B, nb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        yb, pb = sy / cnt, sp / cnt
+        var = np.where(cnt >= 2, yb * (1 - yb) / (cnt - 1), pb * (1 - pb))
+        term = np.where(cnt > 0, cnt / m * ((yb - pb) ** 2 - var), 0.0)
+    out = term.sum(axis=1)
+    return float(out[0]) if one else out
+
+
+def ece_if_calibrated(p: np.ndarray, *, edges: np.ndarray, draws: int = 200, seed: int = 0) -> float:
+    """Expected plain ECE of perfectly calibrated forecasts with these p (y ~ Bernoulli(p)), same bins:
+    the value the observed ECE is to be read against (Monte Carlo over `draws` outcome sets, seeded)."""
+    p = np.asarray(p, dtype=float)
+    ys = np.random.default_rng(seed).random((draws, p.size)) < p[None, :]
+    return float(np.mean(expected_calibration_error(np.broadcast_to(p, ys.shape), ys, edges=edges)))
 
 
 def brier_decomposition(p: np.ndarray, y: np.ndarray, *, n_bins: int = 10, max_distinct: int = 101) -> dict[str, float]:
@@ -219,6 +258,9 @@ class BinaryCalibration:
     ece_method: str
     recalibration: Recalibration
     notes: tuple[str, ...] = field(default_factory=tuple)
+    ece_expected_if_calibrated: float = float("nan")
+    ce_sq_debiased: float = float("nan")
+    ce_sq_debiased_ci: tuple[float, float] = (float("nan"), float("nan"))
 
     def to_frame(self) -> pd.DataFrame:
         r = self.recalibration
@@ -226,7 +268,17 @@ class BinaryCalibration:
             {"metric": "brier", "value": self.brier["brier"], "ci_low": self.brier_ci[0], "ci_high": self.brier_ci[1], "note": "t CI"},
             *[{"metric": f"brier_{k}", "value": self.brier[k], "ci_low": np.nan, "ci_high": np.nan, "note": f"Murphy decomposition over {self.brier['grouping']}"}
               for k in ("reliability", "resolution", "uncertainty", "within_bin")],
-            {"metric": "ece", "value": self.ece, "ci_low": self.ece_ci[0], "ci_high": self.ece_ci[1], "note": self.ece_method},
+            {"metric": "ece", "value": self.ece, "ci_low": self.ece_ci[0], "ci_high": self.ece_ci[1],
+             "note": f"{self.ece_method}; plain ECE is biased upward: {self.ece_expected_if_calibrated:.4f} expected if perfectly calibrated "
+                     "(same p, same bins)"},
+            {"metric": "ece_expected_if_calibrated", "value": self.ece_expected_if_calibrated, "ci_low": np.nan, "ci_high": np.nan,
+             "note": "mean ECE of y ~ Bernoulli(p) for these p and bins (200 simulated outcome sets)"},
+            {"metric": "calibration_error_debiased", "value": float(np.sqrt(max(self.ce_sq_debiased, 0.0))),
+             "ci_low": float(np.sqrt(max(self.ce_sq_debiased_ci[0], 0.0))), "ci_high": float(np.sqrt(max(self.ce_sq_debiased_ci[1], 0.0))),
+             "note": "root of the debiased squared calibration error over the ECE bins (Kumar et al. 2019), 0 when calibrated; "
+                     "CI: estimate +- 1.96 patient-bootstrap SE on the squared scale, bounds below 0 shown as 0"},
+            {"metric": "calibration_error_sq_debiased", "value": self.ce_sq_debiased, "ci_low": self.ce_sq_debiased_ci[0],
+             "ci_high": self.ce_sq_debiased_ci[1], "note": "squared-probability units; unbiased around 0 for calibrated forecasts (may be < 0)"},
             {"metric": "calibration_intercept", "value": r.intercept, "ci_low": r.intercept_ci[0], "ci_high": r.intercept_ci[1],
              "note": r.note or f"slope fixed at 1; Wald; p(a=0) = {r.intercept_p:.3g}; logit clipped at eps = {r.eps:.4g}"},
             {"metric": "calibration_slope", "value": r.slope, "ci_low": r.slope_ci[0], "ci_high": r.slope_ci[1],
@@ -253,7 +305,11 @@ def binary_calibration(p: np.ndarray, y: np.ndarray, *, samples: int | None = No
     """Everything about the calibration of P(active) p (n,) against observed activity y (n,) bool.
 
     The ECE CI is a patient bootstrap (BCa, percentile fallback; bin edges fixed at the full
-    sample's); n_boot = 0 skips it (CI reported as NaN with a note).
+    sample's); n_boot = 0 skips it (CI reported as NaN with a note). The plain ECE is biased upward
+    (binomial noise within bins), so it comes with its expectation under perfect calibration for
+    the same p, and with the debiased squared calibration error, whose interval (estimate +- 1.96
+    bootstrap SEs: percentile intervals of a debiased statistic centre on the biased plug-in)
+    contains 0 for calibrated forecasts (bench/validity_calibration.py: coverage of 0 over 100 data sets).
     """
     from mseval.stats.bootstrap import patient_bootstrap
 
@@ -269,12 +325,23 @@ def binary_calibration(p: np.ndarray, y: np.ndarray, *, samples: int | None = No
         ece_ci, how = (bt.ci_low, bt.ci_high), f"patient bootstrap, {bt.method}, {n_boot} resamples" + (f" ({bt.note})" if bt.note else "")
     else:
         ece_ci, how = (float("nan"), float("nan")), "no bootstrap requested"
+    d = float(debiased_calibration_error(p, y, edges=edges))
+    d_ci = (float("nan"), float("nan"))
+    if n_boot > 0 and p.size >= 2:
+        def dstat(pp: np.ndarray, yy: np.ndarray, axis: int = -1) -> np.ndarray:
+            return debiased_calibration_error(pp, yy, edges=edges)
+
+        se = patient_bootstrap(dstat, p, y.astype(float), n_resamples=n_boot, seed=seed, vectorized=True, method="percentile").standard_error
+        zq = float(stats.norm.ppf(0.5 + confidence_level / 2))
+        d_ci = (d - zq * se, d + zq * se)
+    ece0 = ece_if_calibrated(p, edges=edges, seed=seed)
     sq = (p - y) ** 2
     from mseval.metrics.activity import _t_ci
 
     return BinaryCalibration(p.size, reliability_table(p, y, n_bins=n_bins, strategy=strategy, level=confidence_level),
                              brier_decomposition(p, y, n_bins=n_bins), _t_ci(sq, confidence_level), ece, ece_ci, how,
-                             logistic_recalibration(p, y, samples=samples, confidence_level=confidence_level))
+                             logistic_recalibration(p, y, samples=samples, confidence_level=confidence_level),
+                             ece_expected_if_calibrated=ece0, ce_sq_debiased=d, ce_sq_debiased_ci=d_ci)
 
 
 # -- counts ---------------------------------------------------------------------------------
@@ -359,6 +426,34 @@ def ranked_probability_score(ensemble: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def _leave_one_out_mass(x: np.ndarray, y: np.ndarray, lo_q: float, hi_q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per patient (n,): forecast-implied and observed mass of the closed sample-quantile interval built
+    from S - 1 members, averaged over the member left out (the ensemble-rank construction):
+
+        implied_i  = mean_j 1{x_ij in I(x_i,-j)},    observed_i = mean_j 1{y_i in I(x_i,-j)}.
+
+    When y_i is exchangeable with the S members (a calibrated ensemble) swapping y_i and x_ij shows
+    E[observed_i] = E[implied_i] exactly, for any S, ties and discrete counts. (The plug-in share of
+    members inside the interval built from those same members is biased upward: the members at the
+    bounds are inside by construction.)"""
+    s = np.sort(np.asarray(x, dtype=float), axis=1)
+    n, S = s.shape
+    if S < 2:
+        nan = np.full(n, np.nan)
+        return nan, nan
+    m = S - 1
+    j = np.arange(S)
+
+    def kth(q: float) -> np.ndarray:  # value at numpy's inverted_cdf index of the S - 1 members without member j
+        k = max(int(np.ceil(q * m)) - 1, 0)
+        return np.where(k < j[None, :], s[:, [k]], s[:, [min(k + 1, S - 1)]])
+
+    lo, hi = kth(lo_q), kth(hi_q)
+    implied = ((s >= lo) & (s <= hi)).mean(axis=1)
+    observed = ((np.asarray(y, dtype=float)[:, None] >= lo) & (np.asarray(y, dtype=float)[:, None] <= hi)).mean(axis=1)
+    return implied, observed
+
+
 def interval_coverage(ensemble: np.ndarray, y: np.ndarray, *, levels: tuple[float, ...] = LEVELS, pit: np.ndarray | None = None,
                       confidence_level: float = 0.95) -> pd.DataFrame:
     """Central prediction-interval coverage: level, lower_q, upper_q, covered, coverage, ci_low, ci_high,
@@ -371,11 +466,15 @@ def interval_coverage(ensemble: np.ndarray, y: np.ndarray, *, levels: tuple[floa
         lo_q, hi_q = (1 - lv) / 2, (1 + lv) / 2
         lo, hi = np.quantile(x, [lo_q, hi_q], axis=1, method="inverted_cdf")
         inside = (yy >= lo) & (yy <= hi)
-        implied = ((x >= lo[:, None]) & (x <= hi[:, None])).mean(axis=1)
         k = int(inside.sum())
         c_lo, c_hi = wilson(k, n, confidence_level)
+        implied, observed_loo = _leave_one_out_mass(x, yy, lo_q, hi_q)
+        d = observed_loo - implied
         row = {"level": lv, "lower_q": lo_q, "upper_q": hi_q, "covered": k, "coverage": k / n if n else np.nan, "ci_low": c_lo, "ci_high": c_hi,
-               "implied": float(implied.mean()), "mean_width": float((hi - lo).mean()), "n": n}
+               "implied": float(implied.mean()), "coverage_loo": float(observed_loo.mean()),
+               "implied_diff_se": float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan,
+               "implied_plugin": float(((x >= lo[:, None]) & (x <= hi[:, None])).mean()),
+               "mean_width": float((hi - lo).mean()), "n": n}
         if pit is not None:
             kr = int((np.abs(np.asarray(pit) - 0.5) <= lv / 2).sum())
             r_lo, r_hi = wilson(kr, n, confidence_level)
@@ -418,7 +517,9 @@ class CountCalibration:
         for rec in self.coverage.to_dict("records"):
             pct = round(100 * rec["level"])
             rows.append({"metric": f"coverage_{pct}", "value": rec["coverage"], "ci_low": rec["ci_low"], "ci_high": rec["ci_high"],
-                         "note": f"closed sample-quantile interval (inverted_cdf); forecast-implied {rec['implied']:.3f}"})
+                         "note": f"closed sample-quantile interval (inverted_cdf); its leave-one-out coverage {rec['coverage_loo']:.3f} is to be "
+                                 f"read against the forecast-implied {rec['implied']:.3f} (same construction; SE of the difference "
+                                 f"{rec['implied_diff_se']:.3f})"})
             if "randomized" in rec:
                 rows.append({"metric": f"coverage_randomized_{pct}", "value": rec["randomized"], "ci_low": rec["randomized_ci_low"],
                              "ci_high": rec["randomized_ci_high"], "note": f"central PIT interval; nominal {rec['level']:g}"})
@@ -432,7 +533,8 @@ class CountCalibration:
         lines = [f"Count calibration ({self.n} patients, {self.samples} samples each): PIT chi-square p = {t.chi2_p:.3g}, KS p = {t.ks_p:.3g}, "
                  f"tail share {t.tail_share:.3f} (0.2 expected, p = {t.tail_p:.3g}); fair CRPS {self.crps.mean():.3f}, RPS {self.rps.mean():.3f}"]
         for rec in self.coverage.to_dict("records"):
-            lines.append(f"  {100 * rec['level']:.0f}% interval: coverage {rec['coverage']:.3f} (forecast-implied {rec['implied']:.3f})"
+            lines.append(f"  {100 * rec['level']:.0f}% interval: coverage {rec['coverage']:.3f}; leave-one-out {rec['coverage_loo']:.3f} vs "
+                         f"forecast-implied {rec['implied']:.3f}"
                          + (f", randomized {rec['randomized']:.3f}" if "randomized" in rec else ""))
         return "\n".join(lines)
 

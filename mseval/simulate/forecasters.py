@@ -14,7 +14,6 @@ worker count or order, and a rerun resumes where the store stops.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from mseval.io.nifti import check_same_grid, load_volume
 from mseval.io.store import ForecastStore
 from mseval.seeding import derive_seed
 from mseval.simulate.lesions import LesionField, add_net2_lesions, field_from_masks, periventricular_weights
+from mseval.parallel import process_pool
 
 KINDS = ("oracle", "overdispersed", "biased")
 WM_LABEL = 3
@@ -147,7 +147,7 @@ def simulate_forecasts(
                 if progress:
                     progress(done, total)
         else:
-            with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+            with process_pool(workers) as pool:
                 for _ in pool.map(_forecast_patient, todo, chunksize=1):
                     done += 1
                     if progress:

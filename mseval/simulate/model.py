@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from mseval.simulate.arms import DEFAULT_ARMS, ArmSpec
+from mseval.units import WEEKS_PER_YEAR  # re-exported: the simulator's modules import it from here
 
-WEEKS_PER_YEAR = 52.1775
 AGE_CENTRE = 37.0
 
 

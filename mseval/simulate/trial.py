@@ -13,7 +13,6 @@ Cohort folder::
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +31,7 @@ from mseval.simulate.arms import arms_frame
 from mseval.simulate.lesions import LesionField, add_net2_lesions, periventricular_weights
 from mseval.simulate.model import WEEKS_PER_YEAR, TrialConfig, draw_patients, truth_frame
 from mseval.simulate.mri import SEQUENCES, synthesize_mri
+from mseval.parallel import process_pool
 
 MASKS = ("brain_mask", "t2_lesion_mask", "gd_lesion_mask", "t2_lesion_mask_followup", "net2_mask")
 TISSUES_FILE = "images/{patient_id}/tissues.nii.gz"
@@ -157,7 +157,7 @@ def simulate_trial(
                 if progress:
                     progress(k + 1, len(jobs))
         else:
-            with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+            with process_pool(workers) as pool:
                 for k, res in enumerate(pool.map(_run, jobs, chunksize=1)):
                     results.append(res)
                     if progress:

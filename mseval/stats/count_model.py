@@ -2,22 +2,30 @@
 
     log E[count_i] = x_i' beta + log(follow-up years_i),   Var = mu + alpha mu^2
 
-fitted by maximum likelihood over (beta, alpha) with statsmodels' discrete `NegativeBinomial`
-(which estimates alpha; the GLM family would need it fixed). This is the model of R's
-`MASS::glm.nb`: point estimates agree to optimiser tolerance (tests/stats/test_count_model.py
-checks 1e-5 relative against R output stored in tests/stats/data/).
+fitted by maximum likelihood over (beta, alpha >= 0) with `mseval.stats.nb2_mle.fit_nb2`: joint
+Newton on (beta, log theta) with step halving, alternating steps (R's `MASS::glm.nb` scheme) where
+the Hessian is not negative definite, convergence declared on the Newton decrement (a gradient
+criterion) at a negative definite Hessian, and the Poisson fit with alpha = 0 when that is the
+maximum (the boundary; a note says so). This is the model of R's `glm.nb`; the live test in
+tests/stats/test_count_model.py checks 1e-6 relative agreement against
+`glm.nb(control = glm.control(epsilon = 1e-12, maxit = 500))` on random trials and on R's
+`MASS::epil`, `MASS::quine` and `MASS::Insurance` (it runs where Rscript and MASS are installed;
+CI installs them), and a stored R reference covers machines without R.
 
 Standard errors: by default (`cov="expected"`) the Wald standard errors of beta come from the
 expected (Fisher) information of the GLM at the fitted alpha, (X' W X)^-1 with
 W = mu / (1 + alpha mu) -- what R's `summary(glm.nb(...))` reports. `cov="observed"` uses the
-inverse Hessian of the full (beta, alpha) log-likelihood (statsmodels' default); the two differ
-slightly in finite samples.
+inverse Hessian of the full (beta, alpha) log-likelihood; the two differ slightly in finite samples.
+
+Every estimates table carries `estimable` and `note` (the shared rule of
+`mseval.stats.estimability`): an arm without events has no finite rate ratio (its MLE is 0) and is
+flagged, whatever number the optimiser stopped at. Rows with a missing value in a column the model
+uses are dropped, counted (`n_dropped`) and named (`dropped_rows`, 1-based data rows) in the fit.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +34,8 @@ import pandas as pd
 from scipy import stats
 
 from mseval.errors import InputError
+from mseval.stats.estimability import flag_table
+from mseval.stats.nb2_mle import NB2Result, fit_nb2
 
 _FORMULA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _FUNCTIONS = {"C", "np", "log", "exp", "I", "Treatment", "center", "standardize", "scale", "bs", "cr", "Q", "reference"}
@@ -61,8 +71,9 @@ def check_formula(formula: str, data: pd.DataFrame, file: str | None = None) -> 
 @dataclass(frozen=True)
 class CountModelFit:
     """A fitted NB2 model. `table`: one row per term (term, coef, se, rate_ratio, ci_low, ci_high,
-    p_value); arm terms are named by the arm. `arm_means`: adjusted annualised rate per arm
-    (marginal standardisation over the analysed patients) and % reduction vs the reference."""
+    p_value, estimable, note); arm terms are named by the arm. `arm_means`: adjusted annualised
+    rate per arm (marginal standardisation over the analysed patients), % reduction vs the
+    reference, estimable, note. `alpha` = 0 with `boundary` True: the Poisson fit is the maximum."""
 
     table: pd.DataFrame
     arm_means: pd.DataFrame
@@ -77,9 +88,14 @@ class CountModelFit:
     method: str
     notes: list[str] = field(default_factory=list)
     vcov: pd.DataFrame | None = None
+    boundary: bool = False
+    n_dropped: int = 0
+    dropped_rows: list[int] = field(default_factory=list)
+    gradient_decrement: float = float("nan")
+    iterations: int = 0
 
     def rate_ratios(self) -> pd.DataFrame:
-        """term, rate_ratio, ci_low, ci_high, p_value (the public contract) plus coef and se."""
+        """term, rate_ratio, ci_low, ci_high, p_value (the public contract) plus coef, se, estimable, note."""
         return self.table
 
     def rate_ratio(self, term: str) -> pd.Series:
@@ -92,28 +108,77 @@ class CountModelFit:
         return self.table
 
     def model_info(self) -> dict[str, Any]:
+        notes = list(self.notes)
+        if self.boundary:
+            notes.append("theta is infinite and alpha_se undefined at the Poisson boundary (written as null)")
+        elif not np.isfinite(self.alpha_se):
+            notes.append("alpha_se undefined (written as null)")
         return {
             "model": "negative binomial (NB2), log link, offset log(follow-up years)",
-            "formula": self.formula, "reference": self.reference, "n": self.n, "alpha": self.alpha,
-            "alpha_se": self.alpha_se, "theta": 1.0 / self.alpha if self.alpha > 0 else float("inf"),
-            "converged": self.converged, "log_likelihood": self.llf, "cov": self.cov,
-            "optimizer": self.method, "notes": list(self.notes),
+            "formula": self.formula, "reference": self.reference, "n": self.n, "n_dropped": self.n_dropped,
+            "dropped_rows": list(self.dropped_rows), "alpha": self.alpha, "alpha_se": self.alpha_se,
+            "theta": 1.0 / self.alpha if self.alpha > 0 else float("inf"), "boundary": self.boundary,
+            "converged": self.converged, "convergence_criterion": "Newton decrement g'(-H)^-1 g < 1e-20 at a negative definite Hessian",
+            "newton_decrement": self.gradient_decrement, "iterations": self.iterations, "log_likelihood": self.llf, "cov": self.cov,
+            "optimizer": self.method, "notes": notes,
         }
 
     def summary(self) -> str:
-        lines = [f"NB2 regression: {self.formula} (n={self.n}, alpha={self.alpha:.3f}, {'converged' if self.converged else 'NOT CONVERGED'}; {self.cov} information)"]
+        a = "alpha=0 (Poisson boundary)" if self.boundary else f"alpha={self.alpha:.3f}"
+        lines = [f"NB2 regression: {self.formula} (n={self.n}, {a}, {'converged' if self.converged else 'NOT CONVERGED'}; {self.cov} information)"]
         for r in self.table.itertuples():
-            lines.append(f"  {r.term:28s} RR {r.rate_ratio:8.3f}  95% CI {r.ci_low:8.3f} to {r.ci_high:8.3f}  p={r.p_value:.3g}")
+            if r.estimable:
+                lines.append(f"  {r.term:28s} RR {r.rate_ratio:8.3f}  95% CI {r.ci_low:8.3f} to {r.ci_high:8.3f}  p={r.p_value:.3g}")
+            else:
+                lines.append(f"  {r.term:28s} not estimable: {r.note}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def _prepare(data: pd.DataFrame, formula: str, arm_col: str, reference: str | None, file: str | None) -> tuple[pd.DataFrame, str, list[str]]:
+@dataclass(frozen=True)
+class _Prepared:
+    df: pd.DataFrame
+    response: str
+    cols: list[str]
+    dropped_rows: list[int]
+    dropped_note: str
+
+
+def _prepare(data: pd.DataFrame, formula: str, arm_col: str, reference: str | None, file: str | None,
+             extra: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str, list[str]]:
+    p = _prepare_full(data, formula, arm_col, reference, file, extra)
+    return p.df, p.response, p.cols
+
+
+def _prepare_full(data: pd.DataFrame, formula: str, arm_col: str, reference: str | None, file: str | None,
+                  extra: tuple[str, ...] = ()) -> _Prepared:
+    """Check the formula and data; drop (and name) rows with a missing value in a used column."""
     response, cols = check_formula(formula, data, file)
+    used = list(dict.fromkeys([*cols, *[c for c in extra if c]]))
     df = data.copy()
-    y = pd.to_numeric(df[response], errors="coerce")
-    if y.isna().any() or (y < 0).any() or not np.allclose(y, np.round(y)):
-        raise InputError(file, f"response '{response}' must hold non-negative whole counts", field=response)
+    raw_y = df[response]
+    y = pd.to_numeric(raw_y, errors="coerce")
+    bad = y.isna() & raw_y.notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise InputError(file, f"response '{response}' must hold non-negative whole counts (got {raw_y.iloc[i]!r})", row=i + 1, field=response)
+    df[response] = y
+    missing = df[used].isna().any(axis=1).to_numpy()
+    dropped_rows = [int(i) + 1 for i in np.flatnonzero(missing)]
+    note = ""
+    if dropped_rows:
+        by_col = {c: int(df[c].isna().sum()) for c in used if df[c].isna().any()}
+        ids = df.loc[missing, "patient_id"].astype(str).tolist() if "patient_id" in df else [f"row {r}" for r in dropped_rows]
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        note = (f"{len(dropped_rows)} of {len(df)} rows dropped for missing values "
+                f"({', '.join(f'{c}: {k}' for c, k in by_col.items())}): {shown}")
+        df = df.loc[~missing].reset_index(drop=True)
+    if df.empty:
+        raise InputError(file, "no rows left after dropping missing values", field=response)
+    y = df[response].to_numpy(dtype=float)
+    if (y < 0).any() or not np.allclose(y, np.round(y)):
+        i = int(np.flatnonzero((y < 0) | (np.abs(y - np.round(y)) > 1e-8))[0])
+        raise InputError(file, f"response '{response}' must hold non-negative whole counts", row=i + 1, field=response)
     if (y == 0).all():
         raise InputError(file, f"all counts in '{response}' are zero: no rate ratio is estimable", field=response)
     if arm_col in cols:
@@ -125,12 +190,47 @@ def _prepare(data: pd.DataFrame, formula: str, arm_col: str, reference: str | No
             raise InputError(file, f"reference arm {ref!r} is not in '{arm_col}' ({', '.join(sorted(arms))})", field=arm_col)
         order = [ref] + sorted(a for a in arms if a != ref)
         df[arm_col] = pd.Categorical(df[arm_col].astype(str), categories=order)
-    return df, response, cols
+    return _Prepared(df, response, cols, dropped_rows, note)
 
 
 def _term_name(raw: str, arm_col: str) -> str:
     m = re.fullmatch(rf"{re.escape(arm_col)}\[T\.(.+)\]", raw)
     return m.group(1) if m else raw
+
+
+_EVAL_FUNCS = {"np": np, "log": np.log, "exp": np.exp, "sqrt": np.sqrt}
+
+
+def design(formula: str, df: pd.DataFrame, file: str | None = None) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Response (n,), design matrix (n, k) and patsy design info of `formula` on `df` (no missing values)."""
+    import patsy
+
+    env = patsy.EvalEnvironment([_EVAL_FUNCS])
+    try:
+        yd, Xd = patsy.dmatrices(formula, df, eval_env=env, NA_action="raise")
+    except patsy.PatsyError as exc:
+        raise InputError(file, f"cannot build the model from formula {formula!r}: {str(exc).splitlines()[0]}", field="formula") from None
+    return np.asarray(yd, dtype=float)[:, 0], np.asarray(Xd, dtype=float), Xd.design_info
+
+
+def _zero_event_terms(y: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """(k,) bool: indicator (0/1) columns whose rows hold no event -- their rate ratio's MLE is 0."""
+    ind = np.all((X == 0) | (X == 1), axis=0) & ~np.all(X == 1, axis=0)
+    ev = (X * (y > 0)[:, None]).sum(axis=0)
+    return ind & (ev == 0) & (X.sum(axis=0) > 0)
+
+
+def _inv_pd(A: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Inverse of a symmetric positive (semi)definite matrix via its Jacobi-scaled form; (pinv, False) when singular."""
+    d = np.sqrt(np.abs(np.diag(A)))
+    d[d == 0] = 1.0
+    S = A / np.outer(d, d)
+    try:
+        L = np.linalg.cholesky(S)
+        Li = np.linalg.inv(L)
+        return (Li.T @ Li) / np.outer(d, d), True
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(A), False
 
 
 def fit_count_model(
@@ -148,169 +248,118 @@ def fit_count_model(
     """Fit NB2 `formula` on `data` with offset log(data[offset_years]) (None: no offset).
 
     The reference arm is the comparator of every arm's rate ratio (default: first in sort order).
-    Non-convergence is reported (`converged=False`, a note), never hidden behind NaN.
-    adjusted_means=False skips the marginal means (faster, for simulation loops).
+    Non-convergence and the Poisson boundary are reported (`converged`, `boundary`, notes), never
+    hidden behind NaN. adjusted_means=False skips the marginal means (faster, for simulation loops).
     """
-    from statsmodels.discrete.discrete_model import NegativeBinomial
-
-    df, response, cols = _prepare(data, formula, arm_col, reference, file)
+    if offset_years is not None and offset_years not in data.columns:
+        raise InputError(file, f"offset column '{offset_years}' not found", field=offset_years)
+    prep = _prepare_full(data, formula, arm_col, reference, file, extra=(offset_years,) if offset_years else ())
+    df, response, cols = prep.df, prep.response, prep.cols
+    notes: list[str] = [prep.dropped_note] if prep.dropped_note else []
+    off: np.ndarray | float = 0.0
     if offset_years is not None:
-        if offset_years not in df.columns:
-            raise InputError(file, f"offset column '{offset_years}' not found", field=offset_years)
         years = pd.to_numeric(df[offset_years], errors="coerce")
         if years.isna().any() or (years <= 0).any():
-            raise InputError(file, f"offset '{offset_years}' must be positive years", field=offset_years)
-        df["_log_years"] = np.log(years.to_numpy(dtype=float))
-    used = [c for c in cols if c in df.columns] + (["_log_years"] if offset_years else [])
-    df = df.dropna(subset=used).reset_index(drop=True)
-    kwargs = {"offset": df["_log_years"].to_numpy()} if offset_years else {}
-    notes: list[str] = []
-    model = NegativeBinomial.from_formula(formula, df, loglike_method="nb2", **kwargs)
-    res, method, converged = None, "", False
-    for method in ("newton", "bfgs", "nm"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                if method == "nm":
-                    cand = model.fit(method="nm", maxiter=20 * maxiter, disp=0)
-                elif method == "newton":
-                    cand = model.fit(method="newton", maxiter=maxiter, disp=0, tol=1e-10)
-                else:
-                    cand = model.fit(method="bfgs", maxiter=maxiter, disp=0, gtol=1e-10)
-            except (np.linalg.LinAlgError, ValueError, OverflowError):
-                continue
-        ok = bool(cand.mle_retvals.get("converged", False)) and np.all(np.isfinite(cand.params))
-        if res is None or (np.isfinite(cand.llf) and cand.llf > res.llf + 1e-9) or ok:
-            res = cand
-        if ok:
-            converged = True
-            break
-    if res is None:
-        raise InputError(file, "the negative binomial model could not be fitted (singular design?)", field="formula")
-    if not converged:
-        notes.append(f"optimiser did not converge (last tried: {method}); estimates are the best found")
-    names = list(res.params.index)
-    beta_names = [n for n in names if n != "alpha"]
-    beta = res.params[beta_names].to_numpy(dtype=float)
-    alpha = float(res.params["alpha"])
-    X = model.exog
-    if cov == "expected":
-        mu = np.exp(X @ beta + (kwargs["offset"] if kwargs else 0.0))
-        w = mu / (1.0 + alpha * mu)
-        info = X.T @ (X * w[:, None])
-        try:
-            V = np.linalg.inv(info)
-        except np.linalg.LinAlgError:
-            V = np.linalg.pinv(info)
-            notes.append("singular information matrix: pseudo-inverse used")
-    else:
-        try:
-            V = res.cov_params().loc[beta_names, beta_names].to_numpy(dtype=float)
-        except ValueError:
-            raise InputError(file, f"no observed information after the {method} optimiser; use cov='expected'", field="cov") from None
-    se = np.sqrt(np.clip(np.diag(V), 0, None))
+            i = int(np.flatnonzero((years.isna() | (years <= 0)).to_numpy())[0])
+            raise InputError(file, f"offset '{offset_years}' must be positive years", row=i + 1, field=offset_years)
+        off = np.log(years.to_numpy(dtype=float))
+    y, X, info = design(formula, df, file)
+    k = X.shape[1]
+    if np.linalg.matrix_rank(X) < k:
+        raise InputError(file, "the negative binomial model could not be fitted (singular design: a term is constant or collinear)", field="formula")
+    res = fit_nb2(y, X, off, maxiter=maxiter)
+    beta, alpha = res.beta, res.alpha
+    names = [_term_name(n, arm_col) for n in info.column_names]
+    if res.boundary:
+        notes.append("the maximum likelihood is at the Poisson boundary (no overdispersion): alpha = 0, the Poisson fit is reported")
+    if not res.converged:
+        notes.append(f"the fit did not reach a verified maximum (Newton decrement {res.decrement:.3g} after {res.iterations} iterations); "
+                     "estimates are the best found")
+    V, ok_inv = _covariance(res, X, off, cov)
+    if not ok_inv:
+        notes.append("singular information matrix: pseudo-inverse used")
+    se = np.sqrt(np.clip(np.diag(V)[:k], 0, None))
     z = stats.norm.ppf(0.975)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         pvals = 2 * stats.norm.sf(np.abs(beta / se))
-    with np.errstate(over="ignore"):
         rr, lo, hi = np.exp(beta), np.exp(beta - z * se), np.exp(beta + z * se)
-    table = pd.DataFrame(
-        {
-            "term": [_term_name(n, arm_col) for n in beta_names],
-            "coef": beta,
-            "se": se,
-            "rate_ratio": rr,
-            "ci_low": lo,
-            "ci_high": hi,
-            "p_value": pvals,
-        }
-    )
+    zero = _zero_event_terms(y, X)
+    reasons = ["" for _ in names]
+    for j in np.flatnonzero(zero):
+        reasons[j] = "no events in this group: the rate ratio's maximum-likelihood estimate is 0 (not estimable)"
+        notes.append(f"{names[j]!r} has no events: its rate ratio is not estimable (estimate at the boundary)")
+    if arm_col in cols:
+        ref_rows = (df[arm_col] == df[arm_col].cat.categories[0]).to_numpy()
+        if y[ref_rows].sum() == 0:
+            ref_name = df[arm_col].cat.categories[0]
+            notes.append(f"the reference arm {ref_name!r} has no events: no rate ratio against it is estimable")
+            for j, nm in enumerate(names):
+                if nm in set(df[arm_col].cat.categories[1:]):
+                    reasons[j] = f"the reference arm {ref_name!r} has no events: the rate ratio's maximum-likelihood estimate is infinite (not estimable)"
+    table = pd.DataFrame({"term": names, "coef": beta, "se": se, "rate_ratio": rr, "ci_low": lo, "ci_high": hi, "p_value": pvals,
+                          "estimable": [not r for r in reasons], "note": reasons})
+    table["converged"] = res.converged
+    table = flag_table(table, "rate_ratio", "ci_low", "ci_high", kind="ratio", converged="converged").drop(columns="converged")
     ref = None
     arm_means = pd.DataFrame()
     if arm_col in cols:
         cats = list(df[arm_col].cat.categories)
         ref = cats[0]
-        y = df[response].to_numpy(dtype=float)
-        for arm in cats[1:]:
-            if y[(df[arm_col] == arm).to_numpy()].sum() == 0:
-                notes.append(f"arm {arm!r} has no events: its rate ratio is not estimable (estimate at the boundary)")
         if adjusted_means:
-            arm_means = _adjusted_means(model, res, df, arm_col, cats, beta_names)
+            arm_means = _adjusted_means(info, beta, df, arm_col, cats, table, res.converged)
     table = table[table["term"] != "Intercept"].reset_index(drop=True)
-    try:
-        alpha_var = float(res.cov_params().loc["alpha", "alpha"])
-    except ValueError:  # no Hessian-based covariance (e.g. Nelder-Mead)
-        alpha_var = float("nan")
-    alpha_se = float(np.sqrt(alpha_var)) if np.isfinite(alpha_var) and alpha_var >= 0 else float("nan")
-    vcov = pd.DataFrame(V, index=[_term_name(n, arm_col) for n in beta_names], columns=[_term_name(n, arm_col) for n in beta_names])
-    return CountModelFit(table, arm_means, alpha, alpha_se, converged, int(len(df)), float(res.llf), formula, ref, cov, method, notes, vcov)
+    alpha_se = float("nan")
+    if not res.boundary and cov is not None:
+        Vfull, _ = _inv_pd(-res.hessian)
+        var_t = float(Vfull[k, k])
+        alpha_se = float(alpha * np.sqrt(var_t)) if np.isfinite(var_t) and var_t >= 0 else float("nan")
+    vcov = pd.DataFrame(V[:k, :k], index=names, columns=names)
+    method = "Newton on (beta, log theta) with step halving; Poisson at the boundary" if not res.boundary else "Poisson (alpha = 0 boundary)"
+    return CountModelFit(table, arm_means, float(alpha), alpha_se, bool(res.converged), int(len(df)), float(res.llf), formula, ref, cov, method,
+                         notes, vcov, bool(res.boundary), len(prep.dropped_rows), prep.dropped_rows, float(res.decrement), int(res.iterations))
 
 
-def _adjusted_means(model: Any, res: Any, df: pd.DataFrame, arm_col: str, arms: list[str], beta_names: list[str]) -> pd.DataFrame:
+def _covariance(res: NB2Result, X: np.ndarray, off: np.ndarray | float, cov: str) -> tuple[np.ndarray, bool]:
+    k = X.shape[1]
+    if cov == "observed":
+        V, ok = _inv_pd(-res.hessian)
+        return V[:k, :k], ok
+    mu = np.exp(X @ res.beta + off)
+    w = mu / (1.0 + res.alpha * mu)
+    return _inv_pd(X.T @ (X * w[:, None]))
+
+
+def _adjusted_means(info: Any, beta: np.ndarray, df: pd.DataFrame, arm_col: str, arms: list[str], table: pd.DataFrame,
+                    converged: bool) -> pd.DataFrame:
     """Adjusted annualised rate per arm: every analysed patient predicted under the arm (1 year)."""
+    import patsy
+
+    flags = table.set_index("term")
     rows = []
     for arm in arms:
         alt = df.copy()
         alt[arm_col] = pd.Categorical([arm] * len(df), categories=arms)
-        pred = res.predict(alt, offset=np.zeros(len(alt)))
-        rows.append({"arm": arm, "adjusted_rate_per_year": float(np.mean(pred))})
+        (Xa,) = patsy.build_design_matrices([info], alt)
+        with np.errstate(over="ignore"):
+            rate = float(np.mean(np.exp(np.asarray(Xa) @ beta)))
+        ok, note = True, ""
+        if arm in flags.index and not bool(flags.loc[arm, "estimable"]):
+            ok, note = False, f"the rate ratio of {arm!r} vs the reference is not estimable ({flags.loc[arm, 'note']})"
+        elif not converged:
+            ok, note = False, "the fit did not converge"
+        rows.append({"arm": arm, "adjusted_rate_per_year": rate, "estimable": ok, "note": note})
     out = pd.DataFrame(rows)
     ref_rate = out["adjusted_rate_per_year"].iloc[0]
     out["reduction_pct"] = 100.0 * (1.0 - out["adjusted_rate_per_year"] / ref_rate)
-    return out
-
-
-@dataclass(frozen=True)
-class LogitFit:
-    """Logistic regression of being free of NET2 lesions: odds ratios vs the reference arm."""
-
-    table: pd.DataFrame
-    proportions: pd.DataFrame
-    converged: bool
-    n: int
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.table
-
-    def summary(self) -> str:
-        lines = [f"Logistic regression of lesion-free status (n={self.n})"]
-        for r in self.table.itertuples():
-            lines.append(f"  {r.term:28s} OR {r.odds_ratio:8.3f}  95% CI {r.ci_low:8.3f} to {r.ci_high:8.3f}  p={r.p_value:.3g}")
-        return "\n".join(lines)
-
-
-def fit_lesion_free(
-    data: pd.DataFrame, response: str = "net2", rhs: str = "arm", *, reference: str | None = None, arm_col: str = "arm", file: str | None = None
-) -> LogitFit:
-    """Odds ratios of being free of lesions (`response == 0`) by arm (+ covariates in `rhs`)."""
-    import statsmodels.formula.api as smf
-
-    df, _, _ = _prepare(data, f"{response} ~ {rhs}", arm_col, reference, file)
-    df["_lesion_free"] = (df[response].to_numpy(dtype=float) == 0).astype(float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = smf.logit(f"_lesion_free ~ {rhs}", df).fit(disp=0, maxiter=200)
-    ci = res.conf_int()
-    table = pd.DataFrame(
-        {
-            "term": [_term_name(n, arm_col) for n in res.params.index],
-            "odds_ratio": np.exp(res.params.to_numpy()),
-            "ci_low": np.exp(ci[0].to_numpy()),
-            "ci_high": np.exp(ci[1].to_numpy()),
-            "p_value": res.pvalues.to_numpy(),
-        }
-    )
-    table = table[table["term"] != "Intercept"].reset_index(drop=True)
-    props = df.groupby(arm_col, observed=True)["_lesion_free"].agg(["mean", "size"]).reset_index()
-    props.columns = ["arm", "lesion_free_pct", "n"]
-    props["lesion_free_pct"] *= 100.0
-    return LogitFit(table, props, bool(res.mle_retvals.get("converged", True)), int(len(df)))
+    return out[["arm", "adjusted_rate_per_year", "reduction_pct", "estimable", "note"]]
 
 
 @dataclass(frozen=True)
 class BootstrapRateRatios:
     """Patient-level bootstrap of every term's rate ratio: `table` (term, rate_ratio, ci_low,
-    ci_high, se_log, method), and the replicate log rate ratios (B, K) in `replicates`."""
+    ci_high, se_log, method, replicates, n_failed, n_boundary, estimable, note), the replicate log
+    rate ratios (B, K) in `replicates` (NaN where that term failed in that replicate) and `failed`,
+    the number of replicates whose fit did not reach a verified maximum (every term failed)."""
 
     table: pd.DataFrame
     replicates: np.ndarray
@@ -333,90 +382,117 @@ def bootstrap_rate_ratios(
 ) -> BootstrapRateRatios:
     """Percentile CIs of the NB2 rate ratios from `n_resamples` patient resamples (with replacement).
 
-    Each replicate refits the full NB2 likelihood (Newton, warm-started at the full-data estimate);
-    replicates whose fit fails are dropped and counted in `failed`. Percentile rather than BCa: BCa
+    Each replicate refits the full NB2 likelihood with `fit_nb2` (warm-started at the full-data
+    estimate). A replicate at the Poisson boundary (alpha = 0) is a valid estimate and is kept
+    (`n_boundary` counts them). A term is failed in a replicate when its group is absent or has no
+    events in that resample (its MLE does not exist); a replicate whose fit does not reach a
+    verified maximum fails for every term. Failures are counted per term (`n_failed`) and the
+    percentiles use that term's remaining replicates, so one degenerate arm never erases the
+    others' intervals; a term failing in more than 5% of replicates is flagged (`estimable` False:
+    the interval would condition on the resamples where it exists). Percentile rather than BCa: BCa
     would add one jackknife refit per patient. Replicates come in fixed chunks with seeds derived
     from (seed, chunk), so the result is the same for any number of `workers` (processes)."""
-    from statsmodels.discrete.discrete_model import NegativeBinomial
-
-    df, _, _ = _prepare(data, formula, arm_col, reference, None)
+    if offset_years is not None and offset_years not in data.columns:
+        raise InputError(None, f"offset column '{offset_years}' not found", field=offset_years)
+    prep = _prepare_full(data, formula, arm_col, reference, None, extra=(offset_years,) if offset_years else ())
+    df = prep.df
     offset = np.log(df[offset_years].to_numpy(dtype=float)) if offset_years else None
-    base = NegativeBinomial.from_formula(formula, df, loglike_method="nb2", **({"offset": offset} if offset is not None else {}))
-    y, X = base.endog, base.exog
-    names = [_term_name(n, arm_col) for n in base.exog_names[: X.shape[1]]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        start0 = np.asarray(base.fit(method="newton", disp=0, maxiter=200).params)
+    y, X, info = design(formula, df)
+    names = [_term_name(n, arm_col) for n in info.column_names]
+    full = fit_nb2(y, X, 0.0 if offset is None else offset)
+    start0 = np.append(full.beta, full.alpha)
     n = len(y)
     chunks = [(y, X, offset, start0, seed, k, min(_CHUNK, n_resamples - k * _CHUNK)) for k in range((n_resamples + _CHUNK - 1) // _CHUNK)]
     if workers > 1 and len(chunks) > 1:
-        import concurrent.futures as cf
+        from mseval.parallel import process_pool
 
-        with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             parts = list(pool.map(_bootstrap_chunk, chunks))
     else:
         parts = [_bootstrap_chunk(c) for c in chunks]
-    reps = [r for p, _ in parts for r in p]
-    failed = sum(f for _, f in parts)
-    R = np.array(reps)
+    R = np.concatenate([p[0] for p in parts]) if parts else np.empty((0, X.shape[1]))
+    failed = int(sum(p[1] for p in parts))
+    n_boundary = int(sum(p[2] for p in parts))
     keep = [k for k, nm in enumerate(names) if nm != "Intercept"]
-    lo, hi = np.percentile(R[:, keep], [2.5, 97.5], axis=0) if len(R) else (np.full(len(keep), np.nan),) * 2
-    table = pd.DataFrame({
-        "term": [names[k] for k in keep], "rate_ratio": np.exp(start0[keep]), "ci_low": np.exp(lo), "ci_high": np.exp(hi),
-        "se_log": R[:, keep].std(axis=0, ddof=1) if len(R) > 1 else np.nan, "method": "percentile", "replicates": len(R),
-    })
-    return BootstrapRateRatios(table, R[:, keep] if len(R) else R, failed)
+    zero_full = _zero_event_terms(y, X)
+    rows = []
+    for j in keep:
+        col = R[:, j]
+        ok = np.isfinite(col)
+        n_fail = int((~ok).sum())
+        lo = hi = se_log = float("nan")
+        if ok.sum() >= 2:
+            lo, hi = np.percentile(col[ok], [2.5, 97.5])
+            se_log = float(col[ok].std(ddof=1))
+        reasons = []
+        if zero_full[j]:
+            reasons.append("no events in this group: the rate ratio's maximum-likelihood estimate is 0 (not estimable)")
+        if n_fail > 0.05 * max(len(col), 1):
+            reasons.append(f"{n_fail} of {len(col)} replicates failed for this term (group absent or without events, or fit failed); "
+                           "the interval would condition on the others")
+        note = "; ".join(reasons) if reasons else (f"{n_fail} of {len(col)} replicates failed for this term and were left out" if n_fail else "")
+        rows.append({"term": names[j], "rate_ratio": float(np.exp(full.beta[j])), "ci_low": float(np.exp(lo)), "ci_high": float(np.exp(hi)),
+                     "se_log": se_log, "method": "percentile", "replicates": int(ok.sum()), "n_failed": n_fail, "n_boundary": n_boundary,
+                     "estimable": not reasons, "note": note})
+    table = flag_table(pd.DataFrame(rows), "rate_ratio", "ci_low", "ci_high", kind="ratio")
+    if not full.converged:
+        table["estimable"] = False
+        table["note"] = [("; ".join(filter(None, [nt, "the full-data fit did not reach a verified maximum"]))) for nt in table["note"]]
+    return BootstrapRateRatios(table, R[:, keep], failed)
 
 
 _CHUNK = 250
 
 
 def nb2_newton(
-    y: np.ndarray, X: np.ndarray, offset: np.ndarray | None, beta: np.ndarray, alpha: float, *, tol: float = 1e-9, maxiter: int = 100
+    y: np.ndarray, X: np.ndarray, offset: np.ndarray | None, beta: np.ndarray, alpha: float, *, tol: float = 1e-20, maxiter: int = 200
 ) -> tuple[np.ndarray, float, bool]:
-    """Maximum likelihood of the NB2 model by alternating Fisher scoring for beta (at fixed alpha)
-    and Newton steps for log(1/alpha) (at fixed beta) -- the scheme of R's glm.nb -- from a warm
-    start. A lean inner loop for bootstrap replicates; `fit_count_model` (statsmodels) stays the
-    primary fitter, and tests/stats/test_count_model.py checks the two agree."""
-    from scipy.special import digamma, polygamma
-
-    off = 0.0 if offset is None else offset
-    beta = np.asarray(beta, dtype=float).copy()
-    log_r = -np.log(max(alpha, 1e-8))
-    for _ in range(maxiter):
-        r = np.exp(log_r)
-        eta = X @ beta + off
-        mu = np.exp(np.clip(eta, -30, 30))
-        w = mu / (1.0 + mu / r)
-        z = (y - mu) / mu
-        try:
-            step = np.linalg.solve(X.T @ (X * w[:, None]), X.T @ (w * z))
-        except np.linalg.LinAlgError:
-            return beta, float(1.0 / r), False
-        beta = beta + step
-        mu = np.exp(np.clip(X @ beta + off, -30, 30))
-        score = np.sum(digamma(y + r) - digamma(r) + np.log(r / (r + mu)) + (mu - y) / (r + mu))
-        hess = np.sum(polygamma(1, y + r) - polygamma(1, r) + 1.0 / r - 2.0 / (r + mu) + (y + r) / (r + mu) ** 2)
-        g, h = score * r, hess * r * r + score * r  # derivatives with respect to log r
-        d_log_r = -g / h if h < 0 else np.sign(g) * 0.5
-        log_r = float(np.clip(log_r + np.clip(d_log_r, -2.0, 2.0), -20.0, 20.0))
-        if np.max(np.abs(step)) < tol and abs(d_log_r) < tol:
-            return beta, float(np.exp(-log_r)), True
-    return beta, float(np.exp(-log_r)), False
+    """(beta, alpha, converged) of the NB2 MLE from a warm start: `mseval.stats.nb2_mle.fit_nb2`
+    (kept under this name for callers; alpha = 0 at the Poisson boundary)."""
+    r = fit_nb2(y, X, 0.0 if offset is None else offset, beta0=np.asarray(beta, dtype=float), alpha0=alpha, tol=tol, maxiter=maxiter)
+    return r.beta, r.alpha, r.converged
 
 
-def _bootstrap_chunk(args: tuple) -> tuple[list[np.ndarray], int]:
+def _bootstrap_chunk(args: tuple) -> tuple[np.ndarray, int, int]:
+    """Replicates (size, k) of beta (NaN where a term failed), fits failed, fits at the Poisson boundary."""
     y, X, offset, start0, seed, chunk, size = args
     k = X.shape[1]
     rng = np.random.default_rng([seed, chunk])
     n = len(y)
-    reps, failed = [], 0
-    for _ in range(size):
+    out = np.full((size, k), np.nan)
+    failed = boundary = 0
+    interior = start0[k] > 0
+    for b in range(size):
         idx = rng.integers(0, n, n)
+        Xb, yb = X[idx], y[idx]
+        ob = None if offset is None else offset[idx]
+        zero = _zero_event_terms(yb, Xb)
+        if zero.any():  # their rows contribute nothing at the MLE (rate -> 0): leave rows and term out
+            rows = ~np.any(Xb[:, zero] == 1, axis=1)
+            Xb, yb, ob = Xb[rows], yb[rows], None if ob is None else ob[rows]
+        cols = np.flatnonzero(np.any(Xb != 0, axis=0) & ~zero)
+        if cols.size == 0 or yb.sum() == 0:
+            failed += 1
+            continue
+        Xs = Xb[:, cols]
         with np.errstate(all="ignore"):
-            beta, _, ok = nb2_newton(y[idx], X[idx], None if offset is None else offset[idx], start0[:k], float(start0[k]))
-        if ok and np.all(np.isfinite(beta)):
-            reps.append(beta)
+            r = fit_nb2(yb, Xs, 0.0 if ob is None else ob, beta0=start0[cols], alpha0=float(start0[k]), check_boundary=not interior)
+        if r.converged and np.all(np.isfinite(r.beta)):
+            out[b, cols] = r.beta
+            boundary += int(r.boundary)
         else:
             failed += 1
-    return reps, failed
+    return out, failed, boundary
+
+
+def __getattr__(name: str) -> Any:
+    """`fit_lesion_free` and its result lived here before `mseval.stats.lesion_free`: still importable from here."""
+    if name in ("fit_lesion_free", "LesionFreeFit", "LogitFit"):
+        from mseval.stats import lesion_free
+
+        return getattr(lesion_free, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BootstrapRateRatios", "CountModelFit", "LesionFreeFit", "LogitFit", "bootstrap_rate_ratios", "check_formula", "design",
+           "fit_count_model", "fit_lesion_free", "nb2_newton"]

@@ -40,7 +40,8 @@ def repeated_trials(n_trials: int, *, patients_per_arm: int = 100, drug: ArmSpec
             r = fit.rate_ratio(drug.arm)
             tag = "adj_" if adjusted else ""
             row.update({f"{tag}rate_ratio": r.rate_ratio, f"{tag}ci_low": r.ci_low, f"{tag}ci_high": r.ci_high, f"{tag}p_value": r.p_value,
-                        f"{tag}se": r.se, f"{tag}covers": bool(r.ci_low <= target <= r.ci_high), f"{tag}converged": fit.converged})
+                        f"{tag}se": r.se, f"{tag}covers": bool(r.ci_low <= target <= r.ci_high), f"{tag}converged": fit.converged,
+                        f"{tag}boundary": fit.boundary, f"{tag}estimable": bool(r.estimable)})
         rows.append(row)
     return pd.DataFrame(rows)
 
