@@ -38,6 +38,9 @@ class Checkpoint:
     train_ids: list[str]
     val_ids: list[str]
     log: list[dict[str, float]] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """What it learned from: {"cohort_fingerprint", "train": {patient: fingerprint}, "validation": {...}}
+    (`mseval.provenance.training_provenance`); empty for checkpoints written before it was recorded."""
     path: Path | None = None
     digest: str = ""
     runtime: dict[str, Any] = field(default_factory=dict)  # device, dtype, deterministic settings (forecast.runtime)
@@ -52,7 +55,7 @@ class Checkpoint:
         return {
             "format": FORMAT, "version": VERSION, "config": self.config.to_dict(), "model": self.model, "ema": self.ema,
             "optimizer": self.optimizer, "step": int(self.step), "train_ids": list(self.train_ids), "val_ids": list(self.val_ids),
-            "log": list(self.log), "runtime": dict(self.runtime),
+            "log": list(self.log), "runtime": dict(self.runtime), "provenance": dict(self.provenance),
         }
 
 
@@ -114,7 +117,8 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     ckpt = Checkpoint(
         config=cfg, model=payload["model"], ema=payload["ema"], optimizer=payload.get("optimizer"), step=int(payload["step"]),
         train_ids=list(payload["train_ids"]), val_ids=list(payload["val_ids"]), log=list(payload.get("log", [])),
-        path=wp.parent, digest=content_digest(payload), runtime=dict(payload.get("runtime") or {}),
+        provenance=dict(payload.get("provenance") or {}), path=wp.parent, digest=content_digest(payload),
+        runtime=dict(payload.get("runtime") or {}),
     )
     return ckpt
 

@@ -26,6 +26,7 @@ from forecast.sampler import SamplerSettings, binarize, chunked_rows, sample
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.io.store import ForecastStore
+from mseval.provenance import write_store_provenance
 from mseval.seeding import derive_seed
 
 
@@ -193,6 +194,7 @@ def forecast_cohort(
     loaded = {pid: load_patient(cohort, pid, cfg, with_target=False) for pid in todo}  # every check before any write
     if rank == 0:
         store = ForecastStore.create(out)
+        write_store_provenance(out, ckpt.id, ckpt.provenance)
     if world > 1:
         torch.distributed.barrier()
     if rank != 0:

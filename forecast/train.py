@@ -33,6 +33,7 @@ from forecast.model import NET2Denoiser, arm_weights
 from forecast.runtime import configure_backend
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
+from mseval.provenance import training_provenance
 from mseval.seeding import derive_seed
 
 Progress = Callable[[int, int, float], None]
@@ -194,13 +195,15 @@ def train(
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     acp = alphas_cumprod(cfg)
     local = cfg.batch_size // (world * acc)
+    provenance = {**training_provenance(cohort, train_ids, val_ids), "device": str(dev), "world_size": world,
+                  "torch_threads": torch.get_num_threads()}
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
 
     def snapshot(at: int) -> Checkpoint:
         c = Checkpoint(
             config=cfg, model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             ema={k: v.detach().cpu().clone() for k, v in ema.items()}, optimizer=opt.state_dict(), step=at,
-            train_ids=list(train_ids), val_ids=list(val_ids), log=list(log), runtime=dict(runtime),
+            train_ids=list(train_ids), val_ids=list(val_ids), log=list(log), runtime=dict(runtime), provenance=provenance,
         )
         if rank == 0:
             save_checkpoint(c, out)

@@ -60,6 +60,7 @@ from mseval.io.atomic import atomic_dir, final_path, write_csv_atomic, write_jso
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
+from mseval.provenance import forecast_provenance
 from mseval.stats.count_model import bootstrap_rate_ratios, fit_count_model, fit_lesion_free
 from mseval.stats import counterfactual as CF
 from mseval.stats import heterogeneity as HET
@@ -233,6 +234,7 @@ def run_effects(
             "heldout_patients": len(settings.heldout_patients),
             "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
             "patients": int(len(table)),
+            "provenance": forecast_provenance(cohort_dir, forecasts_dir) if forecasts_dir is not None else None,
         }
         write_json_atomic(summary, tmp / "effects.json")
     return summary

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mseval import __version__
+from mseval.provenance import forecast_provenance
 from mseval.errors import InputError
 from mseval.metrics.activity import ActivityResult, CountErrorResult, activity_metrics, count_error, ensemble_matrix, p_active
 from mseval.metrics.calibration import LEVELS, BinaryCalibration, CountCalibration, binary_calibration, count_calibration
@@ -522,6 +523,7 @@ def _summary_json(r: EvaluationResult, cohort_dir: Any, forecasts_dir: Any, coun
         "format": "mseval-evaluation-summary",
         "mseval_version": __version__,
         "inputs": {"cohort": str(cohort_dir), "forecasts": str(forecasts_dir), "counts": counts_source},
+        "provenance": forecast_provenance(cohort_dir, forecasts_dir),
         "settings": s,
         "counting": json.loads(json.dumps(count_meta, default=str)) if count_meta else None,
         "observed": {"from_net2_mask": int(src.get("net2_mask", 0)), "from_truth_realized_count": int(src.get("truth_realized_count", 0)),

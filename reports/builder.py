@@ -33,6 +33,7 @@ import pandas as pd
 from mseval import __version__
 from mseval.errors import InputError
 from reports import figures as F
+from reports import numbers as N
 from reports import tables as T
 from reports.style import arm_colors, arm_labels, figure_bytes
 
@@ -171,6 +172,93 @@ def _metric(metrics: pd.DataFrame, group: str, name: str) -> dict[str, Any] | No
     return _clean({"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"]})
 
 
+
+# -- what a reader must know before any number --------------------------------------------------
+DEGENERATE_SHARE = 0.1
+"""A forecaster is flagged degenerate when its samples hold fewer than this share of the observed
+lesions per patient (or none at all): its forecast-based results then describe a model that
+predicts (almost) no lesions, whatever the numbers look like."""
+
+MIN_SAMPLES_FOR_COVERAGE_HEADLINE = 20
+"""With S samples per patient the randomized PIT has S + 1 levels and its interval coverage sits
+near nominal whatever the forecast; coverage is headlined only from this many samples on."""
+
+
+def _observed(patients: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per patient: arm, observed_count, followup_years (from the manifest)."""
+    from mseval.simulate.model import WEEKS_PER_YEAR
+
+    fu = manifest.set_index(manifest["patient_id"].astype(str))["followup_weeks"] / WEEKS_PER_YEAR
+    d = patients[["patient_id", "arm", "observed_count"]].copy()
+    d["followup_years"] = d["patient_id"].astype(str).map(fu)
+    return d
+
+
+def _forecast_load(patients: pd.DataFrame) -> dict[str, Any]:
+    """Lesions held by the forecasts of each patient's allocated arm vs the observed lesions."""
+    s = patients["samples"].astype(float)
+    lesions = float((patients["mean_count"].astype(float) * s).sum())
+    n_samples = int(s.sum())
+    per_sample = lesions / n_samples if n_samples else float("nan")
+    obs = float(patients["observed_count"].astype(float).mean())
+    degenerate = n_samples > 0 and (lesions == 0 or (obs > 0 and per_sample < DEGENERATE_SHARE * obs))
+    return {"forecast_lesions": int(round(lesions)), "samples": n_samples, "lesions_per_sample": per_sample, "observed_per_patient": obs,
+            "samples_per_patient": int(s.min()) if len(s) else 0, "degenerate": bool(degenerate),
+            "sentence": (f"DEGENERATE FORECASTER: the forecasts of the allocated arms hold {int(round(lesions))} lesions in {n_samples} samples "
+                         f"({N.num(per_sample)} per sample) against {N.num(obs)} observed lesions per patient; every forecast-based result "
+                         "below describes a model that forecasts (almost) no lesions.") if degenerate else ""}
+
+
+def _mask_ratios(df: pd.DataFrame, keys: list[tuple[str, str, str, str]], labels: dict[str, str],
+                 reasons: dict[str, tuple[str, ...]] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Copy of `df` with every non-estimable ratio (and its CI) set to NaN, so figures leave it
+    out; returns the footnotes ('Drug: forecast RR not estimable (reason)'). keys: (name, est, lo, hi)."""
+    out, notes = df.copy(), []
+    for i, r in df.iterrows():
+        for name, est, lo, hi in keys:
+            if est not in df.columns:
+                continue
+            row_note = (r.get("note"),) if isinstance(r.get("note"), str) and pd.isna(r.get(est)) else ()
+            flag = next((c for c in (f"{est.split('_')[0]}_estimable", "estimable") if c in df.columns), None)
+            flags = {"estimable": r.get(flag), "note": r.get(flag.replace("estimable", "note"), "")} if flag else {}
+            ok, why = N.ratio_ok(r.get(est), r.get(lo), r.get(hi), reasons=(*(reasons or {}).get(name, ()), *row_note), **flags)
+            if not ok:
+                out.loc[i, [c for c in (est, lo, hi) if c in out.columns]] = np.nan
+                notes.append(f"{labels.get(str(r['arm']), r['arm'])}: {name} not estimable ({why})")
+    return out, notes
+
+
+def _responders_one_truth(rsp: pd.DataFrame, primary: pd.DataFrame) -> pd.DataFrame:
+    """The responder table's all-patients row carries the primary estimate (one source of truth
+    for each comparison): the two-arm refit of the same patients would print a second number."""
+    out = rsp.copy()
+    p = primary.assign(arm=primary["arm"].astype(str)).set_index("arm")
+    allrow = out["stratum"].astype(str).eq("all") | (out.get("fraction", pd.Series(0.0, index=out.index)).astype(float) >= 1.0)
+    if "note" not in out:
+        out["note"] = ""
+    out["note"] = out["note"].astype(object)
+    for i in out.index[allrow]:
+        a = str(out.at[i, "arm"])
+        if a in p.index:
+            out.loc[i, ["observed_rate_ratio", "ci_low", "ci_high", "p_value"]] = [p.at[a, "observed_rate_ratio"], p.at[a, "observed_ci_low"],
+                                                                                   p.at[a, "observed_ci_high"], p.at[a, "observed_p_value"]]
+            out.at[i, "note"] = "primary estimate (one NB2 model over all arms)"
+    return out
+
+
+def _footnote(notes: list[str]) -> str:
+    return (" Not shown, not estimable by the shared rule (mseval/stats/estimability.py): " + "; ".join(notes) + ".") if notes else ""
+
+
+def _computation() -> str:
+    import os
+    import platform
+
+    threads = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS") if k in os.environ}
+    return (f"CPU {platform.machine()} ({platform.processor() or 'unknown model'}), {os.cpu_count()} logical cores; "
+            f"thread settings {threads or 'library defaults'}; Python {platform.python_version()}. Identical numbers need the same seed, "
+            "the same thread counts and the same CPU type and library versions (floating-point sums depend on all three).")
+
 # -- the example slice ----------------------------------------------------------------------
 def _example_slice(cohort: Any, store: Any, primary: pd.DataFrame, reference: str) -> dict[str, Any]:
     """Pick a patient (most observed NET2 lesion voxels; ties by id) and the axial slice with the
@@ -221,15 +309,18 @@ def build_report(
     settings: ReportSettings = ReportSettings(),
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    extra_settings: tuple[tuple[str, str], ...] = (),
 ) -> Report:
     """Write the report folder `out` (see the module docstring). Raises InputError for bad input
-    (nothing is left behind); `progress(message)` is called at each step."""
+    (nothing is left behind); `progress(message)` is called at each step. `extra_settings`:
+    (name, value) rows added to the Settings table (e.g. how the demo trained its model)."""
     from mseval.effects import EffectsSettings, run_effects
     from mseval.evaluation import EvaluationSettings, evaluate
     from mseval.io.atomic import atomic_dir, write_bytes_atomic, write_csv_atomic, write_json_atomic
     from mseval.io.cohort import read_cohort
     from mseval.io.store import ForecastStore
     from mseval.lesions.ensemble import CountSettings, count_store
+    from mseval.provenance import forecast_provenance
 
     say = progress or (lambda _m: None)
     out, forecasts_dir = Path(out), Path(forecasts_dir)
@@ -282,6 +373,9 @@ def build_report(
         ev_summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").is_file() else {}
         ef_summary = json.loads((ef / "effects.json").read_text()) if (ef / "effects.json").is_file() else {}
         metrics = t["metrics"]
+        provenance = ev_summary.get("provenance") or ef_summary.get("provenance") or forecast_provenance(cohort_dir, forecasts_dir)
+        observed = _observed(t["patients"], cohort.manifest)
+        forecast_load = _forecast_load(t["patients"])
 
         # ---- figures
         say("drawing figures")
@@ -289,13 +383,20 @@ def build_report(
         ece = _metric(metrics, "all", "ece") or {}
         conf = t["confusion"][t["confusion"]["group"].astype(str) == "all"]
         figs: list[tuple[str, Any, str]] = []
-        figs.append(("forest_plot", F.forest_plot(t["primary_endpoint"], arms_df, reference=ref),
+        fc_why = ((f"degenerate forecaster ({forecast_load['forecast_lesions']} lesions in {forecast_load['samples']} samples)",)
+                  if forecast_load["degenerate"] else ())
+        prim_fig, prim_notes = _mask_ratios(t["primary_endpoint"], [(f"{k} RR", f"{k}_rate_ratio", f"{k}_ci_low", f"{k}_ci_high")
+                                                                   for k in ("observed", "forecast", "counterfactual")], labels,
+                                            reasons={"forecast RR": fc_why, "counterfactual RR": fc_why})
+        figs.append(("forest_plot", F.forest_plot(prim_fig, arms_df, reference=ref),
                      f"NET2 rate ratios vs {labels[ref]} (log scale) with 95% CIs. Filled circles: observed, NB2 regression of each patient's observed NET2 count "
                      "on arm with offset log(follow-up years). Open squares: forecast, the same model fitted on each ensemble sample of the allocated arm, "
                      "pooled with Rubin's rules. Open diamonds: counterfactual, ratio of mean forecast counts with every patient under both arms. "
-                     "x: the simulator's true ratio (simulated cohorts only)."))
-        figs.append(("lesion_free", F.lesion_free_plot(t["lesion_free"], arms_df),
-                     "Patients with no NET2 lesion at follow-up, per arm, with Wilson 95% CIs; odds ratios (OR) vs the reference from logistic regression."))
+                     "x: the simulator's true ratio (simulated cohorts only)." + _footnote(prim_notes)))
+        lf_fig, lf_notes = _mask_ratios(t["lesion_free"], [("OR", "odds_ratio", "ci_low", "ci_high")], labels)
+        figs.append(("lesion_free", F.lesion_free_plot(lf_fig, arms_df),
+                     "Patients with no NET2 lesion at follow-up, per arm, with Wilson 95% CIs; odds ratios (OR) vs the reference from logistic regression."
+                     + _footnote(lf_notes)))
         figs.append(("activity_roc", F.activity_roc(t["patients"], auc=auc.get("value"), auc_ci=(auc.get("ci_low"), auc.get("ci_high")) if auc else None,
                                                     operating_points=conf),
                      "Activity classification: ROC curve of P(active) for observed activity (>= 1 NET2 lesion), each patient's allocated arm. "
@@ -319,15 +420,20 @@ def build_report(
         figs.append(("effect_distribution", F.effect_distribution(t["counterfactual_patients"], arms_df, reference=ref),
                      f"Per-patient counterfactual effect: forecast expected NET2 count under the arm minus under {labels[ref]}, for every patient "
                      "(all patients, whatever arm they were randomized to). Circle: median; bar: IQR."))
-        figs.append(("responders", F.responder_plot(t["responders"], arms_df),
+        t["responders"] = _responders_one_truth(t["responders"], t["primary_endpoint"])
+        rsp_fig, rsp_notes = _mask_ratios(t["responders"], [("observed RR", "observed_rate_ratio", "ci_low", "ci_high")], labels)
+        figs.append(("responders", F.responder_plot(rsp_fig, arms_df),
                      "Observed NET2 rate ratios (NB2, 95% CI) among the 10%, 30%, 50% of patients with the largest forecast benefit and in all patients, "
-                     "using only patients randomized to the arm or the reference; open squares: the ratio the forecasts predict for the stratum."))
+                     "using only patients randomized to the arm or the reference (two-arm fits); the all-patients row is the primary estimate "
+                     "(one model over all arms), the same number as in the primary table; open squares: the ratio the forecasts predict for the stratum."
+                     + _footnote(sorted(set(rsp_notes)))))
         figs.append(("qini", F.qini_plot(t["qini_curve"], arms_df, qini_area=t["qini_area"]),
                      "Qini curves: cumulative observed NET2 lesions avoided when patients are treated in order of forecast benefit (solid) or in random order "
                      "(dashed); the Qini coefficient is the area between them, normalised."))
-        figs.append(("prognostic", F.prognostic_plot(t["prognostic"], arms_df),
+        pg_fig, pg_notes = _mask_ratios(t["prognostic"], [("adjusted RR", "rate_ratio_adjusted", "ci_low_adjusted", "ci_high_adjusted")], labels)
+        figs.append(("prognostic", F.prognostic_plot(pg_fig, arms_df),
                      "Prognostic adjustment: observed rate ratios without and with the log forecast mean under the reference arm as a covariate (left); "
-                     "reduction of the SE of the log rate ratio and the implied sample-size saving (right)."))
+                     "reduction of the SE of the log rate ratio and the implied sample-size saving (right)." + _footnote(pg_notes)))
         figs.append(("power", F.power_plot(t["power_analytic"], arms_df, power_simulated=t["power_simulated"]),
                      "Power of a two-arm NB2 comparison with the reference at the two-sided 5% level by patients per arm: analytic curves "
                      "(rates and dispersion estimated from the data) and trials simulated from the forecasts (open: unadjusted; filled: prognostic-adjusted; "
@@ -355,6 +461,9 @@ def build_report(
         table1 = T.table1(cohort.manifest, arms_df)
         out_tables: dict[str, pd.DataFrame] = {"table1_baseline": table1}
         out_tables["primary_endpoint"] = T.order_arms(t["primary_endpoint"], arms_df)
+        out_tables["primary_consort"] = T.consort_primary(observed, t["primary_endpoint"], arms_df, reference=ref,
+                                                          n_randomized=cohort.manifest["arm"].astype(str).value_counts().to_dict(),
+                                                          adjusted_means=t["adjusted_means"])
         out_tables["adjusted_means"] = T.order_arms(t["adjusted_means"], arms_df)
         out_tables["lesion_free"] = T.order_arms(t["lesion_free"], arms_df)
         act_names = ["prevalence", "auc", "sensitivity@0.5", "specificity@0.5", "ppv@0.5", "npv@0.5", "sensitivity@youden", "specificity@youden",
@@ -364,6 +473,7 @@ def build_report(
         groups = ["all", *order]
         m = metrics[metrics["group"].astype(str).isin(groups)]
         out_tables["activity"] = _metric_table(m, act_names, groups)
+        out_tables["activity"] = _youden_by_arm(out_tables["activity"], t["patients"], metrics, order)
         out_tables["calibration"] = _metric_table(m, cal_names, groups)
         det_m = metrics[metrics["group"].astype(str).isin(["detection", "voxels"])]
         out_tables["detection"] = det_m[["group", "metric", "value", "ci_low", "ci_high", "n", "note"]].reset_index(drop=True)
@@ -396,6 +506,9 @@ def build_report(
             "effects": {k: ef_set.get(k) for k in ("formula", "cov", "reference", "samples", "power_sims", "seed", "responder_fractions")},
             "observed_model": {k: (ef_summary.get("observed_model") or {}).get(k) for k in ("model", "alpha", "converged", "n")},
             "versions": _versions(),
+            "provenance": provenance,
+            "computation": _computation(),
+            "extra": [list(r) for r in extra_settings],
         }
         n_by_arm = cohort.manifest["arm"].value_counts()
         summary = _clean({
@@ -410,6 +523,8 @@ def build_report(
             "simulated": cohort.truth is not None,
             "arms": [{"arm": a, "label": labels[a], "n": int(n_by_arm.get(a, 0)), "color": arm_colors(arms_df)[a]} for a in order],
             "settings": settings_doc,
+            "provenance": provenance,
+            "forecast_load": forecast_load,
             "primary_endpoint": _records(out_tables["primary_endpoint"]),
             "lesion_free": _records(out_tables["lesion_free"]),
             "activity": {k: _metric(metrics, "all", k) for k in ("auc", "sensitivity@youden", "specificity@youden", "count_mae")},
@@ -427,7 +542,7 @@ def build_report(
 
         # ---- HTML and Markdown
         say("writing report.html and report.md")
-        ctx = _context(title, summary, settings_doc, table1, t, out_tables, fig_entries, arms_df, ref, ev_summary, ex)
+        ctx = _context(title, summary, settings_doc, table1, t, out_tables, fig_entries, arms_df, ref, ev_summary, ex, observed)
         write_bytes_atomic(_render_html(ctx).encode("utf-8"), tmp / "report.html")
         write_bytes_atomic(_render_md(ctx).encode("utf-8"), tmp / "report.md")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
@@ -491,45 +606,108 @@ METRIC_NAMES = {
 
 
 def _num(x: Any, digits: int = 2) -> str:
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return str(x) if x is not None else "NA"
-    if not math.isfinite(f):
-        return "NA"
-    if f != 0 and abs(f) < 10 ** -digits:  # small: two significant digits (0.0041), scientific below 1e-4
-        return f"{f:.2g}" if abs(f) >= 1e-4 else f"{f:.1e}"
-    return f"{f:.{digits}f}"
+    return N.num(x, digits)
 
 
 def _ci(v: Any, lo: Any, hi: Any, digits: int = 2) -> str:
-    s = _num(v, digits)
-    if s == "NA":
-        return s
-    if _num(lo) == "NA" or _num(hi) == "NA":
-        return s
-    return f"{s} ({_num(lo, digits)}-{_num(hi, digits)})"
+    """An additive estimate with its CI, by the shared rule ('not estimable (reason)' otherwise)."""
+    if _num(v, digits) == "NA":
+        return "NA"
+    return N.additive_text(v, lo, hi, digits=digits)
+
+
+def _youden_by_arm(activity: pd.DataFrame, patients: pd.DataFrame, metrics: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Arm columns of the Youden rows at the ONE threshold chosen on all patients (never re-optimised per arm)."""
+    th = metrics[(metrics["group"].astype(str) == "all") & (metrics["metric"] == "sensitivity@youden")]
+    if not len(th) or "threshold" not in th.columns or not np.isfinite(float(th.iloc[0]["threshold"])):
+        return activity
+    t = float(th.iloc[0]["threshold"])
+    out = activity.copy()
+    y_all = patients["observed_active"].astype(str).str.lower().isin(["true", "1"])
+    for a in order:
+        if a not in out.columns:
+            continue
+        m = patients["arm"].astype(str) == a
+        pred, y = patients.loc[m, "p_active"].astype(float) >= t, y_all[m]
+        tp, fp, fn, tn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum()), int((~pred & ~y).sum())
+        vals = {"sensitivity@youden": tp / (tp + fn) if tp + fn else np.nan, "specificity@youden": tn / (tn + fp) if tn + fp else np.nan,
+                "ppv@youden": tp / (tp + fp) if tp + fp else np.nan, "npv@youden": tn / (tn + fn) if tn + fn else np.nan}
+        for k, v in vals.items():
+            out.loc[out["metric"] == k, a] = v
+    return out
 
 
 def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame, t: dict, out_tables: dict, fig_entries: list,
-             arms_df: pd.DataFrame, ref: str, ev_summary: dict, ex: dict) -> dict[str, Any]:
-    """Everything the templates show, as strings (one place for number formatting)."""
+             arms_df: pd.DataFrame, ref: str, ev_summary: dict, ex: dict, observed: pd.DataFrame) -> dict[str, Any]:
+    """Everything the templates show, as strings (one place for number formatting; every estimate
+    through the shared estimability rule, `reports.numbers`)."""
     labels, colors = arm_labels(arms_df), arm_colors(arms_df)
     order = list(arms_df["arm"])
+    load = summary.get("forecast_load") or {}
+    prov = summary.get("provenance") or {}
+    fc_reasons = (f"degenerate forecaster ({load.get('forecast_lesions')} lesions in {load.get('samples')} samples)",) if load.get("degenerate") else ()
 
     def table(df: pd.DataFrame) -> dict[str, Any]:
         return {"columns": list(df.columns), "rows": [[str(v) for v in r] for r in df.itertuples(index=False)]}
 
     t1 = table1.copy()
     t1.insert(0, "Characteristic", [f"{c}, {s}" for c, s in zip(t1.pop("characteristic"), t1.pop("statistic"))])
-    prim = T.primary_table(t["primary_endpoint"], arms_df, reference=ref)
-    am = t["adjusted_means"].set_index("arm")
-    lab2arm = {labels[a]: a for a in order}
-    prim.insert(1, "Adjusted NET2 rate per year", [_num(am.loc[lab2arm[x], "adjusted_rate_per_year"]) if lab2arm.get(x) in am.index else "NA" for x in prim["Arm"]])
-    lf = out_tables["lesion_free"]
-    lf_rows = [[labels.get(r["arm"], r["arm"]), f"{int(round(r['lesion_free_pct'] * r['n'] / 100))}/{int(r['n'])} ({_num(r['lesion_free_pct'], 0)}%)",
-                "1 (reference)" if r["arm"] == ref else _ci(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high")),
-                "" if r["arm"] == ref else T.p_text(r.get("p_value", float("nan")))] for r in lf.to_dict("records")]
+
+    # ---- primary endpoint, CONSORT item 17a
+    cp = out_tables["primary_consort"]
+    formula = settings_doc["effects"].get("formula") or "net2 ~ arm"
+    covs = T.formula_covariates(formula)
+    has_truth = "true_ratio_of_means" in cp.columns and cp["true_ratio_of_means"].notna().any()
+    prim_cols = ["Arm", "Randomized, n", "Analysed, n", "NET2 lesions, n", "Patient-years", "Rate per patient-year (crude)",
+                 "Model rate per year" + (f", adjusted for {', '.join(covs)}" if covs else " (NB2, arm only: unadjusted)"),
+                 "Observed RR (95% CI)", "p", "p, Holm-adjusted", "Forecast RR (95% CI)", "Counterfactual RR (95% CI)"] + (["True RR"] if has_truth else [])
+    prim_rows = []
+    for r in cp.to_dict("records"):
+        is_ref = r["arm"] == ref
+        row = [labels.get(r["arm"], r["arm"]), str(r["n_randomized"]), str(r["n_analysed"]), str(r["events"]), _num(r["patient_years"], 1),
+               _num(r["rate_per_patient_year"]), _num(r["model_rate_per_year"])]
+        if is_ref:
+            row += ["1 (reference)", "", "", "1 (reference)", "1 (reference)"] + (["1 (reference)"] if has_truth else [])
+        else:
+            of = {k: r.get(f"observed_{k}", d) for k, d in (("estimable", True), ("note", ""))}
+            ff = {k: r.get(f"forecast_{k}", d) for k, d in (("estimable", True), ("note", ""))}
+            cf = {k: r.get(f"counterfactual_{k}", d) for k, d in (("estimable", True), ("note", ""))}
+            row += [N.ratio_text(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of),
+                    *((T.p_text(r.get("observed_p_value", float("nan"))), T.p_text(r.get("observed_p_holm", float("nan"))))
+                      if N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of)[0] else ("", "")),
+                    N.ratio_text(r.get("forecast_rate_ratio"), r.get("forecast_ci_low"), r.get("forecast_ci_high"), reasons=fc_reasons, **ff),
+                    N.ratio_text(r.get("counterfactual_rate_ratio"), r.get("counterfactual_ci_low"), r.get("counterfactual_ci_high"), reasons=fc_reasons, **cf)]
+            if has_truth:
+                row.append(_num(r.get("true_ratio_of_means")))
+        prim_rows.append(row)
+    n_cmp = int((cp["arm"] != ref).sum())
+    multiplicity = (f"Multiplicity: {n_cmp} arms are each compared with {labels[ref]}; the CIs and p are per comparison, not adjusted "
+                    f"(nominal two-sided 5% each); the Holm-adjusted p controls the family-wise error over the {n_cmp} comparisons. "
+                    "Forecast and counterfactual RRs are secondary and descriptive.")
+
+    # ---- lesion-free: proportion, hazard ratio, OR and risk difference (all from the effects' lesion_free table)
+    lf = out_tables["lesion_free"].set_index("arm")
+    has_hr = "hazard_ratio" in lf.columns
+    lf_rows = []
+    for a in order:
+        if a not in lf.index:
+            continue
+        r = lf.loc[a]
+        n = int(r["n"])
+        x = int(r["lesion_free"]) if "lesion_free" in lf.columns else int(round(float(r["lesion_free_pct"]) * n / 100))
+        flags = {"estimable": r.get("estimable", True), "note": r.get("note", "")}
+        ok_or = N.ratio_ok(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high"), **flags)[0]
+        row = [labels.get(a, a), f"{x}/{n} ({_num(100 * x / n if n else float('nan'), 0)}%)"]
+        if has_hr:
+            ok_hr = N.ratio_ok(r.get("hazard_ratio"), r.get("hr_ci_low"), r.get("hr_ci_high"), **flags)[0]
+            row += ["1 (reference)" if a == ref else N.ratio_text(r.get("hazard_ratio"), r.get("hr_ci_low"), r.get("hr_ci_high"), **flags),
+                    "" if a == ref or not ok_hr else T.p_text(r.get("hr_p_value", float("nan")))]
+        rd = r.get("risk_difference", float("nan"))
+        row += ["0 (reference)" if a == ref else (N.additive_text(100 * rd, 100 * r.get("rd_ci_low"), 100 * r.get("rd_ci_high"), digits=1)
+                                                  if _num(rd) != "NA" else "NA"),
+                "1 (reference)" if a == ref else N.ratio_text(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high"), **flags),
+                "" if a == ref or not ok_or else T.p_text(r.get("p_value", float("nan")))]
+        lf_rows.append(row)
     groups = ["all", *order]
     glabels = {"all": "All patients", **labels}
 
@@ -540,7 +718,8 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
             row = [METRIC_NAMES.get(r["metric"], r["metric"])]
             for g in groups:
                 if g in df.columns:
-                    row.append(_ci(r.get(g), r.get(f"{g}_ci_low"), r.get(f"{g}_ci_high"), digits) if g == "all" else _num(r.get(g), digits))
+                    row.append(_ci(r.get(g), r.get(f"{g}_ci_low"), r.get(f"{g}_ci_high"), digits) if g == "all" else
+                               (N.additive_text(r.get(g), digits=digits) if _num(r.get(g)) != "NA" else "NA"))
             rows.append(row)
         return {"columns": cols, "rows": rows}
 
@@ -550,19 +729,23 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                          for r in det.to_dict("records")]}
     cfa = out_tables["counterfactual_average"]
     cf_rows = {"columns": ["Arm", "Mean difference vs reference, lesions (95% CI)", "Ratio of means (95% CI)", "10th / 50th / 90th percentile of patient differences"],
-               "rows": [[labels.get(r["arm"], r["arm"]), _ci(r["mean_difference"], r["difference_ci_low"], r["difference_ci_high"]),
-                         _ci(r["ratio_of_means"], r["ratio_ci_low"], r["ratio_ci_high"]),
+               "rows": [[labels.get(r["arm"], r["arm"]), N.additive_text(r["mean_difference"], r["difference_ci_low"], r["difference_ci_high"], reasons=fc_reasons),
+                         N.ratio_text(r["ratio_of_means"], r["ratio_ci_low"], r["ratio_ci_high"], estimable=r.get("estimable", True), note=r.get("note", ""),
+                                      reasons=fc_reasons),
                          f"{_num(r['difference_p10'], 1)} / {_num(r['difference_median'], 1)} / {_num(r['difference_p90'], 1)}"] for r in cfa.to_dict("records")]}
     rsp = out_tables["responders"]
     has_true = "true_rate_ratio" in rsp.columns
-    rsp_rows = {"columns": ["Arm", "Stratum", "n arm / reference", "Predicted RR", "Observed RR (95% CI)", "p"] + (["True RR"] if has_true else []),
-                "rows": [[labels.get(r["arm"], r["arm"]), r["stratum"], f"{int(r['n_arm'])} / {int(r['n_reference'])}", _num(r["predicted_rate_ratio"]),
-                          _ci(r["observed_rate_ratio"], r["ci_low"], r["ci_high"]) if pd.notna(r["observed_rate_ratio"]) else (r.get("note") or "NA"),
-                          T.p_text(r["p_value"])] + ([_num(r["true_rate_ratio"])] if has_true else []) for r in rsp.to_dict("records")]}
+    rsp_rows = {"columns": ["Arm", "Stratum", "n arm / reference", "Predicted RR", "Observed RR (95% CI)", "p", "Note"] + (["True RR"] if has_true else []),
+                "rows": [[labels.get(r["arm"], r["arm"]), r["stratum"], f"{int(r['n_arm'])} / {int(r['n_reference'])}",
+                          N.ratio_text(r["predicted_rate_ratio"], reasons=fc_reasons),
+                          N.ratio_text(r["observed_rate_ratio"], r["ci_low"], r["ci_high"], estimable=r.get("estimable", True), note=r.get("note", "")),
+                          T.p_text(r["p_value"]), str(r["note"]) if isinstance(r.get("note"), str) else ""] + ([_num(r["true_rate_ratio"])] if has_true else [])
+                         for r in rsp.to_dict("records")]}
     qa = out_tables["qini_area"].set_index("arm")
     pg = out_tables["prognostic"]
     pg_rows = {"columns": ["Arm", "RR unadjusted", "RR adjusted (95% CI)", "SE reduction", "Sample-size saving", "Qini coefficient"],
-               "rows": [[labels.get(r["arm"], r["arm"]), _num(r["rate_ratio_unadjusted"]), _ci(r["rate_ratio_adjusted"], r["ci_low_adjusted"], r["ci_high_adjusted"]),
+               "rows": [[labels.get(r["arm"], r["arm"]), N.ratio_text(r["rate_ratio_unadjusted"]),
+                         N.ratio_text(r["rate_ratio_adjusted"], r["ci_low_adjusted"], r["ci_high_adjusted"], estimable=r.get("estimable", True), note=r.get("note", "")),
                          f"{_num(r['se_reduction_pct'], 0)}%", f"{_num(r['sample_size_saving_pct'], 0)}%",
                          _num(qa.loc[r["arm"], "qini_coefficient"]) if r["arm"] in qa.index else "NA"] for r in pg.to_dict("records")]}
     pa = out_tables["power_analytic"]
@@ -572,51 +755,88 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
         d = ps[(ps["arm"] == arm) & (ps["adjusted"].astype(str).str.lower().isin(["true", "1"]) == adjusted)]
         return f"{_num(d.iloc[0]['power'])} (n={int(d.iloc[0]['n_per_arm'])})" if len(d) else "NA"
 
-    pw_rows = {"columns": ["Arm", "Rate per year, reference / arm", "RR", "Patients per arm for 80% / 90% power", "Simulated power, unadjusted", "Simulated power, adjusted"],
-               "rows": [[labels.get(r["arm"], r["arm"]), f"{_num(r['rate_reference'])} / {_num(r['rate_arm'])}", _num(r["rate_ratio"]),
+    pw_rows = {"columns": ["Arm", "Rate per year assumed, reference / arm", "Assumed RR (from the forecasts)", "Patients per arm for 80% / 90% power",
+                           "Simulated power, unadjusted", "Simulated power, adjusted"],
+               "rows": [[labels.get(r["arm"], r["arm"]), f"{_num(r['rate_reference'])} / {_num(r['rate_arm'])}", N.ratio_text(r["rate_ratio"], reasons=fc_reasons),
                          f"{_num(r['n_per_arm_80'], 0)} / {_num(r['n_per_arm_90'], 0)}" if pd.notna(r["n_per_arm_80"]) else (r.get("note") or "NA"),
                          sim(r["arm"], False), sim(r["arm"], True)] for r in pa.to_dict("records")]}
     s = settings_doc
     settings_rows = [
-        ("Forecaster (checkpoint)", ", ".join(s["forecaster"]["checkpoint"])),
+        ("Forecast provenance", prov.get("sentence", "unknown")),
+        ("Forecaster (checkpoint)", ", ".join(s["forecaster"]["checkpoint"])
+         + "".join(f"; {c['checkpoint']} trained on {c['device']} ({c.get('world_size', 1)} process(es), {c.get('torch_threads')} torch threads)"
+                   for c in prov.get("checkpoints", []) if c.get("device"))),
         ("Sampler", "; ".join(json.dumps(x, sort_keys=True) if isinstance(x, dict) else str(x) for x in s["forecaster"]["sampler"])),
         ("Samples per patient and arm", ", ".join(str(x) for x in s["forecaster"]["samples_per_patient_and_arm"])),
         ("Sample seeds", s["forecaster"]["sample_seeds"]),
+        *[(str(k), str(v)) for k, v in s.get("extra", [])],
         ("Lesion definition", f"connected components, {s['lesions']['connectivity']}-connectivity, minimum volume {s['lesions']['min_volume_mm3']} mm³ "
                               "(forecasts and observed masks alike)"),
         ("Detection rule", f"preset: {s['detection']['preset']}; criterion {s['detection'].get('criterion')}, threshold {s['detection'].get('threshold')}, "
                            f"matching {s['detection'].get('matching')}, {s['detection'].get('connectivity')}-connectivity, >= {s['detection'].get('min_volume_mm3')} mm³"),
-        ("Activity", f"active = >= {s['evaluation'].get('k')} NET2 lesion(s); operating point {s['evaluation'].get('operating_point')}"),
+        ("Activity", f"active = >= {s['evaluation'].get('k')} NET2 lesion(s); operating points: P(active) >= 0.5 (fixed in advance) and "
+                     f"{s['evaluation'].get('operating_point')} (one threshold chosen on all patients, so optimistic; arm columns use that same threshold)"),
         ("Calibration", f"{s['evaluation'].get('n_bins')} {s['evaluation'].get('bin_strategy')} bins for P(active); PIT {s['evaluation'].get('pit_kind')}, "
                         f"{s['evaluation'].get('pit_bins')} bins; interval levels {s['evaluation'].get('levels')}; {s['evaluation'].get('n_boot')} bootstrap resamples; seed {s['evaluation'].get('seed')}"),
-        ("Count model", f"{s['observed_model'].get('model') or 'NB2'}; formula {s['effects'].get('formula')}; reference arm {labels.get(ref, ref)}; "
+        ("Count model", f"{s['observed_model'].get('model') or 'NB2'}; formula {s['effects'].get('formula')} "
+                        f"({'adjusted for ' + ', '.join(covs) if covs else 'no covariates'}); reference arm {labels.get(ref, ref)}; "
                         f"dispersion alpha {_num(s['observed_model'].get('alpha'))}; SEs from the {s['effects'].get('cov')} information"),
         ("Forecast-based estimates", f"each of {s['effects'].get('samples')} ensemble samples as one imputation, pooled with Rubin's rules"),
+        ("Estimability", "one rule for every number (mseval/stats/estimability.py): a ratio is shown when finite, inside [0.001, 1000] with a CI "
+                         "spanning at most a factor 1000; an additive estimate when its CI is at most 1000 wide; otherwise 'not estimable' and why"),
         ("Power simulation", f"{s['effects'].get('power_sims')} simulated trials per arm, seed {s['effects'].get('seed')}"),
+        ("Computation", s.get("computation", "")),
         ("Software", ", ".join(f"{k} {v}" for k, v in s["versions"].items())),
     ]
     arms_rows = [[labels[a], a, str(arms_df.set_index("arm").loc[a, "efficacy"]) if "efficacy" in arms_df.columns else "",
                   "reference" if a == ref else "", str(next(x["n"] for x in summary["arms"] if x["arm"] == a)), colors[a]] for a in order]
     vt = summary.get("vs_truth") or {}
+
+    # ---- headline: only estimable, primary quantities; what a reader must know first
     headline = []
-    best = sorted((r for r in summary["primary_endpoint"] if r.get("observed_rate_ratio") is not None), key=lambda r: r["observed_rate_ratio"])
-    if best:
-        b = best[0]
-        headline.append(f"Largest observed effect: {labels.get(b['arm'], b['arm'])}, NET2 RR {_ci(b['observed_rate_ratio'], b['observed_ci_low'], b['observed_ci_high'])} "
-                        f"vs {labels[ref]}; forecast RR {_ci(b['forecast_rate_ratio'], b.get('forecast_ci_low'), b.get('forecast_ci_high'))}.")
+    if load.get("degenerate"):
+        headline.append(load["sentence"])
+    cand = []
+    for r in cp.to_dict("records"):
+        if r["arm"] == ref:
+            continue
+        ok, _ = N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"),
+                           estimable=r.get("observed_estimable", True), note=r.get("observed_note", ""))
+        if ok:
+            cand.append(r)
+    if cand:
+        b = min(cand, key=lambda r: (r["observed_rate_ratio"], r["arm"]))
+        headline.append(f"Largest observed effect: {labels.get(b['arm'], b['arm'])}, NET2 RR {N.ratio_text(b['observed_rate_ratio'], b['observed_ci_low'], b['observed_ci_high'])} "
+                        f"vs {labels[ref]} (primary analysis, {b['n_analysed']} and {int(cp.loc[cp['arm'] == ref, 'n_analysed'].iloc[0])} patients analysed); "
+                        f"forecast RR {N.ratio_text(b.get('forecast_rate_ratio'), b.get('forecast_ci_low'), b.get('forecast_ci_high'), reasons=fc_reasons)}.")
+    else:
+        headline.append("No observed rate ratio is estimable (see the primary table for the reasons).")
     a = summary["activity"].get("auc")
-    if a:
-        headline.append(f"Activity: AUC of P(active) {_ci(a['value'], a['ci_low'], a['ci_high'])}.")
+    if a and not load.get("degenerate") and N.additive_ok(a["value"], a["ci_low"], a["ci_high"])[0]:
+        headline.append(f"Activity: AUC of P(active) {N.additive_text(a['value'], a['ci_low'], a['ci_high'])}"
+                        + (f" ({prov.get('status')} patients)." if prov.get("status") in ("in-sample", "validation", "held-out", "mixed") else "."))
     e = summary["calibration"].get("ece")
     c95 = summary["calibration"].get("coverage_randomized_95")
-    if e and c95:
-        headline.append(f"Calibration: ECE {_num(e['value'], 3)}; 95% prediction intervals cover {_num(100 * c95['value'], 0)}% of observed counts.")
+    spp = int(load.get("samples_per_patient") or 0)
+    if e and not load.get("degenerate") and N.additive_ok(e["value"])[0]:
+        cov_txt = (f"; 95% prediction intervals cover {_num(100 * c95['value'], 0)}% of observed counts" if c95 and spp >= MIN_SAMPLES_FOR_COVERAGE_HEADLINE
+                   else f"; interval coverage not headlined: {spp} samples per patient give a PIT with only {spp + 1} levels"
+                   if spp < MIN_SAMPLES_FOR_COVERAGE_HEADLINE else "")
+        headline.append(f"Calibration: ECE {_num(e['value'], 3)}{cov_txt}.")
     if vt:
         headline.append(f"Against the simulator's truth: mean forecast count vs true expected count, MAE {_num(vt.get('mae_mean_vs_true_expected'))} lesions, "
                         f"Pearson r {_num(vt.get('pearson_mean_vs_true_expected'), 3)}.")
+    banner_class = {"held-out": "ok", "not trained": "ok", "validation": "warn"}.get(prov.get("status", "unknown"), "bad")
     return {
         "title": title, "summary": summary, "headline": headline, "abbreviations": ABBREVIATIONS, "settings_rows": settings_rows,
-        "arms_rows": arms_rows, "table1": table(t1), "table1_note": T.TABLE1_NOTE, "primary": table(prim), "lesion_free": {"columns": ["Arm", "Free of NET2 lesions", "OR vs reference (95% CI)", "p"], "rows": lf_rows},
+        "provenance": {"status": prov.get("status", "unknown"), "sentence": prov.get("sentence", ""), "class": banner_class},
+        "degenerate": load.get("sentence", ""),
+        "arms_rows": arms_rows, "table1": table(t1), "table1_note": T.TABLE1_NOTE, "primary": {"columns": prim_cols, "rows": prim_rows},
+        "multiplicity": multiplicity, "covariates": covs,
+        "lesion_free": {"columns": ["Arm", "Free of NET2 lesions, n/N (%)"]
+                        + (["HR of any NET2 lesion vs reference (95% CI; follow-up respected)", "p (HR)"] if has_hr else [])
+                        + ["Risk difference vs reference, percentage points (95% CI, Newcombe)", "OR of lesion-free vs reference (95% CI)", "p (OR)"],
+                        "rows": lf_rows},
         "activity": metric_rows(out_tables["activity"]), "calibration": metric_rows(out_tables["calibration"], 3), "detection": det_rows,
         "counterfactual": cf_rows, "responders": rsp_rows, "prognostic": pg_rows, "power": pw_rows,
         "figures": {e["name"]: e for e in fig_entries}, "flags": summary.get("flags", []), "ref_label": labels[ref],
@@ -649,6 +869,9 @@ def _render_md(ctx: dict[str, Any]) -> str:
     figs = ctx["figures"]
     out = [f"# {ctx['title']}", "", f"{ctx['n_patients']} patients randomized to {ctx['n_arms']} arms (reference: {ctx['ref_label']})"
            + ("; a simulated trial with known truth." if ctx["simulated"] else "."), ""]
+    out += [f"> **Where the forecasts come from ({ctx['provenance']['status']}):** {ctx['provenance']['sentence']}", ""]
+    if ctx["degenerate"]:
+        out += [f"> **{ctx['degenerate']}**", ""]
     out += [f"- {h}" for h in ctx["headline"]] + [""]
     out += ["## Abbreviations", ""] + [f"- **{k}**: {v}" for k, v in ctx["abbreviations"].items()] + [""]
     out += ["## Settings", "", _md_table({"columns": ["Setting", "Value"], "rows": ctx["settings_rows"]}), ""]
@@ -662,7 +885,10 @@ def _render_md(ctx: dict[str, Any]) -> str:
 
     out += ["## Table 1. Baseline characteristics by arm", "", _md_table(ctx["table1"]), "", ctx["table1_note"], ""]
     out += ["## Primary endpoint: NET2 lesion rate ratios", "", _md_table(ctx["primary"]), "",
-            "Adjusted rate per year: NET2 lesions per patient-year from the observed NB2 model. p: Wald test of the observed RR.", ""] + fig("forest_plot")
+            "Randomized: patients allocated to the arm; analysed: those with an observed follow-up NET2 count. Rate per patient-year (crude): "
+            "NET2 lesions / patient-years. Model rate per year: from the observed NB2 model ("
+            + (f"adjusted for {', '.join(ctx['covariates'])}" if ctx["covariates"] else "arm only, not covariate-adjusted") + "). p: Wald test of the observed RR. "
+            + ctx["multiplicity"], ""] + fig("forest_plot")
     out += ["## Proportion free of NET2 lesions", "", _md_table(ctx["lesion_free"]), ""] + fig("lesion_free")
     out += ["## Activity classification", "", _md_table(ctx["activity"]), "", "All patients: value (95% CI); arms: value among patients randomized to the arm.", ""] + fig("activity_roc")
     out += ["## Calibration", "", _md_table(ctx["calibration"]), ""] + fig("reliability") + fig("pit_histogram") + fig("coverage") + fig("count_scatter")

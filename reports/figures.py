@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
-from reports.style import arm_colors, arm_labels, arm_order, arm_markers, context, new_figure
+from reports.style import DOUBLE, SINGLE, arm_colors, arm_labels, arm_linestyles, arm_markers, arm_order, context, new_figure
 
 ArmsLike = pd.DataFrame | Sequence[str]
 
@@ -91,7 +91,7 @@ def forest_plot(primary: pd.DataFrame, arms: ArmsLike, *, reference: str | None 
     order = [a for a in _arms_in(primary, arms) if a != ref]
     p = primary.assign(arm=primary["arm"].astype(str)).set_index("arm")
     has_truth = "true_ratio_of_means" in p.columns and p["true_ratio_of_means"].notna().any()
-    fig = new_figure(6.5, 0.75 + 0.62 * max(len(order), 1) + 0.55)
+    fig = new_figure(DOUBLE, 0.75 + 0.62 * max(len(order), 1) + 0.55)
     with context():
         ax = fig.add_subplot()
         offsets = np.linspace(0.22, -0.22, len(ESTIMATES))
@@ -106,7 +106,7 @@ def forest_plot(primary: pd.DataFrame, arms: ArmsLike, *, reference: str | None 
                     continue
                 allv += [est, lo, hi]
                 if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
-                    ax.plot([lo, hi], [y0 + dy] * 2, color=colors[arm], lw=1.4, solid_capstyle="butt", zorder=2)
+                    ax.plot([lo, hi], [y0 + dy] * 2, color=colors[arm], lw=1.4, solid_capstyle="butt", zorder=4)  # CI above the marker
                 ax.plot([est], [y0 + dy], marker=marker, color=colors[arm], mfc=colors[arm] if key == "observed" else "white",
                         mew=1.3, ms=6, ls="none", zorder=3)
             if has_truth and np.isfinite(p.loc[arm, "true_ratio_of_means"]):
@@ -140,7 +140,7 @@ def lesion_free_plot(lesion_free: pd.DataFrame, arms: ArmsLike, *, title: str | 
     order = _arms_in(lesion_free, arms)
     labels, colors = arm_labels(arms), arm_colors(arms)
     d = lesion_free.assign(arm=lesion_free["arm"].astype(str)).set_index("arm")
-    fig = new_figure(6.5, 0.6 + 0.42 * len(order) + 0.5)
+    fig = new_figure(DOUBLE, 0.6 + 0.42 * len(order) + 0.5)
     with context():
         ax = fig.add_subplot()
         for i, arm in enumerate(order):
@@ -155,7 +155,7 @@ def lesion_free_plot(lesion_free: pd.DataFrame, arms: ArmsLike, *, title: str | 
             if i == 0 and (orr is None or not np.isfinite(orr)):
                 txt += "   reference"
             if orr is not None and np.isfinite(orr):
-                txt += f"   OR {orr:.2f} ({d.loc[arm, 'ci_low']:.2f}-{d.loc[arm, 'ci_high']:.2f})"
+                txt += f"   OR {orr:.2f} ({d.loc[arm, 'ci_low']:.2f} to {d.loc[arm, 'ci_high']:.2f})"
             ax.text(102, y, txt, va="center", fontsize=7.5)
         ax.set_yticks(range(len(order)))
         ax.set_yticklabels([labels[a] for a in reversed(order)])
@@ -189,13 +189,13 @@ def activity_roc(patients: pd.DataFrame, *, auc: float | None = None, auc_ci: tu
     score = patients["p_active"].to_numpy(dtype=float)
     label = patients["observed_active"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
     fpr, tpr = _roc(score, label)
-    fig = new_figure(3.6, 3.6)
+    fig = new_figure(SINGLE, 3.6)
     with context():
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], color=GREY, lw=0.8, ls="--", label="Chance")
         name = "P(active)"
         if auc is not None and np.isfinite(auc):
-            name += f": AUC {auc:.2f}" + (f" ({auc_ci[0]:.2f}-{auc_ci[1]:.2f})" if auc_ci and all(np.isfinite(auc_ci)) else "")
+            name += f": AUC {auc:.2f}" + (f" ({auc_ci[0]:.2f} to {auc_ci[1]:.2f})" if auc_ci and all(np.isfinite(auc_ci)) else "")
         ax.step(fpr, tpr, where="post", color="#0072B2", lw=1.6, label=name)
         if operating_points is not None:
             for marker, (_, r) in zip(("o", "s", "^"), operating_points.iterrows()):
@@ -224,7 +224,7 @@ def reliability_diagram(reliability: pd.DataFrame, *, voxel_reliability: pd.Data
     r = reliability[reliability["group"].astype(str) == group] if "group" in reliability.columns else reliability
     r = r[r["n"] > 0]
     two = voxel_reliability is not None and len(voxel_reliability)
-    fig = new_figure(6.5 if two else 3.6, 3.6)
+    fig = new_figure(DOUBLE if two else SINGLE, 3.6)
     with context():
         axes = fig.subplots(1, 2) if two else [fig.add_subplot()]
         ax = axes[0]
@@ -269,7 +269,7 @@ def pit_histogram(pit: pd.DataFrame, *, group: str = "all", title: str | None = 
 
     h = pit[pit["group"].astype(str) == group] if "group" in pit.columns else pit
     total = int(h["n"].sum())
-    fig = new_figure(3.6, 3.0)
+    fig = new_figure(SINGLE, 3.0)
     with context():
         ax = fig.add_subplot()
         widths = (h["upper"] - h["lower"]).to_numpy()
@@ -297,14 +297,15 @@ def coverage_plot(coverage: pd.DataFrame, arms: ArmsLike, *, title: str | None =
     col = "randomized" if "randomized" in coverage.columns else "coverage"
     lo_c, hi_c = (f"{col}_ci_low", f"{col}_ci_high") if col == "randomized" else ("ci_low", "ci_high")
     colors, labels = arm_colors(arms), arm_labels(arms)
-    fig = new_figure(6.0, 3.6)
+    markers, styles = arm_markers(arms), arm_linestyles(arms)
+    fig = new_figure(DOUBLE, 3.6)
     with context():
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], color=GREY, lw=0.8, ls="--", label="Nominal")
         groups = [a for a in arm_order(arms) if a in set(coverage["group"].astype(str))]
         for j, g in enumerate(groups):
             d = coverage[coverage["group"].astype(str) == g].sort_values("level")
-            ax.plot(d["level"] + 0.006 * (j - len(groups) / 2), d[col], marker="o", ms=3.5, lw=0.9, color=colors[g], alpha=0.9, label=labels[g])
+            ax.plot(d["level"] + 0.006 * (j - len(groups) / 2), d[col], marker=markers[g], ms=3.5, lw=0.9, ls=styles[g], color=colors[g], alpha=0.9, label=labels[g])
         d = coverage[coverage["group"].astype(str) == "all"].sort_values("level")
         if len(d):
             yerr = np.vstack([d[col] - d[lo_c], d[hi_c] - d[col]]).clip(min=0)
@@ -326,7 +327,7 @@ def count_scatter(patients: pd.DataFrame, arms: ArmsLike, *, level: int = 80, ti
     patients: `patients.csv` (arm, observed_count, mean_count, lower_<level>, upper_<level>).
     """
     colors, labels, markers = arm_colors(arms), arm_labels(arms), arm_markers(arms)
-    fig = new_figure(6.0, 3.8)
+    fig = new_figure(DOUBLE, 3.8)
     with context():
         ax = fig.add_subplot()
         mx = float(max(patients["observed_count"].max(), patients.get(f"upper_{level}", patients["mean_count"]).max(), 1))
@@ -334,7 +335,7 @@ def count_scatter(patients: pd.DataFrame, arms: ArmsLike, *, level: int = 80, ti
         for arm in _arms_in(patients, arms):
             d = patients[patients["arm"].astype(str) == arm]
             if f"lower_{level}" in d:
-                ax.vlines(d["observed_count"], d[f"lower_{level}"], d[f"upper_{level}"], color=colors[arm], lw=0.6, alpha=0.45)
+                ax.vlines(d["observed_count"], d[f"lower_{level}"], d[f"upper_{level}"], color=colors[arm], lw=0.6, alpha=0.45, zorder=4)
             ax.scatter(d["observed_count"], d["mean_count"], s=16, color=colors[arm], marker=markers[arm], label=labels[arm], zorder=3,
                        edgecolor="white", linewidth=0.3)
         ax.set_xlabel("Observed NET2 lesions at follow-up (count; square-root scale)")
@@ -363,7 +364,7 @@ def detection_plot(detection: pd.DataFrame, arms: ArmsLike, *, title: str | None
     scored = detection[~empty]
     per = scored.groupby(["arm", "patient_id"], sort=False)[[m for m, _ in metrics]].mean().reset_index()
     order = _arms_in(detection, arms)
-    fig = new_figure(6.5, 4.4)
+    fig = new_figure(DOUBLE, 4.4)
     rng = np.random.default_rng(0)
     with context():
         axes = fig.subplots(1, len(metrics), sharey=True)
@@ -397,7 +398,7 @@ def effect_distribution(cf_patients: pd.DataFrame, arms: ArmsLike, *, reference:
     ref = _reference(arms, reference)
     colors, labels = arm_colors(arms), arm_labels(arms)
     order = [a for a in _arms_in(cf_patients, arms) if a != ref]
-    fig = new_figure(6.5, 0.8 + 0.55 * len(order) + 0.4)
+    fig = new_figure(DOUBLE, 0.8 + 0.55 * len(order) + 0.4)
     rng = np.random.default_rng(0)
     with context():
         ax = fig.add_subplot()
@@ -441,7 +442,7 @@ def responder_plot(responders: pd.DataFrame, arms: ArmsLike, *, title: str | Non
     n = len(order)
     ncol = 3 if n > 4 else max(n, 1)
     nrow = int(np.ceil(n / ncol))
-    fig = new_figure(6.5, 0.6 + 1.9 * nrow)
+    fig = new_figure(DOUBLE, 0.6 + 1.9 * nrow)
     with context():
         axes = np.atleast_1d(fig.subplots(nrow, ncol, sharex=True, sharey=True)).ravel()
         vals = pd.concat([responders[c] for c in ("observed_rate_ratio", "ci_low", "ci_high", "predicted_rate_ratio") if c in responders]).to_numpy(dtype=float)
@@ -453,10 +454,10 @@ def responder_plot(responders: pd.DataFrame, arms: ArmsLike, *, title: str | Non
                     continue
                 r = d.loc[s]
                 if np.isfinite(r.get("observed_rate_ratio", np.nan)):
-                    ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=colors[arm], lw=1.3)
+                    ax.plot([r["ci_low"], r["ci_high"]], [y, y], color=colors[arm], lw=1.3, zorder=4)
                     ax.plot([r["observed_rate_ratio"]], [y], marker="o", color=colors[arm], ms=5)
                 else:
-                    ax.text(0.03, y, "too few events", fontsize=6.5, ha="left", va="center", color=GREY, transform=ax.get_yaxis_transform())
+                    ax.text(0.03, y, "not estimable", fontsize=6.5, ha="left", va="center", color=GREY, transform=ax.get_yaxis_transform())
                 if np.isfinite(r.get("predicted_rate_ratio", np.nan)):
                     ax.plot([r["predicted_rate_ratio"]], [y + 0.22], marker="s", mfc="white", mec=colors[arm], ms=4.5, mew=1.1, ls="none")
                 if "true_rate_ratio" in r and np.isfinite(r["true_rate_ratio"]):
@@ -496,13 +497,13 @@ def qini_plot(qini_curve: pd.DataFrame, arms: ArmsLike, *, qini_area: pd.DataFra
     """
     colors, labels = arm_colors(arms), arm_labels(arms)
     coef = {} if qini_area is None else dict(zip(qini_area["arm"].astype(str), qini_area["qini_coefficient"]))
-    fig = new_figure(5.6, 3.8)
+    fig = new_figure(DOUBLE, 3.8)
     with context():
         ax = fig.add_subplot()
         for arm in _arms_in(qini_curve, arms):
             d = qini_curve[qini_curve["arm"].astype(str) == arm].sort_values("fraction")
             lab = labels[arm] + (f" (Qini coef. {coef[arm]:+.2f})" if arm in coef and np.isfinite(coef[arm]) else "")
-            ax.plot(100 * d["fraction"], d["qini"], color=colors[arm], lw=1.5, label=lab)
+            ax.plot(100 * d["fraction"], d["qini"], color=colors[arm], lw=1.5, label=lab, marker=arm_markers(arms)[arm], ms=4, markevery=max(1, len(d) // 5))
             ax.plot(100 * d["fraction"], d["random"], color=colors[arm], lw=0.9, ls="--")
         ax.axhline(0, color=GREY, lw=0.6)
         ax.set_xlim(0, 100)
@@ -527,7 +528,7 @@ def prognostic_plot(prognostic: pd.DataFrame, arms: ArmsLike, *, title: str | No
     colors, labels = arm_colors(arms), arm_labels(arms)
     order = _arms_in(prognostic, arms)
     p = prognostic.assign(arm=prognostic["arm"].astype(str)).set_index("arm")
-    fig = new_figure(6.5, 0.9 + 0.5 * len(order))
+    fig = new_figure(DOUBLE, 0.9 + 0.5 * len(order))
     with context():
         ax1, ax2 = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.3, 1]})
         allv = []
@@ -537,9 +538,9 @@ def prognostic_plot(prognostic: pd.DataFrame, arms: ArmsLike, *, title: str | No
             z = 1.959963984540054
             u, se_u = r["rate_ratio_unadjusted"], r["se_unadjusted"]
             lo_u, hi_u = u * np.exp(-z * se_u), u * np.exp(z * se_u)
-            ax1.plot([lo_u, hi_u], [y + 0.15] * 2, color=colors[arm], lw=1.2)
+            ax1.plot([lo_u, hi_u], [y + 0.15] * 2, color=colors[arm], lw=1.2, zorder=4)
             ax1.plot([u], [y + 0.15], marker="o", mfc="white", mec=colors[arm], mew=1.3, color=colors[arm])
-            ax1.plot([r["ci_low_adjusted"], r["ci_high_adjusted"]], [y - 0.15] * 2, color=colors[arm], lw=1.6)
+            ax1.plot([r["ci_low_adjusted"], r["ci_high_adjusted"]], [y - 0.15] * 2, color=colors[arm], lw=1.6, zorder=4)
             ax1.plot([r["rate_ratio_adjusted"]], [y - 0.15], marker="o", color=colors[arm])
             allv += [lo_u, hi_u, r["ci_low_adjusted"], r["ci_high_adjusted"]]
             ax2.barh(y + 0.17, r["se_reduction_pct"], height=0.32, color=colors[arm], alpha=0.55)
@@ -581,13 +582,15 @@ def power_plot(power_analytic: pd.DataFrame, arms: ArmsLike, *, power_simulated:
         top = pd.to_numeric(pa["n_per_arm_90"], errors="coerce").max()
         max_n = int(min(max(np.nan_to_num(top, nan=100.0) * 1.3, 20), 2000))
     grid = np.unique(np.geomspace(2, max_n, 60).round().astype(int))
-    fig = new_figure(5.8, 3.8)
+    fig = new_figure(DOUBLE, 3.8)
     with context():
         ax = fig.add_subplot()
         for arm in order:
             r = pa.loc[arm]
             pw = [analytic_power(r["rate_reference"], r["rate_arm"], float(n), years=r["years"], dispersion=r["dispersion"]) for n in grid]
-            ax.plot(grid, pw, color=colors[arm], lw=1.5, label=f"{labels[arm]} (RR {r['rate_ratio']:.2f})")
+            rr = f"assumed RR {r['rate_ratio']:.2f}" if 1e-3 <= float(r["rate_ratio"]) <= 1e3 else "assumed RR not estimable"
+            ax.plot(grid, pw, color=colors[arm], lw=1.5, ls=arm_linestyles(arms)[arm], marker=arm_markers(arms)[arm], ms=4, markevery=max(1, len(grid) // 4),
+                    label=f"{labels[arm]} ({rr})")
             if power_simulated is not None:
                 d = power_simulated[power_simulated["arm"].astype(str) == arm]
                 for _, s in d.iterrows():
@@ -627,7 +630,7 @@ def example_slices(flair: np.ndarray, observed: np.ndarray, probabilities: dict[
     labels, colors = arm_labels(arms), arm_colors(arms)
     arms_shown = [a for a in arm_order(arms) if a in probabilities] + [a for a in probabilities if a not in arm_order(arms)]
     ncol = 1 + len(arms_shown)
-    fig = new_figure(2.2 * ncol + 0.6, 3.2)
+    fig = new_figure(DOUBLE if ncol > 1 else SINGLE, 3.2)
     f = np.asarray(flair, dtype=float)
     lo, hi = np.percentile(f, [1, 99.5])
     extent = (0, f.shape[0] * spacing[0], 0, f.shape[1] * spacing[1])

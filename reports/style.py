@@ -78,15 +78,31 @@ def arm_colors(arms: pd.DataFrame | Sequence[str]) -> dict[str, str]:
     return {a: palette[i % len(palette)] for i, a in enumerate(arm_order(arms))}
 
 
+SINGLE = 3.5
+"""Single-column figure width, inches (89 mm)."""
+DOUBLE = 7.0
+"""Double-column (full-width) figure width, inches (178-183 mm)."""
+MIN_FONT_PT = 6.0
+"""No text in a figure is smaller than this (journal minimum at final size)."""
+ARM_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2)), (0, (3, 1, 1, 1)))
+
+
+def arm_linestyles(arms: pd.DataFrame | Sequence[str]) -> dict[str, Any]:
+    """arm -> line style (a second cue beside colour in line figures)."""
+    return {a: ARM_LINESTYLES[i % len(ARM_LINESTYLES)] for i, a in enumerate(arm_order(arms))}
+
+
 def arm_markers(arms: pd.DataFrame | Sequence[str]) -> dict[str, str]:
     """arm -> marker (a second cue beside colour)."""
     return {a: ARM_MARKERS[i % len(ARM_MARKERS)] for i, a in enumerate(arm_order(arms))}
 
 
-def new_figure(width: float = 6.5, height: float = 4.0, **kw: Any) -> Figure:
+def new_figure(width: float = DOUBLE, height: float = 4.0, **kw: Any) -> Figure:
     """A Figure (not registered with pyplot: no global state, no leaks) under the mseval style.
 
-    width, height: inches (6.5 in is a journal's full text width at two columns' span)."""
+    width, height: inches; width is SINGLE (3.5 in, one journal column) or DOUBLE (7.0 in, full width)."""
+    if width not in (SINGLE, DOUBLE):
+        raise ValueError(f"figure width must be {SINGLE} or {DOUBLE} in (journal columns), got {width}")
     with context():
         return Figure(figsize=(width, height), **kw)
 

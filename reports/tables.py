@@ -37,7 +37,7 @@ def _median_iqr(v: pd.Series, digits: int = 1) -> str:
     if len(v) == 0:
         return "NA"
     q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75])
-    return f"{_fmt(med, digits)} ({_fmt(q1, digits)}-{_fmt(q3, digits)})"
+    return f"{_fmt(med, digits)} ({_fmt(q1, digits)} to {_fmt(q3, digits)})"
 
 
 def _n_pct(mask: pd.Series) -> str:
@@ -108,7 +108,7 @@ def ci_text(est: float, lo: float, hi: float, digits: int = 2) -> str:
         return "NA"
     if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
         return _fmt(est, digits)
-    return f"{_fmt(est, digits)} ({_fmt(lo, digits)}-{_fmt(hi, digits)})"
+    return f"{_fmt(est, digits)} ({_fmt(lo, digits)} to {_fmt(hi, digits)})"
 
 
 def p_text(p: float) -> str:
@@ -143,3 +143,52 @@ def primary_table(primary: pd.DataFrame, arms: pd.DataFrame | Sequence[str], ref
             r["True RR"] = _fmt(x["true_ratio_of_means"], 2)
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def formula_covariates(formula: str, arm: str = "arm") -> list[str]:
+    """Right-hand-side terms of a Patsy formula other than the arm ('net2 ~ arm + age' -> ['age'])."""
+    rhs = formula.split("~", 1)[1] if "~" in formula else formula
+    terms = [t.strip() for t in rhs.replace("-", "+").split("+")]
+    return [t for t in terms if t and t not in (arm, "1", "0") and not t.startswith(f"C({arm}")]
+
+
+def consort_primary(
+    observed: pd.DataFrame, primary: pd.DataFrame, arms: pd.DataFrame | Sequence[str], *, reference: str, n_randomized: dict[str, int],
+    adjusted_means: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The primary endpoint, CONSORT item 17a, as numbers (one row per arm, arms-table order).
+
+    observed: one row per analysed patient with `arm`, `observed_count` (NET2 lesions) and
+    `followup_years`. primary: the effects' primary_endpoint table (observed / forecast /
+    counterfactual RR). Columns: arm, n_randomized, n_analysed, events, patient_years,
+    rate_per_patient_year (events / patient-years, crude), model_rate_per_year, observed RR, CI,
+    p, Holm-adjusted p (over the comparisons with the reference), forecast and counterfactual RR.
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    order = arm_order(arms)
+    p = primary.set_index("arm") if len(primary) else pd.DataFrame()
+    am = adjusted_means.set_index("arm") if adjusted_means is not None and len(adjusted_means) else pd.DataFrame()
+    rows = []
+    for a in order:
+        d = observed[observed["arm"].astype(str) == a]
+        d = d[d["observed_count"].notna()]
+        events, py = float(d["observed_count"].sum()), float(d["followup_years"].sum())
+        r: dict = {"arm": a, "n_randomized": int(n_randomized.get(a, 0)), "n_analysed": int(len(d)), "events": int(events),
+                   "patient_years": py, "rate_per_patient_year": events / py if py > 0 else float("nan"),
+                   "model_rate_per_year": float(am.loc[a, "adjusted_rate_per_year"]) if a in am.index else float("nan")}
+        for c in ("observed_rate_ratio", "observed_ci_low", "observed_ci_high", "observed_p_value", "forecast_rate_ratio", "forecast_ci_low",
+                  "forecast_ci_high", "counterfactual_rate_ratio", "counterfactual_ci_low", "counterfactual_ci_high", "true_ratio_of_means",
+                  "observed_estimable", "observed_note", "forecast_estimable", "forecast_note", "counterfactual_estimable", "counterfactual_note"):
+            if c in p.columns and a in p.index:
+                r[c] = p.loc[a, c]
+        rows.append(r)
+    df = pd.DataFrame(rows)
+    if "observed_p_value" in df:
+        pv = df["observed_p_value"].astype(float)
+        ok = pv.notna() & (df["arm"] != reference)
+        df["observed_p_holm"] = float("nan")
+        if ok.any():
+            df.loc[ok, "observed_p_holm"] = multipletests(pv[ok].to_numpy(), method="holm")[1]
+    return df
+

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mseval.errors import InputError
-from reports.demo import run_demo
+from mseval.demo import run_demo
 
 
 def test_small_demo_writes_a_report(tmp_path):
@@ -35,16 +35,25 @@ def _micro_diffusion(tmp_path):
     return tmp_path / "micro.json", ReportSettings(n_boot=20, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
 
 
-def test_diffusion_demo_runs_end_to_end_and_flags_what_is_not_estimable(tmp_path):
-    """The diffusion path: time-bounded training (a micro network, a few seconds), sampling every
-    patient under every arm, and a report even when the barely trained model forecasts no lesion
-    (the forecast-based estimates are then flagged as not estimable, not an error)."""
+def test_diffusion_demo_trains_on_one_trial_and_reports_held_out_forecasts_of_another(tmp_path):
+    """The diffusion path: time-bounded training (a micro network, a few seconds) on one simulated
+    trial, sampling every patient of a second trial under every arm, and a report that says the
+    forecasts are held-out, even when the barely trained model forecasts no lesion (the
+    forecast-based estimates are then flagged as not estimable, not an error)."""
     import pandas as pd
 
     micro, fast = _micro_diffusion(tmp_path)
     info = run_demo(tmp_path / "demo", "diffusion", patients_per_arm=2, samples=2, seed=1, workers=1, minutes=0.05,
                     config=str(micro), sample_steps=2, report_settings=fast)
-    assert info["report_html"].is_file() and info["training"]["steps"] >= 1
+    assert info["report_html"].is_file() and info["training"]["steps"] >= 1 and info["training"]["budget"] == "minutes"
+    assert info["evaluation_seed"] == 2 and (tmp_path / "demo" / "train_cohort" / "manifest.csv").is_file()
+    summary = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
+    assert summary["provenance"]["status"] == "held-out"
+    md = (tmp_path / "demo" / "report" / "report.md").read_text()
+    assert "HELD-OUT" in md.split("## Abbreviations")[0] and "train_cohort" in md
+    ev = json.loads((tmp_path / "demo" / "report" / "results" / "evaluation" / "summary.json").read_text())
+    eff = json.loads((tmp_path / "demo" / "report" / "results" / "effects" / "effects.json").read_text())
+    assert ev["provenance"]["status"] == eff["provenance"]["status"] == "held-out"
     store_index = pd.read_parquet(tmp_path / "demo" / "forecasts" / "index.parquet")
     assert len(store_index) == 12 * 6 and store_index["checkpoint"].str.startswith("micro@").all()
     assert (tmp_path / "demo" / "checkpoint" / "config.json").is_file()

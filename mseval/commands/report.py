@@ -59,19 +59,20 @@ def report(
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for cohort/, forecasts/, report/ (a previous demo there is replaced)."),
-    forecaster: str = typer.Option("diffusion", help="diffusion (train the tiny model for --minutes, then sample) | oracle (the simulator's true law: no training, a larger trial)."),
+    forecaster: str = typer.Option("diffusion", help="diffusion (train the tiny model on one simulated trial, forecast a second one) | oracle (the simulator's true law: no training, a larger trial)."),
     patients_per_arm: Optional[int] = typer.Option(None, help="Patients randomized to each of the six arms (default 8 for diffusion, 20 for oracle)."),
     samples: Optional[int] = typer.Option(None, help="Forecast samples per patient and arm (default 2 for diffusion, 20 for oracle)."),
     seed: int = typer.Option(2026, help="Seed of the trial, the training and the forecasts."),
     workers: int = typer.Option(2, help="Processes (and torch threads for the diffusion model)."),
-    minutes: float = typer.Option(3.0, help="Training time budget for the diffusion model (minutes)."),
+    minutes: Optional[float] = typer.Option(None, help="Train for this wall-clock budget (minutes) instead of --train-steps (results then depend on the machine's speed)."),
     config: str = typer.Option("tiny_quality", help="Diffusion model config: tiny_quality, tiny or a JSON file."),
     sample_steps: int = typer.Option(6, help="DDIM steps per sample for the diffusion model."),
-    train_steps: Optional[int] = typer.Option(None, help="Train exactly this many steps instead of for --minutes (the same numbers on any machine)."),
+    train_steps: Optional[int] = typer.Option(None, help="Training steps of the diffusion model (default 300, about 3 minutes on two cores; identical numbers need the same seed, --workers and CPU type)."),
 ) -> None:
-    """Simulate a small six-arm trial, train the tiny diffusion model for a few minutes (or use the
-    oracle), forecast every patient under every arm, count, evaluate, estimate effects and write
-    the report; prints where the report is. Under 10 minutes on two CPU cores."""
+    """Simulate two small six-arm trials, train the tiny diffusion model on the first for a fixed
+    number of steps (or use the oracle), forecast every patient of the second under every arm,
+    count, evaluate, estimate effects and write the report; prints where the report is. Under 10
+    minutes on two CPU cores."""
     import time
 
     from rich.console import Console
@@ -80,7 +81,7 @@ def demo(
     from mseval.commands._checks import check_min, check_out_folder
     from mseval.commands._common import quiet_numerics
     from mseval.io.lock import output_lock
-    from reports.demo import run_demo
+    from mseval.demo import run_demo
 
     check_min(minutes, "--minutes", 0, strict=True)
     check_min(workers, "--workers", 1)

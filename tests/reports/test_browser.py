@@ -81,3 +81,58 @@ def test_screenshot_is_not_blank(report_html, tmp_path):
     assert img.shape[0] >= 1000
     assert img.std() > 10  # text, tables and figures, not a blank page
     assert (img < 128).mean() > 0.005
+
+
+WIDTH_PROBE = """<script>
+window.addEventListener('load', function () {
+  var d = document.documentElement, wide = [];
+  Array.prototype.forEach.call(document.querySelectorAll('body *'), function (e) {
+    var r = e.getBoundingClientRect();
+    if (r.right > window.innerWidth + 1 && !e.closest('.tablebox')) { wide.push(e.tagName + (e.id ? '#' + e.id : '')); }
+  });
+  var p = document.createElement('pre'); p.id = 'probe';
+  p.textContent = 'WIDTH inner=' + window.innerWidth + ' scroll=' + d.scrollWidth + ' wide=' + wide.slice(0, 5).join(',') + ';';
+  document.body.appendChild(p);
+  if (window.parent !== window) { window.parent.postMessage(p.textContent, '*'); }
+});
+</script>"""
+# Headless Chromium will not open a window narrower than 500 px, so narrower viewports are an
+# iframe of that width inside a host page that copies the probe's message into its own DOM.
+HOST = """<!DOCTYPE html><html><body style="margin:0">
+<iframe src="{src}" width="{width}" height="2400" style="border:0;display:block"></iframe>
+<script>window.addEventListener('message', function (e) {{
+  var p = document.createElement('pre'); p.textContent = e.data; document.body.appendChild(p); }});</script>
+</body></html>"""
+
+
+@pytest.mark.parametrize("width", [1280, 400])
+def test_page_fits_the_viewport_and_screenshots(report_html, tmp_path, width):
+    """At 1280 and 400 CSS px the page is no wider than the viewport (wide tables scroll inside
+    their own box, figures scale) and the screenshot shows content."""
+    import re
+
+    from PIL import Image
+
+    page = tmp_path / "probe.html"
+    page.write_text(report_html.read_text().replace("</body>", WIDTH_PROBE + "</body>", 1))
+    host = tmp_path / "host.html"
+    host.write_text(HOST.format(src=page.name, width=width))
+    window = max(width, 500)
+    with tempfile.TemporaryDirectory() as profile:
+        res = _chromium([f"--window-size={window},900", "--virtual-time-budget=8000", "--dump-dom", host.as_uri()], profile)
+    m = re.search(r"WIDTH inner=(\d+) scroll=(\d+) wide=([^;]*);", res.stdout)
+    assert m, f"the page did not finish loading: {res.stderr[-2000:]}"
+    inner, scroll, wide = int(m.group(1)), int(m.group(2)), m.group(3)
+    assert inner == width
+    assert scroll <= inner, f"page is {scroll} px wide in a {inner} px viewport; too wide: {wide}"
+    assert wide == ""
+    shot = tmp_path / f"shot_{width}.png"
+    host.write_text(HOST.format(src=report_html.as_uri(), width=width))
+    with tempfile.TemporaryDirectory() as profile:
+        _chromium([f"--screenshot={shot}", f"--window-size={window},2400", "--virtual-time-budget=5000", host.as_uri()], profile)
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)[:, :width]
+    assert img.shape[1] == width and img.std() > 10
+    out = os.environ.get("MSEVAL_SCREENSHOTS")  # keep the screenshots for a person to look at
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        Image.open(shot).crop((0, 0, width, 2400)).save(Path(out) / f"report_{width}px.png")

@@ -2,6 +2,12 @@
 
 simulate -> forecast (oracle, or the diffusion model) -> count -> evaluate -> effects -> report.
 Writes `out/cohort`, `out/forecasts`, `out/report` (report.html inside) and `out/demo.json`.
+
+The diffusion model is trained on one simulated trial (`out/train_cohort`, seed `seed`) and
+evaluated on a second trial from the same simulator (`out/cohort`, seed `seed + 1`), so every
+forecast-based number in the report is held-out; the report says so (`mseval.provenance`).
+Training runs a fixed number of steps by default (`train_steps`), so the same seed and thread
+count give the same model on any machine; `minutes` instead bounds it by wall-clock time.
 """
 
 from __future__ import annotations
@@ -15,17 +21,21 @@ from typing import Any
 from mseval.errors import InputError
 from mseval.io.atomic import write_json_atomic
 
-DEMO_PARTS = ("cohort", "forecasts", "report", "checkpoint", "demo.json")
+DEMO_PARTS = ("cohort", "train_cohort", "forecasts", "report", "checkpoint", "demo.json")
 FORECASTERS = ("diffusion", "oracle")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # The diffusion demo fits in 10 minutes on two CPU cores: 3 minutes of training, then every
-    # patient under every arm (48 x 6 x 2 samples, DDIM-6 with guidance: ~7,000 network calls).
+    # The diffusion demo fits in 10 minutes on two CPU cores: DEFAULT_TRAIN_STEPS steps of training
+    # (about 3 minutes) on one trial, then every patient of a second trial under every arm
+    # (48 x 6 x 2 samples, DDIM-6 with guidance: ~7,000 network calls).
     "diffusion": {"patients_per_arm": 8, "samples": 2, "shape": (32, 32, 32)},
     # The oracle (the simulator's true law) costs nothing to sample: a larger trial at a larger size.
     "oracle": {"patients_per_arm": 20, "samples": 20, "shape": (64, 76, 64)},
 }
 """Per-forecaster defaults of `run_demo` (and `mseval demo`) where the caller gives none."""
+
+DEFAULT_TRAIN_STEPS = 300
+"""Training steps of the diffusion demo (337-359 steps fitted in 3 minutes on two cores)."""
 
 Stage = Callable[[str], Callable[[int, int], None]]
 """stage(description) -> update(done, total): opens a progress bar for one stage."""
@@ -36,14 +46,14 @@ class _TimeUp(KeyboardInterrupt):
 
 
 def _diffusion_forecasts(
-    cohort: Path, out: Path, samples: int, seed: int, minutes: float, *, checkpoint: Path, config: str = "tiny",
+    train_cohort: Path, cohort: Path, out: Path, samples: int, seed: int, minutes: float | None, *, checkpoint: Path, config: str = "tiny",
     sample_steps: int = 10, threads: int = 2, say: Callable[[str], None] = lambda _m: None, stage: Stage | None = None,
     train_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train the diffusion model (`config`) on the cohort for at most `minutes` (or exactly
-    `train_steps` steps, which reproduces across machines), then sample every patient under every
-    arm into the forecast store `out` (DDIM with `sample_steps` steps, the config's guidance).
-    Returns the training summary (steps, minutes, last loss)."""
+    """Train the diffusion model (`config`) on `train_cohort` for exactly `train_steps` steps (or,
+    with `train_steps` None, for at most `minutes`), then sample every patient of `cohort` under
+    every arm into the forecast store `out` (DDIM with `sample_steps` steps, the config's guidance).
+    Returns the training summary (steps, minutes, last loss, threads, device)."""
     import torch
 
     from forecast.checkpoint import load_checkpoint
@@ -55,6 +65,7 @@ def _diffusion_forecasts(
     torch.set_num_threads(max(threads, 1))
     cfg = ForecastConfig.load(config).with_(seed=seed, steps=train_steps or 10**7)
     t_start = time.monotonic()
+    minutes = float(minutes or 0.0)
     deadline = t_start + minutes * 60.0
     update = stage("training (time-bounded)" if train_steps is None else "training") if stage else None
     last = {"step": 0, "loss": float("nan")}
@@ -71,15 +82,16 @@ def _diffusion_forecasts(
             raise _TimeUp
 
     try:
-        train(cohort, cfg, checkpoint, device="cpu", on_step=hook)
+        train(train_cohort, cfg, checkpoint, device="cpu", on_step=hook)
     except _TimeUp:
         pass
     ckpt = load_checkpoint(checkpoint)
     elapsed_min = (time.monotonic() - t_start) / 60.0
     say(f"    trained {ckpt.step} steps in {elapsed_min:.1f} min (last loss {last['loss']:.4f}); sampling {samples} per patient and arm, DDIM-{sample_steps}")
     forecast_cohort(cohort, ckpt, out, samples=samples, settings=SamplerSettings("ddim", sample_steps, guidance=cfg.guidance),
-                    batch_size=8, seed=seed)
-    return {"config": config, "steps": ckpt.step, "minutes": round(elapsed_min, 2), "last_loss": last["loss"], "sample_steps": sample_steps}
+                    batch_size=8, seed=seed, device="cpu", progress=stage("sampling patients (every arm)") if stage else None)
+    return {"config": config, "steps": ckpt.step, "minutes": round(elapsed_min, 2), "last_loss": last["loss"], "sample_steps": sample_steps,
+            "threads": torch.get_num_threads(), "device": "cpu", "budget": "steps" if train_steps is not None else "minutes"}
 
 
 def _prepare(out: Path) -> None:
@@ -107,7 +119,7 @@ def run_demo(
     samples: int | None = None,
     seed: int = 2026,
     workers: int = 2,
-    minutes: float = 3.0,
+    minutes: float | None = None,
     config: str = "tiny_quality",
     sample_steps: int = 6,
     train_steps: int | None = None,
@@ -117,6 +129,10 @@ def run_demo(
     stage: Stage | None = None,
 ) -> dict[str, Any]:
     """Run the demo into `out` (a previous demo there is replaced); returns timings and paths.
+
+    Diffusion: trains `train_steps` steps (default DEFAULT_TRAIN_STEPS; or, given `minutes` and no
+    `train_steps`, for that wall-clock budget) on a trial simulated with `seed`, evaluates on a
+    second trial simulated with `seed + 1`.
 
     report_settings: a `reports.builder.ReportSettings` (default: full quality, `workers`, `power_sims`, `seed`).
     say(message): progress messages; stage(description) -> update(done, total): progress bars.
@@ -139,6 +155,10 @@ def run_demo(
         raise InputError(None, "--samples must be at least 2", field="samples")
     if train_steps is not None and train_steps < 1:
         raise InputError(None, "--train-steps must be at least 1", field="train_steps")
+    if minutes is not None and minutes <= 0:
+        raise InputError(None, "--minutes must be positive", field="minutes")
+    if train_steps is None and minutes is None:
+        train_steps = DEFAULT_TRAIN_STEPS
     out = Path(out)
     _prepare(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,9 +173,16 @@ def run_demo(
         if tuple(shape) != model_shape:
             say(f"    the {config} model works at {model_shape[0]}x{model_shape[1]}x{model_shape[2]}: simulating at that shape")
             shape = model_shape
-    say(f"1/3 simulating a six-arm trial: {patients_per_arm} patients per arm, {shape[0]}x{shape[1]}x{shape[2]} voxels, seed {seed}")
-    simulate_trial(cohort, TrialConfig(patients_per_arm=patients_per_arm, shape=tuple(shape), seed=seed), workers=workers,
-                   progress=stage("simulating patients"))
+    eval_seed = seed + 1 if forecaster == "diffusion" else seed
+    if forecaster == "diffusion":
+        say(f"1/3 simulating two six-arm trials from the same simulator: one to train on (seed {seed}), one to evaluate on (seed {eval_seed}); "
+            f"{patients_per_arm} patients per arm, {shape[0]}x{shape[1]}x{shape[2]} voxels")
+        simulate_trial(out / "train_cohort", TrialConfig(patients_per_arm=patients_per_arm, shape=tuple(shape), seed=seed), workers=workers,
+                       progress=stage("simulating the training trial"))
+    else:
+        say(f"1/3 simulating a six-arm trial: {patients_per_arm} patients per arm, {shape[0]}x{shape[1]}x{shape[2]} voxels, seed {seed}")
+    simulate_trial(cohort, TrialConfig(patients_per_arm=patients_per_arm, shape=tuple(shape), seed=eval_seed), workers=workers,
+                   progress=stage("simulating the evaluation trial" if forecaster == "diffusion" else "simulating patients"))
     times["simulate_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -166,19 +193,28 @@ def run_demo(
                            progress=stage("forecasting patients"))
     else:
         budget = f"for at most {minutes:g} min" if train_steps is None else f"for {train_steps} steps"
-        say(f"2/3 diffusion model: training {budget}, then {samples} samples per patient and arm")
-        training = _diffusion_forecasts(cohort, forecasts, samples, seed, minutes, checkpoint=out / "checkpoint", config=config,
+        say(f"2/3 diffusion model: training {budget} on the training trial, then {samples} samples per patient and arm of the evaluation trial")
+        training = _diffusion_forecasts(out / "train_cohort", cohort, forecasts, samples, seed, minutes, checkpoint=out / "checkpoint", config=config,
                                         sample_steps=sample_steps, threads=workers, say=say, stage=stage, train_steps=train_steps)
     times["forecast_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say("3/3 counting lesions, evaluating, estimating effects, writing the report")
+    extra: tuple[tuple[str, str], ...] = ()
+    if training is not None:
+        how = (f"{training['steps']} steps (fixed budget)" if training["budget"] == "steps"
+               else f"{training['steps']} steps in a {minutes:g}-minute wall-clock budget (the step count depends on the machine)")
+        extra = (("Training (demo)", f"model {training['config']} trained {how} on a separate simulated trial (train_cohort, seed {seed}; "
+                                     f"{patients_per_arm} patients per arm); evaluated on this trial (cohort, seed {eval_seed}), which it never saw; "
+                                     f"last loss {training['last_loss']:.4f}; torch threads {training['threads']}, device {training['device']}"),)
     build_report(cohort, forecasts, report, title=f"mseval demo: six-arm synthetic RRMS trial ({forecaster} forecasts)",
-                 settings=report_settings or ReportSettings(workers=workers, power_sims=power_sims, seed=seed), progress=lambda m: say(f"    {m}"))
+                 settings=report_settings or ReportSettings(workers=workers, power_sims=power_sims, seed=seed), progress=lambda m: say(f"    {m}"),
+                 extra_settings=extra)
     times["report_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
     info = {"forecaster": forecaster, "patients_per_arm": patients_per_arm, "shape": list(shape), "samples": samples, "seed": seed,
-            "workers": workers, "cohort": "cohort", "forecasts": "forecasts", "report": "report/report.html", "training": training,
+            "evaluation_seed": eval_seed, "workers": workers, "cohort": "cohort",
+            "train_cohort": "train_cohort" if forecaster == "diffusion" else None, "forecasts": "forecasts", "report": "report/report.html", "training": training,
             "timings_s": {k: round(v, 1) for k, v in times.items()}}
     write_json_atomic(info, out / "demo.json")
     return {**info, "report_html": report / "report.html"}
