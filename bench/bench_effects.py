@@ -10,8 +10,6 @@ by --power-sims). Goals (2 cores): evaluate + effects < 30 s; 2,000 bootstrap re
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
 import time
 import warnings
@@ -58,15 +56,9 @@ def compare_bootstrap(baseline_rev: str, n_resamples: int = 2000, workers: int =
     """Paper-scale bootstrap (2,130 patients, 6 arms) with this tree's fitter and with the fitter of git
     revision `baseline_rev`, timed in the same run (the ratio is what to read on a shared machine)."""
     warnings.simplefilter("ignore")
-    root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "-C", str(root), "show", f"{baseline_rev}:mseval/stats/count_model.py"], capture_output=True, text=True, check=True).stdout
-    tmp = root / "bench" / "_baseline_count_model.py"
-    tmp.write_text(src)
-    try:
-        spec = importlib.util.spec_from_file_location("_baseline_count_model", tmp)
-        old = importlib.util.module_from_spec(spec)
-        sys.modules["_baseline_count_model"] = old  # worker processes unpickle its functions by module name
-        spec.loader.exec_module(old)  # type: ignore[union-attr]
+    from baseline_module import module_at
+
+    with module_at(baseline_rev, "mseval/stats/count_model.py", "_baseline_count_model") as old:
         tr = simulate_count_trial(TrialConfig(patients_per_arm=355, seed=7), samples=2)
         out = {}
         for name, fn in (("new", bootstrap_rate_ratios), ("baseline", old.bootstrap_rate_ratios)):
@@ -76,8 +68,6 @@ def compare_bootstrap(baseline_rev: str, n_resamples: int = 2000, workers: int =
             out[f"{name}_failed"] = float(b.failed)
         out["ratio_new_over_baseline"] = out["new_s"] / out["baseline_s"]
         return out
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from scipy import stats
 
 from mseval.errors import InputError
 from mseval.stats.estimability import flag_table
-from mseval.stats.nb2_mle import NB2Result, fit_nb2
+from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_wald
 
 _FORMULA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _FUNCTIONS = {"C", "np", "log", "exp", "I", "Treatment", "center", "standardize", "scale", "bs", "cr", "Q", "reference"}
@@ -241,19 +241,6 @@ def _zero_event_terms(y: np.ndarray, X: np.ndarray) -> np.ndarray:
     return ind & (ev == 0) & (X.sum(axis=0) > 0)
 
 
-def _inv_pd(A: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Inverse of a symmetric positive (semi)definite matrix via its Jacobi-scaled form; (pinv, False) when singular."""
-    d = np.sqrt(np.abs(np.diag(A)))
-    d[d == 0] = 1.0
-    S = A / np.outer(d, d)
-    try:
-        L = np.linalg.cholesky(S)
-        Li = np.linalg.inv(L)
-        return (Li.T @ Li) / np.outer(d, d), True
-    except np.linalg.LinAlgError:
-        return np.linalg.pinv(A), False
-
-
 def fit_count_model(
     data: pd.DataFrame,
     formula: str = "net2 ~ arm",
@@ -331,7 +318,7 @@ def fit_count_model(
     table = table[table["term"] != "Intercept"].reset_index(drop=True)
     alpha_se = float("nan")
     if not res.boundary and cov is not None:
-        Vfull, _ = _inv_pd(-res.hessian)
+        Vfull, _ = inv_pd(-res.hessian)
         var_t = float(Vfull[k, k])
         alpha_se = float(alpha * np.sqrt(var_t)) if np.isfinite(var_t) and var_t >= 0 else float("nan")
     vcov = pd.DataFrame(V[:k, :k], index=names, columns=names)
@@ -345,11 +332,10 @@ def fit_count_model(
 def _covariance(res: NB2Result, X: np.ndarray, off: np.ndarray | float, cov: str) -> tuple[np.ndarray, bool]:
     k = X.shape[1]
     if cov == "observed":
-        V, ok = _inv_pd(-res.hessian)
+        V, ok = inv_pd(-res.hessian)
         return V[:k, :k], ok
-    mu = np.exp(X @ res.beta + off)
-    w = mu / (1.0 + res.alpha * mu)
-    return _inv_pd(X.T @ (X * w[:, None]))
+    wald = nb2_wald(X, off, res.beta, res.alpha)
+    return wald.vcov, wald.ok
 
 
 def _adjusted_means(info: Any, beta: np.ndarray, df: pd.DataFrame, arm_col: str, arms: list[str], table: pd.DataFrame,

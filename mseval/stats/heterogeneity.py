@@ -32,7 +32,8 @@ from scipy import stats
 
 from mseval.stats.count_model import fit_count_model
 from mseval.stats.estimability import assess_ratio
-from mseval.stats.nb2_lean import design_matrix, fit_nb2
+from mseval.stats.design import design_matrix
+from mseval.stats.nb2_mle import fit_nb2, nb2_wald
 from mseval.stats.prognostic import prognostic_score
 
 MIN_PER_ARM = 10
@@ -87,15 +88,16 @@ def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, referenc
         rhs += " + prognostic_score"
     des = design_matrix(d, rhs, reference=reference, years=years)
     fit = fit_nb2(d[response].to_numpy(dtype=float)[des.rows], des.X, des.offset)
+    wald = nb2_wald(des.X, des.offset, fit.beta, fit.alpha)
     k = des.names.index(f"{arm}:score")
-    coef, se = float(fit.beta[k]), float(fit.se[k])
+    coef, se = float(fit.beta[k]), float(wald.se[k])
     z = stats.norm.ppf(0.975)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         out = {**row, "interaction_coef": coef, "se": se, "interaction_ratio": float(np.exp(coef)), "ci_low": float(np.exp(coef - z * se)),
                "ci_high": float(np.exp(coef + z * se)), "p_value": float(2 * stats.norm.sf(abs(coef / se)))}
     # A dispersion at the Poisson boundary is legitimate here (a good prognostic score can explain the
     # extra-Poisson variation of a whole trial); it is reported in `alpha`, not flagged.
-    ok, note = assess_ratio(out["interaction_ratio"], out["ci_low"], out["ci_high"], converged=fit.converged)
+    ok, note = assess_ratio(out["interaction_ratio"], out["ci_low"], out["ci_high"], converged=fit.converged and wald.ok)
     return {**out, "alpha": fit.alpha, "estimable": ok, "note": note}
 
 

@@ -269,6 +269,43 @@ def fit_nb2(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float = 0.0, *, b
     return interior
 
 
+def inv_pd(A: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Inverse of a symmetric positive (semi)definite matrix via its Jacobi-scaled form; (pinv, False) when singular."""
+    d = np.sqrt(np.abs(np.diag(A)))
+    d[d == 0] = 1.0
+    S = A / np.outer(d, d)
+    try:
+        L = np.linalg.cholesky(S)
+        Li = np.linalg.inv(L)
+        return (Li.T @ Li) / np.outer(d, d), True
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(A), False
+
+
+@dataclass(frozen=True)
+class NB2Wald:
+    """Wald quantities of an NB2 fit: mu (n,) fitted means (offset included); vcov (k, k) of beta from
+    the expected information (X' W X)^-1, W = mu / (1 + alpha mu), at the fitted alpha (what R's
+    `summary(glm.nb(...))` reports); ok: False when that information was singular (pinv used)."""
+
+    mu: np.ndarray
+    vcov: np.ndarray
+    ok: bool
+
+    @property
+    def se(self) -> np.ndarray:
+        return np.sqrt(np.clip(np.diag(self.vcov), 0.0, None))
+
+
+def nb2_wald(X: np.ndarray, offset: np.ndarray | float, beta: np.ndarray, alpha: float) -> NB2Wald:
+    """Expected-information Wald covariance of beta at (beta, alpha >= 0) for design X (n, k) and offset (n,)."""
+    X = np.asarray(X, dtype=float)
+    mu = np.exp(np.clip(X @ np.asarray(beta, dtype=float) + offset, -_ETA_MAX, _ETA_MAX))
+    w = mu / (1.0 + alpha * mu)
+    V, ok = inv_pd(X.T @ (X * w[:, None]))
+    return NB2Wald(mu, V, ok)
+
+
 def nb2_score_hessian(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float, beta: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Gradient and Hessian in (beta, log theta) at (beta, alpha > 0): for checks and covariances."""
     return _nb2_derivs(np.asarray(y, float), np.asarray(X, float), np.asarray(X, float) @ beta + offset, 1.0 / alpha)

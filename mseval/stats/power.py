@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from mseval.stats.nb2_lean import design_matrix, fit_nb2
+from mseval.stats.design import design_matrix
+from mseval.stats.nb2_mle import fit_nb2, nb2_wald
 
 ESTIMAND = ("power of a new two-arm trial (NB2 Wald test, two-sided 0.05) whose outcomes follow the observed trial's NB2 law "
             "and score-outcome relation, with the design rate ratio assumed")
@@ -87,7 +88,8 @@ def observed_outcome_law(table: pd.DataFrame, score: pd.Series, reference: str, 
     des = design_matrix(d, "arm + score", reference=reference)
     f = fit_nb2(y[des.rows], des.X, des.offset)
     k = des.names.index("score")
-    return OutcomeLaw(float(f.beta[0]), float(f.beta[k]), float(f.se[k]), f.alpha, f0.alpha, m)
+    se = nb2_wald(des.X, des.offset, f.beta, f.alpha).se
+    return OutcomeLaw(float(f.beta[0]), float(f.beta[k]), float(se[k]), f.alpha, f0.alpha, m)
 
 
 def simulate_power(law: OutcomeLaw, scores: np.ndarray, years: np.ndarray, rate_ratio: float, n_per_arm: int, sims: int,
@@ -112,8 +114,9 @@ def simulate_power(law: OutcomeLaw, scores: np.ndarray, years: np.ndarray, rate_
         ok = True
         for k, X in enumerate((X0, np.c_[X0, s])):
             f = fit_nb2(y, X, off)
-            ok = ok and f.converged
-            hits[k] += int(abs(f.beta[1]) > z * f.se[1])
+            wald = nb2_wald(X, off, f.beta, f.alpha)
+            ok = ok and f.converged and wald.ok
+            hits[k] += int(abs(f.beta[1]) > z * wald.se[1])
         done += int(ok)
     return hits[0], hits[1], done
 

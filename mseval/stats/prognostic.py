@@ -32,7 +32,8 @@ import pandas as pd
 from scipy import stats
 
 from mseval.stats.count_model import fit_count_model
-from mseval.stats.nb2_lean import design_matrix, fit_nb2
+from mseval.stats.design import design_matrix
+from mseval.stats.nb2_mle import fit_nb2, nb2_wald
 
 ESTIMAND = ("sample-size saving of the score-adjusted NB2 analysis vs the unadjusted one for the same precision, "
             "estimated from the observed outcomes of the randomized patients")
@@ -93,10 +94,11 @@ def _savings(models: list[tuple], arms: list[str], idx: np.ndarray) -> np.ndarra
     for y, X, off, names, row_of, beta0, alpha0 in models:
         r = row_of[idx]
         r = r[r >= 0]
-        f = fit_nb2(y[r], X[r], off[r], start=beta0, alpha0=alpha0)
-        if not f.converged:
+        f = fit_nb2(y[r], X[r], off[r], beta0=beta0, alpha0=alpha0)
+        wald = nb2_wald(X[r], off[r], f.beta, f.alpha)
+        if not (f.converged and wald.ok):
             return out
-        fits.append((names, np.diag(f.vcov)))
+        fits.append((names, np.diag(wald.vcov)))
     (n0, v0), (n1, v1) = fits
     for k, arm in enumerate(arms):
         if arm in n0 and arm in n1:

@@ -38,7 +38,8 @@ import pandas as pd
 from scipy import stats
 
 from mseval.stats.estimability import assess_ratio
-from mseval.stats.nb2_lean import design_matrix, fit_nb2
+from mseval.stats.design import design_matrix
+from mseval.stats.nb2_mle import fit_nb2, nb2_wald
 
 ESTIMAND = ("rate ratio (NB2, arm vs reference) in the population these patients represent, randomized as in the trial, "
             "if their outcomes followed the forecaster's law")
@@ -80,17 +81,21 @@ def ensemble_sandwich(y: np.ndarray, X: np.ndarray, offset: np.ndarray) -> tuple
     psi = np.zeros((n, p))
     coefs, vars_ = [], []
     failed = 0
-    start = None
+    beta0 = alpha0 = None  # warm start from the last good fit
     for s in range(M):
-        fit = fit_nb2(y[:, s], X, offset, start=start)
+        fit = fit_nb2(y[:, s], X, offset, beta0=beta0, alpha0=alpha0)
         if not fit.converged or not np.all(np.isfinite(fit.beta)):
             failed += 1
             continue
-        start = fit.beta
-        u = X * ((y[:, s] - fit.mu) / (1.0 + fit.alpha * fit.mu))[:, None]  # (n, p) score per patient
-        psi += u @ fit.vcov  # A^-1 symmetric
+        wald = nb2_wald(X, offset, fit.beta, fit.alpha)
+        if not wald.ok:
+            failed += 1
+            continue
+        beta0, alpha0 = fit.beta, fit.alpha
+        u = X * ((y[:, s] - wald.mu) / (1.0 + fit.alpha * wald.mu))[:, None]  # (n, p) score per patient
+        psi += u @ wald.vcov  # A^-1 symmetric
         coefs.append(fit.beta)
-        vars_.append(np.diag(fit.vcov))
+        vars_.append(np.diag(wald.vcov))
     k = len(coefs)
     if k == 0:
         return np.full(p, np.nan), np.full((p, p), np.nan), np.empty((0, p)), np.empty((0, p)), failed
