@@ -91,7 +91,11 @@ def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) ->
     - an unwritable or misplaced output (`PermissionError`, `IsADirectoryError`, ...): one line naming
       the path, exit code 2;
     - Ctrl-C (SIGINT): one line, exit code 130; finished blocks stay, so a rerun resumes.
+
+    Every message line starts "mseval: " (also for a sub-app run on its own); `prog_name` names the
+    command in the usage line.
     """
+    tool = "mseval"
     ce = _click_exceptions()
     import typer.exceptions as te
 
@@ -101,35 +105,35 @@ def run_typer(typer_app: typer.Typer, argv: list[str] | None, prog_name: str) ->
     try:
         code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name=prog_name, standalone_mode=False)
     except InputError as exc:
-        typer.echo(f"{prog_name}: error: {exc.message}", err=True)
+        typer.echo(f"{tool}: error: {exc.message}", err=True)
         return 2
     except ce.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # `mseval` alone: the help was printed, nothing failed
             return 0
         usage = exc.ctx.get_usage() if exc.ctx is not None else f"Usage: {prog_name} [OPTIONS] COMMAND [ARGS]..."
         typer.echo(_one_line(usage) + f"  (try '{exc.ctx.command_path if exc.ctx else prog_name} --help')", err=True)
-        typer.echo(f"{prog_name}: error: {_one_line(exc.format_message())}", err=True)
+        typer.echo(f"{tool}: error: {_one_line(exc.format_message())}", err=True)
         return 2
     except ce.ClickException as exc:  # e.g. FileError from a click.File parameter
-        typer.echo(f"{prog_name}: error: {_one_line(exc.format_message())}", err=True)
+        typer.echo(f"{tool}: error: {_one_line(exc.format_message())}", err=True)
         return exc.exit_code or 1
     except aborts:  # older typer/click raise these; typer 0.2x returns 130 (below)
         code = 130
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
         where = exc.filename or ""
-        typer.echo(f"{prog_name}: error: {where}: {exc.strerror or exc}".replace(": : ", ": "), err=True)
+        typer.echo(f"{tool}: error: {where}: {exc.strerror or exc}".replace(": : ", ": "), err=True)
         return 2
     except OSError as exc:
         import errno
 
         if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
-            typer.echo(f"{prog_name}: error: {exc.filename or ''}: {exc.strerror}", err=True)
+            typer.echo(f"{tool}: error: {exc.filename or ''}: {exc.strerror}", err=True)
             return 2
         raise
     except exits as exc:
         code = exc.exit_code
     if code == 130:  # typer turns KeyboardInterrupt into exit code 130
-        typer.echo(f"{prog_name}: {INTERRUPTED}", err=True)
+        typer.echo(f"{tool}: {INTERRUPTED}", err=True)
         return 130
     return int(code) if isinstance(code, int) else 0
 
