@@ -370,6 +370,8 @@ def build_report(
                   "qini_area", "prognostic", "power_analytic", "power_simulated", "adjusted_means"):
             t[n] = _read(ef, f"{n}.csv")
         t["truth_comparison"] = _read(ef, "truth_comparison.csv", required=False)
+        for n in ("heterogeneity", "estimands", "counterfactual_calibrated"):  # absent from effects folders written before issue 9
+            t[n] = _read(ef, f"{n}.csv", required=False)
         ev_summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").is_file() else {}
         ef_summary = json.loads((ef / "effects.json").read_text()) if (ef / "effects.json").is_file() else {}
         metrics = t["metrics"]
@@ -390,9 +392,13 @@ def build_report(
                                             reasons={"forecast RR": fc_why, "counterfactual RR": fc_why})
         figs.append(("forest_plot", F.forest_plot(prim_fig, arms_df, reference=ref),
                      f"NET2 rate ratios vs {labels[ref]} (log scale) with 95% CIs. Filled circles: observed, NB2 regression of each patient's observed NET2 count "
-                     "on arm with offset log(follow-up years). Open squares: forecast, the same model fitted on each ensemble sample of the allocated arm, "
-                     "pooled with Rubin's rules. Open diamonds: counterfactual, ratio of mean forecast counts with every patient under both arms. "
-                     "x: the simulator's true ratio (simulated cohorts only)." + _footnote(prim_notes)))
+                     "on arm with offset log(follow-up years). Open squares: forecast, the same model fitted on each fully synthetic ensemble sample of the "
+                     "allocated arm, the mean of the per-sample NB2 fits with a patient-level sandwich CI. Open diamonds: counterfactual, ratio of mean "
+                     "forecast counts with every patient under both arms (delta-method CI over patients). Forecast and counterfactual CIs are "
+                     "conditional on the forecaster: its errors are not in them"
+                     + ("; the ratio calibrated on held-out patients, which carries them, is in the primary table. " if t["counterfactual_calibrated"] is not None
+                        else ". ")
+                     + "x: the simulator's true ratio (simulated cohorts only)." + _footnote(prim_notes)))
         lf_fig, lf_notes = _mask_ratios(t["lesion_free"], [("OR", "odds_ratio", "ci_low", "ci_high")], labels)
         figs.append(("lesion_free", F.lesion_free_plot(lf_fig, arms_df),
                      "Patients with no NET2 lesion at follow-up, per arm, with Wilson 95% CIs; odds ratios (OR) vs the reference from logistic regression."
@@ -423,13 +429,13 @@ def build_report(
         t["responders"] = _responders_one_truth(t["responders"], t["primary_endpoint"])
         rsp_fig, rsp_notes = _mask_ratios(t["responders"], [("observed RR", "observed_rate_ratio", "ci_low", "ci_high")], labels)
         figs.append(("responders", F.responder_plot(rsp_fig, arms_df),
-                     "Observed NET2 rate ratios (NB2, 95% CI) among the 10%, 30%, 50% of patients with the largest forecast benefit and in all patients, "
+                     "Exploratory: observed NET2 rate ratios (NB2, 95% CI) among the 10%, 30%, 50% of patients with the largest forecast benefit and in all patients, "
                      "using only patients randomized to the arm or the reference (two-arm fits); the all-patients row is the primary estimate "
                      "(one model over all arms), the same number as in the primary table; open squares: the ratio the forecasts predict for the stratum."
                      + _footnote(sorted(set(rsp_notes)))))
         figs.append(("qini", F.qini_plot(t["qini_curve"], arms_df, qini_area=t["qini_area"]),
                      "Qini curves: cumulative observed NET2 lesions avoided when patients are treated in order of forecast benefit (solid) or in random order "
-                     "(dashed); the Qini coefficient is the area between them, normalised."))
+                     "(dashed); the Qini coefficient is the area between them, normalised as in Radcliffe (2007): perfect ranking 1, random 0 (exploratory)."))
         pg_fig, pg_notes = _mask_ratios(t["prognostic"], [("adjusted RR", "rate_ratio_adjusted", "ci_low_adjusted", "ci_high_adjusted")], labels)
         figs.append(("prognostic", F.prognostic_plot(pg_fig, arms_df),
                      "Prognostic adjustment: observed rate ratios without and with the log forecast mean under the reference arm as a covariate (left); "
@@ -483,6 +489,13 @@ def build_report(
         out_tables["prognostic"] = T.order_arms(t["prognostic"], arms_df)
         out_tables["power_analytic"] = T.order_arms(t["power_analytic"], arms_df)
         out_tables["power_simulated"] = T.order_arms(t["power_simulated"], arms_df)
+        for n in ("heterogeneity", "counterfactual_calibrated"):
+            if t[n] is not None:
+                out_tables[n] = T.order_arms(t[n], arms_df)
+        if t["estimands"] is not None:  # grouped by quantity (effects' order), arms in arms-table order within each
+            est = t["estimands"]
+            out_tables["estimands"] = pd.concat([T.order_arms(est[est["quantity"] == q], arms_df) for q in dict.fromkeys(est["quantity"])],
+                                                ignore_index=True) if len(est) else T.order_arms(est, arms_df)
         if t["truth_comparison"] is not None:
             out_tables["truth_comparison"] = T.order_arms(t["truth_comparison"], arms_df)
         for name, df in out_tables.items():
@@ -532,7 +545,11 @@ def build_report(
                                                                       "coverage_randomized_50", "coverage_randomized_80", "coverage_randomized_95")},
             "detection": {k: _metric(metrics, "detection", k) for k in ("lesion_recall_pooled", "lesion_precision_pooled", "lesion_f1_mean", "dice_mean")},
             "counterfactual": _records(out_tables["counterfactual_average"][["arm", "ratio_of_means", "ratio_ci_low", "ratio_ci_high", "mean_difference"]]),
-            "prognostic": _records(out_tables["prognostic"][["arm", "se_reduction_pct", "sample_size_saving_pct"]]),
+            "prognostic": _records(out_tables["prognostic"][[c for c in ("arm", "se_reduction_pct", "sample_size_saving_pct", "saving_ci_low_pct",
+                                                                         "saving_ci_high_pct") if c in out_tables["prognostic"].columns]]),
+            "heterogeneity": _records(out_tables["heterogeneity"]) if "heterogeneity" in out_tables else None,
+            "forecast_model": ef_summary.get("forecast_model"),
+            "estimands": ef_summary.get("estimands"),
             "vs_truth": ev_summary.get("vs_truth"),
             "flags": list(ev_summary.get("flags", [])),
             "figures": [f"figures/{e['name']}.{x}" for e in fig_entries for x in settings.figure_formats],
@@ -605,6 +622,19 @@ METRIC_NAMES = {
 }
 
 
+ESTIMAND_NAMES = {
+    "forecast_rate_ratio": "Forecast RR",
+    "counterfactual_ratio_of_means": "Counterfactual RR (ratio of means)",
+    "counterfactual_mean_difference": "Counterfactual mean difference",
+    "counterfactual_calibrated_ratio": "Counterfactual RR calibrated on held-out patients",
+    "heterogeneity_interaction": "Heterogeneity: arm x predicted-benefit interaction",
+    "responder_stratum_rate_ratio": "Responder strata (exploratory)",
+    "qini_coefficient": "Qini coefficient",
+    "prognostic_saving": "Prognostic adjustment: sample-size saving",
+    "power": "Power",
+}
+
+
 def _num(x: Any, digits: int = 2) -> str:
     return N.num(x, digits)
 
@@ -660,14 +690,20 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
     has_truth = "true_ratio_of_means" in cp.columns and cp["true_ratio_of_means"].notna().any()
     prim_cols = ["Arm", "Randomized, n", "Analysed, n", "NET2 lesions, n", "Patient-years", "Rate per patient-year (crude)",
                  "Model rate per year" + (f", adjusted for {', '.join(covs)}" if covs else " (NB2, arm only: unadjusted)"),
-                 "Observed RR (95% CI)", "p", "p, Holm-adjusted", "Forecast RR (95% CI)", "Counterfactual RR (95% CI)"] + (["True RR"] if has_truth else [])
+                 "Observed RR (95% CI)", "p", "p, Holm-adjusted", T.FORECAST_COL, T.COUNTERFACTUAL_COL]
+    cal = out_tables.get("counterfactual_calibrated")
+    cal = cal.set_index("arm") if cal is not None and len(cal) else None
+    if cal is not None:
+        prim_cols.append("Counterfactual RR calibrated on held-out patients (95% CI, forecaster error carried)")
+    prim_cols += ["True RR"] if has_truth else []
     prim_rows = []
     for r in cp.to_dict("records"):
         is_ref = r["arm"] == ref
         row = [labels.get(r["arm"], r["arm"]), str(r["n_randomized"]), str(r["n_analysed"]), str(r["events"]), _num(r["patient_years"], 1),
                _num(r["rate_per_patient_year"]), _num(r["model_rate_per_year"])]
         if is_ref:
-            row += ["1 (reference)", "", "", "1 (reference)", "1 (reference)"] + (["1 (reference)"] if has_truth else [])
+            row += ["1 (reference)", "", "", "1 (reference)", "1 (reference)"] + (["1 (reference)"] if cal is not None else []) \
+                + (["1 (reference)"] if has_truth else [])
         else:
             of = {k: r.get(f"observed_{k}", d) for k, d in (("estimable", True), ("note", ""))}
             ff = {k: r.get(f"forecast_{k}", d) for k, d in (("estimable", True), ("note", ""))}
@@ -677,6 +713,10 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                       if N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of)[0] else ("", "")),
                     N.ratio_text(r.get("forecast_rate_ratio"), r.get("forecast_ci_low"), r.get("forecast_ci_high"), reasons=fc_reasons, **ff),
                     N.ratio_text(r.get("counterfactual_rate_ratio"), r.get("counterfactual_ci_low"), r.get("counterfactual_ci_high"), reasons=fc_reasons, **cf)]
+            if cal is not None:
+                c = cal.loc[r["arm"]] if r["arm"] in cal.index else {}
+                row.append(N.ratio_text(c.get("calibrated_ratio"), c.get("ci_low"), c.get("ci_high"), estimable=c.get("estimable", True),
+                                        note=c.get("note", ""), reasons=fc_reasons) if len(c) else "NA")
             if has_truth:
                 row.append(_num(r.get("true_ratio_of_means")))
         prim_rows.append(row)
@@ -735,31 +775,93 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                          f"{_num(r['difference_p10'], 1)} / {_num(r['difference_median'], 1)} / {_num(r['difference_p90'], 1)}"] for r in cfa.to_dict("records")]}
     rsp = out_tables["responders"]
     has_true = "true_rate_ratio" in rsp.columns
-    rsp_rows = {"columns": ["Arm", "Stratum", "n arm / reference", "Predicted RR", "Observed RR (95% CI)", "p", "Note"] + (["True RR"] if has_true else []),
-                "rows": [[labels.get(r["arm"], r["arm"]), r["stratum"], f"{int(r['n_arm'])} / {int(r['n_reference'])}",
+
+    def rsp_note(r: dict) -> str:
+        note = r.get("note") if isinstance(r.get("note"), str) else ""
+        return "" if N.flagged(r.get("estimable", True)) else note  # a non-estimable stratum's reason is in its RR cell
+
+    rsp_rows = {"columns": ["Arm", "Stratum", "Analysis", "n arm / reference", "Predicted RR (conditional on the forecaster)", "Observed RR (95% CI)", "p",
+                            "Note"] + (["True RR"] if has_true else []),
+                "rows": [[labels.get(r["arm"], r["arm"]), r["stratum"], str(r.get("analysis") or ("primary" if r.get("fraction") == 1 else "exploratory")),
+                          f"{int(r['n_arm'])} / {int(r['n_reference'])}",
                           N.ratio_text(r["predicted_rate_ratio"], reasons=fc_reasons),
                           N.ratio_text(r["observed_rate_ratio"], r["ci_low"], r["ci_high"], estimable=r.get("estimable", True), note=r.get("note", "")),
-                          T.p_text(r["p_value"]), str(r["note"]) if isinstance(r.get("note"), str) else ""] + ([_num(r["true_rate_ratio"])] if has_true else [])
+                          T.p_text(r["p_value"]) if N.ratio_ok(r["observed_rate_ratio"], r["ci_low"], r["ci_high"], estimable=r.get("estimable", True),
+                                                               note=r.get("note", ""))[0] else "",
+                          rsp_note(r)] + ([_num(r["true_rate_ratio"])] if has_true else [])
                          for r in rsp.to_dict("records")]}
+    min_per_arm = int(rsp["min_per_arm"].dropna().iloc[0]) if "min_per_arm" in rsp.columns and rsp["min_per_arm"].notna().any() else None
+    het = out_tables.get("heterogeneity")
+    het_rows = None
+    if het is not None:
+        het_rows = {"columns": ["Arm", "n arm / reference", "Ratio of rate ratios per SD of predicted benefit (95% CI)", "p", "SD of predicted benefit, lesions"],
+                    "rows": [[labels.get(r["arm"], r["arm"]), f"{int(r['n_arm'])} / {int(r['n_reference'])}",
+                              N.ratio_text(r["interaction_ratio"], r["ci_low"], r["ci_high"], estimable=r.get("estimable", True), note=r.get("note", "")),
+                              T.p_text(r["p_value"]) if N.ratio_ok(r["interaction_ratio"], r["ci_low"], r["ci_high"], estimable=r.get("estimable", True),
+                                                                   note=r.get("note", ""))[0] else "",
+                              _num(r.get("benefit_sd"))] for r in het.to_dict("records")]}
     qa = out_tables["qini_area"].set_index("arm")
+    qini_norm = str(qa["normalisation"].dropna().iloc[0]) if "normalisation" in qa.columns and qa["normalisation"].notna().any() else ""
+
+    def qini_text(arm: str) -> str:
+        if arm not in qa.index:
+            return "NA"
+        q = qa.loc[arm]
+        if N.flagged(q.get("estimable", True)):
+            return N.ne_text(q.get("note") if isinstance(q.get("note"), str) else "")
+        return N.additive_text(q["qini_coefficient"], reasons=fc_reasons) if _num(q["qini_coefficient"]) != "NA" else "NA"
+
     pg = out_tables["prognostic"]
-    pg_rows = {"columns": ["Arm", "RR unadjusted", "RR adjusted (95% CI)", "SE reduction", "Sample-size saving", "Qini coefficient"],
+    has_pg_ci = {"saving_ci_low_pct", "saving_ci_high_pct"} <= set(pg.columns)
+    has_procova = {"procova_correlation", "procova_saving_pct"} <= set(pg.columns)
+
+    def pct_ci(est: Any, lo: Any = None, hi: Any = None) -> str:
+        """A percentage with its CI by the shared additive rule: '37% (-124% to 47%)' or 'not estimable (reason)'."""
+        if _num(est) == "NA":
+            return "NA"
+        ok, why = N.additive_ok(est, lo, hi, reasons=fc_reasons)
+        if not ok:
+            return N.ne_text(why)
+        return f"{_num(est, 0)}%" + (f" ({_num(lo, 0)}% to {_num(hi, 0)}%)" if _num(lo) != "NA" and _num(hi) != "NA" else "")
+
+    pg_rows = {"columns": ["Arm", "RR unadjusted", "RR adjusted (95% CI)", "SE reduction", "Sample-size saving (95% CI)"]
+                          + (["PROCOVA correlation (95% CI)", "PROCOVA saving (95% CI)"] if has_procova else [])
+                          + ["Qini coefficient (Radcliffe normalisation: perfect 1, random 0; exploratory)"],
                "rows": [[labels.get(r["arm"], r["arm"]), N.ratio_text(r["rate_ratio_unadjusted"]),
                          N.ratio_text(r["rate_ratio_adjusted"], r["ci_low_adjusted"], r["ci_high_adjusted"], estimable=r.get("estimable", True), note=r.get("note", "")),
-                         f"{_num(r['se_reduction_pct'], 0)}%", f"{_num(r['sample_size_saving_pct'], 0)}%",
-                         _num(qa.loc[r["arm"], "qini_coefficient"]) if r["arm"] in qa.index else "NA"] for r in pg.to_dict("records")]}
+                         f"{_num(r['se_reduction_pct'], 0)}%",
+                         pct_ci(r["sample_size_saving_pct"], r["saving_ci_low_pct"], r["saving_ci_high_pct"]) if has_pg_ci else pct_ci(r["sample_size_saving_pct"])]
+                        + ([N.additive_text(r["procova_correlation"], r.get("procova_correlation_ci_low"), r.get("procova_correlation_ci_high"), reasons=fc_reasons)
+                            if _num(r["procova_correlation"]) != "NA" else "NA",
+                            pct_ci(r["procova_saving_pct"], r.get("procova_saving_ci_low_pct"), r.get("procova_saving_ci_high_pct"))] if has_procova else [])
+                        + [qini_text(r["arm"])] for r in pg.to_dict("records")]}
     pa = out_tables["power_analytic"]
     ps = out_tables["power_simulated"]
+    rr_col = "design_rate_ratio" if "design_rate_ratio" in pa.columns else "rate_ratio"
+    outcome_law = str(pa["outcome_law"].dropna().iloc[0]) if "outcome_law" in pa.columns and pa["outcome_law"].notna().any() else ""
 
     def sim(arm: str, adjusted: bool) -> str:
         d = ps[(ps["arm"] == arm) & (ps["adjusted"].astype(str).str.lower().isin(["true", "1"]) == adjusted)]
         return f"{_num(d.iloc[0]['power'])} (n={int(d.iloc[0]['n_per_arm'])})" if len(d) else "NA"
 
-    pw_rows = {"columns": ["Arm", "Rate per year assumed, reference / arm", "Assumed RR (from the forecasts)", "Patients per arm for 80% / 90% power",
-                           "Simulated power, unadjusted", "Simulated power, adjusted"],
-               "rows": [[labels.get(r["arm"], r["arm"]), f"{_num(r['rate_reference'])} / {_num(r['rate_arm'])}", N.ratio_text(r["rate_ratio"], reasons=fc_reasons),
+    pw_rows = {"columns": ["Arm", "Rate per year assumed, reference / arm", "Design rate ratio (forecast ratio of means, an assumption)",
+                           "Patients per arm for 80% / 90% power", "Simulated power, unadjusted", "Simulated power, adjusted"],
+               "rows": [[labels.get(r["arm"], r["arm"]), f"{_num(r['rate_reference'])} / {_num(r['rate_arm'])}", N.ratio_text(r[rr_col], reasons=fc_reasons),
                          f"{_num(r['n_per_arm_80'], 0)} / {_num(r['n_per_arm_90'], 0)}" if pd.notna(r["n_per_arm_80"]) else (r.get("note") or "NA"),
                          sim(r["arm"], False), sim(r["arm"], True)] for r in pa.to_dict("records")]}
+
+    # ---- estimands: one sentence per forecast-derived quantity (effects.json `estimands`)
+    est_doc = summary.get("estimands") or {}
+    estimand_rows = [[ESTIMAND_NAMES.get(q, q.replace("_", " ")), str(e.get("estimand", "")),
+                      str(e.get("conditional_on") or e.get("note") or ""), str(e.get("ci_method", ""))
+                      + (f"; normalisation: {e['normalisation']}" if e.get("normalisation") else "")]
+                     for q, e in sorted(est_doc.items(), key=lambda kv: list(ESTIMAND_NAMES).index(kv[0]) if kv[0] in ESTIMAND_NAMES else len(ESTIMAND_NAMES))
+                     if isinstance(e, dict)]
+    fm = summary.get("forecast_model") or {}
+    forecast_method = (f"each ensemble sample is a fully synthetic trial: NB2 fitted per sample ({fm.get('samples')} fits used, "
+                       f"{fm.get('failed_fits')} failed and left out), rate ratio = mean of the per-sample fits; CI: {fm.get('pooling')}; "
+                       "conditional on the forecaster (outcomes are synthetic draws, not missing data)"
+                       if fm else "NB2 fitted per fully synthetic ensemble sample; CI conditional on the forecaster")
     s = settings_doc
     settings_rows = [
         ("Forecast provenance", prov.get("sentence", "unknown")),
@@ -781,7 +883,7 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
         ("Count model", f"{s['observed_model'].get('model') or 'NB2'}; formula {s['effects'].get('formula')} "
                         f"({'adjusted for ' + ', '.join(covs) if covs else 'no covariates'}); reference arm {labels.get(ref, ref)}; "
                         f"dispersion alpha {_num(s['observed_model'].get('alpha'))}; SEs from the {s['effects'].get('cov')} information"),
-        ("Forecast-based estimates", f"each of {s['effects'].get('samples')} ensemble samples as one imputation, pooled with Rubin's rules"),
+        ("Forecast-based estimates", forecast_method),
         ("Estimability", "one rule for every number (mseval/stats/estimability.py): a ratio is shown when finite, inside [0.001, 1000] with a CI "
                          "spanning at most a factor 1000; an additive estimate when its CI is at most 1000 wide; otherwise 'not estimable' and why"),
         ("Power simulation", f"{s['effects'].get('power_sims')} simulated trials per arm, seed {s['effects'].get('seed')}"),
@@ -839,6 +941,9 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                         "rows": lf_rows},
         "activity": metric_rows(out_tables["activity"]), "calibration": metric_rows(out_tables["calibration"], 3), "detection": det_rows,
         "counterfactual": cf_rows, "responders": rsp_rows, "prognostic": pg_rows, "power": pw_rows,
+        "heterogeneity": het_rows, "estimands": {"columns": ["Quantity", "Estimand", "Conditional on", "CI method"], "rows": estimand_rows},
+        "min_per_arm": min_per_arm, "qini_normalisation": qini_norm, "outcome_law": outcome_law,
+        "calibrated": cal is not None,
         "figures": {e["name"]: e for e in fig_entries}, "flags": summary.get("flags", []), "ref_label": labels[ref],
         "n_patients": summary["n_patients"], "n_arms": len(order), "simulated": summary["simulated"],
         "example": {"patient": ex.get("patient"), "arms": [labels.get(a, a) for a in ex.get("arms", [])]} if ex else None,
@@ -888,15 +993,24 @@ def _render_md(ctx: dict[str, Any]) -> str:
             "Randomized: patients allocated to the arm; analysed: those with an observed follow-up NET2 count. Rate per patient-year (crude): "
             "NET2 lesions / patient-years. Model rate per year: from the observed NB2 model ("
             + (f"adjusted for {', '.join(ctx['covariates'])}" if ctx["covariates"] else "arm only, not covariate-adjusted") + "). p: Wald test of the observed RR. "
-            + ctx["multiplicity"], ""] + fig("forest_plot")
+            + ctx["multiplicity"] + " Forecast and counterfactual CIs are conditional on the forecaster (its law taken as given; its errors are not in them)"
+            + ("; the calibrated column carries the forecaster's error measured on held-out patients." if ctx["calibrated"] else "."), ""] + fig("forest_plot")
+    out += ["### Estimands of the forecast-derived numbers", "", _md_table(ctx["estimands"]), ""]
     out += ["## Proportion free of NET2 lesions", "", _md_table(ctx["lesion_free"]), ""] + fig("lesion_free")
     out += ["## Activity classification", "", _md_table(ctx["activity"]), "", "All patients: value (95% CI); arms: value among patients randomized to the arm.", ""] + fig("activity_roc")
     out += ["## Calibration", "", _md_table(ctx["calibration"]), ""] + fig("reliability") + fig("pit_histogram") + fig("coverage") + fig("count_scatter")
     out += ["## Detection against the observed NET2 masks", "", _md_table(ctx["detection"]), ""] + fig("detection")
     out += ["## Counterfactual effects", "", _md_table(ctx["counterfactual"]), ""] + fig("effect_distribution")
-    out += ["### Effects in predicted-responder strata", "", _md_table(ctx["responders"]), ""] + fig("responders") + fig("qini")
-    out += ["## Prognostic adjustment", "", _md_table(ctx["prognostic"]), ""] + fig("prognostic")
-    out += ["## Power and sample size", "", _md_table(ctx["power"]), ""] + fig("power")
+    if ctx["heterogeneity"]:
+        out += ["### Heterogeneity of the effect: the interaction test (primary)", "",
+                "NB2 arm x predicted-benefit interaction among patients randomized to the arm or the reference (observed outcomes).", "",
+                _md_table(ctx["heterogeneity"]), ""]
+    out += ["### Effects in predicted-responder strata (exploratory)", "", _md_table(ctx["responders"]), ""] + fig("responders") + fig("qini")
+    out += ["## Prognostic adjustment", "", _md_table(ctx["prognostic"]), "",
+            f"Qini coefficient normalisation: {ctx['qini_normalisation'] or 'Radcliffe (2007)'}.", ""] + fig("prognostic")
+    out += ["## Power and sample size", "", _md_table(ctx["power"]), "",
+            "The design rate ratio is the forecast ratio of means, an assumption (conditional on the forecaster)"
+            + (f"; outcome law: {ctx['outcome_law']}." if ctx["outcome_law"] else "."), ""] + fig("power")
     out += ["## Example slices", ""] + fig("example_slices")
     if ctx["flags"]:
         out += ["## Flags", ""] + [f"- {f}" for f in ctx["flags"]] + [""]

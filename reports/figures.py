@@ -34,7 +34,7 @@ ArmsLike = pd.DataFrame | Sequence[str]
 
 ESTIMATES = (
     ("observed", "Observed (NB2 regression)", "o"),
-    ("forecast", "Forecast (NB2 per sample, Rubin's rules)", "s"),
+    ("forecast", "Forecast (NB2 per synthetic sample, sandwich CI)", "s"),
     ("counterfactual", "Counterfactual (ensemble means, all patients)", "D"),
 )
 GREY = "#7f7f7f"
@@ -124,7 +124,8 @@ def forest_plot(primary: pd.DataFrame, arms: ArmsLike, *, reference: str | None 
                    for k, n, m in ESTIMATES]
         if has_truth:
             handles.append(Line2D([], [], marker="x", color="black", ls="none", mew=1.5, label="Truth (simulator)"))
-        fig.legend(handles=handles, loc="outside lower center", ncol=2, title="Estimate (95% CI)")
+        fig.legend(handles=handles, loc="outside lower center", ncol=2,
+                   title="Estimate (95% CI; forecast and counterfactual CIs conditional on the forecaster)")
         ax.set_title(title or "Primary endpoint: NET2 lesion rate ratios")
     return fig
 

@@ -45,6 +45,8 @@ def _given(*v: Any) -> bool:
 
 
 def ne_text(note: str) -> str:
+    """'not estimable (reason)'; a reason given twice (by the analysis and by the shared rule) is printed once."""
+    note = "; ".join(dict.fromkeys(p.strip() for p in note.split(";") if p.strip())) if note else ""
     return f"{NOT_ESTIMABLE} ({note})" if note else NOT_ESTIMABLE
 
 

@@ -117,9 +117,15 @@ def p_text(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+FORECAST_COL = "Forecast RR (95% CI, conditional on the forecaster)"
+COUNTERFACTUAL_COL = "Counterfactual RR (95% CI, conditional on the forecaster)"
+
+
 def primary_table(primary: pd.DataFrame, arms: pd.DataFrame | Sequence[str], reference: str | None = None) -> pd.DataFrame:
     """The primary endpoint as shown: one row per arm (the reference first, '1 (reference)'):
-    observed RR (95% CI) and p, forecast RR (Rubin), counterfactual RR, true ratio when present."""
+    observed RR (95% CI) and p, forecast RR (mean of the NB2 fits per synthetic sample, patient-level
+    sandwich CI) and counterfactual RR (ratio of ensemble means), both with CIs conditional on the
+    forecaster, and the true ratio when present."""
     order, labels = arm_order(arms), arm_labels(arms)
     p = primary.set_index("arm")
     has_truth = "true_ratio_of_means" in p.columns and p["true_ratio_of_means"].notna().any()
@@ -127,8 +133,8 @@ def primary_table(primary: pd.DataFrame, arms: pd.DataFrame | Sequence[str], ref
     for a in order:
         if a not in p.index:
             if a == reference:
-                r = {"Arm": labels[a], "Observed RR (95% CI)": "1 (reference)", "p": "", "Forecast RR, Rubin (95% CI)": "1 (reference)",
-                     "Counterfactual RR (95% CI)": "1 (reference)"}
+                r = {"Arm": labels[a], "Observed RR (95% CI)": "1 (reference)", "p": "", FORECAST_COL: "1 (reference)",
+                     COUNTERFACTUAL_COL: "1 (reference)"}
                 if has_truth:
                     r["True RR"] = "1 (reference)"
                 rows.append(r)
@@ -137,8 +143,8 @@ def primary_table(primary: pd.DataFrame, arms: pd.DataFrame | Sequence[str], ref
         r = {"Arm": labels[a],
              "Observed RR (95% CI)": ci_text(x["observed_rate_ratio"], x["observed_ci_low"], x["observed_ci_high"]),
              "p": p_text(x.get("observed_p_value", float("nan"))),
-             "Forecast RR, Rubin (95% CI)": ci_text(x["forecast_rate_ratio"], x.get("forecast_ci_low"), x.get("forecast_ci_high")),
-             "Counterfactual RR (95% CI)": ci_text(x["counterfactual_rate_ratio"], x.get("counterfactual_ci_low"), x.get("counterfactual_ci_high"))}
+             FORECAST_COL: ci_text(x["forecast_rate_ratio"], x.get("forecast_ci_low"), x.get("forecast_ci_high")),
+             COUNTERFACTUAL_COL: ci_text(x["counterfactual_rate_ratio"], x.get("counterfactual_ci_low"), x.get("counterfactual_ci_high"))}
         if has_truth:
             r["True RR"] = _fmt(x["true_ratio_of_means"], 2)
         rows.append(r)

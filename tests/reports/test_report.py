@@ -129,3 +129,65 @@ def test_store_missing_patients_names_them(store, tmp_path):
         build_report(cohort, trial["fc"], tmp_path / "rep", settings=FAST)
     assert "\n" not in exc.value.message
     assert not (tmp_path / "rep").exists()
+
+
+def test_report_shows_forecast_inference_as_computed_not_as_rubin_imputation(trial, tmp_path):
+    """Issue 9 in the report: the forecast RR is an NB2 fit per fully synthetic sample with a sandwich CI
+    (never 'Rubin' / 'imputation'), forecast-derived CIs say they are conditional on the forecaster,
+    every estimand in effects.json is named, and the heterogeneity interaction test is shown with the
+    numbers of heterogeneity.csv (by the shared estimability rule)."""
+    from reports import numbers as N
+    from reports import tables as T
+
+    rep = build_report(trial["cohort"], trial["fc"], tmp_path / "r", evaluation_dir=trial["ev"], effects_dir=trial["eff"], settings=FAST)
+    html, md = rep.html.read_text(), (rep.out / "report.md").read_text()
+    for text in (html, md):
+        assert "rubin" not in text.lower() and "imputation" not in text.lower()
+        assert T.FORECAST_COL in text and T.COUNTERFACTUAL_COL in text  # primary table headers
+        assert "Design rate ratio (forecast ratio of means, an assumption)" in text
+        assert "Radcliffe" in text
+    cap = json.loads((rep.out / "summary.json").read_text())
+    assert "conditional on the forecaster" in html.split('id="fig-forest_plot"')[1].split("</figure>")[0]  # forest plot caption
+    # every estimand sentence of effects.json appears in the report
+    ef = json.loads((trial["eff"] / "effects.json").read_text())
+    import html as H
+
+    for q, e in ef["estimands"].items():
+        assert e["estimand"] in H.unescape(html), q
+        assert e["estimand"] in md, q
+    assert cap["forecast_model"]["samples"] == ef["forecast_model"]["samples"]
+    # the interaction test: its own section, every arm's ratio of rate ratios and p as heterogeneity.csv says
+    het = pd.read_csv(trial["eff"] / "heterogeneity.csv")
+    section = md.split("### Heterogeneity of the effect: the interaction test (primary)")[1].split("###")[0]
+    assert "Ratio of rate ratios per SD of predicted benefit" in section
+    for r in het.to_dict("records"):
+        cell = N.ratio_text(r["interaction_ratio"], r["ci_low"], r["ci_high"], estimable=r["estimable"], note=r["note"])
+        assert cell in section, (r["arm"], cell)
+        if not cell.startswith(N.NOT_ESTIMABLE):
+            assert T.p_text(r["p_value"]) in section
+    # responder strata: exploratory, and no non-estimable stratum printed as a number
+    rsp = pd.read_csv(trial["eff"] / "responders.csv")
+    rsec = md.split("### Effects in predicted-responder strata (exploratory)")[1].split("\n\n")[1]
+    ne_rows = [ln for ln in rsec.splitlines() if "| exploratory |" in ln]
+    assert len(ne_rows) == int((rsp["analysis"] == "exploratory").sum())
+    assert all(N.NOT_ESTIMABLE in ln for ln, ok in zip(ne_rows, rsp[rsp["analysis"] == "exploratory"]["estimable"]) if not ok)
+    # prognostic saving carries its bootstrap CI
+    pg = pd.read_csv(trial["eff"] / "prognostic.csv").iloc[0]
+    assert f"{pg['sample_size_saving_pct']:.0f}% ({pg['saving_ci_low_pct']:.0f}% to {pg['saving_ci_high_pct']:.0f}%)" in md
+
+
+def test_report_shows_the_calibrated_ratio_when_held_out_patients_are_given(trial, tmp_path):
+    """With held-out patients the calibrated counterfactual ratio (forecaster error carried) is its own
+    column, named as such; without them it is absent (test above)."""
+    from mseval.effects import EffectsSettings, run_effects
+
+    ids = list(pd.read_csv(trial["cohort"] / "manifest.csv")["patient_id"].astype(str))
+    eff = tmp_path / "eff_cal"
+    run_effects(trial["cohort"], trial["fc"], eff, EffectsSettings(power_sims=2, prognostic_bootstrap=20, heldout_patients=tuple(ids)),
+                counts_path=trial["root"] / "counts" / "counts.parquet")
+    assert (eff / "counterfactual_calibrated.csv").is_file()
+    rep = build_report(trial["cohort"], trial["fc"], tmp_path / "r", evaluation_dir=trial["ev"], effects_dir=eff, settings=FAST)
+    md = (rep.out / "report.md").read_text()
+    header = md.split("## Primary endpoint: NET2 lesion rate ratios")[1].split("\n\n")[1].splitlines()[0]
+    assert "Counterfactual RR calibrated on held-out patients (95% CI, forecaster error carried)" in header
+    assert "the calibrated column carries the forecaster's error" in md
