@@ -132,8 +132,15 @@ def diffusion_loss(
     else:
         t = (u * cfg.num_train_timesteps).long().clamp_(max=cfg.num_train_timesteps - 1)
     a = acp[t].to(dev, torch.float32).view(shape)
+    return noised_loss(model, x0, noise, a, cond, t.to(dev), labels, cfg)
+
+
+def noised_loss(model: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor, cond: torch.Tensor,
+                t: torch.Tensor, labels: torch.Tensor, cfg: ForecastConfig) -> torch.Tensor:
+    """The DDPM-objective loss at noise level alpha-bar `a` ((B, 1, 1, 1, 1)): noise x0, run the
+    network at timesteps `t` (B,), weighted MSE on the parametrization's target (+ Dice/BCE on x0-hat)."""
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    out = model(x_t, cond, t.to(dev), labels)
+    out = model(x_t, cond, t, labels)
     par = Parametrization(cfg.prediction)
     loss = weighted_mse(out.float(), par.target(x0, noise, a), x0, cfg.fg_weight)
     if cfg.dice_bce_weight > 0:

@@ -139,7 +139,7 @@ def _traceable_loss(model: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor
                     cfg: ForecastConfig) -> torch.Tensor:
     """`forecast.diffusion.diffusion_loss` with the same tensors allocated, minus its one
     data-dependent branch (which rows drop their arm label), so fake tensors can trace it."""
-    from forecast.diffusion import Parametrization, soft_dice_bce, weighted_mse
+    from forecast.diffusion import noised_loss
 
     b = x0.shape[0]
     noise = torch.randn(x0.shape)
@@ -147,14 +147,7 @@ def _traceable_loss(model: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor
     shape = (b,) + (1,) * (x0.ndim - 1)
     t = torch.randint(0, cfg.num_train_timesteps, (b,))
     a = torch.rand(cfg.num_train_timesteps, dtype=torch.float64).to(torch.float32)[t].view(shape)  # alpha-bar (values irrelevant)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    out = model(x_t, cond, t, labels)
-    par = Parametrization(cfg.prediction)
-    loss = weighted_mse(out.float(), par.target(x0, noise, a), x0, cfg.fg_weight)
-    if cfg.dice_bce_weight > 0:
-        x0_hat, _ = par.split(out.float(), x_t, a)
-        loss = loss + cfg.dice_bce_weight * soft_dice_bce(x0_hat, x0)
-    return loss
+    return noised_loss(model, x0, noise, a, cond, t, labels, cfg)
 
 
 def training_peak(cfg: ForecastConfig, micro_batch: int, *, bf16: bool = True, checkpointing: bool | None = None,
