@@ -162,7 +162,8 @@ def forecast_cohort(
     Every input is checked before the store is created; blocks present are skipped. Under
     torchrun, patient i goes to rank i mod world and rank 0 consolidates the index; every rank
     skips the blocks already in the store (index or journal) when it starts. Compression and
-    writing of a patient's blocks run on a writer thread while the next patient samples. Each block
+    writing of a patient's blocks run on a writer thread while the next patient samples (CUDA only;
+    on the CPU they run in turn, since sampling already occupies every core). Each block
     records the device, dtype and deterministic settings (`forecast.runtime`); batch-size
     invariance is claimed only on the CPU. Returns the store opened for reading (None on ranks other than 0).
     """
@@ -219,9 +220,12 @@ def forecast_cohort(
             seeds = [[derive_seed(seed, pid, c.name, s) for s in range(samples)] for c in missing]
             x0s = sample_patient(model, cfg, p.cond, missing, seeds, settings, batch_size=batch_size, acp=acp, device=dev,
                                  max_rows=max_rows)
-            if pending is not None:
-                pending.result()  # at most one patient waits for the writer; its errors surface here
-            pending = writer.submit(write, pid, missing, x0s, seeds, p.affine)
+            if dev.type != "cuda":  # on the CPU the cores are busy sampling: a writer thread would only oversubscribe them
+                write(pid, missing, x0s, seeds, p.affine)
+            else:
+                if pending is not None:
+                    pending.result()  # at most one patient waits for the writer; its errors surface here
+                pending = writer.submit(write, pid, missing, x0s, seeds, p.affine)
             if progress:
                 progress(n + 1, len(todo))
         if pending is not None:

@@ -120,11 +120,12 @@ def _nb2_derivs(y: np.ndarray, X: np.ndarray, eta: np.ndarray, theta: float) -> 
     """Gradient (k+1,) and Hessian (k+1, k+1) of the log-likelihood in (beta, t = log theta)."""
     mu = np.exp(eta)
     tm = theta + mu
+    q = mu / tm  # in [0, 1]: the ratios below are written so that no intermediate overflows for huge mu
     d_eta = theta * (y - mu) / tm
-    w = theta * mu * (y + theta) / tm**2  # -d2l/deta2
+    w = theta * q * (y + theta) / tm  # -d2l/deta2
     d_theta = _sums(y, theta, 1) - np.log1p(mu / theta) + (mu - y) / tm
-    h_theta = -_sums(y, theta, 2) + 1.0 / theta - 2.0 / tm + (y + theta) / tm**2
-    c = theta * (y - mu) * mu / tm**2  # d2l/deta dt
+    h_theta = -_sums(y, theta, 2) + 1.0 / theta - 2.0 / tm + ((y + theta) / tm) / tm
+    c = d_eta * q  # d2l/deta dt = theta (y - mu) mu / (theta + mu)^2
     k = X.shape[1]
     g = np.empty(k + 1)
     g[:k] = X.T @ d_eta
