@@ -129,7 +129,7 @@ def run_demo(
     config: str = "tiny_quality",
     sample_steps: int = 6,
     train_steps: int | None = None,
-    power_sims: int = 50,
+    power_sims: int = 10,
     report_settings: Any = None,
     say: Callable[[str], None] | None = None,
     stage: Stage | None = None,
@@ -141,6 +141,8 @@ def run_demo(
     second trial simulated with `seed + 1`.
 
     report_settings: a `reports.builder.ReportSettings` (default: full quality, `workers`, `power_sims`, `seed`).
+    power_sims: simulated trials per arm of the report's simulated power (10 keeps the demo within 10
+    minutes on two cores; `mseval report --power-sims 50` on the demo's folders gives the full figure).
     say(message): progress messages; stage(description) -> update(done, total): progress bars.
     """
     from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
