@@ -50,6 +50,10 @@ class ForecastConfig:
     p_uncond: float = 0.1
     dice_bce_weight: float = 0.0
     fg_weight: float = 0.0  # extra MSE weight on voxels at or next to the target foreground (0 = plain MSE)
+    # count pathway (forecast.count_head): NB2 head on baseline features + a network conditioned on the lesion count
+    count_head: bool = False
+    count_head_hidden: int = 32
+    count_head_epochs: int = 3000
     # training
     steps: int = 2000
     batch_size: int = 4
@@ -167,6 +171,8 @@ class ForecastConfig:
             raise InputError(source, f"flip_axes {list(self.flip_axes)}: distinct voxel axes among 0, 1, 2", field="flip_axes")
         if self.batch_size % self.grad_accumulation:
             raise InputError(source, f"batch_size {self.batch_size} is not divisible by grad_accumulation={self.grad_accumulation}", field="grad_accumulation")
+        if self.count_head and not {"t2_lesion_mask", "gd_lesion_mask"} <= set(self.inputs):
+            raise InputError(source, "count_head needs t2_lesion_mask and gd_lesion_mask among the inputs (its features are read from them)", field="count_head")
         if self.arms is not None and len(self.arms) == 0:
             raise InputError(source, "arms must not be empty", field="arms")
 

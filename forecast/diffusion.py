@@ -112,7 +112,7 @@ def diffusion_loss(
         u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generator])  # the timestep draw
     labels = labels.clone()
     if drop.any() or not cfg.use_arm:
-        null = torch.zeros(cfg.num_classes, device=dev)
+        null = torch.zeros(labels.shape[1], device=dev)  # class 0; with count columns also 'no count'
         null[0] = 1.0
         rows = torch.ones(b, dtype=torch.bool) if not cfg.use_arm else drop
         labels[rows.to(dev)] = null

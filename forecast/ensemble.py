@@ -20,7 +20,7 @@ from forecast.checkpoint import Checkpoint, build_model, load_checkpoint
 from forecast.config import ForecastConfig
 from forecast.data import load_patient
 from forecast.diffusion import alphas_cumprod
-from forecast.model import arm_weights, blend_weights
+from forecast.model import arm_weights, blend_weights, count_labels
 from forecast.runtime import configure_backend
 from forecast.sampler import SamplerSettings, binarize, chunked_rows, sample
 from mseval.errors import InputError
@@ -98,6 +98,31 @@ def check_sampler(cfg: ForecastConfig, settings: SamplerSettings) -> None:
         raise InputError(None, f"sampler {settings.sampler!r} does not fit a {cfg.objective} checkpoint (use {need})", field="sampler")
 
 
+def head_features(cohort: Cohort, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """Raw count-head features (5,) per patient, read from the input masks and the manifest."""
+    from forecast.count_head import feature_matrix
+    from mseval.lesions.baseline_features import baseline_features
+
+    if not ids:
+        return {}
+    f = baseline_features(cohort, ids)
+    try:
+        x = feature_matrix(f)
+    except ValueError as exc:
+        raise InputError(cohort.root / "manifest.csv", f"count head: {exc}", field="t2_lesion_mask") from None
+    return {pid: x[k] for k, pid in enumerate(f["patient_id"])}
+
+
+def requested_counts(model: torch.nn.Module, x: np.ndarray, conditions: Sequence[Condition], seeds: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The number of NET2 lesions each member is drawn with: one NB2 draw from the count head's law
+    for the patient's features x (5,) under the condition's arm weights, from the member's seed."""
+    from forecast.count_head import draw_counts, nb2_params
+
+    w = torch.stack([c.weights for c in conditions]).float().numpy()
+    mean, alpha = nb2_params(model.count_head, np.repeat(x[None], len(conditions), 0), w)
+    return [draw_counts(float(m), float(a), sd) for m, a, sd in zip(mean, alpha, seeds)]
+
+
 def sample_patient(
     model: torch.nn.Module,
     cfg: ForecastConfig,
@@ -110,8 +135,10 @@ def sample_patient(
     acp: torch.Tensor,
     device: torch.device,
     max_rows: int | None = None,
+    counts: Sequence[Sequence[int]] | None = None,
 ) -> list[torch.Tensor]:
-    """Sample one patient under each condition. cond: (C, X, Y, Z); seeds[j]: the seeds of condition j.
+    """Sample one patient under each condition. cond: (C, X, Y, Z); seeds[j]: the seeds of condition j;
+    counts[j]: for a count-conditioned model, the number of NET2 lesions each member of condition j is drawn with.
     Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. Members are batched `batch_size` at a time
     (x2 rows when guided); `max_rows` caps the rows of one network call (less memory, same output)."""
     jobs = [(j, s) for j, c in enumerate(conditions) for s in range(len(seeds[j]))]
@@ -120,6 +147,8 @@ def sample_patient(
     for lo in range(0, len(jobs), batch_size):
         chunk = jobs[lo: lo + batch_size]
         labels = torch.stack([conditions[j].weights for j, _ in chunk]).to(device)
+        if counts is not None:
+            labels = count_labels(labels, torch.tensor([float(counts[j][s]) for j, s in chunk]))
         gens = [torch.Generator().manual_seed(int(seeds[j][s])) for j, s in chunk]
         conds = to_layout(c.unsqueeze(0).expand(len(chunk), *c.shape), device)  # once, not at every step
 
@@ -193,6 +222,7 @@ def forecast_cohort(
     done = set(existing.keys()) if existing is not None else set()  # what every rank must not sample again
     todo = [pid for k, pid in enumerate(ids) if k % world == rank and any((pid, c.name) not in done for c in conditions)]
     loaded = {pid: load_patient(cohort, pid, cfg, with_target=False) for pid in todo}  # every check before any write
+    head_x = head_features(cohort, todo) if cfg.count_head else {}
     if rank == 0:
         store = ForecastStore.create(out)
         write_store_provenance(out, ckpt.id, ckpt.provenance)
@@ -203,11 +233,13 @@ def forecast_cohort(
     acp = alphas_cumprod(cfg).to(torch.float64)
     record = {"model": "forecast", **settings.to_dict(), "seed": int(seed), "ema": bool(ema), **runtime}
 
-    def write(pid: str, missing: list[Condition], x0s: list[torch.Tensor], seeds: list[list[int]], affine: np.ndarray) -> None:
-        for c, x0, sd in zip(missing, x0s, seeds):
+    def write(pid: str, missing: list[Condition], x0s: list[torch.Tensor], seeds: list[list[int]], affine: np.ndarray,
+              counts: list[list[int]] | None) -> None:
+        for j, (c, x0, sd) in enumerate(zip(missing, x0s, seeds)):
             masks, prob = binarize(x0)
+            rec = record if counts is None else {**record, "requested_counts": [int(n) for n in counts[j]]}
             store.write_block(pid, c.name, masks, affine, sd, checkpoint=ckpt.id,
-                              sampler=record, prob=prob if save_prob else None)
+                              sampler=rec, prob=prob if save_prob else None)
 
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -218,14 +250,15 @@ def forecast_cohort(
             p = loaded.pop(pid)
             missing = [c for c in conditions if (pid, c.name) not in done]
             seeds = [[derive_seed(seed, pid, c.name, s) for s in range(samples)] for c in missing]
+            counts = requested_counts(model, head_x[pid], missing, seeds) if cfg.count_head else None
             x0s = sample_patient(model, cfg, p.cond, missing, seeds, settings, batch_size=batch_size, acp=acp, device=dev,
-                                 max_rows=max_rows)
+                                 max_rows=max_rows, counts=counts)
             if dev.type != "cuda":  # on the CPU the cores are busy sampling: a writer thread would only oversubscribe them
-                write(pid, missing, x0s, seeds, p.affine)
+                write(pid, missing, x0s, seeds, p.affine, counts)
             else:
                 if pending is not None:
                     pending.result()  # at most one patient waits for the writer; its errors surface here
-                pending = writer.submit(write, pid, missing, x0s, seeds, p.affine)
+                pending = writer.submit(write, pid, missing, x0s, seeds, p.affine, counts)
             if progress:
                 progress(n + 1, len(todo))
         if pending is not None:

@@ -26,6 +26,44 @@ class ArmEmbedding(nn.Embedding):
         return super().forward(labels)
 
 
+class ConditionEmbedding(nn.Module):
+    """The class embedding of a count-conditioned model: labels (B, K+3) = arm weights (K+1), a flag
+    'count given' (0/1) and the count n; returns arm weights @ table + flag x MLP(one-hot min(n, 16),
+    log(1 + n)), shape (B, dim). Labels of width K+1 (no count columns) mean 'no count given'.
+    The null row of classifier-free guidance (class 0, zeros elsewhere) drops the arm and the count."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        from forecast.count_head import MAX_ONEHOT
+
+        self.num_classes = num_classes
+        self.arm = ArmEmbedding(num_classes, dim)
+        self.count = nn.Sequential(nn.Linear(MAX_ONEHOT + 2, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        from forecast.count_head import MAX_ONEHOT
+
+        k = self.num_classes
+        emb = self.arm(labels[:, :k].float())
+        if labels.shape[1] < k + 2:
+            return emb
+        given = labels[:, k: k + 1].float()
+        n = labels[:, k + 1].float().clamp_min(0)
+        feats = torch.cat([nn.functional.one_hot(n.round().long().clamp_max(MAX_ONEHOT), MAX_ONEHOT + 1).float(),
+                           torch.log1p(n)[:, None]], dim=1)
+        return emb + given * self.count(feats.to(emb.dtype))
+
+
+def count_labels(arm_w: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
+    """(B, K+3) labels of a count-conditioned model: arm weights (B, K+1), then [1, n] per row
+    (counts (B,)), or [0, 0] (no count) when counts is None."""
+    extra = torch.zeros(arm_w.shape[0], 2, device=arm_w.device, dtype=arm_w.dtype)
+    if counts is not None:
+        extra[:, 0] = 1.0
+        extra[:, 1] = counts.to(arm_w.device, arm_w.dtype)
+    return torch.cat([arm_w, extra], dim=1)
+
+
 class NET2Denoiser(nn.Module):
     """x_t: (B, 1, X, Y, Z) noisy NET2 mask in [-1, 1] (plus noise); cond: (B, C, X, Y, Z) baseline
     channels; t: (B,) timesteps (float for rectified flow); labels: (B, K+1) arm weights.
@@ -51,9 +89,20 @@ class NET2Denoiser(nn.Module):
             use_flash_attention=cfg.flash_attention,
         )
         old = self.unet.class_embedding
-        emb = ArmEmbedding(old.num_embeddings, old.embedding_dim)
-        emb.weight.data.copy_(old.weight.data)
-        self.unet.class_embedding = emb
+        if cfg.count_head:
+            from forecast.count_head import CountHead
+
+            cemb = ConditionEmbedding(old.num_embeddings, old.embedding_dim)
+            cemb.arm.weight.data.copy_(old.weight.data)
+            self.unet.class_embedding = cemb
+            self.count_head: CountHead | None = CountHead(cfg.num_classes, cfg.count_head_hidden)
+            for prm in self.count_head.parameters():  # fitted on its own (forecast.count_head.fit_count_head)
+                prm.requires_grad_(False)
+        else:
+            emb = ArmEmbedding(old.num_embeddings, old.embedding_dim)
+            emb.weight.data.copy_(old.weight.data)
+            self.unet.class_embedding = emb
+            self.count_head = None
         if cfg.activation_checkpointing:
             checkpoint_blocks(self.unet)
 

@@ -29,7 +29,7 @@ from forecast.config import ForecastConfig
 from forecast.cache import PatientCache, build_cache, step_loader
 from forecast.data import Augment, split_patients
 from forecast.diffusion import alphas_cumprod, diffusion_loss, to_signed
-from forecast.model import NET2Denoiser, arm_weights
+from forecast.model import NET2Denoiser, arm_weights, count_labels
 from forecast.runtime import configure_backend
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
@@ -178,7 +178,15 @@ def train(
         torch.distributed.barrier()
     data = PatientCache(cache, train_ids)
     augment = Augment(cfg) if cfg.augment else None
-    model = init_model(cfg).to(dev)
+    model = init_model(cfg)
+    counts: torch.Tensor | None = None
+    head_fit: dict | None = None
+    if cfg.count_head:  # the count pathway: observed NET2 counts condition the network; the head is fitted once, at step 0
+        from forecast.count_head import fit_head_on_cohort
+
+        counts, fit = fit_head_on_cohort(model, cohort, train_ids, val_ids, fit=ckpt is None)
+        head_fit = fit.to_dict() if fit is not None else (ckpt.provenance or {}).get("count_head") if ckpt is not None else None
+    model = model.to(dev)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, log = 0, []
@@ -197,6 +205,8 @@ def train(
     local = cfg.batch_size // (world * acc)
     provenance = {**training_provenance(cohort, train_ids, val_ids), "device": str(dev), "world_size": world,
                   "torch_threads": torch.get_num_threads()}
+    if head_fit is not None:
+        provenance["count_head"] = head_fit
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
 
     def snapshot(at: int) -> Checkpoint:
@@ -232,6 +242,8 @@ def train(
                     arms = [data.arms[int(p)] for p in patient_ids[sl]]
                     gens = [torch.Generator().manual_seed(_seed(derive_seed(cfg.seed, "noise", k, m))) for m in members]
                     labels = arm_weights(cfg, arms, device=dev)
+                    if counts is not None:
+                        labels = count_labels(labels, counts[patient_ids[sl].long()])
                     sync = net.no_sync() if world > 1 and j < acc - 1 else contextlib.nullcontext()
                     with sync:
                         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
