@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_CPU := torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: install test demo bench clean r
+.PHONY: install test demo bench clean r checkpoint
 
 # R and MASS for the live glm.nb parity test (Debian/Ubuntu, as root): `make r`.
 r:
@@ -38,6 +38,11 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/mseval demo --out $(DEMO_OUT)
+
+# Rebuild the shipped demo checkpoint forecast/checkpoints/tiny_count from scratch (about 70 minutes on two
+# CPU cores: simulate 2,400 + 240 patients, train 1,750 steps, choose the guidance on the validation trial).
+checkpoint: $(STAMP)
+	$(PY) -m forecast.release --out forecast/checkpoints/tiny_count --work build/checkpoint
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

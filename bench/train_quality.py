@@ -102,7 +102,7 @@ def evaluate(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, sampl
     ids = split_ids(cohort, ckpt.train_ids, ckpt.val_ids, "validation")
     if patients:
         ids = ids[:patients]
-    settings = SamplerSettings(sampler or cfg.sampler, sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0)
+    settings = SamplerSettings(sampler or cfg.sampler, sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0, cfg.count_tries)
     t0 = time.perf_counter()
     store = forecast_cohort(cohort.root, ckpt, out / "forecasts", samples=samples, arms=arms, settings=settings,
                             batch_size=batch_size, seed=seed, patients=ids, device="cpu")
@@ -140,7 +140,7 @@ def score_heldout(cohort_dir: Path, ckpt_dir: Path, out: Path, *, samples: int, 
     ckpt = load_checkpoint(ckpt_dir)
     cfg = ckpt.config
     cohort = read_cohort(cohort_dir)
-    settings = SamplerSettings(cfg.sampler, sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0)
+    settings = SamplerSettings(cfg.sampler, sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0, cfg.count_tries)
     t0 = time.perf_counter()
     store = sample_allocated(cohort, ckpt, out / "forecasts", cohort.patient_ids, samples=samples, settings=settings,
                              batch_size=batch_size, seed=seed)
@@ -177,7 +177,7 @@ def protocol(a: argparse.Namespace) -> dict:
     summary = evaluate_checkpoint(ckpt_dir, test_c, ev, split="all", samples=a.samples, batch_size=a.batch_size, seed=a.seed, device="cpu",
                                   arms="allocated", tune_cohort=val_c, tune_guidance=parse_grid(a.guidance_grid, float, None),
                                   tune_steps=parse_grid(a.steps_grid, int, None), tune_samplers=parse_grid(a.sampler_grid, str, None),
-                                  tune_samples=a.tune_samples, baseline_cohort=train_c, record_in_checkpoint=True)
+                                  tune_count_tries=parse_grid(a.count_tries_grid, int, None), tune_samples=a.tune_samples, baseline_cohort=train_c, record_in_checkpoint=True)
     summary["protocol"]["seconds_tuning_and_test"] = time.perf_counter() - t0
     summary["protocol"]["cohorts"] = {"train": str(train_c), "validation": str(val_c), "test": str(test_c)}
     from mseval.io.atomic import write_json_atomic
@@ -265,6 +265,7 @@ def main() -> None:
     ap.add_argument("--guidance-grid", default="1,3")
     ap.add_argument("--steps-grid", default="6")
     ap.add_argument("--sampler-grid", default="ddim")
+    ap.add_argument("--count-tries-grid", default="1", help="count-conditioned configs: rejection draws per member to try")
     ap.add_argument("--tune-samples", type=int, default=12)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

@@ -134,3 +134,24 @@ def build_model(ckpt: Checkpoint, *, ema: bool = True, device: str | torch.devic
     except RuntimeError as exc:
         raise InputError(weights_path(ckpt.path or "."), f"weights do not fit the config ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval()
+
+
+def export_checkpoint(ckpt: Checkpoint, folder: str | Path, *, config: ForecastConfig | None = None,
+                      provenance: dict[str, Any] | None = None) -> Checkpoint:
+    """Write a release copy of `ckpt` into `folder`: the EMA weights only (as both `model` and `ema`,
+    stored once), no optimizer state (it cannot be resumed), the training log, split and provenance
+    (plus `exported_from`: the source checkpoint's id), and optionally a config with other sampling
+    defaults (e.g. the guidance chosen on validation data). Sampling with `ema=True` gives the same
+    numbers as the source checkpoint at the same settings. Returns the written checkpoint."""
+    cfg = config or ckpt.config
+    if config is not None:
+        fixed = ("channels", "attention_levels", "num_res_blocks", "inputs", "shape", "arms", "count_head", "prediction", "objective")
+        changed = [k for k in fixed if getattr(config, k) != getattr(ckpt.config, k)]
+        if changed:
+            raise InputError(None, f"an exported config may change sampling defaults only, not {changed[0]!r}", field=changed[0])
+    ema = {k: v.detach().cpu().clone() for k, v in ckpt.ema.items()}
+    prov = {**dict(ckpt.provenance), **(provenance or {}), "exported_from": ckpt.id}
+    out = Checkpoint(config=cfg, model=ema, ema=ema, optimizer=None, step=ckpt.step, train_ids=list(ckpt.train_ids),
+                     val_ids=list(ckpt.val_ids), log=list(ckpt.log), provenance=prov, runtime=dict(ckpt.runtime))
+    save_checkpoint(out, folder)
+    return load_checkpoint(folder)

@@ -119,6 +119,7 @@ def sample(
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the config's, 50).")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="ddim | ddpm | rflow (default: the config's).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale w: uncond + w (cond - uncond); 1 = conditional.")] = None,
+    count_tries: Annotated[Optional[int], typer.Option("--count-tries", help="Count-conditioned checkpoints: draws per member until its mask holds the requested lesion count (default: the config's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Network batch (members, arms and guidance halves together); results do not depend on it.")] = 8,
     seed: Annotated[int, typer.Option(help="Base seed; sample seeds derive from (seed, patient, arm, sample).")] = 0,
     blend: Annotated[Optional[list[str]], typer.Option(help="Efficacy sweep A:B:0.25,0.5,0.75 (repeatable): sample under (1-f) A + f B.")] = None,
@@ -146,14 +147,17 @@ def sample(
         raise InputError(None, f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}", field="sampler")
     if steps is not None and steps < 1:
         raise InputError(None, "--steps must be at least 1", field="steps")
+    if count_tries is not None:
+        check_min(count_tries, "--count-tries", 1)
     check_min(samples, "--samples", 1)
     check_min(batch_size, "--batch-size", 1)
     check_out_folder(out)
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.config
-    settings = SamplerSettings(sampler or cfg.sampler, steps or cfg.sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0)
+    settings = SamplerSettings(sampler or cfg.sampler, steps or cfg.sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0,
+                               cfg.count_tries if count_tries is None else count_tries)
     defining = {"checkpoint": ckpt.id, "samples": samples, "seed": seed, "sampler": asdict(settings), "prob": prob}
-    names = {"checkpoint": "--checkpoint", "samples": "--samples", "seed": "--seed", "sampler": "--sampler/--steps/--guidance", "prob": "--prob"}
+    names = {"checkpoint": "--checkpoint", "samples": "--samples", "seed": "--seed", "sampler": "--sampler/--steps/--guidance/--count-tries", "prob": "--prob"}
     started = init_distributed_from_env()
     try:
         prog, update = _progress("sampling patients")
@@ -184,6 +188,7 @@ def evaluate(
     tune_on: Annotated[Optional[Path], typer.Option("--tune-on", help="Validation cohort: choose the sampler settings there on observed counts only (fair CRPS), then report once.")] = None,
     tune_guidance: Annotated[Optional[str], typer.Option(help="Guidance values to try, e.g. 1,2,3 (default: the config's).")] = None,
     tune_steps: Annotated[Optional[str], typer.Option(help="Sampling steps to try, e.g. 6,12 (default: --steps or the config's).")] = None,
+    tune_count_tries: Annotated[Optional[str], typer.Option(help="Count-conditioned checkpoints: --count-tries values to try, e.g. 1,4 (default: the config's).")] = None,
     tune_sampler: Annotated[Optional[str], typer.Option(help="Samplers to try, e.g. ddim,ddpm (default: the config's).")] = None,
     tune_samples: Annotated[int, typer.Option(help="Ensemble members per validation patient while tuning.")] = 12,
     baseline_cohort: Annotated[Optional[Path], typer.Option(help="Training trial for the NB2 baseline (default: this cohort's training patients).")] = None,
@@ -209,6 +214,7 @@ def evaluate(
                                       seed=seed, device=device, arms=arms, tune_cohort=tune_on,
                                       tune_guidance=parse_grid(tune_guidance, float, None) if tune_guidance else None,
                                       tune_steps=parse_grid(tune_steps, int, None) if tune_steps else None,
+                                      tune_count_tries=parse_grid(tune_count_tries, int, None) if tune_count_tries else None,
                                       tune_samplers=parse_grid(tune_sampler, str, None) if tune_sampler else None,
                                       tune_samples=tune_samples, baseline_cohort=baseline_cohort, record_in_checkpoint=record)
     for k, v in summary.items():

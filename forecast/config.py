@@ -76,6 +76,7 @@ class ForecastConfig:
     sampler: str = "ddim"
     guidance: float = 1.0
     clip_x0: bool = True
+    count_tries: int = 1  # count_head models: draws per member until the mask holds the requested count (1 = no rejection)
 
     # -- derived ---------------------------------------------------------------------------
     @property

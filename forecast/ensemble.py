@@ -98,6 +98,16 @@ def check_sampler(cfg: ForecastConfig, settings: SamplerSettings) -> None:
         raise InputError(None, f"sampler {settings.sampler!r} does not fit a {cfg.objective} checkpoint (use {need})", field="sampler")
 
 
+def mask_counts(x0: torch.Tensor, affine: np.ndarray) -> np.ndarray:
+    """Lesions in each sampled mask (B,) of x0 (B, 1, X, Y, Z): the rule the forecasts are scored with
+    (26-connected components of at least 3 mm^3, `forecast.evaluate`)."""
+    from forecast.evaluate import CONNECTIVITY, MIN_VOLUME_MM3
+    from mseval.lesions.components import count_lesions
+
+    masks, _ = binarize(x0)
+    return np.array([count_lesions(m, affine, connectivity=CONNECTIVITY, min_volume_mm3=MIN_VOLUME_MM3).count for m in masks])
+
+
 def head_features(cohort: Cohort, ids: Sequence[str]) -> dict[str, np.ndarray]:
     """Raw count-head features (5,) per patient, read from the input masks and the manifest."""
     from forecast.count_head import feature_matrix
@@ -136,9 +146,11 @@ def sample_patient(
     device: torch.device,
     max_rows: int | None = None,
     counts: Sequence[Sequence[int]] | None = None,
+    affine: np.ndarray | None = None,
 ) -> list[torch.Tensor]:
     """Sample one patient under each condition. cond: (C, X, Y, Z); seeds[j]: the seeds of condition j;
-    counts[j]: for a count-conditioned model, the number of NET2 lesions each member of condition j is drawn with.
+    counts[j]: for a count-conditioned model, the number of NET2 lesions each member of condition j is drawn with
+    (with `settings.count_tries` > 1, redrawn until the mask holds that many lesions; `affine` (4, 4) then needed).
     Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. Members are batched `batch_size` at a time
     (x2 rows when guided); `max_rows` caps the rows of one network call (less memory, same output)."""
     jobs = [(j, s) for j, c in enumerate(conditions) for s in range(len(seeds[j]))]
@@ -162,6 +174,24 @@ def sample_patient(
 
         x0 = sample(chunked_rows(denoise, max_rows), conds, labels, gens, settings, alphas_cumprod=acp, prediction=cfg.prediction,
                     num_train_timesteps=cfg.num_train_timesteps).cpu()
+        if counts is not None and settings.count_tries > 1:
+            if affine is None:
+                raise ValueError("rejection on the lesion count needs the patient's affine")
+            want = np.array([int(counts[j][s]) for j, s in chunk])
+            gap = np.abs(mask_counts(x0, affine) - want)
+            for k in range(1, settings.count_tries):  # redraw, from seeds derived from the member's, the members off their count
+                redo = np.flatnonzero(gap > 0)
+                if not len(redo):
+                    break
+                g2 = [torch.Generator().manual_seed(int(derive_seed(seeds[chunk[i][0]][chunk[i][1]], "count-try", k))) for i in redo]
+                idx = torch.as_tensor(redo, device=device)
+                x_new = sample(chunked_rows(denoise, max_rows), conds[idx], labels[idx], g2, settings, alphas_cumprod=acp,
+                               prediction=cfg.prediction, num_train_timesteps=cfg.num_train_timesteps).cpu()
+                g_new = np.abs(mask_counts(x_new, affine) - want[redo])
+                better = g_new < gap[redo]
+                for r in np.flatnonzero(better):
+                    x0[redo[r]] = x_new[r]
+                    gap[redo[r]] = g_new[r]
         for k, key in enumerate(chunk):
             out[key] = x0[k]
     return [torch.stack([out[(j, s)] for s in range(len(seeds[j]))]) for j in range(len(conditions))]
@@ -207,7 +237,7 @@ def forecast_cohort(
     cohort = read_cohort(cohort_dir)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
-    settings = settings or SamplerSettings(cfg.sampler, cfg.sample_steps, cfg.guidance, cfg.clip_x0)
+    settings = settings or SamplerSettings(cfg.sampler, cfg.sample_steps, cfg.guidance, cfg.clip_x0, cfg.count_tries)
     check_sampler(cfg, settings)
     conditions = resolve_conditions(cohort, cfg, arms, blend)
     ids = cohort.patient_ids if patients is None else list(patients)
@@ -252,7 +282,7 @@ def forecast_cohort(
             seeds = [[derive_seed(seed, pid, c.name, s) for s in range(samples)] for c in missing]
             counts = requested_counts(model, head_x[pid], missing, seeds) if cfg.count_head else None
             x0s = sample_patient(model, cfg, p.cond, missing, seeds, settings, batch_size=batch_size, acp=acp, device=dev,
-                                 max_rows=max_rows, counts=counts)
+                                 max_rows=max_rows, counts=counts, affine=p.affine)
             if dev.type != "cuda":  # on the CPU the cores are busy sampling: a writer thread would only oversubscribe them
                 write(pid, missing, x0s, seeds, p.affine, counts)
             else:

@@ -183,6 +183,23 @@ def fit_baseline_on(cohort: Cohort, patient_ids: Sequence[str] | None, label: st
     return fit_nb2_baseline(feats, reference=cohort.reference_arm, trained_on=label)
 
 
+def count_fidelity(pairs: np.ndarray) -> dict[str, Any]:
+    """How faithfully a count-conditioned network draws the number of lesions it is asked for.
+    pairs: (N, 2) int (requested count, lesions in the sampled mask) over all samples of all blocks."""
+    req, got = pairs[:, 0], pairs[:, 1]
+    by = {}
+    for lo, hi in ((0, 0), (1, 2), (3, 5), (6, 10), (11, None)):
+        m = (req >= lo) & ((req <= hi) if hi is not None else True)
+        if m.any():
+            by[f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}-{hi}"] = {
+                "samples": int(m.sum()), "exact_share": float((got[m] == req[m]).mean()), "mean_drawn_minus_requested": float((got[m] - req[m]).mean())}
+    return {"samples": int(len(req)), "exact_share": float((got == req).mean()), "within_one_share": float((np.abs(got - req) <= 1).mean()),
+            "mean_requested": float(req.mean()), "mean_drawn": float(got.mean()), "mean_abs_difference": float(np.abs(got - req).mean()),
+            "by_requested": by,
+            "estimand": "share of samples whose mask holds exactly the number of lesions the network was conditioned on "
+                        "(26-connected components of at least 3 mm^3)"}
+
+
 def score_store(cohort: Cohort, store: ForecastStore, *, n_boot: int = 2000, seed: int = 0,
                 baseline: Any = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """(per patient x arm table, per arm table, summary dict) for the arms of the cohort found in the store.
@@ -195,6 +212,7 @@ def score_store(cohort: Cohort, store: ForecastStore, *, n_boot: int = 2000, see
     rows = []
     alloc_counts: dict[str, np.ndarray] = {}
     wm_in = wm_all = 0
+    fidelity: list[np.ndarray] = []  # (requested, drawn) lesion counts of count-conditioned samples
     for pid in store.patients:
         row = cohort.row(pid)
         obs = None
@@ -206,8 +224,12 @@ def score_store(cohort: Cohort, store: ForecastStore, *, n_boot: int = 2000, see
         for arm in arms:
             if (pid, arm) not in store:
                 continue
-            masks, affine = store.block(pid, arm).masks()
+            block = store.block(pid, arm)
+            masks, affine = block.masks()
             counts = np.array([count_lesions(m, affine, connectivity=CONNECTIVITY, min_volume_mm3=MIN_VOLUME_MM3).count for m in masks])
+            req = block.sampler.get("requested_counts") if isinstance(block.sampler, dict) else None
+            if req is not None and len(req) == len(counts):
+                fidelity.append(np.c_[np.asarray(req, dtype=np.int64), counts])
             rec: dict[str, Any] = {
                 "patient_id": pid, "arm": arm, "allocated": arm == row["arm"], "samples": len(masks),
                 "forecast_mean": counts.mean(), "forecast_p_active": float((counts > 0).mean()),
@@ -294,6 +316,8 @@ def score_store(cohort: Cohort, store: ForecastStore, *, n_boot: int = 2000, see
         summary["estimands"] = ESTIMANDS
     if wm_all:
         summary["white_matter_share"] = wm_in / wm_all
+    if fidelity:
+        summary["count_fidelity"] = count_fidelity(np.concatenate(fidelity))
     summary["forecast_voxels_per_sample"] = float(per["forecast_voxels"].mean()) if len(per) else 0.0
     summary["per_arm"] = per_arm.to_dict("records")
     return per, per_arm, summary
@@ -323,7 +347,8 @@ class Tuning:
         lines = [f"sampler chosen on {self.validation['patients']} validation patients ({self.validation['cohort']}): {self.chosen}",
                  f"criterion: {self.criterion}"]
         for r in self.table.to_dict("records"):
-            lines.append(f"  {r['sampler']:5s} steps {r['steps']:3d} guidance {r['guidance']:4.2f}: fair CRPS {r['crps_count']:.3f} "
+            tries = f" count tries {r['count_tries']}" if r.get("count_tries", 1) > 1 else ""
+            lines.append(f"  {r['sampler']:5s} steps {r['steps']:3d} guidance {r['guidance']:4.2f}{tries}: fair CRPS {r['crps_count']:.3f} "
                          f"(SE {r['crps_count_se']:.3f}), AUC {r['auc_p_active']:.3f}, PIT chi2 p {r['pit_chi2_p']:.3g}")
         return "\n".join(lines)
 
@@ -384,6 +409,7 @@ def select_settings(
     guidance: Sequence[float] = (1.0,),
     steps: Sequence[int] = (50,),
     samplers: Sequence[str] = ("ddim",),
+    count_tries: Sequence[int] = (1,),
     samples: int = 12,
     batch_size: int = 8,
     seed: int = 0,
@@ -402,24 +428,28 @@ def select_settings(
     y = observed_allocated_counts(cohort, ids)
     out = Path(out)
     rows, crps_by = [], {}
+    tries = [int(c) for c in count_tries] if ckpt.config.count_head else [1]
     for sm in samplers:
         for st in steps:
             for g in guidance:
-                settings = SamplerSettings(sm, int(st), float(g), ckpt.config.clip_x0)
-                store = sample_allocated(cohort.root, ckpt, out / f"{sm}-s{st}-g{g:g}", ids, samples=samples, settings=settings,
-                                         batch_size=batch_size, seed=seed, device=device)
-                ens = allocated_ensemble(cohort, store, ids)
-                sc = score_ensemble(ens, y, seed=seed, n_boot=200)
-                crps_by[(sm, int(st), float(g))] = crps_ensemble_fair(ens, y)
-                rows.append({"sampler": sm, "steps": int(st), "guidance": float(g),
-                             **{k: sc[k] for k in ("crps_count", "crps_count_se", "auc_p_active", "pit_chi2_p", "calibration_slope",
-                                                   "forecast_mean", "observed_mean")}})
+                for ct in tries:
+                    settings = SamplerSettings(sm, int(st), float(g), ckpt.config.clip_x0, int(ct))
+                    name = f"{sm}-s{st}-g{g:g}" + (f"-c{ct}" if ct > 1 else "")
+                    store = sample_allocated(cohort.root, ckpt, out / name, ids, samples=samples, settings=settings,
+                                             batch_size=batch_size, seed=seed, device=device)
+                    ens = allocated_ensemble(cohort, store, ids)
+                    sc = score_ensemble(ens, y, seed=seed, n_boot=200)
+                    crps_by[(sm, int(st), float(g), int(ct))] = crps_ensemble_fair(ens, y)
+                    rows.append({"sampler": sm, "steps": int(st), "guidance": float(g), "count_tries": int(ct),
+                                 **{k: sc[k] for k in ("crps_count", "crps_count_se", "auc_p_active", "pit_chi2_p", "calibration_slope",
+                                                       "forecast_mean", "observed_mean")}})
     table = pd.DataFrame(rows)
     best = table.loc[table["crps_count"].idxmin()]
-    key = (best["sampler"], int(best["steps"]), float(best["guidance"]))
-    table["crps_minus_chosen"] = [float((crps_by[(r["sampler"], r["steps"], r["guidance"])] - crps_by[key]).mean()) for r in rows]
-    table["crps_minus_chosen_se"] = [_mean_se(crps_by[(r["sampler"], r["steps"], r["guidance"])] - crps_by[key])[1] for r in rows]
-    chosen = {"sampler": key[0], "steps": key[1], "guidance": key[2], "clip_x0": bool(ckpt.config.clip_x0)}
+    key = (best["sampler"], int(best["steps"]), float(best["guidance"]), int(best["count_tries"]))
+    kr = [(r["sampler"], r["steps"], r["guidance"], r["count_tries"]) for r in rows]
+    table["crps_minus_chosen"] = [float((crps_by[k] - crps_by[key]).mean()) for k in kr]
+    table["crps_minus_chosen_se"] = [_mean_se(crps_by[k] - crps_by[key])[1] for k in kr]
+    chosen = {"sampler": key[0], "steps": key[1], "guidance": key[2], "clip_x0": bool(ckpt.config.clip_x0), "count_tries": key[3]}
     validation = {"cohort": str(Path(cohort_dir).resolve()), "patients": len(ids), "patient_ids": list(ids), "samples": samples, "seed": seed,
                   "read": ["manifest.csv", "arms.csv", "baseline inputs", "net2_mask"]}
     notes = []
@@ -444,6 +474,7 @@ def evaluate_checkpoint(
     tune_guidance: Sequence[float] | None = None,
     tune_steps: Sequence[int] | None = None,
     tune_samplers: Sequence[str] | None = None,
+    tune_count_tries: Sequence[int] | None = None,
     tune_samples: int = 12,
     baseline_cohort: str | Path | None = None,
     record_in_checkpoint: bool = False,
@@ -454,7 +485,7 @@ def evaluate_checkpoint(
     Leak-free protocol: with `tune_cohort`, the sampler settings are first chosen on that cohort's
     validation patients (the checkpoint's val_ids found there; where there are none, a separate
     validation trial is assumed and all its patients are used -- refused when the checkpoint's
-    provenance names it as the training cohort) from the grids tune_guidance x tune_steps x tune_samplers (`select_settings`), then
+    provenance names it as the training cohort) from the grids tune_guidance x tune_steps x tune_samplers x tune_count_tries (`select_settings`), then
     `split` is sampled once with the choice; reporting on the patients tuned on is refused. The
     choice is written to out/tuning.json (and to the checkpoint folder's tuning.json with
     `record_in_checkpoint`). `baseline_cohort`: the training trial the NB2 baseline is fitted on
@@ -486,16 +517,17 @@ def evaluate_checkpoint(
                              field="split")
         tuning = select_settings(ckpt, tune_cohort, out / "tuning_forecasts", patients=val,
                                  guidance=list(tune_guidance or [cfg.guidance]), steps=list(tune_steps or [steps or cfg.sample_steps]),
-                                 samplers=list(tune_samplers or [cfg.sampler]), samples=tune_samples, batch_size=batch_size, seed=seed + 1,
+                                 samplers=list(tune_samplers or [cfg.sampler]), count_tries=list(tune_count_tries or [cfg.count_tries]),
+                                 samples=tune_samples, batch_size=batch_size, seed=seed + 1,
                                  device=device)
         c = tuning.chosen
-        settings = SamplerSettings(c["sampler"], c["steps"], c["guidance"], cfg.clip_x0)
+        settings = SamplerSettings(c["sampler"], c["steps"], c["guidance"], cfg.clip_x0, c.get("count_tries", cfg.count_tries))
         write_json_atomic(tuning.to_dict(), out / "tuning.json")
         write_csv_atomic(tuning.table, out / "tuning.csv")
         if record_in_checkpoint and ckpt.path is not None:
             write_json_atomic(tuning.to_dict(), Path(ckpt.path) / "tuning.json")
     else:
-        settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0)
+        settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0, cfg.count_tries)
     if arms == "allocated":
         store = sample_allocated(cohort.root, ckpt, out / "forecasts", ids, samples=samples, settings=settings, batch_size=batch_size,
                                  seed=seed, device=device)

@@ -37,8 +37,13 @@ class SamplerSettings:
     steps: int = 50
     guidance: float = 1.0
     clip_x0: bool = True
+    count_tries: int = 1
+    """Count-conditioned models: draws per member until its mask holds the requested number of lesions
+    (rejection sampling; after `count_tries` draws the closest one is kept). 1 = no rejection."""
 
     def __post_init__(self) -> None:
+        if self.count_tries < 1:
+            raise ValueError("count_tries must be at least 1")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.steps < 1:

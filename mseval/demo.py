@@ -100,6 +100,30 @@ def _diffusion_forecasts(
             "threads": torch.get_num_threads(), "device": "cpu", "budget": "steps" if train_steps is not None else "minutes"}
 
 
+def _shipped_forecasts(cohort: Path, out: Path, samples: int, seed: int, *, checkpoint: Path, threads: int = 2,
+                       say: Callable[[str], None] = lambda _m: None, stage: Stage | None = None) -> dict[str, Any]:
+    """Sample every patient of `cohort` under every arm with a trained checkpoint (the shipped one by
+    default), at the sampler settings its config holds (for the shipped checkpoint: chosen on a
+    validation trial, `forecast.release`). Returns the summary the report and demo.json show."""
+    import torch
+
+    from forecast.checkpoint import load_checkpoint
+    from forecast.ensemble import forecast_cohort
+
+    torch.set_num_threads(max(threads, 1))
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    say(f"    checkpoint {ckpt.id} ({checkpoint}); sampling {samples} per patient and arm, {cfg.sampler.upper()}-{cfg.sample_steps}, "
+        f"guidance {cfg.guidance:g}")
+    forecast_cohort(cohort, ckpt, out, samples=samples, batch_size=8, seed=seed, device="cpu",
+                    progress=stage("sampling patients (every arm)") if stage else None)
+    prov = ckpt.provenance
+    return {"config": cfg.name, "checkpoint": str(checkpoint), "checkpoint_id": ckpt.id, "steps": ckpt.step, "sample_steps": cfg.sample_steps,
+            "guidance": cfg.guidance, "threads": torch.get_num_threads(), "device": "cpu", "budget": "shipped",
+            "trained_on": prov.get("trained_on", f"{len(ckpt.train_ids)} patients"),
+            "tuned_on": (prov.get("tuned_on") or {}).get("cohort", "not tuned")}
+
+
 def _prepare(out: Path) -> None:
     if not out.exists():
         return
@@ -130,13 +154,18 @@ def run_demo(
     sample_steps: int = 6,
     train_steps: int | None = None,
     power_sims: int = 10,
+    train: bool = False,
+    checkpoint: str | Path | None = None,
     report_settings: Any = None,
     say: Callable[[str], None] | None = None,
     stage: Stage | None = None,
 ) -> dict[str, Any]:
     """Run the demo into `out` (a previous demo there is replaced); returns timings and paths.
 
-    Diffusion: trains `train_steps` steps (default DEFAULT_TRAIN_STEPS; or, given `minutes` and no
+    Diffusion, default: samples a trial simulated with `seed + 1` with a trained checkpoint
+    (`checkpoint`, default the shipped `forecast/checkpoints/tiny_count`, trained and tuned on other
+    simulated trials: `make checkpoint`), at its config's sampler settings.
+    Diffusion with `train`: trains `train_steps` steps (default DEFAULT_TRAIN_STEPS; or, given `minutes` and no
     `train_steps`, for that wall-clock budget) on a trial simulated with `seed`, evaluates on a
     second trial simulated with `seed + 1`.
 
@@ -165,6 +194,19 @@ def run_demo(
         raise InputError(None, "--train-steps must be at least 1", field="train_steps")
     if minutes is not None and minutes <= 0:
         raise InputError(None, "--minutes must be positive", field="minutes")
+    if not train and (train_steps is not None or minutes is not None):
+        train = True  # a training budget asks for training
+    if checkpoint is not None and train:
+        raise InputError(None, "--checkpoint samples a trained model; it does not go with --train / --train-steps / --minutes", field="checkpoint")
+    if forecaster == "diffusion" and not train:
+        from forecast.release import SHIPPED_CHECKPOINT
+
+        checkpoint = Path(checkpoint) if checkpoint is not None else SHIPPED_CHECKPOINT
+        if not (checkpoint / "checkpoint.pt").is_file():
+            raise InputError(checkpoint, "no checkpoint there: build the shipped one with `make checkpoint`, or pass --train", field="checkpoint")
+        from forecast.checkpoint import load_checkpoint
+
+        config = load_checkpoint(checkpoint).config.name
     if train_steps is None and minutes is None:
         train_steps = DEFAULT_TRAIN_STEPS
     out = Path(out)
@@ -177,12 +219,15 @@ def run_demo(
     if forecaster == "diffusion":
         from forecast.config import ForecastConfig
 
-        model_shape = tuple(ForecastConfig.load(config).shape)
+        model_shape = tuple(ForecastConfig.load(config).shape if train else load_checkpoint(checkpoint).config.shape)
         if tuple(shape) != model_shape:
             say(f"    the {config} model works at {model_shape[0]}x{model_shape[1]}x{model_shape[2]}: simulating at that shape")
             shape = model_shape
     eval_seed = seed + 1 if forecaster == "diffusion" else seed
-    if forecaster == "diffusion":
+    if forecaster == "diffusion" and not train:
+        say(f"1/3 simulating a six-arm trial the checkpoint never saw: {patients_per_arm} patients per arm, "
+            f"{shape[0]}x{shape[1]}x{shape[2]} voxels, seed {eval_seed}")
+    elif forecaster == "diffusion":
         say(f"1/3 simulating two six-arm trials from the same simulator: one to train on (seed {seed}), one to evaluate on (seed {eval_seed}); "
             f"{patients_per_arm} patients per arm, {shape[0]}x{shape[1]}x{shape[2]} voxels")
         simulate_trial(out / "train_cohort", TrialConfig(patients_per_arm=patients_per_arm, shape=tuple(shape), seed=seed), workers=workers,
@@ -199,6 +244,9 @@ def run_demo(
         say(f"2/3 oracle forecasts: every patient under every arm, {samples} samples each")
         simulate_forecasts(cohort, forecasts, ForecasterSpec("oracle", samples=samples, seed=seed), workers=workers,
                            progress=stage("forecasting patients"))
+    elif not train:
+        say(f"2/3 diffusion model: the trained checkpoint samples {samples} per patient and arm of the trial")
+        training = _shipped_forecasts(cohort, forecasts, samples, seed, checkpoint=Path(checkpoint), threads=workers, say=say, stage=stage)
     else:
         budget = f"for at most {minutes:g} min" if train_steps is None else f"for {train_steps} steps"
         say(f"2/3 diffusion model: training {budget} on the training trial, then {samples} samples per patient and arm of the evaluation trial")
@@ -209,7 +257,12 @@ def run_demo(
     t = time.perf_counter()
     say("3/3 counting lesions, evaluating, estimating effects, writing the report")
     extra: tuple[tuple[str, str], ...] = ()
-    if training is not None:
+    if training is not None and training["budget"] == "shipped":
+        extra = (("Model (demo)", f"checkpoint {training['checkpoint_id']} ({training['config']}, {training['steps']} steps), trained on "
+                                  f"{training['trained_on']}; sampler settings chosen on {training['tuned_on']} (observed counts only); "
+                                  f"evaluated on this trial (cohort, seed {eval_seed}), which it never saw; torch threads {training['threads']}, "
+                                  f"device {training['device']}"),)
+    elif training is not None:
         how = (f"{training['steps']} steps (fixed budget)" if training["budget"] == "steps"
                else f"{training['steps']} steps in a {minutes:g}-minute wall-clock budget (the step count depends on the machine)")
         extra = (("Training (demo)", f"model {training['config']} trained {how} on a separate simulated trial (train_cohort, seed {seed}; "
@@ -222,7 +275,7 @@ def run_demo(
     times["total_s"] = time.perf_counter() - t0
     info = {"forecaster": forecaster, "patients_per_arm": patients_per_arm, "shape": list(shape), "samples": samples, "seed": seed,
             "evaluation_seed": eval_seed, "workers": workers, "cohort": "cohort",
-            "train_cohort": "train_cohort" if forecaster == "diffusion" else None, "forecasts": "forecasts", "report": "report/report.html", "training": training,
+            "train_cohort": "train_cohort" if forecaster == "diffusion" and train else None, "forecasts": "forecasts", "report": "report/report.html", "training": training,
             "timings_s": {k: round(v, 1) for k, v in times.items()}}
     write_json_atomic(info, out / "demo.json")
     return {**info, "report_html": report / "report.html"}

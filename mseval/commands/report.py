@@ -59,20 +59,22 @@ def report(
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for cohort/, forecasts/, report/ (a previous demo there is replaced)."),
-    forecaster: str = typer.Option("diffusion", help="diffusion (train the tiny model on one simulated trial, forecast a second one) | oracle (the simulator's true law: no training, a larger trial)."),
+    forecaster: str = typer.Option("diffusion", help="diffusion (the shipped tiny_count checkpoint forecasts a simulated trial it never saw; --train trains one first) | oracle (the simulator's true law: a larger trial)."),
+    train: bool = typer.Option(False, "--train", help="Diffusion: train a model from scratch on one simulated trial (--config, --train-steps) instead of the shipped checkpoint."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Diffusion: sample with this checkpoint folder instead of the shipped one (forecast/checkpoints/tiny_count)."),
     patients_per_arm: Optional[int] = typer.Option(None, help="Patients randomized to each of the six arms (default 8 for diffusion, 20 for oracle)."),
     samples: Optional[int] = typer.Option(None, help="Forecast samples per patient and arm (default 2 for diffusion, 20 for oracle)."),
     seed: int = typer.Option(2026, help="Seed of the trial, the training and the forecasts."),
     workers: int = typer.Option(2, help="Processes (and torch threads for the diffusion model)."),
     minutes: Optional[float] = typer.Option(None, help="Train for this wall-clock budget (minutes) instead of --train-steps (results then depend on the machine's speed)."),
-    config: str = typer.Option("tiny_quality", help="Diffusion model config: tiny_quality, tiny or a JSON file."),
+    config: Optional[str] = typer.Option(None, help="Train this diffusion model config (tiny_quality, tiny_count, tiny or a JSON file; implies --train; default with --train: tiny_quality)."),
     sample_steps: int = typer.Option(6, help="DDIM steps per sample for the diffusion model."),
-    train_steps: Optional[int] = typer.Option(None, help="Training steps of the diffusion model (default 300, about 3 minutes on two cores; identical numbers need the same seed, --workers and CPU type)."),
+    train_steps: Optional[int] = typer.Option(None, help="With --train: training steps of the diffusion model (default 300, about 5 minutes on two cores; identical numbers need the same seed, --workers and CPU type)."),
 ) -> None:
-    """Simulate two small six-arm trials, train the tiny diffusion model on the first for a fixed
-    number of steps (or use the oracle), forecast every patient of the second under every arm,
-    count, evaluate, estimate effects and write the report; prints where the report is. Under 10
-    minutes on two CPU cores."""
+    """Simulate a small six-arm trial, forecast every patient under every arm with the shipped
+    diffusion checkpoint (trained and tuned on other simulated trials; --train trains one from scratch
+    on a separate trial first; or use the oracle), count, evaluate, estimate effects and write the
+    report; prints where the report is. Under 10 minutes on two CPU cores."""
     import time
 
     from rich.console import Console
@@ -90,10 +92,17 @@ def demo(
     check_min(samples, "--samples", 1)
     check_min(patients_per_arm, "--patients-per-arm", 1)
     check_out_folder(out)
-    if forecaster == "diffusion":  # a config that does not exist fails here, before the output folder is made
+    train = train or train_steps is not None or minutes is not None or config is not None
+    config = config or "tiny_quality"
+    if forecaster == "diffusion" and train:  # a config that does not exist fails here, before the output folder is made
         from forecast.config import ForecastConfig
 
         ForecastConfig.load(config)
+    if forecaster == "diffusion" and not train:
+        from forecast.checkpoint import load_checkpoint
+        from forecast.release import SHIPPED_CHECKPOINT
+
+        load_checkpoint(checkpoint or SHIPPED_CHECKPOINT)
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
@@ -110,7 +119,7 @@ def demo(
 
     with output_lock(out, wait=False), quiet_numerics(say), prog:
         info = run_demo(out, forecaster, patients_per_arm=patients_per_arm, samples=samples, seed=seed, workers=workers, minutes=minutes,
-                        config=config, sample_steps=sample_steps, train_steps=train_steps, say=say, stage=stage)
+                        config=config, sample_steps=sample_steps, train_steps=train_steps, train=train, checkpoint=checkpoint, say=say, stage=stage)
     say(f"done in {info['timings_s']['total_s']:.0f} s")
     typer.echo(f"Report: {info['report_html']}")
     typer.echo(f"Open it in a browser, e.g. file://{Path(info['report_html']).resolve()}")

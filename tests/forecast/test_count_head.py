@@ -128,3 +128,32 @@ def test_train_and_sample_a_count_conditioned_model(tiny_cohort: Path, tmp_path:
     for key in a.keys():
         ra, rb = a.block(*key).sampler, b.block(*key).sampler
         assert len(ra["requested_counts"]) == 3 and ra["requested_counts"] == rb["requested_counts"]
+
+
+def test_count_tries_never_moves_a_member_further_from_its_count(tiny_cohort: Path, tmp_path: Path) -> None:
+    """Rejection on the count: every member's first draw is the draw without rejection; a redraw
+    replaces it only when closer to the requested count, so |drawn - requested| can only shrink."""
+    from forecast.ensemble import forecast_cohort
+    from forecast.evaluate import CONNECTIVITY, MIN_VOLUME_MM3
+    from forecast.sampler import SamplerSettings
+    from forecast.train import train
+    from mseval.io.store import ForecastStore
+    from mseval.lesions.components import count_lesions
+
+    cfg = ForecastConfig(name="t", **TEST_NET, steps=1, batch_size=2, checkpoint_every=1, lr=1e-3, seed=5, count_head=True,
+                         count_head_epochs=25)
+    train(tiny_cohort, cfg, tmp_path / "m", device="cpu")
+    gaps = {}
+    for tries in (1, 3):
+        out = tmp_path / f"s{tries}"
+        forecast_cohort(tiny_cohort, tmp_path / "m", out, samples=3, arms="placebo", settings=SamplerSettings("ddim", 2, 1.0, count_tries=tries),
+                        patients=["P001", "P002", "P003"], seed=1)
+        st = ForecastStore.open(out)
+        g = []
+        for key in sorted(st.keys()):
+            b = st.block(*key)
+            masks, affine = b.masks()
+            got = [count_lesions(m, affine, connectivity=CONNECTIVITY, min_volume_mm3=MIN_VOLUME_MM3).count for m in masks]
+            g += [abs(x - r) for x, r in zip(got, b.sampler["requested_counts"])]
+        gaps[tries] = np.array(g)
+    assert (gaps[3] <= gaps[1]).all()

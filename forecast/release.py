@@ -1,0 +1,115 @@
+"""`make checkpoint`: rebuild the shipped demo checkpoint (`forecast/checkpoints/tiny_count`) from scratch.
+
+The recipe (issue 13's leak-free protocol; every trial from `mseval simulate`, 32^3):
+1. TRAIN: a pool trial of 400 patients per arm (2,400 patients, seed 2030); the checkpoint holds out
+   10% of it (its `val_ids`) to choose the count head's epoch on observed counts;
+2. train `forecast/configs/tiny_count.json` for its `steps` on TRAIN (the count head is fitted at step 0);
+3. VALIDATION: a separate trial (seed 2028, 40 per arm); the sampler's guidance is chosen there from
+   `--guidance-grid` by the lowest mean fair CRPS of the allocated-arm forecasts against the observed
+   NET2 counts (`forecast.evaluate.select_settings`; truth.csv is never read);
+4. export the EMA weights with the chosen guidance as the config's default, the tuning table
+   (`tuning.json`) and the provenance (training and validation patients) to OUT.
+
+Nothing here reads a test trial: the figures of bench/RESULTS_forecast.md come from a third trial
+(seed 2027) sampled once with the exported checkpoint. Steps already done in `--work` are reused
+(the pool, the validation trial, a training checkpoint at the configured steps).
+
+    .venv/bin/python -m forecast.release --out forecast/checkpoints/tiny_count --work build/checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "tiny_count"
+"""The shipped demo checkpoint (a folder; `make checkpoint` rebuilds it)."""
+
+POOL_SEED, POOL_PER_ARM = 2030, 400
+VALIDATION_SEED, VALIDATION_PER_ARM = 2028, 40
+
+
+def _simulate(folder: Path, per_arm: int, seed: int, workers: int) -> None:
+    from mseval.simulate.model import TrialConfig
+    from mseval.simulate.trial import simulate_trial
+
+    if (folder / "manifest.csv").is_file():
+        return
+    print(f"simulating {folder} ({6 * per_arm} patients, seed {seed})", flush=True)
+    simulate_trial(folder, TrialConfig(patients_per_arm=per_arm, shape=(32, 32, 32), seed=seed), workers=workers)
+
+
+def build(out: Path, work: Path, *, config: str = "tiny_count", guidance_grid: tuple[float, ...] = (1.0, 2.0, 3.0),
+          tune_patients: int = 96, tune_samples: int = 6, sample_steps: int = 6, workers: int = 2, threads: int = 2) -> Path:
+    """Run the recipe (module docstring); returns OUT."""
+    import torch
+
+    from forecast.checkpoint import export_checkpoint, load_checkpoint, weights_path
+    from forecast.config import ForecastConfig
+    from forecast.evaluate import select_settings
+    from forecast.train import train
+    from mseval.io.atomic import write_json_atomic
+    from mseval.io.cohort import read_cohort
+
+    torch.set_num_threads(threads)
+    cfg = ForecastConfig.load(config)
+    pool, val, run = work / "pool", work / "validation", work / "train"
+    _simulate(pool, POOL_PER_ARM, POOL_SEED, workers)
+    _simulate(val, VALIDATION_PER_ARM, VALIDATION_SEED, workers)
+    t0 = time.perf_counter()
+    if weights_path(run).is_file():
+        ck = load_checkpoint(run)
+        if ck.step < cfg.steps:
+            train(pool, cfg, run, resume=True, device="cpu")
+    else:
+        train(pool, cfg, run, device="cpu")
+    ckpt = load_checkpoint(run)
+    print(f"trained {ckpt.step} steps ({(time.perf_counter() - t0) / 60:.1f} min this call)", flush=True)
+    vc = read_cohort(val)
+    ids = _stratified(vc, tune_patients)
+    tuning = select_settings(ckpt, val, work / "tuning", patients=ids, guidance=list(guidance_grid), steps=[sample_steps],
+                             samples=tune_samples, seed=1, device="cpu")
+    print(tuning.summary(), flush=True)
+    c = tuning.chosen
+    exported = export_checkpoint(ckpt, out, config=ckpt.config.with_(guidance=float(c["guidance"]), sample_steps=int(c["steps"]),
+                                                                     sampler=str(c["sampler"]), count_tries=int(c.get("count_tries", 1))),
+                                 provenance={"tuned_on": {"cohort": f"simulated trial seed {VALIDATION_SEED}, {len(ids)} of its patients",
+                                                          "patients": list(ids), "criterion": tuning.criterion, "chosen": c},
+                                             "trained_on": f"simulated trial seed {POOL_SEED}, {6 * POOL_PER_ARM} patients at 32^3 "
+                                                           f"({len(ckpt.train_ids)} training, {len(ckpt.val_ids)} held out for the count head)"})
+    write_json_atomic(tuning.to_dict(), out / "tuning.json")
+    print(f"exported {exported.id} to {out}", flush=True)
+    return out
+
+
+def _stratified(cohort, n: int) -> list[str]:  # noqa: ANN001 - a Cohort
+    """The first n // arms patients of each arm, in cohort order (all when n covers them)."""
+    arms = list(cohort.manifest["arm"])
+    k = max(1, n // max(1, len(set(arms))))
+    seen: dict[str, int] = {}
+    out = []
+    for pid, a in zip(cohort.patient_ids, arms):
+        if seen.get(a, 0) < k:
+            out.append(pid)
+            seen[a] = seen.get(a, 0) + 1
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=SHIPPED_CHECKPOINT)
+    ap.add_argument("--work", type=Path, default=Path("build/checkpoint"))
+    ap.add_argument("--config", default="tiny_count")
+    ap.add_argument("--guidance-grid", default="1,2,3")
+    ap.add_argument("--tune-patients", type=int, default=96)
+    ap.add_argument("--tune-samples", type=int, default=6)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    build(a.out, a.work, config=a.config, guidance_grid=tuple(float(g) for g in a.guidance_grid.split(",")),
+          tune_patients=a.tune_patients, tune_samples=a.tune_samples, workers=a.workers, threads=a.threads)
+
+
+if __name__ == "__main__":
+    main()
