@@ -19,3 +19,37 @@ def test_the_shipped_checkpoint_is_small_and_says_what_it_learned_from() -> None
     assert prov["count_head"]["n_train"] == len(ckpt.train_ids) and prov["count_head"]["n_val"] == len(ckpt.val_ids)
     assert len(prov["train"]) == len(ckpt.train_ids)  # per-patient fingerprints of the training patients
     assert (SHIPPED_CHECKPOINT / "tuning.json").is_file()
+
+
+def test_export_keeps_the_ema_weights_and_changes_only_sampling_defaults(trained, tmp_path) -> None:
+    """An exported checkpoint samples exactly as its source (EMA weights) at the same settings;
+    it refuses a config that changes the network."""
+    import numpy as np
+    import pytest
+
+    from forecast.checkpoint import export_checkpoint
+    from mseval.errors import InputError
+
+    src = load_checkpoint(trained)
+    out = export_checkpoint(src, tmp_path / "rel", config=src.config.with_(guidance=2.0), provenance={"note": "x"})
+    assert out.optimizer is None and out.config.guidance == 2.0 and out.provenance["exported_from"] == src.id
+    assert all(np.array_equal(out.ema[k].numpy(), src.ema[k].numpy()) for k in src.ema)
+    with pytest.raises(InputError, match="channels"):
+        export_checkpoint(src, tmp_path / "bad", config=src.config.with_(channels=(16, 16, 16)))
+
+
+def test_exported_and_source_sample_the_same(trained, tiny_cohort, tmp_path) -> None:
+    import numpy as np
+
+    from forecast.checkpoint import export_checkpoint
+    from forecast.ensemble import forecast_cohort
+    from forecast.sampler import SamplerSettings
+    from mseval.io.store import ForecastStore
+
+    src = load_checkpoint(trained)
+    export_checkpoint(src, tmp_path / "rel")
+    kw = dict(samples=2, arms="placebo", settings=SamplerSettings("ddim", 2, 1.0), patients=["P001"], seed=4)
+    forecast_cohort(tiny_cohort, trained, tmp_path / "a", **kw)
+    forecast_cohort(tiny_cohort, tmp_path / "rel", tmp_path / "b", **kw)
+    a, b = ForecastStore.open(tmp_path / "a"), ForecastStore.open(tmp_path / "b")
+    assert np.array_equal(a.block("P001", "placebo").masks()[0], b.block("P001", "placebo").masks()[0])
