@@ -222,6 +222,10 @@ def evaluate(
             typer.echo(f"{k:32s} {v}")
     for name, r in (summary.get("references") or {}).items():
         typer.echo(f"reference {name:22s} " + (f"exact CRPS {r['crps_count']:.3f}  AUC {r['auc_p_active']:.3f}" if r.get("estimable") else r["note"]))
+    fid = summary.get("count_fidelity")
+    if fid:
+        typer.echo(f"count fidelity                   {fid['exact_share']:.3f} of {fid['samples']} samples hold exactly the requested lesion count "
+                   f"(within one: {fid['within_one_share']:.3f}; mean drawn {fid['mean_drawn']:.2f} vs requested {fid['mean_requested']:.2f})")
 
 
 @app.command()
