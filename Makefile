@@ -39,8 +39,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mseval demo --out $(DEMO_OUT)
 
-# Rebuild the shipped demo checkpoint forecast/checkpoints/tiny_count from scratch (about 70 minutes on two
-# CPU cores: simulate 2,400 + 240 patients, train 1,750 steps, choose the guidance on the validation trial).
+# Rebuild the shipped demo checkpoint forecast/checkpoints/tiny_count from scratch (about 80 minutes on two
+# CPU cores: simulate 2,400 + 240 patients (2.5 min), train 1,750 steps (64 min), choose the guidance on the
+# validation trial (11 min)).
 checkpoint: $(STAMP)
 	$(PY) -m forecast.release --out forecast/checkpoints/tiny_count --work build/checkpoint
 
