@@ -141,7 +141,7 @@ def fit_count_head(head: CountHead, x: np.ndarray, w: np.ndarray, y: np.ndarray,
 
 def fit_head_on_cohort(model: nn.Module, cohort, train_ids: Sequence[str], val_ids: Sequence[str], *,  # noqa: ANN001 - a Cohort
                        fit: bool = True) -> tuple[torch.Tensor, HeadFit | None]:
-    """Read the features and observed NET2 counts of the training and validation patients of a
+    """Read the features and observed NET2 counts of the training (and, with `fit`, validation) patients of a
     cohort (`mseval.lesions.baseline_features`: 26-connected lesions of at least 3 mm^3); with `fit`,
     fit `model.count_head` on the training patients, choosing the epoch on the validation patients.
     Returns the training patients' observed NET2 counts (len(train_ids),), in order, and the fit."""
@@ -151,7 +151,7 @@ def fit_head_on_cohort(model: nn.Module, cohort, train_ids: Sequence[str], val_i
     from mseval.seeding import derive_seed
 
     cfg = model.cfg
-    ids = list(train_ids) + list(val_ids)
+    ids = list(train_ids) + (list(val_ids) if fit else [])  # resuming needs only the training patients' counts
     f = baseline_features(cohort, ids)
     if "net2" not in f.columns:
         raise InputError(cohort.root / "manifest.csv", "a count-conditioned model trains on the observed NET2 counts; some patient has no net2_mask",

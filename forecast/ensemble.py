@@ -101,11 +101,9 @@ def check_sampler(cfg: ForecastConfig, settings: SamplerSettings) -> None:
 def mask_counts(x0: torch.Tensor, affine: np.ndarray) -> np.ndarray:
     """Lesions in each sampled mask (B,) of x0 (B, 1, X, Y, Z): the rule the forecasts are scored with
     (26-connected components of at least 3 mm^3, `forecast.evaluate`)."""
-    from forecast.evaluate import CONNECTIVITY, MIN_VOLUME_MM3
-    from mseval.lesions.components import count_lesions
+    from forecast.evaluate import count_masks
 
-    masks, _ = binarize(x0)
-    return np.array([count_lesions(m, affine, connectivity=CONNECTIVITY, min_volume_mm3=MIN_VOLUME_MM3).count for m in masks])
+    return count_masks(binarize(x0)[0], affine)
 
 
 def head_features(cohort: Cohort, ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -115,7 +113,7 @@ def head_features(cohort: Cohort, ids: Sequence[str]) -> dict[str, np.ndarray]:
 
     if not ids:
         return {}
-    f = baseline_features(cohort, ids)
+    f = baseline_features(cohort, ids, outcome=False)
     try:
         x = feature_matrix(f)
     except ValueError as exc:

@@ -183,6 +183,12 @@ def fit_baseline_on(cohort: Cohort, patient_ids: Sequence[str] | None, label: st
     return fit_nb2_baseline(feats, reference=cohort.reference_arm, trained_on=label)
 
 
+def count_masks(masks: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Lesions in each of masks (S, X, Y, Z) binary: the rule every forecast is scored with
+    (CONNECTIVITY-connected components of at least MIN_VOLUME_MM3; affine (4, 4) in mm). Returns (S,) int."""
+    return np.array([count_lesions(m, affine, connectivity=CONNECTIVITY, min_volume_mm3=MIN_VOLUME_MM3).count for m in masks], dtype=np.int64)
+
+
 def count_fidelity(pairs: np.ndarray) -> dict[str, Any]:
     """How faithfully a count-conditioned network draws the number of lesions it is asked for.
     pairs: (N, 2) int (requested count, lesions in the sampled mask) over all samples of all blocks."""
@@ -226,8 +232,8 @@ def score_store(cohort: Cohort, store: ForecastStore, *, n_boot: int = 2000, see
                 continue
             block = store.block(pid, arm)
             masks, affine = block.masks()
-            counts = np.array([count_lesions(m, affine, connectivity=CONNECTIVITY, min_volume_mm3=MIN_VOLUME_MM3).count for m in masks])
-            req = block.sampler.get("requested_counts") if isinstance(block.sampler, dict) else None
+            counts = count_masks(masks, affine)
+            req = block.sampler.get("requested_counts")
             if req is not None and len(req) == len(counts):
                 fidelity.append(np.c_[np.asarray(req, dtype=np.int64), counts])
             rec: dict[str, Any] = {
@@ -380,7 +386,7 @@ def allocated_ensemble(cohort: Cohort, store: ForecastStore, ids: Sequence[str])
     rows = []
     for pid in ids:
         masks, affine = store.block(pid, str(cohort.row(pid)["arm"])).masks()
-        rows.append([count_lesions(m, affine, connectivity=CONNECTIVITY, min_volume_mm3=MIN_VOLUME_MM3).count for m in masks])
+        rows.append(count_masks(masks, affine))
     return np.asarray(rows, dtype=np.int64)
 
 

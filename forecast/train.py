@@ -185,7 +185,7 @@ def train(
         from forecast.count_head import fit_head_on_cohort
 
         counts, fit = fit_head_on_cohort(model, cohort, train_ids, val_ids, fit=ckpt is None)
-        head_fit = fit.to_dict() if fit is not None else (ckpt.provenance or {}).get("count_head") if ckpt is not None else None
+        head_fit = fit.to_dict() if fit is not None else ckpt.provenance.get("count_head")  # fit is None only when resuming
     model = model.to(dev)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

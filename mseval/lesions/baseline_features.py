@@ -32,16 +32,18 @@ def _count(cohort: Cohort, pid: str, field: str, connectivity: int, min_volume_m
 
 
 def baseline_features(
-    cohort: Cohort, patient_ids: Sequence[str] | None = None, *, connectivity: int = 26, min_volume_mm3: float = 3.0
+    cohort: Cohort, patient_ids: Sequence[str] | None = None, *, connectivity: int = 26, min_volume_mm3: float = 3.0,
+    outcome: bool = True,
 ) -> pd.DataFrame:
-    """The feature table (FEATURE_COLUMNS, plus `net2` when every patient has a NET2 mask)."""
+    """The feature table (FEATURE_COLUMNS, plus `net2` when every patient has a NET2 mask; with
+    `outcome` False the NET2 masks are not read at all, as a forecaster at sampling time must not)."""
     ids = list(patient_ids) if patient_ids is not None else cohort.patient_ids
     rows = []
     for pid in ids:
         row = cohort.row(pid)
         gd = _count(cohort, pid, "gd_lesion_mask", connectivity, min_volume_mm3)
         t2 = _count(cohort, pid, "t2_lesion_mask", connectivity, min_volume_mm3)
-        net2 = _count(cohort, pid, "net2_mask", connectivity, min_volume_mm3)
+        net2 = _count(cohort, pid, "net2_mask", connectivity, min_volume_mm3) if outcome else None
         rows.append({
             "patient_id": pid, "arm": str(row["arm"]), "age": float(row["age"]),
             "followup_years": float(row["followup_weeks"]) / WEEKS_PER_YEAR,
