@@ -54,6 +54,11 @@ class ForecastConfig:
     count_head: bool = False
     count_head_hidden: int = 32
     count_head_epochs: int = 3000
+    # location pathway (forecast.centres): a learned intensity of lesion centres; the network renders the mask around them
+    centre_map: bool = False
+    centre_min_distance: int = 4  # voxels (Chebyshev) between drawn centres
+    location_hidden: int = 8
+    location_epochs: int = 6
     # training
     steps: int = 2000
     batch_size: int = 4
@@ -81,8 +86,8 @@ class ForecastConfig:
     # -- derived ---------------------------------------------------------------------------
     @property
     def in_channels(self) -> int:
-        """Network input channels: the noisy mask plus one per conditioning input."""
-        return 1 + len(self.inputs)
+        """Network input channels: the noisy mask, one per conditioning input, and the centre map (`centre_map`)."""
+        return 1 + len(self.inputs) + int(self.centre_map)
 
     @property
     def num_classes(self) -> int:
@@ -174,6 +179,8 @@ class ForecastConfig:
             raise InputError(source, f"batch_size {self.batch_size} is not divisible by grad_accumulation={self.grad_accumulation}", field="grad_accumulation")
         if self.count_head and not {"t2_lesion_mask", "gd_lesion_mask"} <= set(self.inputs):
             raise InputError(source, "count_head needs t2_lesion_mask and gd_lesion_mask among the inputs (its features are read from them)", field="count_head")
+        if self.centre_map and not self.count_head:
+            raise InputError(source, "centre_map draws as many centres as the count head draws lesions: it needs count_head", field="centre_map")
         if self.arms is not None and len(self.arms) == 0:
             raise InputError(source, "arms must not be empty", field="arms")
 

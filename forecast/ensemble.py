@@ -131,6 +131,16 @@ def requested_counts(model: torch.nn.Module, x: np.ndarray, conditions: Sequence
     return [draw_counts(float(m), float(a), sd) for m, a, sd in zip(mean, alpha, seeds)]
 
 
+def member_centre_maps(logits: np.ndarray, counts: Sequence[int], seeds: Sequence[int], min_distance: int) -> torch.Tensor:
+    """(B, 1, X, Y, Z) centre maps of B members: counts[i] centres drawn from the intensity logits (X, Y, Z)
+    from a seed derived from the member's seed (`forecast.centres.draw_centres`)."""
+    from forecast.centres import centre_map, draw_centres
+
+    maps = [centre_map(draw_centres(logits, n, derive_seed(s, "centres"), min_distance=min_distance), logits.shape)
+            for n, s in zip(counts, seeds)]
+    return torch.from_numpy(np.stack(maps)[:, None])
+
+
 def sample_patient(
     model: torch.nn.Module,
     cfg: ForecastConfig,
@@ -148,19 +158,31 @@ def sample_patient(
 ) -> list[torch.Tensor]:
     """Sample one patient under each condition. cond: (C, X, Y, Z); seeds[j]: the seeds of condition j;
     counts[j]: for a count-conditioned model, the number of NET2 lesions each member of condition j is drawn with
-    (with `settings.count_tries` > 1, redrawn until the mask holds that many lesions; `affine` (4, 4) then needed).
+    (with `settings.count_tries` > 1, redrawn until the mask holds that many lesions; `affine` (4, 4) then needed);
+    a centre-conditioned model (`centre_map`) draws that many centres per member and renders around them.
     Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. Members are batched `batch_size` at a time
     (x2 rows when guided); `max_rows` caps the rows of one network call (less memory, same output)."""
     jobs = [(j, s) for j, c in enumerate(conditions) for s in range(len(seeds[j]))]
     c = torch.from_numpy(cond).to(device)
     out: dict[tuple[int, int], torch.Tensor] = {}
+    logits: np.ndarray | None = None  # centre_map models: the patient's centre intensity, computed once
     for lo in range(0, len(jobs), batch_size):
         chunk = jobs[lo: lo + batch_size]
         labels = torch.stack([conditions[j].weights for j, _ in chunk]).to(device)
         if counts is not None:
             labels = count_labels(labels, torch.tensor([float(counts[j][s]) for j, s in chunk]))
         gens = [torch.Generator().manual_seed(int(seeds[j][s])) for j, s in chunk]
-        conds = to_layout(c.unsqueeze(0).expand(len(chunk), *c.shape), device)  # once, not at every step
+        conds = c.unsqueeze(0).expand(len(chunk), *c.shape)
+        if cfg.centre_map:
+            if counts is None:
+                raise ValueError("a centre-conditioned model samples with the count head's counts")
+            if logits is None:
+                with torch.no_grad():
+                    logits = model.location(c.unsqueeze(0))[0].float().cpu().numpy()
+            cmaps = member_centre_maps(logits, [int(counts[j][s]) for j, s in chunk], [int(seeds[j][s]) for j, s in chunk],
+                                       cfg.centre_min_distance)
+            conds = torch.cat([conds, cmaps.to(device, conds.dtype)], dim=1)
+        conds = to_layout(conds, device)  # once, not at every step
 
         def denoise(x: torch.Tensor, cc: torch.Tensor, t: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
             n = x.shape[0]

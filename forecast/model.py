@@ -66,7 +66,7 @@ def count_labels(arm_w: torch.Tensor, counts: torch.Tensor | None) -> torch.Tens
 
 class NET2Denoiser(nn.Module):
     """x_t: (B, 1, X, Y, Z) noisy NET2 mask in [-1, 1] (plus noise); cond: (B, C, X, Y, Z) baseline
-    channels; t: (B,) timesteps (float for rectified flow); labels: (B, K+1) arm weights.
+    channels (then the lesion-centre map, with `centre_map`; `location` is then the centre intensity); t: (B,) timesteps (float for rectified flow); labels: (B, K+1) arm weights.
     Returns (B, 1, X, Y, Z): the configured prediction (epsilon, v, x0, or flow velocity)."""
 
     def __init__(self, cfg: ForecastConfig) -> None:
@@ -103,6 +103,13 @@ class NET2Denoiser(nn.Module):
             emb.weight.data.copy_(old.weight.data)
             self.unet.class_embedding = emb
             self.count_head = None
+        self.location = None
+        if cfg.centre_map:
+            from forecast.centres import LocationNet
+
+            self.location = LocationNet(len(cfg.inputs), cfg.location_hidden)
+            for prm in self.location.parameters():  # fitted on its own (forecast.centres.fit_location)
+                prm.requires_grad_(False)
         if cfg.activation_checkpointing:
             checkpoint_blocks(self.unet)
 

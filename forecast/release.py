@@ -58,12 +58,16 @@ def build(out: Path, work: Path, *, config: str = "tiny_count", guidance_grid: t
     _simulate(pool, POOL_PER_ARM, POOL_SEED, workers)
     _simulate(val, VALIDATION_PER_ARM, VALIDATION_SEED, workers)
     t0 = time.perf_counter()
+    def progress(step: int, total: int, loss: float) -> None:
+        if step % 50 == 0 or step == total:
+            print(f"step {step}/{total} loss {loss:.4f} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+
     if weights_path(run).is_file():
         ck = load_checkpoint(run)
         if ck.step < cfg.steps:
-            train(pool, cfg, run, resume=True, device="cpu")
+            train(pool, cfg, run, resume=True, device="cpu", progress=progress)
     else:
-        train(pool, cfg, run, device="cpu")
+        train(pool, cfg, run, device="cpu", progress=progress)
     ckpt = load_checkpoint(run)
     print(f"trained {ckpt.step} steps ({(time.perf_counter() - t0) / 60:.1f} min this call)", flush=True)
     vc = read_cohort(val)

@@ -27,6 +27,7 @@ import torch
 from forecast.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_path
 from forecast.config import ForecastConfig
 from forecast.cache import PatientCache, build_cache, step_loader
+from forecast.centres import centre_batch
 from forecast.data import Augment, split_patients
 from forecast.diffusion import alphas_cumprod, diffusion_loss, to_signed
 from forecast.model import NET2Denoiser, arm_weights, count_labels
@@ -127,6 +128,26 @@ def _start(cohort: Cohort, cfg: ForecastConfig, out: Path, resume: bool) -> tupl
     return cfg, None, train_ids, val_ids
 
 
+def fit_location_on_cohort(model: NET2Denoiser, data: PatientCache, cohort: Cohort, val_ids: list[str]):  # noqa: ANN201 - LocationFit
+    """Fit `model.location` on the cached training patients' observed NET2 lesion centres, choosing the
+    epoch on the held-out patients' (`forecast.centres.fit_location`)."""
+    from forecast.centres import fit_location, lesion_centres
+    from forecast.data import load_patient
+
+    cfg = model.cfg
+
+    def item(i: int) -> tuple[torch.Tensor, object]:
+        c, t = data.item(i)
+        return c, lesion_centres(t[0].numpy())
+
+    val = []
+    for pid in val_ids:
+        p = load_patient(cohort, pid, cfg)
+        val.append((torch.from_numpy(p.cond), lesion_centres(p.target)))
+    return fit_location(model.location, item, len(data), val, epochs=cfg.location_epochs,
+                        seed=derive_seed(cfg.seed, "location"))
+
+
 def train(
     cohort_dir: str | Path,
     cfg: ForecastConfig,
@@ -186,6 +207,9 @@ def train(
 
         counts, fit = fit_head_on_cohort(model, cohort, train_ids, val_ids, fit=ckpt is None)
         head_fit = fit.to_dict() if fit is not None else ckpt.provenance.get("count_head")  # fit is None only when resuming
+    location_fit: dict | None = None
+    if cfg.centre_map:  # the location pathway, fitted once at step 0 on the observed NET2 masks
+        location_fit = fit_location_on_cohort(model, data, cohort, val_ids).to_dict() if ckpt is None else ckpt.provenance.get("location")
     model = model.to(dev)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -207,6 +231,8 @@ def train(
                   "torch_threads": torch.get_num_threads()}
     if head_fit is not None:
         provenance["count_head"] = head_fit
+    if location_fit is not None:
+        provenance["location"] = location_fit
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
 
     def snapshot(at: int) -> Checkpoint:
@@ -242,7 +268,11 @@ def train(
                     arms = [data.arms[int(p)] for p in patient_ids[sl]]
                     gens = [torch.Generator().manual_seed(_seed(derive_seed(cfg.seed, "noise", k, m))) for m in members]
                     labels = arm_weights(cfg, arms, device=dev)
-                    if counts is not None:
+                    if cfg.centre_map:  # the centres of the (augmented) target, and their number as the count
+                        cmap, n_centres = centre_batch(target)
+                        cond = torch.cat([cond, cmap.to(cond.dtype)], dim=1)
+                        labels = count_labels(labels, n_centres)
+                    elif counts is not None:
                         labels = count_labels(labels, counts[patient_ids[sl].long()])
                     sync = net.no_sync() if world > 1 and j < acc - 1 else contextlib.nullcontext()
                     with sync:
