@@ -1,6 +1,6 @@
-"""Issue 13: the count-conditioned model (`tiny_count`), reported once on a TEST trial it never saw.
+"""Issue 13: the count-conditioned models (`tiny_centre`, `tiny_count`), reported once on a TEST trial it never saw.
 
-The checkpoint (default: the shipped `forecast/checkpoints/tiny_count`, built by `make checkpoint` =
+The checkpoint (default: the shipped `forecast/checkpoints/tiny_centre`, built by `make checkpoint` =
 `python -m forecast.release`) was trained on the seed-2030 pool (2,400 patients) and its guidance was
 chosen on the seed-2028 validation trial from observed counts only. Here, on TEST (seed 2027,
 240 patients at 32^3, the trial of the references in bench/RESULTS_forecast.md):
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", type=Path, default=ROOT / "forecast/checkpoints/tiny_count")
+    ap.add_argument("--checkpoint", type=Path, default=ROOT / "forecast/checkpoints/tiny_centre")
     ap.add_argument("--test", type=Path, default=Path("/tmp/quality/coh-heldout-2027"))
     ap.add_argument("--train-pool", type=Path, default=Path("/tmp/q13/pool"), help="the checkpoint's training trial (NB2 baseline fit)")
     ap.add_argument("--out", type=Path, required=True)

@@ -1,9 +1,10 @@
-"""`make checkpoint`: rebuild the shipped demo checkpoint (`forecast/checkpoints/tiny_count`) from scratch.
+"""`make checkpoint`: rebuild the shipped demo checkpoint (`forecast/checkpoints/tiny_centre`) from scratch.
 
 The recipe (issue 13's leak-free protocol; every trial from `mseval simulate`, 32^3):
 1. TRAIN: a pool trial of 400 patients per arm (2,400 patients, seed 2030); the checkpoint holds out
    10% of it (its `val_ids`) to choose the count head's epoch on observed counts;
-2. train `forecast/configs/tiny_count.json` for its `steps` on TRAIN (the count head is fitted at step 0);
+2. train `forecast/configs/tiny_centre.json` for its `steps` on TRAIN (the count head and the location
+   network are fitted at step 0, on observed NET2 counts and lesion centres);
 3. VALIDATION: a separate trial (seed 2028, 40 per arm); the sampler's guidance is chosen on 60 of its
    patients (10 per arm, 6 samples each, DDIM-6) from `--guidance-grid` (2, 3, 4) by the lowest mean fair CRPS of the allocated-arm forecasts against the observed
    NET2 counts (`forecast.evaluate.select_settings`; truth.csv is never read);
@@ -14,7 +15,9 @@ Nothing here reads a test trial: the figures of bench/RESULTS_forecast.md come f
 (seed 2027) sampled once with the exported checkpoint. Steps already done in `--work` are reused
 (the pool, the validation trial, a training checkpoint at the configured steps).
 
-    .venv/bin/python -m forecast.release --out forecast/checkpoints/tiny_count --work build/checkpoint
+    .venv/bin/python -m forecast.release --work build/checkpoint
+
+(`--config tiny_count --guidance-grid 2,3,4 --out DIR` rebuilds the earlier count-only model.)
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import argparse
 import time
 from pathlib import Path
 
-SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "tiny_count"
+SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "tiny_centre"
 """The shipped demo checkpoint (a folder; `make checkpoint` rebuilds it)."""
 
 POOL_SEED, POOL_PER_ARM = 2030, 400
@@ -40,7 +43,7 @@ def _simulate(folder: Path, per_arm: int, seed: int, workers: int) -> None:
     simulate_trial(folder, TrialConfig(patients_per_arm=per_arm, shape=(32, 32, 32), seed=seed), workers=workers)
 
 
-def build(out: Path, work: Path, *, config: str = "tiny_count", guidance_grid: tuple[float, ...] = (2.0, 3.0, 4.0),
+def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: tuple[float, ...] = (1.0, 2.0, 3.0),
           tune_patients: int = 60, tune_samples: int = 6, sample_steps: int = 6, workers: int = 2, threads: int = 2) -> Path:
     """Run the recipe (module docstring); returns OUT."""
     import torch
@@ -104,9 +107,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=SHIPPED_CHECKPOINT)
     ap.add_argument("--work", type=Path, default=Path("build/checkpoint"))
-    ap.add_argument("--config", default="tiny_count")
-    ap.add_argument("--guidance-grid", default="2,3,4", help="guidance 1 is left out: on the validation trial its samples of a "
-                    "half-trained model held 1.5 lesions where 0 were asked for (bench/RESULTS_forecast.md)")
+    ap.add_argument("--config", default="tiny_centre")
+    ap.add_argument("--guidance-grid", default="1,2,3", help="guidances to choose from on the validation trial (tiny_count: 2,3,4; "
+                    "at guidance 1 its half-trained samples held 1.5 lesions where 0 were asked for)")
     ap.add_argument("--tune-patients", type=int, default=60)
     ap.add_argument("--tune-samples", type=int, default=6)
     ap.add_argument("--workers", type=int, default=2)

@@ -163,7 +163,7 @@ def run_demo(
     """Run the demo into `out` (a previous demo there is replaced); returns timings and paths.
 
     Diffusion, default: samples a trial simulated with `seed + 1` with a trained checkpoint
-    (`checkpoint`, default the shipped `forecast/checkpoints/tiny_count`, trained and tuned on other
+    (`checkpoint`, default the shipped `forecast/checkpoints/tiny_centre`, trained and tuned on other
     simulated trials: `make checkpoint`), at its config's sampler settings.
     Diffusion with `train`: trains `train_steps` steps (default DEFAULT_TRAIN_STEPS; or, given `minutes` and no
     `train_steps`, for that wall-clock budget) on a trial simulated with `seed`, evaluates on a

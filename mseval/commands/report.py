@@ -59,15 +59,15 @@ def report(
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for cohort/, forecasts/, report/ (a previous demo there is replaced)."),
-    forecaster: str = typer.Option("diffusion", help="diffusion (the shipped tiny_count checkpoint forecasts a simulated trial it never saw; --train trains one first) | oracle (the simulator's true law: a larger trial)."),
+    forecaster: str = typer.Option("diffusion", help="diffusion (the shipped tiny_centre checkpoint forecasts a simulated trial it never saw; --train trains one first) | oracle (the simulator's true law: a larger trial)."),
     train: bool = typer.Option(False, "--train", help="Diffusion: train a model from scratch on one simulated trial (--config, --train-steps) instead of the shipped checkpoint."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Diffusion: sample with this checkpoint folder instead of the shipped one (forecast/checkpoints/tiny_count)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Diffusion: sample with this checkpoint folder instead of the shipped one (forecast/checkpoints/tiny_centre)."),
     patients_per_arm: Optional[int] = typer.Option(None, help="Patients randomized to each of the six arms (default 8 for diffusion, 20 for oracle)."),
     samples: Optional[int] = typer.Option(None, help="Forecast samples per patient and arm (default 2 for diffusion, 20 for oracle)."),
     seed: int = typer.Option(2026, help="Seed of the trial, the training and the forecasts."),
     workers: int = typer.Option(2, help="Processes (and torch threads for the diffusion model)."),
     minutes: Optional[float] = typer.Option(None, help="Train for this wall-clock budget (minutes) instead of --train-steps (results then depend on the machine's speed)."),
-    config: Optional[str] = typer.Option(None, help="Train this diffusion model config (tiny_quality, tiny_count, tiny or a JSON file; implies --train; default with --train: tiny_quality)."),
+    config: Optional[str] = typer.Option(None, help="Train this diffusion model config (tiny_quality, tiny_centre, tiny_count, tiny or a JSON file; implies --train; default with --train: tiny_quality)."),
     sample_steps: int = typer.Option(6, help="DDIM steps per sample for the diffusion model."),
     train_steps: Optional[int] = typer.Option(None, help="With --train: training steps of the diffusion model (default 300, about 5 minutes on two cores; identical numbers need the same seed, --workers and CPU type)."),
 ) -> None:
