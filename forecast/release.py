@@ -84,7 +84,7 @@ def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: 
                                  provenance={"tuned_on": {"cohort": f"simulated trial seed {VALIDATION_SEED}, {len(ids)} of its patients",
                                                           "patients": list(ids), "criterion": tuning.criterion, "chosen": c},
                                              "trained_on": f"simulated trial seed {POOL_SEED}, {6 * POOL_PER_ARM} patients at 32^3 "
-                                                           f"({len(ckpt.train_ids)} training, {len(ckpt.val_ids)} held out for the count head)"})
+                                                           f"({len(ckpt.train_ids)} training, {len(ckpt.val_ids)} held out to choose the count head's and the location network's epochs)"})
     write_json_atomic(tuning.to_dict(), out / "tuning.json")
     print(f"exported {exported.id} to {out}", flush=True)
     return out
