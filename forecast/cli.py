@@ -120,6 +120,7 @@ def sample(
     sampler: Annotated[Optional[str], typer.Option(help="ddim | ddpm | rflow (default: the config's).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale w: uncond + w (cond - uncond); 1 = conditional.")] = None,
     count_tries: Annotated[Optional[int], typer.Option("--count-tries", help="Count-conditioned checkpoints: draws per member until its mask holds the requested lesion count (default: the config's).")] = None,
+    mask_threshold: Annotated[Optional[float], typer.Option("--mask-threshold", help="A voxel is lesion where its sampled probability exceeds this (default: the config's, chosen on validation).")] = None,
     batch_size: Annotated[int, typer.Option(help="Network batch (members, arms and guidance halves together); results do not depend on it.")] = 8,
     seed: Annotated[int, typer.Option(help="Base seed; sample seeds derive from (seed, patient, arm, sample).")] = 0,
     blend: Annotated[Optional[list[str]], typer.Option(help="Efficacy sweep A:B:0.25,0.5,0.75 (repeatable): sample under (1-f) A + f B.")] = None,
@@ -149,15 +150,18 @@ def sample(
         raise InputError(None, "--steps must be at least 1", field="steps")
     if count_tries is not None:
         check_min(count_tries, "--count-tries", 1)
+    if mask_threshold is not None and not 0.0 < mask_threshold < 1.0:
+        raise InputError(None, f"--mask-threshold {mask_threshold:g}: must lie strictly between 0 and 1", field="mask_threshold")
     check_min(samples, "--samples", 1)
     check_min(batch_size, "--batch-size", 1)
     check_out_folder(out)
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.config
     settings = SamplerSettings(sampler or cfg.sampler, steps or cfg.sample_steps, cfg.guidance if guidance is None else guidance, cfg.clip_x0,
-                               cfg.count_tries if count_tries is None else count_tries)
+                               cfg.count_tries if count_tries is None else count_tries,
+                               cfg.mask_threshold if mask_threshold is None else mask_threshold)
     defining = {"checkpoint": ckpt.id, "samples": samples, "seed": seed, "sampler": asdict(settings), "prob": prob}
-    names = {"checkpoint": "--checkpoint", "samples": "--samples", "seed": "--seed", "sampler": "--sampler/--steps/--guidance/--count-tries", "prob": "--prob"}
+    names = {"checkpoint": "--checkpoint", "samples": "--samples", "seed": "--seed", "sampler": "--sampler/--steps/--guidance/--count-tries/--mask-threshold", "prob": "--prob"}
     started = init_distributed_from_env()
     try:
         prog, update = _progress("sampling patients")
@@ -190,6 +194,7 @@ def evaluate(
     tune_steps: Annotated[Optional[str], typer.Option(help="Sampling steps to try, e.g. 6,12 (default: --steps or the config's).")] = None,
     tune_count_tries: Annotated[Optional[str], typer.Option(help="Count-conditioned checkpoints: --count-tries values to try, e.g. 1,4 (default: the config's).")] = None,
     tune_sampler: Annotated[Optional[str], typer.Option(help="Samplers to try, e.g. ddim,ddpm (default: the config's).")] = None,
+    tune_thresholds: Annotated[Optional[str], typer.Option(help="Mask thresholds to try after the sampler is chosen, e.g. 0.5,0.7,0.9: lowest fair CRPS of the NET2 volume against the observed (default: the config's).")] = None,
     tune_samples: Annotated[int, typer.Option(help="Ensemble members per validation patient while tuning.")] = 12,
     baseline_cohort: Annotated[Optional[Path], typer.Option(help="Training trial for the NB2 baseline (default: this cohort's training patients).")] = None,
     record: Annotated[bool, typer.Option("--record/--no-record", help="Also write the tuning choice into the checkpoint folder (tuning.json).")] = True,
@@ -216,6 +221,7 @@ def evaluate(
                                       tune_steps=parse_grid(tune_steps, int, None) if tune_steps else None,
                                       tune_count_tries=parse_grid(tune_count_tries, int, None) if tune_count_tries else None,
                                       tune_samplers=parse_grid(tune_sampler, str, None) if tune_sampler else None,
+                                      tune_thresholds=parse_grid(tune_thresholds, float, None) if tune_thresholds else None,
                                       tune_samples=tune_samples, baseline_cohort=baseline_cohort, record_in_checkpoint=record)
     for k, v in summary.items():
         if isinstance(v, (int, float, str)):

@@ -82,6 +82,7 @@ class ForecastConfig:
     guidance: float = 1.0
     clip_x0: bool = True
     count_tries: int = 1  # count_head models: draws per member until the mask holds the requested count (1 = no rejection)
+    mask_threshold: float = 0.5  # a sampled voxel is lesion where (x0 + 1) / 2 exceeds this (chosen on validation by make checkpoint)
 
     # -- derived ---------------------------------------------------------------------------
     @property

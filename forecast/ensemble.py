@@ -10,7 +10,7 @@ patients are sharded by rank.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,12 +98,12 @@ def check_sampler(cfg: ForecastConfig, settings: SamplerSettings) -> None:
         raise InputError(None, f"sampler {settings.sampler!r} does not fit a {cfg.objective} checkpoint (use {need})", field="sampler")
 
 
-def mask_counts(x0: torch.Tensor, affine: np.ndarray) -> np.ndarray:
+def mask_counts(x0: torch.Tensor, affine: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Lesions in each sampled mask (B,) of x0 (B, 1, X, Y, Z): the rule the forecasts are scored with
     (26-connected components of at least 3 mm^3, `forecast.evaluate`)."""
     from forecast.evaluate import count_masks
 
-    return count_masks(binarize(x0)[0], affine)
+    return count_masks(binarize(x0, threshold)[0], affine)
 
 
 def head_features(cohort: Cohort, ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -163,6 +163,7 @@ def sample_patient(
     Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. Members are batched `batch_size` at a time
     (x2 rows when guided); `max_rows` caps the rows of one network call (less memory, same output)."""
     jobs = [(j, s) for j, c in enumerate(conditions) for s in range(len(seeds[j]))]
+    threshold = cfg.mask_threshold if settings.threshold is None else settings.threshold
     c = torch.from_numpy(cond).to(device)
     out: dict[tuple[int, int], torch.Tensor] = {}
     logits: np.ndarray | None = None  # centre_map models: the patient's centre intensity, computed once
@@ -198,7 +199,7 @@ def sample_patient(
             if affine is None:
                 raise ValueError("rejection on the lesion count needs the patient's affine")
             want = np.array([int(counts[j][s]) for j, s in chunk])
-            gap = np.abs(mask_counts(x0, affine) - want)
+            gap = np.abs(mask_counts(x0, affine, threshold) - want)
             for k in range(1, settings.count_tries):  # redraw, from seeds derived from the member's, the members off their count
                 redo = np.flatnonzero(gap > 0)
                 if not len(redo):
@@ -207,7 +208,7 @@ def sample_patient(
                 idx = torch.as_tensor(redo, device=device)
                 x_new = sample(chunked_rows(denoise, max_rows), conds[idx], labels[idx], g2, settings, alphas_cumprod=acp,
                                prediction=cfg.prediction, num_train_timesteps=cfg.num_train_timesteps).cpu()
-                g_new = np.abs(mask_counts(x_new, affine) - want[redo])
+                g_new = np.abs(mask_counts(x_new, affine, threshold) - want[redo])
                 better = g_new < gap[redo]
                 for r in np.flatnonzero(better):
                     x0[redo[r]] = x_new[r]
@@ -258,6 +259,8 @@ def forecast_cohort(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     cfg = ckpt.config
     settings = settings or SamplerSettings(cfg.sampler, cfg.sample_steps, cfg.guidance, cfg.clip_x0, cfg.count_tries)
+    if settings.threshold is None:  # the checkpoint's mask threshold, recorded in every block
+        settings = replace(settings, threshold=cfg.mask_threshold)
     check_sampler(cfg, settings)
     conditions = resolve_conditions(cohort, cfg, arms, blend)
     ids = cohort.patient_ids if patients is None else list(patients)
@@ -286,7 +289,7 @@ def forecast_cohort(
     def write(pid: str, missing: list[Condition], x0s: list[torch.Tensor], seeds: list[list[int]], affine: np.ndarray,
               counts: list[list[int]] | None) -> None:
         for j, (c, x0, sd) in enumerate(zip(missing, x0s, seeds)):
-            masks, prob = binarize(x0)
+            masks, prob = binarize(x0, settings.threshold)
             rec = record if counts is None else {**record, "requested_counts": [int(n) for n in counts[j]]}
             store.write_block(pid, c.name, masks, affine, sd, checkpoint=ckpt.id,
                               sampler=rec, prob=prob if save_prob else None)

@@ -23,13 +23,15 @@ Per arm (all arms sampled): mean forecast count vs the true mean and the ratio v
 Leak-free protocol (`select_settings`): candidate sampler settings are scored on a VALIDATION set of
 patients with observed outcomes only (fair CRPS, AUC, PIT; the cohort's truth files are not used, and
 need not exist), the lowest mean fair CRPS is chosen, and the test split is reported once with it.
+The mask threshold (`select_threshold`) is chosen the same way, with the sampler fixed, by the fair
+CRPS of the forecast NET2 lesion volume against the observed NET2 mask volume.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from mseval.io.atomic import write_csv_atomic, write_json_atomic
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.io.nifti import load_volume
 from mseval.io.store import ForecastStore
-from mseval.lesions.components import count_lesions
+from mseval.lesions.components import count_lesions, voxel_volume
 from mseval.metrics.calibration import crps_ensemble_fair, crps_pmf, pit_uniformity, randomized_pit, randomized_pit_pmf
 
 WM_LABEL = 3
@@ -391,8 +393,8 @@ def allocated_ensemble(cohort: Cohort, store: ForecastStore, ids: Sequence[str])
 
 
 def sample_allocated(cohort_dir: str | Path, ckpt: Any, out: Path, ids: Sequence[str], *, samples: int, settings: Any,
-                     batch_size: int, seed: int, device: str | None) -> ForecastStore:
-    """Sample each of `ids` under its allocated arm only into the store `out`."""
+                     batch_size: int, seed: int, device: str | None, save_prob: bool = False) -> ForecastStore:
+    """Sample each of `ids` under its allocated arm only into the store `out` (`save_prob`: keep each member's soft probability)."""
     from forecast.ensemble import forecast_cohort
 
     cohort = read_cohort(cohort_dir)
@@ -401,7 +403,7 @@ def sample_allocated(cohort_dir: str | Path, ckpt: Any, out: Path, ids: Sequence
         ids_arm = [p for p in ids if cohort.row(p)["arm"] == arm]
         if ids_arm:
             store = forecast_cohort(cohort.root, ckpt, out, samples=samples, arms=[arm], settings=settings, batch_size=batch_size,
-                                    seed=seed, patients=ids_arm, device=device)
+                                    seed=seed, patients=ids_arm, device=device, save_prob=save_prob)
     assert store is not None
     return store
 
@@ -464,6 +466,91 @@ def select_settings(
     return Tuning(chosen, table, SELECTION_CRITERION, validation, ckpt.id, notes)
 
 
+THRESHOLD_CRITERION = ("lowest mean fair CRPS of the forecast NET2 lesion volume (mm^3: voxels whose sampled probability exceeds the "
+                       "threshold) against the observed NET2 mask volume, allocated arm, validation patients (observed masks only)")
+THRESHOLD_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+"""Mask thresholds `make checkpoint` chooses from."""
+
+
+@dataclass(frozen=True)
+class ThresholdTuning:
+    """The mask threshold chosen on validation data: each candidate's fair CRPS of the NET2 volume (mm^3, with its
+    SE over patients and the paired difference from the chosen one), mean forecast and observed volume (mm^3),
+    mean forecast volume per forecast lesion and the share of members holding their requested count."""
+
+    chosen: float
+    table: pd.DataFrame
+    criterion: str
+    validation: dict[str, Any]
+    checkpoint: str
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.table
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen, "criterion": self.criterion, "validation": self.validation, "checkpoint": self.checkpoint,
+                "candidates": self.table.to_dict("records"), "truth_read": False}
+
+    def summary(self) -> str:
+        lines = [f"mask threshold chosen on {self.validation['patients']} validation patients: {self.chosen:g}", f"criterion: {self.criterion}"]
+        for r in self.table.to_dict("records"):
+            lines.append(f"  threshold {r['threshold']:.2f}: volume fair CRPS {r['crps_volume_mm3']:.2f} mm^3 (SE {r['crps_volume_se']:.2f}; "
+                         f"minus chosen {r['crps_minus_chosen']:+.2f}, SE {r['crps_minus_chosen_se']:.2f}), mean volume {r['forecast_mean_mm3']:.1f} "
+                         f"vs observed {r['observed_mean_mm3']:.1f} mm^3, {r['mm3_per_lesion']:.1f} mm^3 per lesion")
+        return "\n".join(lines)
+
+
+def select_threshold(ckpt: Any, cohort_dir: str | Path, out: str | Path, *, settings: Any, patients: Sequence[str] | None = None,
+                     grid: Sequence[float] = THRESHOLD_GRID, samples: int = 6, batch_size: int = 8, seed: int = 0,
+                     device: str | None = None) -> ThresholdTuning:
+    """Sample the validation patients once under their allocated arm with `settings` (keeping each member's
+    soft probability) and choose, from `grid`, the threshold whose forecast NET2 volumes score the lowest
+    mean fair CRPS against the observed NET2 mask volumes. The lesion count does not enter: a count-conditioned
+    model's count is drawn before rendering, the threshold sets only how much of each rendered lesion is kept.
+    Reads the manifest, arms, baseline inputs and net2 masks only (never truth.csv or tissue maps)."""
+    if samples < 2:
+        raise InputError(None, "validation needs at least 2 samples per patient (fair CRPS)", field="samples")
+    grid = sorted({float(t) for t in grid})
+    if not grid or not all(0.0 < t < 1.0 for t in grid):
+        raise InputError(None, "mask thresholds must lie strictly between 0 and 1", field="threshold")
+    cohort = read_cohort(cohort_dir)
+    ids = list(patients) if patients is not None else cohort.patient_ids
+    store = sample_allocated(cohort.root, ckpt, Path(out), ids, samples=samples, settings=replace(settings, threshold=grid[0]),
+                             batch_size=batch_size, seed=seed, device=device, save_prob=True)
+    y, vols, lesions, exact = [], {t: [] for t in grid}, {t: 0 for t in grid}, {t: 0 for t in grid}
+    n_members = 0
+    for pid in ids:
+        path = cohort.path(pid, "net2_mask")
+        if path is None:
+            raise InputError(cohort.root / "manifest.csv", f"patient {pid} has no net2_mask: validation needs observed outcomes", field="net2_mask")
+        v = load_volume(path, mask=True, field="net2_mask")
+        y.append(float(np.count_nonzero(v.data)) * voxel_volume(v.affine))
+        block = store.block(pid, str(cohort.row(pid)["arm"]))
+        prob, affine = block.prob()
+        vox = voxel_volume(affine)
+        want = block.sampler.get("requested_counts")
+        n_members += len(prob)
+        for t in grid:
+            masks = (prob > t).astype(np.uint8)
+            vols[t].append(masks.reshape(len(masks), -1).sum(1) * vox)
+            got = count_masks(masks, affine)
+            lesions[t] += int(got.sum())
+            if want is not None:
+                exact[t] += int((np.asarray(want) == got).sum())
+    yy = np.asarray(y)
+    crps = {t: crps_ensemble_fair(np.asarray(vols[t], dtype=float), yy) for t in grid}
+    best = min(grid, key=lambda t: float(crps[t].mean()))
+    rows = [{"threshold": t, "crps_volume_mm3": float(crps[t].mean()), "crps_volume_se": _mean_se(crps[t])[1],
+             "crps_minus_chosen": float((crps[t] - crps[best]).mean()), "crps_minus_chosen_se": _mean_se(crps[t] - crps[best])[1],
+             "forecast_mean_mm3": float(np.mean(vols[t])), "observed_mean_mm3": float(yy.mean()),
+             "mm3_per_lesion": float(np.sum(vols[t]) / lesions[t]) if lesions[t] else float("nan"),
+             "count_exact_share": exact[t] / n_members if ckpt.config.count_head else float("nan")} for t in grid]
+    validation = {"cohort": str(Path(cohort_dir).resolve()), "patients": len(ids), "patient_ids": list(ids), "samples": samples, "seed": seed,
+                  "settings": {k: v for k, v in settings.to_dict().items() if k != "threshold"},
+                  "read": ["manifest.csv", "arms.csv", "baseline inputs", "net2_mask"]}
+    return ThresholdTuning(best, pd.DataFrame(rows), THRESHOLD_CRITERION, validation, ckpt.id)
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     cohort_dir: str | Path,
@@ -481,6 +568,7 @@ def evaluate_checkpoint(
     tune_steps: Sequence[int] | None = None,
     tune_samplers: Sequence[str] | None = None,
     tune_count_tries: Sequence[int] | None = None,
+    tune_thresholds: Sequence[float] | None = None,
     tune_samples: int = 12,
     baseline_cohort: str | Path | None = None,
     record_in_checkpoint: bool = False,
@@ -491,7 +579,8 @@ def evaluate_checkpoint(
     Leak-free protocol: with `tune_cohort`, the sampler settings are first chosen on that cohort's
     validation patients (the checkpoint's val_ids found there; where there are none, a separate
     validation trial is assumed and all its patients are used -- refused when the checkpoint's
-    provenance names it as the training cohort) from the grids tune_guidance x tune_steps x tune_samplers x tune_count_tries (`select_settings`), then
+    provenance names it as the training cohort) from the grids tune_guidance x tune_steps x tune_samplers x tune_count_tries (`select_settings`) and, with
+    `tune_thresholds`, the mask threshold for that sampler (`select_threshold`), then
     `split` is sampled once with the choice; reporting on the patients tuned on is refused. The
     choice is written to out/tuning.json (and to the checkpoint folder's tuning.json with
     `record_in_checkpoint`). `baseline_cohort`: the training trial the NB2 baseline is fitted on
@@ -502,6 +591,8 @@ def evaluate_checkpoint(
     from forecast.ensemble import forecast_cohort
     from forecast.sampler import SamplerSettings
 
+    if tune_thresholds and tune_cohort is None:
+        raise InputError(None, "--tune-thresholds needs --tune-on (a validation cohort)", field="tune_thresholds")
     ckpt = load_checkpoint(checkpoint)
     cohort = read_cohort(cohort_dir)
     ids = split_ids(cohort, ckpt.train_ids, ckpt.val_ids, split)
@@ -528,10 +619,17 @@ def evaluate_checkpoint(
                                  device=device)
         c = tuning.chosen
         settings = SamplerSettings(c["sampler"], c["steps"], c["guidance"], cfg.clip_x0, c.get("count_tries", cfg.count_tries))
-        write_json_atomic(tuning.to_dict(), out / "tuning.json")
+        tuned = tuning.to_dict()
+        if tune_thresholds:
+            thr = select_threshold(ckpt, tune_cohort, out / "tuning_threshold", settings=settings, patients=val, grid=tune_thresholds,
+                                   samples=tune_samples, batch_size=batch_size, seed=seed + 1, device=device)
+            settings = replace(settings, threshold=thr.chosen)
+            tuned["mask_threshold"] = thr.to_dict()
+            write_csv_atomic(thr.table, out / "tuning_threshold.csv")
+        write_json_atomic(tuned, out / "tuning.json")
         write_csv_atomic(tuning.table, out / "tuning.csv")
         if record_in_checkpoint and ckpt.path is not None:
-            write_json_atomic(tuning.to_dict(), Path(ckpt.path) / "tuning.json")
+            write_json_atomic(tuned, Path(ckpt.path) / "tuning.json")
     else:
         settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0, cfg.count_tries)
     if arms == "allocated":
@@ -556,7 +654,7 @@ def evaluate_checkpoint(
     summary.update({"checkpoint": ckpt.id, "split": split, "sampler": settings.to_dict(),
                     "protocol": {"trained_on": {"patients": len(ckpt.train_ids), "validation_ids": len(ckpt.val_ids),
                                                 "provenance": getattr(ckpt, "provenance", None)},
-                                 "tuned_on": tuning.to_dict() if tuning else None,
+                                 "tuned_on": tuned if tuning else None,
                                  "settings_from": "validation (observed outcomes only)" if tuning else "the checkpoint's config (not tuned here)",
                                  "reported_on": {"cohort": str(cohort.root.resolve()), "split": split, "patients": len(ids)}}})
     if bnote:

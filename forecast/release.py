@@ -6,9 +6,11 @@ The recipe (issue 13's leak-free protocol; every trial from `mseval simulate`, 3
 2. train `forecast/configs/tiny_centre.json` for its `steps` on TRAIN (the count head and the location
    network are fitted at step 0, on observed NET2 counts and lesion centres);
 3. VALIDATION: a separate trial (seed 2028, 40 per arm); the sampler's guidance is chosen on 60 of its
-   patients (10 per arm, 6 samples each, DDIM-6) from `--guidance-grid` (2, 3, 4) by the lowest mean fair CRPS of the allocated-arm forecasts against the observed
-   NET2 counts (`forecast.evaluate.select_settings`; truth.csv is never read);
-4. export the EMA weights with the chosen guidance as the config's default, the tuning table
+   patients (10 per arm, 6 samples each, DDIM-6) from `--guidance-grid` (1, 2, 3) by the lowest mean fair CRPS of the allocated-arm forecasts against the observed
+   NET2 counts (`forecast.evaluate.select_settings`; truth.csv is never read); then, with that sampler, the
+   mask threshold from (0.5 ... 0.95) by the lowest mean fair CRPS of the forecast NET2 lesion volume against
+   the observed NET2 volume (`forecast.evaluate.select_threshold`; observed masks only);
+4. export the EMA weights with the chosen guidance and threshold as the config's defaults, the tuning table
    (`tuning.json`) and the provenance (training and validation patients) to OUT.
 
 Nothing here reads a test trial: the figures of bench/RESULTS_forecast.md come from a third trial
@@ -29,6 +31,9 @@ from pathlib import Path
 SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "tiny_centre"
 """The shipped demo checkpoint (a folder; `make checkpoint` rebuilds it)."""
 
+THRESHOLD_GRID_DEFAULT = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+"""Mask thresholds chosen from (`forecast.evaluate.THRESHOLD_GRID`)."""
+
 POOL_SEED, POOL_PER_ARM = 2030, 400
 VALIDATION_SEED, VALIDATION_PER_ARM = 2028, 40
 
@@ -44,13 +49,15 @@ def _simulate(folder: Path, per_arm: int, seed: int, workers: int) -> None:
 
 
 def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: tuple[float, ...] = (1.0, 2.0, 3.0),
-          tune_patients: int = 60, tune_samples: int = 6, sample_steps: int = 6, workers: int = 2, threads: int = 2) -> Path:
+          tune_patients: int = 60, tune_samples: int = 6, sample_steps: int = 6, workers: int = 2, threads: int = 2,
+          threshold_grid: tuple[float, ...] = THRESHOLD_GRID_DEFAULT) -> Path:
     """Run the recipe (module docstring); returns OUT."""
     import torch
 
     from forecast.checkpoint import export_checkpoint, load_checkpoint, weights_path
     from forecast.config import ForecastConfig
-    from forecast.evaluate import select_settings
+    from forecast.evaluate import select_settings, select_threshold
+    from forecast.sampler import SamplerSettings
     from forecast.train import train
     from mseval.io.atomic import write_json_atomic
     from mseval.io.cohort import read_cohort
@@ -79,13 +86,19 @@ def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: 
                              samples=tune_samples, seed=1, device="cpu")
     print(tuning.summary(), flush=True)
     c = tuning.chosen
-    exported = export_checkpoint(ckpt, out, config=ckpt.config.with_(guidance=float(c["guidance"]), sample_steps=int(c["steps"]),
-                                                                     sampler=str(c["sampler"]), count_tries=int(c.get("count_tries", 1))),
+    settings = SamplerSettings(str(c["sampler"]), int(c["steps"]), float(c["guidance"]), ckpt.config.clip_x0, int(c.get("count_tries", 1)))
+    thr = select_threshold(ckpt, val, work / "tuning_threshold", settings=settings, patients=ids, grid=threshold_grid, samples=tune_samples,
+                           seed=1, device="cpu")
+    print(thr.summary(), flush=True)
+    exported = export_checkpoint(ckpt, out, config=ckpt.config.with_(guidance=settings.guidance, sample_steps=settings.steps,
+                                                                     sampler=settings.sampler, count_tries=settings.count_tries,
+                                                                     mask_threshold=float(thr.chosen)),
                                  provenance={"tuned_on": {"cohort": f"simulated trial seed {VALIDATION_SEED}, {len(ids)} of its patients",
-                                                          "patients": list(ids), "criterion": tuning.criterion, "chosen": c},
+                                                          "patients": list(ids), "criterion": tuning.criterion, "chosen": c,
+                                                          "mask_threshold": {"criterion": thr.criterion, "chosen": float(thr.chosen)}},
                                              "trained_on": f"simulated trial seed {POOL_SEED}, {6 * POOL_PER_ARM} patients at 32^3 "
                                                            f"({len(ckpt.train_ids)} training, {len(ckpt.val_ids)} held out to choose the count head's and the location network's epochs)"})
-    write_json_atomic(tuning.to_dict(), out / "tuning.json")
+    write_json_atomic({**tuning.to_dict(), "mask_threshold": thr.to_dict()}, out / "tuning.json")
     print(f"exported {exported.id} to {out}", flush=True)
     return out
 

@@ -40,6 +40,9 @@ class SamplerSettings:
     count_tries: int = 1
     """Count-conditioned models: draws per member until its mask holds the requested number of lesions
     (rejection sampling; after `count_tries` draws the closest one is kept). 1 = no rejection."""
+    threshold: float | None = None
+    """A voxel is lesion where the sampled probability (x0 + 1) / 2 exceeds this; None: the checkpoint
+    config's `mask_threshold` (chosen on validation data by `make checkpoint`; 0.5 by default)."""
 
     def __post_init__(self) -> None:
         if self.count_tries < 1:
@@ -48,6 +51,8 @@ class SamplerSettings:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise ValueError("steps must be at least 1")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError("threshold must lie strictly between 0 and 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,7 +164,8 @@ def sample(
     return x
 
 
-def binarize(x0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(B, 1, X, Y, Z) sampled x0 -> (B, X, Y, Z) uint8 mask (probability > 0.5) and float32 soft probability."""
+def binarize(x0: torch.Tensor, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 1, X, Y, Z) sampled x0 -> (B, X, Y, Z) uint8 mask (probability > threshold) and float32 soft
+    probability (x0 + 1) / 2 clamped to [0, 1]."""
     prob = ((x0[:, 0].float() + 1) / 2).clamp(0, 1).cpu().numpy().astype(np.float32)
-    return (prob > 0.5).astype(np.uint8), prob
+    return (prob > threshold).astype(np.uint8), prob

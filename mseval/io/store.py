@@ -57,6 +57,22 @@ class ForecastBlock:
         """The dense masks (S, X, Y, Z) uint8 and the (4, 4) affine; checks the sample count."""
         return load_samples(self.root / self.path, expected_samples=self.samples)
 
+    def prob(self) -> tuple[np.ndarray, np.ndarray]:
+        """The soft probability of each sample (S, X, Y, Z) float32 in [0, 1] and the (4, 4) affine; only for
+        blocks sampled with `--prob` (InputError naming the block otherwise)."""
+        import nibabel as nib
+
+        if not self.prob_path or not (self.root / self.prob_path).is_file():
+            raise InputError(self.root / "index.parquet", f"block {self.patient_id}/{self.arm} holds no probability maps (sample with --prob)",
+                             field="prob_path")
+        img = nib.load(str(self.root / self.prob_path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        if data.ndim == 3:
+            data = data[..., None]
+        if data.ndim != 4 or data.shape[3] != self.samples:
+            raise InputError(self.root / self.prob_path, f"holds shape {tuple(data.shape)}, expected (X, Y, Z, {self.samples})", field="prob_path")
+        return np.ascontiguousarray(np.moveaxis(data, 3, 0)), np.asarray(img.affine, dtype=np.float64)
+
     def affine(self) -> np.ndarray:
         """The block's (4, 4) affine, from the NIfTI header (no voxel data is read)."""
         import nibabel as nib

@@ -161,3 +161,22 @@ def test_capping_rows_per_call_does_not_change_the_samples(tiny_cohort, trained,
     capped = _blocks(_run(tiny_cohort, trained, tmp_path / "capped", batch_size=4, max_rows=3))
     assert whole.keys() == capped.keys()
     assert all(np.array_equal(whole[k][0], capped[k][0]) for k in whole)
+
+
+def test_masks_keep_the_probabilities_above_the_checkpoints_threshold(trained, tiny_cohort, tmp_path):
+    """The config's mask_threshold binarises the samples unless the settings name one; the block records it."""
+    from dataclasses import replace
+
+    from forecast.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(trained)
+    ck = replace(ck, config=ck.config.with_(mask_threshold=0.8))
+    for name, settings, want in (("cfg", SamplerSettings("ddim", 2, 1.0), 0.8), ("own", SamplerSettings("ddim", 2, 1.0, threshold=0.2), 0.2)):
+        st = forecast_cohort(tiny_cohort, ck, tmp_path / name, samples=2, arms=["placebo"], settings=settings, patients=["P001"], seed=1,
+                             save_prob=True, device="cpu")
+        b = st.block("P001", "placebo")
+        prob, _ = b.prob()
+        assert b.sampler["threshold"] == want
+        assert np.array_equal(b.masks()[0], (prob > want).astype(np.uint8))
+    with pytest.raises(ValueError, match="strictly between"):
+        SamplerSettings("ddim", 2, 1.0, threshold=1.0)

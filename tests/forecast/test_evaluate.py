@@ -109,3 +109,44 @@ def test_a_non_finite_reference_law_is_flagged_not_scored():
     bad[1] = np.nan
     short = good * 0.5
     assert unusable_references({"a": good, "b": bad, "c": short}).keys() == {"b", "c"}
+
+
+def test_mask_threshold_is_chosen_on_observed_volumes_only(trained, tiny_cohort, tmp_path):
+    """select_threshold on a truthless validation copy: the chosen threshold is the table's lowest fair
+    CRPS of the NET2 volume; that CRPS is recomputed here from the stored probabilities and the observed
+    masks; higher thresholds keep less volume; the store's masks are its probabilities above the lowest threshold."""
+    from forecast.checkpoint import load_checkpoint
+    from forecast.evaluate import select_threshold
+    from forecast.sampler import SamplerSettings
+    from mseval.io.cohort import read_cohort
+    from mseval.io.nifti import load_volume
+    from mseval.io.store import ForecastStore
+    from mseval.lesions.components import voxel_volume
+    from mseval.metrics.calibration import crps_ensemble_fair
+
+    val = _truthless_copy(tiny_cohort, tmp_path / "validation")
+    ckpt = load_checkpoint(trained)
+    grid = (0.9, 0.3, 0.5)
+    tun = select_threshold(ckpt, val, tmp_path / "thr", settings=SamplerSettings("ddim", 2, 1.0), grid=grid, samples=2)
+    t = tun.to_frame()
+    assert list(t["threshold"]) == [0.3, 0.5, 0.9]
+    assert tun.chosen == float(t.loc[t["crps_volume_mm3"].idxmin(), "threshold"])
+    assert (np.diff(t["forecast_mean_mm3"]) <= 0).all()
+    c = read_cohort(val)
+    store = ForecastStore.open(tmp_path / "thr")
+    vols, obs = [], []
+    for pid in c.patient_ids:
+        b = store.block(pid, str(c.row(pid)["arm"]))
+        prob, aff = b.prob()
+        masks, _ = b.masks()
+        assert np.array_equal(masks, (prob > 0.3).astype(np.uint8)) and b.sampler["threshold"] == 0.3
+        vols.append((prob > tun.chosen).reshape(2, -1).sum(1) * voxel_volume(aff))
+        v = load_volume(c.path(pid, "net2_mask"), mask=True)
+        obs.append(v.data.astype(bool).sum() * voxel_volume(v.affine))
+    want = crps_ensemble_fair(np.asarray(vols, float), np.asarray(obs, float)).mean()
+    assert float(t.loc[t["threshold"] == tun.chosen, "crps_volume_mm3"].iloc[0]) == pytest.approx(want)
+    assert t["observed_mean_mm3"].iloc[0] == pytest.approx(np.mean(obs))
+    d = tun.to_dict()
+    assert d["truth_read"] is False and d["validation"]["patients"] == 12 and "observed" in d["criterion"]
+    with pytest.raises(InputError, match="strictly between"):
+        select_threshold(ckpt, val, tmp_path / "t2", settings=SamplerSettings("ddim", 2, 1.0), grid=(0.5, 1.0))
