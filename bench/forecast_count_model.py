@@ -34,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "forecast/checkpoints/tiny_centre")
     ap.add_argument("--test", type=Path, default=Path("/tmp/quality/coh-heldout-2027"))
+    ap.add_argument("--test-seed", type=int, default=2027, help="seed of the TEST trial simulated when --test holds none (40 per arm)")
     ap.add_argument("--train-pool", type=Path, default=Path("/tmp/q13/pool"), help="the checkpoint's training trial (NB2 baseline fit)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--samples", type=int, default=12)
@@ -59,7 +60,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     if not (a.test / "manifest.csv").is_file():
-        simulate_trial(a.test, TrialConfig(patients_per_arm=40, shape=(32, 32, 32), seed=2027), workers=2)
+        simulate_trial(a.test, TrialConfig(patients_per_arm=40, shape=(32, 32, 32), seed=a.test_seed), workers=2)
     ckpt = load_checkpoint(a.checkpoint)
     test = read_cohort(a.test)
     res: dict = {"checkpoint": ckpt.id, "test": str(a.test), "sampler": {"sampler": ckpt.config.sampler, "steps": ckpt.config.sample_steps,

@@ -132,3 +132,31 @@ def test_resuming_a_centre_conditioned_model_equals_the_uninterrupted_run(tiny_c
     assert resumed.step == straight.step == 3
     assert resumed.provenance["location"] == straight.provenance["location"]
     assert all(torch.equal(resumed.ema[k], straight.ema[k]) for k in straight.ema)
+
+
+def test_the_renderer_does_not_depend_on_the_location_fit(tiny_cohort: Path, tmp_path: Path) -> None:
+    """The renderer trains on the observed centres: fitting the location network for more epochs changes
+    the location weights and nothing else (every other weight, EMA and optimizer state is bit-equal), and
+    the location's EMA copy is the fitted weights' EMA replayed over the steps (`forecast.train.ema_update`)."""
+    from forecast.train import ema_update, train
+
+    base = dict(name="t", **TEST_NET, steps=3, batch_size=2, checkpoint_every=10, lr=1e-3, seed=5, count_head=True, count_head_epochs=25,
+                val_fraction=0.34, centre_map=True)
+    one = train(tiny_cohort, ForecastConfig(**base, location_epochs=1), tmp_path / "a", device="cpu")
+    three = train(tiny_cohort, ForecastConfig(**base, location_epochs=3), tmp_path / "b", device="cpu")
+    loc = [k for k in one.model if k.startswith("location.")]
+    assert loc and any(not torch.equal(one.model[k], three.model[k]) for k in loc)
+    for k in one.model:
+        if k not in loc:
+            assert torch.equal(one.model[k], three.model[k]) and torch.equal(one.ema[k], three.ema[k]), k
+    assert one.optimizer is not None and three.optimizer is not None
+    assert all(torch.equal(a, b) for a, b in zip(one.optimizer["state"][0].values(), three.optimizer["state"][0].values()))
+    fitted = {k: three.model[k].clone() for k in loc}
+    ema = {k: v.clone() for k, v in fitted.items()}
+    holder = torch.nn.Module()
+    for k, v in fitted.items():
+        holder.register_buffer(k.replace(".", "_"), v)
+    renamed = {k.replace(".", "_"): v for k, v in ema.items()}
+    for step in range(1, base["steps"] + 1):
+        ema_update(renamed, holder, 0.999, step)
+    assert all(torch.equal(renamed[k.replace(".", "_")], three.ema[k]) for k in loc)
