@@ -632,6 +632,8 @@ def evaluate_checkpoint(
             write_json_atomic(tuned, Path(ckpt.path) / "tuning.json")
     else:
         settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0, cfg.count_tries)
+    if settings.threshold is None:  # name the threshold the masks are cut at in the summary, as the blocks do
+        settings = replace(settings, threshold=cfg.mask_threshold)
     if arms == "allocated":
         store = sample_allocated(cohort.root, ckpt, out / "forecasts", ids, samples=samples, settings=settings, batch_size=batch_size,
                                  seed=seed, device=device)

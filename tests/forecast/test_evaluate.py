@@ -81,12 +81,13 @@ def test_protocol_tunes_on_validation_and_reports_once_beside_the_references(tra
     test = simulate_trial(tmp_path / "test", TrialConfig(patients_per_arm=1, shape=(32, 32, 32), seed=77))
     out = tmp_path / "ev"
     code = main(["evaluate", str(ck), str(test), "--out", str(out), "--split", "all", "--arms", "allocated", "--samples", "2",
-                 "--tune-on", str(val), "--tune-guidance", "1,2", "--tune-steps", "2", "--tune-samples", "2",
+                 "--tune-on", str(val), "--tune-guidance", "1,2", "--tune-steps", "2", "--tune-samples", "2", "--tune-thresholds", "0.4,0.6",
                  "--baseline-cohort", str(tiny_cohort), "--record"])
     assert code == 0
     s = json.loads((out / "summary.json").read_text())
     tuned = s["protocol"]["tuned_on"]
     assert s["sampler"]["guidance"] == tuned["chosen"]["guidance"] and s["sampler"]["steps"] == 2
+    assert s["sampler"]["threshold"] == tuned["mask_threshold"]["chosen"] in (0.4, 0.6)
     assert tuned["validation"]["cohort"] == str(val.resolve())
     assert json.loads((ck / "tuning.json").read_text())["chosen"] == tuned["chosen"]
     refs = s["references"]
