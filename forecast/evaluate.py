@@ -346,6 +346,13 @@ class Tuning:
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
+    def settings(self) -> Any:
+        """The chosen candidate as `forecast.sampler.SamplerSettings` (threshold: the checkpoint's, unless chosen after)."""
+        from forecast.sampler import SamplerSettings
+
+        c = self.chosen
+        return SamplerSettings(str(c["sampler"]), int(c["steps"]), float(c["guidance"]), bool(c["clip_x0"]), int(c["count_tries"]))
+
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen, "criterion": self.criterion, "validation": self.validation, "checkpoint": self.checkpoint,
                 "candidates": self.table.to_dict("records"), "notes": list(self.notes),
@@ -371,14 +378,19 @@ def parse_grid(text: str | None, cast: type, default: Any) -> list[Any]:
         raise InputError(None, f"cannot read the list {text!r}", field="grid") from None
 
 
+def observed_net2(cohort: Cohort, pid: str) -> Any:
+    """A validation patient's observed NET2 mask (`mseval.io.nifti` volume); InputError naming the manifest when it has none."""
+    path = cohort.path(pid, "net2_mask")
+    if path is None:
+        raise InputError(cohort.root / "manifest.csv", f"patient {pid} has no net2_mask: validation needs observed outcomes", field="net2_mask")
+    return load_volume(path, mask=True, field="net2_mask")
+
+
 def observed_allocated_counts(cohort: Cohort, ids: Sequence[str]) -> np.ndarray:
     """Observed NET2 lesion counts (n,) of `ids` from their net2_mask (nothing else is read)."""
     out = []
     for pid in ids:
-        path = cohort.path(pid, "net2_mask")
-        if path is None:
-            raise InputError(cohort.root / "manifest.csv", f"patient {pid} has no net2_mask: validation needs observed outcomes", field="net2_mask")
-        v = load_volume(path, mask=True, field="net2_mask")
+        v = observed_net2(cohort, pid)
         out.append(count_lesions(v.data, v.affine, connectivity=CONNECTIVITY, min_volume_mm3=MIN_VOLUME_MM3).count)
     return np.asarray(out, dtype=np.int64)
 
@@ -520,10 +532,7 @@ def select_threshold(ckpt: Any, cohort_dir: str | Path, out: str | Path, *, sett
     y, vols, lesions, exact = [], {t: [] for t in grid}, {t: 0 for t in grid}, {t: 0 for t in grid}
     n_members = 0
     for pid in ids:
-        path = cohort.path(pid, "net2_mask")
-        if path is None:
-            raise InputError(cohort.root / "manifest.csv", f"patient {pid} has no net2_mask: validation needs observed outcomes", field="net2_mask")
-        v = load_volume(path, mask=True, field="net2_mask")
+        v = observed_net2(cohort, pid)
         y.append(float(np.count_nonzero(v.data)) * voxel_volume(v.affine))
         block = store.block(pid, str(cohort.row(pid)["arm"]))
         prob, affine = block.prob()
@@ -617,8 +626,7 @@ def evaluate_checkpoint(
                                  samplers=list(tune_samplers or [cfg.sampler]), count_tries=list(tune_count_tries or [cfg.count_tries]),
                                  samples=tune_samples, batch_size=batch_size, seed=seed + 1,
                                  device=device)
-        c = tuning.chosen
-        settings = SamplerSettings(c["sampler"], c["steps"], c["guidance"], cfg.clip_x0, c.get("count_tries", cfg.count_tries))
+        settings = tuning.settings()
         tuned = tuning.to_dict()
         if tune_thresholds:
             thr = select_threshold(ckpt, tune_cohort, out / "tuning_threshold", settings=settings, patients=val, grid=tune_thresholds,

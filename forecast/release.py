@@ -31,9 +31,6 @@ from pathlib import Path
 SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "tiny_centre"
 """The shipped demo checkpoint (a folder; `make checkpoint` rebuilds it)."""
 
-THRESHOLD_GRID_DEFAULT = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
-"""Mask thresholds chosen from (`forecast.evaluate.THRESHOLD_GRID`)."""
-
 POOL_SEED, POOL_PER_ARM = 2030, 400
 VALIDATION_SEED, VALIDATION_PER_ARM = 2028, 40
 
@@ -50,14 +47,13 @@ def _simulate(folder: Path, per_arm: int, seed: int, workers: int) -> None:
 
 def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: tuple[float, ...] = (1.0, 2.0, 3.0),
           tune_patients: int = 60, tune_samples: int = 6, sample_steps: int = 6, workers: int = 2, threads: int = 2,
-          threshold_grid: tuple[float, ...] = THRESHOLD_GRID_DEFAULT) -> Path:
-    """Run the recipe (module docstring); returns OUT."""
+          threshold_grid: tuple[float, ...] | None = None) -> Path:
+    """Run the recipe (module docstring); returns OUT. threshold_grid: default `forecast.evaluate.THRESHOLD_GRID`."""
     import torch
 
     from forecast.checkpoint import export_checkpoint, load_checkpoint, weights_path
     from forecast.config import ForecastConfig
-    from forecast.evaluate import select_settings, select_threshold
-    from forecast.sampler import SamplerSettings
+    from forecast.evaluate import THRESHOLD_GRID, select_settings, select_threshold
     from forecast.train import train
     from mseval.io.atomic import write_json_atomic
     from mseval.io.cohort import read_cohort
@@ -86,9 +82,9 @@ def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: 
                              samples=tune_samples, seed=1, device="cpu")
     print(tuning.summary(), flush=True)
     c = tuning.chosen
-    settings = SamplerSettings(str(c["sampler"]), int(c["steps"]), float(c["guidance"]), ckpt.config.clip_x0, int(c.get("count_tries", 1)))
-    thr = select_threshold(ckpt, val, work / "tuning_threshold", settings=settings, patients=ids, grid=threshold_grid, samples=tune_samples,
-                           seed=1, device="cpu")
+    settings = tuning.settings()
+    thr = select_threshold(ckpt, val, work / "tuning_threshold", settings=settings, patients=ids, grid=threshold_grid or THRESHOLD_GRID,
+                           samples=tune_samples, seed=1, device="cpu")
     print(thr.summary(), flush=True)
     exported = export_checkpoint(ckpt, out, config=ckpt.config.with_(guidance=settings.guidance, sample_steps=settings.steps,
                                                                      sampler=settings.sampler, count_tries=settings.count_tries,

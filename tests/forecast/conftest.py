@@ -14,6 +14,18 @@ from forecast.config import ForecastConfig  # noqa: E402
 TEST_NET = {"channels": (8, 8, 16), "attention_levels": (False, False, True), "num_head_channels": 8, "norm_num_groups": 8}
 
 
+def interrupt_training(cohort: Path, cfg: ForecastConfig, out: Path, at_step: int) -> None:
+    """Train `cfg` into `out` and stop it with Ctrl-C (KeyboardInterrupt) right after step `at_step`."""
+    from forecast.train import train
+
+    def stop(step: int, loss: float) -> None:
+        if step == at_step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cohort, cfg, out, device="cpu", on_step=stop)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)

@@ -12,7 +12,7 @@ import torch
 
 from forecast.centres import (LocationNet, centre_batch, centre_map, centre_nll, draw_centres, fit_location, lesion_centres)
 from forecast.config import ForecastConfig
-from tests.forecast.conftest import TEST_NET
+from tests.forecast.conftest import TEST_NET, interrupt_training
 
 
 def test_lesion_centres_lie_inside_their_lesions() -> None:
@@ -121,13 +121,7 @@ def test_resuming_a_centre_conditioned_model_equals_the_uninterrupted_run(tiny_c
     cfg = ForecastConfig(name="t", **TEST_NET, steps=3, batch_size=2, checkpoint_every=10, lr=1e-3, seed=5, count_head=True,
                          count_head_epochs=25, val_fraction=0.34, centre_map=True, location_epochs=1)
     straight = train(tiny_cohort, cfg, tmp_path / "a", device="cpu")
-
-    def stop(step: int, loss: float) -> None:
-        if step == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_cohort, cfg, tmp_path / "b", device="cpu", on_step=stop)
+    interrupt_training(tiny_cohort, cfg, tmp_path / "b", at_step=2)
     resumed = train(tiny_cohort, cfg, tmp_path / "b", resume=True, device="cpu")
     assert resumed.step == straight.step == 3
     assert resumed.provenance["location"] == straight.provenance["location"]

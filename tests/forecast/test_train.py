@@ -14,6 +14,7 @@ from forecast.model import arm_weights
 from forecast.train import init_model, train
 from mseval.errors import InputError
 from mseval.io.cohort import read_cohort
+from tests.forecast.conftest import interrupt_training
 
 
 def _states_equal(a: dict, b: dict) -> bool:
@@ -69,13 +70,7 @@ def test_checkpoint_save_load_round_trip_is_exact(trained, tmp_path):
 def test_resume_after_interrupt_equals_uninterrupted(tiny_cohort, small_cfg, tmp_path):
     cfg = small_cfg.with_(steps=4, checkpoint_every=10, val_fraction=0.5)
     straight = train(tiny_cohort, cfg, tmp_path / "a", device="cpu")
-
-    def stop(step: int, loss: float) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_cohort, cfg, tmp_path / "b", device="cpu", on_step=stop)
+    interrupt_training(tiny_cohort, cfg, tmp_path / "b", at_step=3)
     assert load_checkpoint(tmp_path / "b").step == 3  # saved on interrupt, not at a checkpoint_every step
     resumed = train(tiny_cohort, cfg, tmp_path / "b", resume=True, device="cpu")
     assert resumed.step == straight.step == 4
