@@ -512,6 +512,14 @@ class ThresholdTuning:
         return "\n".join(lines)
 
 
+def threshold_grid(grid: Sequence[float]) -> list[float]:
+    """The distinct thresholds of `grid`, ascending; InputError unless there is one and each lies strictly between 0 and 1."""
+    out = sorted({float(t) for t in grid})
+    if not out or not all(0.0 < t < 1.0 for t in out):
+        raise InputError(None, "mask thresholds must lie strictly between 0 and 1", field="threshold")
+    return out
+
+
 def select_threshold(ckpt: Any, cohort_dir: str | Path, out: str | Path, *, settings: Any, patients: Sequence[str] | None = None,
                      grid: Sequence[float] = THRESHOLD_GRID, samples: int = 6, batch_size: int = 8, seed: int = 0,
                      device: str | None = None) -> ThresholdTuning:
@@ -522,9 +530,7 @@ def select_threshold(ckpt: Any, cohort_dir: str | Path, out: str | Path, *, sett
     Reads the manifest, arms, baseline inputs and net2 masks only (never truth.csv or tissue maps)."""
     if samples < 2:
         raise InputError(None, "validation needs at least 2 samples per patient (fair CRPS)", field="samples")
-    grid = sorted({float(t) for t in grid})
-    if not grid or not all(0.0 < t < 1.0 for t in grid):
-        raise InputError(None, "mask thresholds must lie strictly between 0 and 1", field="threshold")
+    grid = threshold_grid(grid)
     cohort = read_cohort(cohort_dir)
     ids = list(patients) if patients is not None else cohort.patient_ids
     store = sample_allocated(cohort.root, ckpt, Path(out), ids, samples=samples, settings=replace(settings, threshold=grid[0]),
@@ -602,6 +608,8 @@ def evaluate_checkpoint(
 
     if tune_thresholds and tune_cohort is None:
         raise InputError(None, "--tune-thresholds needs --tune-on (a validation cohort)", field="tune_thresholds")
+    if tune_thresholds:
+        threshold_grid(tune_thresholds)  # before anything is sampled or written
     ckpt = load_checkpoint(checkpoint)
     cohort = read_cohort(cohort_dir)
     ids = split_ids(cohort, ckpt.train_ids, ckpt.val_ids, split)

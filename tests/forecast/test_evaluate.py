@@ -98,6 +98,9 @@ def test_protocol_tunes_on_validation_and_reports_once_beside_the_references(tra
     assert refs["true_law"]["estimable"] and refs["observable_oracle"]["estimable"]
     assert s["oracle_crps_count"] == refs["true_law"]["crps_count"]
     # the validation patients are never the reported ones
+    with pytest.raises(InputError, match="strictly between"):  # checked before anything is sampled or written
+        evaluate_checkpoint(ck, test, tmp_path / "ev3", split="all", samples=2, tune_cohort=val, tune_thresholds=[0.5, 1.2])
+    assert not (tmp_path / "ev3").exists()
     with pytest.raises(InputError, match="overlaps"):
         evaluate_checkpoint(ck, tiny_cohort, tmp_path / "ev2", split="all", samples=2, tune_cohort=tiny_cohort, tune_steps=[2])
 
