@@ -21,14 +21,20 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class ArmSpec:
-    """One arm: `rate_ratio` is the true NET2 rate ratio vs the reference at the population centre
-    (age 37); `efficacy` is the trial grouping (none / moderate / high)."""
+    """One arm: `rate_ratio` is the true NET2 rate ratio vs the reference for a patient of age 37 with
+    the median treatment response; `efficacy` is the trial grouping (none / moderate / high).
+    `size_multiplier` scales the volume of the new lesions that arise on the arm and
+    `black_hole_multiplier` their chance of becoming T1 black holes: hypotheses (WORLD_FACTS 6: no
+    published per-lesion volume effect is known), 1.0 by default, set away from 1 where a test or a
+    what-if needs it."""
 
     arm: str
     label: str
     efficacy: str
     rate_ratio: float
     reference: bool = False
+    size_multiplier: float = 1.0
+    black_hole_multiplier: float = 1.0
 
 
 DEFAULT_ARMS: tuple[ArmSpec, ...] = (

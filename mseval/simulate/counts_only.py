@@ -1,44 +1,91 @@
-"""The trial's count model without images: fast trials for statistical validity checks.
+"""The trial's count model without images: fast trials for statistical validity checks and references.
 
-Draws patients and their true counterfactual means exactly as `simulate_trial` does, then the
-observed NET2 count under the allocated arm, Poisson(expected_count), and an oracle ensemble
-(every patient x arm x sample, Poisson(expected_count)) -- the laws the image simulator and the
-oracle forecaster follow, minus the masks. Use it where thousands of trials are needed.
+Draws patients, their lesion events in continuous time (`mseval.simulate.events`, vectorised over
+patients) and the NET2 counts per visit interval under the allocated arm, exactly the laws the image
+simulator follows, minus the masks; plus an oracle ensemble (every patient x arm x sample,
+Poisson(expected_count)). Use it where thousands of trials are needed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
 from mseval.seeding import rng_for
-from mseval.simulate.model import WEEKS_PER_YEAR, TrialConfig, draw_patients, truth_frame
+from mseval.simulate.model import (WEEKS_PER_MONTH, WEEKS_PER_YEAR, TrialConfig, arm_rate_ratios, draw_patients,
+                                   truth_frame)
 
 
 @dataclass(frozen=True)
 class CountTrial:
-    """table: one row per patient (analysis table: covariates, arm, followup_years, net2);
-    counts: ensemble counts (patient_id, arm, sample, count) under every arm; truth: truth.csv rows."""
+    """table: one row per patient (analysis table: covariates, arm, followup_years, net2 from baseline
+    to the last visit, the oracle inputs dawm_fraction and prelesional_sites); counts: ensemble counts
+    (patient_id, arm, sample, count) under every arm; truth: truth.csv rows; visits: one row per
+    patient and visit (interval start/end weeks, the interval's observed NET2 count)."""
 
     table: pd.DataFrame
     counts: pd.DataFrame
     truth: pd.DataFrame
+    visits: pd.DataFrame
+
+
+def draw_event_table(patients: pd.DataFrame, cfg: TrialConfig, rng: np.random.Generator) -> pd.DataFrame:
+    """Every patient's events (the law of `mseval.simulate.events.draw_events`), one row per event:
+    patient (row index), birth and latency (weeks), enlarging, visible, thin."""
+    lo, hi = (m * WEEKS_PER_MONTH for m in cfg.prelesion_months)
+    h = np.maximum(patients["followup_weeks"].to_numpy(dtype=float), hi)
+    n = rng.poisson(patients["placebo_rate"].to_numpy() * h / WEEKS_PER_YEAR)
+    idx = np.repeat(np.arange(len(patients)), n)
+    birth = rng.uniform(0.0, 1.0, idx.size) * h[idx]
+    latency = rng.uniform(lo, hi, idx.size)
+    enlarging = rng.random(idx.size) < cfg.p_enlarging
+    visible = (~enlarging) & (rng.random(idx.size) < cfg.prelesion_fraction) & (latency > birth)
+    return pd.DataFrame({"patient": idx, "birth": birth, "latency": latency, "enlarging": enlarging, "visible": visible,
+                         "thin": rng.random(idx.size)})
+
+
+def world_counts(patients: pd.DataFrame, events: pd.DataFrame, cfg: TrialConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-patient oracle inputs + net2 over follow-up, per-visit interval counts) under the allocated arm."""
+    rho_all = arm_rate_ratios(patients, cfg)
+    rho = np.array([rho_all[a][i] for i, a in enumerate(patients["arm"])])
+    p = events["patient"].to_numpy()
+    appears = events["thin"].to_numpy() < rho[p]
+    n_vis = np.bincount(p[events["visible"].to_numpy()], minlength=len(patients))
+    rows, prev = [], np.zeros(len(patients))
+    birth = events["birth"].to_numpy()
+    for k, label in enumerate(cfg.visit_labels):
+        wk = patients[f"visit_{k + 1}_weeks"].to_numpy(dtype=float)
+        inside = appears & (birth > prev[p]) & (birth <= wk[p])
+        cnt = np.bincount(p[inside], minlength=len(patients))
+        rows.append(pd.DataFrame({"patient_id": patients["patient_id"].to_numpy(), "visit": label, "visit_index": k + 1,
+                                  "start_weeks": prev, "end_weeks": wk, "net2": cnt}))
+        prev = wk
+    visits = pd.concat(rows, ignore_index=True).sort_values(["patient_id", "visit_index"]).reset_index(drop=True)
+    last = patients["followup_weeks"].to_numpy(dtype=float)
+    total = np.bincount(p[appears & (birth <= last[p])], minlength=len(patients))
+    per = pd.DataFrame({"patient_id": patients["patient_id"].to_numpy(), "prelesional_sites": n_vis, "net2": total})
+    return per, visits
 
 
 def simulate_count_trial(cfg: TrialConfig, *, samples: int = 20, forecast_seed: int = 0) -> CountTrial:
     patients = draw_patients(cfg, rng_for(cfg.seed, "patients"))
     truth = truth_frame(patients, cfg)
     rng = rng_for(cfg.seed, "counts-only")
-    alloc = truth[truth["allocated"]].set_index("patient_id").loc[patients["patient_id"]]
-    net2 = rng.poisson(alloc["expected_count"].to_numpy())
+    events = draw_event_table(patients, cfg, rng)
+    per, visits = world_counts(patients, events, cfg)
+    net2 = per["net2"].to_numpy()
     truth["realized_count"] = pd.array([None] * len(truth), dtype="Int64")
     truth.loc[truth["allocated"].to_numpy(), "realized_count"] = pd.Series(net2, index=patients["patient_id"]).loc[truth.loc[truth["allocated"], "patient_id"]].to_numpy()
     table = patients[["patient_id", "arm", "site", "followup_weeks", "age", "sex", "edss", "gd_count"]].copy()
-    table["t2_volume_mm3"] = patients["n_baseline_lesions"].to_numpy() * 150.0
+    table["t2_count"] = patients["n_baseline_lesions"].to_numpy()
+    # T2 volume: the count times a u-free per-patient lesion size, as in the image simulator
+    table["t2_volume_mm3"] = patients["n_baseline_lesions"].to_numpy() * 150.0 * rng.lognormal(0.0, 0.3, len(patients))
     table["followup_years"] = table["followup_weeks"] / WEEKS_PER_YEAR
+    table["dawm_fraction"] = patients["dawm_fraction"].to_numpy()
+    table["prelesional_sites"] = per["prelesional_sites"].to_numpy()
     table["net2"] = net2
     frng = rng_for(forecast_seed, "counts-only-forecast", cfg.seed)
     mu = truth["expected_count"].to_numpy()
@@ -50,14 +97,14 @@ def simulate_count_trial(cfg: TrialConfig, *, samples: int = 20, forecast_seed: 
         "count": draws.astype(np.int64),
         "volume_mm3": draws * 100.0,
     })
-    return CountTrial(table, counts, truth)
+    return CountTrial(table, counts, truth, visits)
 
 
 @lru_cache(maxsize=16)
 def population_rate_ratios(cfg: TrialConfig, n: int = 400_000, seed: int = 12345) -> dict[str, float]:
     """Superpopulation marginal rate ratios E[mu_a] / E[mu_ref] by Monte Carlo over the patient model
     (the target of an arm-only NB2 analysis of a randomized trial). MC relative error about 0.3%."""
-    big = TrialConfig(**{**cfg.__dict__, "patients_per_arm": max(n // len(cfg.arms), 1)})
+    big = replace(cfg, patients_per_arm=max(n // len(cfg.arms), 1))
     pats = draw_patients(big, np.random.default_rng(seed))
     truth = truth_frame(pats, big)
     m = truth.groupby("arm")["annual_rate"].mean()

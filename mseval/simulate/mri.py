@@ -93,6 +93,28 @@ def _bias_field(shape: tuple[int, int, int], rng: np.random.Generator, amplitude
     return np.exp(t).astype(np.float32)
 
 
+#: Intensity change (a.u.) of diffusely abnormal white matter and of T1 black holes, per sequence.
+DAWM_DELTA: dict[str, float] = {"t1": -40.0, "t2": 40.0, "flair": 60.0, "pd": 30.0, "t1gd": -40.0}
+BLACK_HOLE_DELTA: dict[str, float] = {"t1": -120.0, "t1gd": -120.0}
+#: Sign of the pre-lesional change per sequence (amplitude: contrast x noise SD).
+PRELESION_SIGN: dict[str, float] = {"t1": -1.0, "t2": 1.0, "flair": 1.0, "pd": 1.0, "t1gd": -1.0}
+
+
+def mtr_map(anatomy: Anatomy, lesion_mask: np.ndarray, prelesion_mask: np.ndarray | None, rng: np.random.Generator, *, noise: float = 0.01) -> np.ndarray:
+    """Magnetization transfer ratio (percent units) at baseline: WM 41, GM 36, CSF 5, lesions 30, and
+    future lesion sites 12.6% below normal-appearing WM (Pike 2000: 33.3 vs 38.1). (X, Y, Z) float32."""
+    lab = anatomy.labels
+    table = np.array([0.0, 5.0, 36.0, 41.0, 38.0, 5.0, 30.0, 30.0, 0.0, 0.0], dtype=np.float32)
+    img = table[np.minimum(lab, 7)]
+    img[np.asarray(lesion_mask) > 0] = 30.0
+    if prelesion_mask is not None:
+        img[np.asarray(prelesion_mask) > 0] *= np.float32(1.0 - 0.126)
+    img = ndimage.gaussian_filter(img, [max(_PV_SIGMA_MM / s, _PV_SIGMA_VOX) for s in anatomy.spacing], mode="constant")
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(100.0 * noise)
+    img[lab == 0] = 0.0
+    return img.astype(np.float32)
+
+
 def synthesize_mri(
     anatomy: Anatomy,
     lesion_mask: np.ndarray,
@@ -100,13 +122,24 @@ def synthesize_mri(
     rng: np.random.Generator,
     *,
     noise: float = 0.03,
+    sequences: tuple[str, ...] = SEQUENCES,
+    dawm_mask: np.ndarray | None = None,
+    black_hole_mask: np.ndarray | None = None,
+    prelesion_mask: np.ndarray | None = None,
+    prelesion_contrast: float = 0.0,
+    gain: float = 1.0,
+    offset: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Images (X,Y,Z) float32 for each of SEQUENCES, arbitrary units scaled to roughly 0..1000, zero outside the head.
     lesion_mask: T2 lesions (uint8), hyperintense on T2/FLAIR/PD, hypointense on T1; gd_mask: Gd-enhancing lesions, bright on t1gd only.
 
     Lesion voxels outside the brain mask are ignored. `noise` is the noise standard deviation as a
     fraction of 1000 (0 gives noiseless images; the bias field is still applied). Deterministic
-    given the state of `rng`.
+    given the state of `rng` and `sequences` (the subset to make, in SEQUENCES order).
+    dawm_mask: diffusely abnormal white matter (`DAWM_DELTA`); black_hole_mask: T1 black holes
+    (`BLACK_HOLE_DELTA`); prelesion_mask: future lesion sites whose pre-lesional change has begun,
+    changed by `prelesion_contrast` noise SDs (sign `PRELESION_SIGN`); gain, offset: the site's
+    scanner scaling, applied last (image = gain * image + offset inside the head).
     """
     shape = anatomy.labels.shape
     lesion = np.asarray(lesion_mask)
@@ -135,14 +168,29 @@ def synthesize_mri(
     tex += np.float32(1.0)
     shared_bias = _bias_field(shape, rng, _BIAS_AMPLITUDE)
     images: dict[str, np.ndarray] = {}
+    extras = []
+    if dawm_mask is not None:
+        extras.append((DAWM_DELTA, (np.asarray(dawm_mask) > 0) & brain & ~les))
+    if black_hole_mask is not None:
+        extras.append((BLACK_HOLE_DELTA, (np.asarray(black_hole_mask) > 0) & les))
+    if prelesion_mask is not None and prelesion_contrast > 0:
+        amp = float(prelesion_contrast) * 1000.0 * max(noise, 0.01)
+        extras.append(({k: v * amp for k, v in PRELESION_SIGN.items()}, (np.asarray(prelesion_mask) > 0) & brain & ~les))
     for seq in SEQUENCES:
+        if seq not in sequences:
+            continue
         table = np.array([TISSUE_INTENSITY[seq][c] for c in _CLASSES], dtype=np.float32)
         img = table[cls_gd if seq == "t1gd" else cls_t2]
+        for delta, where in extras:
+            if seq in delta:
+                img[where] += np.float32(delta[seq])
         img *= tex
         img = ndimage.gaussian_filter(img, sigma, mode="constant", truncate=3.0)
         img *= shared_bias * _bias_field(shape, rng, 0.3 * _BIAS_AMPLITUDE)
         if noise > 0:
             img += rng.standard_normal(shape, dtype=np.float32) * np.float32(1000.0 * noise)
+        if gain != 1.0 or offset != 0.0:
+            img = img * np.float32(gain) + np.float32(offset)
         np.maximum(img, 0.0, out=img)
         img[~head] = 0.0
         images[seq] = img.astype(np.float32, copy=False)

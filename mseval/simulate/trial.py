@@ -1,14 +1,22 @@
 """`mseval simulate`: write a synthetic RRMS trial cohort with its ground truth.
 
-Cohort folder::
+Cohort folder (the layout is documented in docs/cohort_format.md)::
 
-    manifest.csv, arms.csv          the cohort, as a real trial export would give it
-    truth.csv                       every patient x every arm: true rate, expected count, P(active)
-    truth_lesions.csv               every simulated lesion and its kind (baseline / new / enlarging)
+    manifest.csv, arms.csv          one row per patient / arm, as a real trial export would give it;
+                                    the manifest's follow-up is the last observed visit
+    visits.csv                      one row per patient and visit (baseline included): weeks, image
+                                    and mask paths, `missing` reason for absent visits
+    truth.csv                       every patient x every arm over the manifest's follow-up
+    truth_visits.csv                every patient x arm x scheduled visit: interval and cumulative truth
+    truth_lesions.csv               every simulated lesion: kind, birth week, first visit seen, black hole
+    oracle_inputs.csv               what an ideal reader reads off the baseline (DAWM share, visible
+                                    pre-lesional sites): the observable oracle's inputs
     simulation.json                 the TrialConfig, the model, and where the truth files are
-    images/<patient>/*.nii.gz       baseline t1, t2, flair, pd, t1gd, brain_mask, t2_lesion_mask,
-                                    gd_lesion_mask; follow-up t2_lesion_mask_followup, net2_mask;
-                                    tissues (truth: tissue labels, see `anatomy.TISSUE_LABELS`)
+    images/<patient>/*.nii.gz       baseline t1, t2, flair, pd, t1gd (mtr when asked), brain_mask,
+                                    t2_lesion_mask, gd_lesion_mask; truth: tissues, dawm_mask,
+                                    centre_intensity (the true lesion-centre density)
+    images/<patient>/ses-<visit>/   flair, t1, t1gd, t2_lesion_mask, gd_lesion_mask, net2_mask (vs the
+                                    previous observed scan), net2_mask_cumulative (vs baseline)
 """
 
 from __future__ import annotations
@@ -25,31 +33,43 @@ from mseval import __version__
 from mseval.errors import SimulationError
 from mseval.io.atomic import atomic_dir, write_csv_atomic, write_json_atomic
 from mseval.io.nifti import save_volume
+from mseval.parallel import process_pool
 from mseval.seeding import rng_for
 from mseval.simulate.anatomy import Anatomy, default_spacing, make_anatomy
 from mseval.simulate.arms import arms_frame
-from mseval.simulate.lesions import LesionField, add_net2_lesions, periventricular_weights
-from mseval.simulate.model import WEEKS_PER_YEAR, TrialConfig, draw_patients, truth_frame
-from mseval.simulate.mri import SEQUENCES, synthesize_mri
-from mseval.parallel import process_pool
+from mseval.simulate.events import Events, draw_events
+from mseval.simulate.lesions import LesionField, periventricular_weights
+from mseval.simulate.model import (WEEKS_PER_YEAR, TrialConfig, arm_rate_ratios, draw_patients, truth_frame,
+                                   visit_truth_frame)
+from mseval.simulate.mri import SEQUENCES, mtr_map, synthesize_mri
+from mseval.simulate.spatial import centre_intensity, dawm_mask, patient_field
 
 MASKS = ("brain_mask", "t2_lesion_mask", "gd_lesion_mask", "t2_lesion_mask_followup", "net2_mask")
+VISIT_IMAGES = ("flair", "t1", "t1gd")
+VISIT_MASKS = ("t2_lesion_mask", "gd_lesion_mask", "net2_mask", "net2_mask_cumulative")
 TISSUES_FILE = "images/{patient_id}/tissues.nii.gz"
+BLACK_HOLE_DELAY_WEEKS = 26.0
 
 
 @lru_cache(maxsize=8)
-def anatomy_for(shape: tuple[int, int, int], spacing: tuple[float, float, float], ventricle_scale: float, seed: int) -> tuple[Anatomy, np.ndarray]:
-    """The anatomy and its periventricular lesion weights (cached: patients share a few ventricle sizes)."""
+def anatomy_for(shape: tuple[int, int, int], spacing: tuple[float, float, float], ventricle_scale: float, seed: int) -> tuple[Anatomy, np.ndarray, np.ndarray]:
+    """The anatomy, its periventricular lesion weights and ventricle distance (mm) (cached: patients
+    share a few ventricle sizes)."""
     anat = make_anatomy(shape, spacing, ventricle_scale=ventricle_scale, seed=seed)
-    return anat, periventricular_weights(anat.ventricle_distance_mm())
+    vdist = anat.ventricle_distance_mm()
+    return anat, periventricular_weights(vdist), vdist
 
 
 @dataclass(frozen=True)
 class PatientResult:
     patient_id: str
     t2_volume_mm3: float
-    realized_count: int
+    realized_count: int | None
     lesions: pd.DataFrame
+    visits: pd.DataFrame
+    realized_visits: dict[tuple[str, str], int]
+    followup_weeks: float
+    prelesional_sites: int
 
 
 def _place_or_fail(lf: LesionField, rng: np.random.Generator, cfg: TrialConfig, pid: str, k: int, n: int) -> int:
@@ -63,61 +83,176 @@ def _place_or_fail(lf: LesionField, rng: np.random.Generator, cfg: TrialConfig, 
     return lid
 
 
-def simulate_patient(row: dict, expected_count: float, cfg: TrialConfig, spacing: tuple[float, float, float], folder: Path) -> PatientResult:
-    """Draw one patient's lesions, follow-up and images, and write them under `folder`."""
+def observed_visits(row: dict, interval_counts: np.ndarray, cfg: TrialConfig, rng: np.random.Generator) -> list[str]:
+    """Missing reason per scheduled visit ('' = observed, 'dropout', 'missed'). Dropout hazard per year:
+    dropout_per_year (+ dropout_arm_difference on the reference arm) x exp(dropout_mnar log u) x
+    exp(dropout_mar) after an observed interval with NET2 activity."""
+    reasons, prev_w, active, gone = [], 0.0, False, False
+    ref = cfg.reference_arm
+    for k, n in enumerate(interval_counts):
+        w = float(row[f"visit_{k + 1}_weeks"])
+        if not gone and cfg.dropout_per_year > 0:
+            h = cfg.dropout_per_year * (1.0 + (cfg.dropout_arm_difference if row["arm"] == ref else 0.0))
+            h *= np.exp(cfg.dropout_mnar * np.log(max(float(row["latent_activity"]), 1e-12)) + (cfg.dropout_mar if active else 0.0))
+            gone = rng.random() < -np.expm1(-h * (w - prev_w) / WEEKS_PER_YEAR)
+        if gone:
+            reasons.append("dropout")
+        elif cfg.missed_visit > 0 and rng.random() < cfg.missed_visit:
+            reasons.append("missed")
+        else:
+            reasons.append("")
+            active = n > 0
+        prev_w = w
+    return reasons
+
+
+def _paint_ghost(intensity: np.ndarray, free: np.ndarray, rng: np.random.Generator, radius_vox: float) -> np.ndarray:
+    """A small ball at a centre drawn from `intensity` over free voxels: the footprint of a
+    pre-lesional site whose lesion never appears on the allocated arm or comes after the trial."""
+    w = np.where(free, intensity, 0.0).ravel()
+    out = np.zeros(intensity.shape, dtype=bool)
+    if w.sum() <= 0:
+        return out
+    c = np.array(np.unravel_index(int(np.searchsorted(np.cumsum(w), rng.random() * w.sum(), side="right")), intensity.shape))
+    r = max(1.0, radius_vox)
+    lo = np.maximum(c - int(np.ceil(r)), 0)
+    hi = np.minimum(c + int(np.ceil(r)) + 1, intensity.shape)
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1)
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = ((grid - c) ** 2).sum(-1) <= r * r
+    return out & free
+
+
+def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, float], folder: Path) -> PatientResult:
+    """Draw one patient's lesions, visits and images, and write them under `folder`."""
     pid = row["patient_id"]
     rng = rng_for(cfg.seed, "patient", pid)
-    anat, weights = anatomy_for(tuple(cfg.shape), spacing, float(row["ventricle_scale"]), cfg.seed)
-    lf = LesionField(allowed=anat.wm_mask.astype(bool), weights=weights, spacing=spacing)
+    anat, _, vdist = anatomy_for(tuple(cfg.shape), spacing, float(row["ventricle_scale"]), cfg.seed)
+    wm = anat.wm_mask
+    field = patient_field(wm, spacing, cfg.spatial_smooth_mm, rng)
+    dawm = dawm_mask(field, wm, vdist, float(row["dawm_fraction"]))
+    intensity = centre_intensity(wm, vdist, field, dawm, spatial_strength=cfg.spatial_strength, dawm_preference=cfg.dawm_preference)
+    lf = LesionField(allowed=wm.astype(bool), weights=intensity, spacing=spacing)
     n_base = int(row["n_baseline_lesions"])
     base_ids = [_place_or_fail(lf, rng, cfg, pid, k, n_base) for k in range(n_base)]
-    gd_ids = base_ids[: int(row["gd_count"])]
+    gd_ids = set(base_ids[: int(row["gd_count"])])
+    black = {lid for lid in base_ids if lid not in gd_ids and rng.random() < cfg.p_black_hole}
     baseline_labels = lf.labels.copy()
     base_voxels = {lid: lf.voxels(lid) for lid in base_ids}
-    n_net2 = int(rng.poisson(expected_count))
-    try:
-        net2 = add_net2_lesions(
-            lf, n_net2, rng, baseline_ids=base_ids, p_enlarging=cfg.p_enlarging,
-            new_radius_mm=cfg.new_radius_mm, min_voxels=cfg.min_voxels,
-        )
-    except RuntimeError as exc:
-        raise SimulationError(None, f"patient {pid}: {exc} at shape {cfg.shape} (lesions keep a one-voxel gap); use a larger --shape") from None
-    kinds = {lid: kind for lid, kind in net2}
-    t2 = (baseline_labels > 0).astype(np.uint8)
-    gd = np.isin(baseline_labels, gd_ids).astype(np.uint8)
-    masks = {
-        "brain_mask": anat.brain_mask.astype(np.uint8),
-        "t2_lesion_mask": t2,
-        "gd_lesion_mask": gd,
-        "t2_lesion_mask_followup": (lf.labels > 0).astype(np.uint8),
-        "net2_mask": lf.mask([lid for lid, _ in net2]),
-        "tissues": anat.labels.astype(np.uint8),
-    }
-    images = synthesize_mri(anat, t2, gd, rng)
+    sched = [float(row[f"visit_{k + 1}_weeks"]) for k in range(len(cfg.schedule))]
+    events: Events = draw_events(float(row["placebo_rate"]), sched[-1], cfg, rng)
+    spec = next(a for a in cfg.arms if a.arm == row["arm"])
+    rho = float(arm_rate_ratios(pd.DataFrame([row]), cfg)[spec.arm][0])
+    appears = events.under(rho)
+    radius = cfg.new_radius_mm * spec.size_multiplier ** (1.0 / 3.0)
+    gd_weeks = cfg.gd_per_rate * WEEKS_PER_YEAR
+    unused = [int(i) for i in rng.permutation(np.asarray(base_ids, dtype=np.int64))]
+    snapshots, added, info = [], [], {}
+    footprint: dict[int, int] = {}  # event index -> lesion id
+    prev = 0.0
+    for k, wk in enumerate(sched):
+        new_ids = []
+        for e in np.flatnonzero(appears & (events.birth > prev) & (events.birth <= wk)):
+            lid = None
+            if events.enlarging[e]:
+                while unused and lid is None:
+                    cand = unused.pop()
+                    if lf.grow(cand, rng):
+                        lid, kind = cand, "enlarging"
+            if lid is None:
+                lid, kind = lf.place_new(rng, median_radius_mm=radius, min_voxels=cfg.min_voxels), "new"
+                if lid is None:
+                    raise SimulationError(None, f"patient {pid}: no room for NET2 lesion at week {events.birth[e]:.1f} at shape {cfg.shape} "
+                                                "(lesions keep a one-voxel gap); use a larger --shape")
+            footprint[int(e)] = lid
+            vol_rel = lf.voxels(lid) / max(1.0, np.median(list(base_voxels.values()) or [lf.voxels(lid)]))
+            bh = kind == "new" and rng.random() < min(1.0, cfg.p_black_hole * spec.black_hole_multiplier * float(np.sqrt(vol_rel)))
+            info[lid] = {"kind": kind, "birth_weeks": float(events.birth[e]), "visit": cfg.visit_labels[k], "black_hole": bh}
+            new_ids.append(lid)
+        snapshots.append(lf.labels.copy())
+        added.append(new_ids)
+        prev = wk
+    # pre-lesional sites visible at baseline: the future lesion's footprint, or a ghost where it never appears
+    pre = np.zeros(wm.shape, dtype=bool)
+    ghost_r = cfg.new_radius_mm / min(spacing)
+    free_now = lf.free.copy()
+    for e in np.flatnonzero(events.visible):
+        if int(e) in footprint and info[footprint[int(e)]]["kind"] == "new":
+            pre |= lf.labels == footprint[int(e)]
+        else:
+            g = _paint_ghost(intensity, free_now, rng, ghost_r)
+            pre |= g
+            free_now &= ~g
+    n_visible = int(events.visible.sum())
+    counts = np.array([len(a) for a in added], dtype=np.int64)
+    reasons = observed_visits(row, counts, cfg, rng)
+    # images
+    site_rng = rng_for(cfg.seed, "site", row["site"])
+    gain, offset = 1.0 + cfg.site_gain_sd * site_rng.standard_normal(), cfg.site_offset_sd * site_rng.standard_normal()
     folder.mkdir(parents=True, exist_ok=True)
-    for name in SEQUENCES:
-        save_volume(images[name].astype(np.float32), anat.affine, folder / f"{name}.nii.gz")
-    for name, m in masks.items():
+    t2 = (baseline_labels > 0).astype(np.uint8)
+    gd = np.isin(baseline_labels, list(gd_ids)).astype(np.uint8)
+    bh0 = np.isin(baseline_labels, list(black))
+    images = synthesize_mri(anat, t2, gd, rng, dawm_mask=dawm, black_hole_mask=bh0, prelesion_mask=pre,
+                            prelesion_contrast=cfg.prelesion_contrast, gain=gain, offset=offset)
+    if cfg.mtr:
+        images["mtr"] = mtr_map(anat, t2, pre if cfg.prelesion_fraction > 0 else None, rng)
+    for name, img in images.items():
+        save_volume(img.astype(np.float32), anat.affine, folder / f"{name}.nii.gz")
+    base_masks = {"brain_mask": anat.brain_mask.astype(np.uint8), "t2_lesion_mask": t2, "gd_lesion_mask": gd,
+                  "tissues": anat.labels.astype(np.uint8), "dawm_mask": dawm.astype(np.uint8)}
+    for name, m in base_masks.items():
         save_volume(m, anat.affine, folder / f"{name}.nii.gz")
+    save_volume(intensity.astype(np.float32), anat.affine, folder / "centre_intensity.nii.gz")
+    visit_rows = [{"patient_id": pid, "visit": "baseline", "visit_index": 0, "scheduled_weeks": 0.0, "weeks": 0.0, "missing": "",
+                   "previous_visit": "", **{n: f"images/{pid}/{n}.nii.gz" for n in (*SEQUENCES, "t2_lesion_mask", "gd_lesion_mask")},
+                   "net2_mask": "", "net2_mask_cumulative": ""}]
+    realized: dict[tuple[str, str], int] = {}
+    last_obs, last_labels, last_label = None, baseline_labels, "baseline"
+    cumulative_ids: list[int] = []
+    for k, (label, wk) in enumerate(zip(cfg.visit_labels, sched)):
+        cumulative_ids += added[k]
+        base = {"patient_id": pid, "visit": label, "visit_index": k + 1, "scheduled_weeks": cfg.schedule[k]}
+        if reasons[k]:
+            visit_rows.append({**base, "weeks": np.nan, "missing": reasons[k], "previous_visit": ""})
+            continue
+        realized[(pid, label)] = int(counts[k])
+        labels = snapshots[k]
+        sub = folder / f"ses-{label}"
+        sub.mkdir(exist_ok=True)
+        since_prev = [lid for lid in np.unique(labels[labels > 0]) if lid in info and info[lid]["birth_weeks"] > (last_obs or 0.0)]
+        recent = [lid for lid in since_prev if info[lid]["birth_weeks"] > wk - gd_weeks]
+        holes = [lid for lid in np.unique(labels[labels > 0])
+                 if lid in black or (lid in info and info[lid]["black_hole"] and info[lid]["birth_weeks"] <= wk - BLACK_HOLE_DELAY_WEEKS)]
+        t2k = (labels > 0).astype(np.uint8)
+        gdk = np.isin(labels, recent).astype(np.uint8)
+        vis = synthesize_mri(anat, t2k, gdk, rng, sequences=VISIT_IMAGES, dawm_mask=dawm, black_hole_mask=np.isin(labels, holes),
+                             gain=gain, offset=offset)
+        masks = {"t2_lesion_mask": t2k, "gd_lesion_mask": gdk, "net2_mask": np.isin(labels, since_prev).astype(np.uint8),
+                 "net2_mask_cumulative": np.isin(labels, cumulative_ids).astype(np.uint8)}
+        for name, img in vis.items():
+            save_volume(img.astype(np.float32), anat.affine, sub / f"{name}.nii.gz")
+        for name, m in masks.items():
+            save_volume(m, anat.affine, sub / f"{name}.nii.gz")
+        visit_rows.append({**base, "weeks": wk, "missing": "", "previous_visit": last_label,
+                           **{n: f"images/{pid}/ses-{label}/{n}.nii.gz" for n in (*VISIT_IMAGES, *VISIT_MASKS)}})
+        last_obs, last_labels, last_label = wk, labels, label
     voxel_mm3 = float(np.prod(spacing))
     rows = []
+    first_seen = {lid: d["visit"] for lid, d in info.items()}
     for lid in sorted(lf.boxes):
         c = lf.centroid(lid)
-        rows.append(
-            {
-                "patient_id": pid,
-                "lesion_id": lid,
-                "kind": kinds.get(lid, "baseline"),
-                "gd": lid in gd_ids,
-                "baseline_voxels": base_voxels.get(lid, 0),
-                "followup_voxels": lf.voxels(lid),
-                "followup_volume_mm3": lf.voxels(lid) * voxel_mm3,
-                "centroid_x": round(float(c[0]), 4),
-                "centroid_y": round(float(c[1]), 4),
-                "centroid_z": round(float(c[2]), 4),
-            }
-        )
-    return PatientResult(pid, float(t2.sum()) * voxel_mm3, n_net2, pd.DataFrame(rows))
+        d = info.get(lid, {})
+        rows.append({
+            "patient_id": pid, "lesion_id": lid, "kind": d.get("kind", "baseline"), "gd": lid in gd_ids,
+            "birth_weeks": round(d["birth_weeks"], 4) if d else None, "visit": first_seen.get(lid, "baseline"),
+            "black_hole": bool(d.get("black_hole", lid in black)),
+            "baseline_voxels": base_voxels.get(lid, 0), "followup_voxels": lf.voxels(lid),
+            "followup_volume_mm3": lf.voxels(lid) * voxel_mm3,
+            "centroid_x": round(float(c[0]), 4), "centroid_y": round(float(c[1]), 4), "centroid_z": round(float(c[2]), 4),
+        })
+    total = None if last_obs is None else int(sum(counts[k] for k in range(len(sched)) if sched[k] <= last_obs))
+    followup = last_obs if last_obs is not None else sched[0]
+    return PatientResult(pid, float(t2.sum()) * voxel_mm3, total, pd.DataFrame(rows), pd.DataFrame(visit_rows), realized, followup, n_visible)
 
 
 def _run(args: tuple) -> PatientResult:
@@ -143,13 +278,8 @@ def simulate_trial(
     if len(cfg.shape) != 3 or min(cfg.shape) < 16:
         raise SimulationError(None, f"shape {tuple(cfg.shape)}: each axis needs at least 16 voxels")
     patients = draw_patients(cfg, rng_for(cfg.seed, "patients"))
-    truth0 = truth_frame(patients, cfg)
-    alloc = truth0[truth0["allocated"]].set_index("patient_id")["expected_count"]
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        jobs = [
-            (row, float(alloc[row["patient_id"]]), cfg, spacing, tmp / "images" / row["patient_id"])
-            for row in patients.to_dict("records")
-        ]
+        jobs = [(row, cfg, spacing, tmp / "images" / row["patient_id"]) for row in patients.to_dict("records")]
         results: list[PatientResult] = []
         if workers <= 1:
             for k, job in enumerate(jobs):
@@ -163,23 +293,38 @@ def simulate_trial(
                     if progress:
                         progress(k + 1, len(jobs))
         by_id = {r.patient_id: r for r in results}
+        patients["followup_weeks"] = [by_id[p].followup_weeks for p in patients["patient_id"]]
         manifest = patients[["patient_id", "arm", "site", "followup_weeks", "age", "sex", "edss"]].copy()
         manifest["t2_volume_mm3"] = [round(by_id[p].t2_volume_mm3, 3) for p in manifest["patient_id"]]
         manifest["gd_count"] = patients["gd_count"].to_numpy()
-        for name in ("t1", "t2", "flair", "pd", "t1gd", *MASKS):
+        visits = pd.concat([by_id[p].visits for p in manifest["patient_id"]], ignore_index=True)
+        for name in ("t1", "t2", "flair", "pd", "t1gd", "brain_mask", "t2_lesion_mask", "gd_lesion_mask"):
             manifest[name] = [f"images/{p}/{name}.nii.gz" for p in manifest["patient_id"]]
+        last = visits[(visits["visit_index"] > 0) & (visits["missing"] == "")].groupby("patient_id").last()
+        manifest["t2_lesion_mask_followup"] = [last.loc[p, "t2_lesion_mask"] if p in last.index else None for p in manifest["patient_id"]]
+        manifest["net2_mask"] = [last.loc[p, "net2_mask_cumulative"] if p in last.index else None for p in manifest["patient_id"]]
         write_csv_atomic(manifest, tmp / "manifest.csv")
+        write_csv_atomic(visits, tmp / "visits.csv")
         write_csv_atomic(arms_frame(cfg.arms), tmp / "arms.csv")
-        truth = truth_frame(patients, cfg, realized={r.patient_id: r.realized_count for r in results})
+        truth = truth_frame(patients, cfg, realized={r.patient_id: r.realized_count for r in results if r.realized_count is not None})
         write_csv_atomic(truth, tmp / "truth.csv")
+        realized = {k: v for r in results for k, v in r.realized_visits.items()}
+        write_csv_atomic(visit_truth_frame(patients, cfg, realized), tmp / "truth_visits.csv")
         write_csv_atomic(pd.concat([by_id[p].lesions for p in manifest["patient_id"]], ignore_index=True), tmp / "truth_lesions.csv")
+        write_csv_atomic(pd.DataFrame({"patient_id": patients["patient_id"], "gd_count": patients["gd_count"],
+                                       "t2_count": patients["n_baseline_lesions"], "dawm_fraction": patients["dawm_fraction"].round(8),
+                                       "prelesional_sites": [by_id[p].prelesional_sites for p in patients["patient_id"]]}),
+                         tmp / "oracle_inputs.csv")
         write_json_atomic(
             {
                 "generator": f"mseval {__version__}",
                 "config": cfg.to_dict(),
                 "spacing_mm": list(spacing),
                 "weeks_per_year": WEEKS_PER_YEAR,
-                "truth_files": {"truth": "truth.csv", "lesions": "truth_lesions.csv", "tissues": TISSUES_FILE},
+                "truth_files": {"truth": "truth.csv", "visits": "truth_visits.csv", "lesions": "truth_lesions.csv",
+                                "oracle_inputs": "oracle_inputs.csv", "tissues": TISSUES_FILE,
+                                "centre_intensity": "images/{patient_id}/centre_intensity.nii.gz",
+                                "dawm": "images/{patient_id}/dawm_mask.nii.gz"},
                 "latent": {
                     p: {"latent_activity": float(u), "placebo_rate": float(r), "ventricle_scale": float(v)}
                     for p, u, r, v in zip(patients["patient_id"], patients["latent_activity"], patients["placebo_rate"], patients["ventricle_scale"])
