@@ -83,6 +83,11 @@ def _place_or_fail(lf: LesionField, rng: np.random.Generator, cfg: TrialConfig, 
     return lid
 
 
+def new_lesion_radius_mm(cfg: TrialConfig, spec) -> float:  # noqa: ANN001
+    """Median radius (mm) of a new lesion on arm `spec`: the arm's size multiplier scales its volume."""
+    return float(cfg.new_radius_mm * spec.size_multiplier ** (1.0 / 3.0))
+
+
 def observed_visits(row: dict, interval_counts: np.ndarray, cfg: TrialConfig, rng: np.random.Generator) -> list[str]:
     """Missing reason per scheduled visit ('' = observed, 'dropout', 'missed'). Dropout hazard per year:
     dropout_per_year (+ dropout_arm_difference on the reference arm) x exp(dropout_mnar log u) x
@@ -143,7 +148,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     spec = next(a for a in cfg.arms if a.arm == row["arm"])
     rho = float(arm_rate_ratios(pd.DataFrame([row]), cfg)[spec.arm][0])
     appears = events.under(rho)
-    radius = cfg.new_radius_mm * spec.size_multiplier ** (1.0 / 3.0)
+    radius = new_lesion_radius_mm(cfg, spec)
     gd_weeks = cfg.gd_per_rate * WEEKS_PER_YEAR
     unused = [int(i) for i in rng.permutation(np.asarray(base_ids, dtype=np.int64))]
     snapshots, added, info = [], [], {}
@@ -219,10 +224,10 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
         labels = snapshots[k]
         sub = folder / f"ses-{label}"
         sub.mkdir(exist_ok=True)
-        since_prev = [lid for lid in np.unique(labels[labels > 0]) if lid in info and info[lid]["birth_weeks"] > (last_obs or 0.0)]
+        since_prev = [lid for lid in np.unique(labels[labels > 0]) if lid in info and (last_obs or 0.0) < info[lid]["birth_weeks"] <= wk]
         recent = [lid for lid in since_prev if info[lid]["birth_weeks"] > wk - gd_weeks]
         holes = [lid for lid in np.unique(labels[labels > 0])
-                 if lid in black or (lid in info and info[lid]["black_hole"] and info[lid]["birth_weeks"] <= wk - BLACK_HOLE_DELAY_WEEKS)]
+                 if (lid in black and lid not in info) or (lid in info and info[lid]["black_hole"] and info[lid]["birth_weeks"] <= wk - BLACK_HOLE_DELAY_WEEKS)]
         t2k = (labels > 0).astype(np.uint8)
         gdk = np.isin(labels, recent).astype(np.uint8)
         vis = synthesize_mri(anat, t2k, gdk, rng, sequences=VISIT_IMAGES, dawm_mask=dawm, black_hole_mask=np.isin(labels, holes),

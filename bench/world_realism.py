@@ -1,0 +1,197 @@
+"""The simulated world against its acceptance (issue 20) and `../shared/WORLD_FACTS.md`: numbers for
+bench/RESULTS_world.md. Seeds 5000+ (never used to choose the knobs: those were set on seeds 1000-2006).
+
+    .venv/bin/python bench/world_realism.py --out /tmp/world [--reps 8] [--workers 2]
+
+1. Images matter: observable oracle vs the count-feature NB2 baseline (fitted on a 2,400-patient
+   training trial) on 240-patient test trials, fair CRPS and P(active) AUC at W24/W48/W96, paired SEs;
+   the same with every image knob at 0.
+2. Location: log score per observed new lesion of the true centre intensity, the
+   periventricular+proximity prior and uniform white matter, and the own/other distance ratio
+   (a 240-patient image trial at 32^3).
+3. Size: mean new-lesion volume with size multiplier 0.7 vs 1.0 (500+ lesions per arm, the
+   simulator's own lesion placement at 96 x 114 x 96).
+4. Realism: NET2-free shares, Gd+ per scan, placebo NB2 dispersion, periventricular share, oracle AUC.
+5. Speed: the 240-patient, 3-visit trial at 32^3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from mseval.metrics.calibration import crps_pmf
+from mseval.simulate.counts_only import simulate_count_trial
+from mseval.simulate.model import WEEKS_PER_YEAR, TrialConfig
+from mseval.simulate.observable_oracle import ModelParams, observable_pmf
+from mseval.stats.baseline_nb2 import fit_nb2_baseline
+
+OFF = dict(prelesion_fraction=0.0, dawm_strength=0.0)
+
+
+def window(tr, visit: int) -> pd.DataFrame:
+    v = tr.visits[tr.visits.visit_index <= visit].groupby("patient_id").agg(net2=("net2", "sum"), end=("end_weeks", "max"))
+    t = tr.table.set_index("patient_id").drop(columns=["net2"]).join(v).reset_index()
+    t["followup_years"] = t["end"] / WEEKS_PER_YEAR
+    return t
+
+
+def images_matter(cfg: TrialConfig, reps: int, seed0: int) -> pd.DataFrame:
+    rows = []
+    for k in range(reps):
+        train = simulate_count_trial(replace(cfg, patients_per_arm=400, seed=seed0 + k), samples=1)
+        test = simulate_count_trial(replace(cfg, patients_per_arm=40, seed=seed0 + 500 + k), samples=1)
+        for visit, label in enumerate(cfg.visit_labels, start=1):
+            tr, te = window(train, visit), window(test, visit)
+            y = te["net2"].to_numpy()
+            po = observable_pmf(te, ModelParams.from_config(cfg))
+            pb = fit_nb2_baseline(tr, reference="placebo").pmf(te)
+            co, cb = crps_pmf(po, y), crps_pmf(pb, y)
+            d = co - cb
+            rows.append({"rep": k, "visit": label, "crps_oracle": co.mean(), "crps_nb2": cb.mean(), "diff": d.mean(),
+                         "diff_se": d.std(ddof=1) / np.sqrt(len(d)), "rel_gain": -d.mean() / cb.mean(),
+                         "auc_oracle": roc_auc_score(y > 0, 1 - po[:, 0]), "auc_nb2": roc_auc_score(y > 0, 1 - pb[:, 0]),
+                         "placebo_free": float((y[te["arm"] == "placebo"] == 0).mean())})
+    return pd.DataFrame(rows)
+
+
+def realism_counts(cfg: TrialConfig) -> dict:
+    from mseval.stats.count_model import fit_count_model
+
+    tr = simulate_count_trial(replace(cfg, patients_per_arm=2000, seed=5900), samples=1)
+    pl = tr.table[tr.table["arm"] == "placebo"]
+    vis = tr.visits.merge(tr.table[["patient_id", "arm"]], on="patient_id")
+    cum = vis.sort_values("visit_index").groupby(["patient_id", "arm"])
+    free = {}
+    for label in cfg.visit_labels:
+        k = cfg.visit_labels.index(label) + 1
+        c = vis[(vis.visit_index <= k)].groupby(["patient_id", "arm"])["net2"].sum().reset_index()
+        free[label] = float((c[c.arm == "placebo"]["net2"] == 0).mean())
+    fit = fit_count_model(pl.assign(net2=pl["net2"]), "net2 ~ 1", offset_years="followup_years", adjusted_means=False)
+    annual = float((pl["net2"] / pl["followup_years"]).mean())
+    arms = {}
+    for arm, g in tr.table.groupby("arm"):
+        f = fit_count_model(g, "net2 ~ 1", offset_years="followup_years", adjusted_means=False)
+        arms[arm] = round(float(f.alpha), 2)
+    return {"placebo_net2_free": free, "placebo_nb2_dispersion": float(fit.alpha), "dispersion_by_arm": arms,
+            "gd_per_scan_over_annual_rate": float(pl["gd_count"].mean() / annual), "placebo_annual_rate": annual}
+
+
+def location(folder: Path, cfg: TrialConfig, workers: int) -> dict:
+    import nibabel as nib
+
+    from mseval.simulate.spatial import proximity_prior, uniform_white_matter
+    from mseval.simulate.trial import simulate_trial
+
+    t0 = time.perf_counter()
+    simulate_trial(folder, cfg, workers=workers, overwrite=True)
+    seconds = time.perf_counter() - t0
+    les = pd.read_csv(folder / "truth_lesions.csv")
+    sim = json.loads((folder / "simulation.json").read_text())
+    spacing = np.asarray(sim["spacing_mm"])
+    scores = {"true_intensity": [], "proximity_prior": [], "uniform_wm": []}
+    own, other, periv = [], [], []
+    pids = sorted(les["patient_id"].unique())
+    base_centres = {p: les[(les.patient_id == p) & (les.kind == "baseline")][["centroid_x", "centroid_y", "centroid_z"]].to_numpy() * spacing for p in pids}
+    from mseval.simulate.trial import anatomy_for
+    manifest = pd.read_csv(folder / "manifest.csv")
+    for i, p in enumerate(pids):
+        new = les[(les.patient_id == p) & (les.kind == "new")]
+        if new.empty:
+            continue
+        tissues = nib.load(folder / "images" / p / "tissues.nii.gz").get_fdata()
+        wm = (tissues == 3)
+        vent = tissues == 5
+        from scipy import ndimage
+        vdist = ndimage.distance_transform_edt(~vent, sampling=spacing)
+        true = np.asarray(nib.load(folder / "images" / p / "centre_intensity.nii.gz").get_fdata(), dtype=float)
+        t2 = nib.load(folder / "images" / p / "t2_lesion_mask.nii.gz").get_fdata()
+        maps = {"true_intensity": true / true.sum(), "proximity_prior": proximity_prior(wm, vdist, t2, tuple(spacing)),
+                "uniform_wm": uniform_white_matter(wm)}
+        idx = np.rint(new[["centroid_x", "centroid_y", "centroid_z"]].to_numpy()).astype(int)
+        for name, m in maps.items():
+            scores[name] += list(np.log(np.maximum(m[idx[:, 0], idx[:, 1], idx[:, 2]], 1e-12)))
+        periv += list(vdist[idx[:, 0], idx[:, 1], idx[:, 2]] <= 15.0)
+        c = new[["centroid_x", "centroid_y", "centroid_z"]].to_numpy() * spacing
+        q = pids[(i + 1) % len(pids)]
+        if len(base_centres[p]) and len(base_centres[q]):
+            own += list(np.min(np.linalg.norm(c[:, None] - base_centres[p][None], axis=-1), axis=1))
+            other += list(np.min(np.linalg.norm(c[:, None] - base_centres[q][None], axis=-1), axis=1))
+    s = {k: np.asarray(v) for k, v in scores.items()}
+    d1 = s["true_intensity"] - s["uniform_wm"]
+    d2 = s["proximity_prior"] - s["uniform_wm"]
+    d3 = s["true_intensity"] - s["proximity_prior"]
+    n = len(d1)
+    return {"new_lesions": n, "seconds_simulate": seconds,
+            "logscore_per_lesion": {k: float(v.mean()) for k, v in s.items()},
+            "true_minus_uniform": [float(d1.mean()), float(d1.std(ddof=1) / np.sqrt(n))],
+            "prior_minus_uniform": [float(d2.mean()), float(d2.std(ddof=1) / np.sqrt(n))],
+            "true_minus_prior": [float(d3.mean()), float(d3.std(ddof=1) / np.sqrt(n))],
+            "distance_ratio_own_over_other": float(np.mean(own) / np.mean(other)),
+            "periventricular_share_15mm": float(np.mean(periv))}
+
+
+def size(cfg: TrialConfig, n_lesions: int = 600) -> dict:
+    from mseval.simulate.anatomy import make_anatomy
+    from mseval.simulate.lesions import LesionField, periventricular_weights
+    from mseval.simulate.trial import new_lesion_radius_mm
+
+    anat = make_anatomy((96, 114, 96))
+    w = periventricular_weights(anat.ventricle_distance_mm())
+    voxel = float(np.prod(anat.spacing))
+    out = {}
+    for mult in (1.0, 0.7):
+        spec = replace(cfg.arms[-1], size_multiplier=mult)
+        rng = np.random.default_rng(5100)
+        vols = []
+        while len(vols) < n_lesions:
+            lf = LesionField(allowed=anat.wm_mask.astype(bool), weights=w, spacing=anat.spacing)
+            for _ in range(40):
+                lid = lf.place_new(rng, median_radius_mm=new_lesion_radius_mm(cfg, spec), min_voxels=cfg.min_voxels)
+                if lid is not None:
+                    vols.append(lf.voxels(lid) * voxel)
+        v = np.asarray(vols[:n_lesions])
+        out[mult] = (float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))))
+    ratio = out[0.7][0] / out[1.0][0]
+    se = ratio * np.sqrt((out[0.7][1] / out[0.7][0]) ** 2 + (out[1.0][1] / out[1.0][0]) ** 2)
+    return {"mean_volume_mm3": {str(k): v for k, v in out.items()}, "ratio": ratio, "ratio_se": float(se), "lesions_per_arm": n_lesions}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-images", action="store_true")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    cfg = TrialConfig()
+    res: dict = {}
+    for name, c in (("default", cfg), ("image_knobs_off", replace(cfg, **OFF))):
+        r = images_matter(c, a.reps, 5000)
+        r.to_csv(a.out / f"images_matter_{name}.csv", index=False)
+        g = r.groupby("visit", sort=False).agg(crps_oracle=("crps_oracle", "mean"), crps_nb2=("crps_nb2", "mean"), diff=("diff", "mean"),
+                                               diff_se_trial=("diff_se", "mean"), rel_gain=("rel_gain", "mean"),
+                                               auc_oracle=("auc_oracle", "mean"), auc_nb2=("auc_nb2", "mean"))
+        g["auc_diff"] = g["auc_oracle"] - g["auc_nb2"]
+        res[name] = g.round(4).reset_index().to_dict("records")
+        print(name); print(g.round(3).to_string())
+    res["realism"] = realism_counts(cfg)
+    print(json.dumps(res["realism"], indent=1))
+    res["size"] = size(cfg)
+    print(json.dumps(res["size"], indent=1))
+    if not a.skip_images:
+        res["location"] = location(a.out / "trial32", replace(cfg, patients_per_arm=40, shape=(32, 32, 32), seed=5200), a.workers)
+        print(json.dumps(res["location"], indent=1))
+    (a.out / "world.json").write_text(json.dumps(res, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
