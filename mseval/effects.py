@@ -56,7 +56,7 @@ from scipy import stats
 
 from mseval import __version__
 from mseval.errors import InputError
-from mseval.io.atomic import atomic_dir, final_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from mseval.io.atomic import atomic_dir, recorded_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
@@ -224,7 +224,7 @@ def run_effects(
             write_csv_atomic(df, tmp / name)
         summary = {
             "mseval_version": __version__,
-            "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": final_path(counts_path) if counts_path else "counted from the store",
+            "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": recorded_path(counts_path, out) if counts_path else "counted from the store",
                          "observed_counts": "components of each patient's net2_mask"},
             "observed_model": observed.model_info(),
             "forecast_model": {"samples": fc.samples, "failed_fits": fc.failed, "outcomes": "fully synthetic (every outcome drawn from the forecaster)",
