@@ -7,9 +7,9 @@ manifest.csv). Rules (`check_arm_values`):
 
 - with arms known: every value must be one of them, exactly;
 - always: two values that differ only in case (or surrounding spaces) are refused;
-- without arms known: a value one edit (a letter changed, added, dropped or two swapped) from
-  another value that holds at least `RARE_FACTOR` times its rows is refused as a likely typo; if
-  both are arms, `--arms` names them.
+- without arms known: a value of at least 3 characters one edit (a letter changed, added, dropped
+  or two swapped) from another value that holds at least `RARE_FACTOR` times its rows is refused as
+  a likely typo (codes such as 1 and 2 are never compared); if both are arms, `--arms` names them.
 
 The message names the value, its row (data rows counted from 1, header excluded, as every mseval
 message counts them; for a CSV file also its line) and the closest arm (`difflib`).
@@ -121,6 +121,6 @@ def check_arm_values(values: pd.Series, known: KnownArms | None, *, file: str | 
             refuse(odd, f"{odd!r} is not an arm; did you mean {main!r}? (they differ only in case or spaces: one arm spelt two ways)")
     for value in first_row:
         for other in first_row:
-            if other != value and _one_edit(value, other) and counts[other] >= RARE_FACTOR * counts[value]:
+            if other != value and min(len(value), len(other)) >= 3 and _one_edit(value, other) and counts[other] >= RARE_FACTOR * counts[value]:
                 refuse(value, f"{value!r} is not an arm; did you mean {other!r}? ({value!r} holds {counts[value]} row(s), {other!r} "
                               f"{counts[other]}; if both are arms, name the arms with --arms)")

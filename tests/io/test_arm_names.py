@@ -40,3 +40,11 @@ def test_missing_values_are_not_arms_to_check() -> None:
     check_arm_values(pd.Series(["placebo", None, "dmf"]), KnownArms(("placebo", "dmf"), None, "--arms"), file="t.csv", field="arm")
     with pytest.raises(InputError, match=r"row 2.*'placebo ' is not an arm; did you mean 'placebo'"):
         check_arm_values(pd.Series(["placebo", "placebo ", "dmf"]), None, file="t.csv", field="arm")
+
+
+def test_without_arms_only_a_rare_one_letter_variant_of_a_name_is_refused() -> None:
+    common = ["dmf"] * 10 + ["placebo"] * 10
+    with pytest.raises(InputError, match=r"\(row 21, field 'arm'\): 'dfm' is not an arm; did you mean 'dmf'\?"):
+        check_arm_values(pd.Series(common + ["dfm"]), None, file="t.csv", field="arm")
+    check_arm_values(pd.Series(common + ["dfm"] * 3), None, file="t.csv", field="arm")  # 10 vs 3: two arms, perhaps
+    check_arm_values(pd.Series([1] * 10 + [2]), None, file="t.csv", field="arm")  # arm codes are not names
