@@ -566,6 +566,24 @@ def select_threshold(ckpt: Any, cohort_dir: str | Path, out: str | Path, *, sett
     return ThresholdTuning(best, pd.DataFrame(rows), THRESHOLD_CRITERION, validation, ckpt.id)
 
 
+def tuning_for_checkpoint(tuned: dict[str, Any], checkpoint_id: str, cohort: str) -> dict[str, Any]:
+    """The tuning record a checkpoint folder keeps (its tuning.json), from a `Tuning.to_dict()` (with
+    its `mask_threshold` record, if any): `checkpoint` is the id of that folder's checkpoint -- the
+    id tuned with, when another (the training run a release was exported from, same EMA weights),
+    moves to `tuned_with_checkpoint` -- and the validation cohort is `cohort`, a neutral description
+    (e.g. "simulated trial seed 2028, 60 of its patients"), not a path on the machine that tuned it."""
+    out = json.loads(json.dumps(tuned))
+    for rec in (out, out.get("mask_threshold")):
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("checkpoint") not in (None, checkpoint_id):
+            rec["tuned_with_checkpoint"] = rec["checkpoint"]
+        rec["checkpoint"] = checkpoint_id
+        if isinstance(rec.get("validation"), dict):
+            rec["validation"]["cohort"] = cohort
+    return out
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     cohort_dir: str | Path,
@@ -645,7 +663,10 @@ def evaluate_checkpoint(
         write_json_atomic(tuned, out / "tuning.json")
         write_csv_atomic(tuning.table, out / "tuning.csv")
         if record_in_checkpoint and ckpt.path is not None:
-            write_json_atomic(tuned, Path(ckpt.path) / "tuning.json")
+            from mseval.provenance import cohort_fingerprint
+
+            neutral = f"{tc.root.name} ({len(val)} patients; cohort fingerprint {cohort_fingerprint(tc.manifest)})"
+            write_json_atomic(tuning_for_checkpoint(tuned, ckpt.id, neutral), Path(ckpt.path) / "tuning.json")
     else:
         settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0, cfg.count_tries)
     if settings.threshold is None:  # name the threshold the masks are cut at in the summary, as the blocks do

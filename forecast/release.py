@@ -11,7 +11,8 @@ The recipe (issue 13's leak-free protocol; every trial from `mseval simulate`, 3
    mask threshold from (0.5 ... 0.95) by the lowest mean fair CRPS of the forecast NET2 lesion volume against
    the observed NET2 volume (`forecast.evaluate.select_threshold`; observed masks only);
 4. export the EMA weights with the chosen guidance and threshold as the config's defaults, the tuning table
-   (`tuning.json`) and the provenance (training and validation patients) to OUT.
+   (`tuning.json`: the exported checkpoint's id, the training run's id it was tuned with, the validation
+   trial by its seed, never a path) and the provenance (training and validation patients) to OUT.
 
 Nothing here reads a test trial: the figures of bench/RESULTS_forecast.md come from a third trial
 (seed 2027) sampled once with the exported checkpoint. Steps already done in `--work` are reused
@@ -53,7 +54,7 @@ def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: 
 
     from forecast.checkpoint import export_checkpoint, load_checkpoint, weights_path
     from forecast.config import ForecastConfig
-    from forecast.evaluate import THRESHOLD_GRID, select_settings, select_threshold
+    from forecast.evaluate import THRESHOLD_GRID, select_settings, select_threshold, tuning_for_checkpoint
     from forecast.train import train
     from mseval.io.atomic import write_json_atomic
     from mseval.io.cohort import read_cohort
@@ -86,15 +87,17 @@ def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: 
     thr = select_threshold(ckpt, val, work / "tuning_threshold", settings=settings, patients=ids, grid=threshold_grid or THRESHOLD_GRID,
                            samples=tune_samples, seed=1, device="cpu")
     print(thr.summary(), flush=True)
+    tuned_on = f"simulated trial seed {VALIDATION_SEED}, {len(ids)} of its patients"
     exported = export_checkpoint(ckpt, out, config=ckpt.config.with_(guidance=settings.guidance, sample_steps=settings.steps,
                                                                      sampler=settings.sampler, count_tries=settings.count_tries,
                                                                      mask_threshold=float(thr.chosen)),
-                                 provenance={"tuned_on": {"cohort": f"simulated trial seed {VALIDATION_SEED}, {len(ids)} of its patients",
+                                 provenance={"tuned_on": {"cohort": tuned_on,
                                                           "patients": list(ids), "criterion": tuning.criterion, "chosen": c,
                                                           "mask_threshold": {"criterion": thr.criterion, "chosen": float(thr.chosen)}},
                                              "trained_on": f"simulated trial seed {POOL_SEED}, {6 * POOL_PER_ARM} patients at 32^3 "
                                                            f"({len(ckpt.train_ids)} training, {len(ckpt.val_ids)} held out to choose the count head's and the location network's epochs)"})
-    write_json_atomic({**tuning.to_dict(), "mask_threshold": thr.to_dict()}, out / "tuning.json")
+    # tuning.json names the exported checkpoint (tuned with the training run's, same EMA weights) and no path of this machine
+    write_json_atomic(tuning_for_checkpoint({**tuning.to_dict(), "mask_threshold": thr.to_dict()}, exported.id, tuned_on), out / "tuning.json")
     print(f"exported {exported.id} to {out}", flush=True)
     return out
 

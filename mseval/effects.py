@@ -56,10 +56,11 @@ from scipy import stats
 
 from mseval import __version__
 from mseval.errors import InputError
-from mseval.io.atomic import atomic_dir, final_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from mseval.io.atomic import atomic_dir, recorded_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
+from mseval.nbreg import run_nbreg  # noqa: F401 - `mseval nbreg` lives in mseval/nbreg.py; kept importable from here
 from mseval.provenance import forecast_provenance
 from mseval.stats.count_model import bootstrap_rate_ratios, fit_count_model, fit_lesion_free
 from mseval.stats import counterfactual as CF
@@ -224,7 +225,7 @@ def run_effects(
             write_csv_atomic(df, tmp / name)
         summary = {
             "mseval_version": __version__,
-            "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": final_path(counts_path) if counts_path else "counted from the store",
+            "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": recorded_path(counts_path, out) if counts_path else "counted from the store",
                          "observed_counts": "components of each patient's net2_mask"},
             "observed_model": observed.model_info(),
             "forecast_model": {"samples": fc.samples, "failed_fits": fc.failed, "outcomes": "fully synthetic (every outcome drawn from the forecaster)",
@@ -289,29 +290,3 @@ def _estimands_table(fc: pd.DataFrame, cf_avg: pd.DataFrame, calibrated: pd.Data
         add("prognostic_saving", prog.assign(saving=prog["sample_size_saving_pct"] / 100, lo=prog["saving_ci_low_pct"] / 100,
                                              hi=prog["saving_ci_high_pct"] / 100), "arm", "saving", "lo", "hi")
     return pd.DataFrame(rows)
-
-
-def run_nbreg(
-    table_path: str | Path, out: str | Path, *, formula: str, offset_years: str | None, reference: str | None,
-    cov: str = "expected", arm_col: str = "arm", overwrite: bool = False,
-) -> Any:
-    """`mseval nbreg`: the NB2 model on any table; writes rate_ratios.csv, adjusted_means.csv, model.json."""
-    table_path, out = Path(table_path), Path(out)
-    if not table_path.is_file():
-        raise InputError(table_path, "file not found")
-    if out.exists() and not overwrite:
-        raise InputError(out, "output folder exists; remove it or pass --overwrite")
-    try:
-        data = pd.read_parquet(table_path) if table_path.suffix == ".parquet" else pd.read_csv(table_path)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(table_path, f"cannot read table ({type(exc).__name__}: {exc})") from None
-    if cov not in ("expected", "observed"):
-        raise InputError(None, f"--cov must be expected or observed, got {cov!r}", field="cov")
-    fit = fit_count_model(data, formula, offset_years=offset_years, reference=reference, cov=cov, arm_col=arm_col, file=str(table_path))  # type: ignore[arg-type]
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        cols = ["term", "rate_ratio", "ci_low", "ci_high", "p_value", "coef", "se", "estimable", "note"]
-        write_csv_atomic(fit.table[cols], tmp / "rate_ratios.csv")
-        if not fit.arm_means.empty:
-            write_csv_atomic(fit.arm_means, tmp / "adjusted_means.csv")
-        write_json_atomic({**fit.model_info(), "table": str(table_path), "offset_years": offset_years, "mseval_version": __version__}, tmp / "model.json")
-    return fit

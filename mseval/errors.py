@@ -37,5 +37,13 @@ class InputError(Exception):
         return f"{prefix}{self.problem}".replace("\n", " ")
 
 
+def row_hint(file: str | Path | None, row: int) -> str:
+    """The words that say how `row` is counted, for the end of a message: for a CSV file
+    " (row N counts data rows from 1, header excluded: line N+1 of the file)", else ""."""
+    if file is None or not str(file).lower().endswith(".csv"):
+        return ""
+    return f" (row {row} counts data rows from 1, header excluded: line {row + 1} of the file)"
+
+
 class SimulationError(InputError):
     """The simulator was asked for something it cannot honour (e.g. more lesions than the volume holds)."""

@@ -388,7 +388,7 @@ def evaluate(
 ) -> EvaluationResult:
     """Evaluate the forecasts of `forecasts_dir` against the observed outcomes of `cohort_dir`;
     write tables and summary.json into the folder `out` (atomically). See the module docstring."""
-    from mseval.io.atomic import atomic_dir, final_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
+    from mseval.io.atomic import atomic_dir, recorded_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
     from mseval.io.cohort import read_cohort
     from mseval.io.store import ForecastStore
     from mseval.lesions.components import count_lesions
@@ -409,7 +409,7 @@ def evaluate(
             cpath = Path(counts)
             table = _read_counts(cpath)
             count_meta = _check_count_settings(cpath, settings)
-            counts_source = final_path(cpath)
+            counts_source = recorded_path(cpath, out)
             if count_meta is None:
                 flags.append(f"{cpath.name} records no counting settings; assumed connectivity {settings.connectivity}, >= {settings.min_volume_mm3} mm^3")
         else:

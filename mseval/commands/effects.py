@@ -23,13 +23,18 @@ def nbreg(
     reference: Annotated[Optional[str], typer.Option(help="Reference arm (default: first in sort order).")] = None,
     cov: Annotated[str, typer.Option(help="Standard errors from the 'expected' (as R's glm.nb) or 'observed' information.")] = "expected",
     arm_column: Annotated[str, typer.Option(help="Column holding the arm.")] = "arm",
+    arms: Annotated[Optional[str], typer.Option(help="The arms the table may hold: a comma list ('placebo,dmf') or an arms.csv "
+                                                "(its reference arm is then the default reference). Default: the arms.csv beside TABLE, "
+                                                "if any; '' for none. Values that are not arms are refused with the closest arm named.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     wait: Wait = False,
 ) -> None:
-    """Negative binomial (NB2) regression of counts on any table: rate ratios with Wald 95% CIs."""
+    """Negative binomial (NB2) regression of counts on any table: rate ratios with Wald 95% CIs, and
+    per arm the patients, events and exposure analysed."""
     import pandas as pd
 
-    from mseval.effects import run_nbreg
+    from mseval.io.arm_names import resolve_arms
+    from mseval.nbreg import run_nbreg
     from mseval.io.lock import output_lock
     from mseval.stats.count_model import check_formula
 
@@ -48,9 +53,14 @@ def nbreg(
         raise InputError(None, f"--arm-column {arm_column!r} is not a term of --formula {formula!r}")
     if offset_years and offset_years not in columns:
         raise InputError(table, f"--offset-years {offset_years!r} names no column (columns: {', '.join(columns)}; '' for no offset)")
+    known = resolve_arms(arms, table)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
-        fit = run_nbreg(table, out, formula=formula, offset_years=offset_years or None, reference=reference, cov=cov, arm_col=arm_column, overwrite=overwrite)
+        fit = run_nbreg(table, out, formula=formula, offset_years=offset_years or None, reference=reference, cov=cov, arm_col=arm_column,
+                        overwrite=overwrite, arms=known)
     typer.echo(fit.summary())
+    if fit.arm_categories:
+        typer.echo(f"  arms checked against {known.source}" if known is not None else
+                   "  arms not checked against an arms table (none given with --arms, no arms.csv beside TABLE)")
 
 
 def effects(

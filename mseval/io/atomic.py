@@ -55,6 +55,20 @@ def final_path(path: str | Path) -> str:
     return str(p)
 
 
+def recorded_path(path: str | Path, out: str | Path) -> str:
+    """How an output folder `out` records the input `path` in its settings files.
+
+    An input this same run is writing (it lies in the temporary folder of an enclosing `atomic_dir`
+    block, e.g. the counts a report computes into its own `results/`) is recorded relative to `out`
+    (POSIX separators, e.g. `../counts/counts.parquet`); any other input as given. So the same inputs
+    give the same bytes whatever folder the output is written into, and no temporary name is kept.
+    """
+    final = final_path(path)
+    if final == str(Path(path)):  # not inside a temporary folder of this run: as given
+        return str(path)
+    return Path(os.path.relpath(os.path.abspath(final), os.path.abspath(final_path(out)))).as_posix()
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; rename it to `target` when the block succeeds.

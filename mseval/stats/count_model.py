@@ -20,7 +20,9 @@ inverse Hessian of the full (beta, alpha) log-likelihood; the two differ slightl
 Every estimates table carries `estimable` and `note` (the shared rule of
 `mseval.stats.estimability`): an arm without events has no finite rate ratio (its MLE is 0) and is
 flagged, whatever number the optimiser stopped at. Rows with a missing value in a column the model
-uses are dropped, counted (`n_dropped`) and named (`dropped_rows`, 1-based data rows) in the fit.
+uses are dropped, counted (`n_dropped`) and named (`dropped_rows`, 1-based data rows) in the fit;
+an error about a row names it as numbered in the data given (data rows from 1), also after rows were dropped.
+A term without an estimate keeps only the reason (e.g. no events), not the optimiser's number.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mseval.errors import InputError
+from mseval.errors import InputError, row_hint
 from mseval.stats.estimability import flag_table
 from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_wald
 
@@ -98,6 +100,8 @@ class CountModelFit:
     offset_years: str | None = None
     arm_col: str = "arm"
     arm_categories: tuple[str, ...] = ()
+    arm_counts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Per arm of the analysed rows: arm, n, events (sum of the response), exposure_years (sum of the offset column; NaN without one)."""
 
     def rate_ratios(self) -> pd.DataFrame:
         """term, rate_ratio, ci_low, ci_high, p_value (the public contract) plus coef, se, estimable, note."""
@@ -147,6 +151,12 @@ class CountModelFit:
     def summary(self) -> str:
         a = "alpha=0 (Poisson boundary)" if self.boundary else f"alpha={self.alpha:.3f}"
         lines = [f"NB2 regression: {self.formula} (n={self.n}, {a}, {'converged' if self.converged else 'NOT CONVERGED'}; {self.cov} information)"]
+        if not self.arm_counts.empty:
+            lines.append(f"  {'arm':28s} {'n':>6s} {'events':>8s} {'exposure (years)':>17s}")
+            for r in self.arm_counts.itertuples():
+                exposure = f"{r.exposure_years:17.2f}" if np.isfinite(r.exposure_years) else f"{'-':>17s}"
+                ref = "  (reference)" if r.arm == self.reference else ""
+                lines.append(f"  {r.arm:28s} {r.n:6d} {r.events:8d} {exposure}{ref}")
         for r in self.table.itertuples():
             if r.estimable:
                 lines.append(f"  {r.term:28s} RR {r.rate_ratio:8.3f}  95% CI {r.ci_low:8.3f} to {r.ci_high:8.3f}  p={r.p_value:.3g}")
@@ -163,6 +173,7 @@ class _Prepared:
     cols: list[str]
     dropped_rows: list[int]
     dropped_note: str
+    rows: np.ndarray  # (n,) the data row (1-based, as given) of each kept row of `df`
 
 
 def _prepare(data: pd.DataFrame, formula: str, arm_col: str, reference: str | None, file: str | None,
@@ -182,10 +193,13 @@ def _prepare_full(data: pd.DataFrame, formula: str, arm_col: str, reference: str
     bad = y.isna() & raw_y.notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise InputError(file, f"response '{response}' must hold non-negative whole counts (got {raw_y.iloc[i]!r})", row=i + 1, field=response)
+        raise InputError(file, f"response '{response}' must hold non-negative whole counts (got {_value(raw_y.iloc[i])!r}"
+                         f"{_patient(data, i + 1)}){row_hint(file, i + 1)}",
+                         row=i + 1, field=response)
     df[response] = y
     missing = df[used].isna().any(axis=1).to_numpy()
     dropped_rows = [int(i) + 1 for i in np.flatnonzero(missing)]
+    rows = np.arange(1, len(df) + 1)[~missing]
     note = ""
     if dropped_rows:
         by_col = {c: int(df[c].isna().sum()) for c in used if df[c].isna().any()}
@@ -198,8 +212,10 @@ def _prepare_full(data: pd.DataFrame, formula: str, arm_col: str, reference: str
         raise InputError(file, "no rows left after dropping missing values", field=response)
     y = df[response].to_numpy(dtype=float)
     if (y < 0).any() or not np.allclose(y, np.round(y)):
-        i = int(np.flatnonzero((y < 0) | (np.abs(y - np.round(y)) > 1e-8))[0])
-        raise InputError(file, f"response '{response}' must hold non-negative whole counts", row=i + 1, field=response)
+        row = int(rows[np.flatnonzero((y < 0) | (np.abs(y - np.round(y)) > 1e-8))[0]])
+        raise InputError(file, f"response '{response}' must hold non-negative whole counts (got {_value(data[response].iloc[row - 1])!r}"
+                         f"{_patient(data, row)}){row_hint(file, row)}",
+                         row=row, field=response)
     if (y == 0).all():
         raise InputError(file, f"all counts in '{response}' are zero: no rate ratio is estimable", field=response)
     if arm_col in cols:
@@ -208,10 +224,24 @@ def _prepare_full(data: pd.DataFrame, formula: str, arm_col: str, reference: str
             raise InputError(file, f"only one arm ({arms[0]!r}) in '{arm_col}': a rate ratio needs two", field=arm_col)
         ref = reference if reference is not None else sorted(arms)[0]
         if ref not in arms:
-            raise InputError(file, f"reference arm {ref!r} is not in '{arm_col}' ({', '.join(sorted(arms))})", field=arm_col)
+            from mseval.io.arm_names import closest
+
+            near = closest(ref, arms)
+            raise InputError(file, f"reference arm {ref!r} is not in '{arm_col}'" + (f"; did you mean {near!r}?" if near else "")
+                             + f" (arms: {', '.join(sorted(arms))})", field=arm_col)
         order = [ref] + sorted(a for a in arms if a != ref)
         df[arm_col] = pd.Categorical(df[arm_col].astype(str), categories=order)
-    return _Prepared(df, response, cols, dropped_rows, note)
+    return _Prepared(df, response, cols, dropped_rows, note, rows)
+
+
+def _value(v: Any) -> Any:
+    """A cell as Python shows it in a message (0.0, not np.float64(0.0))."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _patient(data: pd.DataFrame, row: int) -> str:
+    """", patient P06" for data row `row` (1-based) when the table has a patient_id column, else ""."""
+    return f", patient {data['patient_id'].iloc[row - 1]}" if "patient_id" in data.columns else ""
 
 
 def _term_name(raw: str, arm_col: str) -> str:
@@ -268,8 +298,10 @@ def fit_count_model(
     if offset_years is not None:
         years = pd.to_numeric(df[offset_years], errors="coerce")
         if years.isna().any() or (years <= 0).any():
-            i = int(np.flatnonzero((years.isna() | (years <= 0)).to_numpy())[0])
-            raise InputError(file, f"offset '{offset_years}' must be positive years", row=i + 1, field=offset_years)
+            row = int(prep.rows[np.flatnonzero((years.isna() | (years <= 0)).to_numpy())[0]])
+            raise InputError(file, f"offset '{offset_years}' must be positive years (got {_value(data[offset_years].iloc[row - 1])!r}"
+                             f"{_patient(data, row)}){row_hint(file, row)}",
+                             row=row, field=offset_years)
         off = np.log(years.to_numpy(dtype=float))
     y, X, info = design(formula, df, file)
     k = X.shape[1]
@@ -308,11 +340,15 @@ def fit_count_model(
                           "estimable": [not r for r in reasons], "note": reasons})
     table["converged"] = res.converged
     table = flag_table(table, "rate_ratio", "ci_low", "ci_high", kind="ratio", converged="converged").drop(columns="converged")
+    # a known reason (no events) says why; the optimiser's symptoms (an estimate of 1e-21, an infinite CI) add nothing
+    table["note"] = [r or n for r, n in zip(reasons, table["note"])]
     ref = None
     arm_means = pd.DataFrame()
+    arm_counts = pd.DataFrame()
     if arm_col in cols:
         cats = list(df[arm_col].cat.categories)
         ref = cats[0]
+        arm_counts = _arm_counts(df, arm_col, y, years.to_numpy(dtype=float) if offset_years is not None else None)
         if adjusted_means:
             arm_means = _adjusted_means(info, beta, df, arm_col, cats, table, res.converged)
     table = table[table["term"] != "Intercept"].reset_index(drop=True)
@@ -326,7 +362,17 @@ def fit_count_model(
     return CountModelFit(table, arm_means, float(alpha), alpha_se, bool(res.converged), int(len(df)), float(res.llf), formula, ref, cov, method,
                          notes, vcov, bool(res.boundary), len(prep.dropped_rows), prep.dropped_rows, float(res.decrement), int(res.iterations),
                          design_info=info, coef=np.asarray(beta, dtype=float), offset_years=offset_years, arm_col=arm_col,
-                         arm_categories=tuple(df[arm_col].cat.categories) if arm_col in cols else ())
+                         arm_categories=tuple(df[arm_col].cat.categories) if arm_col in cols else (), arm_counts=arm_counts)
+
+
+def _arm_counts(df: pd.DataFrame, arm_col: str, y: np.ndarray, years: np.ndarray | None) -> pd.DataFrame:
+    """arm, n, events, exposure_years per arm (categories order, reference first) of the analysed rows."""
+    rows = []
+    for arm in df[arm_col].cat.categories:
+        sel = (df[arm_col] == arm).to_numpy()
+        rows.append({"arm": str(arm), "n": int(sel.sum()), "events": int(round(float(y[sel].sum()))),
+                     "exposure_years": float(years[sel].sum()) if years is not None else float("nan")})
+    return pd.DataFrame(rows)
 
 
 def _covariance(res: NB2Result, X: np.ndarray, off: np.ndarray | float, cov: str) -> tuple[np.ndarray, bool]:

@@ -89,7 +89,11 @@ def test_protocol_tunes_on_validation_and_reports_once_beside_the_references(tra
     assert s["sampler"]["guidance"] == tuned["chosen"]["guidance"] and s["sampler"]["steps"] == 2
     assert s["sampler"]["threshold"] == tuned["mask_threshold"]["chosen"] in (0.4, 0.6)
     assert tuned["validation"]["cohort"] == str(val.resolve())
-    assert json.loads((ck / "tuning.json").read_text())["chosen"] == tuned["chosen"]
+    recorded = json.loads((ck / "tuning.json").read_text())
+    assert recorded["chosen"] == tuned["chosen"]
+    # the checkpoint folder's copy names the checkpoint, and the validation cohort without a path of this machine
+    assert recorded["checkpoint"] == recorded["mask_threshold"]["checkpoint"] == s["checkpoint"]
+    assert recorded["validation"]["cohort"].startswith("validation (") and str(tmp_path) not in (ck / "tuning.json").read_text()
     refs = s["references"]
     assert {"true_law", "observable_oracle"} <= set(refs)
     assert "nb2_baseline" in refs or any("NB2 baseline not fitted" in n for n in s.get("notes", []))

@@ -54,3 +54,34 @@ def test_exported_and_source_sample_the_same(trained, tiny_cohort, tmp_path) -> 
     forecast_cohort(tiny_cohort, tmp_path / "rel", tmp_path / "b", **kw)
     a, b = ForecastStore.open(tmp_path / "a"), ForecastStore.open(tmp_path / "b")
     assert np.array_equal(a.block("P001", "placebo").masks()[0], b.block("P001", "placebo").masks()[0])
+
+
+def test_the_shipped_tuning_json_names_its_checkpoint_and_no_path() -> None:
+    """tuning.json beside the weights names the id of the checkpoint it sits with (the training run
+    it was tuned with apart), and the validation trial as the provenance does, not a temporary path."""
+    import json
+
+    ckpt = load_checkpoint(SHIPPED_CHECKPOINT)
+    text = (SHIPPED_CHECKPOINT / "tuning.json").read_text()
+    tuning = json.loads(text)
+    for rec in (tuning, tuning["mask_threshold"]):
+        assert rec["checkpoint"] == ckpt.id
+        assert rec["tuned_with_checkpoint"] == ckpt.provenance["exported_from"]
+        assert rec["validation"]["cohort"] == ckpt.provenance["tuned_on"]["cohort"]
+    assert '"/' not in text and "tmp" not in text
+    assert tuning["chosen"] == ckpt.provenance["tuned_on"]["chosen"] and tuning["mask_threshold"]["chosen"] == ckpt.config.mask_threshold
+
+
+def test_the_tuning_record_for_a_checkpoint_folder_is_neutral() -> None:
+    """`make checkpoint` (forecast/release.py) and `mseval forecast evaluate --record` write tuning.json
+    through `tuning_for_checkpoint`: the folder's checkpoint id, the id tuned with kept apart, no path."""
+    from forecast.evaluate import tuning_for_checkpoint
+
+    tuned = {"checkpoint": "run@10:aaa", "validation": {"cohort": "/tmp/x/val", "patients": 2},
+             "mask_threshold": {"checkpoint": "run@10:aaa", "validation": {"cohort": "/tmp/x/val"}, "chosen": 0.5}}
+    out = tuning_for_checkpoint(tuned, "rel@10:bbb", "simulated trial seed 1, 2 of its patients")
+    assert out["checkpoint"] == out["mask_threshold"]["checkpoint"] == "rel@10:bbb"
+    assert out["tuned_with_checkpoint"] == out["mask_threshold"]["tuned_with_checkpoint"] == "run@10:aaa"
+    assert "/tmp" not in str(out) and tuned["validation"]["cohort"] == "/tmp/x/val"  # the input is not changed
+    same = tuning_for_checkpoint({"checkpoint": "rel@10:bbb", "validation": {"cohort": "/a"}}, "rel@10:bbb", "val")
+    assert "tuned_with_checkpoint" not in same and same["validation"]["cohort"] == "val"

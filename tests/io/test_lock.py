@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mseval.errors import InputError
-from mseval.io.atomic import atomic_dir, atomic_path, final_path
+from mseval.io.atomic import atomic_dir, atomic_path, final_path, recorded_path
 from mseval.io.lock import lock_path, output_lock, remove_stale_temporaries
 
 
@@ -50,3 +50,15 @@ def test_final_path_maps_nested_temporary_folders(tmp_path: Path) -> None:
             tmp.write_text("x")
     assert final_path(tmp_path / "elsewhere.csv") == str(tmp_path / "elsewhere.csv")
     assert (tmp_path / "report" / "x.csv").is_file()
+
+
+def test_recorded_path_is_relative_to_the_output_for_this_runs_files_and_as_given_otherwise(tmp_path: Path) -> None:
+    """An input the same run writes (a report's own counts) is recorded relative to the output that
+    names it, so two report folders record the same text; any other input is recorded as given."""
+    for name in ("a", "b/deeper"):
+        with atomic_dir(tmp_path / name / "report") as rep:
+            with atomic_dir(rep / "results" / "effects") as eff:
+                assert recorded_path(rep / "results" / "counts" / "counts.parquet", rep / "results" / "effects") == "../counts/counts.parquet"
+                assert recorded_path(eff / "x.parquet", rep / "results" / "effects") == "x.parquet"
+    assert recorded_path("rel/counts.parquet", tmp_path / "out") == "rel/counts.parquet"
+    assert recorded_path(tmp_path / "counts.parquet", tmp_path / "out") == str(tmp_path / "counts.parquet")
