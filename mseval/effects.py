@@ -5,9 +5,9 @@ conditions on) in its table (`estimand`, `conditional_on`, `ci_method`, `estimab
 columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`estimands`):
 
 - forecast rate ratio: the NB2 rate ratio in the population these patients represent, randomized
-  as in the trial, if their outcomes followed the forecaster's law; mean of the per-sample NB2
-  fits, patient-level sandwich CI (fully synthetic outcomes: no Rubin's rules, no fraction of
-  missing information); conditional on the forecaster.
+  as in the trial, if their outcomes followed the forecaster's law; one NB2 fit on all samples
+  stacked, patient-cluster sandwich CI (fully synthetic outcomes: no Rubin's rules, no fraction of
+  missing information; event-free samples counted per term); conditional on the forecaster.
 - counterfactual ratio of means / mean difference: every patient under every arm, ratio of mean
   forecast counts over the same population; delta-method CI over patients; conditional on the
   forecaster -- unless held-out patients with observed outcomes are given (`heldout_patients`),

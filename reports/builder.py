@@ -393,7 +393,7 @@ def build_report(
         figs.append(("forest_plot", F.forest_plot(prim_fig, arms_df, reference=ref),
                      f"NET2 rate ratios vs {labels[ref]} (log scale) with 95% CIs. Filled circles: observed, NB2 regression of each patient's observed NET2 count "
                      "on arm with offset log(follow-up years). Open squares: forecast, the same model fitted on each fully synthetic ensemble sample of the "
-                     "allocated arm, the mean of the per-sample NB2 fits with a patient-level sandwich CI. Open diamonds: counterfactual, ratio of mean "
+                     "allocated arm, one NB2 fit on all samples stacked with a patient-cluster sandwich CI. Open diamonds: counterfactual, ratio of mean "
                      "forecast counts with every patient under both arms (delta-method CI over patients). Forecast and counterfactual CIs are "
                      "conditional on the forecaster: its errors are not in them"
                      + ("; the ratio calibrated on held-out patients, which carries them, is in the primary table. " if t["counterfactual_calibrated"] is not None
@@ -858,8 +858,8 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                      for q, e in sorted(est_doc.items(), key=lambda kv: list(ESTIMAND_NAMES).index(kv[0]) if kv[0] in ESTIMAND_NAMES else len(ESTIMAND_NAMES))
                      if isinstance(e, dict)]
     fm = summary.get("forecast_model") or {}
-    forecast_method = (f"each ensemble sample is a fully synthetic trial: NB2 fitted per sample ({fm.get('samples')} fits used, "
-                       f"{fm.get('failed_fits')} failed and left out), rate ratio = mean of the per-sample fits; CI: {fm.get('pooling')}; "
+    forecast_method = (f"each ensemble sample is a fully synthetic trial: one NB2 fit on all {fm.get('samples')} samples stacked "
+                       f"({fm.get('failed_fits')} of the per-sample check fits failed); CI: {fm.get('pooling')}; "
                        "conditional on the forecaster (outcomes are synthetic draws, not missing data)"
                        if fm else "NB2 fitted per fully synthetic ensemble sample; CI conditional on the forecaster")
     s = settings_doc
