@@ -11,7 +11,10 @@ columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`
 - counterfactual ratio of means / mean difference: every patient under every arm, ratio of mean
   forecast counts over the same population; delta-method CI over patients; conditional on the
   forecaster -- unless held-out patients with observed outcomes are given (`heldout_patients`),
-  then `counterfactual_calibrated.csv` carries the forecaster's calibration error.
+  then `counterfactual_calibrated.csv` carries the forecaster's calibration error. Held-out
+  patients are refused when the store's provenance shows the forecaster trained, validated or was
+  tuned on them (`mseval.heldout`); being this trial's own randomized patients, the calibrated
+  ratio is labelled an observed-data ratio estimator with the forecast as covariate (`label`).
 - heterogeneity: the NB2 arm x predicted-benefit interaction (primary test); responder strata
   are exploratory (minimum `min_stratum_per_arm` patients per arm), observed outcomes only.
 - Qini: Radcliffe (2007) normalisation (perfect = 1, random ~ 0), ties averaged.
@@ -57,6 +60,7 @@ from scipy import stats
 from mseval import __version__
 from mseval.errors import InputError
 from mseval.io.atomic import atomic_dir, final_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from mseval.heldout import check_heldout, heldout_kind
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
@@ -148,9 +152,8 @@ def run_effects(
     cohort = read_cohort(cohort_dir)
     ref = cohort.reference_arm
     arms = list(cohort.arms["arm"])
-    unknown = sorted(set(settings.heldout_patients) - set(cohort.patient_ids))
-    if unknown:
-        raise InputError(None, f"held-out patient {unknown[0]!r} is not in the cohort", field="heldout_patients")
+    check_heldout(cohort, forecasts_dir, settings.heldout_patients)  # not in the cohort, or seen by the forecaster: refused
+    held = heldout_kind(cohort, settings.heldout_patients) if settings.heldout_patients else None
     say("observed counts from the NET2 masks")
     table = analysis_table(cohort, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -181,6 +184,8 @@ def run_effects(
         calibrated = None
         if settings.heldout_patients:
             calibrated = calibrated_counterfactual(means, table, list(settings.heldout_patients), ref)
+            assert held is not None
+            calibrated = calibrated.assign(estimator=held["estimator"], label=held["label"], all_patients_heldout=held["all_patients"])
         het = heterogeneity(table, means, ref, observed.table, fractions=settings.responder_fractions,
                             min_per_arm=settings.min_stratum_per_arm, truth=cohort.truth)
         benefit = {a: (cf.patients[cf.patients["arm"] == a].set_index("patient_id")["expected_reference"]
@@ -229,9 +234,12 @@ def run_effects(
             "observed_model": observed.model_info(),
             "forecast_model": {"samples": fc.samples, "failed_fits": fc.failed, "outcomes": "fully synthetic (every outcome drawn from the forecaster)",
                                "pooling": SY.CI_METHOD, "note": fc.note},
-            "estimands": {**ESTIMANDS, **({} if calibrated is not None else {"counterfactual_calibrated_ratio": {
+            "estimands": {**ESTIMANDS, **({"counterfactual_calibrated_ratio": {
+                **ESTIMANDS["counterfactual_calibrated_ratio"], "estimator": held["label"], "note": held["sentence"]}}
+                if calibrated is not None and held is not None else {"counterfactual_calibrated_ratio": {
                 "estimand": CF.CAL_ESTIMAND, "note": "not computed: no held-out patients with observed outcomes were given"}})},
             "heldout_patients": len(settings.heldout_patients),
+            "heldout": held,
             "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
             "patients": int(len(table)),
             "provenance": forecast_provenance(cohort_dir, forecasts_dir) if forecasts_dir is not None else None,
