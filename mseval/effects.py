@@ -37,6 +37,10 @@ Tables written to OUT (atomically, all or nothing):
     counterfactual_patients.csv per patient x arm: expected count, difference and ratio vs reference
     counterfactual_average.csv  per arm: mean difference and ratio of means with CIs
     counterfactual_calibrated.csv (with held-out patients) the ratio corrected for forecaster error
+    projections.csv             per arm x forecast-derived ratio: estimate and CI beside the observed CI of the
+                                forecaster's training trial (or this trial's, when that is unavailable), and
+                                whether the projection's CI is narrower (mseval/projections.py)
+    rate_ratios_training_trial.csv  the training trial's observed NB2 rate ratios, when its provenance finds it
     heterogeneity.csv           per arm: the arm x predicted-benefit interaction test
     responders.csv              observed effects in the top 10/30/50% predicted responders (exploratory)
     qini_curve.csv, qini_area.csv
@@ -64,6 +68,7 @@ from mseval.heldout import check_heldout, heldout_kind
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
+from mseval.projections import projections_frame
 from mseval.provenance import forecast_provenance
 from mseval.stats.count_model import bootstrap_rate_ratios, fit_count_model, fit_lesion_free
 from mseval.stats import counterfactual as CF
@@ -79,6 +84,7 @@ from mseval.stats.power import power_table
 from mseval.stats.prognostic import prognostic_adjustment
 from mseval.stats.qini import qini_table
 from mseval.stats.synthetic import fit_forecast_rate_ratios
+from mseval.training_trial import training_trial_effects
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,9 @@ def run_effects(
         say("observed NB2 model")
         observed = fit_count_model(table, settings.formula, reference=ref, cov=settings.cov, file=str(cohort.root / "manifest.csv"))
         lesion_free = fit_lesion_free(table, reference=ref)
+        say("observed NB2 model of the forecaster's training trial (from the store's provenance)")
+        training = training_trial_effects(cohort_dir, forecasts_dir, settings.formula, reference=ref, connectivity=settings.connectivity,
+                                          min_volume_mm3=settings.min_volume_mm3)
         means = forecast_means(counts)
         say(f"forecast NB2 models ({S} fully synthetic samples)")
         fc = fit_forecast_rate_ratios(table, counts, settings.formula, reference=ref)
@@ -196,6 +205,7 @@ def run_effects(
         power = power_table(table, means, ref, sims=settings.power_sims, seed=settings.seed)
         primary = _primary(observed, fc.table, cf.average, arms, ref)
         estimands = _estimands_table(fc.table, cf.average, calibrated, het.interaction, qini.area, prog.table)
+        projections = projections_frame(primary, training.table if training.available else None, calibrated, training_note=training.sentence)
         truth_cmp = None
         if cohort.truth is not None:
             truth_cmp = _truth_comparison(cohort.truth, cf.patients, ref)
@@ -216,7 +226,10 @@ def run_effects(
             "prognostic.csv": prog.table,
             "power_analytic.csv": power.analytic,
             "power_simulated.csv": power.simulated,
+            "projections.csv": projections,
         }
+        if training.available:
+            files["rate_ratios_training_trial.csv"] = training.table
         if truth_cmp is not None:
             files["truth_comparison.csv"] = truth_cmp
         if calibrated is not None:
@@ -240,6 +253,7 @@ def run_effects(
                 "estimand": CF.CAL_ESTIMAND, "note": "not computed: no held-out patients with observed outcomes were given"}})},
             "heldout_patients": len(settings.heldout_patients),
             "heldout": held,
+            "training_trial": training.to_dict(),
             "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
             "patients": int(len(table)),
             "provenance": forecast_provenance(cohort_dir, forecasts_dir) if forecasts_dir is not None else None,
