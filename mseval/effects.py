@@ -5,13 +5,16 @@ conditions on) in its table (`estimand`, `conditional_on`, `ci_method`, `estimab
 columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`estimands`):
 
 - forecast rate ratio: the NB2 rate ratio in the population these patients represent, randomized
-  as in the trial, if their outcomes followed the forecaster's law; mean of the per-sample NB2
-  fits, patient-level sandwich CI (fully synthetic outcomes: no Rubin's rules, no fraction of
-  missing information); conditional on the forecaster.
+  as in the trial, if their outcomes followed the forecaster's law; one NB2 fit on all samples
+  stacked, patient-cluster sandwich CI (fully synthetic outcomes: no Rubin's rules, no fraction of
+  missing information; event-free samples counted per term); conditional on the forecaster.
 - counterfactual ratio of means / mean difference: every patient under every arm, ratio of mean
   forecast counts over the same population; delta-method CI over patients; conditional on the
   forecaster -- unless held-out patients with observed outcomes are given (`heldout_patients`),
-  then `counterfactual_calibrated.csv` carries the forecaster's calibration error.
+  then `counterfactual_calibrated.csv` carries the forecaster's calibration error. Held-out
+  patients are refused when the store's provenance shows the forecaster trained, validated or was
+  tuned on them (`mseval.heldout`); being this trial's own randomized patients, the calibrated
+  ratio is labelled an observed-data ratio estimator with the forecast as covariate (`label`).
 - heterogeneity: the NB2 arm x predicted-benefit interaction (primary test); responder strata
   are exploratory (minimum `min_stratum_per_arm` patients per arm), observed outcomes only.
 - Qini: Radcliffe (2007) normalisation (perfect = 1, random ~ 0), ties averaged.
@@ -34,6 +37,10 @@ Tables written to OUT (atomically, all or nothing):
     counterfactual_patients.csv per patient x arm: expected count, difference and ratio vs reference
     counterfactual_average.csv  per arm: mean difference and ratio of means with CIs
     counterfactual_calibrated.csv (with held-out patients) the ratio corrected for forecaster error
+    projections.csv             per arm x forecast-derived ratio: estimate and CI beside the observed CI of the
+                                forecaster's training trial (or this trial's, when that is unavailable), and
+                                whether the projection's CI is narrower (mseval/projections.py)
+    rate_ratios_training_trial.csv  the training trial's observed NB2 rate ratios, when its provenance finds it
     heterogeneity.csv           per arm: the arm x predicted-benefit interaction test
     responders.csv              observed effects in the top 10/30/50% predicted responders (exploratory)
     qini_curve.csv, qini_area.csv
@@ -57,10 +64,12 @@ from scipy import stats
 from mseval import __version__
 from mseval.errors import InputError
 from mseval.io.atomic import atomic_dir, recorded_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from mseval.heldout import check_heldout, heldout_kind
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
 from mseval.nbreg import run_nbreg  # noqa: F401 - `mseval nbreg` lives in mseval/nbreg.py; kept importable from here
+from mseval.projections import projections_frame
 from mseval.provenance import forecast_provenance
 from mseval.stats.count_model import bootstrap_rate_ratios, fit_count_model, fit_lesion_free
 from mseval.stats import counterfactual as CF
@@ -76,6 +85,7 @@ from mseval.stats.power import power_table
 from mseval.stats.prognostic import prognostic_adjustment
 from mseval.stats.qini import qini_table
 from mseval.stats.synthetic import fit_forecast_rate_ratios
+from mseval.training_trial import training_trial_effects
 
 
 @dataclass(frozen=True)
@@ -149,9 +159,8 @@ def run_effects(
     cohort = read_cohort(cohort_dir)
     ref = cohort.reference_arm
     arms = list(cohort.arms["arm"])
-    unknown = sorted(set(settings.heldout_patients) - set(cohort.patient_ids))
-    if unknown:
-        raise InputError(None, f"held-out patient {unknown[0]!r} is not in the cohort", field="heldout_patients")
+    check_heldout(cohort, forecasts_dir, settings.heldout_patients)  # not in the cohort, or seen by the forecaster: refused
+    held = heldout_kind(cohort, settings.heldout_patients) if settings.heldout_patients else None
     say("observed counts from the NET2 masks")
     table = analysis_table(cohort, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -174,6 +183,9 @@ def run_effects(
         say("observed NB2 model")
         observed = fit_count_model(table, settings.formula, reference=ref, cov=settings.cov, file=str(cohort.root / "manifest.csv"))
         lesion_free = fit_lesion_free(table, reference=ref)
+        say("observed NB2 model of the forecaster's training trial (from the store's provenance)")
+        training = training_trial_effects(cohort_dir, forecasts_dir, settings.formula, reference=ref, connectivity=settings.connectivity,
+                                          min_volume_mm3=settings.min_volume_mm3)
         means = forecast_means(counts)
         say(f"forecast NB2 models ({S} fully synthetic samples)")
         fc = fit_forecast_rate_ratios(table, counts, settings.formula, reference=ref)
@@ -182,6 +194,8 @@ def run_effects(
         calibrated = None
         if settings.heldout_patients:
             calibrated = calibrated_counterfactual(means, table, list(settings.heldout_patients), ref)
+            assert held is not None
+            calibrated = calibrated.assign(estimator=held["estimator"], label=held["label"], all_patients_heldout=held["all_patients"])
         het = heterogeneity(table, means, ref, observed.table, fractions=settings.responder_fractions,
                             min_per_arm=settings.min_stratum_per_arm, truth=cohort.truth)
         benefit = {a: (cf.patients[cf.patients["arm"] == a].set_index("patient_id")["expected_reference"]
@@ -192,6 +206,7 @@ def run_effects(
         power = power_table(table, means, ref, sims=settings.power_sims, seed=settings.seed)
         primary = _primary(observed, fc.table, cf.average, arms, ref)
         estimands = _estimands_table(fc.table, cf.average, calibrated, het.interaction, qini.area, prog.table)
+        projections = projections_frame(primary, training.table if training.available else None, calibrated, training_note=training.sentence)
         truth_cmp = None
         if cohort.truth is not None:
             truth_cmp = _truth_comparison(cohort.truth, cf.patients, ref)
@@ -212,7 +227,10 @@ def run_effects(
             "prognostic.csv": prog.table,
             "power_analytic.csv": power.analytic,
             "power_simulated.csv": power.simulated,
+            "projections.csv": projections,
         }
+        if training.available:
+            files["rate_ratios_training_trial.csv"] = training.table
         if truth_cmp is not None:
             files["truth_comparison.csv"] = truth_cmp
         if calibrated is not None:
@@ -230,9 +248,13 @@ def run_effects(
             "observed_model": observed.model_info(),
             "forecast_model": {"samples": fc.samples, "failed_fits": fc.failed, "outcomes": "fully synthetic (every outcome drawn from the forecaster)",
                                "pooling": SY.CI_METHOD, "note": fc.note},
-            "estimands": {**ESTIMANDS, **({} if calibrated is not None else {"counterfactual_calibrated_ratio": {
+            "estimands": {**ESTIMANDS, **({"counterfactual_calibrated_ratio": {
+                **ESTIMANDS["counterfactual_calibrated_ratio"], "estimator": held["label"], "note": held["sentence"]}}
+                if calibrated is not None and held is not None else {"counterfactual_calibrated_ratio": {
                 "estimand": CF.CAL_ESTIMAND, "note": "not computed: no held-out patients with observed outcomes were given"}})},
             "heldout_patients": len(settings.heldout_patients),
+            "heldout": held,
+            "training_trial": training.to_dict(),
             "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
             "patients": int(len(table)),
             "provenance": forecast_provenance(cohort_dir, forecasts_dir) if forecasts_dir is not None else None,

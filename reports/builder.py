@@ -34,6 +34,7 @@ from mseval import __version__
 from mseval.errors import InputError
 from reports import figures as F
 from reports import numbers as N
+from reports import projections as P
 from reports import tables as T
 from reports.style import arm_colors, arm_labels, figure_bytes
 
@@ -370,8 +371,9 @@ def build_report(
                   "qini_area", "prognostic", "power_analytic", "power_simulated", "adjusted_means"):
             t[n] = _read(ef, f"{n}.csv")
         t["truth_comparison"] = _read(ef, "truth_comparison.csv", required=False)
-        for n in ("heterogeneity", "estimands", "counterfactual_calibrated"):  # absent from effects folders written before issue 9
+        for n in ("heterogeneity", "estimands", "counterfactual_calibrated", "projections"):  # absent from effects folders written before issues 9, 22
             t[n] = _read(ef, f"{n}.csv", required=False)
+        t["projections"] = P.read_or_build(t["projections"], t["primary_endpoint"], t["counterfactual_calibrated"])
         ev_summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").is_file() else {}
         ef_summary = json.loads((ef / "effects.json").read_text()) if (ef / "effects.json").is_file() else {}
         metrics = t["metrics"]
@@ -392,11 +394,11 @@ def build_report(
                                             reasons={"forecast RR": fc_why, "counterfactual RR": fc_why})
         figs.append(("forest_plot", F.forest_plot(prim_fig, arms_df, reference=ref),
                      f"NET2 rate ratios vs {labels[ref]} (log scale) with 95% CIs. Filled circles: observed, NB2 regression of each patient's observed NET2 count "
-                     "on arm with offset log(follow-up years). Open squares: forecast, the same model fitted on each fully synthetic ensemble sample of the "
-                     "allocated arm, the mean of the per-sample NB2 fits with a patient-level sandwich CI. Open diamonds: counterfactual, ratio of mean "
+                     "on arm with offset log(follow-up years). Open squares: forecast, the same model fitted once on all fully synthetic ensemble samples of the "
+                     "allocated arm, stacked, with a patient-cluster sandwich CI. Open diamonds: counterfactual, ratio of mean "
                      "forecast counts with every patient under both arms (delta-method CI over patients). Forecast and counterfactual CIs are "
                      "conditional on the forecaster: its errors are not in them"
-                     + ("; the ratio calibrated on held-out patients, which carries them, is in the primary table. " if t["counterfactual_calibrated"] is not None
+                     + ("; the calibrated ratio (an observed-data ratio estimator with the forecast as covariate) is in the same section. " if t["counterfactual_calibrated"] is not None
                         else ". ")
                      + "x: the simulator's true ratio (simulated cohorts only)." + _footnote(prim_notes)))
         lf_fig, lf_notes = _mask_ratios(t["lesion_free"], [("OR", "odds_ratio", "ci_low", "ci_high")], labels)
@@ -470,6 +472,7 @@ def build_report(
         out_tables["primary_consort"] = T.consort_primary(observed, t["primary_endpoint"], arms_df, reference=ref,
                                                           n_randomized=cohort.manifest["arm"].astype(str).value_counts().to_dict(),
                                                           adjusted_means=t["adjusted_means"])
+        out_tables["projections"] = T.order_arms(t["projections"], arms_df)
         out_tables["adjusted_means"] = T.order_arms(t["adjusted_means"], arms_df)
         out_tables["lesion_free"] = T.order_arms(t["lesion_free"], arms_df)
         act_names = ["prevalence", "auc", "sensitivity@0.5", "specificity@0.5", "ppv@0.5", "npv@0.5", "sensitivity@youden", "specificity@youden",
@@ -549,6 +552,8 @@ def build_report(
                                                                          "saving_ci_high_pct") if c in out_tables["prognostic"].columns]]),
             "heterogeneity": _records(out_tables["heterogeneity"]) if "heterogeneity" in out_tables else None,
             "forecast_model": ef_summary.get("forecast_model"),
+            "training_trial": ef_summary.get("training_trial"),
+            "heldout": ef_summary.get("heldout"),
             "estimands": ef_summary.get("estimands"),
             "vs_truth": ev_summary.get("vs_truth"),
             "flags": list(ev_summary.get("flags", [])),
@@ -690,40 +695,28 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
     has_truth = "true_ratio_of_means" in cp.columns and cp["true_ratio_of_means"].notna().any()
     prim_cols = ["Arm", "Randomized, n", "Analysed, n", "NET2 lesions, n", "Patient-years", "Rate per patient-year (crude)",
                  "Model rate per year" + (f", adjusted for {', '.join(covs)}" if covs else " (NB2, arm only: unadjusted)"),
-                 "Observed RR (95% CI)", "p", "p, Holm-adjusted", T.FORECAST_COL, T.COUNTERFACTUAL_COL]
+                 "Observed RR (95% CI)", "p", "p, Holm-adjusted"] + (["True RR"] if has_truth else [])
     cal = out_tables.get("counterfactual_calibrated")
     cal = cal.set_index("arm") if cal is not None and len(cal) else None
-    if cal is not None:
-        prim_cols.append("Counterfactual RR calibrated on held-out patients (95% CI, forecaster error carried)")
-    prim_cols += ["True RR"] if has_truth else []
     prim_rows = []
     for r in cp.to_dict("records"):
         is_ref = r["arm"] == ref
         row = [labels.get(r["arm"], r["arm"]), str(r["n_randomized"]), str(r["n_analysed"]), str(r["events"]), _num(r["patient_years"], 1),
                _num(r["rate_per_patient_year"]), _num(r["model_rate_per_year"])]
         if is_ref:
-            row += ["1 (reference)", "", "", "1 (reference)", "1 (reference)"] + (["1 (reference)"] if cal is not None else []) \
-                + (["1 (reference)"] if has_truth else [])
+            row += ["1 (reference)", "", ""] + (["1 (reference)"] if has_truth else [])
         else:
             of = {k: r.get(f"observed_{k}", d) for k, d in (("estimable", True), ("note", ""))}
-            ff = {k: r.get(f"forecast_{k}", d) for k, d in (("estimable", True), ("note", ""))}
-            cf = {k: r.get(f"counterfactual_{k}", d) for k, d in (("estimable", True), ("note", ""))}
             row += [N.ratio_text(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of),
                     *((T.p_text(r.get("observed_p_value", float("nan"))), T.p_text(r.get("observed_p_holm", float("nan"))))
-                      if N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of)[0] else ("", "")),
-                    N.ratio_text(r.get("forecast_rate_ratio"), r.get("forecast_ci_low"), r.get("forecast_ci_high"), reasons=fc_reasons, **ff),
-                    N.ratio_text(r.get("counterfactual_rate_ratio"), r.get("counterfactual_ci_low"), r.get("counterfactual_ci_high"), reasons=fc_reasons, **cf)]
-            if cal is not None:
-                c = cal.loc[r["arm"]] if r["arm"] in cal.index else {}
-                row.append(N.ratio_text(c.get("calibrated_ratio"), c.get("ci_low"), c.get("ci_high"), estimable=c.get("estimable", True),
-                                        note=c.get("note", ""), reasons=fc_reasons) if len(c) else "NA")
+                      if N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of)[0] else ("", ""))]
             if has_truth:
                 row.append(_num(r.get("true_ratio_of_means")))
         prim_rows.append(row)
     n_cmp = int((cp["arm"] != ref).sum())
     multiplicity = (f"Multiplicity: {n_cmp} arms are each compared with {labels[ref]}; the CIs and p are per comparison, not adjusted "
                     f"(nominal two-sided 5% each); the Holm-adjusted p controls the family-wise error over the {n_cmp} comparisons. "
-                    "Forecast and counterfactual RRs are secondary and descriptive.")
+                    "Forecast-derived ratios are model-based projections, in their own section below.")
 
     # ---- lesion-free: proportion, hazard ratio, OR and risk difference (all from the effects' lesion_free table)
     lf = out_tables["lesion_free"].set_index("arm")
@@ -858,8 +851,8 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                      for q, e in sorted(est_doc.items(), key=lambda kv: list(ESTIMAND_NAMES).index(kv[0]) if kv[0] in ESTIMAND_NAMES else len(ESTIMAND_NAMES))
                      if isinstance(e, dict)]
     fm = summary.get("forecast_model") or {}
-    forecast_method = (f"each ensemble sample is a fully synthetic trial: NB2 fitted per sample ({fm.get('samples')} fits used, "
-                       f"{fm.get('failed_fits')} failed and left out), rate ratio = mean of the per-sample fits; CI: {fm.get('pooling')}; "
+    forecast_method = (f"each ensemble sample is a fully synthetic trial: one NB2 fit on all {fm.get('samples')} samples stacked "
+                       f"({fm.get('failed_fits')} of the per-sample check fits failed); CI: {fm.get('pooling')}; "
                        "conditional on the forecaster (outcomes are synthetic draws, not missing data)"
                        if fm else "NB2 fitted per fully synthetic ensemble sample; CI conditional on the forecaster")
     s = settings_doc
@@ -909,8 +902,7 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
     if cand:
         b = min(cand, key=lambda r: (r["observed_rate_ratio"], r["arm"]))
         headline.append(f"Largest observed effect: {labels.get(b['arm'], b['arm'])}, NET2 RR {N.ratio_text(b['observed_rate_ratio'], b['observed_ci_low'], b['observed_ci_high'])} "
-                        f"vs {labels[ref]} (primary analysis, {b['n_analysed']} and {int(cp.loc[cp['arm'] == ref, 'n_analysed'].iloc[0])} patients analysed); "
-                        f"forecast RR {N.ratio_text(b.get('forecast_rate_ratio'), b.get('forecast_ci_low'), b.get('forecast_ci_high'), reasons=fc_reasons)}.")
+                        f"vs {labels[ref]} (primary analysis, {b['n_analysed']} and {int(cp.loc[cp['arm'] == ref, 'n_analysed'].iloc[0])} patients analysed).")
     else:
         headline.append("No observed rate ratio is estimable (see the primary table for the reasons).")
     a = summary["activity"].get("auc")
@@ -934,6 +926,9 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
         "provenance": {"status": prov.get("status", "unknown"), "sentence": prov.get("sentence", ""), "class": banner_class},
         "degenerate": load.get("sentence", ""),
         "arms_rows": arms_rows, "table1": table(t1), "table1_note": T.TABLE1_NOTE, "primary": {"columns": prim_cols, "rows": prim_rows},
+        "projections": P.projections_table(out_tables["projections"], cp, labels, order, ref, fc_reasons), "projections_title": P.SECTION,
+        "projections_note": P.projections_note((summary.get("training_trial") or {}).get("sentence", ""), out_tables["projections"],
+                                               (summary.get("heldout") or {}).get("sentence", "")),
         "multiplicity": multiplicity, "covariates": covs,
         "lesion_free": {"columns": ["Arm", "Free of NET2 lesions, n/N (%)"]
                         + (["HR of any NET2 lesion vs reference (95% CI; follow-up respected)", "p (HR)"] if has_hr else [])
@@ -993,8 +988,8 @@ def _render_md(ctx: dict[str, Any]) -> str:
             "Randomized: patients allocated to the arm; analysed: those with an observed follow-up NET2 count. Rate per patient-year (crude): "
             "NET2 lesions / patient-years. Model rate per year: from the observed NB2 model ("
             + (f"adjusted for {', '.join(ctx['covariates'])}" if ctx["covariates"] else "arm only, not covariate-adjusted") + "). p: Wald test of the observed RR. "
-            + ctx["multiplicity"] + " Forecast and counterfactual CIs are conditional on the forecaster (its law taken as given; its errors are not in them)"
-            + ("; the calibrated column carries the forecaster's error measured on held-out patients." if ctx["calibrated"] else "."), ""] + fig("forest_plot")
+            + ctx["multiplicity"], ""]
+    out += [f"## {ctx['projections_title']}", "", _md_table(ctx["projections"]), "", ctx["projections_note"], ""] + fig("forest_plot")
     out += ["### Estimands of the forecast-derived numbers", "", _md_table(ctx["estimands"]), ""]
     out += ["## Proportion free of NET2 lesions", "", _md_table(ctx["lesion_free"]), ""] + fig("lesion_free")
     out += ["## Activity classification", "", _md_table(ctx["activity"]), "", "All patients: value (95% CI); arms: value among patients randomized to the arm.", ""] + fig("activity_roc")

@@ -123,9 +123,9 @@ COUNTERFACTUAL_COL = "Counterfactual RR (95% CI, conditional on the forecaster)"
 
 def primary_table(primary: pd.DataFrame, arms: pd.DataFrame | Sequence[str], reference: str | None = None) -> pd.DataFrame:
     """The primary endpoint as shown: one row per arm (the reference first, '1 (reference)'):
-    observed RR (95% CI) and p, forecast RR (mean of the NB2 fits per synthetic sample, patient-level
-    sandwich CI) and counterfactual RR (ratio of ensemble means), both with CIs conditional on the
-    forecaster, and the true ratio when present."""
+    observed RR (95% CI) and p, and the true ratio when present. Observed effects only: the
+    forecast-derived ratios (FORECAST_COL, COUNTERFACTUAL_COL) are model-based projections, shown
+    apart (`reports.projections`)."""
     order, labels = arm_order(arms), arm_labels(arms)
     p = primary.set_index("arm")
     has_truth = "true_ratio_of_means" in p.columns and p["true_ratio_of_means"].notna().any()
@@ -133,8 +133,7 @@ def primary_table(primary: pd.DataFrame, arms: pd.DataFrame | Sequence[str], ref
     for a in order:
         if a not in p.index:
             if a == reference:
-                r = {"Arm": labels[a], "Observed RR (95% CI)": "1 (reference)", "p": "", FORECAST_COL: "1 (reference)",
-                     COUNTERFACTUAL_COL: "1 (reference)"}
+                r = {"Arm": labels[a], "Observed RR (95% CI)": "1 (reference)", "p": ""}
                 if has_truth:
                     r["True RR"] = "1 (reference)"
                 rows.append(r)
@@ -142,9 +141,7 @@ def primary_table(primary: pd.DataFrame, arms: pd.DataFrame | Sequence[str], ref
         x = p.loc[a]
         r = {"Arm": labels[a],
              "Observed RR (95% CI)": ci_text(x["observed_rate_ratio"], x["observed_ci_low"], x["observed_ci_high"]),
-             "p": p_text(x.get("observed_p_value", float("nan"))),
-             FORECAST_COL: ci_text(x["forecast_rate_ratio"], x.get("forecast_ci_low"), x.get("forecast_ci_high")),
-             COUNTERFACTUAL_COL: ci_text(x["counterfactual_rate_ratio"], x.get("counterfactual_ci_low"), x.get("counterfactual_ci_high"))}
+             "p": p_text(x.get("observed_p_value", float("nan")))}
         if has_truth:
             r["True RR"] = _fmt(x["true_ratio_of_means"], 2)
         rows.append(r)
@@ -165,10 +162,11 @@ def consort_primary(
     """The primary endpoint, CONSORT item 17a, as numbers (one row per arm, arms-table order).
 
     observed: one row per analysed patient with `arm`, `observed_count` (NET2 lesions) and
-    `followup_years`. primary: the effects' primary_endpoint table (observed / forecast /
-    counterfactual RR). Columns: arm, n_randomized, n_analysed, events, patient_years,
-    rate_per_patient_year (events / patient-years, crude), model_rate_per_year, observed RR, CI,
-    p, Holm-adjusted p (over the comparisons with the reference), forecast and counterfactual RR.
+    `followup_years`. primary: the effects' primary_endpoint table. Columns: arm, n_randomized,
+    n_analysed, events, patient_years, rate_per_patient_year (events / patient-years, crude),
+    model_rate_per_year, observed RR, CI, p, Holm-adjusted p (over the comparisons with the
+    reference) and the true ratio when simulated. Observed effects only: the forecast and
+    counterfactual RRs are model-based projections (tables/projections.csv).
     """
     from statsmodels.stats.multitest import multipletests
 
@@ -183,9 +181,8 @@ def consort_primary(
         r: dict = {"arm": a, "n_randomized": int(n_randomized.get(a, 0)), "n_analysed": int(len(d)), "events": int(events),
                    "patient_years": py, "rate_per_patient_year": events / py if py > 0 else float("nan"),
                    "model_rate_per_year": float(am.loc[a, "adjusted_rate_per_year"]) if a in am.index else float("nan")}
-        for c in ("observed_rate_ratio", "observed_ci_low", "observed_ci_high", "observed_p_value", "forecast_rate_ratio", "forecast_ci_low",
-                  "forecast_ci_high", "counterfactual_rate_ratio", "counterfactual_ci_low", "counterfactual_ci_high", "true_ratio_of_means",
-                  "observed_estimable", "observed_note", "forecast_estimable", "forecast_note", "counterfactual_estimable", "counterfactual_note"):
+        for c in ("observed_rate_ratio", "observed_ci_low", "observed_ci_high", "observed_p_value", "true_ratio_of_means", "observed_estimable",
+                  "observed_note"):
             if c in p.columns and a in p.index:
                 r[c] = p.loc[a, c]
         rows.append(r)

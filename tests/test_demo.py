@@ -22,6 +22,11 @@ def test_small_demo_writes_a_report(tmp_path):
     demo = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert demo["forecaster"] == "oracle" and demo["timings_s"]["total_s"] > 0
     assert any("1/3" in m for m in said) and any("3/3" in m for m in said)
+    # issue 22: observed effects only in the primary table; the oracle learned from no trial, and the projections say so
+    md = (tmp_path / "demo" / "report" / "report.md").read_text()
+    primary_head = md.split("## Primary endpoint: NET2 lesion rate ratios")[1].split("\n\n")[1].splitlines()[0]
+    assert "Forecast" not in primary_head and "Counterfactual" not in primary_head
+    assert "## Model-based projections" in md and "simulated forecaster, which learned from no trial" in md
 
 
 def _micro_diffusion(tmp_path):
@@ -54,6 +59,9 @@ def test_diffusion_demo_trains_on_one_trial_and_reports_held_out_forecasts_of_an
     ev = json.loads((tmp_path / "demo" / "report" / "results" / "evaluation" / "summary.json").read_text())
     eff = json.loads((tmp_path / "demo" / "report" / "results" / "effects" / "effects.json").read_text())
     assert ev["provenance"]["status"] == eff["provenance"]["status"] == "held-out"
+    # issue 22: the projections sit beside the training trial's observed intervals, found through the provenance
+    assert eff["training_trial"]["available"] and eff["training_trial"]["cohort"] == "train_cohort"
+    assert "Training trial: observed NB2" in md.split("## Model-based projections")[1]
     store_index = pd.read_parquet(tmp_path / "demo" / "forecasts" / "index.parquet")
     assert len(store_index) == 12 * 6 and store_index["checkpoint"].str.startswith("micro@").all()
     assert (tmp_path / "demo" / "checkpoint" / "config.json").is_file()

@@ -78,7 +78,8 @@ def effects(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     wait: Wait = False,
     heldout_patients: Annotated[Optional[Path], typer.Option(help="Text file, one patient_id a line: patients with observed outcomes the "
-                                                              "forecaster never trained on; the counterfactual ratio then carries the forecaster's calibration error.")] = None,
+                                                              "forecaster never trained on; the counterfactual ratio then carries the forecaster's calibration error. Patients in the "
+                                                              "checkpoint's training, validation or tuning provenance are refused (exit 2).")] = None,
     min_stratum_per_arm: Annotated[int, typer.Option(help="Smallest responder stratum estimated, in patients per arm (exploratory strata).")] = 10,
 ) -> None:
     """Treatment effects: observed, forecast (NB2 on fully synthetic outcomes) and counterfactual rate

@@ -23,7 +23,7 @@ gradient vanishes to the tolerance (as in R); callers flag such terms as not est
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.special import betaln, digamma, gammaln, polygamma
@@ -60,6 +60,8 @@ class NB2Result:
     iterations: int
     converged: bool
     boundary: bool
+    cold_retry: bool = False
+    """True when a warm start failed and this is the cold start's answer (see `fit_nb2`)."""
 
     @property
     def theta(self) -> float:
@@ -70,40 +72,48 @@ _CUMSUM_MAX = 100_000  # counts up to this use exact finite sums over j < y; lar
 
 
 def _sums(y: np.ndarray, theta: float, power: int) -> np.ndarray:
-    """sum_{j=0}^{y_i - 1} f(theta + j) for whole counts y: f = log (power 0), 1/x (1), 1/x^2 (2).
+    """sum_{j=0}^{y_i - 1} f(theta, j) for whole counts y: f = log(1 + j / theta) (power 0), 1/(theta + j) (1),
+    1/(theta + j)^2 (2).
 
-    Exact finite forms of lgamma(y + theta) - lgamma(theta), digamma(y + theta) - digamma(theta)
-    and trigamma(theta) - trigamma(y + theta), free of the cancellation the special functions
-    suffer when theta is large (near the Poisson boundary)."""
+    Exact finite forms of lgamma(y + theta) - lgamma(theta) - y log(theta), digamma(y + theta) -
+    digamma(theta) and trigamma(theta) - trigamma(y + theta), free of the cancellation the special
+    functions suffer when theta is large (near the Poisson boundary)."""
     ymax = int(y.max(initial=0))
     if ymax > _CUMSUM_MAX:
         if power == 0:
             out = np.zeros_like(y, dtype=float)
             pos = y > 0
-            out[pos] = gammaln(y[pos]) - betaln(theta, y[pos])
+            out[pos] = gammaln(y[pos]) - betaln(theta, y[pos]) - y[pos] * np.log(theta)
             return out
         if power == 1:
             return digamma(y + theta) - digamma(theta)
         return polygamma(1, theta) - polygamma(1, y + theta)
-    x = theta + np.arange(ymax, dtype=float)
-    f = np.log(x) if power == 0 else (1.0 / x if power == 1 else 1.0 / (x * x))
+    j = np.arange(ymax, dtype=float)
+    x = theta + j
+    f = np.log1p(j / theta) if power == 0 else (1.0 / x if power == 1 else 1.0 / (x * x))
     c = np.concatenate(([0.0], np.cumsum(f)))
     return c[y.astype(np.int64)]
 
 
-def _lgamma_ratio(y: np.ndarray, theta: float) -> np.ndarray:
-    """log Gamma(y + theta) - log Gamma(theta), accurate for large theta (no cancellation)."""
+def _lgamma_ratio_scaled(y: np.ndarray, theta: float) -> np.ndarray:
+    """log Gamma(y + theta) - log Gamma(theta) - y log(theta) = sum_{j<y} log1p(j / theta): O(y^2 / theta), no cancellation."""
     return _sums(y, theta, 0)
 
 
 def nb2_loglik(y: np.ndarray, eta: np.ndarray, theta: float, lgy1: np.ndarray | None = None) -> float:
-    """NB2 log-likelihood (sum over observations) at linear predictor eta (offset included)."""
+    """NB2 log-likelihood (sum over observations) at linear predictor eta (offset included).
+
+    Written in its log1p form, each term accurate to rounding at any theta (1e-12 relative against
+    50-digit arithmetic up to theta = 1e8, tests/stats/test_nb2_loglik.py):
+        l_i = sum_{j<y} log1p(j / theta) - log y! + y eta - (y + theta) log1p(mu / theta),
+    log1p(mu / theta) = softplus(eta - log theta). The textbook form theta (log theta - log(theta + mu))
+    + lgamma(y + theta) - lgamma(theta) cancels to about 1e-16 theta: 2.6e-7 at theta = 1e8, enough
+    for a fit near the Poisson boundary to climb on rounding noise."""
     if not np.all(eta < _ETA_MAX) or not np.isfinite(theta) or theta <= 0:
         return -np.inf
     lgy1 = gammaln(y + 1.0) if lgy1 is None else lgy1
-    lt = np.log(theta)
-    log_tm = np.logaddexp(lt, eta)  # log(theta + mu)
-    ll = _lgamma_ratio(y, theta) - lgy1 + theta * (lt - log_tm) + y * (eta - log_tm)
+    l1p = np.logaddexp(0.0, eta - np.log(theta))  # log1p(mu / theta), accurate for tiny and huge mu / theta
+    ll = _lgamma_ratio_scaled(y, theta) - lgy1 + y * eta - (y + theta) * l1p
     s = float(np.sum(ll))
     return s if np.isfinite(s) else -np.inf
 
@@ -203,7 +213,24 @@ def fit_nb2(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float = 0.0, *, b
     the linear predictor (log follow-up years). beta0/alpha0: a warm start (e.g. the full-data fit
     for a bootstrap replicate). check_boundary=False skips the Poisson comparison when the interior
     search converges (faster; used for replicates warm-started at an interior fit).
+
+    A warm start that does not converge is retried cold (`cold_retry=True` on the answer): a start
+    far from this sample's maximum (e.g. a previous fit whose arm had no events, coefficient near
+    -50) leaves a Hessian that is numerically singular in that direction, from which no ascent step
+    is found.
     """
+    fit = _fit_nb2(y, X, offset, beta0=beta0, alpha0=alpha0, tol=tol, maxiter=maxiter, check_boundary=check_boundary)
+    if fit.converged or beta0 is None:
+        return fit
+    cold = _fit_nb2(y, X, offset, tol=tol, maxiter=maxiter, check_boundary=True)
+    if cold.converged or cold.llf > fit.llf:
+        return replace(cold, cold_retry=True)
+    return fit
+
+
+def _fit_nb2(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float = 0.0, *, beta0: np.ndarray | None = None, alpha0: float | None = None,
+             tol: float = 1e-20, maxiter: int = 200, check_boundary: bool = True) -> NB2Result:
+    """One search from one start (`fit_nb2` adds the cold retry)."""
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
     off = np.asarray(offset, dtype=float) if np.ndim(offset) else float(offset)
@@ -225,7 +252,7 @@ def fit_nb2(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float = 0.0, *, b
     eta = X @ beta + off
     ll = nb2_loglik(y, eta, theta, lgy1)
     if not np.isfinite(ll):
-        return fit_nb2(y, X, off, tol=tol, maxiter=maxiter) if beta0 is not None else (pois or fit_poisson(y, X, off))
+        return _fit_nb2(y, X, off, tol=tol, maxiter=maxiter) if beta0 is not None else (pois or fit_poisson(y, X, off))
     dec, H, it, to_boundary = np.inf, np.zeros((k + 1, k + 1)), 0, False
     for it in range(1, maxiter + 1):
         g, H = _nb2_derivs(y, X, eta, theta)

@@ -93,7 +93,13 @@ def test_degenerate_forecaster_and_in_sample_are_flagged(degenerate):
     assert degenerate.summary["provenance"]["status"] == "in-sample"
     assert "IN-SAMPLE" in md.split("## Abbreviations")[0] and 'class="banner bad"' in html
     assert "95% prediction intervals cover" not in md  # no coverage headline from 2 samples per patient
-    primary = next(rows for head, rows in _md_tables(md) if head[:2] == ["Arm", "Randomized, n"])
-    assert all("not estimable" in r[10] for r in primary[1:])  # forecast RR of every non-reference arm
+    head, primary = next((head, rows) for head, rows in _md_tables(md) if head[:2] == ["Arm", "Randomized, n"])
+    assert not any("Forecast" in h or "Counterfactual" in h for h in head)  # observed effects only (issue 22)
+    from reports import projections as P
+
+    head, proj = next((head, rows) for head, rows in _md_tables(md) if head[:2] == ["Arm", P.OBSERVED_THIS])
+    assert len(proj) == len(primary) - 1 and all("not estimable" in r[3] for r in proj)  # forecast RR of every non-reference arm
+    # trained on these very patients: the training trial is this cohort, found by its fingerprint, its RR beside the projection
+    assert all(r[2] == r[1] for r in proj), proj
     caption = next(line for line in md.splitlines() if line.startswith("*Figure 1.*"))
     assert "forecast RR not estimable (degenerate forecaster" in caption  # and the forest plot leaves them out

@@ -177,8 +177,9 @@ def test_report_shows_forecast_inference_as_computed_not_as_rubin_imputation(tri
 
 
 def test_report_shows_the_calibrated_ratio_when_held_out_patients_are_given(trial, tmp_path):
-    """With held-out patients the calibrated counterfactual ratio (forecaster error carried) is its own
-    column, named as such; without them it is absent (test above)."""
+    """With held-out patients the calibrated ratio is its own column of the model-based projections
+    (never of the primary table), labelled for what it is when the held-out patients are the trial's
+    own: an observed-data ratio estimator with the forecast as covariate (issue 22)."""
     from mseval.effects import EffectsSettings, run_effects
 
     ids = list(pd.read_csv(trial["cohort"] / "manifest.csv")["patient_id"].astype(str))
@@ -189,5 +190,7 @@ def test_report_shows_the_calibrated_ratio_when_held_out_patients_are_given(tria
     rep = build_report(trial["cohort"], trial["fc"], tmp_path / "r", evaluation_dir=trial["ev"], effects_dir=eff, settings=FAST)
     md = (rep.out / "report.md").read_text()
     header = md.split("## Primary endpoint: NET2 lesion rate ratios")[1].split("\n\n")[1].splitlines()[0]
-    assert "Counterfactual RR calibrated on held-out patients (95% CI, forecaster error carried)" in header
-    assert "the calibrated column carries the forecaster's error" in md
+    assert "alibrated" not in header and "Forecast" not in header
+    proj = md.split("## Model-based projections")[1].split("\n\n")[1].splitlines()[0]
+    assert "Calibrated ratio: observed-data ratio estimator (forecast as covariate) (95% CI)" in proj
+    assert "with every patient held out it is an adjusted analysis of the observed trial" in md

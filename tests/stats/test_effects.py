@@ -93,6 +93,8 @@ def test_effects_cli_end_to_end(small_trial: tuple[Path, Path], tmp_path: Path, 
     assert res.code == 0, res.err
     cal = pd.read_csv(tmp_path / "eff" / "counterfactual_calibrated.csv")
     assert len(cal) == 5 and {"calibrated_ratio", "ci_low", "ci_high", "conditional_on", "estimable", "note"} <= set(cal.columns)
+    # every randomized patient held out: an adjusted analysis of the observed trial, labelled so (issue 22)
+    assert cal["all_patients_heldout"].all() and cal["label"].str.contains("observed-data ratio estimator").all()
     out = tmp_path / "eff"
     for name in ["primary_endpoint.csv", "rate_ratios_observed.csv", "rate_ratios_forecast.csv", "adjusted_means.csv", "lesion_free.csv",
                  "counterfactual_patients.csv", "counterfactual_average.csv", "responders.csv", "qini_curve.csv", "qini_area.csv",
@@ -102,6 +104,7 @@ def test_effects_cli_end_to_end(small_trial: tuple[Path, Path], tmp_path: Path, 
     summary = json.loads((out / "effects.json").read_text())
     jsonschema.validate(summary, data_schemas.load("effects_summary"))
     assert "forecaster" in summary["estimands"]["forecast_rate_ratio"]["conditional_on"]
+    assert summary["heldout"]["all_patients"] and "adjusted analysis of the observed trial" in summary["estimands"]["counterfactual_calibrated_ratio"]["note"]
     est = pd.read_csv(out / "estimands.csv")
     assert {"quantity", "arm", "estimate", "estimand", "conditional_on", "estimable", "note"} <= set(est.columns)
     assert {"forecast_rate_ratio", "counterfactual_ratio_of_means", "heterogeneity_interaction"} <= set(est["quantity"])
