@@ -18,7 +18,7 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mseval.simulate.trial import simulate_trial
 
     out = tmp_path_factory.mktemp("cohorts") / "tiny"
-    simulate_trial(out, TrialConfig(patients_per_arm=2, shape=(32, 32, 32), seed=11))
+    simulate_trial(out, TrialConfig(patients_per_arm=2, shape=(32, 32, 32), seed=11, followup_weeks=48))
     return out
 
 
@@ -48,26 +48,24 @@ def cli(capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
 
 
 def _count_trial(seed: int, patients_per_arm: int = 40):  # noqa: ANN202
-    """A trial drawn exactly as `mseval simulate` draws it, without images: (features + observed net2,
-    true expected count under the allocated arm, latent activity). The T2 volume is the lesion count
-    times a u-free per-patient lesion size, as in the image simulator."""
-    import numpy as np
-    import pandas as pd
-
-    from mseval.simulate.model import WEEKS_PER_YEAR, draw_patients, truth_frame
+    """A trial drawn exactly as `mseval simulate` draws it (counts from the continuous-time lesion
+    events, `simulate_count_trial`), without images: (features + observed net2 from baseline to the
+    last visit, true expected count under the allocated arm, latent activity). Features hold what an
+    ideal reader reads off the baseline: gd_count, t2_count, t2_volume_mm3 (the lesion count times a
+    u-free per-patient lesion size), dawm_fraction and prelesional_sites."""
+    from mseval.simulate.counts_only import simulate_count_trial
+    from mseval.simulate.model import draw_patients  # noqa: F401 - same law
 
     cfg = TrialConfig(patients_per_arm=patients_per_arm, seed=seed)
-    pats = draw_patients(cfg, np.random.default_rng(seed))
-    truth = truth_frame(pats, cfg)
-    mu = truth[truth["allocated"]].set_index("patient_id").loc[pats["patient_id"], "expected_count"].to_numpy()
-    rng = np.random.default_rng([seed, 1])
-    feats = pd.DataFrame({
-        "patient_id": pats["patient_id"], "arm": pats["arm"], "age": pats["age"], "followup_years": pats["followup_weeks"] / WEEKS_PER_YEAR,
-        "gd_count": pats["gd_count"], "t2_count": pats["n_baseline_lesions"],
-        "t2_volume_mm3": pats["n_baseline_lesions"] * 180.0 * rng.lognormal(0.0, 0.3, len(pats)),
-        "net2": rng.poisson(mu),
-    })
-    return feats, mu, pats["latent_activity"].to_numpy()
+    tr = simulate_count_trial(cfg, samples=1)
+    feats = tr.table[["patient_id", "arm", "age", "followup_years", "gd_count", "t2_count", "t2_volume_mm3", "dawm_fraction",
+                      "prelesional_sites", "net2"]].copy()
+    alloc = tr.truth[tr.truth["allocated"]].set_index("patient_id")
+    mu = alloc.loc[feats["patient_id"], "expected_count"].to_numpy()
+    from mseval.seeding import rng_for
+
+    u = draw_patients(cfg, rng_for(cfg.seed, "patients"))["latent_activity"].to_numpy()
+    return feats.reset_index(drop=True), mu, u
 
 
 @pytest.fixture()

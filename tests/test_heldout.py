@@ -80,7 +80,7 @@ def test_effects_cli_refuses_a_training_patient(tmp_path: Path, cli) -> None:  #
     from mseval.io.store import ForecastStore
     from mseval.provenance import training_provenance, write_store_provenance
 
-    simulate_trial(tmp_path / "cohort", TrialConfig(patients_per_arm=2, shape=(24, 24, 24), seed=8))
+    simulate_trial(tmp_path / "cohort", TrialConfig(patients_per_arm=2, shape=(24, 24, 24), seed=8, followup_weeks=48))
     simulate_forecasts(tmp_path / "cohort", tmp_path / "fc", ForecasterSpec("oracle", samples=2, seed=2))
     cohort = read_cohort(tmp_path / "cohort")
     ck = str(ForecastStore.open(tmp_path / "fc").index()["checkpoint"].iloc[0])

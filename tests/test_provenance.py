@@ -64,7 +64,7 @@ def test_checkpoint_records_provenance_and_the_store_carries_it(tmp_path):
     from mseval.simulate.model import TrialConfig
     from mseval.simulate.trial import simulate_trial
 
-    simulate_trial(tmp_path / "a", TrialConfig(patients_per_arm=2, shape=(32, 32, 32), seed=1))
+    simulate_trial(tmp_path / "a", TrialConfig(patients_per_arm=2, shape=(32, 32, 32), seed=1, followup_weeks=48))
     cfg = ForecastConfig.load("tiny").with_(name="micro", channels=(8, 8, 16), attention_levels=(False, False, False), num_head_channels=8,
                                             batch_size=2, checkpoint_every=1000, steps=1, val_fraction=0.5)
     train(tmp_path / "a", cfg, tmp_path / "ck", device="cpu")

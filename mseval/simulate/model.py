@@ -167,7 +167,7 @@ def check_config(cfg: TrialConfig) -> None:
     if sched[0] <= cfg.visit_window_weeks:
         raise ValueError(f"visits {list(sched)}: the first visit must come after the visit window ({cfg.visit_window_weeks} weeks)")
     ranges = {
-        "base_rate": (0.0, 100.0), "dispersion": (1e-6, 20.0), "response_sd": (0.0, 2.0), "gd_per_rate": (0.0, 2.0),
+        "base_rate": (0.0, 1000.0), "dispersion": (1e-6, 20.0), "response_sd": (0.0, 2.0), "gd_per_rate": (0.0, 2.0),
         "t2_count_dispersion": (0.0, 10.0), "p_enlarging": (0.0, 1.0), "prelesion_fraction": (0.0, 1.0),
         "prelesion_contrast": (0.0, 10.0), "dawm_strength": (0.0, 3.0), "dawm_fraction": (0.0, 0.3), "dawm_sd": (0.0, 2.0),
         "dawm_preference": (0.0, 20.0), "spatial_strength": (0.0, 3.0), "spatial_smooth_mm": (1.0, 100.0),

@@ -116,8 +116,10 @@ def forecast_trials(n_trials: int, *, kind: str = "oracle", patients_per_arm: in
 def heterogeneity_trials(n_trials: int, *, modifier: float, patients_per_arm: int = 100, samples: int = 10, seed0: int = 0,
                          drug: ArmSpec = DRUG) -> pd.DataFrame:
     """One row per trial: the arm x predicted-benefit interaction test with oracle forecasts
-    (modifier 0: a constant true rate ratio, the null; the simulator's 0.3: age modifies the effect)."""
-    base = TrialConfig(patients_per_arm=patients_per_arm, arms=(PLACEBO, drug), modifier=modifier)
+    (modifier 0: a constant true rate ratio, the null, so the per-patient response spread is off too;
+    the simulator's 0.3: age modifies the effect, beside the default response spread)."""
+    spread = {} if modifier else {"response_sd": 0.0}
+    base = TrialConfig(patients_per_arm=patients_per_arm, arms=(PLACEBO, drug), modifier=modifier, **spread)
     rows = []
     for k in range(n_trials):
         tr = simulate_count_trial(replace(base, seed=seed0 + k), samples=samples, forecast_seed=seed0 + k)
@@ -135,7 +137,8 @@ def null_prognostic_trials(n_trials: int, *, patients_per_arm: int = 100, sample
     from mseval.stats.power import power_table
     from mseval.stats.prognostic import prognostic_adjustment
 
-    base = TrialConfig(patients_per_arm=patients_per_arm, arms=(PLACEBO, drug), dispersion=1e-4, age_effect=0.0, modifier=0.0)
+    base = TrialConfig(patients_per_arm=patients_per_arm, arms=(PLACEBO, drug), dispersion=1e-4, age_effect=0.0, modifier=0.0,
+                       response_sd=0.0)
     rows = []
     for k in range(n_trials):
         tr = simulate_count_trial(replace(base, seed=seed0 + k), samples=1, forecast_seed=seed0 + k)

@@ -21,7 +21,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mseval.simulate.trial import simulate_trial
 
     root = tmp_path_factory.mktemp("battery")
-    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=2, shape=(16, 16, 16), seed=5))
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=2, shape=(16, 16, 16), seed=5, followup_weeks=48))
     assert main(["simulate-forecasts", str(root / "cohort"), "--out", str(root / "store"), "--samples", "2", "--seed", "1"]) == 0
     count_store(root / "store", root / "counted")
     from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
@@ -33,7 +33,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "fake.parquet").write_text(table.to_csv(index=False))
     (root / "afile").write_text("not a folder\n")
     first = sorted((root / "cohort" / "images").iterdir())[0]
-    shutil.copy(first / "net2_mask.nii.gz", root / "mask.nii.gz")
+    shutil.copy(first / "ses-w48" / "net2_mask.nii.gz", root / "mask.nii.gz")
     return {
         "root": root, "cohort": root / "cohort", "store": root / "store", "counts": root / "counted" / "counts.parquet",
         "csv": root / "table.csv", "parquet": root / "table.parquet", "fake": root / "fake.parquet", "afile": root / "afile",

@@ -118,7 +118,7 @@ def test_cohort_shape_mismatch_is_one_line_and_writes_nothing(trained, tmp_path,
     from mseval.simulate.trial import simulate_trial
 
     small = tmp_path / "c16"
-    simulate_trial(small, TrialConfig(patients_per_arm=1, shape=(16, 16, 16), seed=2))
+    simulate_trial(small, TrialConfig(patients_per_arm=1, shape=(16, 16, 16), seed=2, followup_weeks=48))
     out = tmp_path / "out"
     code = main(["sample", str(small), "--checkpoint", str(trained), "--out", str(out)])
     _assert_clean_error(capsys, code, out, "manifest.csv", "shape [16, 16, 16]", "[32, 32, 32]")

@@ -78,7 +78,7 @@ def test_protocol_tunes_on_validation_and_reports_once_beside_the_references(tra
     ck = tmp_path / "ckpt"
     shutil.copytree(trained, ck)
     val = _truthless_copy(tiny_cohort, tmp_path / "validation")
-    test = simulate_trial(tmp_path / "test", TrialConfig(patients_per_arm=1, shape=(32, 32, 32), seed=77))
+    test = simulate_trial(tmp_path / "test", TrialConfig(patients_per_arm=1, shape=(32, 32, 32), seed=77, followup_weeks=48))
     out = tmp_path / "ev"
     code = main(["evaluate", str(ck), str(test), "--out", str(out), "--split", "all", "--arms", "allocated", "--samples", "2",
                  "--tune-on", str(val), "--tune-guidance", "1,2", "--tune-steps", "2", "--tune-samples", "2", "--tune-thresholds", "0.4,0.6",

@@ -26,7 +26,7 @@ S = 20
 def truth_model():
     """6,000 patients (1,000 per arm) of the default trial: allocated expected counts and observed counts."""
     rng = np.random.default_rng(5)
-    cfg = TrialConfig(patients_per_arm=1000, seed=5)
+    cfg = TrialConfig(patients_per_arm=1000, seed=5, followup_weeks=48)
     truth = truth_frame(draw_patients(cfg, rng), cfg)
     al = truth[truth["allocated"]].reset_index(drop=True)
     mu = al["expected_count"].to_numpy()

@@ -54,7 +54,7 @@ def degenerate(tmp_path_factory: pytest.TempPathFactory):
     from mseval.simulate.trial import simulate_trial
 
     root = tmp_path_factory.mktemp("degenerate")
-    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=3, shape=(32, 38, 32), seed=5))
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=3, shape=(32, 38, 32), seed=5, followup_weeks=48))
     _empty_store(root / "cohort", root / "fc")
     return build_report(root / "cohort", root / "fc", root / "report", settings=FAST)
 

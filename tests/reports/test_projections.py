@@ -38,8 +38,8 @@ def demo_like(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mseval.simulate.trial import simulate_trial
 
     root = tmp_path_factory.mktemp("demo_like")
-    simulate_trial(root / "train_cohort", TrialConfig(patients_per_arm=4, shape=(24, 24, 24), seed=21))
-    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=4, shape=(24, 24, 24), seed=22))
+    simulate_trial(root / "train_cohort", TrialConfig(patients_per_arm=4, shape=(24, 24, 24), seed=21, followup_weeks=48))
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=4, shape=(24, 24, 24), seed=22, followup_weeks=48))
     simulate_forecasts(root / "cohort", root / "forecasts", ForecasterSpec("oracle", samples=6, seed=3))
     ck = str(ForecastStore.open(root / "forecasts").index()["checkpoint"].iloc[0])
     tc = read_cohort(root / "train_cohort")

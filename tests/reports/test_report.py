@@ -26,7 +26,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mseval.simulate.trial import simulate_trial
 
     root = tmp_path_factory.mktemp("trial")
-    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=4, shape=(32, 38, 32), seed=11))
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=4, shape=(32, 38, 32), seed=11, followup_weeks=48))
     simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=4, seed=5))
     return {"root": root, "cohort": root / "cohort", "fc": root / "fc"}
 

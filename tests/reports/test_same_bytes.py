@@ -19,7 +19,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mseval.simulate.trial import simulate_trial
 
     root = tmp_path_factory.mktemp("same_bytes")
-    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=3, shape=(32, 38, 32), seed=4))
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=3, shape=(32, 38, 32), seed=4, followup_weeks=48))
     simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=2, seed=5))
     return {"cohort": root / "cohort", "fc": root / "fc"}
 

@@ -80,7 +80,7 @@ def test_responders_prognostic_and_qini(big: tuple) -> None:
 @pytest.fixture(scope="module")
 def small_trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("eff")
-    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=8, shape=(24, 24, 24), seed=8))
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=8, shape=(24, 24, 24), seed=8, followup_weeks=48))
     simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=5, seed=2))
     return root / "cohort", root / "fc"
 
