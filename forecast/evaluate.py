@@ -158,7 +158,13 @@ def reference_laws(cohort: Cohort, features: pd.DataFrame, *, baseline: Any = No
     if sim.is_file():
         cfg = json.loads(sim.read_text()).get("config")
         if cfg:
-            laws["observable_oracle"] = observable_pmf(features, ModelParams.from_config(cfg))
+            inputs = cohort.root / "oracle_inputs.csv"  # what an ideal reader reads off the baseline (DAWM, pre-lesional sites)
+            feats = features
+            if inputs.is_file():
+                extra = pd.read_csv(inputs)[["patient_id", "dawm_fraction", "prelesional_sites"]]
+                feats = features.drop(columns=[c for c in ("dawm_fraction", "prelesional_sites") if c in features]).merge(
+                    extra, on="patient_id", how="left")
+            laws["observable_oracle"] = observable_pmf(feats, ModelParams.from_config(cfg))
     if baseline is not None:
         with np.errstate(all="ignore"):
             laws["nb2_baseline"] = baseline.pmf(features)
