@@ -34,8 +34,9 @@ component estimated negative is set to 0 (for the between-forecaster one this fa
 within-forecaster variance; `truncated` says so). With Sbar = 0 and V_pat = 0 it is
 (1 + 1/K) B, the multiple-imputation between component.
 
-Degrees of freedom: Satterthwaite, V_pat with the within analysis' df (n - p for the sandwich,
-infinite for the delta method), the between component with K - 1; t quantile. K = 1 has no
+Degrees of freedom: Satterthwaite on the mean squares, Wbar with the within analysis' df (n - p for
+the sandwich, infinite for the delta method), (1 + 1/K) B with K - 1 (a between component that is a
+small difference B - Sbar gets the few df of B, not those of a large component); t quantile. K = 1 has no
 between-forecaster spread: asking for it is an error (`InputError`), not a zero.
 Validated by coverage of the true rate ratio in bench/validity_forecasters.py (bench/RESULTS.md).
 """
@@ -109,7 +110,10 @@ def two_level_combine(q: np.ndarray, w: np.ndarray, s: np.ndarray | None = None,
     vp, vt = max(vp, 0.0), max(vt, 0.0)
     between = (1 + 1 / K) * vt
     T = vp + between + S / K
-    denom = (between**2 / (K - 1) if between > 0 else 0.0) + (vp**2 / df_within if np.isfinite(df_within) and vp > 0 else 0.0)
+    # Satterthwaite on the mean squares the components are made of: the between component (1 + 1/K)(B - S) varies as
+    # (1 + 1/K) B does (B has K - 1 df; S, averaged over K x M samples, is far steadier), so a B barely above the ensemble
+    # noise S gets few df, not the df of a large component; likewise Wbar for the within component.
+    denom = (((1 + 1 / K) * B) ** 2 / (K - 1) if between > 0 else 0.0) + (W**2 / df_within if np.isfinite(df_within) and vp > 0 else 0.0)
     df = T**2 / denom if denom > 0 else float(df_within)
     return TwoLevel(qbar, float(T), float(df), K, B, W, S, vp, vt, bool(truncated))
 

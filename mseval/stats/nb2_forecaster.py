@@ -10,7 +10,9 @@ The family (`fit_forecaster_family`): forecaster 0..K-1, each fitted on a resamp
 patients drawn with replacement within each arm (arm sizes fixed, as the trial randomized them).
 The spread of their effects is the training trial's estimation error, what the two-level variance
 (`mseval.stats.forecaster_variance`) carries. A resample whose fit fails is redrawn and counted
-(`redrawn` in each forecaster's provenance); never dropped silently. K = 1 with `bootstrap=False`
+(`redrawn` in each forecaster's provenance); never dropped silently. An arm with no event in a
+resample has an infinite MLE (`mseval.stats.event_free`): that forecaster forecasts no lesion under
+it (listed in `event_free_terms`), and the effects of that arm read "not estimable". K = 1 with `bootstrap=False`
 is the forecaster fitted on the training patients as they are.
 
 Every draw is seeded by (seed, forecaster, patient, arm), so results do not depend on order.
@@ -25,6 +27,7 @@ import pandas as pd
 
 from mseval.errors import InputError
 from mseval.seeding import derive_seed, rng_for
+from mseval.stats.event_free import event_free_terms
 from mseval.stats.nb2_mle import fit_nb2
 
 FORMULA = "net2 ~ arm + np.log1p(gd_count) + age"
@@ -65,7 +68,10 @@ class NB2Forecaster:
         if arm not in self.levels:
             raise InputError(None, f"arm {arm!r} was not in the forecaster's training trial (arms: {', '.join(self.levels)})", field="arm")
         X = _design(table.assign(arm=arm), self.rhs, self.levels)
-        return np.exp(X @ self.coef + np.log(table[years].to_numpy(dtype=float)))
+        fin = np.isfinite(self.coef)
+        eta = X[:, fin] @ self.coef[fin]
+        eta[(X[:, ~fin] != 0).any(axis=1)] = -np.inf  # an event-free arm of the training resample: no lesion forecast
+        return np.exp(eta + np.log(table[years].to_numpy(dtype=float)))
 
     def draw(self, table: pd.DataFrame, arms: list[str], samples: int, seed: int) -> pd.DataFrame:
         """Ensemble counts (patient_id, arm, sample, count, forecaster): `samples` draws of NB2(mu, alpha)
@@ -85,7 +91,7 @@ class NB2Forecaster:
 
     def to_dict(self) -> dict:
         return {**self.provenance, "model": "NB2 regression, offset log(follow-up years); plug-in predictive NB2", "formula": f"net2 ~ {self.rhs}",
-                "alpha": float(self.alpha), "coefficients": {n: float(c) for n, c in zip(self.names, self.coef)}}
+                "alpha": float(self.alpha), "coefficients": {n: float(c) if np.isfinite(c) else None for n, c in zip(self.names, self.coef)}}
 
 
 def fit_forecaster_family(train: pd.DataFrame, forecasters: int, *, reference: str, seed: int = 0, formula: str = FORMULA,
@@ -116,8 +122,12 @@ def fit_forecaster_family(train: pd.DataFrame, forecasters: int, *, reference: s
         rng = rng_for(seed, "nb2-forecaster-bootstrap", k)
         for attempt in range(MAX_REDRAWS + 1):
             idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups]) if bootstrap else np.arange(len(train))
-            fit = fit_nb2(y[idx], X[idx], off[idx])
-            if fit.converged and np.all(np.isfinite(fit.beta)) and np.all(np.abs(fit.beta) < 30):
+            red = event_free_terms(y[idx], X[idx])  # an arm without events: its MLE is -inf (forecasts 0), the rest from the reduced model
+            keep = red.keep_rows
+            fit = fit_nb2(y[idx][keep], X[idx][keep][:, red.keep_cols], off[idx][keep])
+            if fit.converged and np.all(np.isfinite(fit.beta)) and not red.empty.any():
+                beta = np.full(X.shape[1], -np.inf)
+                beta[red.keep_cols] = fit.beta
                 break
             if not bootstrap:
                 raise InputError(None, f"the NB2 forecaster ({formula}) did not converge on the training trial {trained_on}".rstrip(), field="train_cohort")
@@ -125,8 +135,9 @@ def fit_forecaster_family(train: pd.DataFrame, forecasters: int, *, reference: s
             raise InputError(None, f"forecaster {k}: the NB2 fit failed on {MAX_REDRAWS + 1} bootstrap resamples of the training trial", field="train_cohort")
         prov = {"forecaster": k, "trained_on": trained_on, "training_patients": int(len(train)),
                 "resample": "bootstrap within arms" if bootstrap else "none (the training patients as they are)",
-                "resample_seed": int(seed) if bootstrap else None, "redrawn": attempt}
-        family.append(NB2Forecaster(np.asarray(fit.beta, dtype=float), names, float(fit.alpha), rhs, levels, prov))
+                "resample_seed": int(seed) if bootstrap else None, "redrawn": attempt,
+                "event_free_terms": [n for n, inf in zip(names, red.infinite) if inf]}
+        family.append(NB2Forecaster(beta, names, float(fit.alpha), rhs, levels, prov))
     return family
 
 
