@@ -8,6 +8,12 @@ columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`
   as in the trial, if their outcomes followed the forecaster's law; one NB2 fit on all samples
   stacked, patient-cluster sandwich CI (fully synthetic outcomes: no Rubin's rules, no fraction of
   missing information; event-free samples counted per term); conditional on the forecaster.
+- K forecasters (a store whose index names the forecaster of each sample, each with its provenance in
+  store.json; e.g. `mseval simulate-forecasts --kind nb2-bootstrap --forecasters K`): the forecast rate
+  ratio and the counterfactual effects get the two-level variance (`mseval.stats.forecaster_variance`:
+  within-forecaster sandwich / delta method plus the between-forecaster spread), estimand "the rate
+  ratio a new trial would show, predicted by this training procedure"; `forecaster_variance`
+  ("auto", "two-level", "conditional") chooses; two-level with one forecaster is refused.
 - counterfactual ratio of means / mean difference: every patient under every arm, ratio of mean
   forecast counts over the same population; delta-method CI over patients; conditional on the
   forecaster -- unless held-out patients with observed outcomes are given (`heldout_patients`),
@@ -29,7 +35,10 @@ Tables written to OUT (atomically, all or nothing):
     estimands.csv               one row per arm x forecast-derived quantity: estimate, CI, estimand,
                                 conditional_on, ci_method, estimable, note
     rate_ratios_observed.csv    every term of the observed NB2 model (incl. covariates), estimable + note
-    rate_ratios_forecast.csv    every term of the forecast NB2 model
+    rate_ratios_forecast.csv    every term of the forecast NB2 model (two-level over K forecasters when K > 1)
+    rate_ratios_forecast_conditional.csv, counterfactual_average_conditional.csv, forecasters.csv
+                                (K > 1) the K forecasters' samples pooled as one, conditional CIs; per forecaster x arm
+                                its conditional estimates (within-forecaster and Monte Carlo SE)
     adjusted_means.csv          adjusted annualised NET2 rate per arm and % reduction, estimable + note
     lesion_free.csv             proportion free of NET2 lesions per arm; hazard ratio of any lesion (cloglog,
                                 offset log(years)), odds ratio (logistic), risk difference (Newcombe CI),
@@ -77,6 +86,7 @@ from mseval.stats import heterogeneity as HET
 from mseval.stats import power as PW
 from mseval.stats import prognostic as PG
 from mseval.stats import qini as QI
+from mseval.stats import forecaster_variance as FV
 from mseval.stats import synthetic as SY
 from mseval.stats.counterfactual import calibrated_counterfactual, counterfactual_effects
 from mseval.stats.ensemble_counts import check_counts, forecast_means
@@ -101,6 +111,12 @@ class EffectsSettings:
     min_stratum_per_arm: int = HET.MIN_PER_ARM
     prognostic_bootstrap: int = 200
     heldout_patients: tuple[str, ...] = ()
+    forecaster_variance: str = "auto"
+    """auto: two-level when the store holds K > 1 forecasters, conditional otherwise; two-level: required
+    (K = 1 is an InputError); conditional: every sample pooled as one forecaster's, CIs conditional on it."""
+
+
+FORECASTER_VARIANCE = ("auto", "two-level", "conditional")
 
 
 ESTIMANDS: dict[str, dict[str, str]] = {
@@ -122,6 +138,55 @@ ESTIMANDS: dict[str, dict[str, str]] = {
     "power": {"estimand": PW.ESTIMAND, "conditional_on": "the observed trial's NB2 law and the design rate ratio (forecast ratio of means)",
               "ci_method": "Monte Carlo SE"},
 }
+
+
+_VALIDATED_TWO_LEVEL = ("trained NB2 forecaster, K = 10 bootstrap forecasters: coverage of the true rate ratio in bench/RESULTS.md "
+                        "(bench/validity_forecasters.py)")
+ESTIMANDS_TWO_LEVEL: dict[str, dict[str, str]] = {
+    **ESTIMANDS,
+    "forecast_rate_ratio": {"estimand": FV.ESTIMAND, "conditional_on": FV.CONDITIONAL_ON, "ci_method": FV.CI_METHOD, "validation": _VALIDATED_TWO_LEVEL},
+    "counterfactual_ratio_of_means": {"estimand": FV.CF_ESTIMAND, "conditional_on": FV.CONDITIONAL_ON, "ci_method": FV.CI_METHOD,
+                                      "validation": _VALIDATED_TWO_LEVEL},
+    "counterfactual_mean_difference": {"estimand": FV.CF_DIFF_ESTIMAND, "conditional_on": FV.CONDITIONAL_ON, "ci_method": FV.CI_METHOD},
+}
+"""The estimands when the store holds K > 1 forecasters and the two-level variance is used."""
+
+
+def use_two_level(mode: str, forecasters: int) -> bool:
+    """Whether the forecast effects get the two-level variance: `mode` auto / two-level / conditional
+    with K `forecasters`. two-level with K = 1 is an InputError (no between-forecaster spread exists)."""
+    if mode not in FORECASTER_VARIANCE:
+        raise InputError(None, f"--forecaster-variance {mode!r}: choose one of {', '.join(FORECASTER_VARIANCE)}", field="forecaster_variance")
+    if mode == "two-level" and forecasters < 2:
+        raise InputError(None, f"--forecaster-variance two-level needs at least 2 forecasters; the forecasts hold {forecasters} "
+                               "(write K with e.g. mseval simulate-forecasts --kind nb2-bootstrap --forecasters K)", field="forecaster_variance")
+    return mode != "conditional" and forecasters > 1
+
+
+def attach_forecasters(counts: pd.DataFrame, forecasts_dir: str | Path | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """counts with a `forecaster` column (from the counts themselves, else from the store's index:
+    `mseval.io.store.store_forecasters`, which refuses a store mixing forecasters without provenance)
+    and {"ids": [...], "provenance": {id: record}}. One forecaster: ids [0], counts unchanged."""
+    from mseval.io.store import store_forecasters
+
+    if "forecaster" in counts.columns:
+        ids = sorted(int(k) for k in counts["forecaster"].unique())
+        prov: dict = {}
+        if forecasts_dir is not None:
+            prov = store_forecasters(forecasts_dir).provenance
+        if len(ids) > 1 and any(k not in prov for k in ids):
+            raise InputError(None, f"the counts mix {len(ids)} forecasters and no forecast store records their provenance (give the store "
+                                   "they were counted from)", field="forecaster")
+        return counts, {"ids": ids, "provenance": prov}
+    if forecasts_dir is None:
+        return counts, {"ids": [0], "provenance": {}}
+    sf = store_forecasters(forecasts_dir)
+    if sf.count < 2:
+        return counts, {"ids": sf.ids, "provenance": sf.provenance}
+    merged = counts.merge(sf.samples, on=["patient_id", "arm", "sample"], how="left")
+    if merged["forecaster"].isna().any():
+        raise InputError(Path(forecasts_dir) / "index.parquet", "the counts hold samples the store's index does not list", field="forecaster")
+    return merged.assign(forecaster=merged["forecaster"].astype(np.int64)), {"ids": sf.ids, "provenance": sf.provenance}
 
 
 def _truth_comparison(truth: pd.DataFrame, cf_patients: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -179,6 +244,9 @@ def run_effects(
             import shutil
 
             shutil.rmtree(tmp / "_count", ignore_errors=True)
+        counts, forecasters = attach_forecasters(counts, forecasts_dir)
+        K = len(forecasters["ids"])
+        two_level = use_two_level(settings.forecaster_variance, K)
         S = check_counts(counts, cohort.patient_ids, arms, counts_file)
         say("observed NB2 model")
         observed = fit_count_model(table, settings.formula, reference=ref, cov=settings.cov, file=str(cohort.root / "manifest.csv"))
@@ -191,6 +259,17 @@ def run_effects(
         fc = fit_forecast_rate_ratios(table, counts, settings.formula, reference=ref)
         say("counterfactual effects")
         cf = counterfactual_effects(means, ref)
+        fc_conditional, cf_conditional, per_forecaster = fc.table, cf.average, None
+        estimands_meta = ESTIMANDS
+        if two_level:
+            say(f"two-level variance over {K} forecasters (within-forecaster sandwich + between-forecaster spread)")
+            fe = FV.forecaster_effects(table, counts, settings.formula, reference=ref)
+            fc_table, cf_avg, per_forecaster = fe.rate_ratios, fe.counterfactual, fe.per_forecaster
+            extra = [c for c in cf.average.columns if c not in cf_avg.columns]  # per-patient difference quantiles: pooled ensemble means
+            cf_avg = cf_avg.merge(cf.average[["arm", *extra]], on="arm", how="left")
+            estimands_meta = ESTIMANDS_TWO_LEVEL
+        else:
+            fc_table, cf_avg = fc.table, cf.average
         calibrated = None
         if settings.heldout_patients:
             calibrated = calibrated_counterfactual(means, table, list(settings.heldout_patients), ref)
@@ -204,9 +283,10 @@ def run_effects(
         prog = prognostic_adjustment(table, means, ref, settings.formula, n_boot=settings.prognostic_bootstrap, seed=settings.seed)
         say("power")
         power = power_table(table, means, ref, sims=settings.power_sims, seed=settings.seed)
-        primary = _primary(observed, fc.table, cf.average, arms, ref)
-        estimands = _estimands_table(fc.table, cf.average, calibrated, het.interaction, qini.area, prog.table)
-        projections = projections_frame(primary, training.table if training.available else None, calibrated, training_note=training.sentence)
+        primary = _primary(observed, fc_table, cf_avg, arms, ref, two_level=two_level)
+        estimands = _estimands_table(fc_table, cf_avg, calibrated, het.interaction, qini.area, prog.table, meta=estimands_meta)
+        projections = projections_frame(primary, training.table if training.available else None, calibrated, training_note=training.sentence,
+                                        forecasters=K if two_level else 1)
         truth_cmp = None
         if cohort.truth is not None:
             truth_cmp = _truth_comparison(cohort.truth, cf.patients, ref)
@@ -215,11 +295,11 @@ def run_effects(
             "primary_endpoint.csv": primary,
             "rate_ratios_observed.csv": observed.table,
             "estimands.csv": estimands,
-            "rate_ratios_forecast.csv": fc.table,
+            "rate_ratios_forecast.csv": fc_table,
             "adjusted_means.csv": observed.arm_means,
             "lesion_free.csv": lesion_free.table,
             "counterfactual_patients.csv": cf.patients,
-            "counterfactual_average.csv": cf.average,
+            "counterfactual_average.csv": cf_avg,
             "heterogeneity.csv": het.interaction,
             "responders.csv": het.strata,
             "qini_curve.csv": qini.curve,
@@ -229,6 +309,10 @@ def run_effects(
             "power_simulated.csv": power.simulated,
             "projections.csv": projections,
         }
+        if two_level:
+            files["rate_ratios_forecast_conditional.csv"] = fc_conditional
+            files["counterfactual_average_conditional.csv"] = cf_conditional
+            files["forecasters.csv"] = per_forecaster
         if training.available:
             files["rate_ratios_training_trial.csv"] = training.table
         if truth_cmp is not None:
@@ -247,8 +331,11 @@ def run_effects(
                          "observed_counts": "components of each patient's net2_mask"},
             "observed_model": observed.model_info(),
             "forecast_model": {"samples": fc.samples, "failed_fits": fc.failed, "outcomes": "fully synthetic (every outcome drawn from the forecaster)",
-                               "pooling": SY.CI_METHOD, "note": fc.note},
-            "estimands": {**ESTIMANDS, **({"counterfactual_calibrated_ratio": {
+                               "pooling": FV.CI_METHOD if two_level else SY.CI_METHOD, "note": fc.note, "forecasters": K,
+                               "variance": "two-level" if two_level else "conditional on the forecaster" + (
+                                   f" (the {K} forecasters' samples pooled as one)" if K > 1 else ""),
+                               "forecaster_provenance": {str(k): v for k, v in forecasters["provenance"].items()}},
+            "estimands": {**estimands_meta, **({"counterfactual_calibrated_ratio": {
                 **ESTIMANDS["counterfactual_calibrated_ratio"], "estimator": held["label"], "note": held["sentence"]}}
                 if calibrated is not None and held is not None else {"counterfactual_calibrated_ratio": {
                 "estimand": CF.CAL_ESTIMAND, "note": "not computed: no held-out patients with observed outcomes were given"}})},
@@ -263,7 +350,7 @@ def run_effects(
     return summary
 
 
-def _primary(observed: Any, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: list[str], reference: str) -> pd.DataFrame:
+def _primary(observed: Any, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: list[str], reference: str, *, two_level: bool = False) -> pd.DataFrame:
     o = observed.table.set_index("term")
     f = forecast.set_index("term")
     c = cf_avg.set_index("arm")
@@ -277,16 +364,16 @@ def _primary(observed: Any, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: 
             "observed_estimable": bool(o.loc[arm, "estimable"]), "observed_note": o.loc[arm, "note"],
             "forecast_rate_ratio": f.loc[arm, "rate_ratio"], "forecast_ci_low": f.loc[arm, "ci_low"], "forecast_ci_high": f.loc[arm, "ci_high"],
             "forecast_estimable": bool(f.loc[arm, "estimable"]), "forecast_note": f.loc[arm, "note"],
-            "forecast_conditional_on": SY.CONDITIONAL_ON,
+            "forecast_conditional_on": FV.CONDITIONAL_ON if two_level else SY.CONDITIONAL_ON,
             "counterfactual_rate_ratio": c.loc[arm, "ratio_of_means"], "counterfactual_ci_low": c.loc[arm, "ratio_ci_low"], "counterfactual_ci_high": c.loc[arm, "ratio_ci_high"],
             "counterfactual_estimable": bool(c.loc[arm, "estimable"]), "counterfactual_note": c.loc[arm, "note"],
-            "counterfactual_conditional_on": CF.CONDITIONAL_ON,
+            "counterfactual_conditional_on": FV.CONDITIONAL_ON if two_level else CF.CONDITIONAL_ON,
         })
     return pd.DataFrame(rows)
 
 
 def _estimands_table(fc: pd.DataFrame, cf_avg: pd.DataFrame, calibrated: pd.DataFrame | None, interaction: pd.DataFrame,
-                     qini_area: pd.DataFrame, prog: pd.DataFrame) -> pd.DataFrame:
+                     qini_area: pd.DataFrame, prog: pd.DataFrame, *, meta: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
     """One row per arm x forecast-derived quantity (quantity, arm, estimate, ci_low, ci_high, estimand,
     conditional_on, ci_method, estimable, note): the table a reader checks before quoting a number."""
     rows: list[dict[str, Any]] = []
@@ -295,11 +382,11 @@ def _estimands_table(fc: pd.DataFrame, cf_avg: pd.DataFrame, calibrated: pd.Data
             ok: str = "estimable", note: str = "note") -> None:
         if df is None or df.empty:
             return
-        meta = ESTIMANDS[quantity]
+        m = (meta or ESTIMANDS)[quantity]
         for r in df.to_dict("records"):
             rows.append({"quantity": quantity, "arm": r[arm_col], "estimate": r[est], "ci_low": r[lo] if lo else np.nan,
-                         "ci_high": r[hi] if hi else np.nan, "estimand": meta["estimand"], "conditional_on": meta["conditional_on"],
-                         "ci_method": meta["ci_method"], "estimable": bool(r.get(ok, True)), "note": r.get(note, "") or ""})
+                         "ci_high": r[hi] if hi else np.nan, "estimand": m["estimand"], "conditional_on": m["conditional_on"],
+                         "ci_method": m["ci_method"], "estimable": bool(r.get(ok, True)), "note": r.get(note, "") or ""})
 
     add("forecast_rate_ratio", fc, "term", "rate_ratio", "ci_low", "ci_high")
     add("counterfactual_ratio_of_means", cf_avg, "arm", "ratio_of_means", "ratio_ci_low", "ratio_ci_high")

@@ -1,8 +1,9 @@
 """Model-based projections: the forecast-derived effects, kept out of the primary table.
 
 With one forecaster in the store, the forecast rate ratio and the counterfactual ratio of means
-have CIs conditional on it (its training error is not in them; the two-level variance over K
-forecasters is not implemented). They are projections of a model, not results of the trial, so
+have CIs conditional on it (its training error is not in them). With K > 1 forecasters (bootstrap
+resamples of the training trial) they carry it: the two-level variance of
+`mseval.stats.forecaster_variance`, labelled "predicted by this training procedure". They are projections of a model, not results of the trial, so
 the report shows them in their own section (issue 22), each beside the observed interval of the
 trial the forecaster learned from (`mseval.training_trial`) and flagged where the projection's
 interval is narrower than that observed interval. Where the training trial is unavailable, the
@@ -50,8 +51,16 @@ def _ok(est: Any, lo: Any, hi: Any, estimable: Any = True, note: Any = "") -> bo
     return assess_ratio(est, lo, hi, reasons=[str(note) or "flagged"] if _flagged(estimable) else [])[0]
 
 
+CONDITIONAL_LABEL = "conditional on the forecaster"
+
+
+def two_level_label(forecasters: int) -> str:
+    """The label suffix of a projection with the two-level variance over K forecasters."""
+    return f"predicted by this training procedure; {forecasters} forecasters, training error carried"
+
+
 def projections_frame(primary: pd.DataFrame, training: pd.DataFrame | None, calibrated: pd.DataFrame | None = None,
-                      *, training_note: str = "") -> pd.DataFrame:
+                      *, training_note: str = "", forecasters: int = 1) -> pd.DataFrame:
     """One row per non-reference arm x projected quantity.
 
     primary: effects' primary_endpoint table (observed_*, forecast_*, counterfactual_* per arm);
@@ -61,8 +70,10 @@ def projections_frame(primary: pd.DataFrame, training: pd.DataFrame | None, cali
     Columns: arm, quantity, estimate, ci_low, ci_high, estimable, note, label, training_rate_ratio,
     training_ci_low, training_ci_high, training_estimable, training_note, comparator (TRAINING,
     THIS_TRIAL or ""), comparator_ci_low, comparator_ci_high, width_factor, comparator_width_factor,
-    narrower_than_observed (True / False / None when not comparable).
+    narrower_than_observed (True / False / None when not comparable). forecasters: K > 1 when the
+    forecast-derived CIs carry the training error (two-level variance); the label says which.
     """
+    suffix = two_level_label(forecasters) if forecasters > 1 else CONDITIONAL_LABEL
     tr = training.set_index("term") if training is not None and len(training) else None
     cal = calibrated.set_index("arm") if calibrated is not None and len(calibrated) else None
     rows = []
@@ -90,7 +101,7 @@ def projections_frame(primary: pd.DataFrame, training: pd.DataFrame | None, cali
             ok = _ok(est, lo, hi, p.get(f"{key}_estimable", True), p.get(f"{key}_note", ""))
             w = _width(lo, hi)
             narrower = bool(w < base["comparator_width_factor"]) if ok and comp else None
-            rows.append({**base, "quantity": q, "label": f"{label} (conditional on the forecaster)", "estimate": est, "ci_low": lo, "ci_high": hi,
+            rows.append({**base, "quantity": q, "label": f"{label} ({suffix})", "estimate": est, "ci_low": lo, "ci_high": hi,
                          "estimable": ok, "note": str(p.get(f"{key}_note") or ""), "width_factor": w, "narrower_than_observed": narrower})
         if cal is not None and arm in cal.index:
             c = cal.loc[arm]

@@ -926,7 +926,7 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
         "provenance": {"status": prov.get("status", "unknown"), "sentence": prov.get("sentence", ""), "class": banner_class},
         "degenerate": load.get("sentence", ""),
         "arms_rows": arms_rows, "table1": table(t1), "table1_note": T.TABLE1_NOTE, "primary": {"columns": prim_cols, "rows": prim_rows},
-        "projections": P.projections_table(out_tables["projections"], cp, labels, order, ref, fc_reasons), "projections_title": P.SECTION,
+        "projections": P.projections_table(out_tables["projections"], cp, labels, order, ref, fc_reasons), "projections_title": P.section_title(out_tables["projections"]),
         "projections_note": P.projections_note((summary.get("training_trial") or {}).get("sentence", ""), out_tables["projections"],
                                                (summary.get("heldout") or {}).get("sentence", "")),
         "multiplicity": multiplicity, "covariates": covs,

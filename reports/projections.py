@@ -19,9 +19,22 @@ from reports import numbers as N
 from reports import tables as T
 
 SECTION = "Model-based projections (conditional on the forecaster)"
+SECTION_TWO_LEVEL = "Model-based projections (predicted by the forecaster's training procedure; training error carried)"
+
+
+def _two_level(frame: pd.DataFrame) -> bool:
+    """Whether the projections carry the training error (K > 1 forecasters, two-level variance)."""
+    return bool(len(frame)) and "label" in frame.columns and frame["label"].astype(str).str.contains("training procedure").any()
+
+
+def section_title(frame: pd.DataFrame) -> str:
+    """The section's title: conditional on the one forecaster, or with the training error carried."""
+    return SECTION_TWO_LEVEL if _two_level(frame) else SECTION
 OBSERVED_THIS = "Observed RR, this trial (95% CI; primary table)"
 OBSERVED_TRAINING = "Observed RR, the forecaster's training trial (95% CI)"
 FLAG = "Flag"
+FORECAST_COL_TWO_LEVEL = "Forecast RR (95% CI over K forecasters, training error carried)"
+COUNTERFACTUAL_COL_TWO_LEVEL = "Counterfactual RR (95% CI over K forecasters, training error carried)"
 
 
 def read_or_build(effects_frame: pd.DataFrame | None, primary: pd.DataFrame, calibrated: pd.DataFrame | None) -> pd.DataFrame:
@@ -53,7 +66,8 @@ def projections_table(frame: pd.DataFrame, primary_consort: pd.DataFrame, labels
     """The section's table as strings: one row per non-reference arm in arms-table order."""
     cal = frame[frame["quantity"] == "counterfactual_calibrated_ratio"]
     cal_label = str(cal["label"].iloc[0]) if len(cal) else ""
-    cols = ["Arm", OBSERVED_THIS, OBSERVED_TRAINING, T.FORECAST_COL, T.COUNTERFACTUAL_COL]
+    two = [FORECAST_COL_TWO_LEVEL, COUNTERFACTUAL_COL_TWO_LEVEL] if _two_level(frame) else [T.FORECAST_COL, T.COUNTERFACTUAL_COL]
+    cols = ["Arm", OBSERVED_THIS, OBSERVED_TRAINING, *two]
     if len(cal):
         cols.append(f"Calibrated ratio: {cal_label} (95% CI)")
     cols.append(FLAG)
@@ -99,9 +113,18 @@ def projections_note(training_sentence: str, frame: pd.DataFrame, calibrated_sen
     against = ("the training trial's observed interval" if comp == {TRAINING} else
                "the training trial's observed interval where available, otherwise this trial's" if TRAINING in comp else
                "this trial's observed interval (the training trial's is unavailable)")
-    text = ("Forecast and counterfactual RRs are projections of one forecaster: their CIs take its law as given and do not carry its "
-            "training error, so they are not results of this trial and stay out of the primary table. "
+    if _two_level(frame):
+        lead = ("Forecast and counterfactual RRs are projections of K forecasters trained the same way on bootstrap resamples of the "
+                "training trial: the rate ratio a new trial would show, predicted by this training procedure. Their CIs carry the "
+                "training trial's estimation error (two-level variance: within-forecaster sandwich plus the spread between forecasters), "
+                "but they are still model-based, not results of this trial, and stay out of the primary table. ")
+        tail = "a projection no better informed than the trial the forecasters learned from."
+    else:
+        lead = ("Forecast and counterfactual RRs are projections of one forecaster: their CIs take its law as given and do not carry its "
+                "training error, so they are not results of this trial and stay out of the primary table. ")
+        tail = "precision conditional on the forecaster, not evidence about the treatment."
+    text = (lead
             + (training_sentence + " " if training_sentence else "")
             + f"Flag: a projection's 95% CI narrower (width as the factor ci_high / ci_low) than {against} for the same arm: "
-            "precision conditional on the forecaster, not evidence about the treatment.")
+            + tail)
     return text + (" " + calibrated_sentence if calibrated_sentence else "")

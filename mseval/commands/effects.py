@@ -81,6 +81,9 @@ def effects(
                                                               "forecaster never trained on; the counterfactual ratio then carries the forecaster's calibration error. Patients in the "
                                                               "checkpoint's training, validation or tuning provenance are refused (exit 2).")] = None,
     min_stratum_per_arm: Annotated[int, typer.Option(help="Smallest responder stratum estimated, in patients per arm (exploratory strata).")] = 10,
+    forecaster_variance: Annotated[str, typer.Option(help="auto: the two-level variance (within + between forecasters) when the store holds "
+                                                     "K > 1 forecasters, conditional otherwise; two-level: required (refused with one forecaster); "
+                                                     "conditional: every sample pooled as one forecaster's.")] = "auto",
 ) -> None:
     """Treatment effects: observed, forecast (NB2 on fully synthetic outcomes) and counterfactual rate
     ratios, each with its estimand; heterogeneity test, responders, Qini, prognostic adjustment, power."""
@@ -107,17 +110,45 @@ def effects(
         raise InputError(None, "give a forecast store (FORECASTS) or --counts")
     else:
         check_store_file(forecasts, c)
+    _check_forecasters(forecaster_variance, forecasts, counts)
     heldout: tuple[str, ...] = ()
     if heldout_patients is not None:
         check_in_file(heldout_patients, "--heldout-patients")
         heldout = tuple(x.strip() for x in heldout_patients.read_text().splitlines() if x.strip() and x.strip() != "patient_id")
     settings = EffectsSettings(formula=formula, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed,
-                               heldout_patients=heldout, min_stratum_per_arm=min_stratum_per_arm)
+                               heldout_patients=heldout, min_stratum_per_arm=min_stratum_per_arm,
+                               forecaster_variance=forecaster_variance)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
                               progress=lambda m: typer.echo(f"... {m}", err=True))
+    def num(v: object) -> str:
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "NA"
+
     for row in summary["primary_endpoint"]:
-        typer.echo(f"{row['arm']:14s} RR observed {row['observed_rate_ratio']:.3f} ({row['observed_ci_low']:.3f}-{row['observed_ci_high']:.3f})"
-                   f"  forecast {row['forecast_rate_ratio']:.3f}  counterfactual {row['counterfactual_rate_ratio']:.3f}"
-                   + (f"  true {row['true_ratio_of_means']:.3f}" if row.get("true_ratio_of_means") is not None else ""))
+        typer.echo(f"{row['arm']:14s} RR observed {num(row['observed_rate_ratio'])} ({num(row['observed_ci_low'])}-{num(row['observed_ci_high'])})"
+                   f"  forecast {num(row['forecast_rate_ratio'])}  counterfactual {num(row['counterfactual_rate_ratio'])}"
+                   + (f"  true {num(row['true_ratio_of_means'])}" if row.get("true_ratio_of_means") is not None else ""))
+    fm = summary.get("forecast_model") or {}
+    typer.echo(f"forecast-derived CIs: {fm.get('variance', 'conditional on the forecaster')} ({fm.get('forecasters', 1)} forecasters)")
     typer.echo(f"tables in {out}")
+
+
+def _check_forecasters(mode: str, forecasts: Optional[Path], counts: Optional[Path]) -> None:
+    """Before any work: the store's forecasters are recorded with provenance, and a two-level variance
+    asked for has at least 2 forecasters (InputError otherwise)."""
+    import pandas as pd
+
+    from mseval.effects import attach_forecasters, use_two_level
+
+    if counts is not None:
+        cols = pd.read_parquet(counts, columns=None).columns
+        frame = pd.read_parquet(counts, columns=[c for c in ("patient_id", "arm", "sample", "forecaster") if c in cols])
+    else:
+        frame = pd.DataFrame(columns=["patient_id", "arm", "sample"])
+    if counts is None and forecasts is not None:
+        from mseval.io.store import store_forecasters
+
+        use_two_level(mode, store_forecasters(forecasts).count)
+        return
+    _, info = attach_forecasters(frame, forecasts)
+    use_two_level(mode, len(info["ids"]))

@@ -73,21 +73,31 @@ def simulate_forecasts_cmd(
     cohort: Annotated[Path, typer.Argument(help="A cohort made by `mseval simulate`.")],
     out: Annotated[Path, typer.Option("--out", help="Forecast store folder (created, or resumed).")],
     samples: Annotated[int, typer.Option(help="Ensemble members per patient and arm.")] = 20,
-    kind: Annotated[str, typer.Option(help="oracle | overdispersed | biased")] = "oracle",
+    kind: Annotated[str, typer.Option(help="oracle | overdispersed | biased | nb2-bootstrap (NB2 forecasters trained on --train-cohort)")] = "oracle",
     arms: Annotated[str, typer.Option(help="'all' or a comma-separated list of arms.")] = "all",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes (results do not depend on it).")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store at OUT (instead of resuming it with the same settings).")] = False,
     wait: Wait = False,
+    forecasters: Annotated[int, typer.Option(help="nb2-bootstrap: K forecasters, each an NB2 (arm + log1p(gd_count) + age) on a bootstrap "
+                                             "resample of the training patients (K = 1: fitted on them as they are); --samples per forecaster.")] = 1,
+    train_cohort: Annotated[Optional[Path], typer.Option(help="nb2-bootstrap: the cohort whose observed NET2 counts train the forecasters.")] = None,
 ) -> None:
-    """Write a forecast store drawn from the simulator's true (or a deliberately wrong) law."""
+    """Write a forecast store drawn from the simulator's true (or a deliberately wrong) law, or from K
+    NB2 forecasters trained on another cohort (`--kind nb2-bootstrap --forecasters K --train-cohort DIR`)."""
     from mseval.io.lock import output_lock
     from mseval.simulate.forecasters import KINDS, ForecasterSpec, simulate_forecasts
 
     check_min(samples, "--samples", 1)
     check_min(workers, "--workers", 1)
+    check_min(forecasters, "--forecasters", 1)
+    if kind == "nb2-bootstrap":
+        _nb2_family(cohort, out, samples, forecasters, train_cohort, arms, seed, workers, overwrite, wait)
+        return
     if kind not in KINDS:
-        raise InputError(None, f"--kind {kind!r}: choose one of {', '.join(KINDS)}")
+        raise InputError(None, f"--kind {kind!r}: choose one of {', '.join((*KINDS, 'nb2-bootstrap'))}")
+    if forecasters != 1 or train_cohort is not None:
+        raise InputError(None, f"--forecasters and --train-cohort are for --kind nb2-bootstrap; the {kind} forecaster is not trained", field="forecasters")
     check_out_folder(out)
     spec = ForecasterSpec(kind=kind, samples=samples, seed=seed)
     arm_list = None if arms == "all" else [a.strip() for a in arms.split(",") if a.strip()]
@@ -97,3 +107,31 @@ def simulate_forecasts_cmd(
     with output_lock(out, wait=wait), store_run(out, settings, names, overwrite=overwrite), prog:
         store = simulate_forecasts(cohort, out, spec, arms=arm_list, workers=workers, progress=update)
     typer.echo(f"{len(store)} blocks ({len(store.patients)} patients x {len(store.arms)} arms, {samples} samples each) in {out}")
+
+
+def _nb2_family(cohort: Path, out: Path, samples: int, forecasters: int, train_cohort: Optional[Path], arms: str, seed: int, workers: int,
+                overwrite: bool, wait: bool) -> None:
+    """`--kind nb2-bootstrap`: K NB2 forecasters trained on `train_cohort` (mseval/nb2_forecasts.py)."""
+    from mseval.io.cohort import read_cohort
+    from mseval.io.lock import output_lock
+    from mseval.nb2_forecasts import family_summary, write_nb2_family_store
+    from mseval.provenance import cohort_fingerprint
+
+    if train_cohort is None:
+        raise InputError(None, "--kind nb2-bootstrap needs --train-cohort DIR (the cohort whose observed counts train the forecasters)",
+                         field="train_cohort")
+    check_out_folder(out)
+    fp = cohort_fingerprint(read_cohort(train_cohort).manifest)
+    read_cohort(cohort)
+    arm_list = None if arms == "all" else [a.strip() for a in arms.split(",") if a.strip()]
+    settings = {"checkpoint": "nb2-bootstrap", "samples": samples, "seed": seed, "forecasters": forecasters, "train_cohort": fp}
+    names = {"checkpoint": "--kind", "samples": "--samples", "seed": "--seed", "forecasters": "--forecasters", "train_cohort": "--train-cohort"}
+    prog, update = progress(f"nb2-bootstrap forecasts ({forecasters} forecasters)")
+    with output_lock(out, wait=wait), store_run(out, settings, names, overwrite=overwrite), prog:
+        store = write_nb2_family_store(cohort, train_cohort, out, forecasters=forecasters, samples=samples, seed=seed, arms=arm_list,
+                                       workers=workers, progress=update)
+    fam = family_summary(out)
+    rr = [c for c in fam.columns if c.startswith("rr_")]
+    spread = "; ".join(f"{c[3:]} RR {fam[c].min():.3f}-{fam[c].max():.3f}" for c in rr)
+    typer.echo(f"{len(store)} blocks ({len(store.patients)} patients x {len(store.arms)} arms, {forecasters} forecasters x {samples} samples each) "
+               f"in {out}; forecasters' rate ratios: {spread}")

@@ -8,6 +8,11 @@ Layout of a store folder::
     sparse/<patient>/<arm>.npz      foreground voxel indices per sample (see `mseval.io.sparse`)
     _journal/<patient>/<arm>.json   index rows written since the last consolidation
 
+Several forecasters (issue 22): a block's samples may come from K forecasters (e.g. NB2s trained on
+bootstrap resamples of the training patients); the index's optional `forecaster` column lists, per
+sample, the forecaster that drew it, and store.json's `forecasters` holds each one's provenance
+(`record_forecasters`, `store_forecasters`). Stores without the column hold one forecaster.
+
 A block is written in this order, each file atomically: the 4D NIfTI, the sparse companion, then
 its journal entry. A block counts as present once its journal entry (or index row) exists, so a
 crash leaves either a whole block or none, and a resumed writer skips what is present.
@@ -36,6 +41,8 @@ from mseval.io.sparse import SparseMasks
 STORE_FORMAT = "mseval-forecast-store"
 STORE_VERSION = 1
 INDEX_COLUMNS = ["patient_id", "arm", "path", "sparse_path", "prob_path", "samples", "seeds", "checkpoint", "sampler"]
+FORECASTER_COLUMN = "forecaster"
+"""Optional index column: per sample, the forecaster that drew it (absent: one forecaster)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class ForecastBlock:
     checkpoint: str
     sampler: dict[str, Any] = field(default_factory=dict)
     prob_path: str | None = None
+    forecaster: tuple[int, ...] | None = None
 
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
         """The dense masks (S, X, Y, Z) uint8 and the (4, 4) affine; checks the sample count."""
@@ -170,7 +178,8 @@ class ForecastStore:
                     recs.append(json.loads(jp.read_text()))
                 except json.JSONDecodeError as exc:
                     raise InputError(jp, f"invalid journal entry ({exc})") from None
-            df = validate_frame(pd.DataFrame(recs, columns=INDEX_COLUMNS), "forecast_index", root / "_journal")
+            cols = INDEX_COLUMNS + ([FORECASTER_COLUMN] if any(FORECASTER_COLUMN in r for r in recs) else [])
+            df = validate_frame(pd.DataFrame(recs, columns=cols), "forecast_index", root / "_journal")
             for rec in df.to_dict("records"):
                 entries[(rec["patient_id"], rec["arm"])] = _normalise(rec)
         return entries
@@ -197,7 +206,10 @@ class ForecastStore:
     def index(self) -> pd.DataFrame:
         """The index as a DataFrame (one row per block, sorted by patient and arm)."""
         rows = [self._entries[k] for k in self.keys()]
-        df = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+        several = any(r.get(FORECASTER_COLUMN) is not None for r in rows)
+        df = pd.DataFrame(rows, columns=INDEX_COLUMNS + ([FORECASTER_COLUMN] if several else []))
+        if several:
+            df[FORECASTER_COLUMN] = df[FORECASTER_COLUMN].map(lambda f: [int(v) for v in f] if isinstance(f, (list, tuple)) else None)
         df["sampler"] = df["sampler"].map(lambda d: json.dumps(d, sort_keys=True))
         df["seeds"] = df["seeds"].map(lambda s: [int(v) for v in s])
         df["samples"] = df["samples"].astype("int64")
@@ -230,9 +242,11 @@ class ForecastStore:
         checkpoint: str,
         sampler: Mapping[str, Any],
         prob: np.ndarray | None = None,
+        forecaster: Sequence[int] | None = None,
     ) -> ForecastBlock:
         """Append one block. masks: (S, X, Y, Z) binary; seeds: S non-negative ints; prob: optional
-        (S, X, Y, Z) float soft masks. Raises ValueError if the block is already present."""
+        (S, X, Y, Z) float soft masks; forecaster: optional S ints, the forecaster of each sample
+        (record their provenance with `record_forecasters`). Raises ValueError if the block is already present."""
         if not self._writable:
             raise ValueError("store opened read-only; use ForecastStore.create to append")
         if (patient_id, arm) in self._entries:
@@ -248,6 +262,8 @@ class ForecastStore:
         n = masks.shape[0]
         if len(seeds) != n:
             raise ValueError(f"{len(seeds)} seeds for {n} samples")
+        if forecaster is not None and len(forecaster) != n:
+            raise ValueError(f"{len(forecaster)} forecaster ids for {n} samples")
         rel = f"{patient_id}/{arm}"
         rec: dict[str, Any] = {
             "patient_id": patient_id,
@@ -260,7 +276,9 @@ class ForecastStore:
             "checkpoint": str(checkpoint),
             "sampler": json.dumps(dict(sampler), sort_keys=True),
         }
-        validate_frame(pd.DataFrame([rec], columns=INDEX_COLUMNS), "forecast_index", self.root / "_journal" / f"{rel}.json")
+        if forecaster is not None:
+            rec[FORECASTER_COLUMN] = [int(k) for k in forecaster]
+        validate_frame(pd.DataFrame([rec], columns=list(rec)), "forecast_index", self.root / "_journal" / f"{rel}.json")
         save_volume(np.moveaxis(masks, 0, 3), affine, self.root / rec["path"], compresslevel=1)
         SparseMasks.from_dense(masks, affine).save(self.root / rec["sparse_path"])
         if prob is not None:
@@ -303,6 +321,8 @@ class ForecastStore:
 def _normalise(rec: Mapping[str, Any]) -> dict[str, Any]:
     sampler = rec["sampler"]
     prob = rec.get("prob_path")
+    fc = rec.get(FORECASTER_COLUMN)
+    fc = None if fc is None or (isinstance(fc, float) and np.isnan(fc)) else tuple(int(k) for k in fc)
     return {
         "patient_id": str(rec["patient_id"]),
         "arm": str(rec["arm"]),
@@ -313,6 +333,7 @@ def _normalise(rec: Mapping[str, Any]) -> dict[str, Any]:
         "seeds": tuple(int(s) for s in rec["seeds"]),
         "checkpoint": str(rec["checkpoint"]),
         "sampler": json.loads(sampler) if isinstance(sampler, str) else dict(sampler),
+        **({FORECASTER_COLUMN: fc} if fc is not None else {}),
     }
 
 
@@ -359,3 +380,67 @@ def record_store_settings(root: str | Path, settings: Mapping[str, Any]) -> None
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic({"format": STORE_FORMAT, "version": STORE_VERSION, "settings": dict(settings)}, root / "store.json")
+
+
+def record_forecasters(root: str | Path, provenance: Mapping[int, Mapping[str, Any]]) -> None:
+    """Record in store.json the provenance of each forecaster whose samples the store holds
+    ({forecaster id: {trained_on, resample, ...}}), merged with what is recorded."""
+    root = Path(root)
+    ForecastStore._check_marker(root)
+    meta = json.loads((root / "store.json").read_text())
+    known = {str(k): v for k, v in (meta.get("forecasters") or {}).items()}
+    known.update({str(int(k)): dict(v) for k, v in provenance.items()})
+    meta["forecasters"] = {k: known[k] for k in sorted(known, key=int)}
+    write_json_atomic(meta, root / "store.json")
+
+
+@dataclass(frozen=True)
+class StoreForecasters:
+    """The forecasters of a store: samples (patient_id, arm, sample, forecaster), one row per sample
+    of every block; provenance {forecaster id: record} from store.json (empty for a one-forecaster
+    store without records); ids: the forecasters, sorted."""
+
+    samples: pd.DataFrame
+    provenance: dict[int, dict[str, Any]]
+    ids: list[int]
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+
+def store_forecasters(root: str | Path) -> StoreForecasters:
+    """Which forecaster drew each sample of the store at `root`, checked: every block lists one id per
+    sample or none (a store mixing blocks with and without ids mixes forecasters without saying
+    which), several forecasters each have a provenance record in store.json, and every forecaster has
+    the same number of samples in every block. Raises InputError naming the store otherwise."""
+    root = Path(root)
+    store = ForecastStore.open(root)
+    meta = json.loads((root / "store.json").read_text())
+    prov = {int(k): dict(v) for k, v in (meta.get("forecasters") or {}).items()}
+    rows, with_ids, without = [], 0, 0
+    for b in store.blocks():
+        ids = b.forecaster
+        if ids is None:
+            without += 1
+            ids = (0,) * b.samples
+        else:
+            with_ids += 1
+        rows.append(pd.DataFrame({"patient_id": b.patient_id, "arm": b.arm, "sample": np.arange(b.samples, dtype=np.int64),
+                                  "forecaster": np.asarray(ids, dtype=np.int64)}))
+    samples = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["patient_id", "arm", "sample", "forecaster"])
+    if with_ids and without:
+        raise InputError(root / "index.parquet", f"{with_ids} blocks name the forecaster of each sample and {without} do not: the store mixes "
+                                                 "forecasters without provenance", field=FORECASTER_COLUMN)
+    ids = sorted(int(k) for k in samples["forecaster"].unique())
+    if len(ids) > 1:
+        missing = [k for k in ids if k not in prov]
+        if missing:
+            raise InputError(root / "store.json", f"the store mixes {len(ids)} forecasters and records no provenance for forecaster {missing[0]} "
+                                                  f"({len(missing)} without): where each came from (training data, resample) is needed to combine them",
+                             field="forecasters")
+        per = samples.groupby(["patient_id", "arm", "forecaster"]).size().unstack("forecaster")
+        if per.isna().any().any() or len(np.unique(per.to_numpy())) > 1:
+            raise InputError(root / "index.parquet", "every forecaster must draw the same number of samples in every block "
+                                                     f"(found {sorted(set(per.fillna(0).astype(int).to_numpy().ravel()))})", field=FORECASTER_COLUMN)
+    return StoreForecasters(samples, prov, ids)

@@ -74,7 +74,8 @@ MAX_FAILED_SHARE = 0.05
 
 @dataclass(frozen=True)
 class ForecastRateRatios:
-    """table: one row per term (term, rate_ratio, ci_low, ci_high, p_value, coef, se, df, samples,
+    """table: one row per term (term, rate_ratio, ci_low, ci_high, p_value, coef, se, df, se_mc (the
+    ensemble Monte Carlo part of se, `StackedFit.vcov_mc`), samples,
     failed_fits, cold_retries, event_free_samples, estimand, conditional_on, ci_method, estimable,
     note). per_sample_coef / per_sample_var: (M_ok, p) estimates and model variances of the
     per-sample fits that converged (-inf / NaN for a term with no event in that sample), for
@@ -105,13 +106,18 @@ class ForecastRateRatios:
 class StackedFit:
     """coef (p,) (-inf for a term with no event in any sample, NaN for one with no patient), its
     patient-cluster sandwich covariance vcov (p, p) (NaN rows/columns for those terms), alpha,
-    converged, and the Reduction used."""
+    converged, and the Reduction used. vcov_mc (p, p): the part of vcov that is the ensemble's Monte
+    Carlo noise, V_outcome / M, estimated from each patient's score spread over its own samples,
+    A^-1 [sum_i M/(M-1) sum_s (U_is - Ubar_i/M)(U_is - Ubar_i/M)'] A^-1 (NaN when M = 1): draws of
+    another forecaster are independent of it, so the two-level rule
+    (`mseval.stats.forecaster_variance`) subtracts it from the between-forecaster spread."""
 
     coef: np.ndarray
     vcov: np.ndarray
     alpha: float
     converged: bool
     reduction: Reduction
+    vcov_mc: np.ndarray | None = None
 
 
 def stacked_sandwich(y: np.ndarray, X: np.ndarray, offset: np.ndarray) -> StackedFit:
@@ -139,7 +145,12 @@ def stacked_sandwich(y: np.ndarray, X: np.ndarray, offset: np.ndarray) -> Stacke
     V = psi.T @ psi * (nr / max(nr - pr, 1))
     coef[cols] = fit.beta
     vcov[np.ix_(cols, cols)] = V
-    return StackedFit(coef, vcov, float(fit.alpha), bool(wald.ok), red)
+    vmc = np.full((p, p), np.nan)
+    if M > 1:
+        dev = (yr - yr.mean(axis=1, keepdims=True)) / (1.0 + fit.alpha * mu)[:, None]  # (n_r, M): U_is - Ubar_i / M per unit of x_i
+        G = (Xr * (dev**2).sum(axis=1)[:, None]).T @ Xr * (M / (M - 1))  # sum_i x_i x_i' sum_s dev_is^2
+        vmc[np.ix_(cols, cols)] = Ainv @ G @ Ainv
+    return StackedFit(coef, vcov, float(fit.alpha), bool(wald.ok), red, vmc)
 
 
 def sample_fits(y: np.ndarray, X: np.ndarray, offset: np.ndarray, start: StackedFit | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -215,6 +226,7 @@ def fit_forecast_rate_ratios(
             "term": des.names, "rate_ratio": np.exp(q), "ci_low": np.exp(q - crit * se), "ci_high": np.exp(q + crit * se),
             "p_value": 2 * stats.t.sf(np.abs(q / se), df), "coef": q, "se": se, "df": df,
         })
+    out["se_mc"] = np.sqrt(np.clip(np.diag(st.vcov_mc), 0.0, None)) if st.vcov_mc is not None else np.nan
     out["samples"] = M
     out["failed_fits"] = failed
     out["cold_retries"] = retries

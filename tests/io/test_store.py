@@ -127,3 +127,41 @@ def test_sparse_companion_is_exact() -> None:
     sp = SparseMasks.from_dense(m)
     assert sp.n_samples == 4 and sp.sample(2).size == 0
     assert np.array_equal(sp.coords(0), np.argwhere(m[0]))
+
+
+def test_forecaster_ids_per_sample_round_trip_and_provenance(tmp_path: Path) -> None:
+    """A block of K x M samples names the forecaster of each; store.json holds each forecaster's
+    provenance; a store without the column reads as one forecaster (old stores stay readable)."""
+    from mseval.io.store import record_forecasters, store_forecasters
+
+    root = tmp_path / "fc"
+    with ForecastStore.create(root) as store:
+        for p in ("P1", "P2"):
+            for a in ("placebo", "dmf"):
+                store.write_block(p, a, _masks(1, 4), AFFINE, [1, 2, 3, 4], checkpoint="nb2", sampler={}, forecaster=[0, 0, 1, 1])
+    record_forecasters(root, {0: {"resample": "bootstrap"}, 1: {"resample": "bootstrap"}})
+    idx = ForecastStore.open(root).index()
+    assert idx["forecaster"].iloc[0] == [0, 0, 1, 1]
+    sf = store_forecasters(root)
+    assert sf.ids == [0, 1] and sf.provenance[1] == {"resample": "bootstrap"} and len(sf.samples) == 16
+    old = tmp_path / "old"
+    _fill(old, ["P1"], ["placebo"])
+    assert "forecaster" not in ForecastStore.open(old).index().columns and store_forecasters(old).ids == [0]
+
+
+def test_store_mixing_forecasters_without_provenance_is_refused(tmp_path: Path) -> None:
+    from mseval.io.store import store_forecasters
+
+    root = tmp_path / "fc"
+    with ForecastStore.create(root) as store:
+        store.write_block("P1", "placebo", _masks(1, 4), AFFINE, [1, 2, 3, 4], checkpoint="nb2", sampler={}, forecaster=[0, 0, 1, 1])
+    with pytest.raises(InputError, match="no provenance for forecaster 0"):
+        store_forecasters(root)
+    mixed = tmp_path / "mixed"
+    with ForecastStore.create(mixed) as store:
+        store.write_block("P1", "placebo", _masks(1, 2), AFFINE, [1, 2], checkpoint="a", sampler={}, forecaster=[0, 1])
+        store.write_block("P2", "placebo", _masks(2, 2), AFFINE, [1, 2], checkpoint="b", sampler={})
+    with pytest.raises(InputError, match="mixes forecasters without provenance"):
+        store_forecasters(mixed)
+    with pytest.raises(ValueError, match="forecaster ids"):
+        ForecastStore.create(tmp_path / "x").write_block("P1", "placebo", _masks(1, 2), AFFINE, [1, 2], checkpoint="a", sampler={}, forecaster=[0])
