@@ -1,8 +1,9 @@
 """Forecast rate ratios on fully synthetic outcomes: the patient-level sandwich variance.
 
 Over repeated oracle trials (every forecast sample a fresh draw from the true law), the reported
-SE must match the spread of the estimate across trials. Rubin's rules over-state it by about 1.45x
-(issue 9: 150 of 150 covered), so the SE ratio test fails for them; 100 trials estimate the
+SE must match the spread of the estimate across trials. Rubin's rules add the between-sample spread
+to it a second time (issue 9: 1.45x in the single-visit world, 150 of 150 covered; about 1.1x in the
+multi-visit world of issue 20, whose counts are larger); 100 trials estimate the
 empirical SD to about +-7% (1/sqrt(2 x 99)), so [0.8, 1.2] is a +-3 SE band around 1."""
 
 from __future__ import annotations
@@ -31,16 +32,18 @@ def test_sandwich_se_matches_the_spread_across_trials(oracle_trials: pd.DataFram
     d = oracle_trials
     emp = np.log(d["forecast_rr"]).std(ddof=1)
     assert 0.8 < d["forecast_se"].mean() / emp < 1.2
-    assert d["rubin_se"].mean() / emp > 1.2  # the double counting this module replaces
+    assert (d["rubin_se"] > d["forecast_se"]).all()  # the double counting this module replaces
     assert d["forecast_covers_law"].mean() >= 0.95 - 3 * MC
     assert d["cf_covers_law"].mean() >= 0.95 - 3 * MC
 
 
 def test_effect_biased_forecaster_misses_the_truth_and_calibration_repairs_it() -> None:
-    """A forecaster that doubles the treated arm's rate: the forecast and counterfactual CIs cover
+    """A forecaster that triples the treated arm's rate: the forecast and counterfactual CIs cover
     the forecaster's law, not the truth; calibrated on 60 held-out patients per arm, the
-    counterfactual ratio covers the truth again."""
-    d = forecast_trials(30, kind="effect_biased", patients_per_arm=60, samples=5, seed0=9500, heldout_per_arm=60)
+    counterfactual ratio covers the truth again. (Tripled, not doubled as before issue 20: the
+    treated arm's per-patient response spread widens the CIs, and at 60 per arm a doubled rate
+    is missed only about 60% of the time.)"""
+    d = forecast_trials(30, kind="effect_biased", patients_per_arm=60, samples=5, seed0=9500, heldout_per_arm=60, bias=3.0)
     assert d["cf_covers_truth"].mean() < 0.2 and d["forecast_covers_truth"].mean() < 0.2
     assert d["cf_covers_law"].mean() >= 0.8
     assert d["cal_covers_truth"].mean() >= 0.8
