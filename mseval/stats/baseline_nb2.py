@@ -24,6 +24,10 @@ BASELINE_FORMULA = "net2 ~ arm + np.log1p(gd_count) + np.log(t2_count) + np.log(
 (log link: the simulator's rate is log-linear in age and rises with the lesion counts)."""
 
 
+KMAX = 5000
+"""Largest count a usable predictive law may need (lesions): NET2 counts beyond a few hundred are not MS."""
+
+
 @dataclass(frozen=True)
 class NB2Baseline:
     """A fitted NB2 baseline; `fit` is the CountModelFit, `trained_on` names the training data."""
@@ -37,11 +41,26 @@ class NB2Baseline:
         return self.fit.predict(features)
 
     def pmf(self, features: pd.DataFrame) -> np.ndarray:
-        """Predictive pmf (n, K) of each row's NET2 count (tail beyond K about 1e-12)."""
-        mu = self.mean(features)
-        a = max(self.fit.alpha, 1e-10)
+        """Predictive pmf (n, K) of each row's NET2 count (tail beyond K about 1e-12).
+
+        A fit whose law reaches beyond `KMAX` lesions for some row (a degenerate fit on too few
+        patients: a mean of thousands of lesions, or a non-finite mean) is not a usable law: every
+        entry is NaN, which `forecast.evaluate.unusable_references` reports as not estimable."""
+        mu = np.asarray(self.mean(features), dtype=float)
+        a = max(float(self.fit.alpha), 1e-10)
+        if not np.isfinite(mu).all() or not np.isfinite(a):
+            return np.full((len(mu), 2), np.nan)
         n, p = 1.0 / a, 1.0 / (1.0 + a * mu)
-        kmax = int(max(20.0, float(stats.nbinom.ppf(1.0 - 1e-12, n, p).max())))
+        # A closed-form bound on the 1 - 1e-12 quantile (checked against scipy's sf over alpha in
+        # [1e-10, 50], mean in [1e-8, 300]: tail <= 1.2e-16): mean + 10 sd plus the geometric tail's
+        # length. (scipy's nbinom.ppf can loop for minutes at alpha near 0.)
+        sd = np.sqrt(mu + a * mu**2)
+        with np.errstate(divide="ignore"):
+            bound = mu + 10.0 * sd + 28.0 / np.log1p(1.0 / np.maximum(a * mu, 1e-300)) + 20.0
+        kmax = float(bound.max()) if len(mu) else 0.0
+        if not np.isfinite(kmax) or kmax > KMAX:
+            return np.full((len(mu), 2), np.nan)
+        kmax = int(max(20.0, kmax))
         return stats.nbinom.pmf(np.arange(kmax + 1)[None, :], n, p[:, None])
 
     def to_dict(self) -> dict:

@@ -39,6 +39,25 @@ def test_predictive_law_has_the_nb2_mean_and_variance(count_trial):
     assert np.allclose((pmf * k**2).sum(1) - mu**2, mu + b.fit.alpha * mu**2, rtol=1e-6)
 
 
+def test_a_law_beyond_any_ms_count_is_not_estimable_and_returns_at_once(count_trial):
+    """A law extrapolated to a mean of millions of lesions gives NaN rows (flagged as not estimable
+    by the evaluation), not a (n, 44 million) array that takes minutes to build."""
+    import time
+
+    from forecast.evaluate import unusable_references
+    from mseval.stats.baseline_nb2 import KMAX
+
+    train, _, _ = count_trial(43)
+    b = fit_nb2_baseline(train, reference="placebo")
+    far = train.iloc[:5].assign(followup_years=1e5)  # a follow-up of 100,000 years: means of a million lesions
+    assert b.mean(far).max() > KMAX
+    t0 = time.perf_counter()
+    pmf = b.pmf(far)
+    assert time.perf_counter() - t0 < 5.0
+    assert np.isnan(pmf).all()
+    assert "nb2_baseline" in unusable_references({"nb2_baseline": pmf})
+
+
 def test_baseline_features_beat_the_arm_only_model(count_trial):
     """On a new trial the baseline's CRPS is below an arm-only NB2's (paired over patients, 3 SE)."""
     from scipy import stats
