@@ -68,7 +68,6 @@ def test_selection_runs_on_observed_outcomes_only(trained, tiny_cohort, tmp_path
         select_settings(ckpt, val, tmp_path / "t2", samples=1)
 
 
-@pytest.mark.xfail(strict=False, reason="XFAIL-WORLD: failing since the multi-visit world of issue 20 (power-figure ticks; forecast on a multi-visit cohort); open, see the closing note")
 def test_protocol_tunes_on_validation_and_reports_once_beside_the_references(trained, tiny_cohort, tmp_path):
     """Tune on a truthless validation cohort, report on a new simulated trial (allocated arm), NB2
     baseline fitted on the training cohort; the choice is recorded in the output and the checkpoint."""

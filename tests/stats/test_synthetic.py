@@ -3,7 +3,7 @@
 Over repeated oracle trials (every forecast sample a fresh draw from the true law), the reported
 SE must match the spread of the estimate across trials. Rubin's rules add the between-sample spread
 to it a second time (issue 9: 1.45x in the single-visit world, 150 of 150 covered; about 1.1x in the
-multi-visit world of issue 20, whose counts are larger); 100 trials estimate the
+multi-visit world of issue 20, whose counts are larger: larger on average, not in every trial); 100 trials estimate the
 empirical SD to about +-7% (1/sqrt(2 x 99)), so [0.8, 1.2] is a +-3 SE band around 1."""
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ def test_sandwich_se_matches_the_spread_across_trials(oracle_trials: pd.DataFram
     d = oracle_trials
     emp = np.log(d["forecast_rr"]).std(ddof=1)
     assert 0.8 < d["forecast_se"].mean() / emp < 1.2
-    assert (d["rubin_se"] > d["forecast_se"]).all()  # the double counting this module replaces
+    # The double counting this module replaces: Rubin's SE is larger on average (1.13x on these seeds,
+    # larger in 83 of 100 trials; not in every trial: in the multi-visit world the between-sample
+    # spread is small next to the counts' own), by more than 3 Monte Carlo SEs.
+    r = d["rubin_se"] / d["forecast_se"]
+    assert r.mean() - 3 * r.std(ddof=1) / np.sqrt(len(r)) > 1.0
     assert d["forecast_covers_law"].mean() >= 0.95 - 3 * MC
     assert d["cf_covers_law"].mean() >= 0.95 - 3 * MC
 
