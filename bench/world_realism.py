@@ -169,28 +169,36 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--skip-images", action="store_true")
+    ap.add_argument("--parts", default="images,realism,size,location",
+                    help="comma-separated parts to run; results merge into OUT/world.json")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    parts = set(a.parts.split(","))
     cfg = TrialConfig()
-    res: dict = {}
-    for name, c in (("default", cfg), ("image_knobs_off", replace(cfg, **OFF))):
-        r = images_matter(c, a.reps, 5000)
-        r.to_csv(a.out / f"images_matter_{name}.csv", index=False)
-        g = r.groupby("visit", sort=False).agg(crps_oracle=("crps_oracle", "mean"), crps_nb2=("crps_nb2", "mean"), diff=("diff", "mean"),
-                                               diff_se_trial=("diff_se", "mean"), rel_gain=("rel_gain", "mean"),
-                                               auc_oracle=("auc_oracle", "mean"), auc_nb2=("auc_nb2", "mean"))
-        g["auc_diff"] = g["auc_oracle"] - g["auc_nb2"]
-        res[name] = g.round(4).reset_index().to_dict("records")
-        print(name); print(g.round(3).to_string())
-    res["realism"] = realism_counts(cfg)
-    print(json.dumps(res["realism"], indent=1))
-    res["size"] = size(cfg)
-    print(json.dumps(res["size"], indent=1))
-    if not a.skip_images:
+    path = a.out / "world.json"
+    res: dict = json.loads(path.read_text()) if path.is_file() else {}
+    if "images" in parts:
+        for name, c in (("default", cfg), ("image_knobs_off", replace(cfg, **OFF)),
+                        ("image_knobs_off_no_response_spread", replace(cfg, **OFF, response_sd=0.0)),
+                        ("image_knobs_off_no_response_spread_poisson_t2", replace(cfg, **OFF, response_sd=0.0, t2_count_dispersion=0.0))):
+            r = images_matter(c, a.reps, 5000)
+            r.to_csv(a.out / f"images_matter_{name}.csv", index=False)
+            g = r.groupby("visit", sort=False).agg(crps_oracle=("crps_oracle", "mean"), crps_nb2=("crps_nb2", "mean"), diff=("diff", "mean"),
+                                                   diff_se_trial=("diff_se", "mean"), rel_gain=("rel_gain", "mean"),
+                                                   auc_oracle=("auc_oracle", "mean"), auc_nb2=("auc_nb2", "mean"))
+            g["auc_diff"] = g["auc_oracle"] - g["auc_nb2"]
+            res[name] = g.round(4).reset_index().to_dict("records")
+            print(name); print(g.round(3).to_string(), flush=True)
+    if "realism" in parts:
+        res["realism"] = realism_counts(cfg)
+        print(json.dumps(res["realism"], indent=1), flush=True)
+    if "size" in parts:
+        res["size"] = size(cfg)
+        print(json.dumps(res["size"], indent=1), flush=True)
+    if "location" in parts:
         res["location"] = location(a.out / "trial32", replace(cfg, patients_per_arm=40, shape=(32, 32, 32), seed=5200), a.workers)
-        print(json.dumps(res["location"], indent=1))
-    (a.out / "world.json").write_text(json.dumps(res, indent=1, default=float))
+        print(json.dumps(res["location"], indent=1), flush=True)
+    path.write_text(json.dumps(res, indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,11 @@ class TrialConfig:
     `dawm_strength`, `prelesion_fraction` (and its rendering contrast `prelesion_contrast`, in units
     of the image noise SD), `spatial_strength` (the patient's own lesion-prone regions, shared by
     baseline and new lesions), `dawm_preference` (new lesions favour DAWM), `site_gain_sd` /
-    `site_offset_sd` (scanner intensity differences between sites).
+    `site_offset_sd` (scanner intensity differences between sites), `field_3t_share` (share of sites
+    scanning at 3 T; the rest at 1.5 T) and `small_lesion_contrast_1p5t` (the fraction of its contrast
+    a lesion under `small_lesion_mm3` keeps on every sequence at 1.5 T; 1 switches it off: WORLD_FACTS
+    8, +15% T2 lesions seen at 3 T, mostly small ones). The scanner changes the images only: the
+    lesion masks are the reference-standard annotation, so observed counts stay the true ones.
 
     Dropout (default off): hazard `dropout_per_year` per year of follow-up, `dropout_arm_difference`
     added on the reference arm (patients on the weaker arm leave more), log hazard ratio `dropout_mar`
@@ -91,6 +95,9 @@ class TrialConfig:
     p_black_hole: float = 0.25
     site_gain_sd: float = 0.1
     site_offset_sd: float = 20.0
+    field_3t_share: float = 0.5
+    small_lesion_mm3: float = 30.0
+    small_lesion_contrast_1p5t: float = 0.6
     mtr: bool = False
     dropout_per_year: float = 0.0
     dropout_arm_difference: float = 0.0
@@ -172,6 +179,7 @@ def check_config(cfg: TrialConfig) -> None:
         "prelesion_contrast": (0.0, 10.0), "dawm_strength": (0.0, 3.0), "dawm_fraction": (0.0, 0.3), "dawm_sd": (0.0, 2.0),
         "dawm_preference": (0.0, 20.0), "spatial_strength": (0.0, 3.0), "spatial_smooth_mm": (1.0, 100.0),
         "p_black_hole": (0.0, 1.0), "site_gain_sd": (0.0, 0.5), "site_offset_sd": (0.0, 200.0),
+        "field_3t_share": (0.0, 1.0), "small_lesion_mm3": (0.0, 1000.0), "small_lesion_contrast_1p5t": (0.0, 1.0),
         "dropout_arm_difference": (0.0, 5.0), "dropout_mar": (-5.0, 5.0), "dropout_mnar": (-5.0, 5.0),
     }
     for name, (lo, hi) in ranges.items():
@@ -188,6 +196,25 @@ def check_config(cfg: TrialConfig) -> None:
     for a in cfg.arms:
         if not (a.rate_ratio > 0 and a.size_multiplier > 0 and a.black_hole_multiplier >= 0):
             raise ValueError(f"arm {a.arm!r}: rate_ratio and size_multiplier must be positive")
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """A site's scanner: image = gain x image + offset inside the head; field strength in tesla."""
+
+    gain: float
+    offset: float
+    field_strength_t: float
+
+
+def site_scanner(cfg: TrialConfig, site: str) -> Scanner:
+    """The scanner of `site` (deterministic in cfg.seed and the site's name)."""
+    from mseval.seeding import rng_for
+
+    rng = rng_for(cfg.seed, "site", site)
+    gain, offset = 1.0 + cfg.site_gain_sd * rng.standard_normal(), cfg.site_offset_sd * rng.standard_normal()
+    field = 3.0 if rng.random() < cfg.field_3t_share else 1.5
+    return Scanner(float(gain), float(offset), field)
 
 
 def patient_ids(n: int) -> list[str]:

@@ -129,6 +129,8 @@ def synthesize_mri(
     prelesion_contrast: float = 0.0,
     gain: float = 1.0,
     offset: float = 0.0,
+    faint_mask: np.ndarray | None = None,
+    faint_contrast: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Images (X,Y,Z) float32 for each of SEQUENCES, arbitrary units scaled to roughly 0..1000, zero outside the head.
     lesion_mask: T2 lesions (uint8), hyperintense on T2/FLAIR/PD, hypointense on T1; gd_mask: Gd-enhancing lesions, bright on t1gd only.
@@ -139,7 +141,9 @@ def synthesize_mri(
     dawm_mask: diffusely abnormal white matter (`DAWM_DELTA`); black_hole_mask: T1 black holes
     (`BLACK_HOLE_DELTA`); prelesion_mask: future lesion sites whose pre-lesional change has begun,
     changed by `prelesion_contrast` noise SDs (sign `PRELESION_SIGN`); gain, offset: the site's
-    scanner scaling, applied last (image = gain * image + offset inside the head).
+    scanner scaling, applied last (image = gain * image + offset inside the head); faint_mask: lesion
+    voxels that keep only `faint_contrast` of their contrast against the tissue beneath (small
+    lesions at 1.5 T) on every sequence.
     """
     shape = anatomy.labels.shape
     lesion = np.asarray(lesion_mask)
@@ -167,6 +171,7 @@ def synthesize_mri(
     tex *= np.float32(0.02 / max(float(tex.std()), 1e-6))
     tex += np.float32(1.0)
     shared_bias = _bias_field(shape, rng, _BIAS_AMPLITUDE)
+    faint = (np.asarray(faint_mask) > 0) & (les | enh) if faint_mask is not None and faint_contrast != 1.0 else None
     images: dict[str, np.ndarray] = {}
     extras = []
     if dawm_mask is not None:
@@ -181,6 +186,9 @@ def synthesize_mri(
             continue
         table = np.array([TISSUE_INTENSITY[seq][c] for c in _CLASSES], dtype=np.float32)
         img = table[cls_gd if seq == "t1gd" else cls_t2]
+        if faint is not None:
+            under = table[cls[faint]]
+            img[faint] = under + np.float32(faint_contrast) * (img[faint] - under)
         for delta, where in extras:
             if seq in delta:
                 img[where] += np.float32(delta[seq])

@@ -22,6 +22,7 @@ Cohort folder (the layout is documented in docs/cohort_format.md)::
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +40,7 @@ from mseval.simulate.anatomy import Anatomy, default_spacing, make_anatomy
 from mseval.simulate.arms import arms_frame
 from mseval.simulate.events import Events, draw_events
 from mseval.simulate.lesions import LesionField, periventricular_weights
-from mseval.simulate.model import (WEEKS_PER_YEAR, TrialConfig, arm_rate_ratios, draw_patients, truth_frame,
+from mseval.simulate.model import (WEEKS_PER_YEAR, TrialConfig, arm_rate_ratios, draw_patients, site_scanner, truth_frame,
                                    visit_truth_frame)
 from mseval.simulate.mri import SEQUENCES, mtr_map, synthesize_mri
 from mseval.simulate.spatial import centre_intensity, dawm_mask, patient_field
@@ -127,6 +128,14 @@ def _paint_ghost(intensity: np.ndarray, free: np.ndarray, rng: np.random.Generat
     return out & free
 
 
+def small_lesions(labels: np.ndarray, max_voxels: float) -> np.ndarray:
+    """bool (X, Y, Z): voxels of labelled lesions with fewer than `max_voxels` voxels."""
+    sizes = np.bincount(labels.ravel().astype(np.int64))
+    small = sizes < max_voxels
+    small[0] = False
+    return small[labels.astype(np.int64)]
+
+
 def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, float], folder: Path) -> PatientResult:
     """Draw one patient's lesions, visits and images, and write them under `folder`."""
     pid = row["patient_id"]
@@ -191,14 +200,18 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     counts = np.array([len(a) for a in added], dtype=np.int64)
     reasons = observed_visits(row, counts, cfg, rng)
     # images
-    site_rng = rng_for(cfg.seed, "site", row["site"])
-    gain, offset = 1.0 + cfg.site_gain_sd * site_rng.standard_normal(), cfg.site_offset_sd * site_rng.standard_normal()
+    scanner = site_scanner(cfg, row["site"])
+    gain, offset = scanner.gain, scanner.offset
+    faint = cfg.small_lesion_contrast_1p5t if scanner.field_strength_t < 3.0 else 1.0
+    voxel_mm3 = float(np.prod(spacing))
     folder.mkdir(parents=True, exist_ok=True)
     t2 = (baseline_labels > 0).astype(np.uint8)
     gd = np.isin(baseline_labels, list(gd_ids)).astype(np.uint8)
     bh0 = np.isin(baseline_labels, list(black))
     images = synthesize_mri(anat, t2, gd, rng, dawm_mask=dawm, black_hole_mask=bh0, prelesion_mask=pre,
-                            prelesion_contrast=cfg.prelesion_contrast, gain=gain, offset=offset)
+                            prelesion_contrast=cfg.prelesion_contrast, gain=gain, offset=offset,
+                            faint_mask=small_lesions(baseline_labels, cfg.small_lesion_mm3 / voxel_mm3) if faint < 1.0 else None,
+                            faint_contrast=faint)
     if cfg.mtr:
         images["mtr"] = mtr_map(anat, t2, pre if cfg.prelesion_fraction > 0 else None, rng)
     for name, img in images.items():
@@ -231,7 +244,8 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
         t2k = (labels > 0).astype(np.uint8)
         gdk = np.isin(labels, recent).astype(np.uint8)
         vis = synthesize_mri(anat, t2k, gdk, rng, sequences=VISIT_IMAGES, dawm_mask=dawm, black_hole_mask=np.isin(labels, holes),
-                             gain=gain, offset=offset)
+                             gain=gain, offset=offset, faint_mask=small_lesions(labels, cfg.small_lesion_mm3 / voxel_mm3) if faint < 1.0 else None,
+                             faint_contrast=faint)
         masks = {"t2_lesion_mask": t2k, "gd_lesion_mask": gdk, "net2_mask": np.isin(labels, since_prev).astype(np.uint8),
                  "net2_mask_cumulative": np.isin(labels, cumulative_ids).astype(np.uint8)}
         for name, img in vis.items():
@@ -325,6 +339,7 @@ def simulate_trial(
                 "generator": f"mseval {__version__}",
                 "config": cfg.to_dict(),
                 "spacing_mm": list(spacing),
+                "sites": {site: dataclasses.asdict(site_scanner(cfg, site)) for site in sorted(patients["site"].unique())},
                 "weeks_per_year": WEEKS_PER_YEAR,
                 "truth_files": {"truth": "truth.csv", "visits": "truth_visits.csv", "lesions": "truth_lesions.csv",
                                 "oracle_inputs": "oracle_inputs.csv", "tissues": TISSUES_FILE,

@@ -129,3 +129,38 @@ def test_image_knobs_at_zero_leave_no_pre_lesional_sites_and_uninformative_dawm(
 
     assert corr(on) > 0.15
     assert abs(corr(off)) < 4 / np.sqrt(len(off))
+
+
+def test_small_lesions_are_fainter_at_1p5_tesla_and_the_knob_at_one_switches_it_off() -> None:
+    """WORLD_FACTS 8: 3 T shows more (small) T2 lesions than 1.5 T. In the images, a lesion under
+    `small_lesion_mm3` keeps `small_lesion_contrast_1p5t` of its FLAIR contrast at a 1.5 T site;
+    large lesions and the masks are untouched; at 1.0 the images are bit-identical."""
+    from mseval.simulate.anatomy import make_anatomy
+    from mseval.simulate.model import site_scanner
+    from mseval.simulate.mri import synthesize_mri
+    from mseval.simulate.trial import small_lesions
+
+    anat = make_anatomy((32, 32, 32))
+    wm_mask = anat.wm_mask.astype(bool)
+    wm = np.argwhere(wm_mask)
+    labels = np.zeros(anat.labels.shape, np.int32)
+    c = wm[len(wm) // 2]
+    labels[tuple(c)] = 1  # one-voxel lesion: small
+    big = wm[len(wm) // 4]
+    labels[big[0] - 1:big[0] + 2, big[1] - 1:big[1] + 2, big[2] - 1:big[2] + 2] = 2  # 27 voxels: large at 5 voxels' cut
+    labels[~wm_mask] = 0
+    small = small_lesions(labels, 5.0)
+    assert small[tuple(c)] and not small[labels == 2].any()
+
+    def flair(contrast: float) -> np.ndarray:
+        return synthesize_mri(anat, (labels > 0).astype(np.uint8), np.zeros_like(labels, np.uint8), np.random.default_rng(0), noise=0.0,
+                              sequences=("flair",), faint_mask=small, faint_contrast=contrast)["flair"]
+
+    full, faint, off = flair(1.0), flair(0.5), flair(1.0)
+    assert faint[tuple(c)] < full[tuple(c)] - 50.0  # lesion 930 vs WM 400 a.u.: half the contrast is ~265 a.u. less, before smoothing
+    assert np.allclose(faint[labels == 2], full[labels == 2], atol=30.0)  # the large lesion's core barely moves (the faint voxel's blur only)
+    assert np.array_equal(full, off)
+    cfg = TrialConfig(n_sites=40, seed=3)
+    fields = [site_scanner(cfg, f"site-{k}").field_strength_t for k in range(1, 41)]
+    assert set(fields) == {1.5, 3.0} and fields == [site_scanner(cfg, f"site-{k}").field_strength_t for k in range(1, 41)]
+    assert all(site_scanner(replace(cfg, field_3t_share=1.0), f"site-{k}").field_strength_t == 3.0 for k in range(1, 41))
