@@ -5,6 +5,7 @@ and a single-visit cohort written before visits existed still validates and read
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -201,3 +202,21 @@ def test_single_visit_cohort_of_the_previous_version_validates_and_reads(tmp_pat
     assert res.code == 0, res.err
     res = cli("count", tmp_path / "fc", "--out", tmp_path / "cnt")
     assert res.code == 0 and (tmp_path / "cnt" / "counts.parquet").is_file(), res.err
+
+
+def test_cohort_format_doc_names_every_file_and_column(world: Path) -> None:
+    """docs/cohort_format.md names every file, every column the simulator writes and every column of the
+    cohort schemas, and every key of simulation.json, each in backticks."""
+    doc = (Path(__file__).parents[2] / "docs" / "cohort_format.md").read_text()
+    named = set(re.findall(r"`([^`\s]+)`", doc))
+    top = {p.name for p in world.iterdir()} - {"images"}
+    assert all(name in doc for name in top), top - {n for n in top if n in doc}
+    for table in sorted(world.glob("*.csv")):
+        cols = set(pd.read_csv(table, nrows=0).columns)
+        assert cols <= named, (table.name, sorted(cols - named))
+    for schema in ("manifest", "arms", "visits", "truth", "truth_visits", "truth_lesions", "oracle_inputs"):
+        assert f"schema `{schema}`" in doc and set(data_schemas.load(schema)["properties"]) <= named, schema
+    sim = json.loads((world / "simulation.json").read_text())
+    assert set(sim) | set(sim["latent"]["P001"]) | {"schedule"} <= named
+    images = {p.name.removesuffix(".nii.gz") for p in (world / "images" / "P001").rglob("*.nii.gz")}
+    assert images <= named, sorted(images - named)
