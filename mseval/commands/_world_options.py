@@ -118,8 +118,9 @@ def parse_sets(items: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, fl
 
 
 def _option_for(knob: str, schedule_option: str) -> str:
-    if knob in ("visits", "followup_weeks", "visit_window_weeks"):
-        return schedule_option if knob != "visit_window_weeks" else "--set visit_window_weeks"
+    """The option to name for a `check_config` message about `knob` (schedule messages start 'visits')."""
+    if knob in ("visits", "followup_weeks"):
+        return schedule_option
     return NAMED_KNOBS.get(knob) or _OWN_OPTIONS.get(knob) or f"--set {knob}"
 
 
