@@ -120,7 +120,7 @@ def test_bad_cohort_is_one_line_exit_2(case: str, cohort_copy: Path, cli, tmp_pa
 
 def test_good_cohort_validates(tiny_cohort: Path, cli) -> None:  # noqa: ANN001
     res = cli("validate", tiny_cohort)
-    assert res.code == 0 and "OK (12 patients, 6 arms, reference 'placebo', with truth)" in res.out
+    assert res.code == 0 and "OK (12 patients, 6 arms, reference 'placebo', with truth; follow-up visits w48; 0 of 12 missing)" in res.out
 
 
 def test_simulate_refuses_to_overwrite_and_checks_arguments(tiny_cohort: Path, cli, tmp_path: Path) -> None:  # noqa: ANN001

@@ -13,21 +13,53 @@ from mseval.commands._common import Wait, store_run
 from mseval.commands._progress import progress
 
 
+def _knob(text: str) -> object:
+    """The type of an optional world knob: None (not given) keeps TrialConfig's default, which `text` states."""
+    return Annotated[Optional[float], typer.Option(help=text, show_default=False)]
+
+
 def simulate(
     out: Annotated[Path, typer.Argument(help="Cohort folder to create.")],
     patients_per_arm: Annotated[int, typer.Option(help="Patients randomized to each arm.")] = 20,
     shape: Annotated[tuple[int, int, int], typer.Option(help="Volume shape X Y Z (voxels), 16..182 each.")] = (64, 76, 64),
     spacing: Annotated[Optional[tuple[float, float, float]], typer.Option(help="Voxel size X Y Z in mm (default: the 182x218x182 mm MNI field of view).")] = None,
-    followup_weeks: Annotated[float, typer.Option(help="Scheduled follow-up visit (weeks); visits vary by +/- 2 weeks.")] = 48.0,
+    visits: Annotated[Optional[str], typer.Option(help="Follow-up visit schedule, weeks after baseline, increasing, comma-separated "
+                      "(default 24,48,96); each visit varies by +/- 2 weeks per patient.", show_default=False)] = None,
+    followup_weeks: _knob("A single follow-up visit at this week (the single-visit trial of "
+                      "earlier versions); not together with --visits.") = None,
+    dropout_per_year: _knob("Dropout hazard per year of follow-up, in [0, 1) (default 0: "
+                      "nobody drops out); a dropout's later visits are absent rows.") = None,
+    dropout_mar: _knob("Log hazard ratio of dropout after an interval with observed NET2 "
+                      "activity (missing at random), -5..5 (default 0).") = None,
+    dropout_mnar: _knob("Log hazard ratio of dropout per unit log latent activity (missing "
+                      "not at random), -5..5 (default 0).") = None,
+    missed_visit: _knob("Probability that a scheduled visit is missed at random, in [0, 1) "
+                      "(default 0).") = None,
+    prelesion_fraction: _knob("Share of future lesions whose pre-lesional change is visible "
+                      "at baseline, 0..1 (default 0.15; 0 switches the channel off).") = None,
+    prelesion_contrast: _knob("Contrast of the pre-lesional change in PD/FLAIR/T1, in units of "
+                      "the image noise SD, 0..10 (default 0.5).") = None,
+    dawm_strength: _knob("Exponent tying the extent of diffusely abnormal white matter to the "
+                      "latent activity, 0..3 (default 0.5; 0: DAWM says nothing of it).") = None,
+    spatial_strength: _knob("Strength of the patient's own lesion-prone regions in the law of "
+                      "new lesion centres, 0..3 (default 1.2; 0: one law for everyone).") = None,
+    mtr: Annotated[Optional[bool], typer.Option("--mtr/--no-mtr", help="Also write a baseline magnetization transfer ratio map "
+                      "(mtr.nii.gz; default: no).", show_default=False)] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KNOB=VALUE", help="Any other TrialConfig knob (mseval/simulate/model.py "
+                      "documents each), e.g. --set base_rate=4 --set ocrelizumab.size_multiplier=0.7 (ARM.FIELD: "
+                      "rate_ratio, size_multiplier, black_hole_multiplier). Repeatable. The knobs above have "
+                      "their own options because most users set them; --set reaches the rest of the model "
+                      "without an option per parameter, checked against TrialConfig's fields and ranges.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives a byte-identical cohort.")] = 0,
     workers: Annotated[int, typer.Option(help="Processes (results do not depend on it).")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     wait: Wait = False,
 ) -> None:
-    """Simulate a six-arm RRMS trial with known truth (images, lesion masks, truth.csv)."""
+    """Simulate a six-arm RRMS trial with known truth: baseline and follow-up visits (images, lesion
+    masks, visits.csv), truth tables (docs/cohort_format.md)."""
+    from mseval.commands._world_options import build_config
     from mseval.io.cohort import read_cohort
     from mseval.io.lock import output_lock
-    from mseval.simulate.model import TrialConfig
     from mseval.simulate.summary import trial_summary
     from mseval.simulate.trial import simulate_trial
 
@@ -39,13 +71,15 @@ def simulate(
         raise InputError(None, f"--shape {shape}: each axis must be between 16 and 512 voxels", field="shape")
     if spacing is not None and not all(s > 0 for s in spacing):
         raise InputError(None, f"--spacing {spacing}: must be positive", field="spacing")
-    if followup_weeks <= 0:
-        raise InputError(None, "--followup-weeks must be positive", field="followup_weeks")
-    cfg = TrialConfig(patients_per_arm=patients_per_arm, shape=tuple(shape), spacing=spacing, seed=seed, followup_weeks=followup_weeks)
+    named = {"dropout_per_year": dropout_per_year, "dropout_mar": dropout_mar, "dropout_mnar": dropout_mnar, "missed_visit": missed_visit,
+             "prelesion_fraction": prelesion_fraction, "prelesion_contrast": prelesion_contrast, "dawm_strength": dawm_strength,
+             "spatial_strength": spatial_strength, "mtr": mtr}
+    cfg = build_config(patients_per_arm=patients_per_arm, shape=tuple(shape), spacing=spacing, seed=seed, visits=visits,
+                       followup_weeks=followup_weeks, named=named, sets=list(set_ or []))
     prog, update = progress("simulating patients")
     with output_lock(out, wait=wait), prog:
         simulate_trial(out, cfg, workers=workers, overwrite=overwrite, progress=update)
-    _print_summary(trial_summary(read_cohort(out)), f"Simulated trial in {out}")
+    _print_summary(trial_summary(read_cohort(out)), f"Simulated trial in {out} (visits: {', '.join(cfg.visit_labels)})")
 
 
 def _print_summary(df, title: str) -> None:  # noqa: ANN001
@@ -80,7 +114,7 @@ def simulate_forecasts_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store at OUT (instead of resuming it with the same settings).")] = False,
     wait: Wait = False,
     forecasters: Annotated[int, typer.Option(help="nb2-bootstrap: K forecasters, each an NB2 (arm + log1p(gd_count) + age) on a bootstrap "
-                                             "resample of the training patients (K = 1: fitted on them as they are); --samples per forecaster.")] = 1,
+                      "resample of the training patients (K = 1: fitted on them as they are); --samples per forecaster.")] = 1,
     train_cohort: Annotated[Optional[Path], typer.Option(help="nb2-bootstrap: the cohort whose observed NET2 counts train the forecasters.")] = None,
 ) -> None:
     """Write a forecast store drawn from the simulator's true (or a deliberately wrong) law, or from K

@@ -181,6 +181,8 @@ def check_config(cfg: TrialConfig) -> None:
         "p_black_hole": (0.0, 1.0), "site_gain_sd": (0.0, 0.5), "site_offset_sd": (0.0, 200.0),
         "field_3t_share": (0.0, 1.0), "small_lesion_mm3": (0.0, 1000.0), "small_lesion_contrast_1p5t": (0.0, 1.0),
         "dropout_arm_difference": (0.0, 5.0), "dropout_mar": (-5.0, 5.0), "dropout_mnar": (-5.0, 5.0),
+        "age_effect": (-3.0, 3.0), "modifier": (-1.0, 1.0), "baseline_lesions_per_sqrt_rate": (0.0, 100.0),
+        "new_radius_mm": (0.5, 20.0), "baseline_radius_mm": (0.5, 20.0), "visit_window_weeks": (0.0, 26.0), "n_sites": (1.0, 1000.0),
     }
     for name, (lo, hi) in ranges.items():
         v = float(getattr(cfg, name))
@@ -190,6 +192,8 @@ def check_config(cfg: TrialConfig) -> None:
         v = float(getattr(cfg, name))
         if not (np.isfinite(v) and 0.0 <= v < 1.0):
             raise ValueError(f"{name} = {v!r} must lie in [0, 1)")
+    if cfg.min_lesion_voxels is not None and int(cfg.min_lesion_voxels) < 1:
+        raise ValueError(f"min_lesion_voxels = {cfg.min_lesion_voxels!r} must be at least 1")
     lo, hi = cfg.prelesion_months
     if not 0.0 <= lo < hi <= 24.0:
         raise ValueError(f"prelesion_months {cfg.prelesion_months}: need 0 <= low < high <= 24")

@@ -9,8 +9,8 @@ from mseval.io.cohort import Cohort
 
 def trial_summary(cohort: Cohort) -> pd.DataFrame:
     """One row per arm (arms-table order): patients, mean age, % female, mean baseline Gd+ count,
-    mean true expected NET2 count over follow-up, mean observed NET2 count, % with >= 1 NET2
-    lesion, and the true rate ratio vs the reference (ratio of mean true annual rates over all
+    mean true expected NET2 count over follow-up, mean observed NET2 count and % with >= 1 NET2
+    lesion (both over the patients with an observed follow-up), and the true rate ratio vs the reference (ratio of mean true annual rates over all
     patients, i.e. the population-average counterfactual effect)."""
     m = cohort.manifest
     rows = []
@@ -30,11 +30,12 @@ def trial_summary(cohort: Cohort) -> pd.DataFrame:
             alloc = truth[(truth["arm"] == arm) & truth["allocated"].astype(bool)]
             everyone = truth[truth["arm"] == arm]
             ref_rates = truth[truth["arm"] == ref]["annual_rate"].mean()
+            observed = alloc["realized_count"].astype(float).dropna()  # patients without an observed follow-up left out
             row.update(
                 {
                     "true_expected_mean": alloc["expected_count"].mean(),
-                    "observed_mean": alloc["realized_count"].astype(float).mean(),
-                    "active_pct": 100.0 * (alloc["realized_count"].astype(float) > 0).mean(),
+                    "observed_mean": observed.mean(),
+                    "active_pct": 100.0 * (observed > 0).mean() if len(observed) else float("nan"),
                     "true_rate_ratio": everyone["annual_rate"].mean() / ref_rates,
                 }
             )

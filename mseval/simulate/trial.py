@@ -223,6 +223,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     save_volume(intensity.astype(np.float32), anat.affine, folder / "centre_intensity.nii.gz")
     visit_rows = [{"patient_id": pid, "visit": "baseline", "visit_index": 0, "scheduled_weeks": 0.0, "weeks": 0.0, "missing": "",
                    "previous_visit": "", **{n: f"images/{pid}/{n}.nii.gz" for n in (*SEQUENCES, "t2_lesion_mask", "gd_lesion_mask")},
+                   **({"mtr": f"images/{pid}/mtr.nii.gz"} if cfg.mtr else {}),
                    "net2_mask": "", "net2_mask_cumulative": ""}]
     realized: dict[tuple[str, str], int] = {}
     last_obs, last_labels, last_label = None, baseline_labels, "baseline"

@@ -125,9 +125,12 @@ def test_store_missing_patients_names_them(store, tmp_path):
     truth = pd.concat([truth, truth[truth["patient_id"] == man.iloc[0]["patient_id"]].assign(patient_id="P999")], ignore_index=True)
     man.to_csv(cohort / "manifest.csv", index=False)
     truth.to_csv(cohort / "truth.csv", index=False)
+    for name in ("visits.csv", "truth_visits.csv", "oracle_inputs.csv"):  # the patient is complete but for the store
+        t = pd.read_csv(cohort / name, dtype=str, keep_default_na=False)
+        pd.concat([t, t[t["patient_id"] == man.iloc[0]["patient_id"]].assign(patient_id="P999")]).to_csv(cohort / name, index=False)
     with pytest.raises(InputError, match="P999") as exc:
         build_report(cohort, trial["fc"], tmp_path / "rep", settings=FAST)
-    assert "\n" not in exc.value.message
+    assert "\n" not in exc.value.message and str(trial["fc"]) in exc.value.message, exc.value.message
     assert not (tmp_path / "rep").exists()
 
 
