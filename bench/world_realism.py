@@ -179,8 +179,9 @@ def main() -> None:
     res: dict = json.loads(path.read_text()) if path.is_file() else {}
     if "images" in parts:
         for name, c in (("default", cfg), ("image_knobs_off", replace(cfg, **OFF)),
-                        ("image_knobs_off_no_response_spread", replace(cfg, **OFF, response_sd=0.0)),
-                        ("image_knobs_off_no_response_spread_poisson_t2", replace(cfg, **OFF, response_sd=0.0, t2_count_dispersion=0.0))):
+                        ("image_knobs_off_no_effect_heterogeneity", replace(cfg, **OFF, response_sd=0.0, modifier=0.0)),
+                        ("image_knobs_off_no_effect_heterogeneity_poisson_t2",
+                         replace(cfg, **OFF, response_sd=0.0, modifier=0.0, t2_count_dispersion=0.0))):
             r = images_matter(c, a.reps, 5000)
             r.to_csv(a.out / f"images_matter_{name}.csv", index=False)
             g = r.groupby("visit", sort=False).agg(crps_oracle=("crps_oracle", "mean"), crps_nb2=("crps_nb2", "mean"), diff=("diff", "mean"),

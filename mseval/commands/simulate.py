@@ -79,10 +79,10 @@ def simulate(
     prog, update = progress("simulating patients")
     with output_lock(out, wait=wait), prog:
         simulate_trial(out, cfg, workers=workers, overwrite=overwrite, progress=update)
-    _print_summary(trial_summary(read_cohort(out)), f"Simulated trial in {out} (visits: {', '.join(cfg.visit_labels)})")
+    _print_summary(trial_summary(read_cohort(out)), "Simulated trial", f"{out}\nvisits: {', '.join(cfg.visit_labels)}")
 
 
-def _print_summary(df, title: str) -> None:  # noqa: ANN001
+def _print_summary(df, title: str, header: str = "") -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
@@ -100,6 +100,8 @@ def _print_summary(df, title: str) -> None:  # noqa: ANN001
     console = Console()
     if not console.is_terminal:
         console = Console(width=120)
+    if header:
+        console.print(header, soft_wrap=True)  # a long path is never cut
     console.print(table)
 
 
