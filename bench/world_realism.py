@@ -6,8 +6,9 @@ bench/RESULTS_world.md. Seeds 5000+ (never used to choose the knobs: those were 
 1. Images matter: observable oracle vs the count-feature NB2 baseline (fitted on a 2,400-patient
    training trial) on 240-patient test trials, fair CRPS and P(active) AUC at W24/W48/W96, paired SEs;
    the same with every image knob at 0.
-2. Location: log score per observed new lesion of the true centre intensity, the
-   periventricular+proximity prior and uniform white matter, and the own/other distance ratio
+2. Location: log score per new lesion (at its drawn centre voxel, `seed_*` in truth_lesions.csv) of
+   the true centre intensity, the periventricular+proximity prior and uniform white matter (both over
+   the white matter that baseline lesions leave free), and the own/other distance ratio of centroids
    (a 240-patient image trial at 32^3).
 3. Size: mean new-lesion volume with size multiplier 0.7 vs 1.0 (500+ lesions per arm, the
    simulator's own lesion placement at 96 x 114 x 96).
@@ -114,8 +115,8 @@ def location(folder: Path, cfg: TrialConfig, workers: int) -> dict:
         true = np.asarray(nib.load(folder / "images" / p / "centre_intensity.nii.gz").get_fdata(), dtype=float)
         t2 = nib.load(folder / "images" / p / "t2_lesion_mask.nii.gz").get_fdata()
         maps = {"true_intensity": true / true.sum(), "proximity_prior": proximity_prior(wm, vdist, t2, tuple(spacing)),
-                "uniform_wm": uniform_white_matter(wm)}
-        idx = np.rint(new[["centroid_x", "centroid_y", "centroid_z"]].to_numpy()).astype(int)
+                "uniform_wm": uniform_white_matter(wm & ~ndimage.binary_dilation(t2 > 0, structure=np.ones((3, 3, 3), bool)))}
+        idx = new[["seed_x", "seed_y", "seed_z"]].to_numpy().astype(int)  # the drawn centre voxels
         for name, m in maps.items():
             scores[name] += list(np.log(np.maximum(m[idx[:, 0], idx[:, 1], idx[:, 2]], 1e-12)))
         periv += list(vdist[idx[:, 0], idx[:, 1], idx[:, 2]] <= 15.0)

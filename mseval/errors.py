@@ -25,6 +25,10 @@ class InputError(Exception):
         self.field = field
         super().__init__(self.message)
 
+    def __reduce__(self) -> tuple:
+        """Picklable with its keywords, so an error raised in a worker process reaches the CLI intact."""
+        return (_rebuild, (type(self), self.file, self.problem, self.row, self.field))
+
     @property
     def message(self) -> str:
         where = []
@@ -35,6 +39,10 @@ class InputError(Exception):
         location = f" ({', '.join(where)})" if where else ""
         prefix = f"{self.file}{location}: " if self.file else (f"{', '.join(where)}: " if where else "")
         return f"{prefix}{self.problem}".replace("\n", " ")
+
+
+def _rebuild(cls: type, file: str | None, problem: str, row: int | None, field: str | None) -> InputError:
+    return cls(file, problem, row=row, field=field)
 
 
 def row_hint(file: str | Path | None, row: int) -> str:

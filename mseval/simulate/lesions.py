@@ -44,6 +44,8 @@ class LesionField:
     labels: np.ndarray = field(init=False)
     free: np.ndarray = field(init=False)
     boxes: dict[int, tuple[slice, slice, slice]] = field(init=False, default_factory=dict)
+    seeds: dict[int, tuple[int, int, int]] = field(init=False, default_factory=dict)
+    """lesion id -> the centre voxel drawn from `weights` by `place_new` (the point law of its site)."""
 
     def __post_init__(self) -> None:
         self.allowed = self.allowed.astype(bool)
@@ -60,6 +62,7 @@ class LesionField:
         new.allowed, new.weights, new.spacing = self.allowed, self.weights, self.spacing
         new._weights_flat = self._weights_flat
         new.labels, new.free, new.boxes = self.labels.copy(), self.free.copy(), dict(self.boxes)
+        new.seeds = dict(self.seeds)
         return new
 
     def mask(self, ids: list[int] | None = None) -> np.ndarray:
@@ -129,6 +132,7 @@ class LesionField:
                 continue
             lesion_id = self.next_id
             self._commit(lesion_id, box, lesion)
+            self.seeds[lesion_id] = (int(centre[0]), int(centre[1]), int(centre[2]))
             return lesion_id
         return None
 

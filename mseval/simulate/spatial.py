@@ -57,9 +57,11 @@ def centre_intensity(wm: np.ndarray, ventricle_distance_mm: np.ndarray, field: n
 def proximity_prior(wm: np.ndarray, ventricle_distance_mm: np.ndarray, lesion_mask: np.ndarray, spacing: tuple[float, float, float],
                     *, smooth_mm: float = 15.0, weight: float = 2.0) -> np.ndarray:
     """The simple reference a user would try: periventricular weights x (1 + weight x the patient's
-    smoothed baseline lesion load, scaled to mean 1 over WM), normalised over white matter."""
-    load = ndimage.gaussian_filter(np.asarray(lesion_mask, dtype=float), [smooth_mm / s / 2.0 for s in spacing], mode="constant")
-    sel = wm > 0
+    smoothed baseline lesion load, scaled to mean 1 over WM), normalised over the white matter that the
+    baseline lesions (dilated by one voxel) leave free: a new lesion is new tissue."""
+    lesions = np.asarray(lesion_mask) > 0
+    load = ndimage.gaussian_filter(lesions.astype(float), [smooth_mm / s / 2.0 for s in spacing], mode="constant")
+    sel = (wm > 0) & ~ndimage.binary_dilation(lesions, structure=np.ones((3, 3, 3), bool))
     if load[sel].mean() > 0:
         load = load / load[sel].mean()
     w = periventricular_weights(ventricle_distance_mm) * (1.0 + weight * load)

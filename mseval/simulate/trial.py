@@ -14,7 +14,8 @@ Cohort folder (the layout is documented in docs/cohort_format.md)::
     simulation.json                 the TrialConfig, the model, and where the truth files are
     images/<patient>/*.nii.gz       baseline t1, t2, flair, pd, t1gd (mtr when asked), brain_mask,
                                     t2_lesion_mask, gd_lesion_mask; truth: tissues, dawm_mask,
-                                    centre_intensity (the true lesion-centre density)
+                                    centre_intensity (the true density of a new lesion's centre
+                                    over the white matter that baseline lesions leave free)
     images/<patient>/ses-<visit>/   flair, t1, t1gd, t2_lesion_mask, gd_lesion_mask, net2_mask (vs the
                                     previous observed scan), net2_mask_cumulative (vs baseline)
 """
@@ -151,6 +152,10 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     gd_ids = set(base_ids[: int(row["gd_count"])])
     black = {lid for lid in base_ids if lid not in gd_ids and rng.random() < cfg.p_black_hole}
     baseline_labels = lf.labels.copy()
+    # The law of a new lesion's centre given the baseline: the intensity over the white matter that no
+    # baseline lesion (or its one-voxel margin) takes, the space `place_new` draws from.
+    free_intensity = np.where(lf.free, intensity, 0.0)
+    free_intensity /= max(float(free_intensity.sum()), 1e-300)
     base_voxels = {lid: lf.voxels(lid) for lid in base_ids}
     sched = [float(row[f"visit_{k + 1}_weeks"]) for k in range(len(cfg.schedule))]
     events: Events = draw_events(float(row["placebo_rate"]), sched[-1], cfg, rng)
@@ -220,7 +225,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
                   "tissues": anat.labels.astype(np.uint8), "dawm_mask": dawm.astype(np.uint8)}
     for name, m in base_masks.items():
         save_volume(m, anat.affine, folder / f"{name}.nii.gz")
-    save_volume(intensity.astype(np.float32), anat.affine, folder / "centre_intensity.nii.gz")
+    save_volume(free_intensity.astype(np.float32), anat.affine, folder / "centre_intensity.nii.gz")
     visit_rows = [{"patient_id": pid, "visit": "baseline", "visit_index": 0, "scheduled_weeks": 0.0, "weeks": 0.0, "missing": "",
                    "previous_visit": "", **{n: f"images/{pid}/{n}.nii.gz" for n in (*SEQUENCES, "t2_lesion_mask", "gd_lesion_mask")},
                    **({"mtr": f"images/{pid}/mtr.nii.gz"} if cfg.mtr else {}),
@@ -269,6 +274,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
             "baseline_voxels": base_voxels.get(lid, 0), "followup_voxels": lf.voxels(lid),
             "followup_volume_mm3": lf.voxels(lid) * voxel_mm3,
             "centroid_x": round(float(c[0]), 4), "centroid_y": round(float(c[1]), 4), "centroid_z": round(float(c[2]), 4),
+            **dict(zip(("seed_x", "seed_y", "seed_z"), lf.seeds.get(lid, (None, None, None)))),
         })
     total = None if last_obs is None else int(sum(counts[k] for k in range(len(sched)) if sched[k] <= last_obs))
     followup = last_obs if last_obs is not None else sched[0]

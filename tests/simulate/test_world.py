@@ -164,3 +164,20 @@ def test_small_lesions_are_fainter_at_1p5_tesla_and_the_knob_at_one_switches_it_
     fields = [site_scanner(cfg, f"site-{k}").field_strength_t for k in range(1, 41)]
     assert set(fields) == {1.5, 3.0} and fields == [site_scanner(cfg, f"site-{k}").field_strength_t for k in range(1, 41)]
     assert all(site_scanner(replace(cfg, field_3t_share=1.0), f"site-{k}").field_strength_t == 3.0 for k in range(1, 41))
+
+
+def test_no_room_for_lesions_is_one_clear_error_with_any_worker_count(tmp_path: Path) -> None:
+    """An error raised in a worker process reaches the caller as the same SimulationError (it pickles
+    with its keywords), not as a broken process pool; nothing is written."""
+    import pickle
+
+    from mseval.errors import SimulationError
+
+    e = SimulationError("f.csv", "no room", row=3, field="x")
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is SimulationError and back.message == e.message == "f.csv (row 3, field 'x'): no room"
+    cfg = TrialConfig(patients_per_arm=1, shape=(16, 16, 16), seed=2, base_rate=300.0)
+    for workers in (1, 2):
+        with pytest.raises(SimulationError, match="no room"):
+            simulate_trial(tmp_path / f"c{workers}", cfg, workers=workers)
+        assert not (tmp_path / f"c{workers}").exists()
