@@ -5,15 +5,16 @@ bench/RESULTS_world.md. Seeds 5000+ (never used to choose the knobs: those were 
 
 1. Images matter: observable oracle vs the count-feature NB2 baseline (fitted on a 2,400-patient
    training trial) on 240-patient test trials, fair CRPS and P(active) AUC at W24/W48/W96, paired SEs;
-   the same with every image knob at 0.
+   the same with every image knob at 0, and also without the treatment-effect heterogeneity (response
+   spread, age modifier) and with a Poisson T2 count: what the NB2's fixed formula cannot express.
 2. Location: log score per new lesion (at its drawn centre voxel, `seed_*` in truth_lesions.csv) of
    the true centre intensity, the periventricular+proximity prior and uniform white matter (both over
    the white matter that baseline lesions leave free), and the own/other distance ratio of centroids
-   (a 240-patient image trial at 32^3).
+   (a 240-patient trial at 48 x 57 x 48: at 32^3 the 5.7 mm voxels blur the field).
 3. Size: mean new-lesion volume with size multiplier 0.7 vs 1.0 (500+ lesions per arm, the
    simulator's own lesion placement at 96 x 114 x 96).
 4. Realism: NET2-free shares, Gd+ per scan, placebo NB2 dispersion, periventricular share, oracle AUC.
-5. Speed: the 240-patient, 3-visit trial at 32^3.
+5. Speed: the 240-patient, 3-visit trial at 32^3 and at 64 x 76 x 64 (--workers processes).
 """
 
 from __future__ import annotations
@@ -198,8 +199,18 @@ def main() -> None:
         res["size"] = size(cfg)
         print(json.dumps(res["size"], indent=1), flush=True)
     if "location" in parts:
-        res["location"] = location(a.out / "trial32", replace(cfg, patients_per_arm=40, shape=(32, 32, 32), seed=5200), a.workers)
+        res["location"] = location(a.out / "trial48", replace(cfg, patients_per_arm=40, shape=(48, 57, 48), seed=5200), a.workers)
         print(json.dumps(res["location"], indent=1), flush=True)
+    if "speed" in parts:
+        from mseval.simulate.trial import simulate_trial
+
+        res["speed"] = {}
+        for shape in ((32, 32, 32), (64, 76, 64)):
+            t0 = time.perf_counter()
+            simulate_trial(a.out / "speed", replace(cfg, patients_per_arm=40, shape=shape, seed=5300), workers=a.workers, overwrite=True)
+            res["speed"]["x".join(map(str, shape))] = {"patients": 240, "visits": len(cfg.schedule), "workers": a.workers,
+                                                       "seconds": round(time.perf_counter() - t0, 1)}
+            print(shape, res["speed"], flush=True)
     path.write_text(json.dumps(res, indent=1, default=float))
 
 

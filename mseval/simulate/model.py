@@ -90,7 +90,7 @@ class TrialConfig:
     dawm_fraction: float = 0.04
     dawm_sd: float = 0.6
     dawm_preference: float = 2.0
-    spatial_strength: float = 1.2
+    spatial_strength: float = 1.5
     spatial_smooth_mm: float = 15.0
     p_black_hole: float = 0.25
     site_gain_sd: float = 0.1
