@@ -35,6 +35,7 @@ from mseval.errors import InputError
 from reports import figures as F
 from reports import numbers as N
 from reports import projections as P
+from reports import settings_table as S
 from reports import tables as T
 from reports.style import arm_colors, arm_labels, figure_bytes
 
@@ -507,13 +508,15 @@ def build_report(
         # ---- settings and summary
         idx = store.index()
         samplers = sorted(set(idx["sampler"]))
+        store_prov = json.loads((forecasts_dir / "provenance.json").read_text()).get("checkpoints", {}) if (forecasts_dir / "provenance.json").is_file() else {}
         checkpoints = sorted(set(idx["checkpoint"].astype(str)))
         samples = sorted(set(int(s) for s in idx["samples"]))
         det_rule = (ev_summary.get("detection") or {}).get("rule") or {}
         ev_set = ev_summary.get("settings", {})
         ef_set = ef_summary.get("settings", {})
         settings_doc = {
-            "forecaster": {"checkpoint": checkpoints, "sampler": [json.loads(s) if s.startswith("{") else s for s in samplers], "samples_per_patient_and_arm": samples,
+            "forecaster": {"checkpoint": checkpoints, "sampler": [json.loads(s) if s.startswith("{") else s for s in samplers],
+                           "sampler_groups": S.sampler_groups(idx), "model_row": list(S.model_row(provenance, store_prov)), "samples_per_patient_and_arm": samples,
                            "sample_seeds": "derived from (seed, patient, arm, sample); listed per block in the store's index.parquet"},
             "lesions": {"connectivity": ev_set.get("connectivity", settings.connectivity), "min_volume_mm3": ev_set.get("min_volume_mm3", settings.min_volume_mm3),
                         "min_voxels": ev_set.get("min_voxels")},
@@ -693,15 +696,15 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
     formula = settings_doc["effects"].get("formula") or "net2 ~ arm"
     covs = T.formula_covariates(formula)
     has_truth = "true_ratio_of_means" in cp.columns and cp["true_ratio_of_means"].notna().any()
-    prim_cols = ["Arm", "Randomized, n", "Analysed, n", "NET2 lesions, n", "Patient-years", "Rate per patient-year (crude)",
-                 "Model rate per year" + (f", adjusted for {', '.join(covs)}" if covs else " (NB2, arm only: unadjusted)"),
+    prim_cols = ["Arm", "Randomized / analysed, n", "NET2 lesions / patient-years", "Rate per patient-year (crude)",
+                 "Model rate per year" + (f", adjusted for {', '.join(covs)}" if covs else " (NB2, arm only)"),
                  "Observed RR (95% CI)", "p", "p, Holm-adjusted"] + (["True RR"] if has_truth else [])
     cal = out_tables.get("counterfactual_calibrated")
     cal = cal.set_index("arm") if cal is not None and len(cal) else None
     prim_rows = []
     for r in cp.to_dict("records"):
         is_ref = r["arm"] == ref
-        row = [labels.get(r["arm"], r["arm"]), str(r["n_randomized"]), str(r["n_analysed"]), str(r["events"]), _num(r["patient_years"], 1),
+        row = [labels.get(r["arm"], r["arm"]), f"{r['n_randomized']} / {r['n_analysed']}", f"{r['events']} / {_num(r['patient_years'], 1)}",
                _num(r["rate_per_patient_year"]), _num(r["model_rate_per_year"])]
         if is_ref:
             row += ["1 (reference)", "", ""] + (["1 (reference)"] if has_truth else [])
@@ -855,34 +858,7 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                        f"({fm.get('failed_fits')} of the per-sample check fits failed); CI: {fm.get('pooling')}; "
                        "conditional on the forecaster (outcomes are synthetic draws, not missing data)"
                        if fm else "NB2 fitted per fully synthetic ensemble sample; CI conditional on the forecaster")
-    s = settings_doc
-    settings_rows = [
-        ("Forecast provenance", prov.get("sentence", "unknown")),
-        ("Forecaster (checkpoint)", ", ".join(s["forecaster"]["checkpoint"])
-         + "".join(f"; {c['checkpoint']} trained on {c['device']} ({c.get('world_size', 1)} process(es), {c.get('torch_threads')} torch threads)"
-                   for c in prov.get("checkpoints", []) if c.get("device"))),
-        ("Sampler", "; ".join(json.dumps(x, sort_keys=True) if isinstance(x, dict) else str(x) for x in s["forecaster"]["sampler"])),
-        ("Samples per patient and arm", ", ".join(str(x) for x in s["forecaster"]["samples_per_patient_and_arm"])),
-        ("Sample seeds", s["forecaster"]["sample_seeds"]),
-        *[(str(k), str(v)) for k, v in s.get("extra", [])],
-        ("Lesion definition", f"connected components, {s['lesions']['connectivity']}-connectivity, minimum volume {s['lesions']['min_volume_mm3']} mm³ "
-                              "(forecasts and observed masks alike)"),
-        ("Detection rule", f"preset: {s['detection']['preset']}; criterion {s['detection'].get('criterion')}, threshold {s['detection'].get('threshold')}, "
-                           f"matching {s['detection'].get('matching')}, {s['detection'].get('connectivity')}-connectivity, >= {s['detection'].get('min_volume_mm3')} mm³"),
-        ("Activity", f"active = >= {s['evaluation'].get('k')} NET2 lesion(s); operating points: P(active) >= 0.5 (fixed in advance) and "
-                     f"{s['evaluation'].get('operating_point')} (one threshold chosen on all patients, so optimistic; arm columns use that same threshold)"),
-        ("Calibration", f"{s['evaluation'].get('n_bins')} {s['evaluation'].get('bin_strategy')} bins for P(active); PIT {s['evaluation'].get('pit_kind')}, "
-                        f"{s['evaluation'].get('pit_bins')} bins; interval levels {s['evaluation'].get('levels')}; {s['evaluation'].get('n_boot')} bootstrap resamples; seed {s['evaluation'].get('seed')}"),
-        ("Count model", f"{s['observed_model'].get('model') or 'NB2'}; formula {s['effects'].get('formula')} "
-                        f"({'adjusted for ' + ', '.join(covs) if covs else 'no covariates'}); reference arm {labels.get(ref, ref)}; "
-                        f"dispersion alpha {_num(s['observed_model'].get('alpha'))}; SEs from the {s['effects'].get('cov')} information"),
-        ("Forecast-based estimates", forecast_method),
-        ("Estimability", "one rule for every number (mseval/stats/estimability.py): a ratio is shown when finite, inside [0.001, 1000] with a CI "
-                         "spanning at most a factor 1000; an additive estimate when its CI is at most 1000 wide; otherwise 'not estimable' and why"),
-        ("Power simulation", f"{s['effects'].get('power_sims')} simulated trials per arm, seed {s['effects'].get('seed')}"),
-        ("Computation", s.get("computation", "")),
-        ("Software", ", ".join(f"{k} {v}" for k, v in s["versions"].items())),
-    ]
+    settings_rows = S.settings_rows(settings_doc, prov, labels, ref, covs, forecast_method, summary["n_patients"], len(order))
     arms_rows = [[labels[a], a, str(arms_df.set_index("arm").loc[a, "efficacy"]) if "efficacy" in arms_df.columns else "",
                   "reference" if a == ref else "", str(next(x["n"] for x in summary["arms"] if x["arm"] == a)), colors[a]] for a in order]
     vt = summary.get("vs_truth") or {}
@@ -923,6 +899,7 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
     banner_class = {"held-out": "ok", "not trained": "ok", "validation": "warn"}.get(prov.get("status", "unknown"), "bad")
     return {
         "title": title, "summary": summary, "headline": headline, "abbreviations": ABBREVIATIONS, "settings_rows": settings_rows,
+        "settings_table": {"columns": ["Setting", "Value"], "rows": [list(r) for r in settings_rows]}, "settings_json": S.details_json(settings_doc),
         "provenance": {"status": prov.get("status", "unknown"), "sentence": prov.get("sentence", ""), "class": banner_class},
         "degenerate": load.get("sentence", ""),
         "arms_rows": arms_rows, "table1": table(t1), "table1_note": T.TABLE1_NOTE, "primary": {"columns": prim_cols, "rows": prim_rows},
@@ -973,9 +950,6 @@ def _render_md(ctx: dict[str, Any]) -> str:
     if ctx["degenerate"]:
         out += [f"> **{ctx['degenerate']}**", ""]
     out += [f"- {h}" for h in ctx["headline"]] + [""]
-    out += ["## Abbreviations", ""] + [f"- **{k}**: {v}" for k, v in ctx["abbreviations"].items()] + [""]
-    out += ["## Settings", "", _md_table({"columns": ["Setting", "Value"], "rows": ctx["settings_rows"]}), ""]
-    out += ["## Arms", "", _md_table({"columns": ["Arm", "Identifier", "Efficacy group", "Reference", "Patients", "Colour"], "rows": ctx["arms_rows"]}), ""]
 
     def fig(name: str) -> list[str]:
         if name not in figs:
@@ -983,12 +957,13 @@ def _render_md(ctx: dict[str, Any]) -> str:
         e = figs[name]
         return [f"![Figure {e['number']}](figures/{name}.png)", "", f"*Figure {e['number']}.* {e['caption']}", ""]
 
-    out += ["## Table 1. Baseline characteristics by arm", "", _md_table(ctx["table1"]), "", ctx["table1_note"], ""]
     out += ["## Primary endpoint: NET2 lesion rate ratios", "", _md_table(ctx["primary"]), "",
             "Randomized: patients allocated to the arm; analysed: those with an observed follow-up NET2 count. Rate per patient-year (crude): "
             "NET2 lesions / patient-years. Model rate per year: from the observed NB2 model ("
             + (f"adjusted for {', '.join(ctx['covariates'])}" if ctx["covariates"] else "arm only, not covariate-adjusted") + "). p: Wald test of the observed RR. "
             + ctx["multiplicity"], ""]
+    out += ["## Arms", "", _md_table({"columns": ["Arm", "Identifier", "Efficacy group", "Reference", "Patients", "Colour"], "rows": ctx["arms_rows"]}), ""]
+    out += ["## Table 1. Baseline characteristics by arm", "", _md_table(ctx["table1"]), "", ctx["table1_note"], ""]
     out += [f"## {ctx['projections_title']}", "", _md_table(ctx["projections"]), "", ctx["projections_note"], ""] + fig("forest_plot")
     out += ["### Estimands of the forecast-derived numbers", "", _md_table(ctx["estimands"]), ""]
     out += ["## Proportion free of NET2 lesions", "", _md_table(ctx["lesion_free"]), ""] + fig("lesion_free")
@@ -1007,6 +982,8 @@ def _render_md(ctx: dict[str, Any]) -> str:
             "The design rate ratio is the forecast ratio of means, an assumption (conditional on the forecaster)"
             + (f"; outcome law: {ctx['outcome_law']}." if ctx["outcome_law"] else "."), ""] + fig("power")
     out += ["## Example slices", ""] + fig("example_slices")
+    out += ["## Abbreviations", ""] + [f"- **{k}**: {v}" for k, v in ctx["abbreviations"].items()] + [""]
+    out += ["## Settings", "", _md_table(ctx["settings_table"]), "", "The full settings record is in summary.json (`settings`).", ""]
     if ctx["flags"]:
         out += ["## Flags", ""] + [f"- {f}" for f in ctx["flags"]] + [""]
     return "\n".join(out).rstrip() + "\n"

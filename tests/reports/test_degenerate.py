@@ -91,9 +91,9 @@ def test_degenerate_forecaster_and_in_sample_are_flagged(degenerate):
     n = int(degenerate.summary["forecast_load"]["samples"])
     assert f"hold 0 lesions in {n} samples" in md and "DEGENERATE FORECASTER" in html
     assert degenerate.summary["provenance"]["status"] == "in-sample"
-    assert "IN-SAMPLE" in md.split("## Abbreviations")[0] and 'class="banner bad"' in html
+    assert "IN-SAMPLE" in md.split("## Primary endpoint")[0] and 'class="banner bad"' in html
     assert "95% prediction intervals cover" not in md  # no coverage headline from 2 samples per patient
-    head, primary = next((head, rows) for head, rows in _md_tables(md) if head[:2] == ["Arm", "Randomized, n"])
+    head, primary = next((head, rows) for head, rows in _md_tables(md) if head[:2] == ["Arm", "Randomized / analysed, n"])
     assert not any("Forecast" in h or "Counterfactual" in h for h in head)  # observed effects only (issue 22)
     from reports import projections as P
 
