@@ -33,6 +33,7 @@ import pandas as pd
 from mseval import __version__
 from mseval.errors import InputError
 from reports import figures as F
+from reports import metric_cells as MC
 from reports import numbers as N
 from reports import projections as P
 from reports import settings_table as S
@@ -413,12 +414,13 @@ def build_report(
         figs.append(("reliability", F.reliability_diagram(t["reliability"], voxel_reliability=t["voxel_reliability"], ece=ece.get("value")),
                      "Reliability diagrams. Left: observed share of active patients against forecast P(active) in quantile bins (Wilson 95% CIs); "
                      "on the diagonal when calibrated. Right: the same for voxel probabilities inside the brain mask."))
-        figs.append(("pit_histogram", F.pit_histogram(t["pit_histogram"]),
-                     "Count calibration: histogram of the randomized PIT of each observed NET2 count under its forecast count distribution; "
-                     "flat when calibrated, U-shaped when the forecasts are too narrow, hump-shaped when too wide."))
-        figs.append(("coverage", F.coverage_plot(t["coverage"], arms_df),
-                     "Share of observed NET2 counts inside the forecast's central 50%, 80% and 95% prediction intervals (randomized PIT intervals, "
-                     "exact for count data), overall with 95% CIs and per allocated arm."))
+        if forecast_load["samples_per_patient"] >= MC.MIN_SAMPLES:  # below it the PIT has too few levels: withheld, said in the Calibration section
+            figs.append(("pit_histogram", F.pit_histogram(t["pit_histogram"]),
+                         "Count calibration: histogram of the randomized PIT of each observed NET2 count under its forecast count distribution; "
+                         "flat when calibrated, U-shaped when the forecasts are too narrow, hump-shaped when too wide."))
+            figs.append(("coverage", F.coverage_plot(t["coverage"], arms_df),
+                         "Share of observed NET2 counts inside the forecast's central 50%, 80% and 95% prediction intervals (randomized PIT intervals, "
+                         "exact for count data), overall with 95% CIs and per allocated arm."))
         figs.append(("count_scatter", F.count_scatter(t["patients"], arms_df),
                      "Forecast mean NET2 count (allocated arm; vertical lines: central 80% interval of the ensemble) against the observed count, per patient."))
         if t["detection"] is not None and len(t["detection"]):
@@ -647,13 +649,6 @@ def _num(x: Any, digits: int = 2) -> str:
     return N.num(x, digits)
 
 
-def _ci(v: Any, lo: Any, hi: Any, digits: int = 2) -> str:
-    """An additive estimate with its CI, by the shared rule ('not estimable (reason)' otherwise)."""
-    if _num(v, digits) == "NA":
-        return "NA"
-    return N.additive_text(v, lo, hi, digits=digits)
-
-
 def _youden_by_arm(activity: pd.DataFrame, patients: pd.DataFrame, metrics: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Arm columns of the Youden rows at the ONE threshold chosen on all patients (never re-optimised per arm)."""
     th = metrics[(metrics["group"].astype(str) == "all") & (metrics["metric"] == "sensitivity@youden")]
@@ -740,12 +735,14 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                     "" if a == ref or not ok_hr else T.p_text(r.get("hr_p_value", float("nan")))]
         rd = r.get("risk_difference", float("nan"))
         row += ["0 (reference)" if a == ref else (N.additive_text(100 * rd, 100 * r.get("rd_ci_low"), 100 * r.get("rd_ci_high"), digits=1)
-                                                  if _num(rd) != "NA" else "NA"),
+                                                  if N.is_number(rd) else N.NOT_ESTIMABLE),
                 "1 (reference)" if a == ref else N.ratio_text(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high"), **flags),
                 "" if a == ref or not ok_or else T.p_text(r.get("p_value", float("nan")))]
         lf_rows.append(row)
     groups = ["all", *order]
     glabels = {"all": "All patients", **labels}
+    n_arm = {a["arm"]: int(a["n"]) for a in summary["arms"]}
+    spp = int(load.get("samples_per_patient") or 0) or None
 
     def metric_rows(df: pd.DataFrame, digits: int = 2) -> dict[str, Any]:
         cols = ["Metric"] + [glabels[g] for g in groups if g in df.columns]
@@ -754,14 +751,14 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
             row = [METRIC_NAMES.get(r["metric"], r["metric"])]
             for g in groups:
                 if g in df.columns:
-                    row.append(_ci(r.get(g), r.get(f"{g}_ci_low"), r.get(f"{g}_ci_high"), digits) if g == "all" else
-                               (N.additive_text(r.get(g), digits=digits) if _num(r.get(g)) != "NA" else "NA"))
+                    ci = (r.get(f"{g}_ci_low"), r.get(f"{g}_ci_high")) if g == "all" else (None, None)
+                    row.append(MC.metric_cell(r["metric"], r.get(g), *ci, digits=digits, n_patients=n_arm.get(g), samples=spp, per_arm=g != "all"))
             rows.append(row)
         return {"columns": cols, "rows": rows}
 
     det = out_tables["detection"]
     det_rows = {"columns": ["Metric", "Value (95% CI)", "n", "Note"],
-                "rows": [[METRIC_NAMES.get(r["metric"], r["metric"]), _ci(r["value"], r["ci_low"], r["ci_high"], 3), _num(r["n"], 0), str(r["note"]) if pd.notna(r["note"]) else ""]
+                "rows": [[METRIC_NAMES.get(r["metric"], r["metric"]), MC.metric_cell(r["metric"], r["value"], r["ci_low"], r["ci_high"], digits=3), _num(r["n"], 0), str(r["note"]) if pd.notna(r["note"]) else ""]
                          for r in det.to_dict("records")]}
     cfa = out_tables["counterfactual_average"]
     cf_rows = {"columns": ["Arm", "Mean difference vs reference, lesions (95% CI)", "Ratio of means (95% CI)", "10th / 50th / 90th percentile of patient differences"],
@@ -801,11 +798,11 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
 
     def qini_text(arm: str) -> str:
         if arm not in qa.index:
-            return "NA"
+            return N.NOT_COMPUTED
         q = qa.loc[arm]
         if N.flagged(q.get("estimable", True)):
             return N.ne_text(q.get("note") if isinstance(q.get("note"), str) else "")
-        return N.additive_text(q["qini_coefficient"], reasons=fc_reasons) if _num(q["qini_coefficient"]) != "NA" else "NA"
+        return N.ne_text(fc_reasons[0]) if fc_reasons else MC.qini_cell(q["qini_coefficient"])
 
     pg = out_tables["prognostic"]
     has_pg_ci = {"saving_ci_low_pct", "saving_ci_high_pct"} <= set(pg.columns)
@@ -813,12 +810,12 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
 
     def pct_ci(est: Any, lo: Any = None, hi: Any = None) -> str:
         """A percentage with its CI by the shared additive rule: '37% (-124% to 47%)' or 'not estimable (reason)'."""
-        if _num(est) == "NA":
-            return "NA"
+        if not N.is_number(est):
+            return N.NOT_ESTIMABLE
         ok, why = N.additive_ok(est, lo, hi, reasons=fc_reasons)
         if not ok:
             return N.ne_text(why)
-        return f"{_num(est, 0)}%" + (f" ({_num(lo, 0)}% to {_num(hi, 0)}%)" if _num(lo) != "NA" and _num(hi) != "NA" else "")
+        return f"{_num(est, 0)}%" + (f" ({_num(lo, 0)}% to {_num(hi, 0)}%)" if N.is_number(lo) and N.is_number(hi) else "")
 
     pg_rows = {"columns": ["Arm", "RR unadjusted", "RR adjusted (95% CI)", "SE reduction", "Sample-size saving (95% CI)"]
                           + (["PROCOVA correlation (95% CI)", "PROCOVA saving (95% CI)"] if has_procova else [])
@@ -828,7 +825,7 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                          f"{_num(r['se_reduction_pct'], 0)}%",
                          pct_ci(r["sample_size_saving_pct"], r["saving_ci_low_pct"], r["saving_ci_high_pct"]) if has_pg_ci else pct_ci(r["sample_size_saving_pct"])]
                         + ([N.additive_text(r["procova_correlation"], r.get("procova_correlation_ci_low"), r.get("procova_correlation_ci_high"), reasons=fc_reasons)
-                            if _num(r["procova_correlation"]) != "NA" else "NA",
+                            if N.is_number(r["procova_correlation"]) else N.NOT_ESTIMABLE,
                             pct_ci(r["procova_saving_pct"], r.get("procova_saving_ci_low_pct"), r.get("procova_saving_ci_high_pct"))] if has_procova else [])
                         + [qini_text(r["arm"])] for r in pg.to_dict("records")]}
     pa = out_tables["power_analytic"]
@@ -838,12 +835,16 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
 
     def sim(arm: str, adjusted: bool) -> str:
         d = ps[(ps["arm"] == arm) & (ps["adjusted"].astype(str).str.lower().isin(["true", "1"]) == adjusted)]
-        return f"{_num(d.iloc[0]['power'])} (n={int(d.iloc[0]['n_per_arm'])})" if len(d) else "NA"
+        if not len(d):
+            return N.NOT_COMPUTED
+        r = d.iloc[0]
+        mc = f", Monte Carlo SE {_num(r['mc_se'])}" if "mc_se" in d.columns and N.is_number(r["mc_se"]) else ""
+        return f"{_num(r['power'])} (n = {int(r['n_per_arm'])}{mc})"
 
     pw_rows = {"columns": ["Arm", "Rate per year assumed, reference / arm", "Design rate ratio (forecast ratio of means, an assumption)",
-                           "Patients per arm for 80% / 90% power", "Simulated power, unadjusted", "Simulated power, adjusted"],
+                           "Patients per arm for 80% / 90% power", "Simulated power, unadjusted (Monte Carlo SE)", "Simulated power, adjusted (Monte Carlo SE)"],
                "rows": [[labels.get(r["arm"], r["arm"]), f"{_num(r['rate_reference'])} / {_num(r['rate_arm'])}", N.ratio_text(r[rr_col], reasons=fc_reasons),
-                         f"{_num(r['n_per_arm_80'], 0)} / {_num(r['n_per_arm_90'], 0)}" if pd.notna(r["n_per_arm_80"]) else (r.get("note") or "NA"),
+                         f"{_num(r['n_per_arm_80'], 0)} / {_num(r['n_per_arm_90'], 0)}" if pd.notna(r["n_per_arm_80"]) else (r.get("note") or N.NOT_ESTIMABLE),
                          sim(r["arm"], False), sim(r["arm"], True)] for r in pa.to_dict("records")]}
 
     # ---- estimands: one sentence per forecast-derived quantity (effects.json `estimands`)
@@ -888,7 +889,9 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
     e = summary["calibration"].get("ece")
     c95 = summary["calibration"].get("coverage_randomized_95")
     spp = int(load.get("samples_per_patient") or 0)
-    if e and not load.get("degenerate") and N.additive_ok(e["value"])[0]:
+    if e and not load.get("degenerate") and spp < MC.MIN_SAMPLES:
+        headline.append(f"Calibration not headlined: {spp} samples per patient, fewer than the {MC.MIN_SAMPLES} its Monte Carlo error needs.")
+    elif e and not load.get("degenerate") and N.additive_ok(e["value"])[0]:
         cov_txt = (f"; 95% prediction intervals cover {_num(100 * c95['value'], 0)}% of observed counts" if c95 and spp >= MIN_SAMPLES_FOR_COVERAGE_HEADLINE
                    else f"; interval coverage not headlined: {spp} samples per patient give a PIT with only {spp + 1} levels"
                    if spp < MIN_SAMPLES_FOR_COVERAGE_HEADLINE else "")
@@ -911,7 +914,7 @@ def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame
                         + (["HR of any NET2 lesion vs reference (95% CI; follow-up respected)", "p (HR)"] if has_hr else [])
                         + ["Risk difference vs reference, percentage points (95% CI, Newcombe)", "OR of lesion-free vs reference (95% CI)", "p (OR)"],
                         "rows": lf_rows},
-        "activity": metric_rows(out_tables["activity"]), "calibration": metric_rows(out_tables["calibration"], 3), "detection": det_rows,
+        "activity": metric_rows(out_tables["activity"]), "calibration": MC.drop_withheld_columns(metric_rows(out_tables["calibration"], 3), samples=spp), "detection": det_rows,
         "counterfactual": cf_rows, "responders": rsp_rows, "prognostic": pg_rows, "power": pw_rows,
         "heterogeneity": het_rows, "estimands": {"columns": ["Quantity", "Estimand", "Conditional on", "CI method"], "rows": estimand_rows},
         "min_per_arm": min_per_arm, "qini_normalisation": qini_norm, "outcome_law": outcome_law,
@@ -968,7 +971,7 @@ def _render_md(ctx: dict[str, Any]) -> str:
     out += ["### Estimands of the forecast-derived numbers", "", _md_table(ctx["estimands"]), ""]
     out += ["## Proportion free of NET2 lesions", "", _md_table(ctx["lesion_free"]), ""] + fig("lesion_free")
     out += ["## Activity classification", "", _md_table(ctx["activity"]), "", "All patients: value (95% CI); arms: value among patients randomized to the arm.", ""] + fig("activity_roc")
-    out += ["## Calibration", "", _md_table(ctx["calibration"]), ""] + fig("reliability") + fig("pit_histogram") + fig("coverage") + fig("count_scatter")
+    out += ["## Calibration", "", _md_table(ctx["calibration"]), ""] + ([ctx["calibration"]["withheld"], ""] if ctx["calibration"]["withheld"] else []) + fig("reliability") + fig("pit_histogram") + fig("coverage") + fig("count_scatter")
     out += ["## Detection against the observed NET2 masks", "", _md_table(ctx["detection"]), ""] + fig("detection")
     out += ["## Counterfactual effects", "", _md_table(ctx["counterfactual"]), ""] + fig("effect_distribution")
     if ctx["heterogeneity"]:

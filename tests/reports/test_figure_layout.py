@@ -61,7 +61,7 @@ def saved_figures(tmp_path_factory: pytest.TempPathFactory, ) -> dict:
 
     root = tmp_path_factory.mktemp("layout")
     simulate_trial(root / "cohort", TrialConfig(patients_per_arm=3, shape=(32, 38, 32), seed=8, followup_weeks=48))
-    simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=3, seed=3))
+    simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=10, seed=3))  # 10: every figure drawn (PIT, coverage need 10)
     seen: dict[int, object] = {}
     original = builder.figure_bytes
 
