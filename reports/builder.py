@@ -249,6 +249,12 @@ def _responders_one_truth(rsp: pd.DataFrame, primary: pd.DataFrame) -> pd.DataFr
     return out
 
 
+def _power_law(power_analytic: pd.DataFrame) -> str:
+    """The outcome law the power simulations drew trials from, as `mseval effects` recorded it."""
+    col = power_analytic.get("outcome_law")
+    return str(col.dropna().iloc[0]) if col is not None and col.notna().any() else "observed NB2 fit"
+
+
 def _footnote(notes: list[str]) -> str:
     return (" Not shown, not estimable by the shared rule (mseval/stats/estimability.py): " + "; ".join(notes) + ".") if notes else ""
 
@@ -447,8 +453,9 @@ def build_report(
                      "reduction of the SE of the log rate ratio and the implied sample-size saving (right)." + _footnote(pg_notes)))
         figs.append(("power", F.power_plot(t["power_analytic"], arms_df, power_simulated=t["power_simulated"]),
                      "Power of a two-arm NB2 comparison with the reference at the two-sided 5% level by patients per arm: analytic curves "
-                     "(rates and dispersion estimated from the data) and trials simulated from the forecasts (open: unadjusted; filled: prognostic-adjusted; "
-                     "bars: Monte Carlo 95% range)."))
+                     "(rates and dispersion estimated from the data) and simulated trials (open: unadjusted; filled: prognostic-adjusted; "
+                     f"bars: Monte Carlo 95% range). Trials are drawn from the {_power_law(t['power_analytic'])}, never from the forecasts; "
+                     "the forecasts give only the assumed design rate ratio (their ratio of means) and the prognostic score."))
         ex = _example_slice(cohort, store, t["primary_endpoint"], ref)
         if ex:
             figs.append(("example_slices", F.example_slices(ex["flair"], ex["observed"], ex["probabilities"], arms_df, spacing=ex["spacing"],

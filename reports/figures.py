@@ -547,8 +547,9 @@ def prognostic_plot(prognostic: pd.DataFrame, arms: ArmsLike, *, title: str | No
 def power_plot(power_analytic: pd.DataFrame, arms: ArmsLike, *, power_simulated: pd.DataFrame | None = None,
                max_n: int | None = None, title: str | None = None) -> Figure:
     """Power of a two-arm trial (arm vs reference, two-sided 5% level) against patients per arm:
-    analytic NB2 curves (lines) and forecast-simulated trials (points: open unadjusted, filled
-    adjusted for the prognostic forecast; bars: Monte Carlo 95% range).
+    analytic NB2 curves (lines) and simulated trials (points: open unadjusted, filled adjusted for
+    the prognostic forecast; bars: Monte Carlo 95% range), drawn from the observed-data NB2 fit
+    with the forecast ratio of means as the assumed rate ratio (never from the forecasts).
 
     power_analytic: `power_analytic.csv` (arm, rate_reference, rate_arm, dispersion, years,
     n_per_arm_80, n_per_arm_90). power_simulated: `power_simulated.csv` (arm, n_per_arm,
