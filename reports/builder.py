@@ -33,35 +33,15 @@ import pandas as pd
 from mseval import __version__
 from mseval.errors import InputError
 from reports import figures as F
+from reports import metric_cells as MC
 from reports import numbers as N
 from reports import projections as P
+from reports import settings_table as S
 from reports import tables as T
+from reports.context import build_context
+from reports.render import render_html, render_md
 from reports.style import arm_colors, arm_labels, figure_bytes
 
-ABBREVIATIONS = {
-    "NET2": "new or enlarging T2-hyperintense lesion(s) at follow-up vs baseline",
-    "RR": "rate ratio (NET2 lesion rate in an arm divided by the rate in the reference arm)",
-    "NB2": "negative binomial regression, quadratic variance (var = mu + alpha mu^2), offset log(follow-up years)",
-    "CI": "confidence interval (95% unless stated)",
-    "OR": "odds ratio",
-    "SD": "standard deviation",
-    "IQR": "interquartile range (25th-75th percentile)",
-    "EDSS": "Expanded Disability Status Scale (0-10)",
-    "Gd+": "gadolinium-enhancing (lesions on T1-weighted MRI after contrast)",
-    "FLAIR": "fluid-attenuated inversion recovery MRI",
-    "P(active)": "forecast probability of >= 1 NET2 lesion: share of ensemble samples with at least one lesion",
-    "ROC": "receiver operating characteristic curve",
-    "AUC": "area under the ROC curve",
-    "PPV / NPV": "positive / negative predictive value",
-    "ECE": "expected calibration error (mean |forecast - observed| over probability bins, weighted by patients)",
-    "PIT": "probability integral transform: where the observed count falls in its forecast distribution (uniform when calibrated)",
-    "CRPS": "continuous ranked probability score (lower is better; fair ensemble version)",
-    "MAE": "mean absolute error",
-    "Dice": "Sørensen-Dice overlap of forecast and observed NET2 voxels",
-    "F1": "harmonic mean of lesion-wise precision and recall",
-    "Qini": "uplift curve: lesions avoided when treating patients in order of forecast benefit",
-    "SE": "standard error",
-}
 
 
 CSS_PX_PER_INCH = 125  # figures shown at 125 CSS px per inch: 6.5 in -> 812 px (sharp: the PNG has html_dpi pixels per inch)
@@ -180,9 +160,6 @@ DEGENERATE_SHARE = 0.1
 lesions per patient (or none at all): its forecast-based results then describe a model that
 predicts (almost) no lesions, whatever the numbers look like."""
 
-MIN_SAMPLES_FOR_COVERAGE_HEADLINE = 20
-"""With S samples per patient the randomized PIT has S + 1 levels and its interval coverage sits
-near nominal whatever the forecast; coverage is headlined only from this many samples on."""
 
 
 def _observed(patients: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -245,6 +222,12 @@ def _responders_one_truth(rsp: pd.DataFrame, primary: pd.DataFrame) -> pd.DataFr
                                                                                    p.at[a, "observed_ci_high"], p.at[a, "observed_p_value"]]
             out.at[i, "note"] = "primary estimate (one NB2 model over all arms)"
     return out
+
+
+def _power_law(power_analytic: pd.DataFrame) -> str:
+    """The outcome law the power simulations drew trials from, as `mseval effects` recorded it."""
+    col = power_analytic.get("outcome_law")
+    return str(col.dropna().iloc[0]) if col is not None and col.notna().any() else "observed NB2 fit"
 
 
 def _footnote(notes: list[str]) -> str:
@@ -412,12 +395,13 @@ def build_report(
         figs.append(("reliability", F.reliability_diagram(t["reliability"], voxel_reliability=t["voxel_reliability"], ece=ece.get("value")),
                      "Reliability diagrams. Left: observed share of active patients against forecast P(active) in quantile bins (Wilson 95% CIs); "
                      "on the diagonal when calibrated. Right: the same for voxel probabilities inside the brain mask."))
-        figs.append(("pit_histogram", F.pit_histogram(t["pit_histogram"]),
-                     "Count calibration: histogram of the randomized PIT of each observed NET2 count under its forecast count distribution; "
-                     "flat when calibrated, U-shaped when the forecasts are too narrow, hump-shaped when too wide."))
-        figs.append(("coverage", F.coverage_plot(t["coverage"], arms_df),
-                     "Share of observed NET2 counts inside the forecast's central 50%, 80% and 95% prediction intervals (randomized PIT intervals, "
-                     "exact for count data), overall with 95% CIs and per allocated arm."))
+        if forecast_load["samples_per_patient"] >= MC.MIN_SAMPLES:  # below it the PIT has too few levels: withheld, said in the Calibration section
+            figs.append(("pit_histogram", F.pit_histogram(t["pit_histogram"]),
+                         "Count calibration: histogram of the randomized PIT of each observed NET2 count under its forecast count distribution; "
+                         "flat when calibrated, U-shaped when the forecasts are too narrow, hump-shaped when too wide."))
+            figs.append(("coverage", F.coverage_plot(t["coverage"], arms_df),
+                         "Share of observed NET2 counts inside the forecast's central 50%, 80% and 95% prediction intervals (randomized PIT intervals, "
+                         "exact for count data), overall with 95% CIs and per allocated arm."))
         figs.append(("count_scatter", F.count_scatter(t["patients"], arms_df),
                      "Forecast mean NET2 count (allocated arm; vertical lines: central 80% interval of the ensemble) against the observed count, per patient."))
         if t["detection"] is not None and len(t["detection"]):
@@ -444,8 +428,9 @@ def build_report(
                      "reduction of the SE of the log rate ratio and the implied sample-size saving (right)." + _footnote(pg_notes)))
         figs.append(("power", F.power_plot(t["power_analytic"], arms_df, power_simulated=t["power_simulated"]),
                      "Power of a two-arm NB2 comparison with the reference at the two-sided 5% level by patients per arm: analytic curves "
-                     "(rates and dispersion estimated from the data) and trials simulated from the forecasts (open: unadjusted; filled: prognostic-adjusted; "
-                     "bars: Monte Carlo 95% range)."))
+                     "(rates and dispersion estimated from the data) and simulated trials (open: unadjusted; filled: prognostic-adjusted; "
+                     f"bars: Monte Carlo 95% range). Trials are drawn from the {_power_law(t['power_analytic'])}, never from the forecasts; "
+                     "the forecasts give only the assumed design rate ratio (their ratio of means) and the prognostic score."))
         ex = _example_slice(cohort, store, t["primary_endpoint"], ref)
         if ex:
             figs.append(("example_slices", F.example_slices(ex["flair"], ex["observed"], ex["probabilities"], arms_df, spacing=ex["spacing"],
@@ -507,13 +492,15 @@ def build_report(
         # ---- settings and summary
         idx = store.index()
         samplers = sorted(set(idx["sampler"]))
+        store_prov = json.loads((forecasts_dir / "provenance.json").read_text()).get("checkpoints", {}) if (forecasts_dir / "provenance.json").is_file() else {}
         checkpoints = sorted(set(idx["checkpoint"].astype(str)))
         samples = sorted(set(int(s) for s in idx["samples"]))
         det_rule = (ev_summary.get("detection") or {}).get("rule") or {}
         ev_set = ev_summary.get("settings", {})
         ef_set = ef_summary.get("settings", {})
         settings_doc = {
-            "forecaster": {"checkpoint": checkpoints, "sampler": [json.loads(s) if s.startswith("{") else s for s in samplers], "samples_per_patient_and_arm": samples,
+            "forecaster": {"checkpoint": checkpoints, "sampler": [json.loads(s) if s.startswith("{") else s for s in samplers],
+                           "sampler_groups": S.sampler_groups(idx), "model_row": list(S.model_row(provenance, store_prov)), "samples_per_patient_and_arm": samples,
                            "sample_seeds": "derived from (seed, patient, arm, sample); listed per block in the store's index.parquet"},
             "lesions": {"connectivity": ev_set.get("connectivity", settings.connectivity), "min_volume_mm3": ev_set.get("min_volume_mm3", settings.min_volume_mm3),
                         "min_voxels": ev_set.get("min_voxels")},
@@ -564,9 +551,9 @@ def build_report(
 
         # ---- HTML and Markdown
         say("writing report.html and report.md")
-        ctx = _context(title, summary, settings_doc, table1, t, out_tables, fig_entries, arms_df, ref, ev_summary, ex, observed)
-        write_bytes_atomic(_render_html(ctx).encode("utf-8"), tmp / "report.html")
-        write_bytes_atomic(_render_md(ctx).encode("utf-8"), tmp / "report.md")
+        ctx = build_context(title, summary, settings_doc, table1, t, out_tables, fig_entries, arms_df, ref, ev_summary, ex, observed)
+        write_bytes_atomic(render_html(ctx).encode("utf-8"), tmp / "report.html")
+        write_bytes_atomic(render_md(ctx).encode("utf-8"), tmp / "report.md")
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         for p in [tmp, *tmp.rglob("*")]:  # temporary files are private (0600); a report is for sharing
             p.chmod(0o755 if p.is_dir() else 0o644)
@@ -592,65 +579,6 @@ def _metric_table(m: pd.DataFrame, names: list[str], groups: list[str]) -> pd.Da
     return pd.DataFrame(rows)
 
 
-METRIC_NAMES = {
-    "prevalence": "Active patients (>= 1 NET2 lesion), proportion",
-    "auc": "AUC of P(active)",
-    "sensitivity@0.5": "Sensitivity, P(active) >= 0.5",
-    "specificity@0.5": "Specificity, P(active) >= 0.5",
-    "ppv@0.5": "PPV, P(active) >= 0.5",
-    "npv@0.5": "NPV, P(active) >= 0.5",
-    "sensitivity@youden": "Sensitivity, Youden threshold",
-    "specificity@youden": "Specificity, Youden threshold",
-    "ppv@youden": "PPV, Youden threshold",
-    "npv@youden": "NPV, Youden threshold",
-    "count_mae": "Count MAE (lesions; forecast mean vs observed)",
-    "count_bias": "Count bias (lesions; forecast - observed)",
-    "spearman": "Spearman correlation, forecast mean vs observed count",
-    "brier": "Brier score of P(active) (lower is better)",
-    "ece": "ECE of P(active)",
-    "calibration_intercept": "Calibration intercept (0 when calibrated)",
-    "calibration_slope": "Calibration slope (1 when calibrated)",
-    "pit_chi2_p": "PIT uniformity, chi-square p-value",
-    "pit_ks_p": "PIT uniformity, Kolmogorov-Smirnov p-value",
-    "crps_fair": "CRPS of the count forecast (lesions; lower is better)",
-    "coverage_randomized_50": "Coverage of the 50% prediction interval",
-    "coverage_randomized_80": "Coverage of the 80% prediction interval",
-    "coverage_randomized_95": "Coverage of the 95% prediction interval",
-    "lesion_recall_pooled": "Lesion-wise recall (pooled over samples)",
-    "lesion_precision_pooled": "Lesion-wise precision (pooled over samples)",
-    "lesion_f1_mean": "Lesion-wise F1 (mean over non-empty cases)",
-    "dice_mean": "Voxel Dice (mean over non-empty cases)",
-    "voxel_brier": "Voxel Brier score (inside the brain)",
-    "voxel_ece": "Voxel ECE",
-    "voxel_auc": "Voxel AUC",
-    "voxel_prevalence": "Share of brain voxels in NET2 lesions",
-}
-
-
-ESTIMAND_NAMES = {
-    "forecast_rate_ratio": "Forecast RR",
-    "counterfactual_ratio_of_means": "Counterfactual RR (ratio of means)",
-    "counterfactual_mean_difference": "Counterfactual mean difference",
-    "counterfactual_calibrated_ratio": "Counterfactual RR calibrated on held-out patients",
-    "heterogeneity_interaction": "Heterogeneity: arm x predicted-benefit interaction",
-    "responder_stratum_rate_ratio": "Responder strata (exploratory)",
-    "qini_coefficient": "Qini coefficient",
-    "prognostic_saving": "Prognostic adjustment: sample-size saving",
-    "power": "Power",
-}
-
-
-def _num(x: Any, digits: int = 2) -> str:
-    return N.num(x, digits)
-
-
-def _ci(v: Any, lo: Any, hi: Any, digits: int = 2) -> str:
-    """An additive estimate with its CI, by the shared rule ('not estimable (reason)' otherwise)."""
-    if _num(v, digits) == "NA":
-        return "NA"
-    return N.additive_text(v, lo, hi, digits=digits)
-
-
 def _youden_by_arm(activity: pd.DataFrame, patients: pd.DataFrame, metrics: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Arm columns of the Youden rows at the ONE threshold chosen on all patients (never re-optimised per arm)."""
     th = metrics[(metrics["group"].astype(str) == "all") & (metrics["metric"] == "sensitivity@youden")]
@@ -670,346 +598,6 @@ def _youden_by_arm(activity: pd.DataFrame, patients: pd.DataFrame, metrics: pd.D
         for k, v in vals.items():
             out.loc[out["metric"] == k, a] = v
     return out
-
-
-def _context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame, t: dict, out_tables: dict, fig_entries: list,
-             arms_df: pd.DataFrame, ref: str, ev_summary: dict, ex: dict, observed: pd.DataFrame) -> dict[str, Any]:
-    """Everything the templates show, as strings (one place for number formatting; every estimate
-    through the shared estimability rule, `reports.numbers`)."""
-    labels, colors = arm_labels(arms_df), arm_colors(arms_df)
-    order = list(arms_df["arm"])
-    load = summary.get("forecast_load") or {}
-    prov = summary.get("provenance") or {}
-    fc_reasons = (f"degenerate forecaster ({load.get('forecast_lesions')} lesions in {load.get('samples')} samples)",) if load.get("degenerate") else ()
-
-    def table(df: pd.DataFrame) -> dict[str, Any]:
-        return {"columns": list(df.columns), "rows": [[str(v) for v in r] for r in df.itertuples(index=False)]}
-
-    t1 = table1.copy()
-    t1.insert(0, "Characteristic", [f"{c}, {s}" for c, s in zip(t1.pop("characteristic"), t1.pop("statistic"))])
-
-    # ---- primary endpoint, CONSORT item 17a
-    cp = out_tables["primary_consort"]
-    formula = settings_doc["effects"].get("formula") or "net2 ~ arm"
-    covs = T.formula_covariates(formula)
-    has_truth = "true_ratio_of_means" in cp.columns and cp["true_ratio_of_means"].notna().any()
-    prim_cols = ["Arm", "Randomized, n", "Analysed, n", "NET2 lesions, n", "Patient-years", "Rate per patient-year (crude)",
-                 "Model rate per year" + (f", adjusted for {', '.join(covs)}" if covs else " (NB2, arm only: unadjusted)"),
-                 "Observed RR (95% CI)", "p", "p, Holm-adjusted"] + (["True RR"] if has_truth else [])
-    cal = out_tables.get("counterfactual_calibrated")
-    cal = cal.set_index("arm") if cal is not None and len(cal) else None
-    prim_rows = []
-    for r in cp.to_dict("records"):
-        is_ref = r["arm"] == ref
-        row = [labels.get(r["arm"], r["arm"]), str(r["n_randomized"]), str(r["n_analysed"]), str(r["events"]), _num(r["patient_years"], 1),
-               _num(r["rate_per_patient_year"]), _num(r["model_rate_per_year"])]
-        if is_ref:
-            row += ["1 (reference)", "", ""] + (["1 (reference)"] if has_truth else [])
-        else:
-            of = {k: r.get(f"observed_{k}", d) for k, d in (("estimable", True), ("note", ""))}
-            row += [N.ratio_text(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of),
-                    *((T.p_text(r.get("observed_p_value", float("nan"))), T.p_text(r.get("observed_p_holm", float("nan"))))
-                      if N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"), **of)[0] else ("", ""))]
-            if has_truth:
-                row.append(_num(r.get("true_ratio_of_means")))
-        prim_rows.append(row)
-    n_cmp = int((cp["arm"] != ref).sum())
-    multiplicity = (f"Multiplicity: {n_cmp} arms are each compared with {labels[ref]}; the CIs and p are per comparison, not adjusted "
-                    f"(nominal two-sided 5% each); the Holm-adjusted p controls the family-wise error over the {n_cmp} comparisons. "
-                    "Forecast-derived ratios are model-based projections, in their own section below.")
-
-    # ---- lesion-free: proportion, hazard ratio, OR and risk difference (all from the effects' lesion_free table)
-    lf = out_tables["lesion_free"].set_index("arm")
-    has_hr = "hazard_ratio" in lf.columns
-    lf_rows = []
-    for a in order:
-        if a not in lf.index:
-            continue
-        r = lf.loc[a]
-        n = int(r["n"])
-        x = int(r["lesion_free"]) if "lesion_free" in lf.columns else int(round(float(r["lesion_free_pct"]) * n / 100))
-        flags = {"estimable": r.get("estimable", True), "note": r.get("note", "")}
-        ok_or = N.ratio_ok(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high"), **flags)[0]
-        row = [labels.get(a, a), f"{x}/{n} ({_num(100 * x / n if n else float('nan'), 0)}%)"]
-        if has_hr:
-            ok_hr = N.ratio_ok(r.get("hazard_ratio"), r.get("hr_ci_low"), r.get("hr_ci_high"), **flags)[0]
-            row += ["1 (reference)" if a == ref else N.ratio_text(r.get("hazard_ratio"), r.get("hr_ci_low"), r.get("hr_ci_high"), **flags),
-                    "" if a == ref or not ok_hr else T.p_text(r.get("hr_p_value", float("nan")))]
-        rd = r.get("risk_difference", float("nan"))
-        row += ["0 (reference)" if a == ref else (N.additive_text(100 * rd, 100 * r.get("rd_ci_low"), 100 * r.get("rd_ci_high"), digits=1)
-                                                  if _num(rd) != "NA" else "NA"),
-                "1 (reference)" if a == ref else N.ratio_text(r.get("odds_ratio"), r.get("ci_low"), r.get("ci_high"), **flags),
-                "" if a == ref or not ok_or else T.p_text(r.get("p_value", float("nan")))]
-        lf_rows.append(row)
-    groups = ["all", *order]
-    glabels = {"all": "All patients", **labels}
-
-    def metric_rows(df: pd.DataFrame, digits: int = 2) -> dict[str, Any]:
-        cols = ["Metric"] + [glabels[g] for g in groups if g in df.columns]
-        rows = []
-        for r in df.to_dict("records"):
-            row = [METRIC_NAMES.get(r["metric"], r["metric"])]
-            for g in groups:
-                if g in df.columns:
-                    row.append(_ci(r.get(g), r.get(f"{g}_ci_low"), r.get(f"{g}_ci_high"), digits) if g == "all" else
-                               (N.additive_text(r.get(g), digits=digits) if _num(r.get(g)) != "NA" else "NA"))
-            rows.append(row)
-        return {"columns": cols, "rows": rows}
-
-    det = out_tables["detection"]
-    det_rows = {"columns": ["Metric", "Value (95% CI)", "n", "Note"],
-                "rows": [[METRIC_NAMES.get(r["metric"], r["metric"]), _ci(r["value"], r["ci_low"], r["ci_high"], 3), _num(r["n"], 0), str(r["note"]) if pd.notna(r["note"]) else ""]
-                         for r in det.to_dict("records")]}
-    cfa = out_tables["counterfactual_average"]
-    cf_rows = {"columns": ["Arm", "Mean difference vs reference, lesions (95% CI)", "Ratio of means (95% CI)", "10th / 50th / 90th percentile of patient differences"],
-               "rows": [[labels.get(r["arm"], r["arm"]), N.additive_text(r["mean_difference"], r["difference_ci_low"], r["difference_ci_high"], reasons=fc_reasons),
-                         N.ratio_text(r["ratio_of_means"], r["ratio_ci_low"], r["ratio_ci_high"], estimable=r.get("estimable", True), note=r.get("note", ""),
-                                      reasons=fc_reasons),
-                         f"{_num(r['difference_p10'], 1)} / {_num(r['difference_median'], 1)} / {_num(r['difference_p90'], 1)}"] for r in cfa.to_dict("records")]}
-    rsp = out_tables["responders"]
-    has_true = "true_rate_ratio" in rsp.columns
-
-    def rsp_note(r: dict) -> str:
-        note = r.get("note") if isinstance(r.get("note"), str) else ""
-        return "" if N.flagged(r.get("estimable", True)) else note  # a non-estimable stratum's reason is in its RR cell
-
-    rsp_rows = {"columns": ["Arm", "Stratum", "Analysis", "n arm / reference", "Predicted RR (conditional on the forecaster)", "Observed RR (95% CI)", "p",
-                            "Note"] + (["True RR"] if has_true else []),
-                "rows": [[labels.get(r["arm"], r["arm"]), r["stratum"], str(r.get("analysis") or ("primary" if r.get("fraction") == 1 else "exploratory")),
-                          f"{int(r['n_arm'])} / {int(r['n_reference'])}",
-                          N.ratio_text(r["predicted_rate_ratio"], reasons=fc_reasons),
-                          N.ratio_text(r["observed_rate_ratio"], r["ci_low"], r["ci_high"], estimable=r.get("estimable", True), note=r.get("note", "")),
-                          T.p_text(r["p_value"]) if N.ratio_ok(r["observed_rate_ratio"], r["ci_low"], r["ci_high"], estimable=r.get("estimable", True),
-                                                               note=r.get("note", ""))[0] else "",
-                          rsp_note(r)] + ([_num(r["true_rate_ratio"])] if has_true else [])
-                         for r in rsp.to_dict("records")]}
-    min_per_arm = int(rsp["min_per_arm"].dropna().iloc[0]) if "min_per_arm" in rsp.columns and rsp["min_per_arm"].notna().any() else None
-    het = out_tables.get("heterogeneity")
-    het_rows = None
-    if het is not None:
-        het_rows = {"columns": ["Arm", "n arm / reference", "Ratio of rate ratios per SD of predicted benefit (95% CI)", "p", "SD of predicted benefit, lesions"],
-                    "rows": [[labels.get(r["arm"], r["arm"]), f"{int(r['n_arm'])} / {int(r['n_reference'])}",
-                              N.ratio_text(r["interaction_ratio"], r["ci_low"], r["ci_high"], estimable=r.get("estimable", True), note=r.get("note", "")),
-                              T.p_text(r["p_value"]) if N.ratio_ok(r["interaction_ratio"], r["ci_low"], r["ci_high"], estimable=r.get("estimable", True),
-                                                                   note=r.get("note", ""))[0] else "",
-                              _num(r.get("benefit_sd"))] for r in het.to_dict("records")]}
-    qa = out_tables["qini_area"].set_index("arm")
-    qini_norm = str(qa["normalisation"].dropna().iloc[0]) if "normalisation" in qa.columns and qa["normalisation"].notna().any() else ""
-
-    def qini_text(arm: str) -> str:
-        if arm not in qa.index:
-            return "NA"
-        q = qa.loc[arm]
-        if N.flagged(q.get("estimable", True)):
-            return N.ne_text(q.get("note") if isinstance(q.get("note"), str) else "")
-        return N.additive_text(q["qini_coefficient"], reasons=fc_reasons) if _num(q["qini_coefficient"]) != "NA" else "NA"
-
-    pg = out_tables["prognostic"]
-    has_pg_ci = {"saving_ci_low_pct", "saving_ci_high_pct"} <= set(pg.columns)
-    has_procova = {"procova_correlation", "procova_saving_pct"} <= set(pg.columns)
-
-    def pct_ci(est: Any, lo: Any = None, hi: Any = None) -> str:
-        """A percentage with its CI by the shared additive rule: '37% (-124% to 47%)' or 'not estimable (reason)'."""
-        if _num(est) == "NA":
-            return "NA"
-        ok, why = N.additive_ok(est, lo, hi, reasons=fc_reasons)
-        if not ok:
-            return N.ne_text(why)
-        return f"{_num(est, 0)}%" + (f" ({_num(lo, 0)}% to {_num(hi, 0)}%)" if _num(lo) != "NA" and _num(hi) != "NA" else "")
-
-    pg_rows = {"columns": ["Arm", "RR unadjusted", "RR adjusted (95% CI)", "SE reduction", "Sample-size saving (95% CI)"]
-                          + (["PROCOVA correlation (95% CI)", "PROCOVA saving (95% CI)"] if has_procova else [])
-                          + ["Qini coefficient (Radcliffe normalisation: perfect 1, random 0; exploratory)"],
-               "rows": [[labels.get(r["arm"], r["arm"]), N.ratio_text(r["rate_ratio_unadjusted"]),
-                         N.ratio_text(r["rate_ratio_adjusted"], r["ci_low_adjusted"], r["ci_high_adjusted"], estimable=r.get("estimable", True), note=r.get("note", "")),
-                         f"{_num(r['se_reduction_pct'], 0)}%",
-                         pct_ci(r["sample_size_saving_pct"], r["saving_ci_low_pct"], r["saving_ci_high_pct"]) if has_pg_ci else pct_ci(r["sample_size_saving_pct"])]
-                        + ([N.additive_text(r["procova_correlation"], r.get("procova_correlation_ci_low"), r.get("procova_correlation_ci_high"), reasons=fc_reasons)
-                            if _num(r["procova_correlation"]) != "NA" else "NA",
-                            pct_ci(r["procova_saving_pct"], r.get("procova_saving_ci_low_pct"), r.get("procova_saving_ci_high_pct"))] if has_procova else [])
-                        + [qini_text(r["arm"])] for r in pg.to_dict("records")]}
-    pa = out_tables["power_analytic"]
-    ps = out_tables["power_simulated"]
-    rr_col = "design_rate_ratio" if "design_rate_ratio" in pa.columns else "rate_ratio"
-    outcome_law = str(pa["outcome_law"].dropna().iloc[0]) if "outcome_law" in pa.columns and pa["outcome_law"].notna().any() else ""
-
-    def sim(arm: str, adjusted: bool) -> str:
-        d = ps[(ps["arm"] == arm) & (ps["adjusted"].astype(str).str.lower().isin(["true", "1"]) == adjusted)]
-        return f"{_num(d.iloc[0]['power'])} (n={int(d.iloc[0]['n_per_arm'])})" if len(d) else "NA"
-
-    pw_rows = {"columns": ["Arm", "Rate per year assumed, reference / arm", "Design rate ratio (forecast ratio of means, an assumption)",
-                           "Patients per arm for 80% / 90% power", "Simulated power, unadjusted", "Simulated power, adjusted"],
-               "rows": [[labels.get(r["arm"], r["arm"]), f"{_num(r['rate_reference'])} / {_num(r['rate_arm'])}", N.ratio_text(r[rr_col], reasons=fc_reasons),
-                         f"{_num(r['n_per_arm_80'], 0)} / {_num(r['n_per_arm_90'], 0)}" if pd.notna(r["n_per_arm_80"]) else (r.get("note") or "NA"),
-                         sim(r["arm"], False), sim(r["arm"], True)] for r in pa.to_dict("records")]}
-
-    # ---- estimands: one sentence per forecast-derived quantity (effects.json `estimands`)
-    est_doc = summary.get("estimands") or {}
-    estimand_rows = [[ESTIMAND_NAMES.get(q, q.replace("_", " ")), str(e.get("estimand", "")),
-                      str(e.get("conditional_on") or e.get("note") or ""), str(e.get("ci_method", ""))
-                      + (f"; normalisation: {e['normalisation']}" if e.get("normalisation") else "")]
-                     for q, e in sorted(est_doc.items(), key=lambda kv: list(ESTIMAND_NAMES).index(kv[0]) if kv[0] in ESTIMAND_NAMES else len(ESTIMAND_NAMES))
-                     if isinstance(e, dict)]
-    fm = summary.get("forecast_model") or {}
-    forecast_method = (f"each ensemble sample is a fully synthetic trial: one NB2 fit on all {fm.get('samples')} samples stacked "
-                       f"({fm.get('failed_fits')} of the per-sample check fits failed); CI: {fm.get('pooling')}; "
-                       "conditional on the forecaster (outcomes are synthetic draws, not missing data)"
-                       if fm else "NB2 fitted per fully synthetic ensemble sample; CI conditional on the forecaster")
-    s = settings_doc
-    settings_rows = [
-        ("Forecast provenance", prov.get("sentence", "unknown")),
-        ("Forecaster (checkpoint)", ", ".join(s["forecaster"]["checkpoint"])
-         + "".join(f"; {c['checkpoint']} trained on {c['device']} ({c.get('world_size', 1)} process(es), {c.get('torch_threads')} torch threads)"
-                   for c in prov.get("checkpoints", []) if c.get("device"))),
-        ("Sampler", "; ".join(json.dumps(x, sort_keys=True) if isinstance(x, dict) else str(x) for x in s["forecaster"]["sampler"])),
-        ("Samples per patient and arm", ", ".join(str(x) for x in s["forecaster"]["samples_per_patient_and_arm"])),
-        ("Sample seeds", s["forecaster"]["sample_seeds"]),
-        *[(str(k), str(v)) for k, v in s.get("extra", [])],
-        ("Lesion definition", f"connected components, {s['lesions']['connectivity']}-connectivity, minimum volume {s['lesions']['min_volume_mm3']} mm³ "
-                              "(forecasts and observed masks alike)"),
-        ("Detection rule", f"preset: {s['detection']['preset']}; criterion {s['detection'].get('criterion')}, threshold {s['detection'].get('threshold')}, "
-                           f"matching {s['detection'].get('matching')}, {s['detection'].get('connectivity')}-connectivity, >= {s['detection'].get('min_volume_mm3')} mm³"),
-        ("Activity", f"active = >= {s['evaluation'].get('k')} NET2 lesion(s); operating points: P(active) >= 0.5 (fixed in advance) and "
-                     f"{s['evaluation'].get('operating_point')} (one threshold chosen on all patients, so optimistic; arm columns use that same threshold)"),
-        ("Calibration", f"{s['evaluation'].get('n_bins')} {s['evaluation'].get('bin_strategy')} bins for P(active); PIT {s['evaluation'].get('pit_kind')}, "
-                        f"{s['evaluation'].get('pit_bins')} bins; interval levels {s['evaluation'].get('levels')}; {s['evaluation'].get('n_boot')} bootstrap resamples; seed {s['evaluation'].get('seed')}"),
-        ("Count model", f"{s['observed_model'].get('model') or 'NB2'}; formula {s['effects'].get('formula')} "
-                        f"({'adjusted for ' + ', '.join(covs) if covs else 'no covariates'}); reference arm {labels.get(ref, ref)}; "
-                        f"dispersion alpha {_num(s['observed_model'].get('alpha'))}; SEs from the {s['effects'].get('cov')} information"),
-        ("Forecast-based estimates", forecast_method),
-        ("Estimability", "one rule for every number (mseval/stats/estimability.py): a ratio is shown when finite, inside [0.001, 1000] with a CI "
-                         "spanning at most a factor 1000; an additive estimate when its CI is at most 1000 wide; otherwise 'not estimable' and why"),
-        ("Power simulation", f"{s['effects'].get('power_sims')} simulated trials per arm, seed {s['effects'].get('seed')}"),
-        ("Computation", s.get("computation", "")),
-        ("Software", ", ".join(f"{k} {v}" for k, v in s["versions"].items())),
-    ]
-    arms_rows = [[labels[a], a, str(arms_df.set_index("arm").loc[a, "efficacy"]) if "efficacy" in arms_df.columns else "",
-                  "reference" if a == ref else "", str(next(x["n"] for x in summary["arms"] if x["arm"] == a)), colors[a]] for a in order]
-    vt = summary.get("vs_truth") or {}
-
-    # ---- headline: only estimable, primary quantities; what a reader must know first
-    headline = []
-    if load.get("degenerate"):
-        headline.append(load["sentence"])
-    cand = []
-    for r in cp.to_dict("records"):
-        if r["arm"] == ref:
-            continue
-        ok, _ = N.ratio_ok(r.get("observed_rate_ratio"), r.get("observed_ci_low"), r.get("observed_ci_high"),
-                           estimable=r.get("observed_estimable", True), note=r.get("observed_note", ""))
-        if ok:
-            cand.append(r)
-    if cand:
-        b = min(cand, key=lambda r: (r["observed_rate_ratio"], r["arm"]))
-        headline.append(f"Largest observed effect: {labels.get(b['arm'], b['arm'])}, NET2 RR {N.ratio_text(b['observed_rate_ratio'], b['observed_ci_low'], b['observed_ci_high'])} "
-                        f"vs {labels[ref]} (primary analysis, {b['n_analysed']} and {int(cp.loc[cp['arm'] == ref, 'n_analysed'].iloc[0])} patients analysed).")
-    else:
-        headline.append("No observed rate ratio is estimable (see the primary table for the reasons).")
-    a = summary["activity"].get("auc")
-    if a and not load.get("degenerate") and N.additive_ok(a["value"], a["ci_low"], a["ci_high"])[0]:
-        headline.append(f"Activity: AUC of P(active) {N.additive_text(a['value'], a['ci_low'], a['ci_high'])}"
-                        + (f" ({prov.get('status')} patients)." if prov.get("status") in ("in-sample", "validation", "held-out", "mixed") else "."))
-    e = summary["calibration"].get("ece")
-    c95 = summary["calibration"].get("coverage_randomized_95")
-    spp = int(load.get("samples_per_patient") or 0)
-    if e and not load.get("degenerate") and N.additive_ok(e["value"])[0]:
-        cov_txt = (f"; 95% prediction intervals cover {_num(100 * c95['value'], 0)}% of observed counts" if c95 and spp >= MIN_SAMPLES_FOR_COVERAGE_HEADLINE
-                   else f"; interval coverage not headlined: {spp} samples per patient give a PIT with only {spp + 1} levels"
-                   if spp < MIN_SAMPLES_FOR_COVERAGE_HEADLINE else "")
-        headline.append(f"Calibration: ECE {_num(e['value'], 3)}{cov_txt}.")
-    if vt:
-        headline.append(f"Against the simulator's truth: mean forecast count vs true expected count, MAE {_num(vt.get('mae_mean_vs_true_expected'))} lesions, "
-                        f"Pearson r {_num(vt.get('pearson_mean_vs_true_expected'), 3)}.")
-    banner_class = {"held-out": "ok", "not trained": "ok", "validation": "warn"}.get(prov.get("status", "unknown"), "bad")
-    return {
-        "title": title, "summary": summary, "headline": headline, "abbreviations": ABBREVIATIONS, "settings_rows": settings_rows,
-        "provenance": {"status": prov.get("status", "unknown"), "sentence": prov.get("sentence", ""), "class": banner_class},
-        "degenerate": load.get("sentence", ""),
-        "arms_rows": arms_rows, "table1": table(t1), "table1_note": T.TABLE1_NOTE, "primary": {"columns": prim_cols, "rows": prim_rows},
-        "projections": P.projections_table(out_tables["projections"], cp, labels, order, ref, fc_reasons), "projections_title": P.section_title(out_tables["projections"]),
-        "projections_note": P.projections_note((summary.get("training_trial") or {}).get("sentence", ""), out_tables["projections"],
-                                               (summary.get("heldout") or {}).get("sentence", "")),
-        "multiplicity": multiplicity, "covariates": covs,
-        "lesion_free": {"columns": ["Arm", "Free of NET2 lesions, n/N (%)"]
-                        + (["HR of any NET2 lesion vs reference (95% CI; follow-up respected)", "p (HR)"] if has_hr else [])
-                        + ["Risk difference vs reference, percentage points (95% CI, Newcombe)", "OR of lesion-free vs reference (95% CI)", "p (OR)"],
-                        "rows": lf_rows},
-        "activity": metric_rows(out_tables["activity"]), "calibration": metric_rows(out_tables["calibration"], 3), "detection": det_rows,
-        "counterfactual": cf_rows, "responders": rsp_rows, "prognostic": pg_rows, "power": pw_rows,
-        "heterogeneity": het_rows, "estimands": {"columns": ["Quantity", "Estimand", "Conditional on", "CI method"], "rows": estimand_rows},
-        "min_per_arm": min_per_arm, "qini_normalisation": qini_norm, "outcome_law": outcome_law,
-        "calibrated": cal is not None,
-        "figures": {e["name"]: e for e in fig_entries}, "flags": summary.get("flags", []), "ref_label": labels[ref],
-        "n_patients": summary["n_patients"], "n_arms": len(order), "simulated": summary["simulated"],
-        "example": {"patient": ex.get("patient"), "arms": [labels.get(a, a) for a in ex.get("arms", [])]} if ex else None,
-    }
-
-
-def _env():  # noqa: ANN202
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
-    return Environment(loader=FileSystemLoader(str(Path(__file__).with_name("templates"))), autoescape=select_autoescape(["html", "j2"]),
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-
-
-def _render_html(ctx: dict[str, Any]) -> str:
-    return _env().get_template("report.html.j2").render(**ctx)
-
-
-def _md_table(tab: dict[str, Any]) -> str:
-    def esc(s: str) -> str:
-        return str(s).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(esc(c) for c in tab["columns"]) + " |", "|" + "---|" * len(tab["columns"])]
-    lines += ["| " + " | ".join(esc(v) for v in r) + " |" for r in tab["rows"]]
-    return "\n".join(lines)
-
-
-def _render_md(ctx: dict[str, Any]) -> str:
-    figs = ctx["figures"]
-    out = [f"# {ctx['title']}", "", f"{ctx['n_patients']} patients randomized to {ctx['n_arms']} arms (reference: {ctx['ref_label']})"
-           + ("; a simulated trial with known truth." if ctx["simulated"] else "."), ""]
-    out += [f"> **Where the forecasts come from ({ctx['provenance']['status']}):** {ctx['provenance']['sentence']}", ""]
-    if ctx["degenerate"]:
-        out += [f"> **{ctx['degenerate']}**", ""]
-    out += [f"- {h}" for h in ctx["headline"]] + [""]
-    out += ["## Abbreviations", ""] + [f"- **{k}**: {v}" for k, v in ctx["abbreviations"].items()] + [""]
-    out += ["## Settings", "", _md_table({"columns": ["Setting", "Value"], "rows": ctx["settings_rows"]}), ""]
-    out += ["## Arms", "", _md_table({"columns": ["Arm", "Identifier", "Efficacy group", "Reference", "Patients", "Colour"], "rows": ctx["arms_rows"]}), ""]
-
-    def fig(name: str) -> list[str]:
-        if name not in figs:
-            return []
-        e = figs[name]
-        return [f"![Figure {e['number']}](figures/{name}.png)", "", f"*Figure {e['number']}.* {e['caption']}", ""]
-
-    out += ["## Table 1. Baseline characteristics by arm", "", _md_table(ctx["table1"]), "", ctx["table1_note"], ""]
-    out += ["## Primary endpoint: NET2 lesion rate ratios", "", _md_table(ctx["primary"]), "",
-            "Randomized: patients allocated to the arm; analysed: those with an observed follow-up NET2 count. Rate per patient-year (crude): "
-            "NET2 lesions / patient-years. Model rate per year: from the observed NB2 model ("
-            + (f"adjusted for {', '.join(ctx['covariates'])}" if ctx["covariates"] else "arm only, not covariate-adjusted") + "). p: Wald test of the observed RR. "
-            + ctx["multiplicity"], ""]
-    out += [f"## {ctx['projections_title']}", "", _md_table(ctx["projections"]), "", ctx["projections_note"], ""] + fig("forest_plot")
-    out += ["### Estimands of the forecast-derived numbers", "", _md_table(ctx["estimands"]), ""]
-    out += ["## Proportion free of NET2 lesions", "", _md_table(ctx["lesion_free"]), ""] + fig("lesion_free")
-    out += ["## Activity classification", "", _md_table(ctx["activity"]), "", "All patients: value (95% CI); arms: value among patients randomized to the arm.", ""] + fig("activity_roc")
-    out += ["## Calibration", "", _md_table(ctx["calibration"]), ""] + fig("reliability") + fig("pit_histogram") + fig("coverage") + fig("count_scatter")
-    out += ["## Detection against the observed NET2 masks", "", _md_table(ctx["detection"]), ""] + fig("detection")
-    out += ["## Counterfactual effects", "", _md_table(ctx["counterfactual"]), ""] + fig("effect_distribution")
-    if ctx["heterogeneity"]:
-        out += ["### Heterogeneity of the effect: the interaction test (primary)", "",
-                "NB2 arm x predicted-benefit interaction among patients randomized to the arm or the reference (observed outcomes).", "",
-                _md_table(ctx["heterogeneity"]), ""]
-    out += ["### Effects in predicted-responder strata (exploratory)", "", _md_table(ctx["responders"]), ""] + fig("responders") + fig("qini")
-    out += ["## Prognostic adjustment", "", _md_table(ctx["prognostic"]), "",
-            f"Qini coefficient normalisation: {ctx['qini_normalisation'] or 'Radcliffe (2007)'}.", ""] + fig("prognostic")
-    out += ["## Power and sample size", "", _md_table(ctx["power"]), "",
-            "The design rate ratio is the forecast ratio of means, an assumption (conditional on the forecaster)"
-            + (f"; outcome law: {ctx['outcome_law']}." if ctx["outcome_law"] else "."), ""] + fig("power")
-    out += ["## Example slices", ""] + fig("example_slices")
-    if ctx["flags"]:
-        out += ["## Flags", ""] + [f"- {f}" for f in ctx["flags"]] + [""]
-    return "\n".join(out).rstrip() + "\n"
 
 
 def settings_dict(s: ReportSettings) -> dict[str, Any]:

@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, NullLocator
 
 from reports.style import DOUBLE, SINGLE, arm_colors, arm_labels, arm_linestyles, arm_markers, arm_order, context, new_figure
+from reports.ticks import log_count_axis, log_ratio_axis
 
 ArmsLike = pd.DataFrame | Sequence[str]
 
@@ -54,28 +55,6 @@ def _reference(arms: ArmsLike, reference: str | None) -> str | None:
             return str(ref.iloc[0])
     order = arm_order(arms)
     return order[0] if order else None
-
-
-def _log_ratio_axis(ax, values: np.ndarray, *, axis: str = "x", max_ticks: int = 9) -> None:  # noqa: ANN001
-    """Log scale with readable ratio ticks (0.05, 0.1, 0.2, 0.5, 1, 2, ...) spanning `values`."""
-    v = np.asarray([x for x in values if np.isfinite(x) and x > 0], dtype=float)
-    lo, hi = (v.min(), v.max()) if len(v) else (0.1, 2.0)
-    lo, hi = min(lo, 0.9), max(hi, 1.1)
-    cands = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 10, 20, 50, 100])
-    ticks = cands[(cands >= lo / 1.05) & (cands <= hi * 1.05)]
-    for keep in ({0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100}, {0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100}, {0.01, 0.1, 1, 10, 100}):
-        if len(ticks) <= max_ticks:
-            break
-        ticks = np.array([t for t in ticks if t in keep])
-    labels = [f"{t:g}" for t in ticks]
-    setter = ax.set_xscale if axis == "x" else ax.set_yscale
-    setter("log")
-    a = ax.xaxis if axis == "x" else ax.yaxis
-    a.set_major_locator(FixedLocator(ticks))
-    a.set_minor_locator(NullLocator())
-    a.set_minor_formatter(NullFormatter())
-    (ax.set_xticklabels if axis == "x" else ax.set_yticklabels)(labels)
-    (ax.set_xlim if axis == "x" else ax.set_ylim)(lo / 1.3, hi * 1.3)
 
 
 # -- primary endpoint -------------------------------------------------------------------------
@@ -116,7 +95,6 @@ def forest_plot(primary: pd.DataFrame, arms: ArmsLike, *, reference: str | None 
         ax.set_yticks(range(len(order)))
         ax.set_yticklabels([labels[a] for a in reversed(order)])
         ax.set_ylim(-0.6, len(order) - 0.4)
-        _log_ratio_axis(ax, np.array(allv, dtype=float))
         ax.set_xlabel(f"NET2 rate ratio vs {labels.get(ref, ref)} (log scale; < 1 favours the arm)")
         ax.tick_params(axis="y", length=0)
         ax.spines["left"].set_visible(False)
@@ -127,6 +105,7 @@ def forest_plot(primary: pd.DataFrame, arms: ArmsLike, *, reference: str | None 
         fig.legend(handles=handles, loc="outside lower center", ncol=2,
                    title="Estimate (95% CI; forecast and counterfactual CIs conditional on the forecaster)")
         ax.set_title(title or "Primary endpoint: NET2 lesion rate ratios")
+        log_ratio_axis(ax, np.array(allv, dtype=float))  # last: the tick labels are fitted to the final layout
     return fig
 
 
@@ -470,7 +449,6 @@ def responder_plot(responders: pd.DataFrame, arms: ArmsLike, *, title: str | Non
             ax.set_ylim(-0.6, len(strata) - 0.4)
         for ax in axes[len(order):]:
             ax.set_visible(False)
-        _log_ratio_axis(axes[0], vals, max_ticks=5)
         fig.supxlabel("NET2 rate ratio vs reference in the stratum (log scale; 95% CI)", fontsize=9)
         fig.supylabel("Predicted responders (by forecast benefit)", fontsize=9)
         handles = [Line2D([], [], marker="o", color="#444444", label="Observed\n(randomized, in stratum)"),
@@ -486,6 +464,7 @@ def responder_plot(responders: pd.DataFrame, arms: ArmsLike, *, title: str | Non
         else:
             fig.legend(handles=handles, loc="outside lower center", ncol=3)
         fig.suptitle(title or "Effects in predicted-responder strata", x=0.02, ha="left")
+        log_ratio_axis(axes[0], vals, max_ticks=5)  # shared by every panel; fitted to the final layout
     return fig
 
 
@@ -538,7 +517,8 @@ def prognostic_plot(prognostic: pd.DataFrame, arms: ArmsLike, *, title: str | No
             r = p.loc[arm]
             z = 1.959963984540054
             u, se_u = r["rate_ratio_unadjusted"], r["se_unadjusted"]
-            lo_u, hi_u = u * np.exp(-z * se_u), u * np.exp(z * se_u)
+            with np.errstate(over="ignore"):  # an infinite bound (huge SE) is left out below
+                lo_u, hi_u = u * np.exp(-z * se_u), u * np.exp(z * se_u)
             ax1.plot([lo_u, hi_u], [y + 0.15] * 2, color=colors[arm], lw=1.2, zorder=4)
             ax1.plot([u], [y + 0.15], marker="o", mfc="white", mec=colors[arm], mew=1.3, color=colors[arm])
             ax1.plot([r["ci_low_adjusted"], r["ci_high_adjusted"]], [y - 0.15] * 2, color=colors[arm], lw=1.6, zorder=4)
@@ -547,7 +527,6 @@ def prognostic_plot(prognostic: pd.DataFrame, arms: ArmsLike, *, title: str | No
             ax2.barh(y + 0.17, r["se_reduction_pct"], height=0.32, color=colors[arm], alpha=0.55)
             ax2.barh(y - 0.17, r["sample_size_saving_pct"], height=0.32, color=colors[arm])
         ax1.axvline(1, color=GREY, lw=0.8, ls="--")
-        _log_ratio_axis(ax1, np.array(allv, dtype=float))
         ax1.set_yticks(range(len(order)))
         ax1.set_yticklabels([labels[a] for a in reversed(order)])
         ax1.tick_params(axis="y", length=0)
@@ -561,14 +540,16 @@ def prognostic_plot(prognostic: pd.DataFrame, arms: ArmsLike, *, title: str | No
                    Line2D([], [], color="#444444", lw=6, label="Sample size (bottom bar)")]
         fig.legend(handles=handles, loc="outside lower center", ncol=2)
         fig.suptitle(title or "Prognostic adjustment with the forecast under the reference arm", x=0.02, ha="left")
+        log_ratio_axis(ax1, np.array(allv, dtype=float))  # last: fitted to the final layout
     return fig
 
 
 def power_plot(power_analytic: pd.DataFrame, arms: ArmsLike, *, power_simulated: pd.DataFrame | None = None,
                max_n: int | None = None, title: str | None = None) -> Figure:
     """Power of a two-arm trial (arm vs reference, two-sided 5% level) against patients per arm:
-    analytic NB2 curves (lines) and forecast-simulated trials (points: open unadjusted, filled
-    adjusted for the prognostic forecast; bars: Monte Carlo 95% range).
+    analytic NB2 curves (lines) and simulated trials (points: open unadjusted, filled adjusted for
+    the prognostic forecast; bars: Monte Carlo 95% range), drawn from the observed-data NB2 fit
+    with the forecast ratio of means as the assumed rate ratio (never from the forecasts).
 
     power_analytic: `power_analytic.csv` (arm, rate_reference, rate_arm, dispersion, years,
     n_per_arm_80, n_per_arm_90). power_simulated: `power_simulated.csv` (arm, n_per_arm,
@@ -600,8 +581,6 @@ def power_plot(power_analytic: pd.DataFrame, arms: ArmsLike, *, power_simulated:
                                 fmt="o", ms=4.5, color=colors[arm], mfc=colors[arm] if adj else "white", mew=1.1, elinewidth=0.8)
         for lv in (0.8, 0.9):
             ax.axhline(lv, color=GREY, lw=0.6, ls=":")
-        ax.set_xscale("log")
-        ax.set_xlim(2, max_n)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("Patients per arm (log scale)")
         ax.set_ylabel("Power (two-sided 5% level)")
@@ -611,6 +590,7 @@ def power_plot(power_analytic: pd.DataFrame, arms: ArmsLike, *, power_simulated:
                         Line2D([], [], marker="o", color="#444444", ls="none", label="Simulated, prognostic-adjusted")]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_title(title or "Power by sample size (NB2 Wald test)")
+        log_count_axis(ax, 2, max_n)  # last: plain-number ticks (2, 5, 10, ...) fitted to the final layout
     return fig
 
 

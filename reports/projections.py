@@ -49,8 +49,8 @@ def _width_text(w: Any) -> str:
     try:
         w = float(w)
     except (TypeError, ValueError):
-        return "NA"
-    return f"x{w:.3g}" if math.isfinite(w) else "NA"
+        return N.NOT_ESTIMABLE
+    return f"x{N.num(w, 2)}" if math.isfinite(w) else N.NOT_ESTIMABLE
 
 
 def flag_text(row: dict[str, Any], name: str) -> str:
@@ -83,8 +83,8 @@ def projections_table(frame: pd.DataFrame, primary_consort: pd.DataFrame, labels
         first = next(iter(q.values()))
         o = cp.loc[arm] if arm in cp.index else {}
         observed = N.ratio_text(o.get("observed_rate_ratio"), o.get("observed_ci_low"), o.get("observed_ci_high"),
-                                estimable=o.get("observed_estimable", True), note=o.get("observed_note", "")) if len(o) else "NA"
-        if N.num(first.get("training_rate_ratio")) == "NA" and not first.get("training_estimable"):
+                                estimable=o.get("observed_estimable", True), note=o.get("observed_note", "")) if len(o) else N.NOT_COMPUTED
+        if not N.is_number(first.get("training_rate_ratio")) and not first.get("training_estimable"):
             training = "unavailable"
         else:
             training = N.ratio_text(first.get("training_rate_ratio"), first.get("training_ci_low"), first.get("training_ci_high"),
@@ -93,7 +93,7 @@ def projections_table(frame: pd.DataFrame, primary_consort: pd.DataFrame, labels
         def cell(name: str, reasons: tuple[str, ...] = fc_reasons) -> str:
             r = q.get(name)
             if r is None:
-                return "NA"
+                return N.NOT_COMPUTED
             return N.ratio_text(r.get("estimate"), r.get("ci_low"), r.get("ci_high"), estimable=r.get("estimable", True), note=r.get("note", ""),
                                 reasons=reasons)
 

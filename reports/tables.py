@@ -7,27 +7,25 @@ HTML/Markdown, the builder writes the numeric frames to tables/*.csv.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from reports import numbers as N
 from reports.style import arm_labels, arm_order
 
 TOTAL = "Total"
 
 
 def _fmt(x: float, digits: int = 1) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "NA"
-    return f"{x:.{digits}f}"
+    return N.num(x, digits)
 
 
 def _mean_sd(v: pd.Series, digits: int = 1) -> str:
     v = v.dropna().astype(float)
     if len(v) == 0:
-        return "NA"
+        return N.NOT_COMPUTED
     sd = v.std(ddof=1) if len(v) > 1 else float("nan")
     return f"{_fmt(v.mean(), digits)} ({_fmt(sd, digits)})"
 
@@ -35,14 +33,14 @@ def _mean_sd(v: pd.Series, digits: int = 1) -> str:
 def _median_iqr(v: pd.Series, digits: int = 1) -> str:
     v = v.dropna().astype(float)
     if len(v) == 0:
-        return "NA"
+        return N.NOT_COMPUTED
     q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75])
     return f"{_fmt(med, digits)} ({_fmt(q1, digits)} to {_fmt(q3, digits)})"
 
 
 def _n_pct(mask: pd.Series) -> str:
     n, tot = int(mask.sum()), int(len(mask))
-    return f"{n} ({100.0 * n / tot:.0f}%)" if tot else "0 (NA)"
+    return f"{n} ({100.0 * n / tot:.0f}%)" if tot else "0"
 
 
 def table1(manifest: pd.DataFrame, arms: pd.DataFrame | Sequence[str], *, total: bool = True) -> pd.DataFrame:
@@ -103,18 +101,13 @@ def order_arms(df: pd.DataFrame, arms: pd.DataFrame | Sequence[str], column: str
 
 
 def ci_text(est: float, lo: float, hi: float, digits: int = 2) -> str:
-    """'0.52 (0.31-0.87)'; 'NA' for a missing estimate."""
-    if est is None or not np.isfinite(est):
-        return "NA"
-    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
-        return _fmt(est, digits)
-    return f"{_fmt(est, digits)} ({_fmt(lo, digits)} to {_fmt(hi, digits)})"
+    """'0.52 (0.31 to 0.87)' at the estimate's precision; 'not estimable' for a missing estimate."""
+    return N._with_ci(est, lo, hi, digits) if N.is_number(est) else N.NOT_ESTIMABLE
 
 
 def p_text(p: float) -> str:
-    if p is None or not np.isfinite(p):
-        return "NA"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    """A p-value in journal style (`reports.numbers.p_text`)."""
+    return N.p_text(p)
 
 
 FORECAST_COL = "Forecast RR (95% CI, conditional on the forecaster)"

@@ -55,7 +55,7 @@ def test_diffusion_demo_trains_on_one_trial_and_reports_held_out_forecasts_of_an
     summary = json.loads((tmp_path / "demo" / "report" / "summary.json").read_text())
     assert summary["provenance"]["status"] == "held-out"
     md = (tmp_path / "demo" / "report" / "report.md").read_text()
-    assert "HELD-OUT" in md.split("## Abbreviations")[0] and "train_cohort" in md
+    assert "HELD-OUT" in md.split("## Primary endpoint")[0] and "train_cohort" in md
     ev = json.loads((tmp_path / "demo" / "report" / "results" / "evaluation" / "summary.json").read_text())
     eff = json.loads((tmp_path / "demo" / "report" / "results" / "effects" / "effects.json").read_text())
     assert ev["provenance"]["status"] == eff["provenance"]["status"] == "held-out"

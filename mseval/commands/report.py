@@ -19,8 +19,9 @@ def report(
     min_volume_mm3: float = typer.Option(3.0, help="Drop components under this volume (mm^3, inclusive bound)."),
     detection_preset: Optional[str] = typer.Option(None, help="Detection rule preset (msseg2, shifts, brats2023, isles22, panoptica)."),
     formula: str = typer.Option("net2 ~ arm", help="NB2 model formula for the effects."),
-    power_sims: int = typer.Option(50, help="Simulated trials per arm for the simulated power."),
-    seed: int = typer.Option(0, help="Seed of the bootstrap, randomized PIT and power simulations."),
+    power_sims: Optional[int] = typer.Option(None, help="Simulated trials per arm for the simulated power (default: as recorded in --effects, else 50)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the bootstrap, randomized PIT and power simulations (default: as recorded in --effects / --evaluation, else 0)."),
+    n_boot: Optional[int] = typer.Option(None, help="Bootstrap resamples of the evaluation (default: as recorded in --evaluation, else 1000)."),
     workers: int = typer.Option(1, help="Processes for counting lesions."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists (only once the new report is complete)."),
     wait: bool = typer.Option(False, "--wait", help="If another mseval run is writing OUT, wait for it instead of stopping."),
@@ -35,10 +36,12 @@ def report(
     from mseval.io.lock import output_lock
     from mseval.io.store import ForecastStore
     from reports.builder import ReportSettings, build_report, check_store_covers_cohort
+    from reports.recorded import resolve_run_settings
 
     check_conn(connectivity)
     check_min(min_volume_mm3, "--min-volume-mm3", 0)
     check_min(power_sims, "--power-sims", 0)
+    check_min(n_boot, "--n-boot", 1)
     check_min(workers, "--workers", 1)
     check_out_folder(out)
     if out.exists() and not overwrite:
@@ -46,14 +49,18 @@ def report(
     for option, folder in (("--evaluation", evaluation), ("--effects", effects)):
         if folder is not None and not folder.is_dir():
             raise InputError(folder, f"{option} must be a folder written by `mseval {option[2:]}`")
+    run, sources = resolve_run_settings(seed, power_sims, n_boot, evaluation, effects)  # never silently another seed than the folders used
     c = read_cohort(cohort)  # every input checked before the first progress line
     check_formula_syntax(formula, [*c.manifest.columns, *OBSERVED_COLUMNS], c.root / "manifest.csv")
     check_store_covers_cohort(c, ForecastStore.open(forecasts), forecasts)
     settings = ReportSettings(connectivity=connectivity, min_volume_mm3=min_volume_mm3, detection_preset=detection_preset, formula=formula,
-                              power_sims=power_sims, seed=seed, workers=workers)
+                              power_sims=run["power_sims"], seed=run["seed"], n_boot=run["n_boot"], workers=workers)
+    for line in sources:
+        typer.echo(f"... {line}", err=True)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         rep = build_report(cohort, forecasts, out, title=title, evaluation_dir=evaluation, effects_dir=effects, settings=settings,
-                           overwrite=overwrite, progress=lambda m: typer.echo(f"... {m}", err=True))
+                           overwrite=overwrite, progress=lambda m: typer.echo(f"... {m}", err=True),
+                           extra_settings=(("Seed, power simulations, bootstrap", "; ".join(sources)),))
     typer.echo(f"report: {rep.html}")
 
 

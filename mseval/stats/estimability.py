@@ -54,7 +54,8 @@ def assess_ratio(
     if not _finite(estimate) or float(estimate) <= 0:
         why.append("estimate is not a finite positive number")
     elif not (RATIO_MIN <= float(estimate) <= RATIO_MAX):
-        why.append(f"estimate {float(estimate):.3g} outside [{RATIO_MIN:g}, {RATIO_MAX:g}] (boundary)")
+        side = f"below {RATIO_MIN:g}" if float(estimate) < RATIO_MIN else f"above {RATIO_MAX:g}"
+        why.append(f"estimate {side}, outside [{RATIO_MIN:g}, {RATIO_MAX:g}] (boundary)")  # no value: it would print as 3.8e-23
     if ci_low is not None or ci_high is not None:
         if not (_finite(ci_low) and _finite(ci_high)) or float(ci_low) <= 0:
             why.append("confidence interval is not finite")

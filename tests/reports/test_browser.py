@@ -136,3 +136,61 @@ def test_page_fits_the_viewport_and_screenshots(report_html, tmp_path, width):
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         Image.open(shot).crop((0, 0, width, 2400)).save(Path(out) / f"report_{width}px.png")
+
+
+LAYOUT_PROBE = """<script>
+window.addEventListener('load', function () {
+  setTimeout(function () {
+    var prim = document.querySelector('#primary-table');
+    var top = prim ? Math.round(prim.getBoundingClientRect().top + window.scrollY) : -1;
+    var box = prim ? prim.closest('.tablebox') : null;
+    var over = box ? box.scrollWidth - box.clientWidth : -1;
+    var blind = [];
+    Array.prototype.forEach.call(document.querySelectorAll('.tablebox'), function (b, i) {
+      if (b.scrollWidth > b.clientWidth + 1) {
+        var cue = b.parentElement.querySelector('.scrollcue');
+        if (!cue || cue.offsetHeight === 0 || getComputedStyle(cue).visibility === 'hidden') { blind.push(i); }
+      }
+    });
+    var p = document.createElement('pre'); p.id = 'probe';
+    p.textContent = 'LAYOUT top=' + top + ' over=' + over + ' scroll=' + document.documentElement.scrollWidth +
+                    ' inner=' + window.innerWidth + ' blind=' + blind.join(',') + ';';
+    document.body.appendChild(p);
+    if (window.parent !== window) { window.parent.postMessage(p.textContent, '*'); }
+  }, 50);
+});
+</script>"""
+
+
+def _layout(report_html: Path, tmp_path: Path, width: int) -> dict[str, str]:
+    """The LAYOUT_PROBE's measurements of the report in a `width`-px viewport (an iframe below 500 px)."""
+    import re
+
+    page = tmp_path / f"layout_{width}.html"
+    page.write_text(report_html.read_text().replace("</body>", LAYOUT_PROBE + "</body>", 1))
+    host = tmp_path / f"layout_host_{width}.html"
+    host.write_text(HOST.format(src=page.name, width=width))
+    with tempfile.TemporaryDirectory() as profile:
+        res = _chromium([f"--window-size={max(width, 500)},900", "--virtual-time-budget=8000", "--dump-dom", host.as_uri()], profile)
+    m = re.search(r"LAYOUT top=(-?\d+) over=(-?\d+) scroll=(\d+) inner=(\d+) blind=([^;]*);", res.stdout)
+    assert m, f"the page did not finish loading: {res.stderr[-2000:]}"
+    return dict(zip(("top", "over", "scroll", "inner", "blind"), m.groups()))
+
+
+def test_primary_table_is_on_the_first_screen_and_fits_at_1280px(report_html, tmp_path):
+    """At a 1280 px window the primary endpoint table starts within the first 1,500 px and its
+    box does not scroll sideways (every column visible)."""
+    lay = _layout(report_html, tmp_path, 1280)
+    assert int(lay["inner"]) == 1280
+    assert 0 <= int(lay["top"]) <= 1500, lay
+    assert int(lay["over"]) <= 0, f"the primary table is {lay['over']} px wider than its box"
+
+
+def test_tables_that_scroll_at_400px_show_a_cue(report_html, tmp_path):
+    """At 400 px the document is no wider than the viewport; every table box that scrolls sideways
+    shows a visible cue saying so (blind = indexes of scrolling boxes without one)."""
+    lay = _layout(report_html, tmp_path, 400)
+    assert int(lay["inner"]) == 400
+    assert int(lay["scroll"]) <= 400
+    assert int(lay["over"]) > 0  # the probe sees a scrolling table here, so the cue check is not vacuous
+    assert lay["blind"] == "", f"table boxes {lay['blind']} scroll without a cue"

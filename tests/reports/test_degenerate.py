@@ -91,9 +91,9 @@ def test_degenerate_forecaster_and_in_sample_are_flagged(degenerate):
     n = int(degenerate.summary["forecast_load"]["samples"])
     assert f"hold 0 lesions in {n} samples" in md and "DEGENERATE FORECASTER" in html
     assert degenerate.summary["provenance"]["status"] == "in-sample"
-    assert "IN-SAMPLE" in md.split("## Abbreviations")[0] and 'class="banner bad"' in html
+    assert "IN-SAMPLE" in md.split("## Primary endpoint")[0] and 'class="banner bad"' in html
     assert "95% prediction intervals cover" not in md  # no coverage headline from 2 samples per patient
-    head, primary = next((head, rows) for head, rows in _md_tables(md) if head[:2] == ["Arm", "Randomized, n"])
+    head, primary = next((head, rows) for head, rows in _md_tables(md) if head[:2] == ["Arm", "Randomized / analysed, n"])
     assert not any("Forecast" in h or "Counterfactual" in h for h in head)  # observed effects only (issue 22)
     from reports import projections as P
 
@@ -103,3 +103,47 @@ def test_degenerate_forecaster_and_in_sample_are_flagged(degenerate):
     assert all(r[2] == r[1] for r in proj), proj
     caption = next(line for line in md.splitlines() if line.startswith("*Figure 1.*"))
     assert "forecast RR not estimable (degenerate forecaster" in caption  # and the forest plot leaves them out
+
+
+E_NOTATION = re.compile(r"(?<![\w.#-])-?\d+(?:\.\d+)?[eE][-+]?\d+(?![\w.])")
+LONG_NUMBER = re.compile(r"(?<![\w.#:@-])-?\d{7,}(?:\.\d+)?(?![\w])|(?<![\w#-])\d{1,3}(?:,\d{3}){2,}(?![\w])")
+
+
+def _printed_text(rep) -> dict[str, str]:  # noqa: ANN001
+    """What a person reads: report.md, and report.html without the inlined images, style and script."""
+    html = rep.html.read_text()
+    html = re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', html)
+    html = re.sub(r"<style>.*?</style>|<script>.*?</script>", "", html, flags=re.S)
+    return {"report.md": (rep.out / "report.md").read_text(), "report.html": html}
+
+
+def test_no_number_in_e_notation_or_with_seven_digits(degenerate):
+    """The report built from empty forecasts prints every number in plain notation, none with 7+ digits, and p-values as 'p < 0.001'."""
+    for name, text in _printed_text(degenerate).items():
+        assert E_NOTATION.findall(text) == [], (name, E_NOTATION.findall(text)[:5])
+        assert LONG_NUMBER.findall(text) == [], (name, LONG_NUMBER.findall(text)[:5])
+        assert "<0.001" not in text.replace("&lt;", "<"), name  # journal style: 'p < 0.001' (spaced)
+    md = (degenerate.out / "report.md").read_text()
+    p_cells = [row[j] for head, rows in _md_tables(md) for j, h in enumerate(head) if re.match(r"^p\b", h) or h.endswith("p-value")
+               for row in rows]
+    assert p_cells and all(c in ("", "< 0.001", "not estimable") or (re.fullmatch(r"[01]\.\d{3}", c) and float(c) >= 0.001) for c in p_cells), p_cells
+
+
+def test_the_number_checks_catch_what_they_forbid():
+    assert E_NOTATION.findall("slope 2.2e-16 and 1.4E-17, not #0072B2 or P06e1") == ["2.2e-16", "1.4E-17"]
+    assert LONG_NUMBER.findall("n 1234567 and 1,234,567 but not fingerprint a1234567b, checkpoint ck@1:000000000000 or 12345") == ["1234567", "1,234,567"]
+
+
+def test_ensemble_figures_and_calibration_are_withheld_below_the_monte_carlo_minimum(degenerate):
+    """2 samples per patient and 3 patients per arm: the PIT and coverage figures and the per-arm
+    calibration columns are withheld with the reason, not drawn from Monte Carlo noise."""
+    from reports.metric_cells import MIN_PATIENTS_PER_ARM, MIN_SAMPLES
+
+    assert degenerate.summary["forecast_load"]["samples_per_patient"] < MIN_SAMPLES
+    assert not any(f.startswith(("figures/pit_histogram", "figures/coverage")) for f in degenerate.files)
+    md = (degenerate.out / "report.md").read_text()
+    cal = md.split("## Calibration")[1].split("\n## ")[0]
+    head = cal.strip().splitlines()[0]
+    assert head == "| Metric | All patients |"  # no arm column: each has 3 < MIN_PATIENTS_PER_ARM patients
+    assert f"at least {MIN_PATIENTS_PER_ARM} patients" in cal and "figures withheld: 2 samples per patient" in cal
+    assert "| Coverage of the 95% prediction interval | withheld (2 samples per patient < 10) |" in cal

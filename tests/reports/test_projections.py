@@ -113,4 +113,4 @@ def test_flag_marks_a_projection_narrower_than_the_observed_interval() -> None:
     f2 = projections_frame(primary, None, training_note="x").set_index("quantity")
     assert f2.loc["forecast_rate_ratio", "comparator"] == THIS_TRIAL and f2.loc["forecast_rate_ratio", "training_note"] == "x"
     text = P.flag_text(f.loc["forecast_rate_ratio"].to_dict(), "Forecast RR")
-    assert "narrower than the training trial's observed CI (width x1.66 vs x4)" in text
+    assert "narrower than the training trial's observed CI (width x1.66 vs x4.00)" in text

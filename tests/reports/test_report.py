@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from html import unescape
 from pathlib import Path
 
 import pandas as pd
@@ -83,8 +84,17 @@ def _check_contents(rep) -> None:  # noqa: ANN001
                     "Prognostic adjustment", "Power and sample size", "Example slices", "Abbreviations", "Settings"):
         assert heading in html, heading
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html  # self-contained: nothing fetched
+    settings = html.split('<h2 id="settings">')[1].split("</table>")[0]
+    assert "<td>Model</td>" in settings and settings.count("<td>Sampler") == len(summary["settings"]["forecaster"]["sampler_groups"]) >= 1
+    assert len(settings) < 8000  # a short table; the full record is collapsed below it
+    assert '<details class="record">' in html and '"sampler_groups"' in unescape(html.split('<details class="record">')[1])
     md = (rep.out / "report.md").read_text()
     assert "## Primary endpoint" in md and "| Arm |" in md
+    # the power caption names the law the simulation drew from, as effects recorded it (not the forecasts)
+    law = pd.read_csv(rep.out / "tables" / "power_analytic.csv")["outcome_law"].dropna().iloc[0]
+    caption = next(line for line in md.splitlines() if line.startswith("*Figure") and "Power of a two-arm" in line)
+    assert law.startswith("observed") and f"drawn from the {law}, never from the forecasts" in caption
+    assert "simulated from the forecasts" not in md
     t1 = pd.read_csv(rep.out / "tables" / "table1_baseline.csv")
     assert "p" not in [c.lower() for c in t1.columns] and not any("p-value" in c for c in t1.columns)
 
