@@ -48,6 +48,8 @@ def observed(n_trials: int = 500) -> dict[str, float]:
         "null_rejection_rate": null["rejection_rate"],
         "null_rejection_rate_prognostic_adjusted": null["adjusted_rejection_rate"],
         "null_coverage": null["coverage"],
+        "coverage_dmf_robust_se": effect["robust_coverage"],
+        "null_rejection_rate_robust_se": null["robust_rejection_rate"],
     }
 
 

@@ -61,8 +61,8 @@ def run_nbreg(
         raise InputError(table_path, "file not found")
     if out.exists() and not overwrite:
         raise InputError(out, "output folder exists; remove it or pass --overwrite")
-    if cov not in ("expected", "observed"):
-        raise InputError(None, f"--cov must be expected or observed, got {cov!r}", field="cov")
+    if cov not in ("expected", "observed", "robust"):
+        raise InputError(None, f"--cov must be expected, observed or robust, got {cov!r}", field="cov")
     data = read_any_table(table_path)
     _, used = check_formula(formula, data, str(table_path))
     if arm_col in used:

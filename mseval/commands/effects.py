@@ -21,7 +21,7 @@ def nbreg(
     formula: Annotated[str, typer.Option(help="Model formula, e.g. 'net2 ~ arm + t2_volume_mm3'.")] = "net2 ~ arm",
     offset_years: Annotated[Optional[str], typer.Option(help="Column of follow-up years (offset log(years)); '' for none.")] = "followup_years",
     reference: Annotated[Optional[str], typer.Option(help="Reference arm (default: first in sort order).")] = None,
-    cov: Annotated[str, typer.Option(help="Standard errors from the 'expected' (as R's glm.nb) or 'observed' information.")] = "expected",
+    cov: Annotated[str, typer.Option(help="Standard errors from the 'expected' (as R's glm.nb) or 'observed' information, or 'robust' (patient-level sandwich, HC0).")] = "expected",
     arm_column: Annotated[str, typer.Option(help="Column holding the arm.")] = "arm",
     arms: Annotated[Optional[str], typer.Option(help="The arms the table may hold: a comma list ('placebo,dmf') or an arms.csv "
                                                 "(its reference arm is then the default reference). Default: the arms.csv beside TABLE, "
@@ -42,8 +42,8 @@ def nbreg(
     check_out_folder(out)
     if out.exists() and not overwrite:
         raise InputError(out, "output folder exists; remove it or pass --overwrite")
-    if cov not in ("expected", "observed"):
-        raise InputError(None, f"--cov must be expected or observed, got {cov!r}")
+    if cov not in ("expected", "observed", "robust"):
+        raise InputError(None, f"--cov must be expected, observed or robust, got {cov!r}")
     columns = table_columns(table, kind)
     check_formula_syntax(formula, columns, table)
     _, used = check_formula(formula, pd.DataFrame(columns=columns), str(table))

@@ -16,6 +16,11 @@ Standard errors: by default (`cov="expected"`) the Wald standard errors of beta 
 expected (Fisher) information of the GLM at the fitted alpha, (X' W X)^-1 with
 W = mu / (1 + alpha mu) -- what R's `summary(glm.nb(...))` reports. `cov="observed"` uses the
 inverse Hessian of the full (beta, alpha) log-likelihood; the two differ slightly in finite samples.
+`cov="robust"`: the patient-level sandwich (HC0) at the fitted alpha, A^-1 B A^-1 with A the observed
+information of beta, X' diag(mu (1 + alpha y) / (1 + alpha mu)^2) X, and B = sum_i s_i s_i',
+s_i = x_i (y_i - mu_i) / (1 + alpha mu_i): valid when the variance function
+is wrong, e.g. treated arms more overdispersed than placebo (one alpha for all arms); equal to
+statsmodels' GLM(NegativeBinomial(alpha)) with cov_type="HC0" (tested).
 
 Every estimates table carries `estimable` and `note` (the shared rule of
 `mseval.stats.estimability`): an arm without events has no finite rate ratio (its MLE is 0) and is
@@ -278,7 +283,7 @@ def fit_count_model(
     offset_years: str | None = "followup_years",
     reference: str | None = None,
     arm_col: str = "arm",
-    cov: Literal["expected", "observed"] = "expected",
+    cov: Literal["expected", "observed", "robust"] = "expected",
     maxiter: int = 500,
     file: str | None = None,
     adjusted_means: bool = True,
@@ -315,7 +320,7 @@ def fit_count_model(
     if not res.converged:
         notes.append(f"the fit did not reach a verified maximum (Newton decrement {res.decrement:.3g} after {res.iterations} iterations); "
                      "estimates are the best found")
-    V, ok_inv = _covariance(res, X, off, cov)
+    V, ok_inv = _covariance(res, X, off, cov, y)
     if not ok_inv:
         notes.append("singular information matrix: pseudo-inverse used")
     se = np.sqrt(np.clip(np.diag(V)[:k], 0, None))
@@ -375,12 +380,18 @@ def _arm_counts(df: pd.DataFrame, arm_col: str, y: np.ndarray, years: np.ndarray
     return pd.DataFrame(rows)
 
 
-def _covariance(res: NB2Result, X: np.ndarray, off: np.ndarray | float, cov: str) -> tuple[np.ndarray, bool]:
+def _covariance(res: NB2Result, X: np.ndarray, off: np.ndarray | float, cov: str, y: np.ndarray) -> tuple[np.ndarray, bool]:
     k = X.shape[1]
     if cov == "observed":
         V, ok = inv_pd(-res.hessian)
         return V[:k, :k], ok
     wald = nb2_wald(X, off, res.beta, res.alpha)
+    if cov == "robust":
+        y = np.asarray(y, dtype=float)
+        mu, a = wald.mu, res.alpha
+        bread, ok = inv_pd(X.T @ (X * (mu * (1.0 + a * y) / (1.0 + a * mu) ** 2)[:, None]))  # observed information, alpha fixed
+        s = X * ((y - mu) / (1.0 + a * mu))[:, None]
+        return bread @ (s.T @ s) @ bread, ok
     return wald.vcov, wald.ok
 
 
