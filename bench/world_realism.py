@@ -54,11 +54,17 @@ def images_matter(cfg: TrialConfig, reps: int, seed0: int) -> pd.DataFrame:
             tr, te = window(train, visit), window(test, visit)
             y = te["net2"].to_numpy()
             po = observable_pmf(te, ModelParams.from_config(cfg))
+            # the Bayes law given the lesion counts alone (the images' DAWM and pre-lesional sites unread):
+            # exact, since marginalising the visible sites leaves the count Poisson(lambda rho T) given u
+            pc = observable_pmf(te.assign(prelesional_sites=0), ModelParams.from_config(replace(cfg, prelesion_fraction=0.0, dawm_strength=0.0)))
             pb = fit_nb2_baseline(tr, reference="placebo").pmf(te)
-            co, cb = crps_pmf(po, y), crps_pmf(pb, y)
+            co, cb, cc = crps_pmf(po, y), crps_pmf(pb, y), crps_pmf(pc, y)
             d = co - cb
+            dc = co - cc
             rows.append({"rep": k, "visit": label, "crps_oracle": co.mean(), "crps_nb2": cb.mean(), "diff": d.mean(),
                          "diff_se": d.std(ddof=1) / np.sqrt(len(d)), "rel_gain": -d.mean() / cb.mean(),
+                         "crps_counts_oracle": cc.mean(), "diff_vs_counts_oracle": dc.mean(), "diff_vs_counts_oracle_se": dc.std(ddof=1) / np.sqrt(len(dc)),
+                         "auc_counts_oracle": roc_auc_score(y > 0, 1 - pc[:, 0]),
                          "auc_oracle": roc_auc_score(y > 0, 1 - po[:, 0]), "auc_nb2": roc_auc_score(y > 0, 1 - pb[:, 0]),
                          "placebo_free": float((y[te["arm"] == "placebo"] == 0).mean())})
     return pd.DataFrame(rows)
@@ -86,14 +92,15 @@ def realism_counts(cfg: TrialConfig) -> dict:
             "gd_per_scan_over_annual_rate": float(pl["gd_count"].mean() / annual), "placebo_annual_rate": annual}
 
 
-def location(folder: Path, cfg: TrialConfig, workers: int) -> dict:
+def location(folder: Path, cfg: TrialConfig, workers: int, simulate: bool = True, n_other: int = 10) -> dict:
     import nibabel as nib
 
     from mseval.simulate.spatial import proximity_prior, uniform_white_matter
     from mseval.simulate.trial import simulate_trial
 
     t0 = time.perf_counter()
-    simulate_trial(folder, cfg, workers=workers, overwrite=True)
+    if simulate:
+        simulate_trial(folder, cfg, workers=workers, overwrite=True)
     seconds = time.perf_counter() - t0
     les = pd.read_csv(folder / "truth_lesions.csv")
     sim = json.loads((folder / "simulation.json").read_text())
@@ -122,10 +129,12 @@ def location(folder: Path, cfg: TrialConfig, workers: int) -> dict:
             scores[name] += list(np.log(np.maximum(m[idx[:, 0], idx[:, 1], idx[:, 2]], 1e-12)))
         periv += list(vdist[idx[:, 0], idx[:, 1], idx[:, 2]] <= 15.0)
         c = new[["centroid_x", "centroid_y", "centroid_z"]].to_numpy() * spacing
-        q = pids[(i + 1) % len(pids)]
-        if len(base_centres[p]) and len(base_centres[q]):
+        # own: nearest baseline lesion of the patient; other: the same distance to each of the next
+        # n_other patients' baseline lesions, averaged (one other patient alone makes the ratio noisy)
+        others = [q for q in (pids[(i + j) % len(pids)] for j in range(1, n_other + 1)) if len(base_centres[q])]
+        if len(base_centres[p]) and others:
             own += list(np.min(np.linalg.norm(c[:, None] - base_centres[p][None], axis=-1), axis=1))
-            other += list(np.min(np.linalg.norm(c[:, None] - base_centres[q][None], axis=-1), axis=1))
+            other += list(np.mean([np.min(np.linalg.norm(c[:, None] - base_centres[q][None], axis=-1), axis=1) for q in others], axis=0))
     s = {k: np.asarray(v) for k, v in scores.items()}
     d1 = s["true_intensity"] - s["uniform_wm"]
     d2 = s["proximity_prior"] - s["uniform_wm"]
@@ -188,8 +197,14 @@ def main() -> None:
             r.to_csv(a.out / f"images_matter_{name}.csv", index=False)
             g = r.groupby("visit", sort=False).agg(crps_oracle=("crps_oracle", "mean"), crps_nb2=("crps_nb2", "mean"), diff=("diff", "mean"),
                                                    diff_se_trial=("diff_se", "mean"), rel_gain=("rel_gain", "mean"),
-                                                   auc_oracle=("auc_oracle", "mean"), auc_nb2=("auc_nb2", "mean"))
+                                                   auc_oracle=("auc_oracle", "mean"), auc_nb2=("auc_nb2", "mean"),
+                                                   crps_counts_oracle=("crps_counts_oracle", "mean"), diff_vs_counts=("diff_vs_counts_oracle", "mean"),
+                                                   diff_vs_counts_se_trial=("diff_vs_counts_oracle_se", "mean"),
+                                                   auc_counts_oracle=("auc_counts_oracle", "mean"))
+            r["auc_diff"] = r["auc_oracle"] - r["auc_nb2"]
             g["auc_diff"] = g["auc_oracle"] - g["auc_nb2"]
+            g["auc_diff_sd_trials"] = r.groupby("visit", sort=False)["auc_diff"].std(ddof=1)  # the per-trial SE of the AUC gain
+            g["diff_sd_trials"] = r.groupby("visit", sort=False)["diff"].std(ddof=1)
             res[name] = g.round(4).reset_index().to_dict("records")
             print(name); print(g.round(3).to_string(), flush=True)
     if "realism" in parts:

@@ -53,6 +53,11 @@ class LesionField:
         self.free = self.allowed.copy()
         self._weights_flat = np.asarray(self.weights, dtype=np.float64).ravel()
 
+    def reweight(self, weights: np.ndarray) -> None:
+        """Draw later lesion centres from `weights` (X, Y, Z) non-negative instead."""
+        self.weights = weights
+        self._weights_flat = np.asarray(weights, dtype=np.float64).ravel()
+
     @property
     def next_id(self) -> int:
         return max(self.boxes, default=0) + 1

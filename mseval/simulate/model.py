@@ -50,7 +50,8 @@ class TrialConfig:
     Image channels (each documented in `mseval.simulate.model`'s docstring; 0 switches it off):
     `dawm_strength`, `prelesion_fraction` (and its rendering contrast `prelesion_contrast`, in units
     of the image noise SD), `spatial_strength` (the patient's own lesion-prone regions, shared by
-    baseline and new lesions), `dawm_preference` (new lesions favour DAWM), `site_gain_sd` /
+    baseline and new lesions), `load_preference` (new lesions favour the regions of the patient's baseline
+    lesions, smoothed over `load_smooth_mm`), `dawm_preference` (new lesions favour DAWM), `site_gain_sd` /
     `site_offset_sd` (scanner intensity differences between sites), `field_3t_share` (share of sites
     scanning at 3 T; the rest at 1.5 T) and `small_lesion_contrast_1p5t` (the fraction of its contrast
     a lesion under `small_lesion_mm3` keeps on every sequence at 1.5 T; 1 switches it off: WORLD_FACTS
@@ -92,6 +93,8 @@ class TrialConfig:
     dawm_preference: float = 2.0
     spatial_strength: float = 1.5
     spatial_smooth_mm: float = 15.0
+    load_preference: float = 6.0
+    load_smooth_mm: float = 10.0
     p_black_hole: float = 0.25
     site_gain_sd: float = 0.1
     site_offset_sd: float = 20.0
@@ -178,6 +181,7 @@ def check_config(cfg: TrialConfig) -> None:
         "t2_count_dispersion": (0.0, 10.0), "p_enlarging": (0.0, 1.0), "prelesion_fraction": (0.0, 1.0),
         "prelesion_contrast": (0.0, 10.0), "dawm_strength": (0.0, 3.0), "dawm_fraction": (0.0, 0.3), "dawm_sd": (0.0, 2.0),
         "dawm_preference": (0.0, 20.0), "spatial_strength": (0.0, 3.0), "spatial_smooth_mm": (1.0, 100.0),
+        "load_preference": (0.0, 50.0), "load_smooth_mm": (1.0, 100.0),
         "p_black_hole": (0.0, 1.0), "site_gain_sd": (0.0, 0.5), "site_offset_sd": (0.0, 200.0),
         "field_3t_share": (0.0, 1.0), "small_lesion_mm3": (0.0, 1000.0), "small_lesion_contrast_1p5t": (0.0, 1.0),
         "dropout_arm_difference": (0.0, 5.0), "dropout_mar": (-5.0, 5.0), "dropout_mnar": (-5.0, 5.0),

@@ -7,7 +7,9 @@ from the intensity
 
     lambda(x) ∝ WM(x) * (0.2 + exp(-d_vent(x) / 12 mm)) * exp(spatial_strength * Z(x)) * (1 + dawm_preference * DAWM(x))
 
-(periventricular preference as before; DAWM preferred). DAWM is the share `dawm_fraction` of white
+(periventricular preference as before; DAWM preferred); new lesions' intensity is further multiplied by
+(1 + load_preference * L(x)), L the patient's baseline lesion load smoothed over `load_smooth_mm` and
+scaled to at most 1 (WORLD_FACTS 3: new lesions scale with the regional baseline load). DAWM is the share `dawm_fraction` of white
 matter where Z plus a periventricular score is highest. The normalised intensity over white matter
 is the patient's true centre intensity (saved per patient; the same shape for every interval, scaled
 by the interval's expected count). `spatial_strength` 0 and `dawm_preference` 0 give the uniform
@@ -54,6 +56,14 @@ def centre_intensity(wm: np.ndarray, ventricle_distance_mm: np.ndarray, field: n
     return w / max(float(w.sum()), 1e-300)
 
 
+def regional_load(lesion_mask: np.ndarray, spacing: tuple[float, float, float], smooth_mm: float, where: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) float64 in [0, 1]: the lesion mask smoothed by a Gaussian of SD smooth_mm / 2 (mm),
+    scaled so that its maximum over `where` (bool) is 1 (all 0 without lesions)."""
+    load = ndimage.gaussian_filter((np.asarray(lesion_mask) > 0).astype(float), [smooth_mm / s / 2.0 for s in spacing], mode="constant")
+    top = float(load[where].max()) if np.any(where) else 0.0
+    return load / top if top > 0 else np.zeros_like(load)
+
+
 def proximity_prior(wm: np.ndarray, ventricle_distance_mm: np.ndarray, lesion_mask: np.ndarray, spacing: tuple[float, float, float],
                     *, smooth_mm: float = 20.0, weight: float = 4.0) -> np.ndarray:
     """The simple reference a user would try: periventricular weights x (1 + weight x the patient's
@@ -62,11 +72,8 @@ def proximity_prior(wm: np.ndarray, ventricle_distance_mm: np.ndarray, lesion_ma
     a new lesion is new tissue. (smooth_mm and weight were chosen among 10/20/30 mm x 2/4/8 on a
     tuning trial, seed 1300, never on the trials the world bench reports.)"""
     lesions = np.asarray(lesion_mask) > 0
-    load = ndimage.gaussian_filter(lesions.astype(float), [smooth_mm / s / 2.0 for s in spacing], mode="constant")
     sel = (wm > 0) & ~ndimage.binary_dilation(lesions, structure=np.ones((3, 3, 3), bool))
-    if sel.any() and load[sel].max() > 0:
-        load = load / load[sel].max()
-    w = periventricular_weights(ventricle_distance_mm) * (1.0 + weight * load)
+    w = periventricular_weights(ventricle_distance_mm) * (1.0 + weight * regional_load(lesions, spacing, smooth_mm, sel))
     w = np.where(sel, w, 0.0)
     return w / max(float(w.sum()), 1e-300)
 

@@ -44,7 +44,7 @@ from mseval.simulate.lesions import LesionField, periventricular_weights
 from mseval.simulate.model import (WEEKS_PER_YEAR, TrialConfig, arm_rate_ratios, draw_patients, site_scanner, truth_frame,
                                    visit_truth_frame)
 from mseval.simulate.mri import SEQUENCES, mtr_map, synthesize_mri
-from mseval.simulate.spatial import centre_intensity, dawm_mask, patient_field
+from mseval.simulate.spatial import centre_intensity, dawm_mask, patient_field, regional_load
 
 MASKS = ("brain_mask", "t2_lesion_mask", "gd_lesion_mask", "t2_lesion_mask_followup", "net2_mask")
 VISIT_IMAGES = ("flair", "t1", "t1gd")
@@ -154,6 +154,9 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     baseline_labels = lf.labels.copy()
     # The law of a new lesion's centre given the baseline: the intensity over the white matter that no
     # baseline lesion (or its one-voxel margin) takes, the space `place_new` draws from.
+    if cfg.load_preference > 0:  # new lesions favour the regions of the patient's baseline lesions
+        intensity = intensity * (1.0 + cfg.load_preference * regional_load(baseline_labels, spacing, cfg.load_smooth_mm, lf.free))
+        lf.reweight(intensity)
     free_intensity = np.where(lf.free, intensity, 0.0)
     free_intensity /= max(float(free_intensity.sum()), 1e-300)
     base_voxels = {lid: lf.voxels(lid) for lid in base_ids}
