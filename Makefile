@@ -28,7 +28,7 @@ PIP := $(PY) -m pip install -qq --disable-pip-version-check --no-warn-conflicts
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) $(TORCH_CPU); fi
-	$(PIP) -e '.[forecast,dask,dev]'
+	$(PIP) -e '.[forecast,dask,bids,dev]'
 	$(PIP) --no-deps panoptica==2.1.7
 	$(PIP) scikit-image 'plotly<6' ruamel.yaml tqdm
 	touch $(STAMP)

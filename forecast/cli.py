@@ -269,5 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_typer(app, argv, "mseval forecast")
 
 
+from mseval.commands.forecast_import import forecast_import  # noqa: E402 - light: nibabel is imported inside
+
+app.command("import")(forecast_import)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -39,6 +39,7 @@ def _root(
 
 
 # Every command lives in mseval/commands/ (one module per command or group); this module only registers them.
+from mseval.commands.bids import export_app, import_app  # noqa: E402
 from mseval.commands.count import count  # noqa: E402 - light modules: heavy imports run inside each command
 from mseval.commands.effects import effects, nbreg  # noqa: E402
 from mseval.commands.evaluate import evaluate  # noqa: E402
@@ -60,6 +61,8 @@ app.command("match", help="Lesion-wise detection metrics of a predicted mask aga
 app.command()(evaluate)
 app.command(help="Write a self-contained trial report (HTML, Markdown, figures, tables, summary.json).")(report)
 app.command(help="Run the whole pipeline on a small synthetic six-arm trial and write its report.")(demo)
+app.add_typer(export_app, name="export", help="Write a cohort in another format: `mseval export bids COHORT OUT`.")
+app.add_typer(import_app, name="import", help="Read another format into a cohort: `mseval import bids BIDS_ROOT --out COHORT`.")
 
 from forecast.cli import app as forecast_app  # noqa: E402 - torch is imported inside its commands only
 

@@ -54,6 +54,8 @@ def simulate(
     workers: Annotated[int, typer.Option(help="Processes (results do not depend on it).")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     wait: Wait = False,
+    bids: Annotated[Optional[Path], typer.Option(help="Also write the trial as a BIDS dataset here (as `mseval export bids OUT BIDS`).",
+                                                 show_default=False)] = None,
 ) -> None:
     """Simulate a six-arm RRMS trial with known truth: baseline and follow-up visits (images, lesion
     masks, visits.csv), truth tables (docs/cohort_format.md)."""
@@ -65,6 +67,10 @@ def simulate(
 
     check_min(workers, "--workers", 1)
     check_out_folder(out)
+    if bids is not None:
+        check_out_folder(bids, "--bids")
+        if bids.exists() and not overwrite:
+            raise InputError(bids, "--bids folder exists; remove it or pass --overwrite")
     if patients_per_arm < 1:
         raise InputError(None, "--patients-per-arm must be at least 1", field="patients_per_arm")
     if not all(16 <= s <= 512 for s in shape):
@@ -79,6 +85,10 @@ def simulate(
     prog, update = progress("simulating patients")
     with output_lock(out, wait=wait), prog:
         simulate_trial(out, cfg, workers=workers, overwrite=overwrite, progress=update)
+    if bids is not None:
+        from mseval.bids.export import export_bids
+
+        export_bids(out, bids, overwrite=overwrite)
     _print_summary(trial_summary(read_cohort(out)), "Simulated trial", f"{out}\nvisits: {', '.join(cfg.visit_labels)}")
 
 

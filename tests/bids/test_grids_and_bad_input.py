@@ -1,0 +1,103 @@
+"""A session on another grid is resampled onto the baseline grid; bad BIDS input is one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from mseval.cli import main
+
+# Voxel (i, j, k) of a 2x finer grid over the same field of view: i_coarse = 0.5 i_fine - 0.25.
+FINER = np.array([[0.5, 0, 0, -0.25], [0, 0.5, 0, -0.25], [0, 0, 0.5, -0.25], [0, 0, 0, 1.0]])
+
+
+def _oblique() -> np.ndarray:
+    """(4, 4) rotation by 20 degrees about z and 10 about x."""
+    a, b = np.deg2rad(20), np.deg2rad(10)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    out = np.eye(4)
+    out[:3, :3] = rz @ rx
+    return out
+
+
+def _files(bids: Path, subject: str, session: str | None = None) -> list[Path]:
+    ses = f"ses-{session}" if session else "ses-*"
+    return sorted([*bids.glob(f"sub-{subject}/{ses}/anat/*.nii.gz"), *bids.glob(f"derivatives/mseval/sub-{subject}/{ses}/anat/*.nii.gz")])
+
+
+def _rewrite(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(data, affine), str(path))  # nibabel only, as another group's pipeline would
+
+
+def test_a_session_on_a_finer_oblique_grid_is_resampled_and_counts_agree(bids_copy: Path, tmp_path: Path, trial: dict[str, Path], cli) -> None:  # noqa: ANN001
+    """sub-P001: every session turned oblique; ses-w24 on a 32^3 grid (2x finer) over the same field of
+    view. Import resamples w24 onto the 16^3 baseline grid (nearest for masks, linear for images); the
+    lesion counts and volumes of the imported masks equal `mseval lesions` on the native fine masks."""
+    rot = _oblique()
+    for path in _files(bids_copy, "P001"):
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+        if "ses-w24" in path.name:
+            _rewrite(path, data.repeat(2, 0).repeat(2, 1).repeat(2, 2), rot @ img.affine @ FINER)
+        else:
+            _rewrite(path, data, rot @ img.affine)
+    assert main(["import", "bids", str(bids_copy), "--out", str(tmp_path / "c")]) == 0
+    report = pd.read_csv(tmp_path / "c" / "import_report.csv")
+    resampled = report[report["status"] == "resampled"]
+    assert set(resampled["subject"]) == {"P001"} and set(resampled["session"]) == {"w24"} and len(resampled) == 7
+    visits = pd.read_csv(trial["cohort"] / "visits.csv").set_index(["patient_id", "visit"])
+    for col in ("t2_lesion_mask", "net2_mask", "flair"):
+        rel = visits.at[("P001", "w24"), col]
+        got, want = nib.load(str(tmp_path / "c" / rel)), nib.load(str(trial["cohort"] / rel))
+        np.testing.assert_allclose(got.get_fdata(), want.get_fdata(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got.affine, rot @ want.affine, atol=1e-6)
+    native = [p for p in _files(bids_copy, "P001", "w24") if "_mask" in p.name and "label-lesion" in p.name]
+    imported = [tmp_path / "c" / visits.at[("P001", "w24"), c] for c in ("t2_lesion_mask", "gd_lesion_mask", "net2_mask", "net2_mask_cumulative")]  # the order of the sorted BIDS names
+    assert cli("lesions", *native, "--out", tmp_path / "native.csv").code == 0
+    assert cli("lesions", *imported, "--out", tmp_path / "imported.csv").code == 0
+    a, b = pd.read_csv(tmp_path / "native.csv"), pd.read_csv(tmp_path / "imported.csv")
+    assert a["count"].sum() > 0
+    np.testing.assert_array_equal(a["count"], b["count"])
+    np.testing.assert_allclose(a["volume_mm3"], b["volume_mm3"], rtol=1e-9)
+
+
+def test_the_arm_column_is_named_by_an_option(bids_copy: Path, tmp_path: Path, trial: dict[str, Path]) -> None:
+    tab = pd.read_csv(bids_copy / "participants.tsv", sep="\t").rename(columns={"arm": "randomized"})
+    tab.to_csv(bids_copy / "participants.tsv", sep="\t", index=False)
+    assert main(["import", "bids", str(bids_copy), "--out", str(tmp_path / "c"), "--arm-column", "randomized"]) == 0
+    assert (tmp_path / "c" / "manifest.csv").read_bytes() == (trial["cohort"] / "manifest.csv").read_bytes()
+
+
+def _refused(cli, bids: Path, out: Path, *needles: str) -> None:  # noqa: ANN001
+    res = cli("import", "bids", bids, "--out", out)
+    assert res.code == 2, res.err
+    line = res.err.strip()
+    assert "\n" not in line and "Traceback" not in line and line.startswith("mseval: error: "), line
+    for n in needles:
+        assert n in line, (n, line)
+    assert not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_missing_flair_in_one_session_is_refused(bids_copy: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    (bids_copy / "sub-P002/ses-w48/anat/sub-P002_ses-w48_FLAIR.nii.gz").unlink()
+    _refused(cli, bids_copy, tmp_path / "out", "sub-P002/ses-w48", "field 'flair'", "no FLAIR image found")
+
+
+def test_a_participant_without_arm_is_refused(bids_copy: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    tab = pd.read_csv(bids_copy / "participants.tsv", sep="\t", dtype=str)
+    tab.loc[tab["participant_id"] == "sub-P004", "arm"] = "n/a"
+    tab.to_csv(bids_copy / "participants.tsv", sep="\t", index=False)
+    _refused(cli, bids_copy, tmp_path / "out", "participants.tsv", "row 4", "field 'arm'", "participant sub-P004 has no arm")
+
+
+def test_a_session_5mm_off_is_refused_as_not_coregistered(bids_copy: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    for path in _files(bids_copy, "P003", "w96"):
+        img = nib.load(str(path))
+        shifted = img.affine.copy()
+        shifted[0, 3] += 5.0
+        _rewrite(path, np.asanyarray(img.dataobj), shifted)
+    _refused(cli, bids_copy, tmp_path / "out", "sub-P003/ses-w96", "not co-registered", "5 mm off")
