@@ -103,18 +103,25 @@ class LesionField:
         median_radius_mm: float,
         sigma: float = 0.35,
         min_voxels: int = 4,
-        max_tries: int = 60,
+        max_tries: int = 200,
     ) -> int | None:
-        """Place one ellipsoidal lesion in free space; return its id, or None when no room is left."""
+        """Place one ellipsoidal lesion in free space; return its id, or None when no room is left.
+
+        The centre is drawn from `weights` over free voxels; a centre where no lesion of `min_voxels`
+        fits is struck off (weight 0) for the next tries, so a crowded hot spot does not exhaust the
+        tries: the law is the weights over the free voxels where a lesion fits."""
         mm_to_vox = 1.0 / np.asarray(self.spacing)
         voxel_volume = float(np.prod(self.spacing))
+        free_idx = np.flatnonzero(self.free)
+        if free_idx.size == 0:
+            return None
+        w = self._weights_flat[free_idx].copy()
         for _ in range(max_tries):
-            free_idx = np.flatnonzero(self.free)
-            if free_idx.size == 0:
-                return None
-            w = self._weights_flat[free_idx]
             cdf = np.cumsum(w)
-            centre_flat = free_idx[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), free_idx.size - 1)]
+            if not cdf[-1] > 0:
+                return None
+            j = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), free_idx.size - 1)
+            centre_flat = free_idx[j]
             centre = np.array(np.unravel_index(centre_flat, self.free.shape))
             radii_mm = median_radius_mm * np.exp(sigma * rng.normal()) * rng.uniform(0.7, 1.3, size=3)
             # Below a few voxels an ellipsoid is all discretisation: grow it to hold min_voxels.
@@ -131,9 +138,11 @@ class LesionField:
             lab, _ = ndimage.label(cand, structure=_CONN6)
             c_local = tuple(int(c - s.start) for c, s in zip(centre, box))
             if lab[c_local] == 0:
+                w[j] = 0.0
                 continue
             lesion = lab == lab[c_local]
             if int(lesion.sum()) < min_voxels:
+                w[j] = 0.0
                 continue
             lesion_id = self.next_id
             self._commit(lesion_id, box, lesion)

@@ -19,7 +19,7 @@ def trial(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mseval.simulate.trial import simulate_trial
 
     root = tmp_path_factory.mktemp("bids")
-    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=2, shape=(16, 16, 16), seed=5))
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=2, shape=(20, 24, 20), seed=5))
     simulate_forecasts(root / "cohort", root / "store", ForecasterSpec("oracle", samples=2, seed=0))
     assert main(["export", "bids", str(root / "cohort"), str(root / "bids")]) == 0
     assert main(["import", "bids", str(root / "bids"), "--out", str(root / "imported")]) == 0

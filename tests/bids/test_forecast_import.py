@@ -53,7 +53,7 @@ def test_imported_forecasts_give_the_same_count_evaluate_effects(trial: dict[str
 def test_a_non_binary_forecast_is_refused_and_nothing_written(trial: dict[str, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
     _write_foreign(trial["store"], tmp_path / "theirs", per_sample=True)
     bad = sorted((tmp_path / "theirs").glob("*.nii.gz"))[3]
-    nib.save(nib.Nifti1Image(np.full((16, 16, 16), 0.5, dtype=np.float32), nib.load(str(bad)).affine), str(bad))
+    nib.save(nib.Nifti1Image(np.full(nib.load(str(bad)).shape, 0.5, dtype=np.float32), nib.load(str(bad)).affine), str(bad))
     res = cli("forecast", "import", tmp_path / "theirs", "--out", tmp_path / "store")
     assert res.code == 2 and bad.name in res.err and "not binary" in res.err and "\n" not in res.err.strip()
     assert not (tmp_path / "store").exists()
