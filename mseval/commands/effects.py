@@ -68,6 +68,9 @@ def effects(
     forecasts: Annotated[Optional[Path], typer.Argument(help="Forecast store (every patient under every arm).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the effect tables (see README).")] = Path("effects"),
     formula: Annotated[str, typer.Option(help="NB2 model formula for observed and forecast analyses.")] = "net2 ~ arm",
+    cov: Annotated[str, typer.Option(help="Standard errors of the observed NB2: 'expected' information (as R's glm.nb), 'observed', or "
+                                     "'robust' (patient-level sandwich: valid when treated arms are more overdispersed than the "
+                                     "reference, where the model-based CI under-covers; bench/RESULTS.md).")] = "expected",
     counts: Annotated[Optional[Path], typer.Option(help="Use this counts.parquet instead of counting the store.")] = None,
     connectivity: Connectivity = 26,
     min_volume_mm3: MinVolume = 3.0,
@@ -93,6 +96,8 @@ def effects(
     from mseval.io.lock import output_lock
 
     check_conn(connectivity)
+    if cov not in ("expected", "observed", "robust"):
+        raise InputError(None, f"--cov must be expected, observed or robust, got {cov!r}", field="cov")
     check_min(min_volume_mm3, "--min-volume-mm3", 0)
     check_min(bootstrap, "--bootstrap", 0)
     check_min(power_sims, "--power-sims", 0)
@@ -115,7 +120,7 @@ def effects(
     if heldout_patients is not None:
         check_in_file(heldout_patients, "--heldout-patients")
         heldout = tuple(x.strip() for x in heldout_patients.read_text().splitlines() if x.strip() and x.strip() != "patient_id")
-    settings = EffectsSettings(formula=formula, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed,
+    settings = EffectsSettings(formula=formula, cov=cov, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed,
                                heldout_patients=heldout, min_stratum_per_arm=min_stratum_per_arm,
                                forecaster_variance=forecaster_variance)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):

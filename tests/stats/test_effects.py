@@ -117,6 +117,23 @@ def test_effects_cli_end_to_end(small_trial: tuple[Path, Path], tmp_path: Path, 
     assert "ocrelizumab" in res.out
 
 
+def test_effects_cov_robust_changes_the_observed_ci_and_is_recorded(small_trial: tuple[Path, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """--cov robust: the observed NB2 rate ratios keep their estimates and take the sandwich CI (another
+    width than the model-based one), effects.json records the choice; an unknown value is one line, exit 2."""
+    cohort, fc = small_trial
+    tables = {}
+    for cov in ("expected", "robust"):
+        res = cli("effects", cohort, fc, "--out", tmp_path / cov, "--power-sims", "0", "--cov", cov)
+        assert res.code == 0, res.err
+        tables[cov] = pd.read_csv(tmp_path / cov / "rate_ratios_observed.csv").set_index("term")
+        assert json.loads((tmp_path / cov / "effects.json").read_text())["settings"]["cov"] == cov
+    e, r = tables["expected"], tables["robust"]
+    assert np.allclose(e["rate_ratio"], r["rate_ratio"], rtol=1e-9)
+    assert (np.abs(np.log(r["ci_high"] / r["ci_low"]) / np.log(e["ci_high"] / e["ci_low"]) - 1) > 1e-3).all()
+    bad = cli("effects", cohort, fc, "--out", tmp_path / "bad", "--cov", "sandwich")
+    assert bad.code == 2 and "--cov" in bad.err and "\n" not in bad.err.strip() and not (tmp_path / "bad").exists()
+
+
 def test_effects_bad_input(small_trial: tuple[Path, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
     cohort, fc = small_trial
     assert cli("count", fc, "--out", tmp_path / "cnt").code == 0
