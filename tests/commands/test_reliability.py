@@ -89,7 +89,7 @@ def test_kill_9_workers_die_with_parent_and_rerun_removes_temporaries(tmp_path: 
     assert _gone(workers), "worker processes outlived their parent's kill -9"
     litter = [p.name for p in tmp_path.iterdir()]
     assert litter and all(n.startswith(".cohort.") for n in litter), litter  # the killed run's temporary folder
-    res = subprocess.run([sys.executable, "-m", "mseval.cli", "simulate", "cohort", "--patients-per-arm", "1", "--shape", "16", "16", "16"],
+    res = subprocess.run([sys.executable, "-m", "mseval.cli", "simulate", "cohort", "--patients-per-arm", "1", "--shape", "20", "24", "20"],
                          cwd=tmp_path, env=_env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"], "the rerun removes the killed run's temporaries"
