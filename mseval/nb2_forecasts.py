@@ -27,7 +27,7 @@ import pandas as pd
 from mseval.errors import InputError, SimulationError
 from mseval.io.cohort import read_cohort
 from mseval.io.store import ForecastStore, record_forecasters
-from mseval.parallel import process_pool
+from mseval.parallel import run_jobs
 from mseval.seeding import derive_seed
 from mseval.stats.nb2_forecaster import FORMULA, NB2Forecaster, fit_forecaster_family
 
@@ -122,20 +122,8 @@ def write_nb2_family_store(cohort_dir: str | Path, train_dir: str | Path, out: s
         miss = [a for a in arms if (pid, a) not in store]
         if miss:
             todo.append((str(cohort.root), str(out), family, feats[feats["patient_id"] == pid].reset_index(drop=True), miss, samples, seed, ck))
-    total, done = len(todo), 0
     try:
-        if workers <= 1:
-            for job in todo:
-                _forecast_patient(job)
-                done += 1
-                if progress:
-                    progress(done, total)
-        else:
-            with process_pool(workers) as pool:
-                for _ in pool.map(_forecast_patient, todo, chunksize=1):
-                    done += 1
-                    if progress:
-                        progress(done, total)
+        run_jobs(_forecast_patient, todo, workers, progress)
     finally:
         ForecastStore.create(out).flush()
     return ForecastStore.open(out)

@@ -18,7 +18,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -62,3 +63,24 @@ def process_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor]:
         raise
     else:
         pool.shutdown(wait=True)
+
+
+def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int,
+             progress: Callable[[int, int], None] | None = None) -> list[Any]:
+    """fn(job) for every job, in order, in this process (workers <= 1) or in `process_pool(workers)`;
+    progress(done, total) after each. Returns the results in job order."""
+    out: list[Any] = []
+    total = len(jobs)
+    if workers <= 1:
+        results: Iterator[Any] = map(fn, jobs)
+        for r in results:
+            out.append(r)
+            if progress:
+                progress(len(out), total)
+        return out
+    with process_pool(workers) as pool:
+        for r in pool.map(fn, jobs, chunksize=1):
+            out.append(r)
+            if progress:
+                progress(len(out), total)
+    return out

@@ -27,7 +27,7 @@ from mseval.io.nifti import check_same_grid, load_volume
 from mseval.io.store import ForecastStore
 from mseval.seeding import derive_seed
 from mseval.simulate.lesions import LesionField, add_net2_lesions, field_from_masks, periventricular_weights
-from mseval.parallel import process_pool
+from mseval.parallel import run_jobs
 
 KINDS = ("oracle", "overdispersed", "biased")
 WM_LABEL = 3
@@ -138,21 +138,8 @@ def simulate_forecasts(
         missing = [a for a in arms if (pid, a) not in store]
         if missing:
             todo.append((str(cohort.root), str(out), spec, pid, missing))
-    total, done = len(todo), 0
     try:
-        if workers <= 1:
-            for job in todo:
-                _forecast_patient(job)
-                done += 1
-                if progress:
-                    progress(done, total)
-        else:
-            with process_pool(workers) as pool:
-                for _ in pool.map(_forecast_patient, todo, chunksize=1):
-                    done += 1
-                    if progress:
-                        progress(done, total)
+        run_jobs(_forecast_patient, todo, workers, progress)
     finally:
-        store = ForecastStore.create(out)
-        store.flush()
+        ForecastStore.create(out).flush()
     return ForecastStore.open(out)

@@ -35,7 +35,7 @@ from mseval import __version__
 from mseval.errors import SimulationError
 from mseval.io.atomic import atomic_dir, write_csv_atomic, write_json_atomic
 from mseval.io.nifti import save_volume
-from mseval.parallel import process_pool
+from mseval.parallel import run_jobs
 from mseval.seeding import rng_for
 from mseval.simulate.anatomy import Anatomy, default_spacing, make_anatomy
 from mseval.simulate.arms import arms_frame
@@ -309,18 +309,7 @@ def simulate_trial(
     patients = draw_patients(cfg, rng_for(cfg.seed, "patients"))
     with atomic_dir(out, overwrite=overwrite) as tmp:
         jobs = [(row, cfg, spacing, tmp / "images" / row["patient_id"]) for row in patients.to_dict("records")]
-        results: list[PatientResult] = []
-        if workers <= 1:
-            for k, job in enumerate(jobs):
-                results.append(_run(job))
-                if progress:
-                    progress(k + 1, len(jobs))
-        else:
-            with process_pool(workers) as pool:
-                for k, res in enumerate(pool.map(_run, jobs, chunksize=1)):
-                    results.append(res)
-                    if progress:
-                        progress(k + 1, len(jobs))
+        results: list[PatientResult] = run_jobs(_run, jobs, workers, progress)
         by_id = {r.patient_id: r for r in results}
         patients["followup_weeks"] = [by_id[p].followup_weeks for p in patients["patient_id"]]
         manifest = patients[["patient_id", "arm", "site", "followup_weeks", "age", "sex", "edss"]].copy()
