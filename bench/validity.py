@@ -12,8 +12,9 @@ Parts (python bench/validity.py PART [PART ...]; default: all; each part a few m
                  target and of the true rate ratio; the ratio calibrated on a held-out trial of 100 per
                  arm with observed outcomes, coverage of the true rate ratio.
   heterogeneity  500 trials with a constant true rate ratio (modifier 0): rejection rate of the arm x
-                 predicted-benefit interaction test (goal 3.5-6.5%); 500 with the simulator's age
-                 modifier (0.3): its power.
+                 predicted-benefit interaction test (goal 3.5-6.5%), sandwich SE (the test's) and
+                 model-based SE on the same fits; 500 with the simulator's age modifier (0.3): power.
+                 `heterogeneity-null N` runs only N null trials (e.g. 200).
   prognostic     uninformative forecasts, homogeneous true risk: 60 trials (100 bootstrap replicates
                  each), how often the prognostic sample-size saving's 95% CI includes 0 (and
                  PROCOVA's rho^2 CI); 6 trials x 300 simulated designs: adjusted vs unadjusted power.
@@ -77,7 +78,9 @@ def heterogeneity(n_trials: int = 500) -> dict[str, float]:
     alt = heterogeneity_trials(n_trials, modifier=0.3, seed0=310_000)
     r0, r1 = float((null["p_value"] < 0.05).mean()), float((alt["p_value"] < 0.05).mean())
     return {"trials": float(n_trials), "null_rejection_rate": r0, "null_mc_se": _mc(0.05, n_trials), "null_not_estimable": float((~null["estimable"]).mean()),
-            "power_age_modifier_0.3": r1, "power_mc_se": _mc(r1, n_trials)}
+            "null_rejection_rate_model_based_se": float((null["p_value_model_based"] < 0.05).mean()),
+            "power_age_modifier_0.3": r1, "power_mc_se": _mc(r1, n_trials),
+            "power_model_based_se": float((alt["p_value_model_based"] < 0.05).mean())}
 
 
 def prognostic(n_trials: int = 60, n_power: int = 6, sims: int = 300) -> dict[str, float]:
@@ -129,6 +132,16 @@ def qini(n_trials: int = 200) -> dict[str, float]:
     return res
 
 
+def heterogeneity_null(n_trials: int = 200) -> dict[str, float]:
+    """Level only: `n_trials` null trials, sandwich and model-based SE on the same fits."""
+    from mseval.stats.forecast_validity import heterogeneity_trials
+
+    null = heterogeneity_trials(n_trials, modifier=0.0, seed0=300_000)
+    return {"trials": float(n_trials), "null_rejection_rate_sandwich_se": float((null["p_value"] < 0.05).mean()),
+            "null_rejection_rate_model_based_se": float((null["p_value_model_based"] < 0.05).mean()),
+            "mc_se_at_0.05": _mc(0.05, n_trials), "null_not_estimable": float((~null["estimable"]).mean())}
+
+
 PARTS = {"observed": observed, "forecast": forecast, "heterogeneity": heterogeneity, "prognostic": prognostic, "qini": qini,
          **{f"forecast-{k}": (lambda k=k: forecast(kinds=(k,))) for k in ("oracle", "overdispersed", "biased", "effect_biased")}}
 
@@ -139,7 +152,16 @@ def run() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    for part in sys.argv[1:] or ["observed", "forecast", "heterogeneity", "prognostic", "qini"]:
+    args = sys.argv[1:]
+    if args[:1] == ["heterogeneity-null"]:
+        t0 = time.time()
+        n = int(args[1]) if len(args) > 1 else 200
+        print(f"== heterogeneity-null {n}")
+        for k, v in heterogeneity_null(n).items():
+            print(f"{k:42s} {v:10.4f}")
+        print(f"({time.time() - t0:.0f} s)")
+        sys.exit(0)
+    for part in args or ["observed", "forecast", "heterogeneity", "prognostic", "qini"]:
         t0 = time.time()
         res = PARTS[part]()
         print(f"== {part} ({time.time() - t0:.0f} s)")

@@ -148,23 +148,15 @@ def reference_laws(cohort: Cohort, features: pd.DataFrame, *, baseline: Any = No
     """pmf (n, K) of each available reference forecaster for the rows of `features` (allocated arm).
     A reference whose law is not finite for every row (e.g. an NB2 fit on too few patients) is
     left out; `unusable_references` says why."""
-    from mseval.simulate.observable_oracle import ModelParams, observable_pmf, true_law_pmf
+    from mseval.simulate.observable_oracle import cohort_observable_pmf, true_law_pmf
 
     laws: dict[str, np.ndarray] = {}
     if cohort.truth is not None:
         t = cohort.truth.set_index(["patient_id", "arm"])["expected_count"]
         laws["true_law"] = true_law_pmf(np.array([float(t[(p, a)]) for p, a in zip(features["patient_id"], features["arm"])]))
-    sim = cohort.root / "simulation.json"
-    if sim.is_file():
-        cfg = json.loads(sim.read_text()).get("config")
-        if cfg:
-            inputs = cohort.root / "oracle_inputs.csv"  # what an ideal reader reads off the baseline (DAWM, pre-lesional sites)
-            feats = features
-            if inputs.is_file():
-                extra = pd.read_csv(inputs)[["patient_id", "dawm_fraction", "prelesional_sites"]]
-                feats = features.drop(columns=[c for c in ("dawm_fraction", "prelesional_sites") if c in features]).merge(
-                    extra, on="patient_id", how="left")
-            laws["observable_oracle"] = observable_pmf(feats, ModelParams.from_config(cfg))
+    oracle = cohort_observable_pmf(cohort.root, features)  # simulated cohorts only (simulation.json, oracle_inputs.csv)
+    if oracle is not None:
+        laws["observable_oracle"] = oracle
     if baseline is not None:
         with np.errstate(all="ignore"):
             laws["nb2_baseline"] = baseline.pmf(features)

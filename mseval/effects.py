@@ -21,10 +21,16 @@ columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`
   patients are refused when the store's provenance shows the forecaster trained, validated or was
   tuned on them (`mseval.heldout`); being this trial's own randomized patients, the calibrated
   ratio is labelled an observed-data ratio estimator with the forecast as covariate (`label`).
-- heterogeneity: the NB2 arm x predicted-benefit interaction (primary test); responder strata
+- heterogeneity: the NB2 arm x predicted-benefit interaction (primary test; patient-level sandwich SE,
+  the model-based one beside it); responder strata
   are exploratory (minimum `min_stratum_per_arm` patients per arm), observed outcomes only.
 - Qini: Radcliffe (2007) normalisation (perfect = 1, random ~ 0), ties averaged.
-- prognostic adjustment: the saving in sample size measured on observed outcomes, bootstrap CI.
+- prognostic adjustment: the saving in sample size measured on observed outcomes, bootstrap CI;
+  flagged (not estimable) when the store's provenance shows the forecaster trained, validated or was
+  tuned on this trial's patients, with a note when that provenance is unknown
+  (`mseval.heldout.prognostic_independence`); on a simulated cohort the saving the observable oracle's
+  score would give on the same trial beside it (`attainable_saving_pct`, "attainable (observable
+  oracle)"; absent on real cohorts).
 - power: outcome law and score-outcome relation from the observed NB2 fit; design rate ratio
   from the forecasts (an assumption).
 
@@ -53,7 +59,8 @@ Tables written to OUT (atomically, all or nothing):
     heterogeneity.csv           per arm: the arm x predicted-benefit interaction test
     responders.csv              observed effects in the top 10/30/50% predicted responders (exploratory)
     qini_curve.csv, qini_area.csv
-    prognostic.csv              SE and sample-size saving (with CI) from the prognostic score
+    prognostic.csv              SE and sample-size saving (with CI) from the prognostic score, the forecaster's
+                                independence of the trial, and (simulated cohorts) the attainable saving
     power_analytic.csv, power_simulated.csv
     counts.parquet              the ensemble counts used (unless given with --counts)
     effects.json                settings, model information, estimands and headline numbers
@@ -73,7 +80,7 @@ from scipy import stats
 from mseval import __version__
 from mseval.errors import InputError
 from mseval.io.atomic import atomic_dir, recorded_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
-from mseval.heldout import check_heldout, heldout_kind
+from mseval.heldout import check_heldout, heldout_kind, prognostic_independence
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
@@ -129,12 +136,14 @@ ESTIMANDS: dict[str, dict[str, str]] = {
     "counterfactual_calibrated_ratio": {"estimand": CF.CAL_ESTIMAND, "conditional_on": CF.CAL_CONDITIONAL_ON,
                                         "ci_method": "joint delta method over patients (log scale)"},
     "heterogeneity_interaction": {"estimand": HET.INTERACTION_ESTIMAND, "conditional_on": "observed outcomes of randomized patients; the score is a baseline quantity",
-                                  "ci_method": "NB2 Wald (expected information)"},
+                                  "ci_method": f"Wald, {HET.SE_METHODS['robust']}"},
     "responder_stratum_rate_ratio": {"estimand": HET.STRATUM_ESTIMAND, "conditional_on": "observed outcomes; exploratory, strata chosen by the forecasts",
                                      "ci_method": "NB2 Wald within the stratum (not adjusted for multiplicity)"},
     "qini_coefficient": {"estimand": "Qini coefficient of the forecast's ranking by predicted benefit (lesions per year prevented)",
                          "conditional_on": "observed outcomes of randomized patients", "ci_method": "none (descriptive)", "normalisation": QI.NORMALISATION},
     "prognostic_saving": {"estimand": PG.ESTIMAND, "conditional_on": PG.CONDITIONAL_ON, "ci_method": "percentile bootstrap of patients within arms"},
+    "prognostic_saving_attainable": {"estimand": PG.ATTAINABLE_ESTIMAND, "conditional_on": "the observed trial and the simulator's parameters",
+                                     "ci_method": "none (the point saving of the same analysis)", "label": PG.ATTAINABLE_LABEL},
     "power": {"estimand": PW.ESTIMAND, "conditional_on": "the observed trial's NB2 law and the design rate ratio (forecast ratio of means)",
               "ci_method": "Monte Carlo SE"},
 }
@@ -281,10 +290,17 @@ def run_effects(
                        - cf.patients[cf.patients["arm"] == a].set_index("patient_id")["expected"]) for a in arms if a != ref}
         qini = qini_table(table, benefit, ref, truth=cohort.truth)
         prog = prognostic_adjustment(table, means, ref, settings.formula, n_boot=settings.prognostic_bootstrap, seed=settings.seed)
+        provenance = forecast_provenance(cohort_dir, forecasts_dir) if forecasts_dir is not None else None
+        independence = prognostic_independence(cohort, forecasts_dir, provenance)
+        prog_table = PG.with_independence(prog.table, independence)
+        oracle_mean = oracle_reference_mean(cohort, ref, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3)
+        if oracle_mean is not None:
+            say("attainable prognostic saving (observable oracle's score)")
+            prog_table = prog_table.merge(PG.attainable_saving(table, oracle_mean, ref, settings.formula), on="arm", how="left")
         say("power")
         power = power_table(table, means, ref, sims=settings.power_sims, seed=settings.seed)
         primary = _primary(observed, fc_table, cf_avg, arms, ref, two_level=two_level)
-        estimands = _estimands_table(fc_table, cf_avg, calibrated, het.interaction, qini.area, prog.table, meta=estimands_meta)
+        estimands = _estimands_table(fc_table, cf_avg, calibrated, het.interaction, qini.area, prog_table, meta=estimands_meta)
         projections = projections_frame(primary, training.table if training.available else None, calibrated, training_note=training.sentence,
                                         forecasters=K if two_level else 1)
         truth_cmp = None
@@ -304,7 +320,7 @@ def run_effects(
             "responders.csv": het.strata,
             "qini_curve.csv": qini.curve,
             "qini_area.csv": qini.area,
-            "prognostic.csv": prog.table,
+            "prognostic.csv": prog_table,
             "power_analytic.csv": power.analytic,
             "power_simulated.csv": power.simulated,
             "projections.csv": projections,
@@ -344,7 +360,9 @@ def run_effects(
             "training_trial": training.to_dict(),
             "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
             "patients": int(len(table)),
-            "provenance": forecast_provenance(cohort_dir, forecasts_dir) if forecasts_dir is not None else None,
+            "provenance": provenance,
+            "prognostic_forecaster": independence,
+            "prognostic_saving": _prognostic_headline(prog_table),
         }
         write_json_atomic(summary, tmp / "effects.json")
     return summary
@@ -398,4 +416,30 @@ def _estimands_table(fc: pd.DataFrame, cf_avg: pd.DataFrame, calibrated: pd.Data
     if not prog.empty:
         add("prognostic_saving", prog.assign(saving=prog["sample_size_saving_pct"] / 100, lo=prog["saving_ci_low_pct"] / 100,
                                              hi=prog["saving_ci_high_pct"] / 100), "arm", "saving", "lo", "hi")
+    if "attainable_saving_pct" in prog.columns:
+        add("prognostic_saving_attainable", prog.assign(saving=prog["attainable_saving_pct"] / 100,
+                                                        ok=np.isfinite(prog["attainable_saving_pct"].to_numpy(dtype=float)), why=""),
+            "arm", "saving", None, None, ok="ok", note="why")
     return pd.DataFrame(rows)
+
+
+def oracle_reference_mean(cohort: Any, reference: str, *, connectivity: int = 26, min_volume_mm3: float = 3.0) -> pd.Series | None:
+    """Expected NET2 count over each patient's follow-up under the reference arm, by patient_id, from the
+    observable oracle's predictive law (`mseval.simulate.observable_oracle`); None for a cohort that was not simulated."""
+    from mseval.lesions.baseline_features import baseline_features
+    from mseval.simulate.observable_oracle import cohort_observable_pmf
+
+    if not (Path(str(cohort.root)) / "simulation.json").is_file():
+        return None
+    feats = baseline_features(cohort, outcome=False, connectivity=connectivity, min_volume_mm3=min_volume_mm3).assign(arm=reference)
+    pmf = cohort_observable_pmf(cohort.root, feats)
+    if pmf is None:
+        return None
+    return pd.Series(pmf @ np.arange(pmf.shape[1]), index=feats["patient_id"].astype(str).to_numpy(), name="oracle_expected_reference")
+
+
+def _prognostic_headline(prog: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per arm: the measured saving (%) with its CI, and the attainable one where the cohort is simulated (absent otherwise)."""
+    cols = [c for c in ("arm", "sample_size_saving_pct", "saving_ci_low_pct", "saving_ci_high_pct", "attainable_saving_pct",
+                        "attainable_label", "forecaster_independence", "estimable", "note") if c in prog.columns]
+    return prog[cols].replace({np.nan: None}).to_dict("records")

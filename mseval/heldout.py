@@ -13,6 +13,11 @@ patient found there, naming it:
   fingerprint); a tuning record that names another trial (e.g. "simulated trial seed 2029") does
   not match patients of this one.
 
+`prognostic_independence` applies the same reading to the prognostic score (PROCOVA): a score from
+a forecaster that learned from this trial's patients is fitted to their outcomes, not a baseline
+covariate, so the saving it shows is optimistic; the result says how many patients it saw, or that
+the provenance is unknown.
+
 `heldout_kind` says what the calibrated ratio then is. The held-out patients are always this
 trial's own randomized patients (others are refused), so the "calibration" uses the trial's own
 observed outcomes: the result is an observed-data ratio estimator with the forecast as covariate,
@@ -111,3 +116,35 @@ def heldout_kind(cohort: Any, heldout: tuple[str, ...] | list[str]) -> dict[str,
                 + ("; with every patient held out it is an adjusted analysis of the observed trial." if everyone else "."))
     return {"estimator": "ratio estimator on the trial's own observed outcomes, forecast as covariate", "label": label,
             "all_patients": everyone, "n_heldout": k, "n_randomized": n, "sentence": sentence}
+
+
+def prognostic_independence(cohort: Any, forecasts_dir: str | Path | None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Is the prognostic forecaster independent of this trial's patients? `provenance`: the store's
+    `mseval.provenance.forecast_provenance` (its checkpoint statuses tell "unknown" from "not trained").
+
+    Returns {"status": "independent" | "not trained" | "trained on this trial" | "unknown", "n_seen": patients of this
+    trial the forecaster trained, validated or was tuned on (None when unknown), "n_patients", "estimable": False when
+    it saw any, "note": the sentence for the prognostic table ("" when independent)}."""
+    n = len(cohort.patient_ids)
+    base = {"n_patients": n}
+    if forecasts_dir is None:
+        return {**base, "status": "unknown", "n_seen": None, "estimable": True,
+                "note": "the prognostic forecaster's provenance is unknown (counts given without their forecast store): "
+                        "if it trained on this trial's patients the saving is optimistic"}
+    seen = seen_by_forecaster(cohort, forecasts_dir)
+    if seen:
+        kinds: dict[str, int] = {}
+        for where in seen.values():
+            key = "tuning" if "tuned" in where else "validation split" if "validation" in where else "training set"
+            kinds[key] = kinds.get(key, 0) + 1
+        parts = ", ".join(f"{k} {v}" for k, v in kinds.items())
+        return {**base, "status": "trained on this trial", "n_seen": len(seen), "estimable": False,
+                "note": f"the prognostic forecaster trained on {len(seen)} of this trial's {n} patients ({parts}; forecast provenance): "
+                        "the saving is optimistic (the score is fitted to their outcomes, not a baseline covariate)"}
+    statuses = {str(c.get("status")) for c in (provenance or {}).get("checkpoints", [])}
+    if provenance is None or not statuses or "unknown" in statuses:
+        return {**base, "status": "unknown", "n_seen": None, "estimable": True,
+                "note": "the prognostic forecaster's provenance is unknown (the store records no training patients): "
+                        "if it trained on this trial's patients the saving is optimistic"}
+    status = "not trained" if statuses == {"not trained"} else "independent"
+    return {**base, "status": status, "n_seen": 0, "estimable": True, "note": ""}

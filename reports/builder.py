@@ -536,7 +536,7 @@ def build_report(
             "detection": {k: _metric(metrics, "detection", k) for k in ("lesion_recall_pooled", "lesion_precision_pooled", "lesion_f1_mean", "dice_mean")},
             "counterfactual": _records(out_tables["counterfactual_average"][["arm", "ratio_of_means", "ratio_ci_low", "ratio_ci_high", "mean_difference"]]),
             "prognostic": _records(out_tables["prognostic"][[c for c in ("arm", "se_reduction_pct", "sample_size_saving_pct", "saving_ci_low_pct",
-                                                                         "saving_ci_high_pct") if c in out_tables["prognostic"].columns]]),
+                                                                         "saving_ci_high_pct", "attainable_saving_pct") if c in out_tables["prognostic"].columns]]),
             "heterogeneity": _records(out_tables["heterogeneity"]) if "heterogeneity" in out_tables else None,
             "forecast_model": ef_summary.get("forecast_model"),
             "training_trial": ef_summary.get("training_trial"),

@@ -245,13 +245,23 @@ def build_context(title: str, summary: dict, settings_doc: dict, table1: pd.Data
             return N.ne_text(why)
         return f"{_num(est, 0)}%" + (f" ({_num(lo, 0)}% to {_num(hi, 0)}%)" if N.is_number(lo) and N.is_number(hi) else "")
 
-    pg_rows = {"columns": ["Arm", "RR unadjusted", "RR adjusted (95% CI)", "SE reduction", "Sample-size saving (95% CI)"]
+    has_attainable = "attainable_saving_pct" in pg.columns  # simulated cohorts only: absent (not 0) on real ones
+
+    def saving_cell(r: dict) -> str:
+        """The measured saving, or why it is not estimable (e.g. the forecaster trained on this trial's patients)."""
+        if N.flagged(r.get("estimable", True)):
+            return N.ne_text(r.get("note") if isinstance(r.get("note"), str) else "")
+        return pct_ci(r["sample_size_saving_pct"], r["saving_ci_low_pct"], r["saving_ci_high_pct"]) if has_pg_ci else pct_ci(r["sample_size_saving_pct"])
+
+    pg_rows = {"columns": ["Arm", "RR unadjusted", "RR adjusted (95% CI)", "SE reduction", "Sample-size saving, measured (95% CI)"]
+                          + (["Sample-size saving, attainable (observable oracle)"] if has_attainable else [])
                           + (["PROCOVA correlation (95% CI)", "PROCOVA saving (95% CI)"] if has_procova else [])
                           + ["Qini coefficient (Radcliffe normalisation: perfect 1, random 0; exploratory)"],
                "rows": [[labels.get(r["arm"], r["arm"]), N.ratio_text(r["rate_ratio_unadjusted"]),
                          N.ratio_text(r["rate_ratio_adjusted"], r["ci_low_adjusted"], r["ci_high_adjusted"], estimable=r.get("estimable", True), note=r.get("note", "")),
                          f"{_num(r['se_reduction_pct'], 0)}%",
-                         pct_ci(r["sample_size_saving_pct"], r["saving_ci_low_pct"], r["saving_ci_high_pct"]) if has_pg_ci else pct_ci(r["sample_size_saving_pct"])]
+                         saving_cell(r)]
+                        + ([pct_ci(r["attainable_saving_pct"])] if has_attainable else [])
                         + ([N.additive_text(r["procova_correlation"], r.get("procova_correlation_ci_low"), r.get("procova_correlation_ci_high"), reasons=fc_reasons)
                             if N.is_number(r["procova_correlation"]) else N.NOT_ESTIMABLE,
                             pct_ci(r["procova_saving_pct"], r.get("procova_saving_ci_low_pct"), r.get("procova_saving_ci_high_pct"))] if has_procova else [])

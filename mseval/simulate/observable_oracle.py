@@ -33,8 +33,10 @@ knows u_i and R_ia (and not the realised pre-lesional sites).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -225,6 +227,25 @@ def observable_pmf(features: pd.DataFrame, params: ModelParams, *, arm_col: str 
     for wr, p in parts:
         out[:, :p.shape[1]] += wr * p
     return out
+
+
+def cohort_observable_pmf(root: str | Path, features: pd.DataFrame) -> np.ndarray | None:
+    """The observable oracle's pmf (n, K) for the rows of `features` (their `arm`) of the simulated cohort in
+    `root`: the simulator's parameters from its simulation.json, DAWM extent and visible pre-lesional sites
+    from oracle_inputs.csv (read as an ideal reader would). None for a cohort that was not simulated."""
+    sim = Path(root) / "simulation.json"
+    if not sim.is_file():
+        return None
+    cfg = json.loads(sim.read_text()).get("config")
+    if not cfg:
+        return None
+    inputs = Path(root) / "oracle_inputs.csv"
+    feats = features
+    if inputs.is_file():
+        extra = pd.read_csv(inputs)[["patient_id", "dawm_fraction", "prelesional_sites"]]
+        feats = features.drop(columns=[c for c in ("dawm_fraction", "prelesional_sites") if c in features]).merge(
+            extra, on="patient_id", how="left")
+    return observable_pmf(feats, ModelParams.from_config(cfg))
 
 
 def _convolve_binomial(pmf: np.ndarray, n: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ from scipy import stats
 
 from mseval.errors import InputError, row_hint
 from mseval.stats.estimability import flag_table
-from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_wald
+from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_sandwich, nb2_wald
 
 _FORMULA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _FUNCTIONS = {"C", "np", "log", "exp", "I", "Treatment", "center", "standardize", "scale", "bs", "cr", "Q", "reference"}
@@ -387,11 +387,7 @@ def _covariance(res: NB2Result, X: np.ndarray, off: np.ndarray | float, cov: str
         return V[:k, :k], ok
     wald = nb2_wald(X, off, res.beta, res.alpha)
     if cov == "robust":
-        y = np.asarray(y, dtype=float)
-        mu, a = wald.mu, res.alpha
-        bread, ok = inv_pd(X.T @ (X * (mu * (1.0 + a * y) / (1.0 + a * mu) ** 2)[:, None]))  # observed information, alpha fixed
-        s = X * ((y - mu) / (1.0 + a * mu))[:, None]
-        return bread @ (s.T @ s) @ bread, ok
+        return nb2_sandwich(y, X, wald.mu, res.alpha)
     return wald.vcov, wald.ok
 
 

@@ -7,7 +7,12 @@ with E the ensemble mean count and S the ensemble size (1/(2S) keeps all-zero en
 Primary test (confirmatory): among the patients randomized to a or the reference r, the NB2 model
     log E[net2] = b0 + b1 [arm = a] + b2 z_i + b3 [arm = a] z_i + b4 p_i + log(years)
 with z the standardised benefit and p the prognostic score (log(E_ir + 1/(2S))), and the Wald test
-of b3 = 0 (no effect modification along the predicted benefit). exp(b3) is the ratio of rate
+of b3 = 0 (no effect modification along the predicted benefit) with the patient-level sandwich
+(HC0) standard error at the fitted alpha (`mseval.stats.nb2_mle.nb2_sandwich`, the SE of
+`fit_count_model(cov="robust")`): one alpha for both arms and a log-linear score are working
+assumptions, and the sandwich keeps the test's level when they are wrong. The model-based (expected
+information) SE and p-value are reported beside it (`se_model_based`, `p_value_model_based`);
+`se_method` names the one used. exp(b3) is the ratio of rate
 ratios per SD of predicted benefit (< 1: patients predicted to benefit more do). The prognostic
 main effect is needed: a benefit on the log scale rises with the baseline rate (small forecast
 means shrink toward no benefit), so without it a misspecified main effect leaks into the
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -33,13 +39,14 @@ from scipy import stats
 from mseval.stats.count_model import fit_count_model
 from mseval.stats.estimability import assess_ratio
 from mseval.stats.design import design_matrix
-from mseval.stats.nb2_mle import fit_nb2, nb2_wald
+from mseval.stats.nb2_mle import fit_nb2, nb2_sandwich, nb2_wald
 from mseval.stats.prognostic import prognostic_score
 
 MIN_PER_ARM = 10
 ALPHA_BOUNDARY = 1e-4
 INTERACTION_ESTIMAND = ("ratio of rate ratios (arm vs reference) per SD of forecast-predicted benefit, "
                         "among patients randomized to the arm or the reference (NB2 arm x score interaction, adjusted for the prognostic score)")
+SE_METHODS = {"robust": "patient-level sandwich (HC0) at the fitted NB2 alpha", "model": "NB2 Wald (expected information)"}
 STRATUM_ESTIMAND = "rate ratio (NB2, observed counts) among randomized patients in the top fraction of forecast-predicted benefit"
 
 
@@ -62,7 +69,8 @@ class Heterogeneity:
         return self.interaction
 
     def summary(self) -> str:
-        lines = ["Effect modification along forecast-predicted benefit (NB2 arm x score interaction; primary test)"]
+        se = self.interaction["se_method"].iloc[0] if "se_method" in self.interaction and len(self.interaction) else SE_METHODS["robust"]
+        lines = [f"Effect modification along forecast-predicted benefit (NB2 arm x score interaction, SE: {se}; primary test)"]
         for r in self.interaction.itertuples():
             lines.append(f"  {r.arm:16s} ratio of RRs per SD {r.interaction_ratio:.3f} ({r.ci_low:.3f} to {r.ci_high:.3f}), p = {r.p_value:.3g}"
                          if r.estimable else f"  {r.arm:16s} not estimable: {r.note}")
@@ -70,16 +78,20 @@ class Heterogeneity:
 
 
 def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, reference: str, *, prognostic: pd.Series | None = None,
-                     response: str = "net2", years: str = "followup_years") -> dict:
+                     response: str = "net2", years: str = "followup_years", se_method: Literal["robust", "model"] = "robust") -> dict:
     """Wald test of the arm x standardised-benefit interaction in NB2 (randomized patients of arm and
-    reference), adjusted for the prognostic score `prognostic` (by patient_id) when given."""
+    reference), adjusted for the prognostic score `prognostic` (by patient_id) when given; its SE by
+    `se_method` (robust: sandwich; model: expected information), the other one's SE and p-value beside it."""
+    if se_method not in SE_METHODS:
+        raise ValueError(f"se_method {se_method!r}: choose one of {', '.join(SE_METHODS)}")
     d = table[table["arm"].isin([arm, reference])].reset_index(drop=True)
     b = benefit.loc[d["patient_id"]].to_numpy(dtype=float)
     row = {"arm": arm, "n_arm": int((d["arm"] == arm).sum()), "n_reference": int((d["arm"] == reference).sum()),
-           "benefit_sd": float(np.std(b, ddof=1)) if len(b) > 1 else float("nan")}
+           "benefit_sd": float(np.std(b, ddof=1)) if len(b) > 1 else float("nan"), "se_method": SE_METHODS[se_method]}
     nan = float("nan")
     if not (len(b) > 4 and row["benefit_sd"] > 1e-12):
         return {**row, "interaction_coef": nan, "se": nan, "interaction_ratio": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
+                "se_model_based": nan, "p_value_model_based": nan,
                 "estimable": False, "note": "not estimable: predicted benefit is the same for every patient"}
     d = d.assign(score=(b - b.mean()) / row["benefit_sd"])
     rhs = "arm * score"
@@ -87,17 +99,21 @@ def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, referenc
         d["prognostic_score"] = prognostic.loc[d["patient_id"]].to_numpy(dtype=float)
         rhs += " + prognostic_score"
     des = design_matrix(d, rhs, reference=reference, years=years)
-    fit = fit_nb2(d[response].to_numpy(dtype=float)[des.rows], des.X, des.offset)
+    y = d[response].to_numpy(dtype=float)[des.rows]
+    fit = fit_nb2(y, des.X, des.offset)
     wald = nb2_wald(des.X, des.offset, fit.beta, fit.alpha)
+    robust, ok_r = nb2_sandwich(y, des.X, wald.mu, fit.alpha)
     k = des.names.index(f"{arm}:score")
-    coef, se = float(fit.beta[k]), float(wald.se[k])
+    coef, se_m, se_r = float(fit.beta[k]), float(wald.se[k]), float(np.sqrt(max(robust[k, k], 0.0)))
+    se, inverted = (se_r, wald.ok and ok_r) if se_method == "robust" else (se_m, wald.ok)
     z = stats.norm.ppf(0.975)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         out = {**row, "interaction_coef": coef, "se": se, "interaction_ratio": float(np.exp(coef)), "ci_low": float(np.exp(coef - z * se)),
-               "ci_high": float(np.exp(coef + z * se)), "p_value": float(2 * stats.norm.sf(abs(coef / se)))}
+               "ci_high": float(np.exp(coef + z * se)), "p_value": float(2 * stats.norm.sf(abs(coef / se))),
+               "se_model_based": se_m, "p_value_model_based": float(2 * stats.norm.sf(abs(coef / se_m)))}
     # A dispersion at the Poisson boundary is legitimate here (a good prognostic score can explain the
     # extra-Poisson variation of a whole trial); it is reported in `alpha`, not flagged.
-    ok, note = assess_ratio(out["interaction_ratio"], out["ci_low"], out["ci_high"], converged=fit.converged and wald.ok)
+    ok, note = assess_ratio(out["interaction_ratio"], out["ci_low"], out["ci_high"], converged=fit.converged and inverted)
     return {**out, "alpha": fit.alpha, "estimable": ok, "note": note}
 
 

@@ -334,6 +334,16 @@ def nb2_wald(X: np.ndarray, offset: np.ndarray | float, beta: np.ndarray, alpha:
     return NB2Wald(mu, V, ok)
 
 
+def nb2_sandwich(y: np.ndarray, X: np.ndarray, mu: np.ndarray, alpha: float) -> tuple[np.ndarray, bool]:
+    """Patient-level sandwich (HC0) covariance (k, k) of beta at the fitted alpha, and whether the bread inverted:
+    A^-1 B A^-1, A = X' diag(mu (1 + alpha y) / (1 + alpha mu)^2) X (observed information of beta, alpha fixed),
+    B = sum_i s_i s_i', s_i = x_i (y_i - mu_i) / (1 + alpha mu_i). y, mu: (n,); X: (n, k)."""
+    y, X, mu = np.asarray(y, dtype=float), np.asarray(X, dtype=float), np.asarray(mu, dtype=float)
+    bread, ok = inv_pd(X.T @ (X * (mu * (1.0 + alpha * y) / (1.0 + alpha * mu) ** 2)[:, None]))
+    s = X * ((y - mu) / (1.0 + alpha * mu))[:, None]
+    return bread @ (s.T @ s) @ bread, ok
+
+
 def nb2_score_hessian(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float, beta: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Gradient and Hessian in (beta, log theta) at (beta, alpha > 0): for checks and covariances."""
     return _nb2_derivs(np.asarray(y, float), np.asarray(X, float), np.asarray(X, float) @ beta + offset, 1.0 / alpha)

@@ -21,6 +21,18 @@ outcomes drawn from the forecasts (that would be circular: the score predicts it
   log annualised count (log((y + 0.5) / years)), pooled within arms, with its Fisher-z 95% CI;
   procova_saving_pct = 100 rho^2 (PROCOVA's saving for a linear analysis; a guide for counts,
   not exact), its CI from the rho interval (lower bound 0 when that interval includes 0).
+
+Independence. The score must come from a forecaster that never learned from this trial's patients
+(`mseval.heldout.prognostic_independence`, read from the store's provenance): one that trained on
+them predicts their outcomes in-sample, so the saving is optimistic; `with_independence` then flags
+every row (estimable False, the note says how many patients it saw) and says so where the
+provenance is unknown.
+
+Attainable saving (simulated cohorts). `attainable_saving` applies the same formula with the
+observable oracle's mean count under the reference arm as the score (the best prediction any
+forecaster can make from the baseline; `mseval.simulate.observable_oracle`): the column
+`attainable_saving_pct`, labelled "attainable (observable oracle)", beside the measured one.
+A real cohort has no oracle: the column is absent there, never 0.
 """
 
 from __future__ import annotations
@@ -38,6 +50,9 @@ from mseval.stats.nb2_mle import fit_nb2, nb2_wald
 ESTIMAND = ("sample-size saving of the score-adjusted NB2 analysis vs the unadjusted one for the same precision, "
             "estimated from the observed outcomes of the randomized patients")
 CONDITIONAL_ON = "the observed trial only (no forecast-drawn outcomes); CI by patient bootstrap within arms"
+ATTAINABLE_LABEL = "attainable (observable oracle)"
+ATTAINABLE_ESTIMAND = ("sample-size saving the same adjusted analysis would show on this trial with the observable oracle's mean count "
+                       "under the reference arm as the score (the best baseline prediction; simulated cohorts only)")
 
 
 @dataclass(frozen=True)
@@ -161,3 +176,28 @@ def prognostic_adjustment(table: pd.DataFrame, means: pd.DataFrame, reference: s
             "estimable": bool(np.isfinite(s1) and np.isfinite(s0)), "note": note,
         })
     return PrognosticAdjustment(pd.DataFrame(rows))
+
+
+def with_independence(table: pd.DataFrame, independence: dict) -> pd.DataFrame:
+    """`table` with the forecaster's independence (`mseval.heldout.prognostic_independence`) in
+    `forecaster_independence`; every row flagged (estimable False) when the forecaster saw trial
+    patients, its note joined to each row's note (also when the provenance is unknown)."""
+    out = table.copy()
+    out["forecaster_independence"] = independence["status"]
+    note = independence.get("note") or ""
+    if note:
+        out["note"] = [f"{note}; {n}" if isinstance(n, str) and n else note for n in out["note"]]
+    if not independence.get("estimable", True):
+        out["estimable"] = False
+    return out
+
+
+def attainable_saving(table: pd.DataFrame, oracle_reference_mean: pd.Series, reference: str, formula: str = "net2 ~ arm") -> pd.DataFrame:
+    """Per arm: the sample-size saving (%) of `prognostic_adjustment` with the score log(oracle mean
+    under the reference) (`oracle_reference_mean`: expected count by patient_id over the patient's
+    follow-up), on the same observed trial: arm, attainable_saving_pct, attainable_label, attainable_estimand."""
+    means = pd.DataFrame({"patient_id": oracle_reference_mean.index.astype(str), "arm": reference,
+                          "expected": oracle_reference_mean.to_numpy(dtype=float), "samples": np.inf})
+    res = prognostic_adjustment(table, means, reference, formula, n_boot=0).table
+    return pd.DataFrame({"arm": res["arm"], "attainable_saving_pct": np.where(res["estimable"], res["sample_size_saving_pct"], np.nan),
+                         "attainable_label": ATTAINABLE_LABEL, "attainable_estimand": ATTAINABLE_ESTIMAND})

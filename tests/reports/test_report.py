@@ -187,6 +187,10 @@ def test_report_shows_forecast_inference_as_computed_not_as_rubin_imputation(tri
     # prognostic saving carries its bootstrap CI
     pg = pd.read_csv(trial["eff"] / "prognostic.csv").iloc[0]
     assert f"{pg['sample_size_saving_pct']:.0f}% ({pg['saving_ci_low_pct']:.0f}% to {pg['saving_ci_high_pct']:.0f}%)" in md
+    # simulated cohort: the attainable saving (observable oracle's score) stands beside the measured one (issue 22)
+    psec = md.split("## Prognostic adjustment")[1].split("\n## ")[0]
+    assert "Sample-size saving, measured (95% CI) | Sample-size saving, attainable (observable oracle) |" in psec
+    assert f"({pg['saving_ci_low_pct']:.0f}% to {pg['saving_ci_high_pct']:.0f}%) | {pg['attainable_saving_pct']:.0f}% |" in psec
 
 
 def test_report_shows_the_calibrated_ratio_when_held_out_patients_are_given(trial, tmp_path):

@@ -172,3 +172,66 @@ def test_nbreg_contract(tmp_path: Path, cli) -> None:  # noqa: ANN001
     for name, words in [("zeros.csv", "all counts in 'net2' are zero"), ("one_arm.csv", "only one arm")]:
         res = cli("nbreg", tmp_path / name, "--out", tmp_path / "x")
         assert res.code == 2 and words in res.err and name in res.err and not (tmp_path / "x").exists(), res.err
+
+
+# issue 22, item 5: the prognostic forecaster's independence (provenance) and the attainable saving
+def test_effects_flags_a_trained_on_trial_forecaster_and_shows_the_attainable_saving(small_trial: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from mseval.effects import EffectsSettings, oracle_reference_mean, run_effects
+    from mseval.io.cohort import read_cohort
+    from mseval.io.store import ForecastStore
+    from mseval.lesions.observed import analysis_table
+    from mseval.provenance import training_provenance, write_store_provenance
+    from mseval.stats.prognostic import ATTAINABLE_LABEL, attainable_saving
+
+    cohort_dir, fc = small_trial
+    settings = EffectsSettings(power_sims=0, prognostic_bootstrap=20)
+    s = run_effects(cohort_dir, fc, tmp_path / "indep", settings)
+    pg = pd.read_csv(tmp_path / "indep" / "prognostic.csv")
+    assert (pg["forecaster_independence"] == "not trained").all() and s["prognostic_forecaster"]["status"] == "not trained"
+    assert np.isfinite(pg["attainable_saving_pct"]).all() and (pg["attainable_label"] == ATTAINABLE_LABEL).all()
+    cohort = read_cohort(cohort_dir)
+    ref = cohort.reference_arm
+
+    expect = attainable_saving(analysis_table(cohort), oracle_reference_mean(cohort, ref), ref).set_index("arm")["attainable_saving_pct"]
+    assert np.allclose(pg.set_index("arm")["attainable_saving_pct"].loc[expect.index], expect)
+    est = pd.read_csv(tmp_path / "indep" / "estimands.csv")
+    assert (est["quantity"] == "prognostic_saving_attainable").sum() == len(pg)
+    assert all("attainable_saving_pct" in r for r in s["prognostic_saving"])
+    # the same store, now recording that its checkpoint trained on 5 of this trial's patients
+    fc2 = tmp_path / "fc_trained"
+    shutil.copytree(fc, fc2)
+    ck = str(ForecastStore.open(fc2).index()["checkpoint"].iloc[0])
+    write_store_provenance(fc2, ck, training_provenance(cohort, cohort.patient_ids[:5], []))
+    s2 = run_effects(cohort_dir, fc2, tmp_path / "trained", settings)
+    pg2 = pd.read_csv(tmp_path / "trained" / "prognostic.csv")
+    assert (~pg2["estimable"]).all() and pg2["note"].str.startswith(f"the prognostic forecaster trained on 5 of this trial's {len(cohort.patient_ids)} patients").all()
+    assert (pg2["forecaster_independence"] == "trained on this trial").all() and s2["prognostic_forecaster"]["n_seen"] == 5
+    est2 = pd.read_csv(tmp_path / "trained" / "estimands.csv")
+    assert not est2.loc[est2["quantity"] == "prognostic_saving", "estimable"].any()
+
+
+def test_a_real_cohort_has_no_attainable_saving(small_trial: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from mseval.effects import EffectsSettings, run_effects
+
+    cohort_dir, fc = small_trial
+    real = tmp_path / "real"
+    shutil.copytree(cohort_dir, real)
+    for name in ("simulation.json", "oracle_inputs.csv", "truth.csv", "truth_visits.csv", "truth_lesions.csv"):
+        (real / name).unlink(missing_ok=True)
+    s = run_effects(real, None, tmp_path / "out", EffectsSettings(power_sims=0, prognostic_bootstrap=20),
+                    counts_path=_counts(cohort_dir, fc, tmp_path))
+    pg = pd.read_csv(tmp_path / "out" / "prognostic.csv")
+    assert "attainable_saving_pct" not in pg.columns and all("attainable_saving_pct" not in r for r in s["prognostic_saving"])
+    assert (pg["forecaster_independence"] == "unknown").all() and pg["note"].str.contains("provenance is unknown").all()
+
+
+def _counts(cohort_dir: Path, fc: Path, tmp: Path) -> Path:
+    from mseval.lesions.ensemble import CountSettings, count_store
+
+    out = tmp / "counts.parquet"
+    count_store(fc, tmp / "_count", CountSettings()).counts.to_parquet(out)
+    return out

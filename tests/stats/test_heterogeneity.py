@@ -7,6 +7,7 @@ under 0.2%; without the prognostic main effect the test rejected 17% (issue 9 wo
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from mseval.simulate.counts_only import simulate_count_trial
@@ -43,3 +44,26 @@ def test_strata_are_tie_safe_sized_and_the_all_row_is_the_primary() -> None:
     pd.testing.assert_frame_equal(a, b)
     inter = heterogeneity(tr.table, tied, "placebo", primary).interaction.iloc[0]
     assert not inter["estimable"] and "same for every patient" in inter["note"]
+
+
+def test_interaction_se_is_the_count_models_sandwich_and_the_model_based_one_is_beside_it() -> None:
+    """The test's SE is the patient-level sandwich of `fit_count_model(cov="robust")` on the same model
+    (same data, same design); the model-based SE is fitted with cov="expected" and reported beside it."""
+    from mseval.stats.heterogeneity import interaction_test, predicted_benefit
+    from mseval.stats.prognostic import prognostic_score
+
+    tr = simulate_count_trial(TrialConfig(patients_per_arm=70, arms=(PLACEBO, DRUG), seed=5), samples=4)
+    means = forecast_means(tr.counts)
+    ben, prog = predicted_benefit(means, "placebo", DRUG.arm), prognostic_score(means, "placebo")
+    res = interaction_test(tr.table, ben, DRUG.arm, "placebo", prognostic=prog)
+    model = interaction_test(tr.table, ben, DRUG.arm, "placebo", prognostic=prog, se_method="model")
+    d = tr.table.assign(score=(ben.loc[tr.table["patient_id"]].to_numpy() - ben.mean()) / ben.std(ddof=1),
+                        prognostic_score=prog.loc[tr.table["patient_id"]].to_numpy())
+    term = f"arm[T.{DRUG.arm}]:score"
+    robust_fit = fit_count_model(d, "net2 ~ arm * score + prognostic_score", reference="placebo", cov="robust").rate_ratio(term)
+    expected_fit = fit_count_model(d, "net2 ~ arm * score + prognostic_score", reference="placebo", cov="expected").rate_ratio(term)
+    assert res["interaction_coef"] == pytest.approx(robust_fit["coef"], rel=1e-6)
+    assert res["se"] == pytest.approx(robust_fit["se"], rel=1e-6) and "sandwich" in res["se_method"]
+    assert res["se_model_based"] == pytest.approx(expected_fit["se"], rel=1e-6)
+    assert model["se"] == pytest.approx(res["se_model_based"]) and model["p_value"] == pytest.approx(res["p_value_model_based"])
+    assert "expected information" in model["se_method"] and res["se"] != pytest.approx(res["se_model_based"], rel=1e-3)
