@@ -78,9 +78,9 @@ def heterogeneity(n_trials: int = 500) -> dict[str, float]:
     alt = heterogeneity_trials(n_trials, modifier=0.3, seed0=310_000)
     r0, r1 = float((null["p_value"] < 0.05).mean()), float((alt["p_value"] < 0.05).mean())
     return {"trials": float(n_trials), "null_rejection_rate": r0, "null_mc_se": _mc(0.05, n_trials), "null_not_estimable": float((~null["estimable"]).mean()),
-            "null_rejection_rate_model_based_se": float((null["p_value_model_based"] < 0.05).mean()),
+            "null_rejection_rate_sandwich_se": float((null["p_value_sandwich"] < 0.05).mean()),
             "power_age_modifier_0.3": r1, "power_mc_se": _mc(r1, n_trials),
-            "power_model_based_se": float((alt["p_value_model_based"] < 0.05).mean())}
+            "power_sandwich_se": float((alt["p_value_sandwich"] < 0.05).mean())}
 
 
 def prognostic(n_trials: int = 60, n_power: int = 6, sims: int = 300) -> dict[str, float]:
@@ -137,8 +137,8 @@ def heterogeneity_null(n_trials: int = 200) -> dict[str, float]:
     from mseval.stats.forecast_validity import heterogeneity_trials
 
     null = heterogeneity_trials(n_trials, modifier=0.0, seed0=300_000)
-    return {"trials": float(n_trials), "null_rejection_rate_sandwich_se": float((null["p_value"] < 0.05).mean()),
-            "null_rejection_rate_model_based_se": float((null["p_value_model_based"] < 0.05).mean()),
+    return {"trials": float(n_trials), "null_rejection_rate_sandwich_se": float((null["p_value_sandwich"] < 0.05).mean()),
+            "null_rejection_rate_model_based_se": float((null["p_value"] < 0.05).mean()),
             "mc_se_at_0.05": _mc(0.05, n_trials), "null_not_estimable": float((~null["estimable"]).mean())}
 
 

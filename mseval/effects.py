@@ -21,8 +21,8 @@ columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`
   patients are refused when the store's provenance shows the forecaster trained, validated or was
   tuned on them (`mseval.heldout`); being this trial's own randomized patients, the calibrated
   ratio is labelled an observed-data ratio estimator with the forecast as covariate (`label`).
-- heterogeneity: the NB2 arm x predicted-benefit interaction (primary test; patient-level sandwich SE,
-  the model-based one beside it); responder strata
+- heterogeneity: the NB2 arm x predicted-benefit interaction (primary test; model-based SE, the
+  patient-level sandwich beside it, which over-rejects: bench/RESULTS.md); responder strata
   are exploratory (minimum `min_stratum_per_arm` patients per arm), observed outcomes only.
 - Qini: Radcliffe (2007) normalisation (perfect = 1, random ~ 0), ties averaged.
 - prognostic adjustment: the saving in sample size measured on observed outcomes, bootstrap CI;
@@ -136,7 +136,7 @@ ESTIMANDS: dict[str, dict[str, str]] = {
     "counterfactual_calibrated_ratio": {"estimand": CF.CAL_ESTIMAND, "conditional_on": CF.CAL_CONDITIONAL_ON,
                                         "ci_method": "joint delta method over patients (log scale)"},
     "heterogeneity_interaction": {"estimand": HET.INTERACTION_ESTIMAND, "conditional_on": "observed outcomes of randomized patients; the score is a baseline quantity",
-                                  "ci_method": f"Wald, {HET.SE_METHODS['robust']}"},
+                                  "ci_method": f"Wald, {HET.SE_METHODS['model']} (the sandwich SE beside it, not the test: it over-rejects, bench/RESULTS.md)"},
     "responder_stratum_rate_ratio": {"estimand": HET.STRATUM_ESTIMAND, "conditional_on": "observed outcomes; exploratory, strata chosen by the forecasts",
                                      "ci_method": "NB2 Wald within the stratum (not adjusted for multiplicity)"},
     "qini_coefficient": {"estimand": "Qini coefficient of the forecast's ranking by predicted benefit (lesions per year prevented)",

@@ -116,7 +116,7 @@ def forecast_trials(n_trials: int, *, kind: str = "oracle", patients_per_arm: in
 def heterogeneity_trials(n_trials: int, *, modifier: float, patients_per_arm: int = 100, samples: int = 10, seed0: int = 0,
                          drug: ArmSpec = DRUG) -> pd.DataFrame:
     """One row per trial: the arm x predicted-benefit interaction test with oracle forecasts, p-value
-    with the sandwich SE (`p_value`, the test's) and the model-based one (`p_value_model_based`)
+    with the model-based SE (`p_value`, the test's) and the sandwich one (`p_value_sandwich`)
     (modifier 0: a constant true rate ratio, the null, so the per-patient response spread is off too;
     the simulator's 0.3: age modifies the effect, beside the default response spread)."""
     spread = {} if modifier else {"response_sd": 0.0}
@@ -127,7 +127,7 @@ def heterogeneity_trials(n_trials: int, *, modifier: float, patients_per_arm: in
         means = forecast_means(tr.counts)
         res = interaction_test(tr.table, predicted_benefit(means, "placebo", drug.arm), drug.arm, "placebo",
                                prognostic=prognostic_score(means, "placebo"))
-        rows.append({"trial": k, "modifier": modifier, **{c: res[c] for c in ("interaction_ratio", "p_value", "p_value_model_based", "estimable")}})
+        rows.append({"trial": k, "modifier": modifier, **{c: res[c] for c in ("interaction_ratio", "p_value", "p_value_sandwich", "estimable")}})
     return pd.DataFrame(rows)
 
 

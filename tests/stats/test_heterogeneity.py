@@ -46,9 +46,10 @@ def test_strata_are_tie_safe_sized_and_the_all_row_is_the_primary() -> None:
     assert not inter["estimable"] and "same for every patient" in inter["note"]
 
 
-def test_interaction_se_is_the_count_models_sandwich_and_the_model_based_one_is_beside_it() -> None:
-    """The test's SE is the patient-level sandwich of `fit_count_model(cov="robust")` on the same model
-    (same data, same design); the model-based SE is fitted with cov="expected" and reported beside it."""
+def test_interaction_se_is_model_based_and_the_count_models_sandwich_is_beside_it() -> None:
+    """The test's SE is the model-based (expected information) one, equal to fit_count_model(cov="expected")
+    on the same model; the patient-level sandwich of fit_count_model(cov="robust") is reported beside it
+    (not the test: it over-rejects in the null bench); se_method="robust" makes the sandwich the test's."""
     from mseval.stats.heterogeneity import interaction_test, predicted_benefit
     from mseval.stats.prognostic import prognostic_score
 
@@ -56,14 +57,14 @@ def test_interaction_se_is_the_count_models_sandwich_and_the_model_based_one_is_
     means = forecast_means(tr.counts)
     ben, prog = predicted_benefit(means, "placebo", DRUG.arm), prognostic_score(means, "placebo")
     res = interaction_test(tr.table, ben, DRUG.arm, "placebo", prognostic=prog)
-    model = interaction_test(tr.table, ben, DRUG.arm, "placebo", prognostic=prog, se_method="model")
+    rob = interaction_test(tr.table, ben, DRUG.arm, "placebo", prognostic=prog, se_method="robust")
     d = tr.table.assign(score=(ben.loc[tr.table["patient_id"]].to_numpy() - ben.mean()) / ben.std(ddof=1),
                         prognostic_score=prog.loc[tr.table["patient_id"]].to_numpy())
     term = f"arm[T.{DRUG.arm}]:score"
     robust_fit = fit_count_model(d, "net2 ~ arm * score + prognostic_score", reference="placebo", cov="robust").rate_ratio(term)
     expected_fit = fit_count_model(d, "net2 ~ arm * score + prognostic_score", reference="placebo", cov="expected").rate_ratio(term)
-    assert res["interaction_coef"] == pytest.approx(robust_fit["coef"], rel=1e-6)
-    assert res["se"] == pytest.approx(robust_fit["se"], rel=1e-6) and "sandwich" in res["se_method"]
-    assert res["se_model_based"] == pytest.approx(expected_fit["se"], rel=1e-6)
-    assert model["se"] == pytest.approx(res["se_model_based"]) and model["p_value"] == pytest.approx(res["p_value_model_based"])
-    assert "expected information" in model["se_method"] and res["se"] != pytest.approx(res["se_model_based"], rel=1e-3)
+    assert res["interaction_coef"] == pytest.approx(expected_fit["coef"], rel=1e-6)
+    assert res["se"] == pytest.approx(expected_fit["se"], rel=1e-6) and "expected information" in res["se_method"]
+    assert res["se_sandwich"] == pytest.approx(robust_fit["se"], rel=1e-6)
+    assert rob["se"] == pytest.approx(res["se_sandwich"]) and rob["p_value"] == pytest.approx(res["p_value_sandwich"])
+    assert "sandwich" in rob["se_method"] and res["se"] != pytest.approx(res["se_sandwich"], rel=1e-3)
