@@ -36,6 +36,7 @@ def report(
     from mseval.io.lock import output_lock
     from mseval.io.store import ForecastStore
     from reports.builder import ReportSettings, build_report, check_store_covers_cohort
+    from reports.forecast_only import followup_mode
     from reports.recorded import resolve_run_settings
 
     check_conn(connectivity)
@@ -53,14 +54,15 @@ def report(
     c = read_cohort(cohort)  # every input checked before the first progress line
     check_formula_syntax(formula, [*c.manifest.columns, *OBSERVED_COLUMNS], c.root / "manifest.csv")
     check_store_covers_cohort(c, ForecastStore.open(forecasts), forecasts)
+    mode = followup_mode(c, evaluation, effects)  # a cohort with follow-up for some patients only, refused before any counting work
     settings = ReportSettings(connectivity=connectivity, min_volume_mm3=min_volume_mm3, detection_preset=detection_preset, formula=formula,
                               power_sims=run["power_sims"], seed=run["seed"], n_boot=run["n_boot"], workers=workers)
-    for line in sources:
+    for line in sources if mode == "trial" else ():  # a forecast-only report draws nothing at random
         typer.echo(f"... {line}", err=True)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         rep = build_report(cohort, forecasts, out, title=title, evaluation_dir=evaluation, effects_dir=effects, settings=settings,
                            overwrite=overwrite, progress=lambda m: typer.echo(f"... {m}", err=True),
-                           extra_settings=(("Seed, power simulations, bootstrap", "; ".join(sources)),))
+                           extra_settings=(("Seed, power simulations, bootstrap", "; ".join(sources)),) if mode == "trial" else ())
     typer.echo(f"report: {rep.html}")
 
 

@@ -89,7 +89,9 @@ def test_kill_9_workers_die_with_parent_and_rerun_removes_temporaries(tmp_path: 
     assert _gone(workers), "worker processes outlived their parent's kill -9"
     litter = [p.name for p in tmp_path.iterdir()]
     assert litter and all(n.startswith(".cohort.") for n in litter), litter  # the killed run's temporary folder
-    res = subprocess.run([sys.executable, "-m", "mseval.cli", "simulate", "cohort", "--patients-per-arm", "1", "--shape", "16", "16", "16"],
+    # one follow-up at week 48: the default schedule (to week 96) finds no room for every lesion at 16^3
+    res = subprocess.run([sys.executable, "-m", "mseval.cli", "simulate", "cohort", "--patients-per-arm", "1", "--shape", "16", "16", "16",
+                          "--followup-weeks", "48"],
                          cwd=tmp_path, env=_env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"], "the rerun removes the killed run's temporaries"
@@ -133,24 +135,32 @@ def test_second_writer_names_the_holder_or_waits(inputs: dict[str, Path], tmp_pa
     assert (out / "counts.parquet").is_file() and not lock_path(out).exists()
 
 
-def test_report_twice_gives_identical_bytes(inputs: dict[str, Path], tmp_path: Path, recwarn: pytest.WarningsRecorder,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    """Same inputs, same --out: every file of the report, results/ included, byte for byte. The
-    expected numerical warnings of model fits on this small cohort are one line, not a flood."""
-    out = tmp_path / "report"
-    args = ["report", str(inputs["cohort"]), str(inputs["store"]), "--out", str(out), "--power-sims", "2"]
-    assert main(args) == 0
-    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], "a numerical warning escaped"
-    err = capsys.readouterr().err
-    assert all(line.startswith("...") or line.startswith("report") for line in err.splitlines()), err
-    first = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    out.rename(tmp_path / "first")
-    assert main(args) == 0
-    second = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    assert any(k.startswith("results/") for k in first)
+def test_report_twice_into_two_folders_gives_identical_bytes(inputs: dict[str, Path], tmp_path: Path, recwarn: pytest.WarningsRecorder,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`mseval report` writes the same bytes for the same inputs whatever folder it writes into: every
+    file (HTML, Markdown, figures, tables, summary.json and the evaluation, effects and counts it
+    computes under results/, JSON and Parquet included), and no file names the output folder, not
+    even by a relative mention of its own name (issue 25). The expected numerical warnings of model
+    fits on this small cohort are one line, not a flood. (Merged from tests/reports/test_same_bytes.py,
+    which built the same two reports on a larger cohort.)"""
+    outs = [tmp_path / "one" / "report", tmp_path / "two" / "deeper" / "rep"]
+    files = []
+    for k, out in enumerate(outs):
+        out.parent.mkdir(parents=True)
+        assert main(["report", str(inputs["cohort"]), str(inputs["store"]), "--out", str(out), "--power-sims", "2"]) == 0
+        if k == 0:
+            assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], "a numerical warning escaped"
+            err = capsys.readouterr().err
+            assert all(line.startswith("...") or line.startswith("report") for line in err.splitlines()), err
+        files.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    first, second = files
+    assert {"summary.json", "report.html", "results/effects/effects.json", "results/evaluation/summary.json",
+            "results/counts/counts.parquet"} <= set(first)
     assert first.keys() == second.keys()
     differ = [k for k in first if first[k] != second[k]]
     assert not differ, differ
+    for name, data in second.items():
+        assert str(tmp_path).encode() not in data and b"deeper" not in data, name
     assert b".tmp" not in first["results/effects/effects.json"] and b".tmp" not in first["results/evaluation/summary.json"]
 
 

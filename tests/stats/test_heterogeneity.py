@@ -43,3 +43,29 @@ def test_strata_are_tie_safe_sized_and_the_all_row_is_the_primary() -> None:
     pd.testing.assert_frame_equal(a, b)
     inter = heterogeneity(tr.table, tied, "placebo", primary).interaction.iloc[0]
     assert not inter["estimable"] and "same for every patient" in inter["note"]
+
+
+def test_the_all_row_predicts_and_is_true_over_the_population_of_the_primary_table() -> None:
+    """Six arms (issue 25): the "all" row's observed RR is the primary NB2 estimate, its predicted RR is
+    the counterfactual ratio of means (every patient under both arms) and its true RR the primary
+    table's true ratio over every patient; a stratum's predicted RR is over its own patients only."""
+    from mseval.simulate.arms import DEFAULT_ARMS
+    from mseval.stats.counterfactual import counterfactual_effects
+
+    tr = simulate_count_trial(TrialConfig(patients_per_arm=12, arms=DEFAULT_ARMS, seed=5), samples=3)
+    means = forecast_means(tr.counts)
+    ref = next(a.arm for a in DEFAULT_ARMS if a.reference)
+    primary = fit_count_model(tr.table, "net2 ~ arm", reference=ref).table
+    truth = tr.truth.set_index(["patient_id", "arm"])["expected_count"]
+    h = heterogeneity(tr.table, means, ref, primary, truth=tr.truth).strata
+    cf = counterfactual_effects(means, ref).average.set_index("arm")
+    everyone = list(pd.unique(means["patient_id"]))
+    for arm, g in h.groupby("arm"):
+        row = g.set_index("stratum").loc["all"]
+        assert row["observed_rate_ratio"] == primary.set_index("term").loc[arm, "rate_ratio"]
+        assert np.isclose(row["predicted_rate_ratio"], cf.loc[arm, "ratio_of_means"], rtol=1e-12)
+        true_all = truth.loc[[(p, arm) for p in everyone]].sum() / truth.loc[[(p, ref) for p in everyone]].sum()
+        assert np.isclose(row["true_rate_ratio"], true_all, rtol=1e-12)
+        randomized = tr.table.loc[tr.table["arm"].isin([arm, ref]), "patient_id"]
+        assert len(randomized) < len(everyone)  # the two populations differ, so the test can tell them apart
+        assert "counterfactual" in row["predicted_over"]
