@@ -42,7 +42,7 @@ def simulate(
     dawm_strength: _knob("Exponent tying the extent of diffusely abnormal white matter to the "
                       "latent activity, 0..3 (default 0.5; 0: DAWM says nothing of it).") = None,
     spatial_strength: _knob("Strength of the patient's own lesion-prone regions in the law of "
-                      "new lesion centres, 0..3 (default 1.2; 0: one law for everyone).") = None,
+                      "new lesion centres, 0..3 (default 1.5; 0: one law for everyone).") = None,
     mtr: Annotated[Optional[bool], typer.Option("--mtr/--no-mtr", help="Also write a baseline magnetization transfer ratio map "
                       "(mtr.nii.gz; default: no).", show_default=False)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KNOB=VALUE", help="Any other TrialConfig knob (mseval/simulate/model.py "

@@ -107,7 +107,8 @@ def test_unknown_arm_is_one_line_and_writes_nothing(tiny_cohort, trained, tmp_pa
 def test_cohort_arm_the_checkpoint_never_saw(cohort_copy, trained, tmp_path, capsys):
     arms = cohort_copy / "arms.csv"
     arms.write_text(arms.read_text().rstrip("\n") + "\nnatalizumab,Natalizumab,high,false\n")
-    (cohort_copy / "truth.csv").unlink()  # a cohort to forecast has no truth
+    for name in ("truth.csv", "truth_visits.csv"):  # a cohort to forecast has no truth (truth_visits.csv would name the new arm first)
+        (cohort_copy / name).unlink(missing_ok=True)
     out = tmp_path / "out"
     code = main(["sample", str(cohort_copy), "--checkpoint", str(trained), "--out", str(out)])
     _assert_clean_error(capsys, code, out, "arms.csv", "natalizumab")
