@@ -9,7 +9,7 @@ import typer
 
 
 def report(
-    cohort: Path = typer.Argument(..., help="Cohort folder (manifest.csv, arms.csv, observed net2_mask files; truth.csv if simulated)."),
+    cohort: Path = typer.Argument(..., help="Cohort folder (manifest.csv, arms.csv, observed net2_mask files; truth.csv if simulated). Without any net2_mask (baseline scans only): a forecast-only report."),
     forecasts: Path = typer.Argument(..., help="Forecast store holding every patient under every arm."),
     out: Path = typer.Option(..., "--out", help="Report folder to create (report.html, report.md, figures/, tables/, summary.json)."),
     title: str = typer.Option("NET2 lesion forecasts: trial report", help="Title of the report."),
@@ -28,7 +28,8 @@ def report(
 ) -> None:
     """Write a self-contained trial report: settings, Table 1, rate ratios (observed, forecast,
     counterfactual), lesion-free proportions, activity, calibration, detection, responders,
-    prognostic adjustment, power, example slices."""
+    prognostic adjustment, power, example slices. A cohort with baseline scans only gets a forecast-only
+    report (forecast counts per arm, counterfactual effects, and what needs follow-up)."""
     from mseval.commands._checks import OBSERVED_COLUMNS, check_conn, check_formula_syntax, check_min, check_out_folder
     from mseval.commands._common import quiet_numerics
     from mseval.errors import InputError
