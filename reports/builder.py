@@ -39,6 +39,7 @@ from reports import projections as P
 from reports import settings_table as S
 from reports import tables as T
 from reports.context import build_context
+from reports.forecast_only import build_forecast_only_report, followup_mode
 from reports.render import render_html, render_md
 from reports.style import arm_colors, arm_labels, figure_bytes
 
@@ -319,6 +320,13 @@ def build_report(
     for name, d in (("evaluation", evaluation_dir), ("effects", effects_dir)):
         if d is not None and not Path(d).is_dir():
             raise InputError(d, f"{name} folder not found")
+    if followup_mode(cohort, evaluation_dir, effects_dir) == "forecast-only":  # baseline scans only; checked before any counting work
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            summary = build_forecast_only_report(cohort, cohort_dir, forecasts_dir, tmp, title=title, settings=settings, say=say,
+                                                 extra_settings=extra_settings)
+            files = _publish(tmp)
+        say(f"forecast-only report written to {out / 'report.html'}")
+        return Report(out, summary, files)
     arms_df = cohort.arms
     ref = cohort.reference_arm
     order = list(arms_df["arm"])
@@ -417,7 +425,8 @@ def build_report(
         figs.append(("responders", F.responder_plot(rsp_fig, arms_df),
                      "Exploratory: observed NET2 rate ratios (NB2, 95% CI) among the 10%, 30%, 50% of patients with the largest forecast benefit and in all patients, "
                      "using only patients randomized to the arm or the reference (two-arm fits); the all-patients row is the primary estimate "
-                     "(one model over all arms), the same number as in the primary table; open squares: the ratio the forecasts predict for the stratum."
+                     "(one model over all arms), the same number as in the primary table; open squares: the ratio the forecasts predict for the stratum "
+                     "(for all patients, the counterfactual ratio of means over every patient, as in the primary table)."
                      + _footnote(sorted(set(rsp_notes)))))
         figs.append(("qini", F.qini_plot(t["qini_curve"], arms_df, qini_area=t["qini_area"]),
                      "Qini curves: cumulative observed NET2 lesions avoided when patients are treated in order of forecast benefit (solid) or in random order "
@@ -554,11 +563,18 @@ def build_report(
         ctx = build_context(title, summary, settings_doc, table1, t, out_tables, fig_entries, arms_df, ref, ev_summary, ex, observed)
         write_bytes_atomic(render_html(ctx).encode("utf-8"), tmp / "report.html")
         write_bytes_atomic(render_md(ctx).encode("utf-8"), tmp / "report.md")
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        for p in [tmp, *tmp.rglob("*")]:  # temporary files are private (0600); a report is for sharing
-            p.chmod(0o755 if p.is_dir() else 0o644)
+        files = _publish(tmp)
     say(f"report written to {out / 'report.html'}")
     return Report(out, summary, files)
+
+
+def _publish(tmp: Path) -> list[str]:
+    """The report's files (relative paths); makes them readable by others: temporary files are private
+    (0600), a report is for sharing."""
+    files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    for p in [tmp, *tmp.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return files
 
 
 def _metric_table(m: pd.DataFrame, names: list[str], groups: list[str]) -> pd.DataFrame:

@@ -98,6 +98,13 @@ def _num(x: Any, digits: int = 2) -> str:
     return N.num(x, digits)
 
 
+RESPONDERS_ALL_ROW = ("The all-patients row repeats the primary table: its observed RR is the primary estimate (one NB2 model over "
+                      "all arms), its predicted RR the counterfactual ratio of means and its true RR the true ratio of mean counts, "
+                      "both over every patient of the trial under both arms; in a stratum the predicted and true RRs are over the "
+                      "stratum's randomized patients under both arms.")
+"""What the responders table's all-patients row is (issue 25): the same numbers as the primary table."""
+
+
 def build_context(title: str, summary: dict, settings_doc: dict, table1: pd.DataFrame, t: dict, out_tables: dict, fig_entries: list,
              arms_df: pd.DataFrame, ref: str, ev_summary: dict, ex: dict, observed: pd.DataFrame) -> dict[str, Any]:
     """Everything the templates show, as strings (one place for number formatting; every estimate
@@ -211,6 +218,7 @@ def build_context(title: str, summary: dict, settings_doc: dict, table1: pd.Data
                                                                note=r.get("note", ""))[0] else "",
                           rsp_note(r)] + ([_num(r["true_rate_ratio"])] if has_true else [])
                          for r in rsp.to_dict("records")]}
+    rsp_rows["note"] = RESPONDERS_ALL_ROW
     min_per_arm = int(rsp["min_per_arm"].dropna().iloc[0]) if "min_per_arm" in rsp.columns and rsp["min_per_arm"].notna().any() else None
     het = out_tables.get("heterogeneity")
     het_rows = None

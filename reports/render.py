@@ -59,7 +59,7 @@ def render_md(ctx: dict[str, Any]) -> str:
         out += ["### Heterogeneity of the effect: the interaction test (primary)", "",
                 "NB2 arm x predicted-benefit interaction among patients randomized to the arm or the reference (observed outcomes).", "",
                 _md_table(ctx["heterogeneity"]), ""]
-    out += ["### Effects in predicted-responder strata (exploratory)", "", _md_table(ctx["responders"]), ""] + fig("responders") + fig("qini")
+    out += ["### Effects in predicted-responder strata (exploratory)", "", _md_table(ctx["responders"]), "", ctx["responders"]["note"], ""] + fig("responders") + fig("qini")
     out += ["## Prognostic adjustment", "", _md_table(ctx["prognostic"]), "",
             f"Qini coefficient normalisation: {ctx['qini_normalisation'] or 'Radcliffe (2007)'}.", ""] + fig("prognostic")
     out += ["## Power and sample size", "", _md_table(ctx["power"]), "",

@@ -11,6 +11,14 @@ from mseval.cli import main
 from mseval.simulate.model import TrialConfig
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs `-n 2`), send each test module to one worker
+    (`--dist loadscope`) instead of spreading single tests: a module-scoped fixture (a simulated
+    trial, a built report, a trained demo) is then built once, not once per worker. An explicit
+    `--dist` other than xdist's default `load` is left as given."""
+    if getattr(config.option, "dist", "no") == "load" and getattr(config.option, "numprocesses", None):
+        config.option.dist = "loadscope"
+
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:

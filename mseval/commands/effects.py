@@ -66,7 +66,7 @@ def nbreg(
 def effects(
     cohort: Annotated[Path, typer.Argument(help="Cohort folder (with observed NET2 masks).")],
     forecasts: Annotated[Optional[Path], typer.Argument(help="Forecast store (every patient under every arm).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the effect tables (see README).")] = Path("effects"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the effect tables (see docs/statistics.md).")] = Path("effects"),
     formula: Annotated[str, typer.Option(help="NB2 model formula for observed and forecast analyses.")] = "net2 ~ arm",
     cov: Annotated[str, typer.Option(help="Standard errors of the observed NB2: 'expected' information (as R's glm.nb), 'observed', or "
                                      "'robust' (patient-level sandwich: valid when treated arms are more overdispersed than the "

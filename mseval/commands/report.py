@@ -9,7 +9,7 @@ import typer
 
 
 def report(
-    cohort: Path = typer.Argument(..., help="Cohort folder (manifest.csv, arms.csv, observed net2_mask files; truth.csv if simulated)."),
+    cohort: Path = typer.Argument(..., help="Cohort folder (manifest.csv, arms.csv, observed net2_mask files; truth.csv if simulated). Without any net2_mask (baseline scans only): a forecast-only report."),
     forecasts: Path = typer.Argument(..., help="Forecast store holding every patient under every arm."),
     out: Path = typer.Option(..., "--out", help="Report folder to create (report.html, report.md, figures/, tables/, summary.json)."),
     title: str = typer.Option("NET2 lesion forecasts: trial report", help="Title of the report."),
@@ -28,7 +28,8 @@ def report(
 ) -> None:
     """Write a self-contained trial report: settings, Table 1, rate ratios (observed, forecast,
     counterfactual), lesion-free proportions, activity, calibration, detection, responders,
-    prognostic adjustment, power, example slices."""
+    prognostic adjustment, power, example slices. A cohort with baseline scans only gets a forecast-only
+    report (forecast counts per arm, counterfactual effects, and what needs follow-up)."""
     from mseval.commands._checks import OBSERVED_COLUMNS, check_conn, check_formula_syntax, check_min, check_out_folder
     from mseval.commands._common import quiet_numerics
     from mseval.errors import InputError
@@ -36,6 +37,7 @@ def report(
     from mseval.io.lock import output_lock
     from mseval.io.store import ForecastStore
     from reports.builder import ReportSettings, build_report, check_store_covers_cohort
+    from reports.forecast_only import followup_mode
     from reports.recorded import resolve_run_settings
 
     check_conn(connectivity)
@@ -53,14 +55,15 @@ def report(
     c = read_cohort(cohort)  # every input checked before the first progress line
     check_formula_syntax(formula, [*c.manifest.columns, *OBSERVED_COLUMNS], c.root / "manifest.csv")
     check_store_covers_cohort(c, ForecastStore.open(forecasts), forecasts)
+    mode = followup_mode(c, evaluation, effects)  # a cohort with follow-up for some patients only, refused before any counting work
     settings = ReportSettings(connectivity=connectivity, min_volume_mm3=min_volume_mm3, detection_preset=detection_preset, formula=formula,
                               power_sims=run["power_sims"], seed=run["seed"], n_boot=run["n_boot"], workers=workers)
-    for line in sources:
+    for line in sources if mode == "trial" else ():  # a forecast-only report draws nothing at random
         typer.echo(f"... {line}", err=True)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         rep = build_report(cohort, forecasts, out, title=title, evaluation_dir=evaluation, effects_dir=effects, settings=settings,
                            overwrite=overwrite, progress=lambda m: typer.echo(f"... {m}", err=True),
-                           extra_settings=(("Seed, power simulations, bootstrap", "; ".join(sources)),))
+                           extra_settings=(("Seed, power simulations, bootstrap", "; ".join(sources)),) if mode == "trial" else ())
     typer.echo(f"report: {rep.html}")
 
 

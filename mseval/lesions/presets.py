@@ -4,7 +4,7 @@ Published evaluations disagree on what a detected lesion is (connectivity, minim
 criterion, one-to-one or per-side counting, what an empty case scores), so each is a
 `DetectionRule` in `PRESETS`, written from the evaluation's public code. `rule_from_options`
 builds a rule from a preset name and/or explicit options (what `mseval match` takes), and
-`presets_markdown` renders the table pasted into the README.
+`presets_markdown` renders the table pasted into docs/lesions.md.
 
 Presets (details and sources in each rule's `source`):
 - `msseg2`: ANIMA animaSegPerfAnalyzer defaults as used by MSSEG-2 -- 6-conn., > 3 mm^3 on both sides,
@@ -299,7 +299,7 @@ _SHORT_SOURCES = {
 
 
 def presets_markdown() -> str:
-    """A markdown table of `PRESETS` (lesions, detection, counting, F1, empty case, source) for the README."""
+    """A markdown table of `PRESETS` (lesions, detection, counting, F1, empty case, source) for docs/lesions.md."""
     rows = [
         "| preset | lesions | detected when | counting | F1 | both empty | source |",
         "|---|---|---|---|---|---|---|",

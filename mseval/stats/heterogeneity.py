@@ -24,7 +24,9 @@ patients whose predicted benefit is in the top 10/30/50%. A stratum holds every 
 benefit ties with the cut-off's (so membership never depends on patient order). A stratum is
 estimated only with at least `min_per_arm` patients in each arm (default 10), and flagged not
 estimable when the NB2 dispersion reaches the Poisson boundary (alpha < 1e-4: the CI is then too
-narrow). The "all" row is the trial's primary estimate, copied, not refitted.
+narrow). The "all" row is the trial's primary estimate, copied, not refitted; its predicted and
+true ratios are over every patient of the trial under both arms, so they equal the primary table's
+counterfactual ratio of means and true ratio (the strata's are over their randomized patients).
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ def heterogeneity(
     prim = primary.set_index("term")
     t_exp = truth.set_index(["patient_id", "arm"])["expected_count"] if truth is not None else None
     pm = means.set_index(["patient_id", "arm"])["expected"]
+    all_ids = pd.unique(means["patient_id"])
     inter, rows = [], []
     for arm in arms:
         ben = predicted_benefit(means, reference, arm)
@@ -157,10 +160,15 @@ def heterogeneity(
         rand["benefit"] = ben.loc[rand["patient_id"]].to_numpy()
         for f in fractions:
             top = rand if f >= 1 else _stratum(rand, f)
-            ids = top["patient_id"].to_numpy()
+            # the "all" row's predicted and true ratios are over every patient of the trial, each under both
+            # arms: the primary table's counterfactual ratio of means and true ratio, the same numbers
+            ids = all_ids if f >= 1 else top["patient_id"].to_numpy()
             n_a, n_r = int((top["arm"] == arm).sum()), int((top["arm"] == reference).sum())
+            ref_sum = float(pm.loc[list(zip(ids, [reference] * len(ids)))].sum())
             row = {"arm": arm, "stratum": "all" if f >= 1 else f"top {round(100 * f)}%", "fraction": f, "n_arm": n_a, "n_reference": n_r,
-                   "predicted_rate_ratio": float(pm.loc[list(zip(ids, [arm] * len(ids)))].sum() / max(pm.loc[list(zip(ids, [reference] * len(ids)))].sum(), 1e-12)),
+                   "predicted_rate_ratio": float(pm.loc[list(zip(ids, [arm] * len(ids)))].sum()) / ref_sum if ref_sum > 0 else np.nan,
+                   "predicted_over": "every patient of the trial under both arms (the counterfactual ratio of means)" if f >= 1
+                   else "the stratum's randomized patients under both arms",
                    "min_per_arm": min_per_arm, "alpha": np.nan}
             nan = {"observed_rate_ratio": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}
             if f >= 1:

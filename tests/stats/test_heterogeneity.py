@@ -68,3 +68,29 @@ def test_interaction_se_is_model_based_and_the_count_models_sandwich_is_beside_i
     assert res["se_sandwich"] == pytest.approx(robust_fit["se"], rel=1e-6)
     assert rob["se"] == pytest.approx(res["se_sandwich"]) and rob["p_value"] == pytest.approx(res["p_value_sandwich"])
     assert "sandwich" in rob["se_method"] and res["se"] != pytest.approx(res["se_sandwich"], rel=1e-3)
+
+
+def test_the_all_row_predicts_and_is_true_over_the_population_of_the_primary_table() -> None:
+    """Six arms (issue 25): the "all" row's observed RR is the primary NB2 estimate, its predicted RR is
+    the counterfactual ratio of means (every patient under both arms) and its true RR the primary
+    table's true ratio over every patient; a stratum's predicted RR is over its own patients only."""
+    from mseval.simulate.arms import DEFAULT_ARMS
+    from mseval.stats.counterfactual import counterfactual_effects
+
+    tr = simulate_count_trial(TrialConfig(patients_per_arm=12, arms=DEFAULT_ARMS, seed=5), samples=3)
+    means = forecast_means(tr.counts)
+    ref = next(a.arm for a in DEFAULT_ARMS if a.reference)
+    primary = fit_count_model(tr.table, "net2 ~ arm", reference=ref).table
+    truth = tr.truth.set_index(["patient_id", "arm"])["expected_count"]
+    h = heterogeneity(tr.table, means, ref, primary, truth=tr.truth).strata
+    cf = counterfactual_effects(means, ref).average.set_index("arm")
+    everyone = list(pd.unique(means["patient_id"]))
+    for arm, g in h.groupby("arm"):
+        row = g.set_index("stratum").loc["all"]
+        assert row["observed_rate_ratio"] == primary.set_index("term").loc[arm, "rate_ratio"]
+        assert np.isclose(row["predicted_rate_ratio"], cf.loc[arm, "ratio_of_means"], rtol=1e-12)
+        true_all = truth.loc[[(p, arm) for p in everyone]].sum() / truth.loc[[(p, ref) for p in everyone]].sum()
+        assert np.isclose(row["true_rate_ratio"], true_all, rtol=1e-12)
+        randomized = tr.table.loc[tr.table["arm"].isin([arm, ref]), "patient_id"]
+        assert len(randomized) < len(everyone)  # the two populations differ, so the test can tell them apart
+        assert "counterfactual" in row["predicted_over"]
