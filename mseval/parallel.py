@@ -70,17 +70,9 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int,
     """fn(job) for every job, in order, in this process (workers <= 1) or in `process_pool(workers)`;
     progress(done, total) after each. Returns the results in job order."""
     out: list[Any] = []
-    total = len(jobs)
-    if workers <= 1:
-        results: Iterator[Any] = map(fn, jobs)
-        for r in results:
+    with process_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        for r in (pool.map(fn, jobs, chunksize=1) if pool is not None else map(fn, jobs)):
             out.append(r)
             if progress:
-                progress(len(out), total)
-        return out
-    with process_pool(workers) as pool:
-        for r in pool.map(fn, jobs, chunksize=1):
-            out.append(r)
-            if progress:
-                progress(len(out), total)
+                progress(len(out), len(jobs))
     return out

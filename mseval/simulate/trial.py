@@ -152,11 +152,11 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     gd_ids = set(base_ids[: int(row["gd_count"])])
     black = {lid for lid in base_ids if lid not in gd_ids and rng.random() < cfg.p_black_hole}
     baseline_labels = lf.labels.copy()
-    # The law of a new lesion's centre given the baseline: the intensity over the white matter that no
-    # baseline lesion (or its one-voxel margin) takes, the space `place_new` draws from.
     if cfg.load_preference > 0:  # new lesions favour the regions of the patient's baseline lesions
         intensity = intensity * (1.0 + cfg.load_preference * regional_load(baseline_labels, spacing, cfg.load_smooth_mm, lf.free))
         lf.reweight(intensity)
+    # The law of a new lesion's centre given the baseline: the intensity over the white matter that no
+    # baseline lesion (or its one-voxel margin) takes, the space `place_new` draws from.
     free_intensity = np.where(lf.free, intensity, 0.0)
     free_intensity /= max(float(free_intensity.sum()), 1e-300)
     base_voxels = {lid: lf.voxels(lid) for lid in base_ids}
@@ -212,14 +212,17 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     gain, offset = scanner.gain, scanner.offset
     faint = cfg.small_lesion_contrast_1p5t if scanner.field_strength_t < 3.0 else 1.0
     voxel_mm3 = float(np.prod(spacing))
+
+    def faint_mask(labels: np.ndarray) -> np.ndarray | None:  # small lesions, fainter at 1.5 T
+        return small_lesions(labels, cfg.small_lesion_mm3 / voxel_mm3) if faint < 1.0 else None
+
     folder.mkdir(parents=True, exist_ok=True)
     t2 = (baseline_labels > 0).astype(np.uint8)
     gd = np.isin(baseline_labels, list(gd_ids)).astype(np.uint8)
     bh0 = np.isin(baseline_labels, list(black))
     images = synthesize_mri(anat, t2, gd, rng, dawm_mask=dawm, black_hole_mask=bh0, prelesion_mask=pre,
                             prelesion_contrast=cfg.prelesion_contrast, gain=gain, offset=offset,
-                            faint_mask=small_lesions(baseline_labels, cfg.small_lesion_mm3 / voxel_mm3) if faint < 1.0 else None,
-                            faint_contrast=faint)
+                            faint_mask=faint_mask(baseline_labels), faint_contrast=faint)
     if cfg.mtr:
         images["mtr"] = mtr_map(anat, t2, pre if cfg.prelesion_fraction > 0 else None, rng)
     for name, img in images.items():
@@ -253,8 +256,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
         t2k = (labels > 0).astype(np.uint8)
         gdk = np.isin(labels, recent).astype(np.uint8)
         vis = synthesize_mri(anat, t2k, gdk, rng, sequences=VISIT_IMAGES, dawm_mask=dawm, black_hole_mask=np.isin(labels, holes),
-                             gain=gain, offset=offset, faint_mask=small_lesions(labels, cfg.small_lesion_mm3 / voxel_mm3) if faint < 1.0 else None,
-                             faint_contrast=faint)
+                             gain=gain, offset=offset, faint_mask=faint_mask(labels), faint_contrast=faint)
         masks = {"t2_lesion_mask": t2k, "gd_lesion_mask": gdk, "net2_mask": np.isin(labels, since_prev).astype(np.uint8),
                  "net2_mask_cumulative": np.isin(labels, cumulative_ids).astype(np.uint8)}
         for name, img in vis.items():
@@ -264,7 +266,6 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
         visit_rows.append({**base, "weeks": wk, "missing": "", "previous_visit": last_label,
                            **{n: f"images/{pid}/ses-{label}/{n}.nii.gz" for n in (*VISIT_IMAGES, *VISIT_MASKS)}})
         last_obs, last_labels, last_label = wk, labels, label
-    voxel_mm3 = float(np.prod(spacing))
     rows = []
     first_seen = {lid: d["visit"] for lid, d in info.items()}
     for lid in sorted(lf.boxes):
