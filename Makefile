@@ -13,7 +13,7 @@ DEMO_OUT ?= demo-out
 
 # R and MASS for the live glm.nb parity test (Debian/Ubuntu, as root): `make r`.
 r:
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq r-base-core r-cran-mass
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq r-base-core r-cran-mass r-cran-geepack
 
 install: $(STAMP)
 
