@@ -1,0 +1,114 @@
+"""Development check of the image count model (`forecast.image_count`) against the references on the
+same patients: the count-feature NB2 baseline (fitted on the same training patients) and the
+observable oracle, with the image-ablated model (image channels zeroed, masks and tabular features
+kept; trained the same way). DEV trials only (never the pre-registered TEST trial of issue 21).
+
+    PYTHONPATH=. .venv/bin/python bench/image_count_dev.py --train /work/exp21/train --dev /work/exp21/dev --out /tmp/ic.json
+
+Scores: exact CRPS of the cumulative NET2 count from baseline to each visit (lesions; the NB2 law
+of each model; the oracle's Bayes law), paired differences with SEs over the dev patients; log score
+per observed lesion centre (last visit, nats) of the model's centre intensity vs uniform over the brain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from forecast.data import split_patients
+from forecast.image_count import ImageCountNet, collate, count_pmf, fit_image_count, logits_for
+from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_horizons
+from mseval.io.cohort import read_cohort
+from mseval.lesions.baseline_features import baseline_features
+from mseval.metrics.calibration import crps_pmf
+from mseval.simulate.observable_oracle import cohort_observable_pmf
+from mseval.stats.baseline_nb2 import fit_nb2_baseline
+
+
+def predict(net: ImageCountNet, pats, zero=()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mus, als, ls = [], [], []
+    with torch.no_grad():
+        for lo in range(0, len(pats), 16):
+            b = collate(pats[lo: lo + 16], zero_channels=zero)
+            m, a, lg = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"])
+            mus.append(m.numpy()); als.append(a.numpy())
+            lp = torch.log_softmax(logits_for(lg, b["arm"]).flatten(1), 1)
+            for j, p in enumerate(pats[lo: lo + 16]):
+                if len(p.centres):
+                    idx = np.ravel_multi_index(np.asarray(p.centres).T, p.brain.shape)
+                    ls.extend((lp[j, idx] + np.log(p.brain.sum())).tolist())
+    return np.concatenate(mus), np.concatenate(als), np.asarray(ls)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train", required=True)
+    ap.add_argument("--dev", required=True)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--hidden", type=int, default=12)
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    tr, dv = read_cohort(a.train), read_cohort(a.dev)
+    arms = list(tr.arms["arm"])
+    ids = tr.patient_ids[: a.limit] if a.limit else tr.patient_ids
+    arm_of = tr.manifest.set_index("patient_id")["arm"]
+    fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)
+    t0 = time.time()
+    train_p, val_p = load_arrays(tr, fit_ids, arms), load_arrays(tr, val_ids, arms)
+    dev_p = load_arrays(dv, dv.patient_ids, arms)
+    print(f"loaded {len(train_p)}+{len(val_p)} train, {len(dev_p)} dev in {time.time() - t0:.0f}s", flush=True)
+    C = len(IMAGE_CHANNELS) + len(MASK_CHANNELS)
+    res: dict = {"n_train": len(train_p), "n_val": len(val_p), "n_dev": len(dev_p)}
+    nets = {}
+    for name, zero in (("model", ()), ("no_images", tuple(range(len(IMAGE_CHANNELS))))):
+        net = ImageCountNet(C, len(arms), hidden=a.hidden)
+        t0 = time.time()
+        fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero,
+                              progress=lambda e, n, v: print(f"  {name} epoch {e}/{n} val {v:.3f} ({time.time() - t0:.0f}s)", flush=True))
+        res[f"fit_{name}"] = fit.to_dict() | {"seconds": time.time() - t0}
+        nets[name] = (net, zero)
+    visits = visit_horizons(dv)
+    feats_tr = baseline_features(tr, ids, outcome=False)
+    feats_dv = baseline_features(dv, outcome=False)
+    allp = {p_id: p for p_id, p in zip(list(fit_ids) + list(val_ids), train_p + val_p)}
+    preds = {k: predict(n, dev_p, z) for k, (n, z) in nets.items()}
+    rows = []
+    for v, label in enumerate(visits):
+        y = np.array([p.counts[v] for p in dev_p])
+        ok = np.isfinite(y)
+        ttab = feats_tr.assign(net2=[allp[i].counts[v] for i in feats_tr.patient_id], followup_years=[allp[i].years[v] for i in feats_tr.patient_id])
+        ttab = ttab[np.isfinite(ttab["net2"])]
+        dtab = feats_dv.assign(followup_years=[p.years[v] for p in dev_p])
+        kmax = int(np.nanmax(y)) + 200
+        laws = {"nb2_baseline": fit_nb2_baseline(ttab, reference="placebo").pmf(dtab[ok])}
+        orc = cohort_observable_pmf(dv.root, dtab[ok].assign(gd_count=dtab.loc[ok, "gd_count"]))
+        if orc is not None:
+            laws["oracle"] = orc
+        for k, (m, al, _) in preds.items():
+            laws[k] = count_pmf(m[ok, v], al[ok, v], kmax)
+        sc = {k: crps_pmf(p, y[ok].astype(int)) for k, p in laws.items()}
+        row = {"visit": label, "n": int(ok.sum())} | {f"crps_{k}": float(s.mean()) for k, s in sc.items()}
+        for k in ("model", "no_images", "oracle"):
+            if k in sc:
+                d = sc[k] - sc["nb2_baseline"]
+                row[f"{k}_minus_nb2"] = float(d.mean()); row[f"{k}_minus_nb2_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
+        d = sc["model"] - sc["no_images"]
+        row["model_minus_no_images"] = float(d.mean()); row["model_minus_no_images_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
+        rows.append(row)
+        print(row, flush=True)
+    res["count"] = rows
+    res["location_gain_vs_uniform_nats"] = {k: float(p[2].mean()) for k, p in preds.items()}
+    print(res["location_gain_vs_uniform_nats"])
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

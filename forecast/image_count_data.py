@@ -1,0 +1,75 @@
+"""Read a multi-visit cohort into `forecast.image_count.PatientArrays` (baseline inputs, observed NET2 per visit).
+
+Inputs are the baseline channels the config names (images z-scored inside the brain mask, masks 0/1),
+the tabular features read from the baseline masks (`mseval.lesions.baseline_features`, outcome not
+read) and the age. Targets are observed data only: per follow-up visit, the lesion count of the
+cumulative NET2 mask (new/enlarging since baseline; 26-connectivity, >= 3 mm^3, the rule forecasts are
+counted with) and its horizon in years (visits.csv `weeks`; the scheduled week for a missing visit); the centres of the last observed
+cumulative mask's lesions. Nothing here reads the simulator's truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from forecast.centres import lesion_centres
+from forecast.data import normalize_image
+from forecast.image_count import FEATURES, PatientArrays
+from mseval.errors import InputError
+from mseval.io.cohort import Cohort
+from mseval.lesions.baseline_features import baseline_features
+from mseval.lesions.components import count_lesions
+from mseval.units import WEEKS_PER_YEAR
+
+IMAGE_CHANNELS = ("t1", "t2", "flair", "pd", "t1gd")
+MASK_CHANNELS = ("t2_lesion_mask", "gd_lesion_mask")
+
+
+def visit_horizons(cohort: Cohort) -> tuple[str, ...]:
+    """The follow-up visit names of a multi-visit cohort, in schedule order. InputError without visits.csv."""
+    if cohort.visits is None:
+        raise InputError(cohort.root / "visits.csv", "the image count model needs a multi-visit cohort (visits.csv is absent)", field="visit")
+    v = cohort.visits[cohort.visits["visit_index"] > 0].drop_duplicates("visit_index").sort_values("visit_index")
+    return tuple(str(x) for x in v["visit"])
+
+
+def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str], *, inputs: Sequence[str] = IMAGE_CHANNELS + MASK_CHANNELS,
+                with_targets: bool = True, progress: Callable[[int, int], None] | None = None) -> list[PatientArrays]:
+    """One `PatientArrays` per patient (cond channels in `inputs` order). Without targets, counts are
+    NaN and centres empty, and no follow-up file is read (what sampling may see)."""
+    feats = baseline_features(cohort, patient_ids, outcome=False).set_index("patient_id")
+    visits = visit_horizons(cohort) if with_targets else ()
+    out = []
+    for n, pid in enumerate(patient_ids):
+        vols = cohort.load_patient(pid, ("brain_mask", *inputs))
+        brain = vols["brain_mask"].data > 0
+        cond = np.stack([normalize_image(vols[c].data, brain) if c in IMAGE_CHANNELS else (vols[c].data > 0).astype(np.float32)
+                         for c in inputs]).astype(np.float32)
+        row = feats.loc[pid]
+        tab = np.array([row[f] for f in FEATURES], dtype=np.float64)
+        years, counts, centres = [], [], np.zeros((0, 3), np.int64)
+        if with_targets:
+            rows = cohort.visit_rows(pid).set_index("visit")
+            for v in visits:
+                rec = rows.loc[v]
+                wk = rec.get("weeks")
+                path = rec.get("net2_mask_cumulative")
+                if isinstance(path, str) and path and wk == wk:
+                    m = cohort.load_visit(pid, v)["net2_mask_cumulative"]
+                    c = count_lesions(m.data, m.affine, connectivity=26, min_volume_mm3=3.0)
+                    years.append(float(wk) / WEEKS_PER_YEAR)
+                    counts.append(float(c.count))
+                    centres = lesion_centres(m.data)
+                else:  # a missing visit keeps its scheduled week; its count is unknown
+                    years.append(float(rec["scheduled_weeks"]) / WEEKS_PER_YEAR)
+                    counts.append(float("nan"))
+        arm = list(arms).index(str(cohort.row(pid)["arm"]))
+        out.append(PatientArrays(cond, brain, tab, arm, np.asarray(years, np.float32), np.asarray(counts, np.float32), centres))
+        if progress:
+            progress(n + 1, len(patient_ids))
+    return out
+
+
+__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "load_arrays", "visit_horizons"]

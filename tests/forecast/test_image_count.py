@@ -1,0 +1,136 @@
+"""The image count model: loading observed targets, fitting, determinism, and an ablation per input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forecast.image_count import ImageCountNet, collate, count_pmf, fit_image_count, logits_for
+from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_horizons
+from mseval.errors import InputError
+from mseval.io.cohort import read_cohort
+from mseval.lesions.components import count_lesions
+
+
+@pytest.fixture(scope="module")
+def multi_visit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mseval.simulate.model import TrialConfig
+    from mseval.simulate.trial import simulate_trial
+
+    out = tmp_path_factory.mktemp("ic") / "cohort"
+    simulate_trial(out, TrialConfig(patients_per_arm=3, shape=(20, 24, 20), seed=5, base_rate=8.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def arrays(multi_visit: Path):
+    c = read_cohort(multi_visit)
+    return c, list(c.arms["arm"]), load_arrays(c, c.patient_ids, list(c.arms["arm"]))
+
+
+@pytest.fixture(scope="module")
+def fitted(arrays):
+    _, arms, ps = arrays
+    net = ImageCountNet(len(IMAGE_CHANNELS) + len(MASK_CHANNELS), len(arms), hidden=4, mlp=8)
+    fit = fit_image_count(net, ps[:14], ps[14:], epochs=3, batch=7, seed=3)
+    return net, fit
+
+
+def test_targets_are_the_observed_cumulative_masks(arrays) -> None:
+    c, arms, ps = arrays
+    assert visit_horizons(c) == ("w24", "w48", "w96")
+    for pid, p in zip(c.patient_ids, ps):
+        assert p.cond.shape == (7, 20, 24, 20) and p.brain.dtype == bool and p.arm == arms.index(c.row(pid)["arm"])
+        assert np.all(np.diff(p.years) > 0) and np.isfinite(p.years).all()
+        m = c.load_visit(pid, "w96")["net2_mask_cumulative"]
+        assert p.counts[-1] == count_lesions(m.data, m.affine, connectivity=26, min_volume_mm3=3.0).count
+        assert np.all(np.diff(p.counts) >= -1)  # cumulative (two lesions may merge as they grow)
+    assert sum(p.counts[-1] for p in ps) > 0
+
+
+def test_sampling_inputs_read_no_follow_up(arrays) -> None:
+    c, arms, _ = arrays
+    p = load_arrays(c, c.patient_ids[:2], arms, with_targets=False)[0]
+    assert p.counts.size == 0 and p.centres.shape == (0, 3)
+
+
+def test_single_visit_cohort_without_visits_table_is_refused(tiny_cohort: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    c = replace(read_cohort(tiny_cohort), visits=None)  # a cohort written before visits.csv existed
+    with pytest.raises(InputError, match="multi-visit"):
+        visit_horizons(c)
+
+
+def test_fit_keeps_the_best_held_out_epoch_and_is_deterministic(arrays, fitted) -> None:
+    _, arms, ps = arrays
+    net, fit = fitted
+    assert fit.best_epoch == 1 + int(np.argmin([h[0] for h in fit.history]))
+    again = ImageCountNet(7, len(arms), hidden=4, mlp=8)
+    fit_image_count(again, ps[:14], ps[14:], epochs=3, batch=7, seed=3)
+    for (k, a), b in zip(net.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def _outputs(net: ImageCountNet, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        m, _, lg = net(batch["cond"], batch["brain"], batch["tab"], batch["arm"], batch["years"])
+        return m.numpy(), logits_for(lg, batch["arm"]).numpy()
+
+
+def test_every_input_changes_the_forecast(arrays, fitted) -> None:
+    _, arms, ps = arrays
+    net, _ = fitted
+    b = collate(ps[:6])
+    mu, lg = _outputs(net, b)
+    brain = b["brain"].numpy()
+
+    def changed(batch: dict) -> tuple[float, float]:
+        m2, l2 = _outputs(net, batch)
+        return float(np.abs(m2 - mu).max()), float(np.abs(l2 - lg)[brain].max())
+
+    for name, zero in (("images", range(len(IMAGE_CHANNELS))), ("masks", range(len(IMAGE_CHANNELS), 7))):
+        dm, dl = changed(collate(ps[:6], zero_channels=tuple(zero)))
+        assert dm > 1e-5 and dl > 1e-5, name  # the path exists; its size is measured in bench/image_count_dev.py
+    for j in range(4):  # each tabular feature moves the count law
+        tab = b["tab"].clone()
+        tab[:, j] += 1.0
+        assert changed(b | {"tab": tab})[0] > 1e-4, j
+    other = (b["arm"] + 1) % len(arms)
+    dm, dl = changed(b | {"arm": other})
+    assert dm > 1e-4 and dl > 1e-6  # the arm changes how many and where
+    m2, _ = _outputs(net, b | {"years": b["years"] * 2})
+    assert np.allclose(m2, mu + np.log(2), atol=1e-5)  # constant rate within each scheduled interval
+    t = b["years"].numpy()
+    rates = np.diff(np.exp(mu), prepend=0, axis=1) / np.diff(t, prepend=0, axis=1)
+    assert np.abs(np.log(rates[:, 1:] / rates[:, :1])).max() > 1e-4  # but not one rate over the whole follow-up
+
+
+def test_count_pmf_is_the_nb2_law() -> None:
+    from scipy import stats
+
+    pmf = count_pmf(np.log([0.5, 4.0]), np.log([0.3, 1.2]), 400)
+    assert np.allclose(pmf.sum(-1), 1.0)
+    assert np.allclose(pmf @ np.arange(401), [0.5, 4.0], rtol=1e-6)
+    r = 1 / 1.2
+    assert np.isclose(pmf[1, 3], stats.nbinom.pmf(3, r, r / (r + 4.0)))
+
+
+def test_trajectory_likelihood_is_the_negative_multinomial() -> None:
+    from scipy import stats
+
+    from forecast.image_count import trajectory_logpmf
+
+    mu = torch.tensor([[1.0, 2.5, 4.0]])
+    alpha = torch.tensor([[0.7, 0.7, 0.7]])
+    r = 1 / 0.7
+    # one visit observed: the NB2 marginal
+    lp, n = trajectory_logpmf(torch.tensor([[float("nan"), 3.0, float("nan")]]), mu.log(), alpha.log())
+    assert int(n[0]) == 1 and np.isclose(float(lp[0]), stats.nbinom.logpmf(3, r, r / (r + 2.5)), atol=1e-5)
+    # all observed: NB2 of the total times the multinomial split of the increments (1, 2, 1) with means (1, 1.5, 1.5)
+    lp, _ = trajectory_logpmf(torch.tensor([[1.0, 3.0, 4.0]]), mu.log(), alpha.log())
+    want = stats.nbinom.logpmf(4, r, r / (r + 4.0)) + stats.multinomial.logpmf([1, 2, 1], 4, [0.25, 0.375, 0.375])
+    assert np.isclose(float(lp[0]), want, atol=1e-5)
