@@ -26,7 +26,8 @@ Methods (`method`), each with its interval:
   the nuisance terms); its reference distribution permutes the arm-j / reference labels (within
   `strata` when given) `n_permutations` times; p = (1 + #{T* >= T}) / (1 + B). The score statistic
   needs no refit per permutation (vectorised). CI: the test inverted: {b: the permutation score
-  test of beta_j = b (offset b d_i, the same permutations) does not reject}.
+  test of beta_j = b (offset b d_i, the dispersion of the b = 0 null fit, the same permutations)
+  does not reject}; at b = 0 it is the primary test, so the CI excludes 1 when p <= 0.05.
 
 Null hypotheses differ: the model-based tests (wald, t, lrt, lrt_f, bootstrap_lrt) test equal
 adjusted mean rates within the NB2 model (beta_j = 0; the NB2 law and its common dispersion assumed);
@@ -52,7 +53,7 @@ from scipy import optimize, stats
 from mseval.errors import InputError
 from mseval.stats.count_model import _prepare_full, design
 from mseval.stats.estimability import assess_ratio
-from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_wald
+from mseval.stats.nb2_mle import NB2Result, _newton_step, fit_nb2, fit_poisson, inv_pd, nb2_loglik, nb2_score_hessian, nb2_wald
 
 METHODS = ("wald", "t", "lrt", "lrt_f", "bootstrap_lrt", "permutation")
 SMALL_SAMPLE_N = 30
@@ -180,8 +181,9 @@ def _score_stats(D: np.ndarray, y: np.ndarray, Xr: np.ndarray, mu: np.ndarray, a
     U = D @ r
     c = D @ (Xr * w[:, None])
     V = D @ w - np.einsum("bi,ij,bj->b", c, Ainv, c)
+    tiny = 1e-12 * float(np.sum(w))  # V ~ 0: the indicator's patients carry no information at this fit (mu ~ 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(V > 1e-12 * np.maximum(D @ w, 1e-300), U * U / V, 0.0)
+        return np.where(V > tiny, U * U / V, np.where(np.abs(U) > 1e-9, np.inf, 0.0))
 
 
 def _perm_p(T: np.ndarray, t_obs: float) -> float:
@@ -272,22 +274,57 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
     return rows
 
 
+def _fit_fixed_alpha(y: np.ndarray, X: np.ndarray, off: np.ndarray, alpha: float, beta0: np.ndarray) -> np.ndarray:
+    """beta (k,) of the NB2 model at a fixed dispersion alpha (Poisson at 0): Newton with step halving
+    on the log-likelihood, concave in beta at fixed alpha (a coefficient whose MLE is infinite drifts, as in `fit_nb2`)."""
+    if alpha <= 0:
+        return fit_poisson(y, X, off, beta0).beta
+    theta = 1.0 / alpha
+    beta = np.asarray(beta0, dtype=float).copy()
+    ll = nb2_loglik(y, X @ beta + off, theta)
+    if not np.isfinite(ll):
+        beta = fit_poisson(y, X, off).beta
+        ll = nb2_loglik(y, X @ beta + off, theta)
+    k = X.shape[1]
+    for _ in range(200):
+        g, H = nb2_score_hessian(y, X, off, beta, alpha)
+        step, dec = _newton_step(g[:k], H[:k, :k])
+        if step is None or dec < 1e-20 * max(1.0, abs(ll)):
+            break
+        t = 1.0
+        for _ in range(60):
+            nb = beta + t * step
+            nl = nb2_loglik(y, X @ nb + off, theta)
+            if nl >= ll - 1e-12 * max(1.0, abs(ll)):
+                break
+            t *= 0.5
+        else:
+            break
+        beta, ll = nb, nl
+    return beta
+
+
 def _perm_ci(y: np.ndarray, Xr: np.ndarray, off: np.ndarray, d: np.ndarray, D: np.ndarray, b_hat: float, se: float, level: float,
-             null: NB2Result) -> tuple[float, float]:
-    """Bounds of {b: permutation score test of beta_j = b does not reject at `level`}, by bisection (log scale)."""
-    start = {"beta0": null.beta, "alpha0": null.alpha if null.alpha > 0 else None}
+             null: NB2Result, alpha_ci: float | None = None) -> tuple[float, float]:
+    """Bounds of {b: the permutation score test of beta_j = b does not reject at `level`}, by bisection (log scale).
+
+    The test of b uses offset b d and the dispersion fixed at `alpha_ci` (default: the null fit's, so
+    that at b = 0 it is the primary test itself: the CI excludes 1 exactly when p <= level, up to
+    non-monotonicity). Re-estimating alpha at each b would let the dispersion absorb any b (the test
+    then never rejects far from the estimate, and the bounds run off to 0 or infinity)."""
+    a = null.alpha if alpha_ci is None else alpha_ci
 
     def accepts(bj: float) -> bool:
-        f = fit_nb2(y, Xr, off + bj * d, **start)
-        mu = np.exp(Xr @ f.beta + off + bj * d)
-        t_obs = float(_score_stats(d[None, :], y, Xr, mu, f.alpha)[0])
-        return _perm_p(_score_stats(D, y, Xr, mu, f.alpha), t_obs) > level
+        o = off + bj * d
+        mu = np.exp(Xr @ _fit_fixed_alpha(y, Xr, o, a, null.beta) + o)
+        t_obs = float(_score_stats(d[None, :], y, Xr, mu, a)[0])
+        return _perm_p(_score_stats(D, y, Xr, mu, a), t_obs) > level
 
     step0 = se if np.isfinite(se) and se > 0 else 1.0
     out = []
     for sign in (-1.0, 1.0):
         inner, outer = b_hat, None
-        for mult in (1.0, 2.0, 3.0, 5.0, 8.0, 16.0, 32.0):
+        for mult in (1.0, 2.0, 3.0, 5.0, 8.0, 16.0, 32.0, 60.0):
             bb = b_hat + sign * mult * step0
             if not accepts(bb):
                 outer = bb
@@ -297,7 +334,7 @@ def _perm_ci(y: np.ndarray, Xr: np.ndarray, off: np.ndarray, d: np.ndarray, D: n
             out.append(sign * np.inf)
             continue
         for _ in range(40):
-            if abs(outer - inner) < 1e-6:
+            if abs(outer - inner) < 1e-4 * step0:
                 break
             mid = 0.5 * (inner + outer)
             inner, outer = (mid, outer) if accepts(mid) else (inner, mid)
