@@ -9,12 +9,16 @@ default SAP adjusts: site (4 sites), baseline Gd+ 0 vs >= 1, log T2 volume (n_ba
 150 mm3 x lognormal(0, 0.3), as `mseval.simulate.counts_only`), offset log(years).
 
   level     null trials (treated arm with rate ratio 1: the sharp null), rejection rate at 0.05 per method
+  power     planned power / sample size / assurance on the default world's rate and dispersion (analytic
+            Wald at the level implied by the multiplicity procedure, 5 treated arms vs placebo), and the
+            simulated power of the permutation test at 20 per arm beside the analytic Wald power
   coverage  treated arm interferon beta-1a SC (RR 0.33 at age 37): coverage of (a) the adjusted model's
             large-sample value of the arm coefficient (fit on 2 x 100,000 patients of the same world) and
             (b) the marginal rate ratio E[mu_treated] / E[mu_placebo] (population_rate_ratios)
 
     PYTHONPATH=. nice -n 10 python bench/validity_stest.py level --n 8 --trials 500 --seed0 720000
     PYTHONPATH=. nice -n 10 python bench/validity_stest.py coverage --n 20 --trials 500 --seed0 740000
+    PYTHONPATH=. nice -n 10 python bench/validity_stest.py power --trials 400 --seed0 760000
 
 Tuning seeds (choice of the test): seed0 700000 (level), 705000 (coverage); validation (reported): 720000 / 740000.
 """
@@ -81,6 +85,40 @@ def large_sample_targets(arm: ArmSpec, n_big: int = 100_000, seed: int = 12345) 
             "marginal": population_rate_ratios(replace(cfg, patients_per_arm=20))[arm.arm]}
 
 
+def power_report(sims: int, seed0: int, B: int) -> None:
+    """Planned power on the default world (placebo rate, NB2 dispersion, follow-up of the default TrialConfig)."""
+    from mseval.stats.power import per_comparison_alpha, planned_assurance, planned_power, planned_sample_size, simulated_power
+
+    cfg = TrialConfig()
+    big = draw_patients(replace(cfg, patients_per_arm=20_000), np.random.default_rng(1))
+    r0 = float(big.loc[big["arm"] == "placebo", "placebo_rate"].mean())
+    years = float(cfg.schedule[-1] / WEEKS_PER_YEAR)
+    disp = cfg.dispersion
+    treated = [a for a in cfg.arms if not a.reference]
+    rr = [a.rate_ratio for a in treated]
+    k = len(rr)
+    print(f"default world: placebo rate {r0:.2f}/year, NB2 dispersion {disp}, follow-up {years:.2f} years, {k} treated arms vs placebo")
+    print("| procedure | per-comparison level | n per arm for 80% power, laquinimod (RR 0.70) | ... interferon beta-1a IM (0.65) | "
+          "power at 20 per arm, laquinimod | assurance at that n, prior SD 0.2 on log RR |\n|---|---|---|---|---|---|")
+    for proc in ("none", "bonferroni", "holm", "dunnett"):
+        n70 = planned_sample_size(r0, 0.70, k=k, years=years, dispersion=disp, procedure=proc)
+        n65 = planned_sample_size(r0, 0.65, k=k, years=years, dispersion=disp, procedure=proc)
+        p20 = planned_power(r0, rr, 20, years=years, dispersion=disp, procedure=proc)["power"].iloc[0]
+        asr = planned_assurance(r0, np.log(0.70), 0.2, np.ceil(n70), k=k, years=years, dispersion=disp, procedure=proc)
+        print(f"| {proc} | {per_comparison_alpha(proc, k):.4f} | {int(np.ceil(n70))} | {int(np.ceil(n65))} | {p20:.3f} | {asr:.3f} |")
+    order = sorted(rr)  # fixed sequence: strongest expected effect first
+    fs = planned_power(r0, order, 20, years=years, dispersion=disp, procedure="fixed_sequence")
+    print("fixed sequence at 20 per arm (strongest first), P(reach and reject step): "
+          + ", ".join(f"RR {r:.2f}: {p:.3f}" for r, p in zip(fs["rate_ratio"], fs["power"])))
+    for test in ("wald", "permutation"):
+        for level in (0.05, per_comparison_alpha("dunnett", k)):
+            p, se = simulated_power(r0, 0.65, 20, test=test, level=level, years=years, dispersion=disp, sims=sims, seed=seed0, n_permutations=B)
+            ana = planned_power(r0, [0.65], 20, years=years, dispersion=disp, procedure="none")
+            from mseval.stats.power import wald_power
+            a = wald_power(np.log(0.65), float(ana["se_log_rr"].iloc[0]), level)
+            print(f"simulated power, RR 0.65, 20 per arm, arm-only NB2, {test} at level {level:.4f}: {p:.3f} (MC SE {se:.3f}); analytic Wald {a:.3f}")
+
+
 def _binom(k: float, n: int) -> tuple[float, float]:
     p = k / n
     return 100 * p, 100 * np.sqrt(p * (1 - p) / n)
@@ -88,7 +126,7 @@ def _binom(k: float, n: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["level", "coverage"])
+    ap.add_argument("part", choices=["level", "coverage", "power"])
     ap.add_argument("--n", type=int, default=8, help="patients per arm")
     ap.add_argument("--trials", type=int, default=500)
     ap.add_argument("--seed0", type=int, default=720_000)
@@ -100,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     methods = tuple(a.methods.split(","))
     t0 = time.perf_counter()
+    if a.part == "power":
+        power_report(a.trials, a.seed0, a.B)
+        return
     arm = NULL_ARM if a.part == "level" else TREATED
     res = run_trials(arm, a.n, a.trials, a.seed0, methods, ci=a.part == "coverage", B=a.B, B_boot=a.B_boot, formula=a.formula)
     if a.out:

@@ -357,21 +357,29 @@ def primary_tests(
     conf_level: float = 0.95,
     file: str | None = None,
 ) -> SmallSampleResult:
-    """Test every arm vs `reference` with `method` (one of METHODS; see the module docstring) in the
+    """Test every arm vs `reference` with `method` (one of METHODS, or "auto": `recommended_test` of the
+    smallest compared arm; see the module docstring) in the
     NB2 model `formula` with offset log(data[offset_col]) and give the matching confidence interval.
 
     data: one row per patient; formula: e.g. "net2 ~ arm + site + gd_pos + log_t2"; strata: the
     column within which the permutation test permutes (the randomization strata; None: complete
     randomization). seed: the Monte Carlo tests' seed (the same seed gives the same p-values)."""
-    if method not in METHODS:
-        raise InputError(file, f"unknown small-sample test {method!r} (one of {', '.join(METHODS)})", field="small_sample_test")
+    if method not in (*METHODS, "auto"):
+        raise InputError(file, f"unknown small-sample test {method!r} (one of {', '.join(METHODS)}, auto)", field="small_sample_test")
     model = build_model(data, formula, arm_col, reference, offset_col=offset_col, strata=strata, file=file)
+    notes = []
+    if method == "auto":
+        n_min = min(int(np.sum(model.arm == a)) for a in [model.reference, *model.arm_cols])
+        method = recommended_test(n_min)
+        notes.append(f"test chosen by the SAP rule: smallest compared arm has {n_min} patients "
+                     f"({'< ' if n_min < SMALL_SAMPLE_N else '>= '}{SMALL_SAMPLE_N}) -> {method}")
     full = fit_nb2(model.y, model.X, model.off)
     rows = []
     for arm in model.arm_cols:
         rows += arm_tests(model, arm, (method,), seed=seed, n_permutations=n_permutations, n_bootstrap=n_bootstrap,
                           conf_level=conf_level, full=full)
-    notes = [] if full.converged else ["the full model did not reach a verified maximum"]
+    if not full.converged:
+        notes.append("the full model did not reach a verified maximum")
     if full.boundary:
         notes.append("the NB2 maximum is at the Poisson boundary (alpha = 0)")
     return SmallSampleResult(pd.DataFrame(rows), method, len(model.y), model.X.shape[1], float(full.alpha), seed, notes)
