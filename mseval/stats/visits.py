@@ -188,19 +188,37 @@ def fit_first_lesion_cloglog(
     prep = _prepare_full(pp, formula, arm_col, reference, file, extra=("years",))
     df = prep.df
     notes = [prep.dropped_note.replace("rows", "patient-intervals", 1)] if prep.dropped_note else []
+    ref = str(df[arm_col].cat.categories[0])
+    arms = list(df[arm_col].cat.categories)
+    separated: dict[str, str] = {}
+    for arm in arms:
+        ev = df.loc[df[arm_col] == arm, "event"].to_numpy()
+        why = ("nobody in this arm had a new/enlarging lesion (separation: the HR's estimate is 0)" if ev.sum() == 0 else
+               "every patient at risk in this arm had a lesion in every interval observed (separation)" if ev.all() else "")
+        if why:
+            separated[arm] = why
+    if ref in separated:
+        notes.append(f"reference arm {ref!r}: {separated[ref]}; no hazard ratio against it is estimable")
+        separated = {a: f"the reference arm {ref!r} separates the data" for a in arms[1:]} | {ref: separated[ref]}
+    elif separated:
+        # a separated arm's rows drop out of the likelihood at its limit (its own intercept shift absorbs them): the other
+        # coefficients' MLE is the fit without them
+        notes.append(f"{', '.join(map(repr, separated))} separate(s) the data: fitted without their patient-intervals; "
+                     "their hazard ratio is not estimable")
+        df = df[~df[arm_col].isin(list(separated))].copy()
+        df[arm_col] = df[arm_col].cat.remove_unused_categories()
     df["interval"] = df["interval"].cat.remove_unused_categories()
     y, X, info = design(formula, df, file)
     if np.linalg.matrix_rank(X) < X.shape[1]:
         raise InputError(file, "the cloglog model could not be fitted (singular design: a term is constant or collinear, "
                                "e.g. an interval in which nobody is at risk)", field="formula")
     names = [_term_name(n, arm_col) for n in info.column_names]
-    ref = str(df[arm_col].cat.categories[0])
     model = sm.GLM(y, X, family=sm.families.Binomial(link=sm.families.links.CLogLog()), offset=np.log(df["years"].to_numpy(dtype=float)))
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = model.fit(method="IRLS", tol=1e-14, maxiter=200)
+        res = model.fit(method="IRLS", tol=1e-13, tol_criterion="params", maxiter=200)  # the deviance is flat at the optimum
     converged = bool(res.converged) and not any("separation" in str(w.message).lower() for w in caught)
     beta, V = np.asarray(res.params, dtype=float), np.asarray(res.cov_params(), dtype=float)
     se = np.sqrt(np.clip(np.diag(V), 0, None))
@@ -208,25 +226,17 @@ def fit_first_lesion_cloglog(
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         table = pd.DataFrame({"term": names, "coef": beta, "se": se, "hazard_ratio": np.exp(beta), "ci_low": np.exp(beta - z * se),
                               "ci_high": np.exp(beta + z * se), "p_value": 2 * stats.norm.sf(np.abs(beta / se)), "converged": converged})
-    reasons = [""] * len(names)
-    arms = list(df[arm_col].cat.categories)
-    for arm in arms:
-        sel = (df[arm_col] == arm).to_numpy()
-        why = ("nobody in this arm had a new/enlarging lesion (separation: the HR's estimate is 0)" if y[sel].sum() == 0 else
-               "every patient at risk in this arm had a lesion in every interval observed (separation)" if y[sel].all() else "")
-        if why and arm == ref:
-            notes.append(f"reference arm {ref!r}: {why}; no hazard ratio against it is estimable")
-            why = f"the reference arm {ref!r} separates the data"
-            reasons = [why if n in arms[1:] else r for n, r in zip(names, reasons)]
-        elif why:
-            reasons[names.index(arm)] = why
+    missing_arms = [a for a in arms[1:] if a not in names]
+    if missing_arms:
+        table = pd.concat([table, pd.DataFrame({"term": missing_arms, "converged": converged})], ignore_index=True)
+    reasons = [separated.get(t, "") if t != ref else "" for t in table["term"]]
     table["estimable"] = [not r for r in reasons]
     table["note"] = reasons
     table = flag_table(table, "hazard_ratio", "ci_low", "ci_high", converged="converged").drop(columns="converged")
     table["note"] = [r or n for r, n in zip(reasons, table["note"])]
     if not converged:
-        notes.append("the cloglog fit did not converge (or the data are separated); estimates are the last ones")
+        notes.append("the cloglog fit did not converge; estimates are the last ones")
     keep = ~table["term"].str.startswith("interval") & (table["term"] != "Intercept")
     return HazardFit(table=table[keep].reset_index(drop=True), params=pd.Series(beta, index=names),
                      vcov=pd.DataFrame(V, index=names, columns=names), formula=formula + " + offset(log(interval years))", reference=ref,
-                     n_patients=int(df["patient_id"].nunique()), n_periods=int(len(df)), events=int(y.sum()), converged=converged, notes=notes)
+                     n_patients=int(prep.df["patient_id"].nunique()), n_periods=int(len(prep.df)), events=int(prep.df["event"].sum()), converged=converged, notes=notes)
