@@ -14,9 +14,12 @@ Estimand: exp(beta_arm) is the **population-averaged (marginal) rate ratio** of 
 reference over the visit intervals, at fixed covariates: the ratio of the mean NET2 rate per year of
 the arm's patients to the reference arm's. With no covariates it is E[rate | arm] / E[rate | ref]
 over the trial population, the quantity `mseval.simulate.counts_only.population_rate_ratios`
-computes. Its 95% CI is Wald on the log scale with the robust (Liang-Zeger sandwich, patient-level
-clusters) variance: valid when the working variance and correlation are wrong, asymptotically in the
-number of patients; it conditions on nothing but the randomisation and the covariates.
+computes. Its 95% CI is Wald on the log scale with the robust (sandwich, patient-level clusters)
+variance: valid when the working variance and correlation are wrong, asymptotically in the number of
+patients; it conditions on nothing but the randomisation and the covariates. The default sandwich is
+Mancl and DeRouen's (2001) bias-reduced one (each patient's residuals scaled by (I - H_i)^-1, statsmodels
+`cov_type="bias_reduced"`): the Liang-Zeger sandwich under-covers at 20 patients per arm (91% in
+bench/RESULTS.md); `se="robust"` gives Liang-Zeger's, the one geepack reports.
 Missing visits: each observed visit counts over its own interval (against the previous scan that took
 place), so partial follow-up enters with its exposure; valid under missing completely at random
 (GEE needs MCAR for unweighted estimating equations, not MAR).
@@ -52,14 +55,16 @@ import pandas as pd
 from scipy import stats
 
 from mseval.errors import InputError
-from mseval.stats.count_model import _prepare_full, _term_name, _zero_event_terms, design
+from mseval.stats.count_model import CountModelFit, _prepare_full, _term_name, _zero_event_terms, design
 from mseval.stats.estimability import flag_table
 from mseval.units import WEEKS_PER_YEAR
 
 CORRELATIONS = ("independence", "exchangeable", "ar1")
 FAMILIES = ("poisson", "nb")
+SE_TYPES = ("bias_reduced", "robust")
 ESTIMAND = ("population-averaged (marginal) rate ratio vs the reference arm over the visit intervals, "
-            "at fixed covariates; Wald 95% CI with the robust (sandwich) variance, patients as clusters")
+            "at fixed covariates; Wald 95% CI with the robust (sandwich) variance, patients as clusters "
+            "(Mancl-DeRouen bias-reduced unless se='robust')")
 
 
 def _geepack_ar1_class():  # noqa: ANN202 - built lazily so that importing this module does not import statsmodels
@@ -113,7 +118,8 @@ def _geepack_ar1_class():  # noqa: ANN202 - built lazily so that importing this 
 class GeeFit:
     """A fitted GEE. table: one row per term but the intercept (term, coef, se, rate_ratio, ci_low,
     ci_high, p_value, estimable, note); arm terms are named by the arm; `se` is robust. params and
-    vcov: every coefficient (intercept included, log scale) and their robust covariance. dep_param: the working
+    vcov: every coefficient (intercept included, log scale) and their robust covariance (`se_type`);
+    vcov_liang_zeger: the uncorrected sandwich (geepack's san.se), whatever `se_type`. dep_param: the working
     correlation parameter (exchangeable alpha or AR(1) rho; 0 under independence); scale: geepack's phi;
     nb_alpha: the NB variance's alpha (None for Poisson) and where it came from (`nb_alpha_source`)."""
 
@@ -135,17 +141,15 @@ class GeeFit:
     response: str
     offset: str | None
     vcov: pd.DataFrame
+    se_type: str
+    vcov_liang_zeger: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     estimand: str = ESTIMAND
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
-    def rate_ratio(self, term: str) -> pd.Series:
-        hit = self.table[self.table["term"] == term]
-        if hit.empty:
-            raise KeyError(f"no term {term!r}; terms: {', '.join(self.table['term'])}")
-        return hit.iloc[0]
+    rate_ratio = CountModelFit.rate_ratio  # the row of one term (KeyError naming the terms when absent)
 
     def summary(self) -> str:
         fam = "Poisson" if self.family == "poisson" else f"NB (alpha {self.nb_alpha:.3f}, {self.nb_alpha_source})"
@@ -154,13 +158,21 @@ class GeeFit:
                  f"({self.dep_param:.3f}); {self.n_patients} patients, {self.n_obs} visits; "
                  f"{'converged' if self.converged else 'NOT CONVERGED'}",
                  f"  estimand: {self.estimand}"]
-        for r in self.table.itertuples():
-            if r.estimable:
-                lines.append(f"  {r.term:28s} RR {r.rate_ratio:8.3f}  95% CI {r.ci_low:8.3f} to {r.ci_high:8.3f}  p={r.p_value:.3g}")
-            else:
-                lines.append(f"  {r.term:28s} not estimable: {r.note}")
+        lines += ratio_lines(self.table, "rate_ratio", "RR")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def ratio_lines(table: pd.DataFrame, column: str, label: str) -> list[str]:
+    """One summary line per term: the ratio `column` (named `label`) with its 95% CI and p, or "not
+    estimable" with the reason."""
+    lines = []
+    for r in table.itertuples():
+        if r.estimable:
+            lines.append(f"  {r.term:28s} {label} {getattr(r, column):8.3f}  95% CI {r.ci_low:8.3f} to {r.ci_high:8.3f}  p={r.p_value:.3g}")
+        else:
+            lines.append(f"  {r.term:28s} not estimable: {r.note}")
+    return lines
 
 
 def model_formula(response: str, arm_col: str, covariates: Sequence[str]) -> str:
@@ -219,13 +231,17 @@ def fit_gee(
     offset: str | None = "years",
     arm_col: str = "arm",
     nb_alpha: float | None = None,
+    se: str = "bias_reduced",
     file: str | None = None,
 ) -> GeeFit:
     """GEE of the per-visit `response` on arm (+ `covariates`, formula terms over the per-patient
     table), offset log(interval years) (`offset="years"`) or none (`offset=None`: a per-scan count).
 
     family 'poisson' or 'nb' (NB variance with `nb_alpha`, default: the cumulative NB2 fit's alpha,
-    module docstring); corr 'independence', 'exchangeable' or 'ar1' (over visit_index). InputError
+    module docstring); corr 'independence', 'exchangeable' or 'ar1' (over visit_index); se
+    'bias_reduced' (default: Mancl and DeRouen's small-sample correction of the sandwich, which the
+    Liang-Zeger sandwich needs with 20 patients per arm, bench/RESULTS.md) or 'robust' (Liang-Zeger,
+    geepack's san.se). InputError
     for an unknown choice, a covariate not in the data, or a working correlation the data cannot
     support (every patient with one observed visit).
     """
@@ -233,6 +249,8 @@ def fit_gee(
     from statsmodels.genmod.generalized_estimating_equations import GEE
 
     check_choices(corr, family, file)
+    if se not in SE_TYPES:
+        raise InputError(file, f"unknown GEE standard error {se!r} (choose one of {', '.join(SE_TYPES)})", field="se")
     if offset not in (None, "years"):
         raise InputError(file, f"offset must be 'years' or None, got {offset!r}", field="offset")
     formula = model_formula(response, arm_col, covariates)
@@ -271,13 +289,13 @@ def fit_gee(
     model = GEE(y, X, groups=groups, time=df["visit_index"].to_numpy(dtype=float)[:, None], family=fam, cov_struct=cov_struct, offset=off)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = model.fit(maxiter=200, ctol=1e-12, ddof_scale=0)
+        res = model.fit(maxiter=200, ctol=1e-12, ddof_scale=0, cov_type=se)
     iterations = len(res.fit_history["params"]) - 1
     converged = iterations < 200 and not any("converge" in str(w.message).lower() for w in caught)
     if not converged:
         notes.append(f"the GEE did not converge in {iterations} iterations; estimates are the last ones")
     beta = np.asarray(res.params, dtype=float)
-    V = np.asarray(res.cov_robust, dtype=float)
+    V = np.asarray(res.cov_robust_bc if se == "bias_reduced" else res.cov_robust, dtype=float)
     table = _wald_table(names, beta, V, _zero_event_terms(y, X), converged)
     ref_rows = (df[arm_col] == ref).to_numpy()
     if y[ref_rows].sum() == 0:
@@ -295,7 +313,8 @@ def fit_gee(
                   nb_alpha=float(nb_alpha) if family == "nb" else None, nb_alpha_source=alpha_source,
                   n_patients=int(len(sizes)), n_obs=int(len(df)), max_visits=int(sizes.max()), converged=converged,
                   iterations=iterations, formula=formula + (" + offset(log(interval years))" if offset else ""), reference=ref,
-                  response=response, offset=offset, vcov=pd.DataFrame(V, index=names, columns=names), notes=notes)
+                  response=response, offset=offset, vcov=pd.DataFrame(V, index=names, columns=names), se_type=se,
+                  vcov_liang_zeger=pd.DataFrame(np.asarray(res.cov_robust, dtype=float), index=names, columns=names), notes=notes)
 
 
 def _wald_table(names: list[str], beta: np.ndarray, V: np.ndarray, zero_event: np.ndarray, converged: bool) -> pd.DataFrame:

@@ -47,7 +47,7 @@ def geepack_fits(trial, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFram
 def test_poisson_gee_equals_r_geepack(trial, geepack_fits: pd.DataFrame, corr: str) -> None:  # noqa: ANN001
     visits, patients = trial
     assert (visits["missing"] != "").sum() >= 10, "missing visits make the AR(1) distances (waves) matter"
-    fit = fit_gee(visits, patients, covariates=["age"], corr=corr, family="poisson", reference="placebo")
+    fit = fit_gee(visits, patients, covariates=["age"], corr=corr, family="poisson", reference="placebo", se="robust")
     r = geepack_fits[geepack_fits["corstr"] == corr].set_index("term")
     arms = set(patients["arm"])
     assert fit.converged and len(fit.params) == 7
@@ -56,6 +56,7 @@ def test_poisson_gee_equals_r_geepack(trial, geepack_fits: pd.DataFrame, corr: s
         assert coef == pytest.approx(r.loc[rt, "coef"], rel=1e-6, abs=1e-9), term
         se = float(np.sqrt(fit.vcov.loc[term, term]))
         assert se == pytest.approx(r.loc[rt, "se"], rel=1e-6), term
+    assert np.array_equal(fit.vcov.to_numpy(), fit.vcov_liang_zeger.to_numpy())
     assert fit.dep_param == pytest.approx(r.loc["alpha", "coef"], rel=1e-6)
     assert fit.scale == pytest.approx(r.loc["scale", "coef"], rel=1e-6)
 
@@ -68,7 +69,7 @@ def test_nb_gee_under_independence_is_the_nb_glm_with_a_clustered_sandwich(trial
     import statsmodels.api as sm
 
     visits, patients = trial
-    fit = fit_gee(visits, patients, covariates=["age"], corr="independence", family="nb", nb_alpha=0.8, reference="placebo")
+    fit = fit_gee(visits, patients, covariates=["age"], corr="independence", family="nb", nb_alpha=0.8, reference="placebo", se="robust")
     long = long_table(visits, patients, response="net2")
     long["arm"] = pd.Categorical(long["arm"], categories=["placebo", *sorted(set(long["arm"]) - {"placebo"})])
     X = pd.get_dummies(long[["arm"]], drop_first=True, dtype=float).assign(age=long["age"])
@@ -84,6 +85,18 @@ def test_nb_gee_under_independence_is_the_nb_glm_with_a_clustered_sandwich(trial
     np.add.at(scores, pd.factorize(long["patient_id"])[0], Xm * ((y - mu) * mu / var)[:, None])
     Ainv = np.linalg.inv(A)
     assert np.allclose(fit.vcov.to_numpy(), Ainv @ (scores.T @ scores) @ Ainv, rtol=1e-6)
+    # Mancl-DeRouen: each patient's residuals scaled by (I - H_i)^-1, H_i = D_i A^-1 D_i' V_i^-1 (D = diag(mu) X)
+    md = fit_gee(visits, patients, covariates=["age"], corr="independence", family="nb", nb_alpha=0.8, reference="placebo")
+    assert np.allclose(md.vcov_liang_zeger.to_numpy(), fit.vcov.to_numpy(), rtol=1e-10)
+    B = np.zeros_like(A)
+    for g in pd.unique(long["patient_id"]):
+        i = (long["patient_id"] == g).to_numpy()
+        D = Xm[i] * mu[i][:, None]
+        H = D @ Ainv @ D.T / var[i][None, :]
+        s = D.T @ (np.linalg.solve(np.eye(i.sum()) - H, y[i] - mu[i]) / var[i])
+        B += np.outer(s, s)
+    assert np.allclose(md.vcov.to_numpy(), Ainv @ B @ Ainv, rtol=1e-6)
+    assert (np.diag(md.vcov) > np.diag(fit.vcov)).all()
     assert fit.nb_alpha == 0.8 and fit.nb_alpha_source == "given"
 
 
