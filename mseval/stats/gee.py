@@ -179,8 +179,7 @@ def model_formula(response: str, arm_col: str, covariates: Sequence[str]) -> str
     return " + ".join([f"{response} ~ {arm_col}", *covariates])
 
 
-def long_table(visits: pd.DataFrame, patients: pd.DataFrame, *, response: str, covariates: Sequence[str] = (),
-               arm_col: str = "arm", file: str | None = None) -> pd.DataFrame:
+def long_table(visits: pd.DataFrame, patients: pd.DataFrame, *, response: str, arm_col: str = "arm", file: str | None = None) -> pd.DataFrame:
     """The observed visits (response present, `missing` empty) joined with the per-patient table on
     patient_id, sorted by patient_id and visit_index, with `years` = the interval length in years.
     InputError naming the field for a column that is not there or a visit of an unknown patient."""
@@ -210,6 +209,17 @@ def long_table(visits: pd.DataFrame, patients: pd.DataFrame, *, response: str, c
                          f"(start_weeks {r['start_weeks']:g}, end_weeks {r['end_weeks']:g})", field="end_weeks")
     v[response] = pd.to_numeric(v[response]).astype(float)
     return v.sort_values(["patient_id", "visit_index"], kind="stable").reset_index(drop=True)
+
+
+def check_covariates(covariates: Sequence[str], patients: pd.DataFrame, file: str | None = None) -> None:
+    """InputError (field 'covariates') naming the first column a covariate term uses that the per-patient table lacks."""
+    from mseval.stats.count_model import _formula_columns
+
+    for term in covariates:
+        for col in _formula_columns(str(term)):
+            if col not in patients.columns:
+                raise InputError(file, f"covariate {term!r} names column '{col}', which the per-patient table does not have "
+                                       f"(columns: {', '.join(map(str, patients.columns))})", field="covariates")
 
 
 def check_choices(corr: str, family: str, file: str | None = None) -> None:
@@ -254,7 +264,8 @@ def fit_gee(
     if offset not in (None, "years"):
         raise InputError(file, f"offset must be 'years' or None, got {offset!r}", field="offset")
     formula = model_formula(response, arm_col, covariates)
-    long = long_table(visits, patients, response=response, covariates=covariates, arm_col=arm_col, file=file)
+    check_covariates(covariates, patients, file)
+    long = long_table(visits, patients, response=response, arm_col=arm_col, file=file)
     prep = _prepare_full(long, formula, arm_col, reference, file, extra=("visit_index", "years"))
     df = prep.df
     notes = [prep.dropped_note.replace("rows", "visits", 1)] if prep.dropped_note else []
@@ -273,7 +284,7 @@ def fit_gee(
             from mseval.stats.visits import fit_cumulative_nb2
 
             cum = fit_cumulative_nb2(visits, patients, covariates=covariates, reference=ref, response=response, arm_col=arm_col,
-                                     offset=offset, file=file)
+                                     offset=offset, cov="expected", file=file)
             nb_alpha, alpha_source = float(cum.alpha), "from the cumulative NB2 fit"
             if cum.boundary:
                 notes.append("the cumulative NB2 fit is at the Poisson boundary (alpha = 0): the NB-GEE uses the Poisson variance")

@@ -25,7 +25,7 @@ from scipy import stats
 from mseval.errors import InputError
 from mseval.stats.count_model import CountModelFit, _prepare_full, _term_name, design, fit_count_model
 from mseval.stats.estimability import flag_table
-from mseval.stats.gee import GeeFit, fit_gee, long_table, model_formula, ratio_lines
+from mseval.stats.gee import GeeFit, check_covariates, fit_gee, long_table, model_formula, ratio_lines
 from mseval.units import WEEKS_PER_YEAR
 
 HAZARD_ASSUMPTIONS = (
@@ -87,6 +87,7 @@ def fit_cumulative_nb2(
     fitted alpha, valid when arms differ in overdispersion (the world's treated arms do, and one NB2
     alpha then makes the model-based CI under-cover: bench/RESULTS.md), or 'expected', 'observed',
     'robust' (HC0) as in `fit_count_model`."""
+    check_covariates(covariates, patients, file)
     table = patient_totals(visits, patients, response=response, file=file)
     off = "followup_years" if offset else "scans"
     fit = fit_count_model(table, model_formula(response, arm_col, covariates), offset_years=off, reference=reference, arm_col=arm_col,
@@ -205,6 +206,7 @@ def fit_first_lesion_cloglog(
     separates the data: its HR is flagged not estimable."""
     import statsmodels.api as sm
 
+    check_covariates(covariates, patients, file)
     pp = person_periods(visits, patients, response=response, arm_col=arm_col, file=file)
     formula = " + ".join(["event ~ interval", arm_col, *covariates])
     prep = _prepare_full(pp, formula, arm_col, reference, file, extra=("years",))

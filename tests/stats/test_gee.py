@@ -126,8 +126,9 @@ def test_bad_input_and_non_estimable_arms(trial) -> None:  # noqa: ANN001
     with pytest.raises(InputError) as e:
         fit_gee(visits, patients, family="gamma")
     assert e.value.field == "family"
-    with pytest.raises(InputError, match="bmi"):
-        fit_gee(visits, patients, covariates=["bmi"], reference="placebo")
+    with pytest.raises(InputError, match="bmi") as e:
+        fit_gee(visits, patients, covariates=["np.log1p(bmi)"], reference="placebo")
+    assert e.value.field == "covariates"
     # an arm without events: flagged, not printed as a number
     v = visits.copy()
     v.loc[v["patient_id"].isin(patients.loc[patients["arm"] == "dmf", "patient_id"]) & v["net2"].notna(), "net2"] = 0
