@@ -48,11 +48,13 @@ from mseval.commands.match import match  # noqa: E402
 from mseval.commands.report import demo, report  # noqa: E402
 from mseval.commands.simulate import simulate, simulate_forecasts_cmd  # noqa: E402
 from mseval.commands.validate import validate  # noqa: E402
+from mseval.commands.visit_counts import visit_counts  # noqa: E402
 
 app.command()(simulate)
 app.command("simulate-forecasts")(simulate_forecasts_cmd)
 app.command()(validate)
 app.command()(count)
+app.command("visit-counts")(visit_counts)
 app.command()(lesions)
 app.command()(net2)
 app.command()(nbreg)

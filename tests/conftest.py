@@ -30,6 +30,18 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def visits_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20^3 three-visit cohort (w24, w48, w96) with dropout and missed visits, 2 patients per arm
+    (12 in all) at twice the default NET2 rate (so that most observed visits have lesions): the
+    cohort the per-visit tests read."""
+    from mseval.simulate.trial import simulate_trial
+
+    out = tmp_path_factory.mktemp("cohorts") / "visits"
+    simulate_trial(out, TrialConfig(patients_per_arm=2, shape=(20, 20, 20), seed=1, base_rate=12.0, dropout_per_year=0.2, missed_visit=0.2))
+    return out
+
+
 @pytest.fixture()
 def cohort_copy(tiny_cohort: Path, tmp_path: Path) -> Path:
     """A private copy of `tiny_cohort` that a test may break."""

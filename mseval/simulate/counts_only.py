@@ -70,12 +70,39 @@ def world_counts(patients: pd.DataFrame, events: pd.DataFrame, cfg: TrialConfig)
     return per, visits
 
 
+def visit_gd_counts(visits: pd.DataFrame, patients: pd.DataFrame, events: pd.DataFrame, cfg: TrialConfig) -> pd.Series:
+    """Gd+ lesions on each visit's scan (Int64, aligned with `visits`), as the image simulator draws
+    them: the NET2 lesions of the visit's interval (start_weeks, end_weeks] that appeared under the
+    allocated arm within the last `gd_per_rate` years before the scan (Gd+ enhancement lasts that
+    long). Rows whose `missing` is set (a visit that did not take place) get <NA>."""
+    rho_all = arm_rate_ratios(patients, cfg)
+    rho = np.array([rho_all[a][i] for i, a in enumerate(patients["arm"])])
+    p = events["patient"].to_numpy()
+    birth = events["birth"].to_numpy()
+    appears = events["thin"].to_numpy() < rho[p]
+    row_of = pd.Series(np.arange(len(patients)), index=patients["patient_id"].to_numpy())
+    vp = row_of.loc[visits["patient_id"]].to_numpy()
+    start = visits["start_weeks"].to_numpy(dtype=float)
+    end = visits["end_weeks"].to_numpy(dtype=float)
+    lo = np.maximum(start, end - cfg.gd_per_rate * WEEKS_PER_YEAR)
+    # events of appearing lesions sorted by (patient, birth): each visit's count is a difference of two ranks
+    order = np.lexsort((birth, p))
+    ep, eb = p[order][appears[order]], birth[order][appears[order]]
+    key = ep * 1e6 + eb  # birth < 1e6 weeks: (patient, birth) sorts as one number
+    counts = np.searchsorted(key, vp * 1e6 + end, side="right") - np.searchsorted(key, vp * 1e6 + lo, side="right")
+    out = pd.Series(pd.array(counts, dtype="Int64"), index=visits.index)
+    if "missing" in visits.columns:
+        out[visits["missing"].fillna("").astype(str).to_numpy() != ""] = pd.NA
+    return out
+
+
 def simulate_count_trial(cfg: TrialConfig, *, samples: int = 20, forecast_seed: int = 0) -> CountTrial:
     patients = draw_patients(cfg, rng_for(cfg.seed, "patients"))
     truth = truth_frame(patients, cfg)
     rng = rng_for(cfg.seed, "counts-only")
     events = draw_event_table(patients, cfg, rng)
     per, visits = world_counts(patients, events, cfg)
+    visits["gd_count"] = visit_gd_counts(visits, patients, events, cfg)
     net2 = per["net2"].to_numpy()
     truth["realized_count"] = pd.array([None] * len(truth), dtype="Int64")
     truth.loc[truth["allocated"].to_numpy(), "realized_count"] = pd.Series(net2, index=patients["patient_id"]).loc[truth.loc[truth["allocated"], "patient_id"]].to_numpy()
