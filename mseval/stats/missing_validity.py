@@ -1,0 +1,103 @@
+"""Repeated count-level trials with dropout (`simulate_count_trial`): coverage of the exposure-based
+NB2 under MAR dropout, and how the MNAR sensitivity moves (bench/validity_missing.py; fast checks in
+tests/stats/test_missing_data.py)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from mseval.simulate.counts_only import population_rate_ratios, simulate_count_trial
+from mseval.simulate.model import TrialConfig
+from mseval.stats.count_model import fit_count_model
+from mseval.stats.missing_data import exposure_nb2, mnar_sensitivity
+
+
+def dropout_trials(n_trials: int, base: TrialConfig, *, seed0: int = 0) -> pd.DataFrame:
+    """One row per trial x active arm: the exposure-based NB2 on the observed follow-up (`exp_`), the
+    same trial without dropout (`full_`: every scheduled scan) and the completers only (`cc_`: patients
+    with every visit, full follow-up), each with its rate ratio, CI and whether it covers the
+    superpopulation rate ratio (`population_rate_ratios`); plus the share of patients who dropped out
+    before the last visit and the share of planned exposure lost."""
+    target = population_rate_ratios(replace(base, dropout_per_year=0.0, dropout_mar=0.0, dropout_mnar=0.0, missed_visit=0.0,
+                                            dropout_arm_difference=0.0))
+    ref = base.reference_arm
+    rows = []
+    for k in range(n_trials):
+        tr = simulate_count_trial(replace(base, seed=seed0 + k), samples=1)
+        t = tr.table
+        last = tr.visits[tr.visits["visit_index"] == tr.visits["visit_index"].max()]
+        completers = set(last.loc[last["missing"] == "", "patient_id"])
+        fits = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fits["exp_"] = exposure_nb2(t, "observed_net2 ~ arm", years="observed_years", reference=ref).fit
+            fits["full_"] = fit_count_model(t, "net2 ~ arm", reference=ref, adjusted_means=False)
+            fits["cc_"] = fit_count_model(t[t["patient_id"].isin(completers)], "net2 ~ arm", reference=ref, adjusted_means=False)
+        for arm in target:
+            if arm == ref:
+                continue
+            row = {"trial": k, "arm": arm, "target_rate_ratio": target[arm], "dropout_share": float((last["missing"] == "dropout").mean()),
+                   "exposure_lost": float(1 - np.nansum(t["observed_years"]) / t["followup_years"].sum())}
+            for tag, f in fits.items():
+                r = f.rate_ratio(arm)
+                row.update({f"{tag}rate_ratio": r.rate_ratio, f"{tag}ci_low": r.ci_low, f"{tag}ci_high": r.ci_high, f"{tag}se": r.se,
+                            f"{tag}estimable": bool(r.estimable), f"{tag}covers": bool(r.ci_low <= target[arm] <= r.ci_high)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def coverage_summary(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and overall, per analysis: estimable trials, coverage among them, its binomial SE, bias of the log rate ratio."""
+    out = []
+    for arm, g in [*trials.groupby("arm", sort=False), ("all arms", trials)]:
+        row = {"arm": arm, "rows": len(g), "dropout_share": g["dropout_share"].mean(), "exposure_lost": g["exposure_lost"].mean()}
+        for tag in ("exp_", "full_", "cc_"):
+            e = g[g[f"{tag}estimable"]]
+            p = e[f"{tag}covers"].mean()
+            row.update({f"{tag}estimable": len(e), f"{tag}coverage": p, f"{tag}mc_se": float(np.sqrt(0.95 * 0.05 / max(len(e), 1))),
+                        f"{tag}log_bias": float(np.mean(np.log(e[f"{tag}rate_ratio"]) - np.log(e["target_rate_ratio"])))})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def mnar_trials(n_trials: int, base: TrialConfig, *, deltas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0), delta_arms: str = "all",
+                imputations: int = 10, seed0: int = 0) -> pd.DataFrame:
+    """One row per trial x active arm: the MAR (exposure-based) log rate ratio, the pooled MI log rate
+    ratio at each delta (`mi_<delta>`), whether it rises with delta, and `delta_star`: the delta
+    (linear interpolation on the grid; NaN outside it) at which the pooled estimate equals the true log
+    rate ratio -- the amount of MNAR the data would need to reproduce the truth."""
+    target = population_rate_ratios(replace(base, dropout_per_year=0.0, dropout_mar=0.0, dropout_mnar=0.0, missed_visit=0.0,
+                                            dropout_arm_difference=0.0))
+    ref = base.reference_arm
+    rows = []
+    for k in range(n_trials):
+        tr = simulate_count_trial(replace(base, seed=seed0 + k), samples=1)
+        t = tr.table.assign(planned_years=tr.table["followup_years"])
+        s = mnar_sensitivity(t, "observed_net2 ~ arm", years="observed_years", planned_years="planned_years", reference=ref,
+                             deltas=deltas, delta_arms=delta_arms, imputations=imputations, seed=seed0 + k)
+        mar = exposure_nb2(t, "observed_net2 ~ arm", years="observed_years", reference=ref).fit.table.set_index("term")
+        for arm in target:
+            if arm == ref:
+                continue
+            g = s.table[s.table["arm"] == arm].sort_values("delta")
+            est = np.log(g["rate_ratio"].to_numpy())
+            truth = np.log(target[arm])
+            row = {"trial": k, "arm": arm, "true_log_rr": truth, "mar_log_rr": float(mar.loc[arm, "coef"]),
+                   **{f"mi_{d:g}": float(v) for d, v in zip(g["delta"], est)},
+                   "monotone": bool(np.all(np.diff(est) > 0)) if delta_arms == "active" else bool(np.all(np.diff(est) < 0) or np.all(np.diff(est) > 0)),
+                   "delta_star": _crossing(g["delta"].to_numpy(), est, truth)}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
+    """x where the piecewise-linear y(x) crosses `level` (y monotone); NaN when it never does on the grid."""
+    order = np.argsort(y)
+    ys, xs = y[order], x[order]
+    if not (ys[0] <= level <= ys[-1]) or not np.all(np.isfinite(ys)):
+        return float("nan")
+    return float(np.interp(level, ys, xs))
