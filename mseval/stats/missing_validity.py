@@ -5,15 +5,24 @@ tests/stats/test_missing_data.py)."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
-from mseval.simulate.counts_only import population_rate_ratios, simulate_count_trial
+from mseval.simulate.counts_only import CountTrial, population_rate_ratios, simulate_count_trial
 from mseval.simulate.model import TrialConfig
 from mseval.stats.count_model import fit_count_model
 from mseval.stats.missing_data import exposure_nb2, mnar_sensitivity
+
+
+def _trials(n_trials: int, base: TrialConfig, seed0: int) -> Iterator[tuple[int, CountTrial, dict[str, float], str]]:
+    """(k, trial k of `base` at seed seed0 + k, the population rate ratios without dropout, the reference arm)."""
+    target = population_rate_ratios(replace(base, dropout_per_year=0.0, dropout_mar=0.0, dropout_mnar=0.0, missed_visit=0.0,
+                                            dropout_arm_difference=0.0))
+    for k in range(n_trials):
+        yield k, simulate_count_trial(replace(base, seed=seed0 + k), samples=1), target, base.reference_arm
 
 
 def dropout_trials(n_trials: int, base: TrialConfig, *, seed0: int = 0) -> pd.DataFrame:
@@ -22,12 +31,8 @@ def dropout_trials(n_trials: int, base: TrialConfig, *, seed0: int = 0) -> pd.Da
     with every visit, full follow-up), each with its rate ratio, CI and whether it covers the
     superpopulation rate ratio (`population_rate_ratios`); plus the share of patients who dropped out
     before the last visit and the share of planned exposure lost."""
-    target = population_rate_ratios(replace(base, dropout_per_year=0.0, dropout_mar=0.0, dropout_mnar=0.0, missed_visit=0.0,
-                                            dropout_arm_difference=0.0))
-    ref = base.reference_arm
     rows = []
-    for k in range(n_trials):
-        tr = simulate_count_trial(replace(base, seed=seed0 + k), samples=1)
+    for k, tr, target, ref in _trials(n_trials, base, seed0):
         t = tr.table
         last = tr.visits[tr.visits["visit_index"] == tr.visits["visit_index"].max()]
         completers = set(last.loc[last["missing"] == "", "patient_id"])
@@ -70,12 +75,8 @@ def mnar_trials(n_trials: int, base: TrialConfig, *, deltas: tuple[float, ...] =
     ratio at each delta (`mi_<delta>`), whether it rises with delta, and `delta_star`: the delta
     (linear interpolation on the grid; NaN outside it) at which the pooled estimate equals the true log
     rate ratio -- the amount of MNAR the data would need to reproduce the truth."""
-    target = population_rate_ratios(replace(base, dropout_per_year=0.0, dropout_mar=0.0, dropout_mnar=0.0, missed_visit=0.0,
-                                            dropout_arm_difference=0.0))
-    ref = base.reference_arm
     rows = []
-    for k in range(n_trials):
-        tr = simulate_count_trial(replace(base, seed=seed0 + k), samples=1)
+    for k, tr, target, ref in _trials(n_trials, base, seed0):
         t = tr.table.assign(planned_years=tr.table["followup_years"])
         s = mnar_sensitivity(t, "observed_net2 ~ arm", years="observed_years", planned_years="planned_years", reference=ref,
                              deltas=deltas, delta_arms=delta_arms, imputations=imputations, seed=seed0 + k)

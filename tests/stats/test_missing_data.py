@@ -168,3 +168,15 @@ def test_mnar_sensitivity_moves_as_documented(dropped: tuple) -> None:
     assert any("jump to reference" in a for a in j2r.assumptions) and any("exp(delta)" in a for a in s.assumptions)
     with pytest.raises(InputError, match="planned"):
         mnar_sensitivity(t.drop(columns="planned_years"), "observed_net2 ~ arm", **kw)
+
+
+def test_the_bench_loops_agree_with_the_full_data_without_dropout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mseval.stats.missing_validity as MV
+    from mseval.stats.missing_validity import _crossing, coverage_summary, dropout_trials
+
+    monkeypatch.setattr(MV, "population_rate_ratios", lambda cfg: {"placebo": 1.0, "drug": 0.25})  # the 400k-patient target is the bench's
+    tr = dropout_trials(1, TrialConfig(patients_per_arm=10, arms=(PLACEBO, DRUG)), seed0=3)
+    assert np.allclose(tr["exp_rate_ratio"], tr["full_rate_ratio"]) and tr["exposure_lost"].iloc[0] == pytest.approx(0.0)
+    assert coverage_summary(tr).set_index("arm").loc["all arms", "exp_estimable"] == 1
+    assert _crossing(np.array([-1.0, 0.0, 1.0]), np.array([3.0, 2.0, 0.0]), 1.0) == pytest.approx(0.5)
+    assert np.isnan(_crossing(np.array([0.0, 1.0]), np.array([1.0, 2.0]), 5.0))
