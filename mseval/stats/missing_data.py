@@ -210,6 +210,8 @@ def split_analysed(table: pd.DataFrame, visits: pd.DataFrame | None = None, *, c
     has = pd.to_numeric(table[count], errors="coerce").notna().to_numpy()
     analysed = table.loc[has].reset_index(drop=True)
     analysed[count] = pd.to_numeric(analysed[count]).astype(np.int64)
+    if "net2_volume_mm3" in analysed and analysed["net2_volume_mm3"].dtype == object:  # analysis_table's <NA> rows gone
+        analysed["net2_volume_mm3"] = pd.to_numeric(analysed["net2_volume_mm3"]).astype(float)
     ids = analysed["patient_id"].astype(str)
     return analysed, consort_counts(table, visits, ids, arm_col=arm_col), not_analysed(table, visits, ids, arm_col=arm_col)
 
