@@ -63,7 +63,9 @@ def exposure_from_visits(visits: pd.DataFrame, count: str = "net2") -> pd.DataFr
     """Per patient: `observed_net2` (sum of `count` over the observed follow-up visits = the count from
     baseline to the last observed scan, since a visit after a missed one counts from the previous scan
     that took place), `observed_years` (end_weeks of the last observed visit / 52.1775; NaN without one),
-    `visits_observed`. One row per patient of `visits`, sorted by patient_id."""
+    `visits_observed`, `planned_years` (the last scheduled visit: its `scheduled_weeks` where the table has
+    them (visits.csv), else its `end_weeks`, / 52.1775; the follow-up `mnar_sensitivity` completes). One
+    row per patient of `visits`, sorted by patient_id."""
     v = visits[visits["visit_index"] > 0] if "visit_index" in visits else visits
     seen = _is_observed(v["missing"]) if "missing" in v else np.ones(len(v), dtype=bool)
     obs = v[seen]
@@ -73,6 +75,8 @@ def exposure_from_visits(visits: pd.DataFrame, count: str = "net2") -> pd.DataFr
     out["observed_years"] = g["end_weeks"].max() / WEEKS_PER_YEAR
     out["visits_observed"] = g.size()
     out["visits_observed"] = out["visits_observed"].fillna(0).astype(np.int64)
+    sched = "scheduled_weeks" if "scheduled_weeks" in v else "end_weeks"
+    out["planned_years"] = v.groupby("patient_id")[sched].max() / WEEKS_PER_YEAR
     return out.reset_index()
 
 

@@ -109,6 +109,7 @@ def test_consort_counts_a_hand_made_cohort() -> None:
     ex = exposure_from_visits(VISITS).set_index("patient_id")
     assert ex.loc["A", "observed_net2"] == 3 and ex.loc["B", "observed_net2"] == 3 and pd.isna(ex.loc["C", "observed_net2"])
     assert ex.loc["D", "observed_years"] == pytest.approx(96 / WEEKS_PER_YEAR) and ex.loc["B", "visits_observed"] == 1
+    assert np.allclose(ex["planned_years"], 96 / WEEKS_PER_YEAR)
     single = consort_counts(PATIENTS, None, ["A", "B"]).set_index("arm")
     assert list(single.columns) == ["randomized", "analysed", "not_analysed"] and single.loc["all", "not_analysed"] == 2
 
