@@ -45,6 +45,10 @@ Tables written to OUT (atomically, all or nothing):
     rate_ratios_forecast_conditional.csv, counterfactual_average_conditional.csv, forecasters.csv
                                 (K > 1) the K forecasters' samples pooled as one, conditional CIs; per forecaster x arm
                                 its conditional estimates (within-forecaster and Monte Carlo SE)
+    consort.csv                 per arm (and all): randomized, with each visit, completed, lost by reason, analysed
+                                (mseval.stats.missing_data.consort_counts); primary_endpoint.csv carries n_randomized /
+                                n_analysed. A patient without a NET2 mask (no follow-up scan) is randomized, not analysed:
+    not_analysed.csv            patient_id, arm, reason (e.g. 'no follow-up scan: dropout from w24')
     adjusted_means.csv          adjusted annualised NET2 rate per arm and % reduction, estimable + note
     lesion_free.csv             proportion free of NET2 lesions per arm; hazard ratio of any lesion (cloglog,
                                 offset log(years)), odds ratio (logistic), risk difference (Newcombe CI),
@@ -98,6 +102,7 @@ from mseval.stats import synthetic as SY
 from mseval.stats.counterfactual import calibrated_counterfactual, counterfactual_effects
 from mseval.stats.ensemble_counts import check_counts, forecast_means
 from mseval.stats.heterogeneity import heterogeneity
+from mseval.stats.missing_data import split_analysed
 from mseval.stats.power import power_table
 from mseval.stats.prognostic import prognostic_adjustment
 from mseval.stats.qini import qini_table
@@ -236,7 +241,8 @@ def run_effects(
     check_heldout(cohort, forecasts_dir, settings.heldout_patients)  # not in the cohort, or seen by the forecaster: refused
     held = heldout_kind(cohort, settings.heldout_patients) if settings.heldout_patients else None
     say("observed counts from the NET2 masks")
-    table = analysis_table(cohort, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3)
+    randomized = analysis_table(cohort, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3, require_observed=False)
+    table, consort, unanalysed = split_analysed(randomized, cohort.visits)  # patients without a NET2 mask: randomized, not analysed
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if counts_path is not None:
             counts_file = Path(counts_path)
@@ -300,6 +306,7 @@ def run_effects(
         say("power")
         power = power_table(table, means, ref, sims=settings.power_sims, seed=settings.seed)
         primary = _primary(observed, fc_table, cf_avg, arms, ref, two_level=two_level)
+        primary = primary.merge(consort[["arm", "randomized", "analysed"]].rename(columns=lambda c: c if c == "arm" else f"n_{c}"), on="arm", how="left")
         estimands = _estimands_table(fc_table, cf_avg, calibrated, het.interaction, qini.area, prog_table, meta=estimands_meta)
         projections = projections_frame(primary, training.table if training.available else None, calibrated, training_note=training.sentence,
                                         forecasters=K if two_level else 1)
@@ -324,6 +331,8 @@ def run_effects(
             "power_analytic.csv": power.analytic,
             "power_simulated.csv": power.simulated,
             "projections.csv": projections,
+            "consort.csv": consort,
+            "not_analysed.csv": unanalysed,
         }
         if two_level:
             files["rate_ratios_forecast_conditional.csv"] = fc_conditional
@@ -360,6 +369,8 @@ def run_effects(
             "training_trial": training.to_dict(),
             "primary_endpoint": primary.replace({np.nan: None}).to_dict("records"),
             "patients": int(len(table)),
+            "patients_randomized": int(len(randomized)),
+            "not_analysed": unanalysed.to_dict("records"),
             "provenance": provenance,
             "prognostic_forecaster": independence,
             "prognostic_saving": _prognostic_headline(prog_table),

@@ -133,6 +133,9 @@ def effects(
         typer.echo(f"{row['arm']:14s} RR observed {num(row['observed_rate_ratio'])} ({num(row['observed_ci_low'])}-{num(row['observed_ci_high'])})"
                    f"  forecast {num(row['forecast_rate_ratio'])}  counterfactual {num(row['counterfactual_rate_ratio'])}"
                    + (f"  true {num(row['true_ratio_of_means'])}" if row.get("true_ratio_of_means") is not None else ""))
+    gone = summary.get("not_analysed") or []
+    typer.echo(f"patients randomized {summary['patients_randomized']}, analysed {summary['patients']}"
+               + (f" ({len(gone)} without an observed follow-up: not_analysed.csv)" if gone else ""))
     fm = summary.get("forecast_model") or {}
     typer.echo(f"forecast-derived CIs: {fm.get('variance', 'conditional on the forecaster')} ({fm.get('forecasters', 1)} forecasters)")
     typer.echo(f"tables in {out}")

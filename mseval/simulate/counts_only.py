@@ -102,6 +102,7 @@ def simulate_count_trial(cfg: TrialConfig, *, samples: int = 20, forecast_seed: 
     rng = rng_for(cfg.seed, "counts-only")
     events = draw_event_table(patients, cfg, rng)
     per, visits = world_counts(patients, events, cfg)
+    visits, observed = observe_visits(patients, visits, cfg)
     visits["gd_count"] = visit_gd_counts(visits, patients, events, cfg)
     net2 = per["net2"].to_numpy()
     truth["realized_count"] = pd.array([None] * len(truth), dtype="Int64")
@@ -114,6 +115,7 @@ def simulate_count_trial(cfg: TrialConfig, *, samples: int = 20, forecast_seed: 
     table["dawm_fraction"] = patients["dawm_fraction"].to_numpy()
     table["prelesional_sites"] = per["prelesional_sites"].to_numpy()
     table["net2"] = net2
+    table = table.merge(observed, on="patient_id", how="left")
     frng = rng_for(forecast_seed, "counts-only-forecast", cfg.seed)
     mu = truth["expected_count"].to_numpy()
     draws = frng.poisson(np.repeat(mu, samples))
@@ -125,6 +127,50 @@ def simulate_count_trial(cfg: TrialConfig, *, samples: int = 20, forecast_seed: 
         "volume_mm3": draws * 100.0,
     })
     return CountTrial(table, counts, truth, visits)
+
+
+def observe_visits(patients: pd.DataFrame, visits: pd.DataFrame, cfg: TrialConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(visits with `missing` and the start_weeks / net2 of what was observed, per patient
+    observed_years and observed_net2). Missing reasons follow the image simulator's law
+    (`mseval.simulate.trial.observed_visits`, its own seeded stream here); without dropout and missed
+    visits nothing is drawn and the visits are unchanged but for missing = ''."""
+    from mseval.simulate.trial import observed_visits
+
+    V = len(cfg.schedule)
+    visits = visits.copy()
+    counts = visits["net2"].to_numpy(dtype=np.int64).reshape(-1, V)  # sorted by patient_id, visit_index
+    row_of = {pid: k for k, pid in enumerate(visits["patient_id"].to_numpy()[::V])}
+    rng = rng_for(cfg.seed, "counts-only-dropout")
+    reasons = np.full(counts.shape, "", dtype=object)
+    for row in patients.to_dict("records"):
+        k = row_of[row["patient_id"]]
+        reasons[k] = observed_visits(row, counts[k], cfg, rng)
+    visits["missing"] = reasons.ravel()
+    end = visits["end_weeks"].to_numpy(dtype=float).reshape(-1, V)
+    seen = reasons == ""
+    # cumulative count at each observed scan; each observed visit counts from the previous observed one
+    cum = np.cumsum(counts, axis=1)
+    last_cum, last_week = np.zeros(len(counts), dtype=np.int64), np.zeros(len(counts))
+    net2 = np.zeros(counts.shape, dtype=np.int64)
+    start = visits["start_weeks"].to_numpy(dtype=float).reshape(-1, V).copy()
+    for j in range(V):
+        s = seen[:, j]
+        net2[s, j] = cum[s, j] - last_cum[s]
+        start[s, j] = last_week[s]
+        last_cum[s], last_week[s] = cum[s, j], end[s, j]
+    any_seen = seen.any(axis=1)
+    pids = visits["patient_id"].to_numpy()[::V]
+    observed = pd.DataFrame({"patient_id": pids,
+                             "observed_years": np.where(any_seen, last_week, np.nan) / WEEKS_PER_YEAR,
+                             "observed_net2": pd.array(np.where(any_seen, last_cum, 0), dtype="Int64")})
+    observed.loc[~any_seen, "observed_net2"] = pd.NA
+    if not seen.all():
+        visits["start_weeks"] = start.ravel()
+        visits["net2"] = pd.array(net2.ravel(), dtype="Int64")
+        visits.loc[~seen.ravel(), "net2"] = pd.NA
+    else:
+        observed["observed_net2"] = observed["observed_net2"].astype(np.int64)
+    return visits, observed
 
 
 @lru_cache(maxsize=16)

@@ -152,9 +152,9 @@ def test_downstream_commands_on_the_default_multi_visit_cohort(tmp_path: Path, c
     assert code == 0 and (tmp_path / "rep" / "report.html").is_file(), err
 
 
-def test_effects_names_a_patient_without_follow_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """With dropout a patient may have no follow-up scan at all; `effects` (single-endpoint NB2) then says
-    which patient, in one line, instead of counting the absent scan as zero lesions."""
+def test_effects_counts_a_patient_without_follow_up_as_randomized_not_analysed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With dropout a patient may have no follow-up scan at all; `effects` then analyses the others (never
+    counting the absent scan as zero lesions) and lists that patient as randomized, not analysed, with the reason."""
     cohort = tmp_path / "cohort"
     code, _, err = _run(capsys, "simulate", cohort, "--shape", "16", "16", "16", "--patients-per-arm", "3", "--seed", "7",
                         "--dropout-per-year", "0.9")
@@ -164,7 +164,16 @@ def test_effects_names_a_patient_without_follow_up(tmp_path: Path, capsys: pytes
     assert gone, "18 patients at 0.9 dropouts a year: P(nobody leaves before week 24) < 0.001"
     code, _, err = _run(capsys, "simulate-forecasts", cohort, "--out", tmp_path / "fc", "--samples", "2")
     assert code == 0, err
-    code, _, err = _run(capsys, "effects", cohort, tmp_path / "fc", "--out", tmp_path / "eff", "--power-sims", "0")
-    errors = [line for line in err.splitlines() if line.startswith("mseval: error: ")]
-    assert code == 2 and len(errors) == 1 and f"patient {gone[0]} has no net2_mask" in errors[0] and "Traceback" not in err, err
-    assert not (tmp_path / "eff").exists()
+    code, out, err = _run(capsys, "effects", cohort, tmp_path / "fc", "--out", tmp_path / "eff", "--power-sims", "0")
+    assert code == 0, err
+    na = pd.read_csv(tmp_path / "eff" / "not_analysed.csv")
+    assert sorted(na["patient_id"]) == gone and na["reason"].str.contains("dropout from w").all(), na
+    consort = pd.read_csv(tmp_path / "eff" / "consort.csv").set_index("arm")
+    assert consort.loc["all", "randomized"] == 18 and consort.loc["all", "analysed"] == 18 - len(gone)
+    assert consort.loc["all", "with_w24"] == v[(v["visit"] == "w24") & (v["missing"] == "")].shape[0]
+    primary = pd.read_csv(tmp_path / "eff" / "primary_endpoint.csv").set_index("arm")
+    m = pd.read_csv(cohort / "manifest.csv")
+    for arm in primary.index:
+        ids = set(m.loc[m["arm"] == arm, "patient_id"])
+        assert primary.loc[arm, "n_randomized"] == len(ids) and primary.loc[arm, "n_analysed"] == len(ids - set(gone))
+    assert f"randomized 18, analysed {18 - len(gone)}" in out, out
