@@ -251,7 +251,13 @@ def run_sap(sap: Sap, data: pd.DataFrame, *, arms: list[str], reference: str, fi
     for s in plan["secondary"]:
         covs = prim.get("covariates", []) if s.get("covariates", "primary") == "primary" else s["covariates"]
         sec.append(ANALYSES[s["endpoint"]](data, {**s, "covariates": covs}, ctx, name=s["name"]))
-    return SapResult(sap, reference, primary, sens, sec)
+    return SapResult(sap, reference, _in_order(primary, order), [_in_order(r, order) for r in sens], [_in_order(r, order) for r in sec])
+
+
+def _in_order(result: AnalysisResult, arms: list[str]) -> AnalysisResult:
+    """The result's per-arm table in `arms` order (reference first, then the arms table's order)."""
+    t = result.table.set_index("arm").loc[[a for a in arms if a in set(result.table["arm"])]].reset_index()
+    return AnalysisResult(result.name, result.endpoint, t, result.terms, result.deviations, result.info)
 
 
 __all__ = ["ANALYSES", "PRIMARY_TESTS", "AnalysisResult", "Covariates", "SapContext", "SapResult", "run_sap"]
