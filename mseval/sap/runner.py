@@ -149,7 +149,7 @@ def nb2_count_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCont
                         "rd_ci_high": float(s["rate_difference_ci_high"]), "p_value": float(m["p_value"]), "p_adjusted": float(m["p_adjusted"]),
                         "test": test, "tested": bool(m["tested"]), "rejected": bool(m["rejected"]), "estimable": est,
                         "note": "; ".join(filter(None, [str(t["note"]) if not t["estimable"] else "", "" if fit.converged else "the fit did not converge",
-                                                        str(m["note"])]))})
+                                                        str(m["note"]) if est else ""]))})
         row.update({"multiplicity": ctx.multiplicity["procedure"], "estimand": estimand})
         rows.append(row)
     tab = fit.table.assign(analysis=name)

@@ -51,7 +51,7 @@ def _contrasts(level: dict[str, float], grad: dict[str, np.ndarray], V: np.ndarr
         var = float(g @ V @ g)
         se = np.sqrt(var) if var >= 0 else np.nan
         v = level[a]
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             if log_ci:
                 s = se / v
                 lo, hi = v * np.exp(-Z95 * s), v * np.exp(Z95 * s)

@@ -77,6 +77,17 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     again = _run(cli, cohort, counts, out, sap, "--overwrite")
     assert again.code == 0, again.err
     assert _digest(out) == first
+    # the report's section: the plan in words, the deviations, the adjusted primary table with the reference first
+    from reports.render import _md_table
+    from reports.sap_section import read_sap, sap_context, sap_md
+    from reports.style import arm_labels
+
+    ctx = sap_context(read_sap(out), arms, arm_labels(arms))
+    md = "\n".join(sap_md(ctx, _md_table))
+    assert md.startswith("## Statistical analysis plan: Default MRI analysis plan") and "- Covariates: site, baseline Gd+ lesions (0 vs >= 1)" in md
+    assert "**Deviations from the plan:**" in md and "p, adjusted (holm)" in md and "### Sensitivity analyses" in md
+    assert ctx["primary"]["rows"][0][0] == arm_labels(arms)["placebo"] and ctx["primary"]["rows"][0][4] == "reference"
+    assert "Odds ratio of being lesion-free" in md and "Hazard ratio: not estimated" in md
 
 
 @pytest.mark.parametrize(("edit", "field", "words"), [
