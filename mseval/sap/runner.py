@@ -220,19 +220,10 @@ class SapResult:
                 "analyses": {r.name: {"endpoint": r.endpoint, **r.info} for r in (self.primary, *self.sensitivity, *self.secondary)}}
 
     def summary(self) -> str:
-        lines = [f"SAP: {self.sap.doc.get('title')} (sha256 {self.sap.sha256[:12]})", f"  {self.primary.info['estimand']}"]
-        for r in self.primary.table.itertuples():
-            head = f"  {r.arm:18s} n {r.n_analysed}/{r.n_randomized}  rate {r.adjusted_rate:.3f} ({r.rate_ci_low:.3f}-{r.rate_ci_high:.3f})"
-            if r.reference:
-                lines.append(head + "  (reference)")
-            elif r.estimable:
-                padj = f"{r.p_adjusted:.3g}" if np.isfinite(r.p_adjusted) else "not tested"
-                lines.append(head + f"  RR {r.rate_ratio:.3f} ({r.rr_ci_low:.3f}-{r.rr_ci_high:.3f})  RD {r.rate_difference:+.3f} "
-                             f"({r.rd_ci_low:+.3f} to {r.rd_ci_high:+.3f})  p {r.p_value:.3g}  p adj {padj}")
-            else:
-                lines.append(head + f"  not estimable: {r.note}")
-        lines += [f"  deviation: {d}" for d in self.deviations]
-        return "\n".join(lines)
+        from mseval.sap.text import primary_lines
+
+        head = [f"SAP: {self.sap.doc.get('title')} (sha256 {self.sap.sha256[:12]})", f"  {self.primary.info['estimand']}"]
+        return "\n".join(head + primary_lines(self.primary.table, {"title": self.sap.doc.get("title"), "deviations": self.deviations})[1:])
 
 
 def run_sap(sap: Sap, data: pd.DataFrame, *, arms: list[str], reference: str, file: str | None = None, seed: int = 0) -> SapResult:
