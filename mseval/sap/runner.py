@@ -32,7 +32,7 @@ from mseval.sap.covariates import Covariates, derive, full_rank_terms
 from mseval.sap.schema import Sap
 from mseval.stats.count_model import CountModelFit, fit_count_model
 from mseval.stats.lesion_free_adjusted import OR_ESTIMAND, RD_ESTIMAND, fit_lesion_free_adjusted
-from mseval.stats.multiplicity import adjust, wald_correlation
+from mseval.stats.multiplicity import adjust, describe, wald_correlation
 from mseval.stats.standardised import standardised_rates
 
 RESPONSE = "net2"
@@ -156,15 +156,9 @@ def nb2_count_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCont
     info = {"formula": formula, "offset": f"log({offset})" if offset else "none", "cov": fit.cov, "n": fit.n, "alpha": fit.alpha,
             "converged": fit.converged, "boundary": fit.boundary, "covariates": [k["description"] for k in cov.kept], "test": test,
             "test_rule": switch or f"Wald z test (the smallest analysed arm has {int(counts['n'].min())} patients)",
-            "multiplicity": adjust_description(ctx, compared), "estimand": estimand}
+            "multiplicity": describe(ctx.multiplicity["procedure"], len(compared), float(ctx.multiplicity.get("alpha", 0.05)),
+                                     ctx.multiplicity.get("order")), "estimand": estimand}
     return AnalysisResult(name, "net2_count", pd.DataFrame(rows), tab, deviations, info)
-
-
-def adjust_description(ctx: SapContext, compared: list[str]) -> str:
-    """Words for the plan's multiplicity procedure over `compared`."""
-    p = np.full(len(compared), 0.5)
-    return adjust(compared, p, ctx.multiplicity["procedure"], alpha=float(ctx.multiplicity.get("alpha", 0.05)), z=np.zeros(len(compared)),
-                  corr=np.eye(len(compared)), order=ctx.multiplicity.get("order")).description
 
 
 def lesion_free_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapContext, *, name: str = "lesion_free") -> AnalysisResult:

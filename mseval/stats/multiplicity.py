@@ -59,6 +59,19 @@ class Multiplicity:
         return "\n".join(lines)
 
 
+def describe(procedure: str, m: int, alpha: float = 0.05, order: Sequence[str] | None = None) -> str:
+    """Words for `procedure` over `m` comparisons with the reference at family-wise `alpha` (fixed sequence: in `order`)."""
+    if procedure == "none":
+        return f"none: each comparison at two-sided {alpha:g}, no control of the family-wise error"
+    if procedure == "holm":
+        return f"Holm step-down over {m} comparisons with the reference, family-wise error {alpha:g} (two-sided)"
+    if procedure == "dunnett":
+        return (f"Dunnett single-step over {m} comparisons with the shared reference (joint normal Wald statistics, correlation "
+                f"from the fitted covariance), family-wise error {alpha:g} (two-sided)")
+    return (f"fixed-sequence hierarchy {' > '.join(map(str, order or []))}, each at two-sided {alpha:g}; testing stops at the first "
+            "comparison not rejected")
+
+
 def dunnett_pvalues(z: Sequence[float], corr: np.ndarray, *, df: float | None = None, seed: int = 0) -> np.ndarray:
     """Single-step Dunnett adjusted p values (m,) of the statistics z (m,) with correlation `corr` (m, m):
     p_j = 1 - P(|Z_k| < |z_j| for every k), Z ~ N(0, corr) (multivariate t with `df` when given).
@@ -119,19 +132,15 @@ def adjust(
     padj = np.full(len(arms), np.nan)
     if procedure == "none":
         padj = np.where(ok, p, np.nan)
-        desc = f"none: each comparison at two-sided {alpha:g}, no control of the family-wise error"
     elif procedure == "holm":
         if len(arms):
             padj = multipletests(np.where(ok, p, 1.0), method="holm")[1]
         padj = np.where(ok, padj, np.nan)
-        desc = f"Holm step-down over {len(arms)} comparisons with the reference, family-wise error {alpha:g} (two-sided)"
     elif procedure == "dunnett":
         if z is None or corr is None:
             raise ValueError("Dunnett needs the Wald statistics z and their correlation")
         zz = np.where(ok, np.asarray(z, dtype=float), np.nan)
         padj = dunnett_pvalues(zz, corr, seed=seed)
-        desc = (f"Dunnett single-step over {len(arms)} comparisons with the shared reference (joint normal Wald statistics, correlation "
-                f"from the fitted covariance), family-wise error {alpha:g} (two-sided)")
     else:
         if order is None or sorted(map(str, order)) != sorted(arms):
             raise ValueError(f"a fixed sequence needs an order naming every compared arm once ({', '.join(arms)})")
@@ -151,12 +160,10 @@ def adjust(
             padj[k] = running
             if running > alpha:
                 stopped_at = str(a)
-        desc = (f"fixed-sequence hierarchy {' > '.join(map(str, order))}, each at two-sided {alpha:g}; testing stops at the first "
-                "comparison not rejected")
         perm = [idx[str(a)] for a in order]
         arms, p, padj, tested, ok = [arms[k] for k in perm], p[perm], padj[perm], tested[perm], ok[perm]
         notes = [notes[k] for k in perm]
     rejected = np.isfinite(padj) & (padj <= alpha) & tested
     table = pd.DataFrame({"arm": arms, "p_value": np.where(ok, p, np.nan), "p_adjusted": padj, "tested": tested,
                           "rejected": rejected, "note": notes})
-    return Multiplicity(table, procedure, float(alpha), desc)
+    return Multiplicity(table, procedure, float(alpha), describe(procedure, len(arms), alpha, order))
