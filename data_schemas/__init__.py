@@ -11,7 +11,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-SCHEMAS = ("manifest", "arms", "truth", "truth_lesions", "visits", "truth_visits", "oracle_inputs", "forecast_index", "counts", "lesions", "effects_summary", "evaluation_summary", "forecast_config", "report_summary", "visit_counts")
+SCHEMAS = ("manifest", "arms", "truth", "truth_lesions", "visits", "truth_visits", "oracle_inputs", "forecast_index", "counts", "lesions", "effects_summary", "evaluation_summary", "forecast_config", "report_summary", "visit_counts", "sap")
 
 
 @lru_cache(maxsize=None)

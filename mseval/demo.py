@@ -169,7 +169,8 @@ def run_demo(
     `train_steps`, for that wall-clock budget) on a trial simulated with `seed`, evaluates on a
     second trial simulated with `seed + 1`.
 
-    report_settings: a `reports.builder.ReportSettings` (default: full quality, `workers`, `power_sims`, `seed`).
+    report_settings: a `reports.builder.ReportSettings` (default: full quality, `workers`, `power_sims`, `seed`, the default
+    analysis plan `mseval.sap.default`: the report opens with the plan and its adjusted primary table).
     power_sims: simulated trials per arm of the report's simulated power (10 keeps the demo within 10
     minutes on two cores; `mseval report --power-sims 50` on the demo's folders gives the full figure).
     say(message): progress messages; stage(description) -> update(done, total): progress bars.
@@ -269,7 +270,7 @@ def run_demo(
                                      f"{patients_per_arm} patients per arm); evaluated on this trial (cohort, seed {eval_seed}), which it never saw; "
                                      f"last loss {training['last_loss']:.4f}; torch threads {training['threads']}, device {training['device']}"),)
     build_report(cohort, forecasts, report, title=f"mseval demo: six-arm synthetic RRMS trial ({forecaster} forecasts)",
-                 settings=report_settings or ReportSettings(workers=workers, power_sims=power_sims, seed=seed), progress=lambda m: say(f"    {m}"),
+                 settings=report_settings or ReportSettings(workers=workers, power_sims=power_sims, seed=seed, sap="default"), progress=lambda m: say(f"    {m}"),
                  extra_settings=extra)
     times["report_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0

@@ -67,7 +67,12 @@ Tables written to OUT (atomically, all or nothing):
                                 independence of the trial, and (simulated cohorts) the attainable saving
     power_analytic.csv, power_simulated.csv
     counts.parquet              the ensemble counts used (unless given with --counts)
-    effects.json                settings, model information, estimands and headline numbers
+    effects.json                settings, model information, estimands and headline numbers (and `sap`: the plan's
+                                source, SHA-256, title, deviations, when one was run)
+    sap.yaml, sap.json, sap_*.csv   with an analysis plan (`--sap`, `mseval.sap`): the plan as given, what it ran
+                                (plan with defaults, hash, deviations, formulas, estimands), the adjusted primary table
+                                (sap_primary.csv), the sensitivity analyses beside it, every model term, the deviations,
+                                the secondary endpoints (sap_secondary_<name>.csv)
 """
 
 from __future__ import annotations
@@ -83,13 +88,14 @@ from scipy import stats
 
 from mseval import __version__
 from mseval.errors import InputError
-from mseval.io.atomic import atomic_dir, recorded_path, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from mseval.io.atomic import atomic_dir, recorded_path, write_bytes_atomic, write_csv_atomic, write_json_atomic, write_parquet_atomic
 from mseval.heldout import check_heldout, heldout_kind, prognostic_independence
 from mseval.io.cohort import read_cohort
 from mseval.lesions.ensemble import CountSettings, count_store
 from mseval.lesions.observed import analysis_table
 from mseval.nbreg import run_nbreg  # noqa: F401 - `mseval nbreg` lives in mseval/nbreg.py; kept importable from here
 from mseval.projections import projections_frame
+from mseval.sap.schema import Sap
 from mseval.provenance import forecast_provenance
 from mseval.stats.count_model import bootstrap_rate_ratios, fit_count_model, fit_lesion_free
 from mseval.stats import counterfactual as CF
@@ -229,8 +235,11 @@ def run_effects(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    sap: Sap | None = None,
 ) -> dict[str, Any]:
-    """Estimate every effect; write the tables listed in the module docstring to `out`."""
+    """Estimate every effect; write the tables listed in the module docstring to `out`. With an
+    analysis plan `sap` (`mseval.sap.schema.load_sap`), also run it (`mseval.sap.runner.run_sap`) and
+    write its tables (sap_*.csv), the plan as given (sap.yaml) and what it ran (sap.json)."""
     say = progress or (lambda _msg: None)
     out = Path(out)
     if out.exists() and not overwrite:
@@ -266,6 +275,14 @@ def run_effects(
         say("observed NB2 model")
         observed = fit_count_model(table, settings.formula, reference=ref, cov=settings.cov, file=str(cohort.root / "manifest.csv"))
         lesion_free = fit_lesion_free(table, reference=ref)
+        sap_result = None
+        if sap is not None:
+            from mseval.sap.runner import run_sap
+            from mseval.sap.schema import check_against
+
+            say(f"analysis plan: {sap.doc.get('title')}")
+            sap_ref = check_against(sap, table.columns, arms, ref)
+            sap_result = run_sap(sap, table, arms=arms, reference=sap_ref, file=str(cohort.root / "manifest.csv"), seed=settings.seed)
         say("observed NB2 model of the forecaster's training trial (from the store's provenance)")
         training = training_trial_effects(cohort_dir, forecasts_dir, settings.formula, reference=ref, connectivity=settings.connectivity,
                                           min_volume_mm3=settings.min_volume_mm3)
@@ -348,6 +365,10 @@ def run_effects(
             say(f"bootstrap of the observed rate ratios ({settings.bootstrap} patient resamples)")
             boot = bootstrap_rate_ratios(table, settings.formula, reference=ref, n_resamples=settings.bootstrap, seed=settings.seed, workers=workers)
             files["rate_ratios_bootstrap.csv"] = boot.table.assign(failed_fits=boot.failed)
+        if sap_result is not None:
+            files.update(sap_result.tables())
+            write_json_atomic(sap_result.record(), tmp / "sap.json")
+            write_bytes_atomic(sap.text, tmp / "sap.yaml")
         for name, df in files.items():
             write_csv_atomic(df, tmp / name)
         summary = {
@@ -374,6 +395,8 @@ def run_effects(
             "provenance": provenance,
             "prognostic_forecaster": independence,
             "prognostic_saving": _prognostic_headline(prog_table),
+            "sap": None if sap_result is None else {"source": sap.source, "sha256": sap.sha256, "title": sap.doc.get("title"),
+                                                    "deviations": sap_result.deviations, "files": ["sap.yaml", "sap.json", *sap_result.tables()]},
         }
         write_json_atomic(summary, tmp / "effects.json")
     return summary

@@ -39,6 +39,7 @@ from reports import projections as P
 from reports import settings_table as S
 from reports import tables as T
 from reports.context import build_context
+from reports.sap_section import SAP_TABLES, read_sap, sap_context
 from reports.forecast_only import build_forecast_only_report, followup_mode
 from reports.render import render_html, render_md
 from reports.style import arm_colors, arm_labels, figure_bytes
@@ -63,6 +64,8 @@ class ReportSettings:
     figure_dpi: int = 300
     html_dpi: int = 150
     figure_formats: tuple[str, ...] = ("pdf", "png")
+    sap: str | None = None
+    """Analysis plan (a SAP file, or "default") run by the effects this report computes (`mseval effects --sap`)."""
 
 
 @dataclass
@@ -317,6 +320,14 @@ def build_report(
     cohort = read_cohort(cohort_dir)
     store = ForecastStore.open(forecasts_dir)
     check_store_covers_cohort(cohort, store, forecasts_dir)
+    plan = None
+    if settings.sap is not None and effects_dir is None:  # checked before any work; a given effects folder brings its own plan
+        from mseval.lesions.observed import MANIFEST_COVARIATES
+        from mseval.sap.schema import check_against, load_sap
+
+        plan = load_sap(settings.sap)
+        check_against(plan, [c for c in MANIFEST_COVARIATES if c in cohort.manifest.columns] + ["net2", "net2_volume_mm3", "followup_years"],
+                      list(cohort.arms["arm"]), cohort.reference_arm)
     for name, d in (("evaluation", evaluation_dir), ("effects", effects_dir)):
         if d is not None and not Path(d).is_dir():
             raise InputError(d, f"{name} folder not found")
@@ -350,7 +361,7 @@ def build_report(
             fs = EffectsSettings(formula=settings.formula, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3,
                                  power_sims=settings.power_sims, seed=settings.seed)
             run_effects(cohort_dir, forecasts_dir, results / "effects", fs, counts_path=counts_path, workers=settings.workers,
-                        progress=lambda m: say(f"  effects: {m}"))
+                        progress=lambda m: say(f"  effects: {m}"), sap=plan)
             effects_dir = results / "effects"
         ev, ef = Path(evaluation_dir), Path(effects_dir)
 
@@ -365,6 +376,7 @@ def build_report(
         for n in ("heterogeneity", "estimands", "counterfactual_calibrated", "projections"):  # absent from effects folders written before issues 9, 22
             t[n] = _read(ef, f"{n}.csv", required=False)
         t["projections"] = P.read_or_build(t["projections"], t["primary_endpoint"], t["counterfactual_calibrated"])
+        sap = read_sap(ef)
         ev_summary = json.loads((ev / "summary.json").read_text()) if (ev / "summary.json").is_file() else {}
         ef_summary = json.loads((ef / "effects.json").read_text()) if (ef / "effects.json").is_file() else {}
         metrics = t["metrics"]
@@ -495,6 +507,8 @@ def build_report(
                                                 ignore_index=True) if len(est) else T.order_arms(est, arms_df)
         if t["truth_comparison"] is not None:
             out_tables["truth_comparison"] = T.order_arms(t["truth_comparison"], arms_df)
+        if sap is not None:
+            out_tables.update({n: T.order_arms(sap[n], arms_df) if n == "sap_primary" else sap[n] for n in SAP_TABLES if sap[n] is not None})
         for name, df in out_tables.items():
             write_csv_atomic(df, tmp / "tables" / f"{name}.csv")
 
@@ -548,6 +562,7 @@ def build_report(
                                                                          "saving_ci_high_pct", "attainable_saving_pct") if c in out_tables["prognostic"].columns]]),
             "heterogeneity": _records(out_tables["heterogeneity"]) if "heterogeneity" in out_tables else None,
             "forecast_model": ef_summary.get("forecast_model"),
+            "sap": None if sap is None else {k: sap["record"].get(k) for k in ("source", "sha256", "title", "deviations")},
             "training_trial": ef_summary.get("training_trial"),
             "heldout": ef_summary.get("heldout"),
             "estimands": ef_summary.get("estimands"),
@@ -561,6 +576,7 @@ def build_report(
         # ---- HTML and Markdown
         say("writing report.html and report.md")
         ctx = build_context(title, summary, settings_doc, table1, t, out_tables, fig_entries, arms_df, ref, ev_summary, ex, observed)
+        ctx["sap"] = sap_context(sap, arms_df, labels)
         write_bytes_atomic(render_html(ctx).encode("utf-8"), tmp / "report.html")
         write_bytes_atomic(render_md(ctx).encode("utf-8"), tmp / "report.md")
         files = _publish(tmp)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from reports.sap_section import sap_md
+
 def _env():  # noqa: ANN202
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
@@ -41,6 +43,7 @@ def render_md(ctx: dict[str, Any]) -> str:
         e = figs[name]
         return [f"![Figure {e['number']}](figures/{name}.png)", "", f"*Figure {e['number']}.* {e['caption']}", ""]
 
+    out += sap_md(ctx.get("sap"), _md_table)
     out += ["## Primary endpoint: NET2 lesion rate ratios", "", _md_table(ctx["primary"]), "",
             "Randomized: patients allocated to the arm; analysed: those with an observed follow-up NET2 count. Rate per patient-year (crude): "
             "NET2 lesions / patient-years. Model rate per year: from the observed NB2 model ("

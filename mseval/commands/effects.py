@@ -87,6 +87,9 @@ def effects(
     forecaster_variance: Annotated[str, typer.Option(help="auto: the two-level variance (within + between forecasters) when the store holds "
                                                      "K > 1 forecasters, conditional otherwise; two-level: required (refused with one forecaster); "
                                                      "conditional: every sample pooled as one forecaster's.")] = "auto",
+    sap: Annotated[Optional[str], typer.Option("--sap", help="Statistical analysis plan to run (YAML or JSON; schema data_schemas/sap.schema.json), "
+                                               "or 'default' for the built-in MS trial plan (adjusted NB2; docs/statistics.md). Writes sap_*.csv, "
+                                               "sap.yaml and sap.json; recorded with its SHA-256 in effects.json.")] = None,
 ) -> None:
     """Treatment effects: observed, forecast (NB2 on fully synthetic outcomes) and counterfactual rate
     ratios, each with its estimand; heterogeneity test, responders, Qini, prognostic adjustment, power."""
@@ -116,6 +119,7 @@ def effects(
     else:
         check_store_file(forecasts, c)
     _check_forecasters(forecaster_variance, forecasts, counts)
+    plan = _check_sap(sap, c)
     heldout: tuple[str, ...] = ()
     if heldout_patients is not None:
         check_in_file(heldout_patients, "--heldout-patients")
@@ -125,7 +129,7 @@ def effects(
                                forecaster_variance=forecaster_variance)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
-                              progress=lambda m: typer.echo(f"... {m}", err=True))
+                              progress=lambda m: typer.echo(f"... {m}", err=True), sap=plan)
     def num(v: object) -> str:
         return f"{v:.3f}" if isinstance(v, (int, float)) else "NA"
 
@@ -136,9 +140,29 @@ def effects(
     gone = summary.get("not_analysed") or []
     typer.echo(f"patients randomized {summary['patients_randomized']}, analysed {summary['patients']}"
                + (f" ({len(gone)} without an observed follow-up: not_analysed.csv)" if gone else ""))
+
+    if plan is not None:
+        import pandas as pd
+
+        from mseval.sap.text import primary_lines
+
+        typer.echo("\n".join(primary_lines(pd.read_csv(out / "sap_primary.csv"), summary["sap"])))
     fm = summary.get("forecast_model") or {}
     typer.echo(f"forecast-derived CIs: {fm.get('variance', 'conditional on the forecaster')} ({fm.get('forecasters', 1)} forecasters)")
     typer.echo(f"tables in {out}")
+
+
+def _check_sap(sap: Optional[str], cohort: object) -> object:
+    """The analysis plan of --sap read, validated and checked against the cohort before any work (None without)."""
+    if sap is None:
+        return None
+    from mseval.lesions.observed import MANIFEST_COVARIATES
+    from mseval.sap.schema import check_against, load_sap
+
+    plan = load_sap(sap)
+    columns = [col for col in MANIFEST_COVARIATES if col in cohort.manifest.columns] + list(OBSERVED_COLUMNS)  # type: ignore[attr-defined]
+    check_against(plan, columns, list(cohort.arms["arm"]), cohort.reference_arm)  # type: ignore[attr-defined]
+    return plan
 
 
 def _check_forecasters(mode: str, forecasts: Optional[Path], counts: Optional[Path]) -> None:

@@ -25,6 +25,9 @@ def report(
     workers: int = typer.Option(1, help="Processes for counting lesions."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists (only once the new report is complete)."),
     wait: bool = typer.Option(False, "--wait", help="If another mseval run is writing OUT, wait for it instead of stopping."),
+    sap: Optional[str] = typer.Option(None, "--sap", help="Analysis plan (SAP file or 'default') for the effects computed here; the report "
+                                      "then opens with the plan, its deviations and the adjusted primary table. An --effects folder run "
+                                      "with --sap brings its own plan."),
 ) -> None:
     """Write a self-contained trial report: settings, Table 1, rate ratios (observed, forecast,
     counterfactual), lesion-free proportions, activity, calibration, detection, responders,
@@ -57,7 +60,7 @@ def report(
     check_store_covers_cohort(c, ForecastStore.open(forecasts), forecasts)
     mode = followup_mode(c, evaluation, effects)  # a cohort with follow-up for some patients only, refused before any counting work
     settings = ReportSettings(connectivity=connectivity, min_volume_mm3=min_volume_mm3, detection_preset=detection_preset, formula=formula,
-                              power_sims=run["power_sims"], seed=run["seed"], n_boot=run["n_boot"], workers=workers)
+                              power_sims=run["power_sims"], seed=run["seed"], n_boot=run["n_boot"], workers=workers, sap=sap)
     for line in sources if mode == "trial" else ():  # a forecast-only report draws nothing at random
         typer.echo(f"... {line}", err=True)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):

@@ -11,6 +11,10 @@ from mseval.lesions.components import count_lesions
 from mseval.units import WEEKS_PER_YEAR
 
 
+MANIFEST_COVARIATES = ("patient_id", "arm", "site", "followup_weeks", "age", "sex", "edss", "t2_volume_mm3", "gd_count")
+"""The manifest columns an analysis table carries (with net2, net2_volume_mm3 and followup_years)."""
+
+
 def analysis_table(cohort: Cohort, *, connectivity: int = 26, min_volume_mm3: float = 3.0, require_observed: bool = True) -> pd.DataFrame:
     """One row per patient: manifest covariates, `followup_years`, and `net2` = the number of
     lesions in the patient's observed NET2 mask (same connectivity and size filter as the
@@ -29,7 +33,7 @@ def analysis_table(cohort: Cohort, *, connectivity: int = 26, min_volume_mm3: fl
         res = count_lesions(vol.data, vol.affine, connectivity=connectivity, min_volume_mm3=min_volume_mm3)
         rows.append({"patient_id": pid, "net2": res.count, "net2_volume_mm3": res.volume_mm3})
     obs = pd.DataFrame(rows)
-    keep = ["patient_id", "arm", "site", "followup_weeks", "age", "sex", "edss", "t2_volume_mm3", "gd_count"]
+    keep = list(MANIFEST_COVARIATES)
     out = m[keep].merge(obs, on="patient_id", how="left")
     out["followup_years"] = out["followup_weeks"] / WEEKS_PER_YEAR
     return out

@@ -1,0 +1,60 @@
+"""The default analysis plan: what an RRMS MRI trial's SAP specifies for the NET2 endpoint
+(OPERA / ASCLEPIOS style): negative binomial regression of the new/enlarging T2 lesion count on
+treatment + site + baseline Gd+ lesions (0 vs >= 1) + baseline T2 lesion volume (log) + EDSS stratum
+(< 4 vs >= 4), offset log(follow-up years); Holm over the arms against the reference; the unadjusted
+`net2 ~ arm` fit and the patient-level sandwich SEs as sensitivity analyses; the lesion-free
+proportion, adjusted the same way, as a secondary endpoint. `mseval effects --sap default` runs it;
+`default_sap_text()` is the file to start one's own plan from."""
+
+from __future__ import annotations
+
+from mseval.sap.schema import Sap, parse_sap
+
+DEFAULT_SAP_YAML = """\
+# mseval statistical analysis plan (schema: data_schemas/sap.schema.json)
+sap_version: 1
+title: Default MRI analysis plan (NET2 lesions, adjusted negative binomial regression)
+description: >-
+  Primary: new or enlarging T2 lesions from baseline to the follow-up scan, negative binomial (NB2)
+  regression on treatment, site, baseline Gd+ lesions (0 vs >= 1), baseline T2 lesion volume (log) and
+  EDSS stratum (< 4 vs >= 4), offset log(follow-up years); each arm against the reference, Holm.
+primary:
+  endpoint: net2_count
+  covariates:
+    - {column: site, transform: factor, label: site}
+    - {column: gd_count, transform: any_vs_none, label: "baseline Gd+ lesions (0 vs >= 1)"}
+    - {column: t2_volume_mm3, transform: log1p, label: "baseline T2 lesion volume (log(1 + mm^3))"}
+    - {column: edss, transform: at_least, cut: 4.0, label: "EDSS stratum (< 4 vs >= 4)"}
+  offset: log_followup_years
+  cov: expected
+multiplicity:
+  procedure: holm
+  alpha: 0.05
+small_sample_test:
+  test: wald
+  below_n_per_arm: 30
+missing_data:
+  strategy: complete_case
+  intercurrent_events: treatment_policy
+sensitivity:
+  - name: unadjusted
+    description: the same model without covariates (net2 ~ arm)
+    covariates: []
+  - name: robust_se
+    description: the primary model with patient-level sandwich standard errors
+    cov: robust
+secondary:
+  - name: lesion_free
+    endpoint: lesion_free
+    covariates: primary
+"""
+
+
+def default_sap_text() -> str:
+    """The default plan as YAML text (a file to copy and edit)."""
+    return DEFAULT_SAP_YAML
+
+
+def default_sap() -> Sap:
+    """The default plan, parsed and checked (source "built-in default")."""
+    return parse_sap(DEFAULT_SAP_YAML.encode("utf-8"), "built-in default SAP")

@@ -1,0 +1,70 @@
+"""An analysis plan and its primary table in words, for the terminal and the report (no computation)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from mseval.sap.covariates import describe
+
+_PROCEDURES = {"holm": "Holm step-down", "dunnett": "Dunnett (shared reference)", "fixed_sequence": "fixed-sequence hierarchy",
+               "none": "none (each comparison at the nominal level)"}
+
+
+def _covs(covs: Any) -> str:
+    if covs == "primary":
+        return "the primary analysis' covariates"
+    return ", ".join(describe(c) for c in covs) if covs else "none (arm only)"
+
+
+def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[str]:
+    """The plan (`Sap.resolved` or sap.json's `plan`) as readable lines: one per field a reader checks."""
+    p, m = plan["primary"], plan["multiplicity"]
+    ss, md = plan.get("small_sample_test", {}), plan.get("missing_data", {})
+    offset = "log(follow-up years)" if p.get("offset", "log_followup_years") == "log_followup_years" else "none"
+    lines = [
+        f"Primary endpoint: new/enlarging T2 lesion count at the follow-up scan ({p['endpoint']}), negative binomial (NB2) regression",
+        f"Covariates: {_covs(p.get('covariates', []))}",
+        f"Offset: {offset}; standard errors: {p.get('cov', 'expected')} information" if p.get("cov", "expected") != "robust"
+        else f"Offset: {offset}; standard errors: patient-level sandwich",
+        f"Reference arm: {plan.get('reference_arm') or reference or 'the arms table reference'}",
+        f"Multiplicity: {_PROCEDURES[m['procedure']]}" + (f", order {' > '.join(m['order'])}" if m.get("order") else "")
+        + f", family-wise alpha {m.get('alpha', 0.05):g} (two-sided)",
+        f"Primary test: Wald z; below {ss.get('below_n_per_arm', 30)} analysed patients in an arm: {ss.get('test', 'wald')}",
+        f"Missing data: {md.get('strategy', 'complete_case').replace('_', ' ')}; intercurrent events: {md.get('intercurrent_events', 'treatment_policy').replace('_', ' ')}",
+    ]
+    for s in plan.get("sensitivity", []):
+        changes = [f"covariates {_covs(s['covariates'])}" if "covariates" in s else "", f"offset {s['offset']}" if "offset" in s else "",
+                   f"SEs {s['cov']}" if "cov" in s else ""]
+        lines.append(f"Sensitivity '{s['name']}': " + (s.get("description") or "; ".join(filter(None, changes))))
+    for s in plan.get("secondary", []):
+        lines.append(f"Secondary '{s['name']}': {s['endpoint'].replace('_', '-')} endpoint, covariates {_covs(s.get('covariates', 'primary'))}")
+    return lines
+
+
+def _num(v: Any, fmt: str = ".3f") -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "-"
+    return format(x, fmt) if math.isfinite(x) else "-"
+
+
+def primary_lines(table: pd.DataFrame, sap: dict[str, Any] | None = None) -> list[str]:
+    """The adjusted primary table (sap_primary.csv) as terminal lines, deviations last."""
+    lines = [f"SAP primary analysis ({(sap or {}).get('title', '')}):"]
+    for r in table.to_dict("records"):
+        head = (f"  {r['arm']:14s} n {r['n_analysed']}/{r['n_randomized']}  rate/yr {_num(r['adjusted_rate'])} "
+                f"({_num(r['rate_ci_low'])}-{_num(r['rate_ci_high'])})")
+        if bool(r["reference"]):
+            lines.append(head + "  (reference)")
+        elif not bool(r["estimable"]):
+            lines.append(head + f"  not estimable: {r['note']}")
+        else:
+            lines.append(head + f"  RR {_num(r['rate_ratio'])} ({_num(r['rr_ci_low'])}-{_num(r['rr_ci_high'])})  RD {_num(r['rate_difference'], '+.3f')}"
+                         f" ({_num(r['rd_ci_low'], '+.3f')} to {_num(r['rd_ci_high'], '+.3f')})  p adj ({r['multiplicity']}) "
+                         + (_num(r["p_adjusted"], ".3g") if r["tested"] else "not tested"))
+    lines += [f"  deviation: {d}" for d in (sap or {}).get("deviations", [])]
+    return lines

@@ -1,0 +1,225 @@
+"""The analysis plan: schema and loader, covariate transforms, the adjusted primary table (marginal
+standardisation, delta method), multiplicity (Holm, Dunnett, fixed sequence), the adjusted lesion-free
+endpoint, and the adjusted NB2's parity with R's MASS::glm.nb."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from mseval.errors import InputError
+from mseval.sap.covariates import derive, full_rank_terms
+from mseval.sap.default import default_sap, default_sap_text
+from mseval.sap.runner import run_sap
+from mseval.sap.schema import check_against, load_sap, parse_sap
+from mseval.sap.text import plan_lines
+from mseval.simulate.counts_only import simulate_count_trial
+from mseval.simulate.model import TrialConfig
+from mseval.stats.count_model import fit_count_model
+from mseval.stats.lesion_free_adjusted import fit_lesion_free_adjusted
+from mseval.stats.multiplicity import adjust, dunnett_pvalues
+from mseval.stats.standardised import standardised_rates
+
+sys.path.insert(0, str(Path(__file__).parent))
+import r_parity  # noqa: E402
+
+ARMS = ["placebo", "laquinimod", "ifnb1a_im", "ifnb1a_sc", "dmf", "ocrelizumab"]
+
+
+@pytest.fixture(scope="module")
+def trial() -> pd.DataFrame:
+    return simulate_count_trial(TrialConfig(patients_per_arm=20, seed=3), samples=1).table
+
+
+# -- multiplicity -------------------------------------------------------------------------------------
+def test_dunnett_equals_scipy_dunnett_and_hand_computable_cases() -> None:
+    """With the pooled-variance t statistics of 3 groups vs a control and their correlation (0.5, equal
+    groups), our multivariate-t Dunnett p equals scipy.stats.dunnett (both quasi-Monte Carlo, error ~1e-5);
+    independent statistics give the Sidak p 1 - (1 - p)^m; one comparison gives the unadjusted p."""
+    rng = np.random.default_rng(1)
+    ctrl = rng.normal(0, 1, 10)
+    groups = [rng.normal(m, 1, 10) for m in (0.8, 0.3, 1.0)]
+    ref = stats.dunnett(*groups, control=ctrl, rng=0).pvalue
+    s2 = sum(((x - x.mean()) ** 2).sum() for x in [ctrl, *groups]) / (40 - 4)
+    t = [(x.mean() - ctrl.mean()) / np.sqrt(s2 * 0.2) for x in groups]
+    R = np.full((3, 3), 0.5) + 0.5 * np.eye(3)
+    assert np.allclose(dunnett_pvalues(t, R, df=36), ref, atol=5e-4)
+    p1 = 2 * stats.norm.sf(2.0)
+    assert np.allclose(dunnett_pvalues([2.0, 1.0], np.eye(2)), [1 - (1 - p1) ** 2, 1 - (1 - 2 * stats.norm.sf(1.0)) ** 2], atol=1e-5)
+    assert dunnett_pvalues([2.0], np.eye(1))[0] == pytest.approx(p1, rel=1e-12)
+    # positive correlation: Dunnett lies between the unadjusted p and Bonferroni (= Holm's first step)
+    d = dunnett_pvalues([2.5, 0.3, -0.2], R)[0]
+    p = 2 * stats.norm.sf(2.5)
+    assert p < d < 3 * p
+
+
+def test_holm_and_fixed_sequence() -> None:
+    arms = ["a", "b", "c"]
+    h = adjust(arms, [0.01, 0.04, 0.03], "holm").table
+    assert np.allclose(h["p_adjusted"], [0.03, 0.06, 0.06]) and list(h["rejected"]) == [True, False, False]
+    # a non-estimable comparison keeps its place in the family (p = 1 there), gets no adjusted p
+    h2 = adjust(arms, [0.01, np.nan, 0.03], "holm", estimable=[True, False, True]).table
+    assert np.allclose(h2["p_adjusted"][[0, 2]], [0.03, 0.06]) and np.isnan(h2["p_adjusted"][1])
+    fs = adjust(arms, [0.01, 0.20, 0.001], "fixed_sequence", order=["c", "a", "b"]).table
+    assert list(fs["arm"]) == ["c", "a", "b"] and list(fs["rejected"]) == [True, True, False] and fs["tested"].all()
+    assert np.allclose(fs["p_adjusted"], [0.001, 0.01, 0.20])
+    stop = adjust(arms, [0.01, 0.20, 0.001], "fixed_sequence", order=["b", "a", "c"]).table.set_index("arm")
+    assert not stop.loc["b", "rejected"] and not stop.loc["a", "tested"] and not stop.loc["c", "tested"]
+    assert np.isnan(stop.loc["c", "p_adjusted"]) and "not tested: the hierarchy stopped at 'b'" in stop.loc["c", "note"]
+    assert not stop.loc["c", "rejected"]  # p = 0.001 but never tested
+
+
+# -- plan file ----------------------------------------------------------------------------------------
+def test_default_plan_reads_as_an_ms_trial_and_json_loads_the_same(tmp_path: Path) -> None:
+    sap = default_sap()
+    covs = [(c["column"], c["transform"]) for c in sap.primary["covariates"]]
+    assert covs == [("site", "factor"), ("gd_count", "any_vs_none"), ("t2_volume_mm3", "log1p"), ("edss", "at_least")]
+    assert sap.primary["offset"] == "log_followup_years" and [s["name"] for s in sap.resolved["sensitivity"]] == ["unadjusted", "robust_se"]
+    assert sap.resolved["sensitivity"][0]["covariates"] == []
+    text = "\n".join(plan_lines(sap.resolved, reference="placebo"))
+    assert "baseline Gd+ lesions (0 vs >= 1)" in text and "Holm" in text and "log(follow-up years)" in text
+    (tmp_path / "sap.json").write_text(json.dumps(sap.doc))
+    as_json = load_sap(tmp_path / "sap.json")
+    assert as_json.resolved == sap.resolved and as_json.sha256 != sap.sha256  # same plan, other bytes
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    (default_sap_text().replace("procedure: holm", "procedure: fixed_sequence"), "multiplicity.order"),
+    (default_sap_text().replace("transform: log1p", "transform: sqrt"), "primary.covariates[2].transform"),
+    (default_sap_text().replace("  cov: expected\n", "  cov: expected\n  weights: w\n"), "primary.weights"),
+    ("just words", None),
+])
+def test_plan_errors_name_the_field(text: str, field: str | None) -> None:
+    with pytest.raises(InputError) as err:
+        parse_sap(text.encode(), "plan.yaml")
+    assert err.value.file == "plan.yaml" and err.value.field == field and "\n" not in str(err.value)
+
+
+# -- covariates ---------------------------------------------------------------------------------------
+def test_named_transforms_and_deviations(trial: pd.DataFrame) -> None:
+    d = trial.head(12).copy()
+    covs = [{"column": "gd_count", "transform": "any_vs_none"}, {"column": "edss", "transform": "at_least", "cut": 4.0},
+            {"column": "t2_volume_mm3", "transform": "log1p"}, {"column": "sex", "transform": "factor"}]
+    out = derive(d, covs)
+    assert np.array_equal(out.data["cov_gd_count_any"], (d["gd_count"] >= 1).astype(float))
+    assert np.array_equal(out.data["cov_edss_ge4"], (d["edss"] >= 4).astype(float))
+    assert np.allclose(out.data["cov_t2_volume_mm3_log1p"], np.log1p(d["t2_volume_mm3"]))
+    assert out.terms[-1] == "C(cov_sex)"
+    const = derive(d.assign(gd_count=0), covs)
+    assert "cov_gd_count_any" not in const.terms and any("0 vs >= 1" in x and "constant" in x for x in const.deviations)
+    dup = derive(d.assign(gd2=d["gd_count"]), [covs[0], {"column": "gd2", "transform": "any_vs_none"}])
+    kept = full_rank_terms(dup.data, "net2", ["arm"], dup)
+    assert kept.terms == ["cov_gd_count_any"] and "collinear" in kept.deviations[-1]
+    with pytest.raises(InputError) as err:
+        derive(d.assign(t2_volume_mm3=[5.0] * 5 + [0.0] * 7), [{"column": "t2_volume_mm3", "transform": "log"}], file="manifest.csv")
+    assert err.value.row == 6 and err.value.field == "t2_volume_mm3"
+
+
+# -- absolute effects ---------------------------------------------------------------------------------
+def test_standardised_rates_hand_checks(trial: pd.DataFrame) -> None:
+    """Arm-only model with equal follow-up: the adjusted rate is the crude rate and the reference's log-scale
+    CI is exp(b0 -/+ z se0). With covariates: the rates' ratio is exp(b_arm) (no interactions) and the
+    delta-method SE of the rate difference matches a finite-difference gradient."""
+    d = trial.assign(followup_years=1.0)
+    fit = fit_count_model(d, "net2 ~ arm", reference="placebo", adjusted_means=False)
+    arms = list(fit.arm_categories)
+    sub = d.assign(arm=pd.Categorical(d["arm"], categories=arms))
+    s = standardised_rates(fit.design_info, fit.coef, fit.vcov.to_numpy(), sub, "arm", arms).set_index("arm")
+    crude = d.groupby("arm")["net2"].mean()
+    assert np.allclose(s["rate"], crude.loc[arms], rtol=1e-7)
+    b0, se0 = fit.coef[0], np.sqrt(fit.vcov.iloc[0, 0])
+    assert s.loc["placebo", "rate_ci_low"] == pytest.approx(np.exp(b0 - 1.959963984540054 * se0), rel=1e-9)
+    f = "net2 ~ arm + gd_count + np.log1p(t2_volume_mm3)"
+    fit = fit_count_model(trial, f, reference="placebo", adjusted_means=False)
+    sub = trial.assign(arm=pd.Categorical(trial["arm"], categories=arms))
+    s = standardised_rates(fit.design_info, fit.coef, fit.vcov.to_numpy(), sub, "arm", arms).set_index("arm")
+    rr = fit.table.set_index("term")["rate_ratio"]
+    assert np.allclose(s.loc[arms[1:], "rate"] / s.loc["placebo", "rate"], rr.loc[arms[1:]], rtol=1e-10)
+
+    def diff(beta: np.ndarray) -> float:
+        t = standardised_rates(fit.design_info, beta, fit.vcov.to_numpy(), sub, "arm", arms).set_index("arm")
+        return float(t.loc["dmf", "rate_difference"])
+
+    h = 1e-6
+    g = np.array([(diff(fit.coef + h * e) - diff(fit.coef - h * e)) / (2 * h) for e in np.eye(len(fit.coef))])
+    assert s.loc["dmf", "rate_difference_se"] == pytest.approx(float(np.sqrt(g @ fit.vcov.to_numpy() @ g)), rel=1e-5)
+
+
+def test_lesion_free_adjusted_reduces_to_crude_without_covariates_and_flags_separation(trial: pd.DataFrame) -> None:
+    t = fit_lesion_free_adjusted(trial, (), reference="placebo").set_index("arm")
+    free = (trial["net2"] == 0).groupby(trial["arm"]).agg(["sum", "count"])
+    p = free["sum"] / free["count"]
+    odds = p / (1 - p)
+    assert np.allclose(t["lesion_free_adjusted"], p.loc[t.index], rtol=1e-6)
+    assert t.loc["dmf", "odds_ratio"] == pytest.approx(odds["dmf"] / odds["placebo"], rel=1e-6)
+    assert t.loc["dmf", "risk_difference"] == pytest.approx(p["dmf"] - p["placebo"], rel=1e-6)
+    sep = trial.copy()
+    sep.loc[sep["arm"] == "ocrelizumab", "net2"] = 0
+    s = fit_lesion_free_adjusted(sep, ("gd_count",), reference="placebo").set_index("arm")
+    assert not s.loc["ocrelizumab", "estimable"] and "separation" in s.loc["ocrelizumab", "note"] and np.isnan(s.loc["ocrelizumab", "odds_ratio"])
+
+
+# -- the runner ---------------------------------------------------------------------------------------
+def test_runner_dunnett_fixed_sequence_and_lesion_free(trial: pd.DataFrame) -> None:
+    text = default_sap_text().replace("procedure: holm", "procedure: dunnett")
+    r = run_sap(parse_sap(text.encode(), "d.yaml"), trial, arms=ARMS, reference="placebo")
+    prim = r.primary.table
+    assert list(prim["arm"]) == ARMS and (prim["multiplicity"] == "dunnett").all()
+    c = prim[~prim["reference"]]
+    # single-step Dunnett with positively correlated statistics: between the unadjusted p and Bonferroni
+    bonferroni = np.minimum(1.0, len(c) * c["p_value"].to_numpy())
+    assert (c["p_adjusted"].to_numpy() <= bonferroni * (1 + 1e-4) + 1e-6).all() and (c["p_adjusted"] >= c["p_value"]).all()
+    assert (c["p_adjusted"].to_numpy() < bonferroni).any()
+    order = ["ocrelizumab", "laquinimod", "dmf", "ifnb1a_sc", "ifnb1a_im"]
+    fs_text = default_sap_text().replace("procedure: holm", "procedure: fixed_sequence\n  order: [" + ", ".join(order) + "]")
+    sap = parse_sap(fs_text.encode(), "f.yaml")
+    assert check_against(sap, trial.columns, ARMS, "placebo") == "placebo"
+    fs = run_sap(sap, trial, arms=ARMS, reference="placebo").primary.table.set_index("arm")
+    first_fail = next(a for a in order if fs.loc[a, "p_value"] > 0.05)
+    after = order[order.index(first_fail) + 1:]
+    assert all(not fs.loc[a, "tested"] and "not tested" in fs.loc[a, "note"] for a in after) and after
+    lf = r.secondary[0].table
+    assert r.secondary[0].info["hazard_ratio"].startswith("not estimated") and {"odds_ratio", "risk_difference", "n_randomized"} <= set(lf.columns)
+
+
+def test_missing_outcomes_are_randomized_not_analysed(trial: pd.DataFrame) -> None:
+    d = trial.astype({"net2": "float"})
+    d.loc[[0, 1, 2], "net2"] = np.nan
+    r = run_sap(default_sap(), d, arms=ARMS, reference="placebo").primary.table.set_index("arm")
+    assert r["n_randomized"].sum() == len(d) and r["n_analysed"].sum() == len(d) - 3
+
+
+# -- R parity -----------------------------------------------------------------------------------------
+@pytest.mark.skipif(not r_parity.r_available(), reason="R (Rscript with MASS) is not installed here; CI installs r-base-core r-cran-mass")
+def test_adjusted_nb2_matches_r_glm_nb(tmp_path: Path) -> None:
+    """The default plan's adjusted NB2 (arm + factor(site) + Gd+ 0 vs >= 1 + log(1 + T2 volume) + EDSS >= 4,
+    offset log(years)) on three simulated trials (8 and 20 per arm): coefficients and SEs equal
+    MASS::glm.nb(epsilon = 1e-12) to 1e-6 relative (terms compared in model order)."""
+    jobs, fits = [], {}
+    for seed, n in ((3, 20), (4, 20), (5, 8)):
+        d = simulate_count_trial(TrialConfig(patients_per_arm=n, seed=seed), samples=1).table
+        r = run_sap(default_sap(), d, arms=ARMS, reference="placebo")
+        data = derive(d, default_sap().primary["covariates"]).data
+        path = tmp_path / f"t{seed}.csv"
+        data.to_csv(path, index=False)
+        f = r.primary.info["formula"].replace("C(cov_site)", "factor(cov_site)") + " + offset(log(followup_years))"
+        jobs.append((f"t{seed}", path, f, "arm", "placebo"))
+        fits[f"t{seed}"] = r.primary
+    R = r_parity.run_r(jobs, tmp_path)
+    worst = 0.0
+    for jid, res in fits.items():
+        model = "poisson" if res.info["boundary"] else "glm.nb"
+        rr = R[(R["id"] == jid) & (R["model"] == model) & (R["term"] != "(Intercept)")]
+        ours = res.terms
+        assert len(rr) == len(ours) and (rr["status"] == "ok").all(), jid
+        rel = np.r_[np.abs(ours["coef"].to_numpy() - rr["coef"].to_numpy()) / np.maximum(np.abs(rr["coef"].to_numpy()), 1e-3),
+                    np.abs(ours["se"].to_numpy() / rr["se"].to_numpy() - 1)]
+        worst = max(worst, float(rel.max()))
+        assert rel.max() < 1e-6, (jid, rel.max())
+    print(f"worst relative difference from R: {worst:.2g}")

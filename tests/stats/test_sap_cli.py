@@ -1,0 +1,110 @@
+"""`mseval effects --sap`: the plan runs, its tables and provenance are written, the same plan on the
+same data gives byte-identical outputs, and a bad plan is one line naming the file and field, exit 2,
+nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+
+import data_schemas
+from mseval.sap.default import default_sap_text
+from mseval.simulate.arms import DEFAULT_ARMS
+from mseval.simulate.model import TrialConfig
+from mseval.simulate.trial import simulate_trial
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small simulated cohort (6 patients per arm, 20^3 voxels) and oracle-like counts drawn from its truth."""
+    root = tmp_path_factory.mktemp("sap")
+    arms = (DEFAULT_ARMS[0], DEFAULT_ARMS[3], DEFAULT_ARMS[4], DEFAULT_ARMS[5])  # placebo + three arms: a family for the multiplicity
+    simulate_trial(root / "cohort", TrialConfig(patients_per_arm=6, shape=(20, 20, 20), seed=5, followup_weeks=48, arms=arms))
+    truth = pd.read_csv(root / "cohort" / "truth.csv")
+    rng = np.random.default_rng(1)
+    S = 2
+    counts = pd.DataFrame({"patient_id": np.repeat(truth["patient_id"].to_numpy(), S), "arm": np.repeat(truth["arm"].to_numpy(), S),
+                           "sample": np.tile(np.arange(S, dtype=np.int64), len(truth)),
+                           "count": rng.poisson(np.repeat(truth["expected_count"].to_numpy(), S)).astype(np.int64)})
+    counts["volume_mm3"] = counts["count"] * 100.0
+    counts.to_parquet(root / "counts.parquet")
+    return root / "cohort", root / "counts.parquet"
+
+
+def _run(cli, cohort: Path, counts: Path, out: Path, sap: object, *extra: object):  # noqa: ANN001, ANN202
+    return cli("effects", cohort, "--counts", counts, "--out", out, "--power-sims", "0", "--sap", sap, *extra)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
+    cohort, counts = trial
+    sap = tmp_path / "sap.yaml"
+    sap.write_text(default_sap_text())
+    out = tmp_path / "eff"
+    res = _run(cli, cohort, counts, out, sap)
+    assert res.code == 0, res.err
+    prim = pd.read_csv(out / "sap_primary.csv")
+    arms = pd.read_csv(cohort / "arms.csv")
+    assert list(prim["arm"]) == list(arms["arm"][arms["reference"]]) + [a for a, r in zip(arms["arm"], arms["reference"]) if not r]
+    assert (prim["n_randomized"] == 6).all() and (prim["n_analysed"] == 6).all()
+    for col in ("adjusted_rate", "rate_ci_low", "rate_ci_high", "rate_ratio", "rr_ci_low", "rr_ci_high", "rate_difference", "rd_ci_low", "rd_ci_high",
+                "p_value", "p_adjusted", "events", "exposure_years", "estimand", "estimable", "note"):
+        assert col in prim.columns, col
+    ok = prim[~prim["reference"] & prim["estimable"]]
+    assert len(ok) >= 2 and (ok["rr_ci_low"] < ok["rate_ratio"]).all() and (ok["rate_ratio"] < ok["rr_ci_high"]).all()
+    assert (ok["p_adjusted"] >= ok["p_value"]).all() and (prim["multiplicity"] == "holm").all()
+    sens = pd.read_csv(out / "sap_sensitivity.csv")
+    assert set(sens["analysis"]) == {"primary", "unadjusted", "robust_se"}
+    assert (out / "sap_secondary_lesion_free.csv").is_file() and (out / "sap_model_terms.csv").is_file()
+    record = json.loads((out / "sap.json").read_text())
+    summary = json.loads((out / "effects.json").read_text())
+    jsonschema.validate(summary, data_schemas.load("effects_summary"))
+    jsonschema.validate(record["plan"], data_schemas.load("sap"))
+    digest = hashlib.sha256(sap.read_bytes()).hexdigest()
+    assert summary["sap"]["sha256"] == record["sha256"] == digest and (out / "sap.yaml").read_bytes() == sap.read_bytes()
+    assert "SAP primary analysis" in res.out
+    # same plan, same data: byte-identical outputs (run again into the same folder)
+    first = _digest(out)
+    again = _run(cli, cohort, counts, out, sap, "--overwrite")
+    assert again.code == 0, again.err
+    assert _digest(out) == first
+    # the report's section: the plan in words, the deviations, the adjusted primary table with the reference first
+    from reports.render import _md_table
+    from reports.sap_section import read_sap, sap_context, sap_md
+    from reports.style import arm_labels
+
+    ctx = sap_context(read_sap(out), arms, arm_labels(arms))
+    md = "\n".join(sap_md(ctx, _md_table))
+    assert md.startswith("## Statistical analysis plan: Default MRI analysis plan") and "- Covariates: site, baseline Gd+ lesions (0 vs >= 1)" in md
+    assert "**Deviations from the plan:**" in md and "p, adjusted (holm)" in md and "### Sensitivity analyses" in md
+    assert ctx["primary"]["rows"][0][0] == arm_labels(arms)["placebo"] and ctx["primary"]["rows"][0][4] == "reference"
+    assert "Odds ratio of being lesion-free" in md and "Hazard ratio: not estimated" in md
+
+
+@pytest.mark.parametrize(("edit", "field", "words"), [
+    (lambda t: t.replace("column: gd_count", "column: gd_lesions"), "primary.covariates[1].column", "is not a column of the data"),
+    (lambda t: t.replace("procedure: holm", "procedure: bonferroni"), "multiplicity.procedure", "'bonferroni' is not one of"),
+    (lambda t: t.replace("  alpha: 0.05\n", "  alpha: 0.05\n  gatekeeping: true\n"), "multiplicity.gatekeeping", "unknown field"),
+    (lambda t: t.replace("sap_version: 1\n", "sap_version: 1\nreference_arm: aspirin\n"), "reference_arm", "is not in the arms table"),
+    (lambda t: t.replace("procedure: holm", "procedure: fixed_sequence\n  order: [dmf, aspirin, ocrelizumab]"), "multiplicity.order",
+     "'aspirin' is not in the arms table"),
+    (lambda t: t.replace("test: wald", "test: lrt"), "small_sample_test.test", "not available in this build"),
+])
+def test_bad_plan_is_one_line_exit_2_nothing_written(trial: tuple[Path, Path], tmp_path: Path, cli, edit, field: str, words: str) -> None:  # noqa: ANN001
+    cohort, counts = trial
+    sap = tmp_path / "bad_sap.yaml"
+    sap.write_text(edit(default_sap_text()))
+    res = _run(cli, cohort, counts, tmp_path / "eff", sap)
+    err = res.err.strip()
+    assert res.code == 2 and "\n" not in err and "Traceback" not in err, res.err
+    assert str(sap) in err and f"field '{field}'" in err and words in err, err
+    assert not (tmp_path / "eff").exists()
