@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -53,6 +55,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=12)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--cache", default="", help="pickle of the loaded arrays (made when absent)")
+    ap.add_argument("--variants", default="model,no_images")
     a = ap.parse_args()
     torch.set_num_threads(2)
     tr, dv = read_cohort(a.train), read_cohort(a.dev)
@@ -61,13 +65,19 @@ def main() -> None:
     arm_of = tr.manifest.set_index("patient_id")["arm"]
     fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)
     t0 = time.time()
-    train_p, val_p = load_arrays(tr, fit_ids, arms), load_arrays(tr, val_ids, arms)
-    dev_p = load_arrays(dv, dv.patient_ids, arms)
+    cache = Path(a.out).with_suffix(".arrays.pkl") if not a.cache else Path(a.cache)
+    if cache.is_file():
+        train_p, val_p, dev_p = pickle.loads(cache.read_bytes())
+    else:
+        train_p, val_p = load_arrays(tr, fit_ids, arms), load_arrays(tr, val_ids, arms)
+        dev_p = load_arrays(dv, dv.patient_ids, arms)
+        cache.write_bytes(pickle.dumps((train_p, val_p, dev_p)))
     print(f"loaded {len(train_p)}+{len(val_p)} train, {len(dev_p)} dev in {time.time() - t0:.0f}s", flush=True)
     C = len(IMAGE_CHANNELS) + len(MASK_CHANNELS)
     res: dict = {"n_train": len(train_p), "n_val": len(val_p), "n_dev": len(dev_p)}
     nets = {}
-    for name, zero in (("model", ()), ("no_images", tuple(range(len(IMAGE_CHANNELS))))):
+    variants = {"model": (), "no_images": tuple(range(len(IMAGE_CHANNELS)))}
+    for name, zero in ((k, variants[k]) for k in a.variants.split(",")):
         net = ImageCountNet(C, len(arms), hidden=a.hidden)
         t0 = time.time()
         fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero,
@@ -99,8 +109,9 @@ def main() -> None:
             if k in sc:
                 d = sc[k] - sc["nb2_baseline"]
                 row[f"{k}_minus_nb2"] = float(d.mean()); row[f"{k}_minus_nb2_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
-        d = sc["model"] - sc["no_images"]
-        row["model_minus_no_images"] = float(d.mean()); row["model_minus_no_images_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
+        if "model" in sc and "no_images" in sc:
+            d = sc["model"] - sc["no_images"]
+            row["model_minus_no_images"] = float(d.mean()); row["model_minus_no_images_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
         rows.append(row)
         print(row, flush=True)
     res["count"] = rows
