@@ -73,7 +73,7 @@ def test_predictive_law_matches_simulated_counts_in_every_window():
     from mseval.simulate.counts_only import simulate_count_trial
 
     tr = simulate_count_trial(TrialConfig(patients_per_arm=150, seed=71), samples=1)
-    feats = tr.visits.merge(tr.table.drop(columns=["net2"]), on="patient_id")
+    feats = tr.visits.drop(columns="gd_count").merge(tr.table.drop(columns=["net2"]), on="patient_id")  # baseline Gd+, not the visit's
     pits = []
     for _, g in feats.groupby("visit_index"):
         pmf = observable_pmf(g, PARAMS)
