@@ -282,7 +282,7 @@ def run_effects(
 
             say(f"analysis plan: {sap.doc.get('title')}")
             sap_ref = check_against(sap, table.columns, arms, ref)
-            sap_result = run_sap(sap, table, arms=arms, reference=sap_ref, file=str(cohort.root / "manifest.csv"), seed=settings.seed)
+            sap_result = run_sap(sap, table, arms=arms, reference=sap_ref, file=str(cohort.root / "manifest.csv"))
         say("observed NB2 model of the forecaster's training trial (from the store's provenance)")
         training = training_trial_effects(cohort_dir, forecasts_dir, settings.formula, reference=ref, connectivity=settings.connectivity,
                                           min_volume_mm3=settings.min_volume_mm3)

@@ -22,14 +22,15 @@ from typing import Any
 
 from mseval.errors import InputError
 
-SMALL_SAMPLE_TESTS_AVAILABLE = ("wald",)
-"""Small-sample tests this build runs; the schema lists the planned ones (lrt, t, permutation) too:
-a plan naming one that is not available here is refused (`small_sample_test.test`)."""
+SMALL_SAMPLE_TESTS_AVAILABLE = ("wald", "t", "lrt", "permutation", "auto")
+"""Small-sample tests this build runs (`mseval.sap.runner.PRIMARY_TESTS`; auto: permutation below
+`below_n_per_arm`); a plan naming one that is not available here is refused (`small_sample_test.test`)."""
 
 DEFAULTS: dict[str, Any] = {
+    "seed": 0,
     "primary": {"offset": "log_followup_years", "cov": "expected", "covariates": []},
     "multiplicity": {"alpha": 0.05},
-    "small_sample_test": {"test": "wald", "below_n_per_arm": 30},
+    "small_sample_test": {"test": "auto", "below_n_per_arm": 30, "n_permutations": 999},
     "missing_data": {"strategy": "complete_case", "intercurrent_events": "treatment_policy"},
     "sensitivity": [],
     "secondary": [],
@@ -120,7 +121,7 @@ def parse_sap(text: bytes, source: str) -> Sap:
     bad = _schema_error(doc, source)
     if bad is not None:
         raise bad
-    sst = (doc.get("small_sample_test") or {}).get("test", "wald")
+    sst = (doc.get("small_sample_test") or {}).get("test", "auto")
     if sst not in SMALL_SAMPLE_TESTS_AVAILABLE:
         raise InputError(source, f"small_sample_test.test: {sst!r} is planned but not available in this build "
                                  f"(available: {', '.join(SMALL_SAMPLE_TESTS_AVAILABLE)})", field="small_sample_test.test")

@@ -167,7 +167,7 @@ def test_lesion_free_adjusted_reduces_to_crude_without_covariates_and_flags_sepa
 
 # -- the runner ---------------------------------------------------------------------------------------
 def test_runner_dunnett_fixed_sequence_and_lesion_free(trial: pd.DataFrame) -> None:
-    text = default_sap_text().replace("procedure: holm", "procedure: dunnett")
+    text = default_sap_text().replace("procedure: holm", "procedure: dunnett").replace("test: auto", "test: wald")
     r = run_sap(parse_sap(text.encode(), "d.yaml"), trial, arms=ARMS, reference="placebo")
     prim = r.primary.table
     assert list(prim["arm"]) == ARMS and (prim["multiplicity"] == "dunnett").all()
@@ -177,7 +177,7 @@ def test_runner_dunnett_fixed_sequence_and_lesion_free(trial: pd.DataFrame) -> N
     assert (c["p_adjusted"].to_numpy() <= bonferroni * (1 + 1e-4) + 1e-6).all() and (c["p_adjusted"] >= c["p_value"]).all()
     assert (c["p_adjusted"].to_numpy() < bonferroni).any()
     order = ["ocrelizumab", "laquinimod", "dmf", "ifnb1a_sc", "ifnb1a_im"]
-    fs_text = default_sap_text().replace("procedure: holm", "procedure: fixed_sequence\n  order: [" + ", ".join(order) + "]")
+    fs_text = default_sap_text().replace("procedure: holm", "procedure: fixed_sequence\n  order: [" + ", ".join(order) + "]").replace("test: auto", "test: wald")
     sap = parse_sap(fs_text.encode(), "f.yaml")
     assert check_against(sap, trial.columns, ARMS, "placebo") == "placebo"
     fs = run_sap(sap, trial, arms=ARMS, reference="placebo").primary.table.set_index("arm")
@@ -223,3 +223,49 @@ def test_adjusted_nb2_matches_r_glm_nb(tmp_path: Path) -> None:
         worst = max(worst, float(rel.max()))
         assert rel.max() < 1e-6, (jid, rel.max())
     print(f"worst relative difference from R: {worst:.2g}")
+
+
+# -- the small-sample tests wired into the runner -----------------------------------------------------
+def _plan(test: str, *, procedure: str = "holm", below: int = 30, seed: int = 0) -> object:
+    text = (default_sap_text().replace("test: auto", f"test: {test}").replace("procedure: holm", f"procedure: {procedure}")
+            .replace("below_n_per_arm: 30", f"below_n_per_arm: {below}").replace("seed: 0", f"seed: {seed}")
+            .replace("n_permutations: 999", "n_permutations: 199"))
+    text = text[:text.index("  - name: robust_se")]  # the unadjusted sensitivity analysis only (speed)
+    return parse_sap(text.encode(), "s.yaml")
+
+
+def test_runner_small_sample_tests_give_the_primary_p_and_ci(trial: pd.DataFrame) -> None:
+    """Each planned test fills the primary table's p and RR CI from `primary_tests` (ci_method recorded);
+    auto = permutation below below_n_per_arm (a deviation says so), Wald at or above; Dunnett with a
+    non-Wald test falls back to Holm (a deviation says so); the plan's seed fixes the permutation p."""
+    from mseval.stats.small_sample import primary_tests
+
+    d = trial[trial["arm"].isin(["placebo", "dmf", "laquinimod"])].reset_index(drop=True)
+    arms = ["placebo", "dmf", "laquinimod"]
+    tab, runs = {}, {}
+    for test in ("wald", "t", "lrt"):
+        runs[test] = run_sap(_plan(test), d, arms=arms, reference="placebo")
+        tab[test] = runs[test].primary.table.set_index("arm").loc[["dmf", "laquinimod"]]
+        assert (tab[test]["test"] == test).all() and ((tab[test]["rr_ci_low"] < tab[test]["rate_ratio"]) & (tab[test]["rate_ratio"] < tab[test]["rr_ci_high"])).all()
+    # the same numbers as primary_tests on the unadjusted model (the 'unadjusted' sensitivity analysis)
+    unadj = runs["lrt"].sensitivity[0].table.set_index("arm")
+    ref = primary_tests(d, "net2 ~ arm", "arm", "placebo", method="lrt").table.set_index("arm")
+    assert np.allclose(unadj.loc[["dmf", "laquinimod"], "p_value"], ref.loc[["dmf", "laquinimod"], "p_value"], rtol=1e-8)
+    assert np.allclose(unadj.loc[["dmf", "laquinimod"], "rr_ci_low"], ref.loc[["dmf", "laquinimod"], "ci_low"], rtol=1e-8)
+    # t has the Wald statistic with heavier tails: larger p, wider CI; lrt has the profile-likelihood CI
+    assert (tab["t"]["p_value"] > tab["wald"]["p_value"]).all() and (tab["t"]["rr_ci_high"] > tab["wald"]["rr_ci_high"]).all()
+    assert tab["lrt"]["ci_method"].str.startswith("profile likelihood").all() and tab["wald"]["ci_method"].str.startswith("Wald, normal").all()
+    # auto: permutation at 20 per arm (< 30), recorded; Wald when the threshold is 20
+    auto = run_sap(_plan("auto", procedure="dunnett"), d, arms=arms, reference="placebo")
+    a = auto.primary.table.set_index("arm").loc[["dmf", "laquinimod"]]
+    assert (a["test"] == "permutation").all() and a["ci_method"].str.contains("permutation").all()
+    assert any("'auto' -> 'permutation'" in x for x in auto.deviations) and any("Dunnett" in x and "Holm" in x for x in auto.deviations)
+    assert (a["multiplicity"] == "holm").all() and (a["p_value"] >= 1 / 200).all()
+    assert np.allclose(a["p_adjusted"], np.minimum(1, np.maximum.accumulate(np.sort(a["p_value"].to_numpy()) * [2, 1]))[np.argsort(np.argsort(a["p_value"].to_numpy()))])
+    big = run_sap(_plan("auto", below=20), d, arms=arms, reference="placebo").primary.table
+    assert (big.loc[~big["reference"], "test"] == "wald").all()
+    # the plan's seed: same seed, same p (byte for byte); another seed, other permutations
+    again = run_sap(_plan("auto", procedure="dunnett"), d, arms=arms, reference="placebo").primary.table.set_index("arm").loc[["dmf", "laquinimod"]]
+    assert a["p_value"].tolist() == again["p_value"].tolist()
+    other = run_sap(_plan("auto", procedure="dunnett", seed=7), d, arms=arms, reference="placebo").primary.table.set_index("arm")
+    assert other.loc[["dmf", "laquinimod"], "p_value"].tolist() != a["p_value"].tolist() or other.loc["laquinimod", "rr_ci_low"] != a.loc["laquinimod", "rr_ci_low"]

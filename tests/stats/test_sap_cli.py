@@ -59,10 +59,17 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     for col in ("adjusted_rate", "rate_ci_low", "rate_ci_high", "rate_ratio", "rr_ci_low", "rr_ci_high", "rate_difference", "rd_ci_low", "rd_ci_high",
                 "p_value", "p_adjusted", "events", "exposure_years", "estimand", "estimable", "note"):
         assert col in prim.columns, col
-    ok = prim[~prim["reference"] & prim["estimable"]]
-    assert len(ok) >= 2 and (ok["rr_ci_low"] < ok["rate_ratio"]).all() and (ok["rate_ratio"] < ok["rr_ci_high"]).all()
-    assert (ok["p_adjusted"] >= ok["p_value"]).all() and (prim["multiplicity"] == "holm").all()
+    # 6 per arm: the default plan's 'auto' runs the permutation test (its inverted CI, the seed of the plan), recorded as a deviation
+    comp = prim[~prim["reference"]]
+    assert (comp["test"] == "permutation").all() and comp["ci_method"].str.contains("permutation").all()
+    assert comp["p_value"].between(0, 1).all() and (comp["p_adjusted"] >= comp["p_value"]).all() and (prim["multiplicity"] == "holm").all()
+    assert (comp["estimable"] | comp["note"].str.len().gt(0)).all()  # a CI that is not bounded is flagged, never printed as a number silently
+    ok = comp[comp["estimable"]]
+    assert ((ok["rr_ci_low"] < ok["rate_ratio"]) & (ok["rate_ratio"] < ok["rr_ci_high"])).all()
+    assert "'auto' -> 'permutation'" in (out / "sap_deviations.csv").read_text()
     sens = pd.read_csv(out / "sap_sensitivity.csv")
+    wald = sens[(sens["analysis"] == "robust_se") & ~sens["reference"]]
+    assert len(wald) == 3 and wald["ci_method"].str.contains("sandwich").all() and wald["estimable"].sum() >= 2
     assert set(sens["analysis"]) == {"primary", "unadjusted", "robust_se"}
     assert (out / "sap_secondary_lesion_free.csv").is_file() and (out / "sap_model_terms.csv").is_file()
     record = json.loads((out / "sap.json").read_text())
@@ -97,7 +104,9 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     (lambda t: t.replace("sap_version: 1\n", "sap_version: 1\nreference_arm: aspirin\n"), "reference_arm", "is not in the arms table"),
     (lambda t: t.replace("procedure: holm", "procedure: fixed_sequence\n  order: [dmf, aspirin, ocrelizumab]"), "multiplicity.order",
      "'aspirin' is not in the arms table"),
-    (lambda t: t.replace("test: wald", "test: lrt"), "small_sample_test.test", "not available in this build"),
+    (lambda t: t.replace("test: auto", "test: score"), "small_sample_test.test", "is not one of"),
+    (lambda t: t.replace("seed: 0", "seed: -3"), "seed", "minimum"),
+    (lambda t: t.replace("n_permutations: 999", "n_permutations: 10"), "small_sample_test.n_permutations", "minimum"),
 ])
 def test_bad_plan_is_one_line_exit_2_nothing_written(trial: tuple[Path, Path], tmp_path: Path, cli, edit, field: str, words: str) -> None:  # noqa: ANN001
     cohort, counts = trial
