@@ -52,6 +52,7 @@ class SapContext:
     small_sample: dict[str, Any]
     file: str | None = None
     seed: int = 0
+    missing: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class AnalysisResult:
     terms: pd.DataFrame
     deviations: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
@@ -107,11 +109,11 @@ offset column, ctx) -> table indexed by arm with `_PRIMARY_COLUMNS` (p value, st
 the rate ratio that matches the test and its method, estimable, note)."""
 
 
-def _count_estimand(covs: list[dict[str, Any]], offset: bool, reference: str) -> str:
+def _count_estimand(covs: list[dict[str, Any]], offset: bool, reference: str, missing: str) -> str:
     adj = ("adjusted for " + ", ".join(c["description"] for c in covs)) if covs else "not covariate-adjusted"
     unit = "annualised rate (lesions per patient-year)" if offset else "mean count over follow-up"
     return (f"ratio and difference of the {unit} of new/enlarging T2 lesions, each arm vs {reference}, in the analysed trial population "
-            f"({adj}; NB2, log link; treatment policy; complete case: patients with an observed follow-up count); rate and difference "
+            f"({adj}; NB2, log link; treatment policy; missing data: {missing or 'complete case'}); rate and difference "
             "standardised over the analysed patients' covariates, CIs conditional on them")
 
 
@@ -166,7 +168,7 @@ def nb2_count_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCont
     mult = adjust(compared, tests["p_value"].to_numpy(dtype=float), procedure, alpha=float(ctx.multiplicity.get("alpha", 0.05)), estimable=ok,
                   z=tests["statistic"].to_numpy(dtype=float), corr=wald_correlation(fit.vcov, compared), order=ctx.multiplicity.get("order"),
                   seed=ctx.seed).table.set_index("arm")
-    estimand = _count_estimand(cov.kept, offset is not None, ctx.reference)
+    estimand = _count_estimand(cov.kept, offset is not None, ctx.reference, ctx.missing)
     rows = []
     for a in arms:
         c, s = counts.loc[a], std.loc[a]
@@ -226,10 +228,16 @@ class SapResult:
     primary: AnalysisResult
     sensitivity: list[AnalysisResult]
     secondary: list[AnalysisResult]
+    mnar: list[AnalysisResult] = field(default_factory=list)
+    consort: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def analyses(self) -> list[AnalysisResult]:
+        return [self.primary, *self.sensitivity, *self.mnar, *self.secondary]
 
     @property
     def deviations(self) -> list[str]:
-        return [f"{r.name}: {d}" for r in (self.primary, *self.sensitivity, *self.secondary) for d in r.deviations]
+        return [f"{r.name}: {d}" for r in self.analyses for d in r.deviations]
 
     def to_frame(self) -> pd.DataFrame:
         return self.primary.table
@@ -240,8 +248,13 @@ class SapResult:
         out = {"sap_primary.csv": self.primary.table,
                "sap_sensitivity.csv": pd.concat([r.table.assign(analysis=r.name) for r in counts], ignore_index=True),
                "sap_model_terms.csv": pd.concat([r.terms for r in counts], ignore_index=True),
-               "sap_deviations.csv": pd.DataFrame({"analysis": [r.name for r in (self.primary, *self.sensitivity, *self.secondary) for _ in r.deviations],
-                                                   "deviation": [d for r in (self.primary, *self.sensitivity, *self.secondary) for d in r.deviations]})}
+               "sap_deviations.csv": pd.DataFrame({"analysis": [r.name for r in self.analyses for _ in r.deviations],
+                                                   "deviation": [d for r in self.analyses for d in r.deviations]}),
+               "sap_consort.csv": self.consort}
+        for r in self.mnar:
+            if len(r.table):
+                out[f"sap_mnar_{r.name}.csv"] = r.table
+                out[f"sap_mnar_{r.name}_tipping.csv"] = r.extra["tipping"]
         for r in self.secondary:
             out[f"sap_secondary_{r.name}.csv"] = r.table
         return out
@@ -249,7 +262,7 @@ class SapResult:
     def record(self) -> dict[str, Any]:
         """sap.json: the plan (source, hash, as executed), the deviations and each analysis' information."""
         return {**self.sap.record(), "reference_arm": self.reference, "deviations": self.deviations,
-                "analyses": {r.name: {"endpoint": r.endpoint, **r.info} for r in (self.primary, *self.sensitivity, *self.secondary)}}
+                "analyses": {r.name: {"endpoint": r.endpoint, **r.info} for r in self.analyses}}
 
     def summary(self) -> str:
         from mseval.sap.text import primary_lines
@@ -258,31 +271,46 @@ class SapResult:
         return "\n".join(head + primary_lines(self.primary.table, {"title": self.sap.doc.get("title"), "deviations": self.deviations})[1:])
 
 
-def run_sap(sap: Sap, data: pd.DataFrame, *, arms: list[str], reference: str, file: str | None = None) -> SapResult:
-    """Run `sap` on `data` (one row per randomized patient: arm, net2 (missing when not observed),
-    followup_years and the covariate columns); `arms` in arms-table order, `reference` among them
-    (as `mseval.sap.schema.check_against` returned it). Every random draw (permutation test, Dunnett's
-    quasi-Monte Carlo) takes the plan's `seed` (default 0): the same plan on the same data gives the
-    same numbers, whatever the command's --seed."""
+def run_sap(sap: Sap, data: pd.DataFrame, *, arms: list[str], reference: str, file: str | None = None,
+            visits: pd.DataFrame | None = None) -> SapResult:
+    """Run `sap` on `data` (one row per randomized patient: patient_id, arm, net2 (missing when not
+    observed), followup_years and the covariate columns); `arms` in arms-table order, `reference` among
+    them (as `mseval.sap.schema.check_against` returned it); `visits`: the per-visit table
+    (`mseval.lesions.visit_counts.per_visit_counts`) of a cohort with several visits, None for a
+    single-visit cohort. The plan's missing-data strategy (`mseval.sap.missing.prepare`) sets each
+    patient's count and follow-up years. Every random draw (permutation test, Dunnett's quasi-Monte
+    Carlo, MNAR imputations) takes the plan's `seed` (default 0): the same plan on the same data gives
+    the same numbers, whatever the command's --seed."""
+    from mseval.sap import missing
+
     plan = sap.resolved
+    data, words = missing.prepare(data, visits, plan["missing_data"]["strategy"])
     order = [reference, *[a for a in arms if a != reference]]
     n_rand = data[ARM].astype(str).value_counts().to_dict()
-    ctx = SapContext(order, reference, {a: int(n_rand.get(a, 0)) for a in order}, plan["multiplicity"], plan["small_sample_test"], file, int(plan["seed"]))
+    ctx = SapContext(order, reference, {a: int(n_rand.get(a, 0)) for a in order}, plan["multiplicity"], plan["small_sample_test"], file,
+                     int(plan["seed"]), words)
     prim = plan["primary"]
     primary = ANALYSES[prim["endpoint"]](data, prim, ctx, name="primary")
-    sens = [ANALYSES[prim["endpoint"]](data, {**prim, **{k: v for k, v in s.items() if k not in ("name", "description")}}, ctx, name=s["name"])
-            for s in plan["sensitivity"]]
+    sens, mnar = [], []
+    for s in plan["sensitivity"]:
+        if s.get("kind", "model_variation") == "mnar_tipping_point":
+            m = missing.mnar_analysis(data, s, prim, ctx, has_visits=visits is not None)
+            mnar.append(AnalysisResult(s["name"], "mnar_tipping_point", m["grid"], pd.DataFrame(), m["deviations"], m["info"], {"tipping": m["tipping"]}))
+            continue
+        variation = {k: v for k, v in s.items() if k not in ("name", "description", "kind")}
+        sens.append(ANALYSES[prim["endpoint"]](data, {**prim, **variation}, ctx, name=s["name"]))
     sec = []
     for s in plan["secondary"]:
         covs = prim.get("covariates", []) if s.get("covariates", "primary") == "primary" else s["covariates"]
         sec.append(ANALYSES[s["endpoint"]](data, {**s, "covariates": covs}, ctx, name=s["name"]))
-    return SapResult(sap, reference, _in_order(primary, order), [_in_order(r, order) for r in sens], [_in_order(r, order) for r in sec])
+    return SapResult(sap, reference, _in_order(primary, order), [_in_order(r, order) for r in sens], [_in_order(r, order) for r in sec], mnar,
+                     missing.consort(data, visits))
 
 
 def _in_order(result: AnalysisResult, arms: list[str]) -> AnalysisResult:
     """The result's per-arm table in `arms` order (reference first, then the arms table's order)."""
     t = result.table.set_index("arm").loc[[a for a in arms if a in set(result.table["arm"])]].reset_index()
-    return AnalysisResult(result.name, result.endpoint, t, result.terms, result.deviations, result.info)
+    return AnalysisResult(result.name, result.endpoint, t, result.terms, result.deviations, result.info, result.extra)
 
 
 __all__ = ["ANALYSES", "PRIMARY_TESTS", "AnalysisResult", "Covariates", "SapContext", "SapResult", "run_sap"]

@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "primary": {"offset": "log_followup_years", "cov": "expected", "covariates": []},
     "multiplicity": {"alpha": 0.05},
     "small_sample_test": {"test": "auto", "below_n_per_arm": 30, "n_permutations": 999},
-    "missing_data": {"strategy": "complete_case", "intercurrent_events": "treatment_policy"},
+    "missing_data": {"strategy": "exposure", "intercurrent_events": "treatment_policy"},
     "sensitivity": [],
     "secondary": [],
 }
@@ -130,6 +130,12 @@ def parse_sap(text: bytes, source: str) -> Sap:
         raise InputError(source, "multiplicity.order names an arm twice", field="multiplicity.order")
     if order is not None and doc["multiplicity"]["procedure"] != "fixed_sequence":
         raise InputError(source, "multiplicity.order is only used by procedure fixed_sequence", field="multiplicity.order")
+    for i, s in enumerate(doc.get("sensitivity", [])):
+        mnar = s.get("kind") == "mnar_tipping_point"
+        wrong = [k for k in (("covariates", "offset", "cov") if mnar else ("deltas", "imputations", "delta_arms")) if k in s]
+        if wrong:
+            where = f"sensitivity[{i}].{wrong[0]}"
+            raise InputError(source, f"{where}: not a field of a {'mnar_tipping_point' if mnar else 'model_variation'} sensitivity analysis", field=where)
     for key in ("sensitivity", "secondary"):
         names = [s["name"] for s in doc.get(key, [])]
         if len(set(names)) != len(names):

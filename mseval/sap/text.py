@@ -39,9 +39,16 @@ def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[st
         + f", family-wise alpha {m.get('alpha', 0.05):g} (two-sided)",
         f"Primary test: Wald z; below {ss.get('below_n_per_arm', 30)} analysed patients in an arm: {_TESTS.get(ss.get('test', 'auto'), ss.get('test'))}"
         + (f" ({ss.get('n_permutations', 999)} permutations, seed {plan.get('seed', 0)})" if ss.get("test", "auto") in ("auto", "permutation") else ""),
-        f"Missing data: {md.get('strategy', 'complete_case').replace('_', ' ')}; intercurrent events: {md.get('intercurrent_events', 'treatment_policy').replace('_', ' ')}",
+        f"Missing data: {md.get('strategy', 'exposure').replace('_', ' ')}; intercurrent events: {md.get('intercurrent_events', 'treatment_policy').replace('_', ' ')}",
     ]
     for s in plan.get("sensitivity", []):
+        if s.get("kind") == "mnar_tipping_point":
+            from mseval.stats.missing_data import mnar_assumptions
+
+            deltas = ", ".join(f"{d:g}" for d in s.get("deltas", [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]))
+            lines.append(f"Sensitivity '{s['name']}': MNAR tipping point, delta = {deltas} (cohorts with visits.csv); assumptions:")
+            lines += [f"  - {a}" for a in mnar_assumptions("delta", s.get("delta_arms", "active"), int(s.get("imputations", 20)), int(plan.get("seed", 0)))]
+            continue
         changes = [f"covariates {_covs(s['covariates'])}" if "covariates" in s else "", f"offset {s['offset']}" if "offset" in s else "",
                    f"SEs {s['cov']}" if "cov" in s else ""]
         lines.append(f"Sensitivity '{s['name']}': " + (s.get("description") or "; ".join(filter(None, changes))))

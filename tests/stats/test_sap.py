@@ -80,7 +80,7 @@ def test_default_plan_reads_as_an_ms_trial_and_json_loads_the_same(tmp_path: Pat
     sap = default_sap()
     covs = [(c["column"], c["transform"]) for c in sap.primary["covariates"]]
     assert covs == [("site", "factor"), ("gd_count", "any_vs_none"), ("t2_volume_mm3", "log1p"), ("edss", "at_least")]
-    assert sap.primary["offset"] == "log_followup_years" and [s["name"] for s in sap.resolved["sensitivity"]] == ["unadjusted", "robust_se"]
+    assert sap.primary["offset"] == "log_followup_years" and [s["name"] for s in sap.resolved["sensitivity"]] == ["unadjusted", "robust_se", "mnar_tipping_point"]
     assert sap.resolved["sensitivity"][0]["covariates"] == []
     text = "\n".join(plan_lines(sap.resolved, reference="placebo"))
     assert "baseline Gd+ lesions (0 vs >= 1)" in text and "Holm" in text and "log(follow-up years)" in text
@@ -269,3 +269,59 @@ def test_runner_small_sample_tests_give_the_primary_p_and_ci(trial: pd.DataFrame
     assert a["p_value"].tolist() == again["p_value"].tolist()
     other = run_sap(_plan("auto", procedure="dunnett", seed=7), d, arms=arms, reference="placebo").primary.table.set_index("arm")
     assert other.loc[["dmf", "laquinimod"], "p_value"].tolist() != a["p_value"].tolist() or other.loc["laquinimod", "rr_ci_low"] != a.loc["laquinimod", "rr_ci_low"]
+
+
+# -- missing data: strategy, CONSORT, MNAR tipping point ----------------------------------------------
+def _visits(d: pd.DataFrame) -> pd.DataFrame:
+    """A two-visit per-visit table (w24, w48) splitting each patient's count; every 5th patient misses
+    w48 (dropout), every 7th misses both."""
+    rows = []
+    for k, r in enumerate(d.itertuples()):
+        first = int(r.net2) // 2
+        gone2, gone1 = k % 5 == 0 or k % 7 == 0, k % 7 == 0
+        rows.append({"patient_id": r.patient_id, "visit": "w24", "visit_index": 1, "start_weeks": 0.0, "end_weeks": 24.0,
+                     "net2": pd.NA if gone1 else first, "gd_count": 0, "missing": "dropout" if gone1 else ""})
+        rows.append({"patient_id": r.patient_id, "visit": "w48", "visit_index": 2, "start_weeks": 0.0 if gone1 else 24.0, "end_weeks": 48.0,
+                     "net2": pd.NA if gone2 else int(r.net2) - first, "gd_count": 0, "missing": "dropout" if gone2 else ""})
+    return pd.DataFrame(rows).astype({"net2": "Int64"})
+
+
+def _wald_plan(strategy: str) -> object:
+    text = default_sap_text().replace("test: auto", "test: wald").replace("strategy: exposure", f"strategy: {strategy}")
+    text = text.replace("imputations: 20", "imputations: 3").replace("deltas: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]", "deltas: [0.0, 2.0]")
+    return parse_sap(text.encode(), "m.yaml")
+
+
+def test_missing_data_strategies_consort_and_mnar(trial: pd.DataFrame) -> None:
+    d = trial[trial["arm"].isin(["placebo", "dmf", "ocrelizumab"])].reset_index(drop=True)
+    arms = ["placebo", "dmf", "ocrelizumab"]
+    v = _visits(d)
+    seen1 = v[(v["visit_index"] == 1)]["missing"].eq("").to_numpy()
+    seen2 = v[(v["visit_index"] == 2)]["missing"].eq("").to_numpy()
+    ex = run_sap(_wald_plan("exposure"), d, arms=arms, reference="placebo", visits=v)
+    cc = run_sap(_wald_plan("complete_case"), d, arms=arms, reference="placebo", visits=v)
+    pe, pc = ex.primary.table.set_index("arm"), cc.primary.table.set_index("arm")
+    assert pe["n_randomized"].sum() == pc["n_randomized"].sum() == len(d)
+    assert pe["n_analysed"].sum() == int(seen1.sum()) and pc["n_analysed"].sum() == int(seen2.sum()) < pe["n_analysed"].sum()
+    # exposure: the years of each analysed patient's last observed scan; complete case: 48 weeks each
+    last = np.where(seen2, 48.0, 24.0)[seen1]
+    assert pe["exposure_years"].sum() == pytest.approx(last.sum() / 52.1775, rel=1e-9)
+    assert pc["exposure_years"].sum() == pytest.approx(seen2.sum() * 48 / 52.1775, rel=1e-9)
+    assert "exposure-based" in pe["estimand"].iloc[0] and "complete case" in pc["estimand"].iloc[0]
+    con = ex.consort.set_index("arm")
+    assert con.loc["all", "randomized"] == len(d) and con.loc["all", "with_w24"] == seen1.sum() and con.loc["all", "with_w48"] == seen2.sum()
+    assert con.loc["all", "analysed"] == pe["n_analysed"].sum() and (con.loc[arms, "analysed"].to_numpy() == pe.loc[arms, "n_analysed"].to_numpy()).all()
+    assert "sap_consort.csv" in ex.tables()
+    # MNAR: delta 0 reproduces the MAR estimate up to imputation noise; a worse missing follow-up on the active arms raises their RR
+    (m,) = ex.mnar
+    g = m.table.set_index(["arm", "delta"])
+    assert set(g.index) == {(a, dl) for a in ("dmf", "ocrelizumab") for dl in (0.0, 2.0)}
+    assert all(g.loc[(a, 2.0), "rate_ratio"] > g.loc[(a, 0.0), "rate_ratio"] for a in ("dmf", "ocrelizumab"))
+    assert set(m.extra["tipping"]["arm"]) == {"dmf", "ocrelizumab"} and any("exp(delta)" in a for a in m.info["assumptions"])
+    assert {"sap_mnar_mnar_tipping_point.csv", "sap_mnar_mnar_tipping_point_tipping.csv"} <= set(ex.tables())
+    text = "\n".join(plan_lines(ex.sap.resolved))
+    assert "MNAR tipping point, delta = 0, 2" in text and "exp(delta)" in text and "Missing data: exposure" in text
+    # a single-visit cohort: the MNAR analysis is not run, and says so
+    single = run_sap(_wald_plan("exposure"), d, arms=arms, reference="placebo")
+    assert single.mnar[0].table.empty and any("mnar_tipping_point: not run" in x for x in single.deviations)
+    assert "sap_mnar_mnar_tipping_point.csv" not in single.tables() and single.consort.set_index("arm").loc["all", "analysed"] == len(d)

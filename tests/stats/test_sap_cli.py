@@ -106,6 +106,9 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
      "'aspirin' is not in the arms table"),
     (lambda t: t.replace("test: auto", "test: score"), "small_sample_test.test", "is not one of"),
     (lambda t: t.replace("seed: 0", "seed: -3"), "seed", "minimum"),
+    (lambda t: t.replace("strategy: exposure", "strategy: last_value_carried_forward"), "missing_data.strategy", "is not one of"),
+    (lambda t: t.replace("    cov: robust\n", "    cov: robust\n    deltas: [1.0]\n"), "sensitivity[1].deltas", "not a field of a model_variation"),
+    (lambda t: t.replace("imputations: 20", "imputations: 1"), "sensitivity[2].imputations", "minimum"),
     (lambda t: t.replace("n_permutations: 999", "n_permutations: 10"), "small_sample_test.n_permutations", "minimum"),
 ])
 def test_bad_plan_is_one_line_exit_2_nothing_written(trial: tuple[Path, Path], tmp_path: Path, cli, edit, field: str, words: str) -> None:  # noqa: ANN001
