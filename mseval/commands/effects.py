@@ -161,7 +161,7 @@ def _check_sap(sap: Optional[str], cohort: object) -> object:
 
     plan = load_sap(sap)
     columns = [col for col in MANIFEST_COVARIATES if col in cohort.manifest.columns] + list(OBSERVED_COLUMNS)  # type: ignore[attr-defined]
-    check_against(plan, columns, list(cohort.arms["arm"]), cohort.reference_arm)  # type: ignore[attr-defined]
+    check_against(plan, columns, list(cohort.arms["arm"]), cohort.reference_arm, has_visits=cohort.visits is not None)  # type: ignore[attr-defined]
     return plan
 
 

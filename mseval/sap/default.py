@@ -4,7 +4,9 @@ treatment + site + baseline Gd+ lesions (0 vs >= 1) + baseline T2 lesion volume 
 (< 4 vs >= 4), offset log(follow-up years); Holm over the arms against the reference; below 30
 patients per arm the permutation test with its inverted CI (small_sample_test: auto); the unadjusted
 `net2 ~ arm` fit and the patient-level sandwich SEs as sensitivity analyses; the lesion-free
-proportion, adjusted the same way, as a secondary endpoint. `mseval effects --sap default` runs it;
+proportion, adjusted the same way, as a secondary endpoint; on a cohort with several visits the cumulative
+NB2, the NB-GEE (AR(1)), Gd+ lesions per scan and the hazard of the first new lesion (skipped, or the
+lesion-free odds ratio, with a recorded deviation, on a single-visit cohort). `mseval effects --sap default` runs it;
 `default_sap_text()` is the file to start one's own plan from."""
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ secondary:
   - name: lesion_free
     endpoint: lesion_free
     covariates: primary
+# Several visits (visits.csv): skipped, with a recorded deviation, on a cohort with one follow-up scan.
+  - name: net2_cumulative
+    endpoint: net2_cumulative
+    single_visit: skip
+  - name: net2_gee
+    endpoint: net2_gee
+    corr: ar1
+    single_visit: skip
+  - name: gd_per_scan
+    endpoint: gd_per_scan
+    single_visit: skip
+  - name: first_lesion_hazard
+    endpoint: first_lesion_hazard
 """
 
 

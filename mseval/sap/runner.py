@@ -53,6 +53,7 @@ class SapContext:
     file: str | None = None
     seed: int = 0
     missing: str = ""
+    visits: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,18 @@ def lesion_free_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCo
     return AnalysisResult(name, "lesion_free", table, pd.DataFrame(), list(cov.deviations), info)
 
 
-ANALYSES: dict[str, Callable[..., AnalysisResult]] = {"net2_count": nb2_count_analysis, "lesion_free": lesion_free_analysis}
+def _secondary(kind: str) -> Callable[..., AnalysisResult]:
+    def run(data: pd.DataFrame, section: dict[str, Any], ctx: SapContext, *, name: str) -> AnalysisResult:
+        from mseval.sap import secondary
+
+        return (secondary.first_lesion_analysis if kind == "first_lesion" else secondary.multi_visit_analysis)(data, section, ctx, name=name)
+
+    return run
+
+
+ANALYSES: dict[str, Callable[..., AnalysisResult]] = {"net2_count": nb2_count_analysis, "lesion_free": lesion_free_analysis,
+                                                      "net2_cumulative": _secondary("multi_visit"), "net2_gee": _secondary("multi_visit"),
+                                                      "gd_per_scan": _secondary("multi_visit"), "first_lesion_hazard": _secondary("first_lesion")}
 """Endpoint name (the schema's `endpoint` enum) -> analysis(data, section, ctx, name=...)."""
 
 
@@ -283,12 +295,15 @@ def run_sap(sap: Sap, data: pd.DataFrame, *, arms: list[str], reference: str, fi
     the same numbers, whatever the command's --seed."""
     from mseval.sap import missing
 
+    from mseval.sap.secondary import check_visits
+
     plan = sap.resolved
+    check_visits(plan, visits is not None, sap.source)
     data, words = missing.prepare(data, visits, plan["missing_data"]["strategy"])
     order = [reference, *[a for a in arms if a != reference]]
     n_rand = data[ARM].astype(str).value_counts().to_dict()
     ctx = SapContext(order, reference, {a: int(n_rand.get(a, 0)) for a in order}, plan["multiplicity"], plan["small_sample_test"], file,
-                     int(plan["seed"]), words)
+                     int(plan["seed"]), words, visits)
     prim = plan["primary"]
     primary = ANALYSES[prim["endpoint"]](data, prim, ctx, name="primary")
     sens, mnar = [], []

@@ -70,6 +70,8 @@ def _resolve(doc: dict[str, Any]) -> dict[str, Any]:
             out.setdefault(key, copy.deepcopy(default))
     for sec in out["secondary"]:
         sec.setdefault("covariates", "primary")
+        if sec["endpoint"] == "net2_gee":
+            sec.setdefault("corr", "exchangeable")
     return out
 
 
@@ -136,6 +138,10 @@ def parse_sap(text: bytes, source: str) -> Sap:
         if wrong:
             where = f"sensitivity[{i}].{wrong[0]}"
             raise InputError(source, f"{where}: not a field of a {'mnar_tipping_point' if mnar else 'model_variation'} sensitivity analysis", field=where)
+    for i, s in enumerate(doc.get("secondary", [])):
+        for key, endpoints in (("corr", ("net2_gee",)), ("single_visit", ("net2_cumulative", "net2_gee", "gd_per_scan"))):
+            if key in s and s["endpoint"] not in endpoints:
+                raise InputError(source, f"secondary[{i}].{key}: only for endpoint {' or '.join(endpoints)}", field=f"secondary[{i}].{key}")
     for key in ("sensitivity", "secondary"):
         names = [s["name"] for s in doc.get(key, [])]
         if len(set(names)) != len(names):
@@ -166,10 +172,16 @@ def _covariate_fields(sap: Sap) -> list[tuple[str, str]]:
     return out
 
 
-def check_against(sap: Sap, columns: Sequence[str], arms: Sequence[str], reference: str | None) -> str:
+def check_against(sap: Sap, columns: Sequence[str], arms: Sequence[str], reference: str | None, *, has_visits: bool | None = None) -> str:
     """Check the plan against the trial before any work; return the reference arm the plan uses.
 
-    columns: the analysis table's columns; arms: the arms table's arms; reference: its reference arm."""
+    columns: the analysis table's columns; arms: the arms table's arms; reference: its reference arm;
+    has_visits: whether the cohort has several visits (visits.csv; None: not checked here): a
+    multi-visit endpoint the plan does not mark `single_visit: skip` is refused on a single-visit cohort."""
+    if has_visits is not None:
+        from mseval.sap.secondary import check_visits
+
+        check_visits(sap.resolved, has_visits, sap.source)
     cols = set(map(str, columns))
     for where, col in _covariate_fields(sap):
         if col not in cols:

@@ -53,7 +53,9 @@ def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[st
                    f"SEs {s['cov']}" if "cov" in s else ""]
         lines.append(f"Sensitivity '{s['name']}': " + (s.get("description") or "; ".join(filter(None, changes))))
     for s in plan.get("secondary", []):
-        lines.append(f"Secondary '{s['name']}': {s['endpoint'].replace('_', '-')} endpoint, covariates {_covs(s.get('covariates', 'primary'))}")
+        lines.append(f"Secondary '{s['name']}': {s['endpoint'].replace('_', '-')} endpoint, covariates {_covs(s.get('covariates', 'primary'))}"
+                     + (f", working correlation {s.get('corr', 'exchangeable')}" if s["endpoint"] == "net2_gee" else "")
+                     + ("; skipped on a single-visit cohort" if s.get("single_visit") == "skip" else ""))
     return lines
 
 
