@@ -295,10 +295,10 @@ def run_sap(sap: Sap, data: pd.DataFrame, *, arms: list[str], reference: str, fi
     the same numbers, whatever the command's --seed."""
     from mseval.sap import missing
 
-    from mseval.sap.secondary import check_visits
+    from mseval.sap.secondary import check_visits, several_visits
 
     plan = sap.resolved
-    check_visits(plan, visits is not None, sap.source)
+    check_visits(plan, several_visits(visits), sap.source)
     data, words = missing.prepare(data, visits, plan["missing_data"]["strategy"])
     order = [reference, *[a for a in arms if a != reference]]
     n_rand = data[ARM].astype(str).value_counts().to_dict()

@@ -43,6 +43,11 @@ ESTIMANDS = {
 }
 
 
+def several_visits(visits: pd.DataFrame | None) -> bool:
+    """Whether a per-visit table (or visits.csv) schedules more than one follow-up visit."""
+    return visits is not None and len(visits) > 0 and int(pd.to_numeric(visits["visit_index"]).max()) > 1
+
+
 def check_visits(plan: dict[str, Any], has_visits: bool, source: str | None) -> None:
     """A plan whose multi-visit endpoint (net2_cumulative, net2_gee, gd_per_scan) is not marked
     `single_visit: skip` on a cohort with one follow-up scan: InputError naming the field (for net2_gee
@@ -54,7 +59,7 @@ def check_visits(plan: dict[str, Any], has_visits: bool, source: str | None) -> 
             where = f"secondary[{i}].corr" if s["endpoint"] == "net2_gee" else f"secondary[{i}].endpoint"
             what = (f"working correlation {s.get('corr', 'exchangeable')!r} needs several visits per patient" if s["endpoint"] == "net2_gee"
                     else f"endpoint {s['endpoint']!r} needs several visits")
-            raise InputError(source, f"{where}: {what}, and this cohort has one follow-up scan (no visits.csv); "
+            raise InputError(source, f"{where}: {what}, and this cohort has one follow-up scan; "
                                      f"set single_visit: skip to skip it", field=where)
 
 
@@ -99,7 +104,7 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
     from mseval.sap.runner import AnalysisResult
 
     endpoint = section["endpoint"]
-    if ctx.visits is None:
+    if not several_visits(ctx.visits):
         return AnalysisResult(name, endpoint, pd.DataFrame(columns=["arm"]), pd.DataFrame(),
                               [f"not run: {endpoint} needs several visits and this cohort has one follow-up scan (single_visit: skip)"],
                               {"estimand": ESTIMANDS[endpoint].format(corr=section.get("corr", "exchangeable"))})
@@ -132,7 +137,7 @@ def first_lesion_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any,
     """The hazard ratio of the first new/enlarging T2 lesion (several visits); the lesion-free odds ratio otherwise."""
     from mseval.sap.runner import AnalysisResult, lesion_free_analysis
 
-    if ctx.visits is None:
+    if not several_visits(ctx.visits):
         r = lesion_free_analysis(data, section, ctx, name=name)
         return AnalysisResult(name, "first_lesion_hazard", r.table, r.terms,
                               [*r.deviations, "one follow-up scan: the hazard ratio is not estimable; the lesion-free odds ratio and risk "
@@ -151,4 +156,4 @@ def first_lesion_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any,
     return AnalysisResult(name, "first_lesion_hazard", _per_arm(fit.table, "hazard_ratio", ctx), fit.table.assign(analysis=name), devs, info)
 
 
-__all__ = ["ESTIMANDS", "MULTI_VISIT", "check_visits", "first_lesion_analysis", "multi_visit_analysis"]
+__all__ = ["ESTIMANDS", "MULTI_VISIT", "check_visits", "several_visits", "first_lesion_analysis", "multi_visit_analysis"]

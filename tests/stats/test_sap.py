@@ -325,3 +325,51 @@ def test_missing_data_strategies_consort_and_mnar(trial: pd.DataFrame) -> None:
     single = run_sap(_wald_plan("exposure"), d, arms=arms, reference="placebo")
     assert single.mnar[0].table.empty and any("mnar_tipping_point: not run" in x for x in single.deviations)
     assert "sap_mnar_mnar_tipping_point.csv" not in single.tables() and single.consort.set_index("arm").loc["all", "analysed"] == len(d)
+
+
+# -- several visits: the secondary endpoints ------------------------------------------------------------
+def test_multi_visit_secondary_endpoints(trial: pd.DataFrame) -> None:
+    """On a two-visit table the plan's secondary endpoints are the several-visit fits themselves (same
+    numbers as calling them with the plan's covariate terms); on one visit they are skipped (deviation)
+    or refused (naming the field), and the first-lesion endpoint falls back to the lesion-free odds ratio."""
+    from mseval.sap.covariates import derive as derive_cov
+    from mseval.sap.secondary import check_visits
+    from mseval.stats.visits import fit_cumulative_nb2, fit_first_lesion_cloglog
+
+    d = trial[trial["arm"].isin(["placebo", "dmf", "ocrelizumab"])].reset_index(drop=True)
+    arms = ["placebo", "dmf", "ocrelizumab"]
+    v = _visits(d)
+    v["gd_count"] = (v["net2"] // 2).astype("Int64")
+    text = (default_sap_text().replace("test: auto", "test: wald").replace("imputations: 20", "imputations: 2")
+            .replace("corr: ar1", "corr: exchangeable"))
+    text = text.replace("- {column: site, transform: factor, label: site}", "- {column: gd_count, transform: any_vs_none}").replace(
+        '    - {column: gd_count, transform: any_vs_none, label: "baseline Gd+ lesions (0 vs >= 1)"}\n', "")
+    sap = parse_sap(text.encode(), "v.yaml")
+    r = run_sap(sap, d, arms=arms, reference="placebo", visits=v)
+    sec = {s.name: s for s in r.secondary}
+    assert set(sec) == {"lesion_free", "net2_cumulative", "net2_gee", "gd_per_scan", "first_lesion_hazard"}
+    covs = derive_cov(d, sap.primary["covariates"])
+    direct = fit_cumulative_nb2(v, covs.data.drop(columns="net2"), covariates=covs.terms, reference="placebo").table.set_index("term")
+    cum = sec["net2_cumulative"].table.set_index("arm")
+    assert np.allclose(cum.loc[["dmf", "ocrelizumab"], "rate_ratio"], direct.loc[["dmf", "ocrelizumab"], "rate_ratio"], rtol=1e-10)
+    assert np.allclose(cum.loc[["dmf", "ocrelizumab"], "ci_low"], direct.loc[["dmf", "ocrelizumab"], "ci_low"], rtol=1e-10)
+    hz = fit_first_lesion_cloglog(v, covs.data.drop(columns="net2"), covariates=covs.terms, reference="placebo").table.set_index("term")
+    fl = sec["first_lesion_hazard"].table.set_index("arm")
+    assert np.allclose(fl.loc[["dmf", "ocrelizumab"], "hazard_ratio"], hz.loc[["dmf", "ocrelizumab"], "hazard_ratio"], rtol=1e-10, equal_nan=True)
+    assert "proportional" in sec["first_lesion_hazard"].info["assumptions"]
+    gee = sec["net2_gee"].table.set_index("arm")
+    assert sec["net2_gee"].info["corr"] == "exchangeable" and gee.loc["dmf", "estimable"] and gee.loc["dmf", "ci_low"] < gee.loc["dmf", "rate_ratio"]
+    assert sec["gd_per_scan"].table.set_index("arm").loc["dmf", "estimable"]
+    assert all(f"sap_secondary_{n}.csv" in r.tables() for n in sec)
+    # one follow-up scan: skipped with a deviation; first lesion -> lesion-free odds ratio; a plan without single_visit: skip is refused
+    one = run_sap(sap, d, arms=arms, reference="placebo")
+    assert sum("needs several visits" in x for x in one.deviations) == 3
+    assert "odds_ratio" in {s.name: s for s in one.secondary}["first_lesion_hazard"].table.columns
+    strict = parse_sap(text.replace("    corr: exchangeable\n    single_visit: skip\n", "    corr: exchangeable\n").encode(), "strict.yaml")
+    with pytest.raises(InputError) as err:
+        check_visits(strict.resolved, False, strict.source)
+    assert err.value.field == "secondary[2].corr" and "\n" not in str(err.value)
+    check_visits(strict.resolved, True, strict.source)  # several visits: fine
+    with pytest.raises(InputError) as err:
+        parse_sap(text.replace("    endpoint: lesion_free\n", "    endpoint: lesion_free\n    corr: ar1\n").encode(), "x.yaml")
+    assert err.value.field == "secondary[0].corr"

@@ -48,7 +48,7 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
     cohort, counts = trial
     sap = tmp_path / "sap.yaml"
-    sap.write_text(default_sap_text())
+    sap.write_text(default_sap_text().replace("imputations: 20", "imputations: 2").replace("n_permutations: 999", "n_permutations: 199").replace("deltas: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]", "deltas: [0.0, 1.0]"))
     out = tmp_path / "eff"
     res = _run(cli, cohort, counts, out, sap)
     assert res.code == 0, res.err
@@ -67,6 +67,12 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     ok = comp[comp["estimable"]]
     assert ((ok["rr_ci_low"] < ok["rate_ratio"]) & (ok["rate_ratio"] < ok["rr_ci_high"])).all()
     assert "'auto' -> 'permutation'" in (out / "sap_deviations.csv").read_text()
+    # the cohort's visits.csv (one follow-up visit): CONSORT per visit, the MNAR tipping point; several-visit endpoints skipped
+    consort = pd.read_csv(out / "sap_consort.csv").set_index("arm")
+    assert consort.loc["all", "randomized"] == 24 and consort.loc["all", "analysed"] == prim["n_analysed"].sum()
+    mnar = pd.read_csv(out / "sap_mnar_mnar_tipping_point.csv")
+    assert sorted(set(mnar["delta"])) == [0.0, 1.0] and len(mnar) == 2 * 3 and (out / "sap_mnar_mnar_tipping_point_tipping.csv").is_file()
+    assert sum("needs several visits" in line for line in (out / "sap_deviations.csv").read_text().splitlines()) == 3
     sens = pd.read_csv(out / "sap_sensitivity.csv")
     wald = sens[(sens["analysis"] == "robust_se") & ~sens["reference"]]
     assert len(wald) == 3 and wald["ci_method"].str.contains("sandwich").all() and wald["estimable"].sum() >= 2
@@ -109,6 +115,7 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     (lambda t: t.replace("strategy: exposure", "strategy: last_value_carried_forward"), "missing_data.strategy", "is not one of"),
     (lambda t: t.replace("    cov: robust\n", "    cov: robust\n    deltas: [1.0]\n"), "sensitivity[1].deltas", "not a field of a model_variation"),
     (lambda t: t.replace("imputations: 20", "imputations: 1"), "sensitivity[2].imputations", "minimum"),
+    (lambda t: t.replace("    corr: ar1\n    single_visit: skip\n", "    corr: ar1\n"), "secondary[2].corr", "needs several visits per patient"),
     (lambda t: t.replace("n_permutations: 999", "n_permutations: 10"), "small_sample_test.n_permutations", "minimum"),
 ])
 def test_bad_plan_is_one_line_exit_2_nothing_written(trial: tuple[Path, Path], tmp_path: Path, cli, edit, field: str, words: str) -> None:  # noqa: ANN001
