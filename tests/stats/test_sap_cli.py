@@ -101,6 +101,8 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     assert "**Deviations from the plan:**" in md and "p, adjusted (holm)" in md and "### Sensitivity analyses" in md
     assert ctx["primary"]["rows"][0][0] == arm_labels(arms)["placebo"] and ctx["primary"]["rows"][0][4] == "reference"
     assert "Odds ratio of being lesion-free" in md and "Hazard ratio: not estimated" in md
+    assert "### CONSORT flow" in md and "### Sensitivity: MNAR tipping point (mnar_tipping_point)" in md and "exp(delta)" in md
+    assert "### Secondary, several visits" not in md  # one follow-up visit: skipped (deviations) or the lesion-free odds ratio
 
 
 @pytest.mark.parametrize(("edit", "field", "words"), [
