@@ -56,7 +56,7 @@ def power_gain(trials: int, patients_per_arm: int, seed: int, *, world: str = "d
         cfg0 = replace(cfg0, modifier=0.0, response_sd=0.0)
     arms = [a.arm for a in cfg0.arms]
     ref = cfg0.reference_arm
-    text = default_sap_text().replace("procedure: holm", "procedure: none")
+    text = default_sap_text().replace("procedure: holm", "procedure: none").replace("test: auto", "test: wald")  # SEs from the Wald CI
     text = text[: text.index("secondary:")] + """  - name: without_site
     description: the primary model without site (a covariate with no prognostic value in the simulated world)
     covariates:

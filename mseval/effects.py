@@ -282,7 +282,14 @@ def run_effects(
 
             say(f"analysis plan: {sap.doc.get('title')}")
             sap_ref = check_against(sap, table.columns, arms, ref)
-            sap_result = run_sap(sap, table, arms=arms, reference=sap_ref, file=str(cohort.root / "manifest.csv"), seed=settings.seed)
+            per_visit = None
+            if cohort.visits is not None:
+                from mseval.lesions.visit_counts import per_visit_counts
+
+                say("per-visit counts (the plan's missing-data strategy and several-visit endpoints)")
+                per_visit = per_visit_counts(cohort, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3)
+            # every randomized patient (net2 missing without a follow-up scan): n randomized / analysed, CONSORT
+            sap_result = run_sap(sap, randomized, arms=arms, reference=sap_ref, file=str(cohort.root / "manifest.csv"), visits=per_visit)
         say("observed NB2 model of the forecaster's training trial (from the store's provenance)")
         training = training_trial_effects(cohort_dir, forecasts_dir, settings.formula, reference=ref, connectivity=settings.connectivity,
                                           min_volume_mm3=settings.min_volume_mm3)

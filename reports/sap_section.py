@@ -1,8 +1,9 @@
 """The report's "Statistical analysis plan" section, first in the report when the effects folder holds a
 plan's results (`mseval effects --sap`): the plan in words (not a JSON dump), the deviations from it,
 the adjusted primary table (n randomized / analysed, events, exposure, adjusted rate with CI, RR with CI,
-rate difference with CI, p adjusted for multiplicity), the sensitivity analyses beside the primary and
-the adjusted lesion-free endpoint. Strings only; every estimate through `reports.numbers`."""
+rate difference with CI, p adjusted for multiplicity), the sensitivity analyses beside the primary,
+the adjusted lesion-free endpoint, and where the effects wrote them the CONSORT flow, the MNAR tipping
+point and the several-visit endpoints. Strings only; every estimate through `reports.numbers`."""
 
 from __future__ import annotations
 
@@ -32,6 +33,47 @@ def read_sap(effects_dir: Path) -> dict[str, Any] | None:
     p = effects_dir / f"sap_secondary_{lesion_free[0]}.csv" if lesion_free else None
     out["lesion_free_name"] = lesion_free[0] if lesion_free else None
     out["lesion_free"] = pd.read_csv(p) if p is not None and p.is_file() else None
+    c = effects_dir / "sap_consort.csv"
+    out["consort"] = pd.read_csv(c) if c.is_file() else None
+    out["several_visits"], out["mnar"] = {}, {}
+    for name, a in out["record"].get("analyses", {}).items():
+        f = effects_dir / (f"sap_mnar_{name}_tipping.csv" if a.get("endpoint") == "mnar_tipping_point" else f"sap_secondary_{name}.csv")
+        if a.get("endpoint") in SEVERAL_VISITS and f.is_file():
+            out["several_visits"][name] = pd.read_csv(f)
+        elif a.get("endpoint") == "mnar_tipping_point" and f.is_file():
+            out["mnar"][name] = pd.read_csv(f)
+    return out
+
+
+SEVERAL_VISITS = ("net2_cumulative", "net2_gee", "gd_per_scan", "first_lesion_hazard")
+
+
+def _extra_tables(sap: dict[str, Any], rec: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """CONSORT, several-visit secondary endpoints (rate or hazard ratios) and MNAR tipping points, as {columns, rows}."""
+    out: dict[str, Any] = {"consort": None, "several_visits": [], "mnar": []}
+    con = sap.get("consort")
+    if con is not None and len(con):
+        cols = [c for c in con.columns if c != "arm"]
+        out["consort"] = {"columns": ["Arm", *[c.replace("_", " ") for c in cols]],
+                          "rows": [[labels.get(r["arm"], r["arm"]), *[str(int(r[c])) for c in cols]] for r in con.fillna(0).to_dict("records")]}
+    for name, t in sap.get("several_visits", {}).items():
+        if "rate_ratio" not in t.columns and "hazard_ratio" not in t.columns:
+            continue  # one follow-up scan: the lesion-free odds ratio, or skipped (see the deviations)
+        ratio = "hazard_ratio" if "hazard_ratio" in t.columns else "rate_ratio"
+        rows = [[labels.get(r["arm"], r["arm"]), str(int(r["n_randomized"])),
+                 "reference" if bool(r["reference"]) else N.ratio_text(r[ratio], r["ci_low"], r["ci_high"], estimable=r.get("estimable"),
+                                                                       note=r["note"] if isinstance(r.get("note"), str) else ""),
+                 "" if bool(r["reference"]) else N.p_text(r["p_value"])] for r in t.to_dict("records")]
+        info = rec["analyses"].get(name, {})
+        out["several_visits"].append({"name": name, "estimand": info.get("estimand", ""), "assumptions": info.get("assumptions", ""),
+                                      "table": {"columns": ["Arm", "Randomized, n", f"{ratio.replace('_', ' ').capitalize()} (95% CI)", "p (unadjusted)"],
+                                                "rows": rows}})
+    for name, t in sap.get("mnar", {}).items():
+        rows = [[labels.get(r["arm"], r["arm"]), N.num(r["mar_rate_ratio"]), N.p_text(r["mar_p_value"]),
+                 (f"delta = {N.num(r['tipping_delta'])} (missing rate x {N.num(r['tipping_rate_multiplier'])})" if bool(r["flips"])
+                  else str(r["note"]))] for r in t.to_dict("records")]
+        out["mnar"].append({"name": name, "assumptions": rec["analyses"].get(name, {}).get("assumptions", []),
+                            "table": {"columns": ["Arm", "Rate ratio under MAR", "p under MAR", "Conclusion flips at"], "rows": rows}})
     return out
 
 
@@ -82,6 +124,7 @@ def sap_context(sap: dict[str, Any] | None, arms_df: pd.DataFrame, labels: dict[
                          f"{prim_info.get('cov')} standard errors. Test: {prim_info.get('test_rule', prim_info.get('test'))}. Multiplicity: {mult}. "
                          "CIs are per comparison (95%, not simultaneous); the adjusted p controls the family-wise error."),
         "sensitivity": None, "lesion_free": None, "lesion_free_note": "",
+        **_extra_tables(sap, rec, labels),
     }
     sens = sap.get("sap_sensitivity")
     if sens is not None and len(sens):
@@ -119,4 +162,11 @@ def sap_md(sap: dict[str, Any] | None, md_table: Callable[[dict[str, Any]], str]
     if sap["lesion_free"]:
         out += ["### Secondary: free of new/enlarging T2 lesions at the follow-up scan (adjusted)", "", md_table(sap["lesion_free"]), "",
                 sap["lesion_free_note"], ""]
+    if sap.get("consort"):
+        out += ["### CONSORT flow (randomized, with each visit, analysed)", "", md_table(sap["consort"]), ""]
+    for m in sap.get("mnar", []):
+        out += [f"### Sensitivity: MNAR tipping point ({m['name']})", "", md_table(m["table"]), ""] + [f"- {a}" for a in m["assumptions"]] + [""]
+    for sv in sap.get("several_visits", []):
+        out += [f"### Secondary, several visits: {sv['name']}", "", md_table(sv["table"]), "", f"Estimand: {sv['estimand']}."]
+        out += [f"Assumptions: {sv['assumptions']}", ""] if sv["assumptions"] else [""]
     return out

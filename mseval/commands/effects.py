@@ -158,10 +158,11 @@ def _check_sap(sap: Optional[str], cohort: object) -> object:
         return None
     from mseval.lesions.observed import MANIFEST_COVARIATES
     from mseval.sap.schema import check_against, load_sap
+    from mseval.sap.secondary import several_visits
 
     plan = load_sap(sap)
     columns = [col for col in MANIFEST_COVARIATES if col in cohort.manifest.columns] + list(OBSERVED_COLUMNS)  # type: ignore[attr-defined]
-    check_against(plan, columns, list(cohort.arms["arm"]), cohort.reference_arm)  # type: ignore[attr-defined]
+    check_against(plan, columns, list(cohort.arms["arm"]), cohort.reference_arm, has_visits=several_visits(cohort.visits))  # type: ignore[attr-defined]
     return plan
 
 

@@ -52,6 +52,8 @@ class SapContext:
     small_sample: dict[str, Any]
     file: str | None = None
     seed: int = 0
+    missing: str = ""
+    visits: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -65,38 +67,66 @@ class AnalysisResult:
     terms: pd.DataFrame
     deviations: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
 
 
-def _wald(fit: CountModelFit, data: pd.DataFrame, arms: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(p, z) of the Wald z test of each compared arm's log rate ratio."""
-    t = fit.table.set_index("term")
-    b = t.loc[arms, "coef"].to_numpy(dtype=float)
-    se = t.loc[arms, "se"].to_numpy(dtype=float)
+_PRIMARY_COLUMNS = ["p_value", "statistic", "ci_low", "ci_high", "ci_method", "estimable", "note"]
+
+
+def _wald(fit: CountModelFit, data: pd.DataFrame, formula: str, arms: list[str], offset: str | None, ctx: SapContext) -> pd.DataFrame:
+    """The Wald z test of each compared arm's log rate ratio (the fit's own SEs: expected, observed or
+    sandwich) and its Wald CI; indexed by arm, `_PRIMARY_COLUMNS`."""
+    t = fit.table.set_index("term").loc[arms]
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = b / se
-    return t.loc[arms, "p_value"].to_numpy(dtype=float), z
+        z = t["coef"].to_numpy(dtype=float) / t["se"].to_numpy(dtype=float)
+    se = {"robust": "sandwich", "observed": "observed information"}.get(fit.cov, "expected information")
+    return pd.DataFrame({"p_value": t["p_value"].to_numpy(dtype=float), "statistic": z, "ci_low": t["ci_low"].to_numpy(dtype=float),
+                         "ci_high": t["ci_high"].to_numpy(dtype=float), "ci_method": f"Wald, normal ({se} SE)",
+                         "estimable": t["estimable"].to_numpy(dtype=bool), "note": ""}, index=pd.Index(arms, name="arm"))
 
 
-PRIMARY_TESTS: dict[str, Callable[[CountModelFit, pd.DataFrame, list[str]], tuple[np.ndarray, np.ndarray]]] = {"wald": _wald}
-"""Test of the compared arms' rate ratios: name -> function(fit, analysed data, arms) -> (p values, z or signed root statistics)."""
+def _small_sample(method: str) -> Callable[..., pd.DataFrame]:
+    """The `mseval.stats.small_sample.primary_tests` test `method` as a primary test: its p value,
+    statistic and matching CI (profile likelihood, t or inverted permutation test), the plan's seed."""
+
+    def run(fit: CountModelFit, data: pd.DataFrame, formula: str, arms: list[str], offset: str | None, ctx: SapContext) -> pd.DataFrame:
+        from mseval.stats.small_sample import primary_tests
+
+        res = primary_tests(data, formula, ARM, ctx.reference, method=method, offset_col=offset, seed=ctx.seed,
+                            n_permutations=int(ctx.small_sample.get("n_permutations", 999)), file=ctx.file)
+        t = res.table.assign(arm=lambda d: d["arm"].astype(str)).set_index("arm").reindex(arms)
+        return t.assign(estimable=t["estimable"].fillna(False).astype(bool), note=t["note"].fillna("").astype(str))[_PRIMARY_COLUMNS]
+
+    return run
 
 
-def _count_estimand(covs: list[dict[str, Any]], offset: bool, reference: str) -> str:
+PRIMARY_TESTS: dict[str, Callable[..., pd.DataFrame]] = {"wald": _wald, "t": _small_sample("t"), "lrt": _small_sample("lrt"),
+                                                         "permutation": _small_sample("permutation")}
+"""Test of the compared arms' rate ratios: name -> function(fit, analysed data, formula, compared arms,
+offset column, ctx) -> table indexed by arm with `_PRIMARY_COLUMNS` (p value, statistic, the CI of
+the rate ratio that matches the test and its method, estimable, note)."""
+
+
+def _count_estimand(covs: list[dict[str, Any]], offset: bool, reference: str, missing: str) -> str:
     adj = ("adjusted for " + ", ".join(c["description"] for c in covs)) if covs else "not covariate-adjusted"
     unit = "annualised rate (lesions per patient-year)" if offset else "mean count over follow-up"
     return (f"ratio and difference of the {unit} of new/enlarging T2 lesions, each arm vs {reference}, in the analysed trial population "
-            f"({adj}; NB2, log link; treatment policy; complete case: patients with an observed follow-up count); rate and difference "
+            f"({adj}; NB2, log link; treatment policy; missing data: {missing or 'complete case'}); rate and difference "
             "standardised over the analysed patients' covariates, CIs conditional on them")
 
 
 def _select_test(ctx: SapContext, n_min: int) -> tuple[str, str]:
+    """(test, words when the small-sample rule chose it): the plan's test when the smallest analysed arm
+    has fewer than `below_n_per_arm` patients ('auto': the permutation test), else the Wald z test."""
     below = int(ctx.small_sample.get("below_n_per_arm", 30))
     if n_min < below:
-        test = str(ctx.small_sample.get("test", "wald"))
-        return test, f"the smallest analysed arm has {n_min} patients (< {below}): the plan's small-sample test '{test}' is used"
+        planned = str(ctx.small_sample.get("test", "auto"))
+        test = "permutation" if planned == "auto" else planned
+        how = f"'auto' -> '{test}'" if planned == "auto" else f"'{test}'"
+        return test, f"the smallest analysed arm has {n_min} patients (< {below}): the plan's small-sample test {how} is used"
     return "wald", ""
 
 
@@ -122,14 +152,24 @@ def nb2_count_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCont
     std = standardised_rates(fit.design_info, fit.coef, fit.vcov.to_numpy(), sub, ARM, arms).set_index("arm")
     counts = fit.arm_counts.set_index("arm")
     test, switch = _select_test(ctx, int(counts["n"].min()))
+    if test != "wald" and fit.cov == "robust":
+        deviations.append(f"sandwich standard errors: the {test} test does not use them, so this analysis keeps the Wald z test with the sandwich SE")
+        test, switch = "wald", ""
     if switch and test != "wald":
         deviations.append(switch)
-    p, z = PRIMARY_TESTS[test](fit, sub, compared)
+    tests = PRIMARY_TESTS[test](fit, sub, formula, compared, offset, ctx)
     terms = fit.table.set_index("term")
-    ok = [bool(terms.loc[a, "estimable"]) and fit.converged for a in compared]
-    mult = adjust(compared, p, ctx.multiplicity["procedure"], alpha=float(ctx.multiplicity.get("alpha", 0.05)), estimable=ok, z=z,
-                  corr=wald_correlation(fit.vcov, compared), order=ctx.multiplicity.get("order"), seed=ctx.seed).table.set_index("arm")
-    estimand = _count_estimand(cov.kept, offset is not None, ctx.reference)
+    # a test's p value stands even where its CI does not (e.g. an inverted permutation CI that is not bounded)
+    ok = [bool(terms.loc[a, "estimable"]) and np.isfinite(float(tests.loc[a, "p_value"])) and fit.converged for a in compared]
+    procedure = str(ctx.multiplicity["procedure"])
+    if procedure == "dunnett" and test != "wald":
+        procedure = "holm"
+        deviations.append(f"multiplicity: Dunnett needs jointly normal Wald statistics; with the {test} test the p values are adjusted by "
+                          "Holm's step-down instead (valid under any dependence, more conservative than Dunnett)")
+    mult = adjust(compared, tests["p_value"].to_numpy(dtype=float), procedure, alpha=float(ctx.multiplicity.get("alpha", 0.05)), estimable=ok,
+                  z=tests["statistic"].to_numpy(dtype=float), corr=wald_correlation(fit.vcov, compared), order=ctx.multiplicity.get("order"),
+                  seed=ctx.seed).table.set_index("arm")
+    estimand = _count_estimand(cov.kept, offset is not None, ctx.reference, ctx.missing)
     rows = []
     for a in arms:
         c, s = counts.loc[a], std.loc[a]
@@ -139,24 +179,25 @@ def nb2_count_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCont
         if a == ctx.reference:
             ref_ok = fit.converged and int(c["events"]) > 0
             row.update({k: np.nan for k in ("rate_ratio", "rr_ci_low", "rr_ci_high", "rate_difference", "rd_ci_low", "rd_ci_high", "p_value", "p_adjusted")})
+            row["ci_method"] = ""
             row.update({"test": "", "tested": False, "rejected": False, "estimable": ref_ok,
                         "note": "reference arm" + ("" if ref_ok else ("; no events" if int(c["events"]) == 0 else "; the fit did not converge"))})
         else:
-            t, m = terms.loc[a], mult.loc[a]
-            est = bool(t["estimable"]) and fit.converged
-            row.update({"rate_ratio": float(t["rate_ratio"]), "rr_ci_low": float(t["ci_low"]), "rr_ci_high": float(t["ci_high"]),
+            t, m, tt = terms.loc[a], mult.loc[a], tests.loc[a]
+            est = bool(t["estimable"]) and bool(tt["estimable"]) and fit.converged
+            row.update({"rate_ratio": float(t["rate_ratio"]), "rr_ci_low": float(tt["ci_low"]), "rr_ci_high": float(tt["ci_high"]), "ci_method": str(tt["ci_method"]),
                         "rate_difference": float(s["rate_difference"]), "rd_ci_low": float(s["rate_difference_ci_low"]),
                         "rd_ci_high": float(s["rate_difference_ci_high"]), "p_value": float(m["p_value"]), "p_adjusted": float(m["p_adjusted"]),
                         "test": test, "tested": bool(m["tested"]), "rejected": bool(m["rejected"]), "estimable": est,
-                        "note": "; ".join(filter(None, [str(t["note"]) if not t["estimable"] else "", "" if fit.converged else "the fit did not converge",
+                        "note": "; ".join(filter(None, [str(t["note"]) if not t["estimable"] else "", str(tt["note"]), "" if fit.converged else "the fit did not converge",
                                                         str(m["note"]) if est else ""]))})
-        row.update({"multiplicity": ctx.multiplicity["procedure"], "estimand": estimand})
+        row.update({"multiplicity": procedure, "estimand": estimand})
         rows.append(row)
     tab = fit.table.assign(analysis=name)
     info = {"formula": formula, "offset": f"log({offset})" if offset else "none", "cov": fit.cov, "n": fit.n, "alpha": fit.alpha,
             "converged": fit.converged, "boundary": fit.boundary, "covariates": [k["description"] for k in cov.kept], "test": test,
             "test_rule": switch or f"Wald z test (the smallest analysed arm has {int(counts['n'].min())} patients)",
-            "multiplicity": describe(ctx.multiplicity["procedure"], len(compared), float(ctx.multiplicity.get("alpha", 0.05)),
+            "multiplicity": describe(procedure, len(compared), float(ctx.multiplicity.get("alpha", 0.05)),
                                      ctx.multiplicity.get("order")), "estimand": estimand}
     return AnalysisResult(name, "net2_count", pd.DataFrame(rows), tab, deviations, info)
 
@@ -174,7 +215,18 @@ def lesion_free_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCo
     return AnalysisResult(name, "lesion_free", table, pd.DataFrame(), list(cov.deviations), info)
 
 
-ANALYSES: dict[str, Callable[..., AnalysisResult]] = {"net2_count": nb2_count_analysis, "lesion_free": lesion_free_analysis}
+def _secondary(kind: str) -> Callable[..., AnalysisResult]:
+    def run(data: pd.DataFrame, section: dict[str, Any], ctx: SapContext, *, name: str) -> AnalysisResult:
+        from mseval.sap import secondary
+
+        return (secondary.first_lesion_analysis if kind == "first_lesion" else secondary.multi_visit_analysis)(data, section, ctx, name=name)
+
+    return run
+
+
+ANALYSES: dict[str, Callable[..., AnalysisResult]] = {"net2_count": nb2_count_analysis, "lesion_free": lesion_free_analysis,
+                                                      "net2_cumulative": _secondary("multi_visit"), "net2_gee": _secondary("multi_visit"),
+                                                      "gd_per_scan": _secondary("multi_visit"), "first_lesion_hazard": _secondary("first_lesion")}
 """Endpoint name (the schema's `endpoint` enum) -> analysis(data, section, ctx, name=...)."""
 
 
@@ -188,10 +240,16 @@ class SapResult:
     primary: AnalysisResult
     sensitivity: list[AnalysisResult]
     secondary: list[AnalysisResult]
+    mnar: list[AnalysisResult] = field(default_factory=list)
+    consort: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def analyses(self) -> list[AnalysisResult]:
+        return [self.primary, *self.sensitivity, *self.mnar, *self.secondary]
 
     @property
     def deviations(self) -> list[str]:
-        return [f"{r.name}: {d}" for r in (self.primary, *self.sensitivity, *self.secondary) for d in r.deviations]
+        return [f"{r.name}: {d}" for r in self.analyses for d in r.deviations]
 
     def to_frame(self) -> pd.DataFrame:
         return self.primary.table
@@ -202,8 +260,13 @@ class SapResult:
         out = {"sap_primary.csv": self.primary.table,
                "sap_sensitivity.csv": pd.concat([r.table.assign(analysis=r.name) for r in counts], ignore_index=True),
                "sap_model_terms.csv": pd.concat([r.terms for r in counts], ignore_index=True),
-               "sap_deviations.csv": pd.DataFrame({"analysis": [r.name for r in (self.primary, *self.sensitivity, *self.secondary) for _ in r.deviations],
-                                                   "deviation": [d for r in (self.primary, *self.sensitivity, *self.secondary) for d in r.deviations]})}
+               "sap_deviations.csv": pd.DataFrame({"analysis": [r.name for r in self.analyses for _ in r.deviations],
+                                                   "deviation": [d for r in self.analyses for d in r.deviations]}),
+               "sap_consort.csv": self.consort}
+        for r in self.mnar:
+            if len(r.table):
+                out[f"sap_mnar_{r.name}.csv"] = r.table
+                out[f"sap_mnar_{r.name}_tipping.csv"] = r.extra["tipping"]
         for r in self.secondary:
             out[f"sap_secondary_{r.name}.csv"] = r.table
         return out
@@ -211,7 +274,7 @@ class SapResult:
     def record(self) -> dict[str, Any]:
         """sap.json: the plan (source, hash, as executed), the deviations and each analysis' information."""
         return {**self.sap.record(), "reference_arm": self.reference, "deviations": self.deviations,
-                "analyses": {r.name: {"endpoint": r.endpoint, **r.info} for r in (self.primary, *self.sensitivity, *self.secondary)}}
+                "analyses": {r.name: {"endpoint": r.endpoint, **r.info} for r in self.analyses}}
 
     def summary(self) -> str:
         from mseval.sap.text import primary_lines
@@ -220,29 +283,49 @@ class SapResult:
         return "\n".join(head + primary_lines(self.primary.table, {"title": self.sap.doc.get("title"), "deviations": self.deviations})[1:])
 
 
-def run_sap(sap: Sap, data: pd.DataFrame, *, arms: list[str], reference: str, file: str | None = None, seed: int = 0) -> SapResult:
-    """Run `sap` on `data` (one row per randomized patient: arm, net2 (missing when not observed),
-    followup_years and the covariate columns); `arms` in arms-table order, `reference` among them
-    (as `mseval.sap.schema.check_against` returned it)."""
+def run_sap(sap: Sap, data: pd.DataFrame, *, arms: list[str], reference: str, file: str | None = None,
+            visits: pd.DataFrame | None = None) -> SapResult:
+    """Run `sap` on `data` (one row per randomized patient: patient_id, arm, net2 (missing when not
+    observed), followup_years and the covariate columns); `arms` in arms-table order, `reference` among
+    them (as `mseval.sap.schema.check_against` returned it); `visits`: the per-visit table
+    (`mseval.lesions.visit_counts.per_visit_counts`) of a cohort with several visits, None for a
+    single-visit cohort. The plan's missing-data strategy (`mseval.sap.missing.prepare`) sets each
+    patient's count and follow-up years. Every random draw (permutation test, Dunnett's quasi-Monte
+    Carlo, MNAR imputations) takes the plan's `seed` (default 0): the same plan on the same data gives
+    the same numbers, whatever the command's --seed."""
+    from mseval.sap import missing
+
+    from mseval.sap.secondary import check_visits, several_visits
+
     plan = sap.resolved
+    check_visits(plan, several_visits(visits), sap.source)
+    data, words = missing.prepare(data, visits, plan["missing_data"]["strategy"])
     order = [reference, *[a for a in arms if a != reference]]
     n_rand = data[ARM].astype(str).value_counts().to_dict()
-    ctx = SapContext(order, reference, {a: int(n_rand.get(a, 0)) for a in order}, plan["multiplicity"], plan["small_sample_test"], file, seed)
+    ctx = SapContext(order, reference, {a: int(n_rand.get(a, 0)) for a in order}, plan["multiplicity"], plan["small_sample_test"], file,
+                     int(plan["seed"]), words, visits)
     prim = plan["primary"]
     primary = ANALYSES[prim["endpoint"]](data, prim, ctx, name="primary")
-    sens = [ANALYSES[prim["endpoint"]](data, {**prim, **{k: v for k, v in s.items() if k not in ("name", "description")}}, ctx, name=s["name"])
-            for s in plan["sensitivity"]]
+    sens, mnar = [], []
+    for s in plan["sensitivity"]:
+        if s.get("kind", "model_variation") == "mnar_tipping_point":
+            m = missing.mnar_analysis(data, s, prim, ctx, has_visits=visits is not None)
+            mnar.append(AnalysisResult(s["name"], "mnar_tipping_point", m["grid"], pd.DataFrame(), m["deviations"], m["info"], {"tipping": m["tipping"]}))
+            continue
+        variation = {k: v for k, v in s.items() if k not in ("name", "description", "kind")}
+        sens.append(ANALYSES[prim["endpoint"]](data, {**prim, **variation}, ctx, name=s["name"]))
     sec = []
     for s in plan["secondary"]:
         covs = prim.get("covariates", []) if s.get("covariates", "primary") == "primary" else s["covariates"]
         sec.append(ANALYSES[s["endpoint"]](data, {**s, "covariates": covs}, ctx, name=s["name"]))
-    return SapResult(sap, reference, _in_order(primary, order), [_in_order(r, order) for r in sens], [_in_order(r, order) for r in sec])
+    return SapResult(sap, reference, _in_order(primary, order), [_in_order(r, order) for r in sens], [_in_order(r, order) for r in sec], mnar,
+                     missing.consort(data, visits))
 
 
 def _in_order(result: AnalysisResult, arms: list[str]) -> AnalysisResult:
     """The result's per-arm table in `arms` order (reference first, then the arms table's order)."""
     t = result.table.set_index("arm").loc[[a for a in arms if a in set(result.table["arm"])]].reset_index()
-    return AnalysisResult(result.name, result.endpoint, t, result.terms, result.deviations, result.info)
+    return AnalysisResult(result.name, result.endpoint, t, result.terms, result.deviations, result.info, result.extra)
 
 
 __all__ = ["ANALYSES", "PRIMARY_TESTS", "AnalysisResult", "Covariates", "SapContext", "SapResult", "run_sap"]

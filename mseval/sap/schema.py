@@ -22,15 +22,16 @@ from typing import Any
 
 from mseval.errors import InputError
 
-SMALL_SAMPLE_TESTS_AVAILABLE = ("wald",)
-"""Small-sample tests this build runs; the schema lists the planned ones (lrt, t, permutation) too:
-a plan naming one that is not available here is refused (`small_sample_test.test`)."""
+SMALL_SAMPLE_TESTS_AVAILABLE = ("wald", "t", "lrt", "permutation", "auto")
+"""Small-sample tests this build runs (`mseval.sap.runner.PRIMARY_TESTS`; auto: permutation below
+`below_n_per_arm`); a plan naming one that is not available here is refused (`small_sample_test.test`)."""
 
 DEFAULTS: dict[str, Any] = {
+    "seed": 0,
     "primary": {"offset": "log_followup_years", "cov": "expected", "covariates": []},
     "multiplicity": {"alpha": 0.05},
-    "small_sample_test": {"test": "wald", "below_n_per_arm": 30},
-    "missing_data": {"strategy": "complete_case", "intercurrent_events": "treatment_policy"},
+    "small_sample_test": {"test": "auto", "below_n_per_arm": 30, "n_permutations": 999},
+    "missing_data": {"strategy": "exposure", "intercurrent_events": "treatment_policy"},
     "sensitivity": [],
     "secondary": [],
 }
@@ -69,6 +70,8 @@ def _resolve(doc: dict[str, Any]) -> dict[str, Any]:
             out.setdefault(key, copy.deepcopy(default))
     for sec in out["secondary"]:
         sec.setdefault("covariates", "primary")
+        if sec["endpoint"] == "net2_gee":
+            sec.setdefault("corr", "exchangeable")
     return out
 
 
@@ -120,7 +123,7 @@ def parse_sap(text: bytes, source: str) -> Sap:
     bad = _schema_error(doc, source)
     if bad is not None:
         raise bad
-    sst = (doc.get("small_sample_test") or {}).get("test", "wald")
+    sst = (doc.get("small_sample_test") or {}).get("test", "auto")
     if sst not in SMALL_SAMPLE_TESTS_AVAILABLE:
         raise InputError(source, f"small_sample_test.test: {sst!r} is planned but not available in this build "
                                  f"(available: {', '.join(SMALL_SAMPLE_TESTS_AVAILABLE)})", field="small_sample_test.test")
@@ -129,6 +132,16 @@ def parse_sap(text: bytes, source: str) -> Sap:
         raise InputError(source, "multiplicity.order names an arm twice", field="multiplicity.order")
     if order is not None and doc["multiplicity"]["procedure"] != "fixed_sequence":
         raise InputError(source, "multiplicity.order is only used by procedure fixed_sequence", field="multiplicity.order")
+    for i, s in enumerate(doc.get("sensitivity", [])):
+        mnar = s.get("kind") == "mnar_tipping_point"
+        wrong = [k for k in (("covariates", "offset", "cov") if mnar else ("deltas", "imputations", "delta_arms")) if k in s]
+        if wrong:
+            where = f"sensitivity[{i}].{wrong[0]}"
+            raise InputError(source, f"{where}: not a field of a {'mnar_tipping_point' if mnar else 'model_variation'} sensitivity analysis", field=where)
+    for i, s in enumerate(doc.get("secondary", [])):
+        for key, endpoints in (("corr", ("net2_gee",)), ("single_visit", ("net2_cumulative", "net2_gee", "gd_per_scan"))):
+            if key in s and s["endpoint"] not in endpoints:
+                raise InputError(source, f"secondary[{i}].{key}: only for endpoint {' or '.join(endpoints)}", field=f"secondary[{i}].{key}")
     for key in ("sensitivity", "secondary"):
         names = [s["name"] for s in doc.get(key, [])]
         if len(set(names)) != len(names):
@@ -159,10 +172,16 @@ def _covariate_fields(sap: Sap) -> list[tuple[str, str]]:
     return out
 
 
-def check_against(sap: Sap, columns: Sequence[str], arms: Sequence[str], reference: str | None) -> str:
+def check_against(sap: Sap, columns: Sequence[str], arms: Sequence[str], reference: str | None, *, has_visits: bool | None = None) -> str:
     """Check the plan against the trial before any work; return the reference arm the plan uses.
 
-    columns: the analysis table's columns; arms: the arms table's arms; reference: its reference arm."""
+    columns: the analysis table's columns; arms: the arms table's arms; reference: its reference arm;
+    has_visits: whether the cohort has several visits (visits.csv; None: not checked here): a
+    multi-visit endpoint the plan does not mark `single_visit: skip` is refused on a single-visit cohort."""
+    if has_visits is not None:
+        from mseval.sap.secondary import check_visits
+
+        check_visits(sap.resolved, has_visits, sap.source)
     cols = set(map(str, columns))
     for where, col in _covariate_fields(sap):
         if col not in cols:

@@ -13,6 +13,11 @@ _PROCEDURES = {"holm": "Holm step-down", "dunnett": "Dunnett (shared reference)"
                "none": "none (each comparison at the nominal level)"}
 
 
+_TESTS = {"wald": "Wald z", "t": "Wald statistic against t(n - k)", "lrt": "likelihood ratio test with profile-likelihood CI",
+          "permutation": "permutation (randomization) score test with its inverted CI",
+          "auto": "permutation (randomization) score test with its inverted CI (auto)"}
+
+
 def _covs(covs: Any) -> str:
     if covs == "primary":
         return "the primary analysis' covariates"
@@ -32,15 +37,25 @@ def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[st
         f"Reference arm: {plan.get('reference_arm') or reference or 'the arms table reference'}",
         f"Multiplicity: {_PROCEDURES[m['procedure']]}" + (f", order {' > '.join(m['order'])}" if m.get("order") else "")
         + f", family-wise alpha {m.get('alpha', 0.05):g} (two-sided)",
-        f"Primary test: Wald z; below {ss.get('below_n_per_arm', 30)} analysed patients in an arm: {ss.get('test', 'wald')}",
-        f"Missing data: {md.get('strategy', 'complete_case').replace('_', ' ')}; intercurrent events: {md.get('intercurrent_events', 'treatment_policy').replace('_', ' ')}",
+        f"Primary test: Wald z; below {ss.get('below_n_per_arm', 30)} analysed patients in an arm: {_TESTS.get(ss.get('test', 'auto'), ss.get('test'))}"
+        + (f" ({ss.get('n_permutations', 999)} permutations, seed {plan.get('seed', 0)})" if ss.get("test", "auto") in ("auto", "permutation") else ""),
+        f"Missing data: {md.get('strategy', 'exposure').replace('_', ' ')}; intercurrent events: {md.get('intercurrent_events', 'treatment_policy').replace('_', ' ')}",
     ]
     for s in plan.get("sensitivity", []):
+        if s.get("kind") == "mnar_tipping_point":
+            from mseval.stats.missing_data import mnar_assumptions
+
+            deltas = ", ".join(f"{d:g}" for d in s.get("deltas", [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]))
+            lines.append(f"Sensitivity '{s['name']}': MNAR tipping point, delta = {deltas} (cohorts with visits.csv); assumptions:")
+            lines += [f"  - {a}" for a in mnar_assumptions("delta", s.get("delta_arms", "active"), int(s.get("imputations", 20)), int(plan.get("seed", 0)))]
+            continue
         changes = [f"covariates {_covs(s['covariates'])}" if "covariates" in s else "", f"offset {s['offset']}" if "offset" in s else "",
                    f"SEs {s['cov']}" if "cov" in s else ""]
         lines.append(f"Sensitivity '{s['name']}': " + (s.get("description") or "; ".join(filter(None, changes))))
     for s in plan.get("secondary", []):
-        lines.append(f"Secondary '{s['name']}': {s['endpoint'].replace('_', '-')} endpoint, covariates {_covs(s.get('covariates', 'primary'))}")
+        lines.append(f"Secondary '{s['name']}': {s['endpoint'].replace('_', '-')} endpoint, covariates {_covs(s.get('covariates', 'primary'))}"
+                     + (f", working correlation {s.get('corr', 'exchangeable')}" if s["endpoint"] == "net2_gee" else "")
+                     + ("; skipped on a single-visit cohort" if s.get("single_visit") == "skip" else ""))
     return lines
 
 
@@ -64,7 +79,8 @@ def primary_lines(table: pd.DataFrame, sap: dict[str, Any] | None = None) -> lis
             lines.append(head + f"  not estimable: {r['note']}")
         else:
             lines.append(head + f"  RR {_num(r['rate_ratio'])} ({_num(r['rr_ci_low'])}-{_num(r['rr_ci_high'])})  RD {_num(r['rate_difference'], '+.3f')}"
-                         f" ({_num(r['rd_ci_low'], '+.3f')} to {_num(r['rd_ci_high'], '+.3f')})  p adj ({r['multiplicity']}) "
+                         f" ({_num(r['rd_ci_low'], '+.3f')} to {_num(r['rd_ci_high'], '+.3f')})  p adj ({r['multiplicity']}"
+                         + (f"; {r['test']}" if r.get("test") else "") + ") "
                          + (_num(r["p_adjusted"], ".3g") if r["tested"] else "not tested"))
     lines += [f"  deviation: {d}" for d in (sap or {}).get("deviations", [])]
     return lines

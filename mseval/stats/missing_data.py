@@ -418,7 +418,7 @@ def mnar_sensitivity(data: pd.DataFrame, formula: str = "net2 ~ arm", *, years: 
     if method == "j2r":
         table = table.drop(columns="delta").assign(method="jump to reference")
     tipping = _tipping(table, mar.fit, arms, level) if method == "delta" else pd.DataFrame()
-    return MNARSensitivity(table, tipping, _assumptions(method, delta_arms, imputations, seed), method)
+    return MNARSensitivity(table, tipping, mnar_assumptions(method, delta_arms, imputations, seed), method)
 
 
 def _tipping(table: pd.DataFrame, fit: CountModelFit, arms: list[str], level: float) -> pd.DataFrame:
@@ -442,7 +442,8 @@ def _tipping(table: pd.DataFrame, fit: CountModelFit, arms: list[str], level: fl
     return pd.DataFrame(rows)
 
 
-def _assumptions(method: str, delta_arms: str, imputations: int, seed: int) -> list[str]:
+def mnar_assumptions(method: str, delta_arms: str, imputations: int, seed: int) -> list[str]:
+    """The assumptions of `mnar_sensitivity` (method, delta_arms, imputations, seed) in words, as printed with it."""
     out = ["the observed data follow the fitted NB2 law; beta drawn from its Wald law, alpha fixed at its MLE",
            "each patient's unobserved follow-up (planned minus observed years) is imputed given the counts observed (gamma frailty posterior)"]
     if method == "delta":

@@ -80,7 +80,7 @@ def test_default_plan_reads_as_an_ms_trial_and_json_loads_the_same(tmp_path: Pat
     sap = default_sap()
     covs = [(c["column"], c["transform"]) for c in sap.primary["covariates"]]
     assert covs == [("site", "factor"), ("gd_count", "any_vs_none"), ("t2_volume_mm3", "log1p"), ("edss", "at_least")]
-    assert sap.primary["offset"] == "log_followup_years" and [s["name"] for s in sap.resolved["sensitivity"]] == ["unadjusted", "robust_se"]
+    assert sap.primary["offset"] == "log_followup_years" and [s["name"] for s in sap.resolved["sensitivity"]] == ["unadjusted", "robust_se", "mnar_tipping_point"]
     assert sap.resolved["sensitivity"][0]["covariates"] == []
     text = "\n".join(plan_lines(sap.resolved, reference="placebo"))
     assert "baseline Gd+ lesions (0 vs >= 1)" in text and "Holm" in text and "log(follow-up years)" in text
@@ -167,7 +167,7 @@ def test_lesion_free_adjusted_reduces_to_crude_without_covariates_and_flags_sepa
 
 # -- the runner ---------------------------------------------------------------------------------------
 def test_runner_dunnett_fixed_sequence_and_lesion_free(trial: pd.DataFrame) -> None:
-    text = default_sap_text().replace("procedure: holm", "procedure: dunnett")
+    text = default_sap_text().replace("procedure: holm", "procedure: dunnett").replace("test: auto", "test: wald")
     r = run_sap(parse_sap(text.encode(), "d.yaml"), trial, arms=ARMS, reference="placebo")
     prim = r.primary.table
     assert list(prim["arm"]) == ARMS and (prim["multiplicity"] == "dunnett").all()
@@ -177,7 +177,7 @@ def test_runner_dunnett_fixed_sequence_and_lesion_free(trial: pd.DataFrame) -> N
     assert (c["p_adjusted"].to_numpy() <= bonferroni * (1 + 1e-4) + 1e-6).all() and (c["p_adjusted"] >= c["p_value"]).all()
     assert (c["p_adjusted"].to_numpy() < bonferroni).any()
     order = ["ocrelizumab", "laquinimod", "dmf", "ifnb1a_sc", "ifnb1a_im"]
-    fs_text = default_sap_text().replace("procedure: holm", "procedure: fixed_sequence\n  order: [" + ", ".join(order) + "]")
+    fs_text = default_sap_text().replace("procedure: holm", "procedure: fixed_sequence\n  order: [" + ", ".join(order) + "]").replace("test: auto", "test: wald")
     sap = parse_sap(fs_text.encode(), "f.yaml")
     assert check_against(sap, trial.columns, ARMS, "placebo") == "placebo"
     fs = run_sap(sap, trial, arms=ARMS, reference="placebo").primary.table.set_index("arm")
@@ -223,3 +223,153 @@ def test_adjusted_nb2_matches_r_glm_nb(tmp_path: Path) -> None:
         worst = max(worst, float(rel.max()))
         assert rel.max() < 1e-6, (jid, rel.max())
     print(f"worst relative difference from R: {worst:.2g}")
+
+
+# -- the small-sample tests wired into the runner -----------------------------------------------------
+def _plan(test: str, *, procedure: str = "holm", below: int = 30, seed: int = 0) -> object:
+    text = (default_sap_text().replace("test: auto", f"test: {test}").replace("procedure: holm", f"procedure: {procedure}")
+            .replace("below_n_per_arm: 30", f"below_n_per_arm: {below}").replace("seed: 0", f"seed: {seed}")
+            .replace("n_permutations: 999", "n_permutations: 199"))
+    text = text[:text.index("  - name: robust_se")]  # the unadjusted sensitivity analysis only (speed)
+    return parse_sap(text.encode(), "s.yaml")
+
+
+def test_runner_small_sample_tests_give_the_primary_p_and_ci(trial: pd.DataFrame) -> None:
+    """Each planned test fills the primary table's p and RR CI from `primary_tests` (ci_method recorded);
+    auto = permutation below below_n_per_arm (a deviation says so), Wald at or above; Dunnett with a
+    non-Wald test falls back to Holm (a deviation says so); the plan's seed fixes the permutation p."""
+    from mseval.stats.small_sample import primary_tests
+
+    d = trial[trial["arm"].isin(["placebo", "dmf", "laquinimod"])].reset_index(drop=True)
+    arms = ["placebo", "dmf", "laquinimod"]
+    tab, runs = {}, {}
+    for test in ("wald", "t", "lrt"):
+        runs[test] = run_sap(_plan(test), d, arms=arms, reference="placebo")
+        tab[test] = runs[test].primary.table.set_index("arm").loc[["dmf", "laquinimod"]]
+        assert (tab[test]["test"] == test).all() and ((tab[test]["rr_ci_low"] < tab[test]["rate_ratio"]) & (tab[test]["rate_ratio"] < tab[test]["rr_ci_high"])).all()
+    # the same numbers as primary_tests on the unadjusted model (the 'unadjusted' sensitivity analysis)
+    unadj = runs["lrt"].sensitivity[0].table.set_index("arm")
+    ref = primary_tests(d, "net2 ~ arm", "arm", "placebo", method="lrt").table.set_index("arm")
+    assert np.allclose(unadj.loc[["dmf", "laquinimod"], "p_value"], ref.loc[["dmf", "laquinimod"], "p_value"], rtol=1e-8)
+    assert np.allclose(unadj.loc[["dmf", "laquinimod"], "rr_ci_low"], ref.loc[["dmf", "laquinimod"], "ci_low"], rtol=1e-8)
+    # t has the Wald statistic with heavier tails: larger p, wider CI; lrt has the profile-likelihood CI
+    assert (tab["t"]["p_value"] > tab["wald"]["p_value"]).all() and (tab["t"]["rr_ci_high"] > tab["wald"]["rr_ci_high"]).all()
+    assert tab["lrt"]["ci_method"].str.startswith("profile likelihood").all() and tab["wald"]["ci_method"].str.startswith("Wald, normal").all()
+    # auto: permutation at 20 per arm (< 30), recorded; Wald when the threshold is 20
+    auto = run_sap(_plan("auto", procedure="dunnett"), d, arms=arms, reference="placebo")
+    a = auto.primary.table.set_index("arm").loc[["dmf", "laquinimod"]]
+    assert (a["test"] == "permutation").all() and a["ci_method"].str.contains("permutation").all()
+    assert any("'auto' -> 'permutation'" in x for x in auto.deviations) and any("Dunnett" in x and "Holm" in x for x in auto.deviations)
+    assert (a["multiplicity"] == "holm").all() and (a["p_value"] >= 1 / 200).all()
+    assert np.allclose(a["p_adjusted"], np.minimum(1, np.maximum.accumulate(np.sort(a["p_value"].to_numpy()) * [2, 1]))[np.argsort(np.argsort(a["p_value"].to_numpy()))])
+    big = run_sap(_plan("auto", below=20), d, arms=arms, reference="placebo").primary.table
+    assert (big.loc[~big["reference"], "test"] == "wald").all()
+    # the plan's seed: same seed, same p (byte for byte); another seed, other permutations
+    again = run_sap(_plan("auto", procedure="dunnett"), d, arms=arms, reference="placebo").primary.table.set_index("arm").loc[["dmf", "laquinimod"]]
+    assert a["p_value"].tolist() == again["p_value"].tolist()
+    other = run_sap(_plan("auto", procedure="dunnett", seed=7), d, arms=arms, reference="placebo").primary.table.set_index("arm")
+    assert other.loc[["dmf", "laquinimod"], "p_value"].tolist() != a["p_value"].tolist() or other.loc["laquinimod", "rr_ci_low"] != a.loc["laquinimod", "rr_ci_low"]
+
+
+# -- missing data: strategy, CONSORT, MNAR tipping point ----------------------------------------------
+def _visits(d: pd.DataFrame) -> pd.DataFrame:
+    """A two-visit per-visit table (w24, w48) splitting each patient's count; every 5th patient misses
+    w48 (dropout), every 7th misses both."""
+    rows = []
+    for k, r in enumerate(d.itertuples()):
+        first = int(r.net2) // 2
+        gone2, gone1 = k % 5 == 0 or k % 7 == 0, k % 7 == 0
+        rows.append({"patient_id": r.patient_id, "visit": "w24", "visit_index": 1, "start_weeks": 0.0, "end_weeks": 24.0,
+                     "net2": pd.NA if gone1 else first, "gd_count": 0, "missing": "dropout" if gone1 else ""})
+        rows.append({"patient_id": r.patient_id, "visit": "w48", "visit_index": 2, "start_weeks": 0.0 if gone1 else 24.0, "end_weeks": 48.0,
+                     "net2": pd.NA if gone2 else int(r.net2) - first, "gd_count": 0, "missing": "dropout" if gone2 else ""})
+    return pd.DataFrame(rows).astype({"net2": "Int64"})
+
+
+def _wald_plan(strategy: str) -> object:
+    text = default_sap_text().replace("test: auto", "test: wald").replace("strategy: exposure", f"strategy: {strategy}")
+    text = text.replace("imputations: 20", "imputations: 3").replace("deltas: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]", "deltas: [0.0, 2.0]")
+    return parse_sap(text.encode(), "m.yaml")
+
+
+def test_missing_data_strategies_consort_and_mnar(trial: pd.DataFrame) -> None:
+    d = trial[trial["arm"].isin(["placebo", "dmf", "ocrelizumab"])].reset_index(drop=True)
+    arms = ["placebo", "dmf", "ocrelizumab"]
+    v = _visits(d)
+    seen1 = v[(v["visit_index"] == 1)]["missing"].eq("").to_numpy()
+    seen2 = v[(v["visit_index"] == 2)]["missing"].eq("").to_numpy()
+    ex = run_sap(_wald_plan("exposure"), d, arms=arms, reference="placebo", visits=v)
+    cc = run_sap(_wald_plan("complete_case"), d, arms=arms, reference="placebo", visits=v)
+    pe, pc = ex.primary.table.set_index("arm"), cc.primary.table.set_index("arm")
+    assert pe["n_randomized"].sum() == pc["n_randomized"].sum() == len(d)
+    assert pe["n_analysed"].sum() == int(seen1.sum()) and pc["n_analysed"].sum() == int(seen2.sum()) < pe["n_analysed"].sum()
+    # exposure: the years of each analysed patient's last observed scan; complete case: 48 weeks each
+    last = np.where(seen2, 48.0, 24.0)[seen1]
+    assert pe["exposure_years"].sum() == pytest.approx(last.sum() / 52.1775, rel=1e-9)
+    assert pc["exposure_years"].sum() == pytest.approx(seen2.sum() * 48 / 52.1775, rel=1e-9)
+    assert "exposure-based" in pe["estimand"].iloc[0] and "complete case" in pc["estimand"].iloc[0]
+    con = ex.consort.set_index("arm")
+    assert con.loc["all", "randomized"] == len(d) and con.loc["all", "with_w24"] == seen1.sum() and con.loc["all", "with_w48"] == seen2.sum()
+    assert con.loc["all", "analysed"] == pe["n_analysed"].sum() and (con.loc[arms, "analysed"].to_numpy() == pe.loc[arms, "n_analysed"].to_numpy()).all()
+    assert "sap_consort.csv" in ex.tables()
+    # MNAR: delta 0 reproduces the MAR estimate up to imputation noise; a worse missing follow-up on the active arms raises their RR
+    (m,) = ex.mnar
+    g = m.table.set_index(["arm", "delta"])
+    assert set(g.index) == {(a, dl) for a in ("dmf", "ocrelizumab") for dl in (0.0, 2.0)}
+    assert all(g.loc[(a, 2.0), "rate_ratio"] > g.loc[(a, 0.0), "rate_ratio"] for a in ("dmf", "ocrelizumab"))
+    assert set(m.extra["tipping"]["arm"]) == {"dmf", "ocrelizumab"} and any("exp(delta)" in a for a in m.info["assumptions"])
+    assert {"sap_mnar_mnar_tipping_point.csv", "sap_mnar_mnar_tipping_point_tipping.csv"} <= set(ex.tables())
+    text = "\n".join(plan_lines(ex.sap.resolved))
+    assert "MNAR tipping point, delta = 0, 2" in text and "exp(delta)" in text and "Missing data: exposure" in text
+    # a single-visit cohort: the MNAR analysis is not run, and says so
+    single = run_sap(_wald_plan("exposure"), d, arms=arms, reference="placebo")
+    assert single.mnar[0].table.empty and any("mnar_tipping_point: not run" in x for x in single.deviations)
+    assert "sap_mnar_mnar_tipping_point.csv" not in single.tables() and single.consort.set_index("arm").loc["all", "analysed"] == len(d)
+
+
+# -- several visits: the secondary endpoints ------------------------------------------------------------
+def test_multi_visit_secondary_endpoints(trial: pd.DataFrame) -> None:
+    """On a two-visit table the plan's secondary endpoints are the several-visit fits themselves (same
+    numbers as calling them with the plan's covariate terms); on one visit they are skipped (deviation)
+    or refused (naming the field), and the first-lesion endpoint falls back to the lesion-free odds ratio."""
+    from mseval.sap.covariates import derive as derive_cov
+    from mseval.sap.secondary import check_visits
+    from mseval.stats.visits import fit_cumulative_nb2, fit_first_lesion_cloglog
+
+    d = trial[trial["arm"].isin(["placebo", "dmf", "ocrelizumab"])].reset_index(drop=True)
+    arms = ["placebo", "dmf", "ocrelizumab"]
+    v = _visits(d)
+    v["gd_count"] = (v["net2"] // 2).astype("Int64")
+    text = (default_sap_text().replace("test: auto", "test: wald").replace("imputations: 20", "imputations: 2")
+            .replace("corr: ar1", "corr: exchangeable"))
+    text = text.replace("- {column: site, transform: factor, label: site}", "- {column: gd_count, transform: any_vs_none}").replace(
+        '    - {column: gd_count, transform: any_vs_none, label: "baseline Gd+ lesions (0 vs >= 1)"}\n', "")
+    sap = parse_sap(text.encode(), "v.yaml")
+    r = run_sap(sap, d, arms=arms, reference="placebo", visits=v)
+    sec = {s.name: s for s in r.secondary}
+    assert set(sec) == {"lesion_free", "net2_cumulative", "net2_gee", "gd_per_scan", "first_lesion_hazard"}
+    covs = derive_cov(d, sap.primary["covariates"])
+    direct = fit_cumulative_nb2(v, covs.data.drop(columns="net2"), covariates=covs.terms, reference="placebo").table.set_index("term")
+    cum = sec["net2_cumulative"].table.set_index("arm")
+    assert np.allclose(cum.loc[["dmf", "ocrelizumab"], "rate_ratio"], direct.loc[["dmf", "ocrelizumab"], "rate_ratio"], rtol=1e-10)
+    assert np.allclose(cum.loc[["dmf", "ocrelizumab"], "ci_low"], direct.loc[["dmf", "ocrelizumab"], "ci_low"], rtol=1e-10)
+    hz = fit_first_lesion_cloglog(v, covs.data.drop(columns="net2"), covariates=covs.terms, reference="placebo").table.set_index("term")
+    fl = sec["first_lesion_hazard"].table.set_index("arm")
+    assert np.allclose(fl.loc[["dmf", "ocrelizumab"], "hazard_ratio"], hz.loc[["dmf", "ocrelizumab"], "hazard_ratio"], rtol=1e-10, equal_nan=True)
+    assert "proportional" in sec["first_lesion_hazard"].info["assumptions"]
+    gee = sec["net2_gee"].table.set_index("arm")
+    assert sec["net2_gee"].info["corr"] == "exchangeable" and gee.loc["dmf", "estimable"] and gee.loc["dmf", "ci_low"] < gee.loc["dmf", "rate_ratio"]
+    assert sec["gd_per_scan"].table.set_index("arm").loc["dmf", "estimable"]
+    assert all(f"sap_secondary_{n}.csv" in r.tables() for n in sec)
+    # one follow-up scan: skipped with a deviation; first lesion -> lesion-free odds ratio; a plan without single_visit: skip is refused
+    one = run_sap(sap, d, arms=arms, reference="placebo")
+    assert sum("needs several visits" in x for x in one.deviations) == 3
+    assert "odds_ratio" in {s.name: s for s in one.secondary}["first_lesion_hazard"].table.columns
+    strict = parse_sap(text.replace("    corr: exchangeable\n    single_visit: skip\n", "    corr: exchangeable\n").encode(), "strict.yaml")
+    with pytest.raises(InputError) as err:
+        check_visits(strict.resolved, False, strict.source)
+    assert err.value.field == "secondary[2].corr" and "\n" not in str(err.value)
+    check_visits(strict.resolved, True, strict.source)  # several visits: fine
+    with pytest.raises(InputError) as err:
+        parse_sap(text.replace("    endpoint: lesion_free\n", "    endpoint: lesion_free\n    corr: ar1\n").encode(), "x.yaml")
+    assert err.value.field == "secondary[0].corr"

@@ -48,7 +48,7 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
     cohort, counts = trial
     sap = tmp_path / "sap.yaml"
-    sap.write_text(default_sap_text())
+    sap.write_text(default_sap_text().replace("imputations: 20", "imputations: 2").replace("n_permutations: 999", "n_permutations: 199").replace("deltas: [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]", "deltas: [0.0, 1.0]"))
     out = tmp_path / "eff"
     res = _run(cli, cohort, counts, out, sap)
     assert res.code == 0, res.err
@@ -59,10 +59,23 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     for col in ("adjusted_rate", "rate_ci_low", "rate_ci_high", "rate_ratio", "rr_ci_low", "rr_ci_high", "rate_difference", "rd_ci_low", "rd_ci_high",
                 "p_value", "p_adjusted", "events", "exposure_years", "estimand", "estimable", "note"):
         assert col in prim.columns, col
-    ok = prim[~prim["reference"] & prim["estimable"]]
-    assert len(ok) >= 2 and (ok["rr_ci_low"] < ok["rate_ratio"]).all() and (ok["rate_ratio"] < ok["rr_ci_high"]).all()
-    assert (ok["p_adjusted"] >= ok["p_value"]).all() and (prim["multiplicity"] == "holm").all()
+    # 6 per arm: the default plan's 'auto' runs the permutation test (its inverted CI, the seed of the plan), recorded as a deviation
+    comp = prim[~prim["reference"]]
+    assert (comp["test"] == "permutation").all() and comp["ci_method"].str.contains("permutation").all()
+    assert comp["p_value"].between(0, 1).all() and (comp["p_adjusted"] >= comp["p_value"]).all() and (prim["multiplicity"] == "holm").all()
+    assert (comp["estimable"] | comp["note"].str.len().gt(0)).all()  # a CI that is not bounded is flagged, never printed as a number silently
+    ok = comp[comp["estimable"]]
+    assert ((ok["rr_ci_low"] < ok["rate_ratio"]) & (ok["rate_ratio"] < ok["rr_ci_high"])).all()
+    assert "'auto' -> 'permutation'" in (out / "sap_deviations.csv").read_text()
+    # the cohort's visits.csv (one follow-up visit): CONSORT per visit, the MNAR tipping point; several-visit endpoints skipped
+    consort = pd.read_csv(out / "sap_consort.csv").set_index("arm")
+    assert consort.loc["all", "randomized"] == 24 and consort.loc["all", "analysed"] == prim["n_analysed"].sum()
+    mnar = pd.read_csv(out / "sap_mnar_mnar_tipping_point.csv")
+    assert sorted(set(mnar["delta"])) == [0.0, 1.0] and len(mnar) == 2 * 3 and (out / "sap_mnar_mnar_tipping_point_tipping.csv").is_file()
+    assert sum("needs several visits" in line for line in (out / "sap_deviations.csv").read_text().splitlines()) == 3
     sens = pd.read_csv(out / "sap_sensitivity.csv")
+    wald = sens[(sens["analysis"] == "robust_se") & ~sens["reference"]]
+    assert len(wald) == 3 and wald["ci_method"].str.contains("sandwich").all() and wald["estimable"].sum() >= 2
     assert set(sens["analysis"]) == {"primary", "unadjusted", "robust_se"}
     assert (out / "sap_secondary_lesion_free.csv").is_file() and (out / "sap_model_terms.csv").is_file()
     record = json.loads((out / "sap.json").read_text())
@@ -88,6 +101,8 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     assert "**Deviations from the plan:**" in md and "p, adjusted (holm)" in md and "### Sensitivity analyses" in md
     assert ctx["primary"]["rows"][0][0] == arm_labels(arms)["placebo"] and ctx["primary"]["rows"][0][4] == "reference"
     assert "Odds ratio of being lesion-free" in md and "Hazard ratio: not estimated" in md
+    assert "### CONSORT flow" in md and "### Sensitivity: MNAR tipping point (mnar_tipping_point)" in md and "exp(delta)" in md
+    assert "### Secondary, several visits" not in md  # one follow-up visit: skipped (deviations) or the lesion-free odds ratio
 
 
 @pytest.mark.parametrize(("edit", "field", "words"), [
@@ -97,7 +112,13 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     (lambda t: t.replace("sap_version: 1\n", "sap_version: 1\nreference_arm: aspirin\n"), "reference_arm", "is not in the arms table"),
     (lambda t: t.replace("procedure: holm", "procedure: fixed_sequence\n  order: [dmf, aspirin, ocrelizumab]"), "multiplicity.order",
      "'aspirin' is not in the arms table"),
-    (lambda t: t.replace("test: wald", "test: lrt"), "small_sample_test.test", "not available in this build"),
+    (lambda t: t.replace("test: auto", "test: score"), "small_sample_test.test", "is not one of"),
+    (lambda t: t.replace("seed: 0", "seed: -3"), "seed", "minimum"),
+    (lambda t: t.replace("strategy: exposure", "strategy: last_value_carried_forward"), "missing_data.strategy", "is not one of"),
+    (lambda t: t.replace("    cov: robust\n", "    cov: robust\n    deltas: [1.0]\n"), "sensitivity[1].deltas", "not a field of a model_variation"),
+    (lambda t: t.replace("imputations: 20", "imputations: 1"), "sensitivity[2].imputations", "minimum"),
+    (lambda t: t.replace("    corr: ar1\n    single_visit: skip\n", "    corr: ar1\n"), "secondary[2].corr", "needs several visits per patient"),
+    (lambda t: t.replace("n_permutations: 999", "n_permutations: 10"), "small_sample_test.n_permutations", "minimum"),
 ])
 def test_bad_plan_is_one_line_exit_2_nothing_written(trial: tuple[Path, Path], tmp_path: Path, cli, edit, field: str, words: str) -> None:  # noqa: ANN001
     cohort, counts = trial
