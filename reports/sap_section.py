@@ -93,7 +93,8 @@ def _count_rows(df: pd.DataFrame, labels: dict[str, str], *, with_analysis: bool
         rr = "reference" if ref else N.ratio_text(r["rate_ratio"], r["rr_ci_low"], r["rr_ci_high"], **est)
         ok = not N.flagged(r.get("estimable"))
         rd = "reference" if ref else (N.additive_text(r["rate_difference"], r["rd_ci_low"], r["rd_ci_high"]) if ok else N.ne_text(note))
-        row = [labels.get(r["arm"], r["arm"]), f"{int(r['n_randomized'])} / {int(r['n_analysed'])}",
+        per_visit = ", ".join(f"{k[len('n_with_'):].upper()} {int(v)}" for k, v in r.items() if k.startswith("n_with_") and v == v)
+        row = [labels.get(r["arm"], r["arm"]), f"{int(r['n_randomized'])} / {int(r['n_analysed'])}" + (f" (scanned: {per_visit})" if per_visit else ""),
                f"{int(r['events'])} / {N.num(r['exposure_years'], 1)}", rate, rr, rd if ok or ref else N.NOT_ESTIMABLE,
                "" if ref else (N.p_text(r["p_value"]) if ok else N.NOT_ESTIMABLE), "" if ref else (_p(r) if ok else N.NOT_ESTIMABLE)]
         rows.append(([str(r["analysis"])] if with_analysis else []) + row)

@@ -318,8 +318,23 @@ def run_sap(sap: Sap, data: pd.DataFrame, *, arms: list[str], reference: str, fi
     for s in plan["secondary"]:
         covs = prim.get("covariates", []) if s.get("covariates", "primary") == "primary" else s["covariates"]
         sec.append(ANALYSES[s["endpoint"]](data, {**s, "covariates": covs}, ctx, name=s["name"]))
-    return SapResult(sap, reference, _in_order(primary, order), [_in_order(r, order) for r in sens], [_in_order(r, order) for r in sec], mnar,
-                     missing.consort(data, visits))
+    flow = missing.consort(data, visits)
+    return SapResult(sap, reference, _with_visit_counts(_in_order(primary, order), flow), [_in_order(r, order) for r in sens],
+                     [_in_order(r, order) for r in sec], mnar, flow)
+
+
+def _with_visit_counts(result: AnalysisResult, flow: pd.DataFrame) -> AnalysisResult:
+    """The primary table with, after n_analysed, `n_with_<visit>`: per arm, the patients whose scan at that
+    visit took place (the CONSORT flow's `with_<visit>` columns; none for a cohort without visits)."""
+    cols = [c for c in flow.columns if c.startswith("with_")]
+    if not cols or "n_analysed" not in result.table.columns:
+        return result
+    per_arm = flow.set_index("arm")
+    t = result.table.copy()
+    at = list(t.columns).index("n_analysed") + 1
+    for k, c in enumerate(cols):
+        t.insert(at + k, f"n_{c}", [int(per_arm.at[a, c]) if a in per_arm.index else 0 for a in t["arm"]])
+    return AnalysisResult(result.name, result.endpoint, t, result.terms, result.deviations, result.info, result.extra)
 
 
 def _in_order(result: AnalysisResult, arms: list[str]) -> AnalysisResult:

@@ -312,6 +312,11 @@ def test_missing_data_strategies_consort_and_mnar(trial: pd.DataFrame) -> None:
     assert con.loc["all", "randomized"] == len(d) and con.loc["all", "with_w24"] == seen1.sum() and con.loc["all", "with_w48"] == seen2.sum()
     assert con.loc["all", "analysed"] == pe["n_analysed"].sum() and (con.loc[arms, "analysed"].to_numpy() == pe.loc[arms, "n_analysed"].to_numpy()).all()
     assert "sap_consort.csv" in ex.tables()
+    # the primary table carries n per visit beside n randomized / analysed (CONSORT 13a)
+    cols = list(ex.primary.table.columns)
+    assert cols[cols.index("n_analysed") + 1: cols.index("n_analysed") + 3] == ["n_with_w24", "n_with_w48"]
+    assert pe["n_with_w24"].sum() == seen1.sum() and pe["n_with_w48"].sum() == seen2.sum()
+    assert (pe.loc[arms, "n_with_w48"].to_numpy() == con.loc[arms, "with_w48"].to_numpy()).all()
     # MNAR: delta 0 reproduces the MAR estimate up to imputation noise; a worse missing follow-up on the active arms raises their RR
     (m,) = ex.mnar
     g = m.table.set_index(["arm", "delta"])
