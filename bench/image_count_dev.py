@@ -96,13 +96,12 @@ def main() -> None:
         ttab = feats_tr.assign(net2=[allp[i].counts[v] for i in feats_tr.patient_id], followup_years=[allp[i].years[v] for i in feats_tr.patient_id])
         ttab = ttab[np.isfinite(ttab["net2"])]
         dtab = feats_dv.assign(followup_years=[p.years[v] for p in dev_p])
-        kmax = int(np.nanmax(y)) + 200
         laws = {"nb2_baseline": fit_nb2_baseline(ttab, reference="placebo").pmf(dtab[ok])}
         orc = cohort_observable_pmf(dv.root, dtab[ok].assign(gd_count=dtab.loc[ok, "gd_count"]))
         if orc is not None:
             laws["oracle"] = orc
         for k, (m, al, _) in preds.items():
-            laws[k] = count_pmf(m[ok, v], al[ok, v], kmax)
+            laws[k] = count_pmf(m[ok, v], al[ok, v])
         sc = {k: crps_pmf(p, y[ok].astype(int)) for k, p in laws.items()}
         row = {"visit": label, "n": int(ok.sum())} | {f"crps_{k}": float(s.mean()) for k, s in sc.items()}
         for k in ("model", "no_images", "oracle"):

@@ -117,14 +117,6 @@ def logits_for(logits: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
     return logits[torch.arange(logits.shape[0], device=logits.device), arm.long()]
 
 
-def nb2_logpmf(y: torch.Tensor, log_mu: torch.Tensor, log_alpha: torch.Tensor) -> torch.Tensor:
-    """Elementwise log NB2 pmf of counts y (float) given log mean and log dispersion (nats)."""
-    r = torch.exp(-log_alpha)
-    mu = torch.exp(log_mu)
-    return (torch.lgamma(y + r) - torch.lgamma(r) - torch.lgamma(y + 1.0)
-            + r * (torch.log(r) - torch.log(r + mu)) + y * (log_mu - torch.log(r + mu)))
-
-
 def trajectory_logpmf(counts: torch.Tensor, log_mu: torch.Tensor, log_alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint log-likelihood (B,) of each member's observed cumulative counts (B, V; NaN = visit missing) under
     the gamma-mixed Poisson process with cumulative means exp(log_mu) (B, V, nondecreasing) and dispersion
@@ -269,18 +261,13 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
     return ImageCountFit(len(train), len(val), epochs, best_epoch, vb[1], vb[2], tuple(hist))
 
 
-def count_pmf(log_mu: np.ndarray, log_alpha: np.ndarray, kmax: int) -> np.ndarray:
-    """(..., kmax + 1) NB2 pmf over 0..kmax (the tail beyond kmax added to the last cell)."""
-    from scipy import stats
+def count_pmf(log_mu: np.ndarray, log_alpha: np.ndarray) -> np.ndarray:
+    """(n, K) NB2 pmf rows for log means and log dispersions (n,) (`mseval.stats.baseline_nb2.nb2_law_pmf`:
+    tail beyond K about 1e-12; NaN rows for a law beyond its KMAX lesions)."""
+    from mseval.stats.baseline_nb2 import nb2_law_pmf
 
-    mu, a = np.exp(np.asarray(log_mu, float)), np.exp(np.asarray(log_alpha, float))
-    r = 1.0 / a
-    p = r / (r + mu)
-    k = np.arange(kmax + 1)
-    pmf = stats.nbinom.pmf(k, r[..., None], p[..., None])
-    pmf[..., -1] += np.clip(1.0 - pmf.sum(-1), 0.0, None)
-    return pmf
+    return nb2_law_pmf(np.exp(np.asarray(log_mu, float)), np.exp(np.asarray(log_alpha, float)))
 
 
 __all__ = ["FEATURES", "ImageCountFit", "ImageCountNet", "PatientArrays", "collate", "count_pmf", "evaluate_loss",
-           "fit_image_count", "logits_for", "loss_terms", "nb2_logpmf", "tabular", "trajectory_logpmf"]
+           "fit_image_count", "logits_for", "loss_terms", "tabular", "trajectory_logpmf"]

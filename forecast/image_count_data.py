@@ -19,6 +19,7 @@ from forecast.data import normalize_image
 from forecast.image_count import FEATURES, PatientArrays
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort
+from mseval.io.nifti import load_volume
 from mseval.lesions.baseline_features import baseline_features
 from mseval.lesions.components import count_lesions
 from mseval.units import WEEKS_PER_YEAR
@@ -49,22 +50,21 @@ def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str],
                          for c in inputs]).astype(np.float32)
         row = feats.loc[pid]
         tab = np.array([row[f] for f in FEATURES], dtype=np.float64)
-        years, counts, centres = [], [], np.zeros((0, 3), np.int64)
+        years, counts, last = [], [], None
         if with_targets:
             rows = cohort.visit_rows(pid).set_index("visit")
             for v in visits:
                 rec = rows.loc[v]
                 wk = rec.get("weeks")
                 path = rec.get("net2_mask_cumulative")
-                if isinstance(path, str) and path and wk == wk:
-                    m = cohort.load_visit(pid, v)["net2_mask_cumulative"]
-                    c = count_lesions(m.data, m.affine, connectivity=26, min_volume_mm3=3.0)
+                if isinstance(path, str) and path and wk == wk:  # only the cumulative NET2 mask of the visit is read
+                    last = load_volume(cohort.root / path, mask=True, field="net2_mask_cumulative")
                     years.append(float(wk) / WEEKS_PER_YEAR)
-                    counts.append(float(c.count))
-                    centres = lesion_centres(m.data)
+                    counts.append(float(count_lesions(last.data, last.affine, connectivity=26, min_volume_mm3=3.0).count))
                 else:  # a missing visit keeps its scheduled week; its count is unknown
                     years.append(float(rec["scheduled_weeks"]) / WEEKS_PER_YEAR)
                     counts.append(float("nan"))
+        centres = lesion_centres(last.data) if last is not None else np.zeros((0, 3), np.int64)
         arm = list(arms).index(str(cohort.row(pid)["arm"]))
         out.append(PatientArrays(cond, brain, tab, arm, np.asarray(years, np.float32), np.asarray(counts, np.float32), centres))
         if progress:

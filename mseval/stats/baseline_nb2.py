@@ -28,6 +28,28 @@ KMAX = 5000
 """Largest count a usable predictive law may need (lesions): NET2 counts beyond a few hundred are not MS."""
 
 
+def nb2_law_pmf(mu: np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
+    """Tabulated NB2 laws (n, K) over 0..K-1 (tail beyond K about 1e-12) for means mu (n,) and
+    dispersions alpha (scalar or (n,); variance mu + alpha mu^2). A law reaching beyond `KMAX`
+    lesions, or a non-finite mean or dispersion, is not a usable law: every entry is NaN."""
+    mu = np.asarray(mu, dtype=float).reshape(-1)
+    a = np.broadcast_to(np.asarray(alpha, dtype=float), mu.shape)
+    if not np.isfinite(mu).all() or not np.isfinite(a).all():
+        return np.full((len(mu), 2), np.nan)
+    n, p = 1.0 / a, 1.0 / (1.0 + a * mu)
+    # A closed-form bound on the 1 - 1e-12 quantile (checked against scipy's sf over alpha in
+    # [1e-10, 50], mean in [1e-8, 300]: tail <= 1.2e-16): mean + 10 sd plus the geometric tail's
+    # length. (scipy's nbinom.ppf can loop for minutes at alpha near 0.)
+    sd = np.sqrt(mu + a * mu**2)
+    with np.errstate(divide="ignore"):
+        bound = mu + 10.0 * sd + 28.0 / np.log1p(1.0 / np.maximum(a * mu, 1e-300)) + 20.0
+    kmax = float(bound.max()) if len(mu) else 0.0
+    if not np.isfinite(kmax) or kmax > KMAX:
+        return np.full((len(mu), 2), np.nan)
+    kmax = int(max(20.0, kmax))
+    return stats.nbinom.pmf(np.arange(kmax + 1)[None, :], n[:, None], p[:, None])
+
+
 @dataclass(frozen=True)
 class NB2Baseline:
     """A fitted NB2 baseline; `fit` is the CountModelFit, `trained_on` names the training data."""
@@ -46,22 +68,7 @@ class NB2Baseline:
         A fit whose law reaches beyond `KMAX` lesions for some row (a degenerate fit on too few
         patients: a mean of thousands of lesions, or a non-finite mean) is not a usable law: every
         entry is NaN, which `forecast.evaluate.unusable_references` reports as not estimable."""
-        mu = np.asarray(self.mean(features), dtype=float)
-        a = max(float(self.fit.alpha), 1e-10)
-        if not np.isfinite(mu).all() or not np.isfinite(a):
-            return np.full((len(mu), 2), np.nan)
-        n, p = 1.0 / a, 1.0 / (1.0 + a * mu)
-        # A closed-form bound on the 1 - 1e-12 quantile (checked against scipy's sf over alpha in
-        # [1e-10, 50], mean in [1e-8, 300]: tail <= 1.2e-16): mean + 10 sd plus the geometric tail's
-        # length. (scipy's nbinom.ppf can loop for minutes at alpha near 0.)
-        sd = np.sqrt(mu + a * mu**2)
-        with np.errstate(divide="ignore"):
-            bound = mu + 10.0 * sd + 28.0 / np.log1p(1.0 / np.maximum(a * mu, 1e-300)) + 20.0
-        kmax = float(bound.max()) if len(mu) else 0.0
-        if not np.isfinite(kmax) or kmax > KMAX:
-            return np.full((len(mu), 2), np.nan)
-        kmax = int(max(20.0, kmax))
-        return stats.nbinom.pmf(np.arange(kmax + 1)[None, :], n, p[:, None])
+        return nb2_law_pmf(self.mean(features), max(float(self.fit.alpha), 1e-10))
 
     def to_dict(self) -> dict:
         return {"model": "NB2 regression, offset log(follow-up years); plug-in predictive NB2", "formula": self.fit.formula,
