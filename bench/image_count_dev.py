@@ -53,6 +53,9 @@ def main() -> None:
     ap.add_argument("--dev", required=True)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--hidden", type=int, default=12)
+    ap.add_argument("--count-hidden", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", default="", help="pickle of the loaded arrays (made when absent)")
@@ -78,10 +81,11 @@ def main() -> None:
     nets = {}
     variants = {"model": (), "no_images": tuple(range(len(IMAGE_CHANNELS)))}
     for name, zero in ((k, variants[k]) for k in a.variants.split(",")):
-        net = ImageCountNet(C, len(arms), hidden=a.hidden)
+        net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden)
         t0 = time.time()
-        fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero,
+        fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr,
                               progress=lambda e, n, v: print(f"  {name} epoch {e}/{n} val {v:.3f} ({time.time() - t0:.0f}s)", flush=True))
+        print(f"  {name}: count epoch {fit.best_count_epoch} ({fit.val_count_nll:.4f}), centre epoch {fit.best_centre_epoch} ({fit.val_centre_nll:.4f})", flush=True)
         res[f"fit_{name}"] = fit.to_dict() | {"seconds": time.time() - t0}
         nets[name] = (net, zero)
     visits = visit_horizons(dv)

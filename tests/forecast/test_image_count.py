@@ -68,7 +68,12 @@ def test_single_visit_cohort_without_visits_table_is_refused(tiny_cohort: Path, 
 def test_fit_keeps_the_best_held_out_epoch_and_is_deterministic(arrays, fitted) -> None:
     _, arms, ps = arrays
     net, fit = fitted
-    assert fit.best_epoch == 1 + int(np.argmin([h[0] for h in fit.history]))
+    assert fit.best_count_epoch == 1 + int(np.argmin([h[1] for h in fit.history]))  # each pathway its own criterion
+    assert fit.best_centre_epoch == 1 + int(np.argmin([h[2] for h in fit.history]))
+    from forecast.image_count import evaluate_loss
+
+    got = evaluate_loss(net, ps[14:], batch=7)
+    assert np.isclose(got[1], fit.val_count_nll, rtol=1e-5) and np.isclose(got[2], fit.val_centre_nll, rtol=1e-5)
     again = ImageCountNet(7, len(arms), hidden=4, mlp=8)
     fit_image_count(again, ps[:14], ps[14:], epochs=3, batch=7, seed=3)
     for (k, a), b in zip(net.state_dict().items(), again.state_dict().values()):
@@ -79,6 +84,13 @@ def _outputs(net: ImageCountNet, batch: dict) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         m, _, lg = net(batch["cond"], batch["brain"], batch["tab"], batch["arm"], batch["years"])
         return m.numpy(), logits_for(lg, batch["arm"]).numpy()
+
+
+def test_the_pathways_share_no_parameter(arrays) -> None:
+    _, arms, _ = arrays
+    net = ImageCountNet(7, len(arms), hidden=4, mlp=8, count_hidden=3)
+    a, b = {id(t) for t in net.count_parameters()}, {id(t) for t in net.centre_parameters()}
+    assert not a & b and a | b == {id(t) for t in net.parameters()}
 
 
 def test_every_input_changes_the_forecast(arrays, fitted) -> None:
@@ -92,9 +104,13 @@ def test_every_input_changes_the_forecast(arrays, fitted) -> None:
         m2, l2 = _outputs(net, batch)
         return float(np.abs(m2 - mu).max()), float(np.abs(l2 - lg)[brain].max())
 
+    cond = b["cond"].clone().requires_grad_(True)
+    m, _, _ = net(cond, b["brain"], b["tab"], b["arm"], b["years"])
+    (grad,) = torch.autograd.grad(m.sum(), cond)
     for name, zero in (("images", range(len(IMAGE_CHANNELS))), ("masks", range(len(IMAGE_CHANNELS), 7))):
         dm, dl = changed(collate(ps[:6], zero_channels=tuple(zero)))
-        assert dm > 1e-5 and dl > 1e-5, name  # the path exists; its size is measured in bench/image_count_dev.py
+        assert dl > 1e-5, name  # the centre law reads them; the size is measured in bench/image_count_dev.py
+        assert dm > 0 and float(grad[:, list(zero)].abs().sum()) > 1e-4, name  # and so does the count law
     for j in range(4):  # each tabular feature moves the count law
         tab = b["tab"].clone()
         tab[:, j] += 1.0
