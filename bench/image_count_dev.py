@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 
 from forecast.data import split_patients
 from forecast.image_count import ImageCountNet, collate, count_pmf, fit_image_count, logits_for
@@ -108,6 +109,9 @@ def main() -> None:
             laws[k] = count_pmf(m[ok, v], al[ok, v])
         sc = {k: crps_pmf(p, y[ok].astype(int)) for k, p in laws.items()}
         row = {"visit": label, "n": int(ok.sum())} | {f"crps_{k}": float(s.mean()) for k, s in sc.items()}
+        active = y[ok] > 0
+        if 0 < active.sum() < active.size:  # P(active) AUC: 1 - P(0 lesions) of each law against observed activity
+            row |= {f"auc_{k}": float(roc_auc_score(active, 1.0 - np.asarray(p)[:, 0])) for k, p in laws.items()}
         for k in ("model", "no_images", "oracle"):
             if k in sc:
                 d = sc[k] - sc["nb2_baseline"]
