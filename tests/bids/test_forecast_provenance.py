@@ -28,7 +28,7 @@ def _import(theirs: Path, out: Path, cohort: Path, *extra: str) -> None:
     assert main(["forecast", "import", str(theirs), "--out", str(out), "--cohort", str(cohort), "--name", "groupX-unet", *extra]) == 0
 
 
-def test_training_patients_make_the_results_mixed_and_evaluate_says_so(trial: dict[str, Path], theirs: Path, tmp_path: Path) -> None:
+def test_training_patients_make_the_results_mixed_and_evaluate_and_report_say_so(trial: dict[str, Path], theirs: Path, tmp_path: Path) -> None:
     ids = read_cohort(trial["cohort"]).patient_ids[:2]
     pd.DataFrame({"patient_id": ids}).to_csv(tmp_path / "train.csv", index=False)
     _import(theirs, tmp_path / "store", trial["cohort"], "--trained-on", str(tmp_path / "train.csv"))
@@ -39,6 +39,10 @@ def test_training_patients_make_the_results_mixed_and_evaluate_says_so(trial: di
     assert main(["evaluate", str(trial["cohort"]), str(tmp_path / "store"), "--out", str(tmp_path / "ev")]) == 0
     summary = json.loads(next((tmp_path / "ev").rglob("*.json")).read_text())
     assert summary["provenance"]["status"] == "mixed" and "2 were in its training set" in summary["provenance"]["sentence"]
+    assert main(["report", str(trial["cohort"]), str(tmp_path / "store"), "--out", str(tmp_path / "rep"), "--evaluation", str(tmp_path / "ev"),
+                 "--power-sims", "0"]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "MIXED: some evaluated patients were seen in training" in html and "groupX-unet" in html
 
 
 def test_trained_on_none_is_held_out_and_no_declaration_is_unknown(trial: dict[str, Path], theirs: Path, tmp_path: Path) -> None:
