@@ -58,7 +58,7 @@ def write_foreign(store: Path, folder: Path, *, per_sample: bool = True, probabi
     return written
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def foreign() -> Callable[..., list[tuple[str, str, int, str]]]:
     """`write_foreign`, for tests that bring forecasts made outside the project."""
     return write_foreign

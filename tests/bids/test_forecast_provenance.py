@@ -16,11 +16,9 @@ from mseval.provenance import forecast_provenance
 
 
 @pytest.fixture(scope="module")
-def theirs(trial: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import write_foreign
-
+def theirs(trial: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, foreign) -> Path:  # noqa: ANN001
     folder = tmp_path_factory.mktemp("prov") / "theirs"
-    write_foreign(trial["store"], folder)
+    foreign(trial["store"], folder)
     return folder
 
 
