@@ -269,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_typer(app, argv, "mseval forecast")
 
 
-from mseval.commands.forecast_import import forecast_import  # noqa: E402 - light: nibabel is imported inside
+from mseval.commands.forecast_import import forecast_export, forecast_import  # noqa: E402 - light: nibabel is imported inside
 
 app.command("import")(forecast_import)
+app.command("export")(forecast_export)
 
 
 if __name__ == "__main__":

@@ -126,10 +126,12 @@ def forecast_provenance(cohort_dir: str | Path, forecasts_dir: str | Path) -> di
 
 
 def _simulated(rows: pd.DataFrame) -> bool:
-    """A block written by `mseval.simulate.forecasters` (no trained model behind it)."""
+    """A block written by `mseval.simulate.forecasters` (no trained model behind it): neither the project's
+    sampler (`model` "forecast") nor `mseval forecast import` (`model` "imported", an unknown model) wrote it."""
     if str(rows["checkpoint"].iloc[0]).startswith("simulated-"):
         return True
-    return bool(len(rows)) and all('"model": "forecast"' not in str(s) and '"model":"forecast"' not in str(s) for s in rows["sampler"])
+    models = ('"model": "forecast"', '"model":"forecast"', '"model": "imported"', '"model":"imported"')
+    return bool(len(rows)) and all(not any(m in str(s) for m in models) for s in rows["sampler"])
 
 
 def _sentence(status: str, per: list[dict[str, Any]]) -> str:

@@ -2,8 +2,8 @@
 
 Layout written (docs/bids.md)::
 
-    OUT/dataset_description.json  participants.tsv  participants.json  arms.tsv  .bidsignore
-    OUT/sub-<pid>/sub-<pid>_sessions.tsv   (session_id, acq_time, scheduled_weeks, weeks)
+    OUT/dataset_description.json  README  participants.tsv  participants.json  arms.tsv  .bidsignore
+    OUT/sub-<pid>/sub-<pid>_sessions.tsv   (session_id, acq_time, scheduled_weeks, weeks) and its .json
     OUT/sub-<pid>/ses-<visit>/anat/sub-<pid>_ses-<visit>_{T1w,T2w,FLAIR,PDw,ce-gadolinium_T1w}.nii.gz
     OUT/derivatives/<pipeline>/dataset_description.json
     OUT/derivatives/<pipeline>/sub-<pid>/ses-<visit>/anat/..._label-lesion_desc-{T2,gd,net2,net2cumulative}_mask.nii.gz
@@ -44,6 +44,15 @@ _COLUMN_DOCS = {
     "t2_volume_mm3": {"Description": "baseline T2 lesion volume", "Units": "mm^3"},
     "gd_count": {"Description": "baseline gadolinium-enhancing lesion count"},
 }
+
+_SESSION_DOCS = {
+    "session_id": {"Description": "session label; ses-w<N>: scheduled at week N"},
+    "acq_time": {"Description": f"acquisition date, shifted so that week 0 is {ACQ_EPOCH.date()}"},
+    "scheduled_weeks": {"Description": "planned week of the visit after baseline", "Units": "week"},
+    "weeks": {"Description": "week of the scan after the baseline scan", "Units": "week"},
+}
+"""Data dictionary of every `sub-<id>_sessions.tsv`, written beside each one (`sub-<id>_sessions.json`):
+the BIDS validator 1.15.0 refuses a top-level `sessions.json`."""
 
 
 def _label(value: str, what: str, file: Path, row: int) -> str:
@@ -107,15 +116,15 @@ def export_bids(cohort_dir: str | Path, out: str | Path, *, pipeline: str = "mse
                 "acq_time": [(ACQ_EPOCH + dt.timedelta(weeks=float(w))).isoformat(timespec="seconds") for w in rows["weeks"]],
                 "scheduled_weeks": rows["scheduled_weeks"].to_numpy(), "weeks": rows["weeks"].to_numpy()})
             _tsv(sessions, tmp / f"sub-{pid}" / f"sub-{pid}_sessions.tsv")
-        _json({"session_id": {"Description": "session label; ses-w<N>: scheduled at week N"},
-               "acq_time": {"Description": f"acquisition date, shifted so that week 0 is {ACQ_EPOCH.date()}"},
-               "scheduled_weeks": {"Description": "planned week of the visit after baseline", "Units": "week"},
-               "weeks": {"Description": "week of the scan after the baseline scan", "Units": "week"}}, tmp / "sessions.json")
+            _json(_SESSION_DOCS, tmp / f"sub-{pid}" / f"sub-{pid}_sessions.json")
         table, docs = _participants(cohort)
         _tsv(table, tmp / "participants.tsv")
         _json(docs, tmp / "participants.json")
         _tsv(cohort.arms, tmp / "arms.tsv")
         (tmp / ".bidsignore").write_text("arms.tsv\n")
+        (tmp / "README").write_text(f"mseval cohort {cohort.root.name}, written by `mseval export bids` (mseval {__version__}).\n"
+                                    "Lesion masks: derivatives/" + pipeline + "/. Randomized arms: participants.tsv column `arm`, "
+                                    "arms.tsv (labels, efficacy, reference arm).\n")
         generated = [{"Name": "mseval", "Version": __version__}]
         _json({"Name": f"mseval cohort {cohort.root.name}", "BIDSVersion": BIDS_VERSION, "DatasetType": "raw", "GeneratedBy": generated},
               tmp / "dataset_description.json")

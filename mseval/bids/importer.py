@@ -8,6 +8,12 @@ baseline for `net2_mask_cumulative`). The whole cohort is written atomically, wi
 `import_report.csv`: one row per subject, session and field, `found` / `resampled` / `computed` /
 `missing`. A session absent for one subject but held by others is a missing visit: `dropout` when no
 later session of the subject took place, `missed` otherwise.
+
+Lesions are also counted on each mask's native grid (the file as the pipeline wrote it, before any
+resampling): `native_lesions.csv`, one row per subject, session and lesion mask, with the columns and
+numbers `mseval lesions` gives for that file (26-connected, components >= 3 mm^3). The baseline
+`t2_volume_mm3` and `gd_count` of manifest.csv, when participants.tsv does not give them, come from the
+native baseline masks too.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from mseval.lesions.net2 import net2_from_visits
 
 VISIT_COLUMNS = ["patient_id", "visit", "visit_index", "scheduled_weeks", "weeks", "missing", "previous_visit", "t1", "t2", "flair", "pd",
                  "t1gd", "mtr", *VISIT_MASKS]
+NATIVE_COLUMNS = ["subject", "session", "field", "source", "count", "volume_mm3", "connectivity", "min_volume_mm3", "min_voxels",
+                  "orientation", "shape", "voxel_volume_mm3"]
+"""native_lesions.csv: lesion count and volume (mm^3) of each lesion mask on its own grid, as `mseval lesions` counts them."""
 MANIFEST_COLUMNS = ["patient_id", "arm", "site", "followup_weeks", "age", "sex", "edss", "t2_volume_mm3", "gd_count", "t1", "t2", "flair",
                     "pd", "t1gd", "brain_mask", "t2_lesion_mask", "gd_lesion_mask", "t2_lesion_mask_followup", "net2_mask"]
 
@@ -73,12 +82,22 @@ def _place(src: Path, dst: Path, ref: Grid, *, same: bool, mask: bool, field: st
         save_volume(resample_to(src, ref, mask=mask), ref.affine, dst)
 
 
-def _patient(tmp: Path, pid: str, sessions: list[Session], plan: BidsPlan, opts: ImportOptions, same: dict) -> tuple[list[dict], list[dict]]:
-    """Write one patient's files; returns its visits.csv rows and report rows."""
+def native_count(src: Path, field: str) -> dict:
+    """The lesions of one mask file on its own grid: {count, volume_mm3 (of the counted lesions), settings,
+    orientation, shape, voxel_volume_mm3, voxels (all foreground voxels)}, with `mseval lesions`' defaults."""
+    vol = load_volume(src, mask=True, field=field)
+    res = count_lesions(vol.data, vol.affine)
+    return {"count": res.count, "volume_mm3": res.volume_mm3, "connectivity": 26, "min_volume_mm3": 3.0, "min_voxels": res.min_voxels,
+            "orientation": vol.orientation, "shape": "x".join(str(n) for n in vol.shape), "voxel_volume_mm3": vol.voxel_volume_mm3,
+            "voxels": int(vol.data.sum())}
+
+
+def _patient(tmp: Path, pid: str, sessions: list[Session], plan: BidsPlan, opts: ImportOptions, same: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """Write one patient's files; returns its visits.csv rows, report rows and native_lesions.csv rows."""
     base = next(s for s in sessions if s.label == opts.baseline_session)
     ref = Grid.of_file(next(base.files[f] for f in SEQUENCES if f in base.files))
     have = {s.label: s for s in sessions}
-    rows, report, t2 = [], [], {}
+    rows, report, native, t2 = [], [], [], {}
     took_place = [lab for lab in plan.schedule if lab in have]
     prev = None
     for index, label in enumerate(plan.schedule):
@@ -101,6 +120,9 @@ def _patient(tmp: Path, pid: str, sessions: list[Session], plan: BidsPlan, opts:
                 rec[fld] = dst.as_posix()
             report.append({"subject": pid, "session": label, "field": fld, "status": "found" if same[(pid, label, fld)] else "resampled",
                            "source": src.relative_to(plan.root).as_posix()})
+            if fld in VISIT_MASKS:
+                native.append({"subject": pid, "session": label, "field": fld, "source": src.relative_to(plan.root).as_posix(),
+                               **native_count(src, fld)})
         t2[label] = load_volume(tmp / folder / "t2_lesion_mask.nii.gz", mask=True).data
         if label != opts.baseline_session:
             for fld, against in (("net2_mask", prev), ("net2_mask_cumulative", opts.baseline_session)):
@@ -115,10 +137,10 @@ def _patient(tmp: Path, pid: str, sessions: list[Session], plan: BidsPlan, opts:
                 report.append({"subject": pid, "session": label, "field": fld, "status": "missing", "source": ""})
         rows.append(rec)
         prev = label
-    return rows, report
+    return rows, report, native
 
 
-def _manifest_row(pid: str, part: pd.Series, visits: pd.DataFrame, tmp: Path) -> dict:
+def _manifest_row(pid: str, part: pd.Series, visits: pd.DataFrame, native: pd.DataFrame) -> dict:
     v = visits[visits["patient_id"] == pid]
     base = v.iloc[0]
     rec = {c: None for c in MANIFEST_COLUMNS}
@@ -132,12 +154,12 @@ def _manifest_row(pid: str, part: pd.Series, visits: pd.DataFrame, tmp: Path) ->
         rec.update(followup_weeks=last["weeks"], t2_lesion_mask_followup=last["t2_lesion_mask"], net2_mask=last["net2_mask_cumulative"])
     else:
         rec["followup_weeks"] = v.iloc[1]["scheduled_weeks"] if len(v) > 1 else None
+    at_base = native[(native["subject"] == pid) & (native["session"] == base["visit"])].set_index("field")
     if rec["t2_volume_mm3"] is None or pd.isna(rec["t2_volume_mm3"]):
-        vol = load_volume(tmp / base["t2_lesion_mask"], mask=True)
-        rec["t2_volume_mm3"] = round(float(vol.data.sum()) * vol.voxel_volume_mm3, 3)
+        t2 = at_base.loc["t2_lesion_mask"]
+        rec["t2_volume_mm3"] = round(float(t2["voxels"]) * float(t2["voxel_volume_mm3"]), 3)
     if rec["gd_count"] is None or pd.isna(rec["gd_count"]):
-        vol = load_volume(tmp / base["gd_lesion_mask"], mask=True)
-        rec["gd_count"] = count_lesions(vol.data, vol.affine).count
+        rec["gd_count"] = at_base.at["gd_lesion_mask", "count"]
     rec["gd_count"] = int(rec["gd_count"])
     return rec
 
@@ -152,21 +174,24 @@ def import_bids(root: str | Path, out: str | Path, opts: ImportOptions = ImportO
     plan = scan_bids(root, opts)
     same = _grids(plan, opts)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        visit_rows, report = [], []
+        visit_rows, report, native_rows = [], [], []
         for pid, sessions in plan.sessions.items():
-            rows, rep = _patient(tmp, pid, sessions, plan, opts, same)
+            rows, rep, nat = _patient(tmp, pid, sessions, plan, opts, same)
             visit_rows += rows
             report += rep
+            native_rows += nat
+        native = pd.DataFrame(native_rows, columns=[*NATIVE_COLUMNS, "voxels"])
         visits = pd.DataFrame(visit_rows, columns=VISIT_COLUMNS)
         if visits["mtr"].isna().all():
             visits = visits.drop(columns="mtr")
-        manifest = pd.DataFrame([_manifest_row(pid, part, visits, tmp) for _, part in plan.participants.set_index("patient_id", drop=False).iterrows()
+        manifest = pd.DataFrame([_manifest_row(pid, part, visits, native) for _, part in plan.participants.set_index("patient_id", drop=False).iterrows()
                                  for pid in [part["patient_id"]]], columns=MANIFEST_COLUMNS)
         write_csv_atomic(manifest, tmp / "manifest.csv")
         write_csv_atomic(visits, tmp / "visits.csv")
         write_csv_atomic(plan.arms, tmp / "arms.csv")
         table = pd.DataFrame(report, columns=["subject", "session", "field", "status", "source"])
         write_csv_atomic(table, tmp / "import_report.csv")
+        write_csv_atomic(native[NATIVE_COLUMNS], tmp / "native_lesions.csv")
         try:
             read_cohort(tmp)
         except InputError as exc:  # a bug here, not the user's input; still one line

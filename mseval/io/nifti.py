@@ -148,3 +148,24 @@ def load_samples(path: str | Path, *, expected_samples: int | None = None) -> tu
     if fractional or data.min(initial=0) < 0 or data.max(initial=0) > 1:
         raise InputError(path, "forecast masks are not binary; expected only 0 and 1", field="path")
     return np.ascontiguousarray(np.moveaxis(data, 3, 0), dtype=np.uint8), affine
+
+
+def load_probabilities(path: str | Path, *, field: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load a probability map, 3D (X, Y, Z) or 4D (X, Y, Z, S), and return it as (S, X, Y, Z) float32 (S = 1 for
+    3D) with the (4, 4) affine. Every value must be finite and lie in [0, 1] (InputError naming the file otherwise)."""
+    path = Path(path)
+    data, affine = _read(path, field)
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise InputError(path, f"expected a 3D or 4D probability map, got shape {tuple(data.shape)}", field=field)
+    if not np.isfinite(affine).all():
+        raise InputError(path, "affine holds NaN or infinity", field=field)
+    data = np.asarray(data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputError(path, f"{int(bad.sum())} voxels are NaN or infinite; a probability map holds values in [0, 1]", field=field)
+    lo, hi = float(data.min(initial=0.0)), float(data.max(initial=0.0))
+    if lo < 0 or hi > 1:
+        raise InputError(path, f"probability map holds values outside [0, 1] (min {lo:g}, max {hi:g})", field=field)
+    return np.ascontiguousarray(np.moveaxis(data, 3, 0)), affine

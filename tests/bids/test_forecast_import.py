@@ -12,24 +12,9 @@ import pytest
 from mseval.cli import main
 
 
-def _write_foreign(store: Path, folder: Path, *, per_sample: bool) -> None:
-    """Read the project's 4D blocks with nibabel and write them back as another group would: plain nib.save,
-    3D per sample (`{patient}_{arm}_{sample}`) or 4D per patient and arm (`{patient}-{arm}.nii.gz`)."""
-    folder.mkdir()
-    for path in sorted((store / "masks").glob("*/*.nii.gz")):
-        pid, arm = path.parent.name, path.name.removesuffix(".nii.gz")
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj).astype(np.uint8)
-        if per_sample:
-            for s in range(data.shape[3]):
-                nib.save(nib.Nifti1Image(data[..., s], img.affine), str(folder / f"{pid}_{arm}_{s}.nii.gz"))
-        else:
-            nib.save(nib.Nifti1Image(data, img.affine), str(folder / f"{pid}-{arm}.nii.gz"))
-
-
 @pytest.mark.parametrize("per_sample", [True, False], ids=["3d-per-sample", "4d-per-block"])
-def test_imported_forecasts_give_the_same_count_evaluate_effects(trial: dict[str, Path], tmp_path: Path, per_sample: bool) -> None:
-    _write_foreign(trial["store"], tmp_path / "theirs", per_sample=per_sample)
+def test_imported_forecasts_give_the_same_count_evaluate_effects(trial: dict[str, Path], tmp_path: Path, per_sample: bool, foreign) -> None:  # noqa: ANN001
+    foreign(trial["store"], tmp_path / "theirs", per_sample=per_sample)
     pattern = "{patient}_{arm}_{sample}.nii.gz" if per_sample else "{patient}-{arm}.nii.gz"
     assert main(["forecast", "import", str(tmp_path / "theirs"), "--pattern", pattern, "--out", str(tmp_path / "store"),
                  "--cohort", str(trial["cohort"])]) == 0
@@ -46,14 +31,15 @@ def test_imported_forecasts_give_the_same_count_evaluate_effects(trial: dict[str
             read = pd.read_csv if rel.suffix == ".csv" else pd.read_parquet
             a, b = read(tmp_path / "out_ours" / rel), read(tmp_path / "out_theirs" / rel)
             # the forecaster's name and the provenance notes say where the forecasts came from: they differ by design
-            drop = [c for c in a.columns if c == "checkpoint" or c.endswith("note")]
+            # (a simulated oracle is "not trained"; an imported model without --trained-on is "unknown")
+            drop = [c for c in a.columns if c in ("checkpoint", "forecaster_independence") or c.endswith("note")]
             pd.testing.assert_frame_equal(a.drop(columns=drop), b.drop(columns=drop), check_exact=False, rtol=0, atol=1e-12, obj=str(rel))
 
 
-def test_a_non_binary_forecast_is_refused_and_nothing_written(trial: dict[str, Path], tmp_path: Path, cli) -> None:  # noqa: ANN001
-    _write_foreign(trial["store"], tmp_path / "theirs", per_sample=True)
+def test_a_non_binary_forecast_is_refused_and_nothing_written(trial: dict[str, Path], tmp_path: Path, cli, foreign) -> None:  # noqa: ANN001
+    foreign(trial["store"], tmp_path / "theirs", per_sample=True)
     bad = sorted((tmp_path / "theirs").glob("*.nii.gz"))[3]
     nib.save(nib.Nifti1Image(np.full(nib.load(str(bad)).shape, 0.5, dtype=np.float32), nib.load(str(bad)).affine), str(bad))
     res = cli("forecast", "import", tmp_path / "theirs", "--out", tmp_path / "store")
-    assert res.code == 2 and bad.name in res.err and "not binary" in res.err and "\n" not in res.err.strip()
+    assert res.code == 2 and bad.name in res.err and "not binary" in res.err and "--probability" in res.err and "\n" not in res.err.strip()
     assert not (tmp_path / "store").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pytest
 
 from mseval.cli import main
 
@@ -63,6 +64,38 @@ def test_a_session_on_a_finer_oblique_grid_is_resampled_and_counts_agree(bids_co
     assert a["count"].sum() > 0
     np.testing.assert_array_equal(a["count"], b["count"])
     np.testing.assert_allclose(a["volume_mm3"], b["volume_mm3"], rtol=1e-9)
+    # native_lesions.csv: every lesion mask counted on its own grid, as `mseval lesions` counts the BIDS file
+    nat = pd.read_csv(tmp_path / "c" / "native_lesions.csv")
+    mine = nat[nat["subject"] == "P001"].reset_index(drop=True)
+    assert cli("lesions", *[bids_copy / s for s in mine["source"]], "--out", tmp_path / "all_native.csv").code == 0
+    ref = pd.read_csv(tmp_path / "all_native.csv")
+    assert len(mine) == 4 * 4 - 2  # 4 sessions x (T2, Gd, NET2, NET2 cumulative), no NET2 at baseline
+    for col in ("count", "min_voxels", "orientation", "connectivity"):
+        np.testing.assert_array_equal(mine[col], ref[col], err_msg=col)
+    np.testing.assert_allclose(mine["volume_mm3"], ref["volume_mm3"], rtol=1e-12)
+    assert set(mine.loc[mine["session"] == "w24", "shape"]) == {"40x48x40"} and set(mine.loc[mine["session"] != "w24", "shape"]) == {"20x24x20"}
+
+
+def test_baseline_volume_and_gd_count_come_from_the_native_masks(bids_copy: Path, tmp_path: Path) -> None:
+    """participants.tsv without t2_volume_mm3 and gd_count; sub-P002's baseline masks on a 2x finer grid with one
+    extra fine voxel that nearest-neighbour resampling drops: the manifest's values are those of the native files."""
+    tab = pd.read_csv(bids_copy / "participants.tsv", sep="\t").drop(columns=["t2_volume_mm3", "gd_count"])
+    tab.to_csv(bids_copy / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+    for path in _files(bids_copy, "P002", "baseline"):
+        if "label-lesion_desc-T2" in path.name or "label-lesion_desc-gd" in path.name:
+            img = nib.load(str(path))
+            fine = np.asanyarray(img.dataobj).astype(np.uint8).repeat(2, 0).repeat(2, 1).repeat(2, 2)
+            fine[1, 1, 1] = 1  # a corner voxel: the coarse grid's nearest neighbour misses it
+            _rewrite(path, fine, img.affine @ FINER)
+    assert main(["import", "bids", str(bids_copy), "--out", str(tmp_path / "c")]) == 0
+    man = pd.read_csv(tmp_path / "c" / "manifest.csv").set_index("patient_id")
+    t2 = nib.load(str(next(p for p in _files(bids_copy, "P002", "baseline") if "desc-T2" in p.name)))
+    voxels = np.asanyarray(t2.dataobj).sum()
+    assert man.at["P002", "t2_volume_mm3"] == pytest.approx(round(float(voxels) * abs(np.linalg.det(t2.affine[:3, :3])), 3))
+    coarse = nib.load(str(tmp_path / "c" / "images/P002/t2_lesion_mask.nii.gz"))
+    assert np.asanyarray(coarse.dataobj).sum() * 8 != voxels  # the resampled mask lost the extra voxel: the test can tell
+    nat = pd.read_csv(tmp_path / "c" / "native_lesions.csv").set_index(["subject", "session", "field"])
+    assert man.at["P002", "gd_count"] == nat.at[("P002", "baseline", "gd_lesion_mask"), "count"]
 
 
 def test_the_arm_column_is_named_by_an_option(bids_copy: Path, tmp_path: Path, trial: dict[str, Path]) -> None:
