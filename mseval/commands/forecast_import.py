@@ -23,7 +23,8 @@ def forecast_import(
     bids: Annotated[bool, typer.Option("--bids", help="FOLDER is a BIDS derivatives folder written by `mseval forecast export --bids`.")] = False,
     probability: Annotated[bool, typer.Option("--probability", help="The files are probability maps (floats in [0, 1]); the store keeps "
                                               "them and their masks p > --threshold.")] = False,
-    threshold: Annotated[float, typer.Option(help="With --probability: a voxel is in the mask when its probability exceeds this.")] = 0.5,
+    threshold: Annotated[Optional[float], typer.Option(help="With --probability: a voxel is in the mask when its probability exceeds this "
+                                                       "(default 0.5).", show_default=False)] = None,
     name: Annotated[Optional[str], typer.Option(help="The forecaster's name, recorded as the store's checkpoint (default: imported, or the "
                                                 "name the BIDS export recorded).", show_default=False)] = None,
     trained_on: Annotated[Optional[str], typer.Option(help="CSV of the patients the forecaster trained on (patient_id, optionally cohort "
@@ -40,8 +41,11 @@ def forecast_import(
     check_out_folder(out)
     if sum(x is not None and x is not False for x in (pattern, index, bids or None)) > 1:
         raise InputError(None, "give one of --pattern, --index and --bids", field="pattern")
+    if threshold is not None and not probability:
+        raise InputError(None, "--threshold applies to probability maps: add --probability (binary masks are imported as they are)",
+                         field="threshold")
     res = import_forecasts(folder, out, pattern=pattern or DEFAULT_PATTERN, index=index, bids=bids, name=name, cohort=cohort,
-                           probability=probability, threshold=threshold, trained_on=trained_on, overwrite=overwrite)
+                           probability=probability, threshold=0.5 if threshold is None else threshold, trained_on=trained_on, overwrite=overwrite)
     typer.echo(res.summary())
 
 

@@ -75,6 +75,13 @@ def test_a_threshold_outside_0_1_is_refused(tmp_path: Path, cli) -> None:  # noq
     assert res.code == 2 and "--threshold" in res.err and not (tmp_path / "store").exists()
 
 
+def test_a_threshold_without_probability_maps_is_refused(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    (tmp_path / "f").mkdir()
+    res = cli("forecast", "import", tmp_path / "f", "--threshold", "0.3", "--out", tmp_path / "store")
+    assert res.code == 2 and "--probability" in res.err and len(res.err.strip().splitlines()) == 1
+    assert not (tmp_path / "store").exists()
+
+
 @pytest.mark.parametrize("damage, row, field, words", [
     (lambda t: t.assign(file=t["file"].where(t.index != 2, "nope.nii.gz")), 3, "file", "not found"),
     (lambda t: t.assign(sample=t["sample"].astype(str).where(t.index != 0, "x")), 1, "sample", "not a non-negative integer"),
