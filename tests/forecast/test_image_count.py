@@ -150,3 +150,23 @@ def test_trajectory_likelihood_is_the_negative_multinomial() -> None:
     lp, _ = trajectory_logpmf(torch.tensor([[1.0, 3.0, 4.0]]), mu.log(), alpha.log())
     want = stats.nbinom.logpmf(4, r, r / (r + 4.0)) + stats.multinomial.logpmf([1, 2, 1], 4, [0.25, 0.375, 0.375])
     assert np.isclose(float(lp[0]), want, atol=1e-5)
+
+
+def test_count_only_fit_trains_the_count_pathway_alone(arrays) -> None:
+    _, arms, ps = arrays
+    net = ImageCountNet(7, len(arms), hidden=4, mlp=8, count_hidden=3)
+    torch.manual_seed(0)
+    fit = fit_image_count(net, ps[:14], ps[14:], epochs=2, batch=7, seed=3, centres=False)
+    assert fit.best_centre_epoch == 0 and np.isnan(fit.val_centre_nll) and fit.best_count_epoch >= 1
+    fresh = ImageCountNet(7, len(arms), hidden=4, mlp=8, count_hidden=3)
+    torch.manual_seed(3)  # fit_image_count re-initialises from its seed: the centre pathway keeps those weights
+    for m in fresh.modules():
+        if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)) and m is not fresh.shift:
+            m.reset_parameters()
+    for a, b in zip(net.centre_parameters()[:-2], fresh.centre_parameters()[:-2]):
+        assert torch.equal(a, b)
+    b = collate(ps[:4])
+    with torch.no_grad():
+        m1, _, lg = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
+        m2, _, _ = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"])
+    assert lg is None and torch.equal(m1, m2)
