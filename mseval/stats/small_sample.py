@@ -53,7 +53,7 @@ from scipy import optimize, stats
 from mseval.errors import InputError
 from mseval.stats.count_model import _prepare_full, design
 from mseval.stats.estimability import assess_ratio
-from mseval.stats.nb2_mle import NB2Result, _newton_step, fit_nb2, fit_poisson, inv_pd, nb2_loglik, nb2_score_hessian, nb2_wald
+from mseval.stats.nb2_mle import NB2Result, newton_step, fit_nb2, fit_poisson, inv_pd, nb2_loglik, nb2_score_hessian, nb2_wald
 
 METHODS = ("wald", "t", "lrt", "lrt_f", "bootstrap_lrt", "permutation")
 SMALL_SAMPLE_N = 30
@@ -288,7 +288,7 @@ def _fit_fixed_alpha(y: np.ndarray, X: np.ndarray, off: np.ndarray, alpha: float
     k = X.shape[1]
     for _ in range(200):
         g, H = nb2_score_hessian(y, X, off, beta, alpha)
-        step, dec = _newton_step(g[:k], H[:k, :k])
+        step, dec = newton_step(g[:k], H[:k, :k])
         if step is None or dec < 1e-20 * max(1.0, abs(ll)):
             break
         t = 1.0
