@@ -58,6 +58,7 @@ def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[st
         lines.append(f"Secondary '{s['name']}': {s['endpoint'].replace('_', '-')} endpoint, covariates {_covs(s.get('covariates', 'primary'))}"
                      + (f", working correlation {s.get('corr', 'exchangeable')}" if s["endpoint"] == "net2_gee" else "")
                      + (", Wald CI against t(patients - coefficients)" if s.get("ci_reference") == "t" else "")
+                     + (", Wald CI against t(patients in the arm + reference - 2)" if s.get("ci_reference") == "t_arms" else "")
                      + (", NB2 dispersion per arm" if s.get("dispersion") == "by_arm" else "")
                      + ("; skipped on a single-visit cohort" if s.get("single_visit") == "skip" else ""))
     return lines

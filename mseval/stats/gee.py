@@ -62,7 +62,7 @@ from mseval.units import WEEKS_PER_YEAR
 CORRELATIONS = ("independence", "exchangeable", "ar1")
 FAMILIES = ("poisson", "nb")
 SE_TYPES = ("bias_reduced", "robust")
-CI_REFERENCES = ("normal", "t")
+CI_REFERENCES = ("normal", "t", "t_arms")
 ESTIMAND = ("population-averaged (marginal) rate ratio vs the reference arm over the visit intervals, "
             "at fixed covariates; Wald 95% CI with the robust (sandwich) variance, patients as clusters "
             "(Mancl-DeRouen bias-reduced unless se='robust')")
@@ -260,7 +260,9 @@ def fit_gee(
     support (every patient with one observed visit). ci_reference 'normal' (Wald z) or 't': the Wald
     statistic and CI against t with (patients - coefficients) degrees of freedom, the usual small-sample
     reference for a sandwich estimated from few clusters (the sandwich's variance has about that many
-    degrees of freedom).
+    degrees of freedom); 't_arms': an arm's term against t(patients in the arm + in the reference - 2),
+    the clusters whose residuals carry that contrast's sandwich variance (other terms: patients -
+    coefficients).
     """
     if ci_reference not in CI_REFERENCES:
         raise InputError(file, f"unknown CI reference {ci_reference!r} (choose one of {', '.join(CI_REFERENCES)})", field="ci_reference")
@@ -316,9 +318,16 @@ def fit_gee(
         notes.append(f"the GEE did not converge in {iterations} iterations; estimates are the last ones")
     beta = np.asarray(res.params, dtype=float)
     V = np.asarray(res.cov_robust_bc if se == "bias_reduced" else res.cov_robust, dtype=float)
-    dof = float(len(sizes) - X.shape[1]) if ci_reference == "t" else None
-    if dof is not None and dof < 1:
-        raise InputError(file, f"a t reference needs more patients ({len(sizes)}) than coefficients ({X.shape[1]})", field="ci_reference")
+    dof: np.ndarray | None = None
+    if ci_reference != "normal":
+        if len(sizes) - X.shape[1] < 1:
+            raise InputError(file, f"a t reference needs more patients ({len(sizes)}) than coefficients ({X.shape[1]})", field="ci_reference")
+        dof = np.full(len(names), float(len(sizes) - X.shape[1]))
+        if ci_reference == "t_arms":
+            per_arm = df.groupby(arm_col, observed=True)["patient_id"].nunique()
+            for j, nm in enumerate(names):
+                if nm in per_arm.index and nm != ref:
+                    dof[j] = float(per_arm[nm] + per_arm[ref] - 2)
     table = _wald_table(names, beta, V, _zero_event_terms(y, X), converged, dof)
     ref_rows = (df[arm_col] == ref).to_numpy()
     if y[ref_rows].sum() == 0:
@@ -338,14 +347,16 @@ def fit_gee(
                   iterations=iterations, formula=formula + (" + offset(log(interval years))" if offset else ""), reference=ref,
                   response=response, offset=offset, vcov=pd.DataFrame(V, index=names, columns=names), se_type=se,
                   vcov_liang_zeger=pd.DataFrame(np.asarray(res.cov_robust, dtype=float), index=names, columns=names), notes=notes,
-                  ci_reference="normal" if dof is None else f"t({dof:g})")
+                  ci_reference="normal" if dof is None else (f"t({dof[0]:g})" if ci_reference == "t"
+                                                             else "t(patients in the arm + reference - 2)"))
 
 
 def _wald_table(names: list[str], beta: np.ndarray, V: np.ndarray, zero_event: np.ndarray, converged: bool,
-                dof: float | None = None) -> pd.DataFrame:
-    """term, coef, se, rate_ratio, ci_low, ci_high, p_value, estimable, note (Wald; normal reference, or t(dof))."""
+                dof: np.ndarray | None = None) -> pd.DataFrame:
+    """term, coef, se, rate_ratio, ci_low, ci_high, p_value, estimable, note (Wald; normal reference, or t with each
+    term's dof (k,))."""
     se = np.sqrt(np.clip(np.diag(V), 0, None))
-    ref = stats.norm if dof is None else stats.t(dof)
+    ref = stats.norm if dof is None else stats.t(dof)  # (k,) dof: elementwise
     z = ref.ppf(0.975)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         table = pd.DataFrame({"term": names, "coef": beta, "se": se, "rate_ratio": np.exp(beta), "ci_low": np.exp(beta - z * se),

@@ -74,6 +74,10 @@ def test_gee_t_reference(trial) -> None:  # noqa: ANN001
     ratio = np.log(tt["ci_high"] / tt["rate_ratio"]) / np.log(z["ci_high"] / z["rate_ratio"])
     assert np.allclose(ratio, stats.t.ppf(0.975, dof) / stats.norm.ppf(0.975), rtol=1e-9)
     assert np.allclose(tt["p_value"], 2 * stats.t.sf(np.abs(tt["coef"] / tt["se"]), dof), rtol=1e-9)
+    # t_arms: each arm's contrast against t(20 + 20 - 2 = 38): the half-width scales by t_38 / z
+    ta = fit_gee(trial.visits, trial.table, corr="exchangeable", reference="placebo", ci_reference="t_arms").table.set_index("term")
+    ratio = np.log(ta["ci_high"] / ta["rate_ratio"]) / np.log(z["ci_high"] / z["rate_ratio"])
+    assert np.allclose(ratio, stats.t.ppf(0.975, 38) / stats.norm.ppf(0.975), rtol=1e-9)
     with pytest.raises(InputError) as err:
         fit_gee(trial.visits, trial.table, reference="placebo", ci_reference="student")
     assert err.value.field == "ci_reference"
