@@ -35,6 +35,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from mseval.errors import InputError
 from mseval.simulate.arms import DEFAULT_ARMS, ArmSpec
 from mseval.simulate.model import WEEKS_PER_YEAR, TrialConfig, arm_rate_ratios, draw_patients
 from mseval.stats.small_sample import arm_tests, build_model
@@ -77,7 +78,13 @@ def run_trials(arms: tuple[ArmSpec, ...], n: int, trials: int, seed0: int, metho
         d = world_table(cfg, np.random.default_rng(seed))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m = build_model(d, formula, "arm", "placebo")
+            try:
+                m = build_model(d, formula, "arm", "placebo")
+            except InputError as e:  # e.g. a site without patients at 8 per arm: a singular design, no test (counted, not rejecting)
+                rows += [{"trial": t, "seed": seed, "n_per_arm": n, "arm": arm.arm, "method": spec, "rate_ratio": np.nan, "ci_low": np.nan,
+                          "ci_high": np.nan, "statistic": np.nan, "p_value": np.nan, "estimable": False, "note": e.problem}
+                         for arm in arms for spec in methods]
+                continue
             for arm in arms:
                 for disp, mths in by_disp.items():
                     for r in arm_tests(m, arm.arm, tuple(mths), seed=seed, n_permutations=B, n_bootstrap=B_boot, ci=ci, dispersion=disp):
