@@ -11,9 +11,9 @@ DEMO_OUT ?= demo-out
 
 .PHONY: install test demo bench clean r checkpoint
 
-# R and MASS for the live glm.nb parity test (Debian/Ubuntu, as root): `make r`.
+# R with MASS, geepack and glmmTMB for the live parity tests (glm.nb, geeglm, glmmTMB) (Debian/Ubuntu, as root): `make r`.
 r:
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq r-base-core r-cran-mass r-cran-geepack
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq r-base-core r-cran-mass r-cran-geepack r-cran-glmmtmb
 
 install: $(STAMP)
 

@@ -57,7 +57,7 @@ def analysis_table(scenario: str, cfg: TrialConfig) -> tuple[pd.DataFrame, str, 
     return t.loc[ok].assign(net2=y[ok].astype(np.int64), followup_years=yrs[ok]), "net2", "followup_years"
 
 
-def run(scenario: str, trials: int, seed0: int, formula: str, B: int, method: str = "permutation") -> pd.DataFrame:
+def run(scenario: str, trials: int, seed0: int, formula: str, B: int, method: str = "permutation", dispersion: str = "common") -> pd.DataFrame:
     base = SCENARIOS[scenario]
     truth = population_rate_ratios(replace(base, dropout_per_year=0.0, dropout_mar=0.0))
     rows = []
@@ -69,7 +69,7 @@ def run(scenario: str, trials: int, seed0: int, formula: str, B: int, method: st
             warnings.simplefilter("ignore")
             try:
                 res = primary_tests(d, formula.replace("net2", resp, 1), reference=cfg.reference_arm, method=method, offset_col=yrs,
-                                    seed=seed, n_permutations=B).table
+                                    seed=seed, n_permutations=B, dispersion=dispersion).table
             except InputError as e:  # e.g. a singular adjusted design: no interval, counted as not covering
                 res = pd.DataFrame({"arm": [a for a in truth if a != cfg.reference_arm], "rate_ratio": np.nan, "ci_low": np.nan,
                                     "ci_high": np.nan, "estimable": False, "note": str(e)})
@@ -102,17 +102,18 @@ def main() -> None:
     ap.add_argument("--formula", default="net2 ~ arm", help=f"analysis model; 'sap' = the default SAP's {SAP_FORMULA!r}")
     ap.add_argument("--B", type=int, default=999, help="permutations per test")
     ap.add_argument("--method", default="permutation", help="primary_tests method (wald: the model-based Wald CI on the same trials, for comparison)")
+    ap.add_argument("--dispersion", default="common", help="common | by_arm (one NB2 dispersion per arm: estimate, SE, permutation CI)")
     ap.add_argument("--out", default=None, help="per-trial CSV")
     a = ap.parse_args()
     if a.formula == "sap":
         a.formula = SAP_FORMULA
     t0 = time.perf_counter()
-    df = pd.concat([run(s, a.trials, a.seed0, a.formula, a.B, a.method) for s in a.scenario.split(",")], ignore_index=True)
+    df = pd.concat([run(s, a.trials, a.seed0, a.formula, a.B, a.method, a.dispersion) for s in a.scenario.split(",")], ignore_index=True)
     if a.out:
         df.to_csv(a.out, index=False)
     print(table(df))
     print(f"\n{a.trials} trials per scenario, seeds {a.seed0}..{a.seed0 + a.trials - 1}, {a.formula} + offset log(observed years), "
-          f"{a.method}" + (f", B = {a.B}" if a.method == "permutation" else "") + f", {time.perf_counter() - t0:.0f} s")
+          f"{a.method}, dispersion {a.dispersion}" + (f", B = {a.B}" if a.method == "permutation" else "") + f", {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from mseval.simulate.counts_only import population_rate_ratios, simulate_count_trial
 from mseval.simulate.model import TrialConfig
@@ -33,8 +34,8 @@ from mseval.stats.visits import fit_cumulative_nb2
 Z = 1.959963984540054
 
 
-def _row(seed: int, name: str, arm: str, truth: dict[str, float], rr: float, se: float, estimable: bool) -> dict:
-    lo, hi = rr * np.exp(-Z * se), rr * np.exp(Z * se)
+def _row(seed: int, name: str, arm: str, truth: dict[str, float], rr: float, se: float, estimable: bool, crit: float = Z) -> dict:
+    lo, hi = rr * np.exp(-crit * se), rr * np.exp(crit * se)
     return {"seed": seed, "analysis": name, "arm": arm, "true_rr": truth[arm], "rate_ratio": rr, "ci_low": lo, "ci_high": hi,
             "estimable": bool(estimable), "covered": bool(lo <= truth[arm] <= hi)}
 
@@ -44,15 +45,24 @@ def one_trial(seed: int, truth: dict[str, float], corrs: tuple[str, ...]) -> lis
     tr = simulate_count_trial(TrialConfig(seed=seed), samples=1)
     rows = []
     fits = {"cumulative NB2, model-based SE": fit_cumulative_nb2(tr.visits, tr.table, reference="placebo", cov="expected"),
-            "cumulative NB2, Mancl-DeRouen SE": fit_cumulative_nb2(tr.visits, tr.table, reference="placebo")}
+            "cumulative NB2, Mancl-DeRouen SE": fit_cumulative_nb2(tr.visits, tr.table, reference="placebo"),
+            "cumulative NB2, dispersion by arm (model-based SE)": fit_cumulative_nb2(tr.visits, tr.table, reference="placebo", cov="expected",
+                                                                                      dispersion="by_arm")}
     for name, fit in fits.items():
         rows += [_row(seed, name, r.term, truth, r.rate_ratio, r.se, r.estimable) for r in fit.table.itertuples()]
     for corr in corrs:
-        g = fit_gee(tr.visits, tr.table, corr=corr, family="nb", reference="placebo")
+        # one fit: its table holds the t_arms CI (`fit_gee(ci_reference="t_arms")`); the other references from its SE
+        g = fit_gee(tr.visits, tr.table, corr=corr, family="nb", reference="placebo", ci_reference="t_arms")
+        t_crit = float(stats.t.ppf(0.975, g.n_patients - len(g.params)))
         for r in g.table.itertuples():
             rows.append(_row(seed, f"NB-GEE {corr}, Liang-Zeger SE", r.term, truth, r.rate_ratio,
                              float(np.sqrt(g.vcov_liang_zeger.loc[r.term, r.term])), r.estimable))
             rows.append(_row(seed, f"NB-GEE {corr}, Mancl-DeRouen SE", r.term, truth, r.rate_ratio, r.se, r.estimable))
+            rows.append(_row(seed, f"NB-GEE {corr}, Mancl-DeRouen SE, t(patients - coefficients)", r.term, truth, r.rate_ratio, r.se,
+                             r.estimable, crit=t_crit))
+            row = _row(seed, f"NB-GEE {corr}, Mancl-DeRouen SE, t(arm + reference patients - 2)", r.term, truth, r.rate_ratio, r.se, r.estimable)
+            row.update(ci_low=r.ci_low, ci_high=r.ci_high, covered=bool(r.ci_low <= truth[r.term] <= r.ci_high))
+            rows.append(row)
     return rows
 
 

@@ -83,8 +83,9 @@ def _wald(fit: CountModelFit, data: pd.DataFrame, formula: str, arms: list[str],
     with np.errstate(divide="ignore", invalid="ignore"):
         z = t["coef"].to_numpy(dtype=float) / t["se"].to_numpy(dtype=float)
     se = {"robust": "sandwich", "observed": "observed information"}.get(fit.cov, "expected information")
+    disp = "; NB2 dispersion per arm" if fit.dispersion == "by_arm" else ""
     return pd.DataFrame({"p_value": t["p_value"].to_numpy(dtype=float), "statistic": z, "ci_low": t["ci_low"].to_numpy(dtype=float),
-                         "ci_high": t["ci_high"].to_numpy(dtype=float), "ci_method": f"Wald, normal ({se} SE)",
+                         "ci_high": t["ci_high"].to_numpy(dtype=float), "ci_method": f"Wald, normal ({se} SE{disp})",
                          "estimable": t["estimable"].to_numpy(dtype=bool), "note": ""}, index=pd.Index(arms, name="arm"))
 
 
@@ -96,8 +97,10 @@ def _small_sample(method: str) -> Callable[..., pd.DataFrame]:
         from mseval.stats.small_sample import primary_tests
 
         res = primary_tests(data, formula, ARM, ctx.reference, method=method, offset_col=offset, seed=ctx.seed,
-                            n_permutations=int(ctx.small_sample.get("n_permutations", 999)), file=ctx.file)
+                            n_permutations=int(ctx.small_sample.get("n_permutations", 999)), file=ctx.file, dispersion=fit.dispersion)
         t = res.table.assign(arm=lambda d: d["arm"].astype(str)).set_index("arm").reindex(arms)
+        if fit.dispersion == "by_arm":
+            t["ci_method"] = t["ci_method"].astype(str) + "; NB2 dispersion per arm"
         return t.assign(estimable=t["estimable"].fillna(False).astype(bool), note=t["note"].fillna("").astype(str))[_PRIMARY_COLUMNS]
 
     return run
@@ -139,7 +142,7 @@ def nb2_count_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCont
     cov = full_rank_terms(cov.data.loc[analysed], RESPONSE, [ARM], cov, file=ctx.file)
     formula = " + ".join([f"{RESPONSE} ~ {ARM}", *cov.terms])
     fit = fit_count_model(cov.data, formula, offset_years=offset, reference=ctx.reference, cov=section.get("cov", "expected"),
-                          file=ctx.file, adjusted_means=False)
+                          file=ctx.file, adjusted_means=False, dispersion=section.get("dispersion", "common"))
     deviations = list(cov.deviations)
     if fit.boundary:
         deviations.append("no overdispersion: the NB2 maximum is at the Poisson boundary (alpha = 0); the Poisson fit is reported")
@@ -181,7 +184,8 @@ def nb2_count_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCont
             row.update({k: np.nan for k in ("rate_ratio", "rr_ci_low", "rr_ci_high", "rate_difference", "rd_ci_low", "rd_ci_high", "p_value", "p_adjusted")})
             row["ci_method"] = ""
             row.update({"test": "", "tested": False, "rejected": False, "estimable": ref_ok,
-                        "note": "reference arm" + ("" if ref_ok else ("; no events" if int(c["events"]) == 0 else "; the fit did not converge"))})
+                        "note": "reference arm" + ("" if ref_ok else ("; no events" if int(c["events"]) == 0 else "; the fit did not converge"))
+                        + ("; NB2 dispersion per arm (each arm its own alpha)" if fit.dispersion == "by_arm" else "")})
         else:
             t, m, tt = terms.loc[a], mult.loc[a], tests.loc[a]
             est = bool(t["estimable"]) and bool(tt["estimable"]) and fit.converged
@@ -195,6 +199,8 @@ def nb2_count_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: SapCont
         rows.append(row)
     tab = fit.table.assign(analysis=name)
     info = {"formula": formula, "offset": f"log({offset})" if offset else "none", "cov": fit.cov, "n": fit.n, "alpha": fit.alpha,
+            "dispersion": fit.dispersion,
+            **({} if fit.alpha_by_arm is None else {"alpha_by_arm": {r.arm: r.alpha for r in fit.alpha_by_arm.itertuples()}}),
             "converged": fit.converged, "boundary": fit.boundary, "covariates": [k["description"] for k in cov.kept], "test": test,
             "test_rule": switch or f"Wald z test (the smallest analysed arm has {int(counts['n'].min())} patients)",
             "multiplicity": describe(procedure, len(compared), float(ctx.multiplicity.get("alpha", 0.05)),

@@ -28,7 +28,7 @@ SMALL_SAMPLE_TESTS_AVAILABLE = ("wald", "t", "lrt", "permutation", "auto")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
-    "primary": {"offset": "log_followup_years", "cov": "expected", "covariates": []},
+    "primary": {"offset": "log_followup_years", "cov": "expected", "covariates": [], "dispersion": "common"},
     "multiplicity": {"alpha": 0.05},
     "small_sample_test": {"test": "auto", "below_n_per_arm": 30, "n_permutations": 999},
     "missing_data": {"strategy": "exposure", "intercurrent_events": "treatment_policy"},
@@ -134,12 +134,13 @@ def parse_sap(text: bytes, source: str) -> Sap:
         raise InputError(source, "multiplicity.order is only used by procedure fixed_sequence", field="multiplicity.order")
     for i, s in enumerate(doc.get("sensitivity", [])):
         mnar = s.get("kind") == "mnar_tipping_point"
-        wrong = [k for k in (("covariates", "offset", "cov") if mnar else ("deltas", "imputations", "delta_arms")) if k in s]
+        wrong = [k for k in (("covariates", "offset", "cov", "dispersion") if mnar else ("deltas", "imputations", "delta_arms")) if k in s]
         if wrong:
             where = f"sensitivity[{i}].{wrong[0]}"
             raise InputError(source, f"{where}: not a field of a {'mnar_tipping_point' if mnar else 'model_variation'} sensitivity analysis", field=where)
     for i, s in enumerate(doc.get("secondary", [])):
-        for key, endpoints in (("corr", ("net2_gee",)), ("single_visit", ("net2_cumulative", "net2_gee", "gd_per_scan"))):
+        for key, endpoints in (("corr", ("net2_gee",)), ("ci_reference", ("net2_gee",)), ("dispersion", ("net2_cumulative",)),
+                               ("single_visit", ("net2_cumulative", "net2_gee", "gd_per_scan"))):
             if key in s and s["endpoint"] not in endpoints:
                 raise InputError(source, f"secondary[{i}].{key}: only for endpoint {' or '.join(endpoints)}", field=f"secondary[{i}].{key}")
     for key in ("sensitivity", "secondary"):

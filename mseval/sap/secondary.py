@@ -117,11 +117,14 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
     info: dict[str, Any] = {"estimand": ESTIMANDS[endpoint].format(corr=section.get("corr", "exchangeable")), "covariates": words}
     try:
         if endpoint == "net2_cumulative":
-            fit = fit_cumulative_nb2(ctx.visits, patients, **kw)
-            extra = {"alpha": fit.alpha, "n": fit.n}
+            by_arm = section.get("dispersion", "common") == "by_arm"
+            fit = fit_cumulative_nb2(ctx.visits, patients, **kw, dispersion="by_arm" if by_arm else "common",
+                                     cov="expected" if by_arm else "bias_reduced")
+            extra = {"alpha": fit.alpha, "n": fit.n, "dispersion": fit.dispersion}
         elif endpoint == "net2_gee":
-            fit = fit_gee(ctx.visits, patients, corr=section.get("corr", "exchangeable"), **kw)
-            extra = {"corr": fit.corr, "dep_param": fit.dep_param, "nb_alpha": fit.nb_alpha, "n_patients": fit.n_patients, "n_obs": fit.n_obs}
+            fit = fit_gee(ctx.visits, patients, corr=section.get("corr", "exchangeable"), ci_reference=section.get("ci_reference", "normal"), **kw)
+            extra = {"corr": fit.corr, "dep_param": fit.dep_param, "nb_alpha": fit.nb_alpha, "n_patients": fit.n_patients, "n_obs": fit.n_obs,
+                     "ci_reference": fit.ci_reference}
         else:
             fit = fit_gd_per_scan(ctx.visits, patients, **kw)
             extra = {"alpha": fit.alpha, "n": fit.n}

@@ -32,8 +32,10 @@ def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[st
     lines = [
         f"Primary endpoint: new/enlarging T2 lesion count at the follow-up scan ({p['endpoint']}), negative binomial (NB2) regression",
         f"Covariates: {_covs(p.get('covariates', []))}",
-        f"Offset: {offset}; standard errors: {p.get('cov', 'expected')} information" if p.get("cov", "expected") != "robust"
-        else f"Offset: {offset}; standard errors: patient-level sandwich",
+        (f"Offset: {offset}; standard errors: {p.get('cov', 'expected')} information" if p.get("cov", "expected") != "robust"
+         else f"Offset: {offset}; standard errors: patient-level sandwich")
+        + ("; NB2 dispersion: one per arm (heterogeneous overdispersion)" if p.get("dispersion", "common") == "by_arm"
+           else "; NB2 dispersion: one for all arms"),
         f"Reference arm: {plan.get('reference_arm') or reference or 'the arms table reference'}",
         f"Multiplicity: {_PROCEDURES[m['procedure']]}" + (f", order {' > '.join(m['order'])}" if m.get("order") else "")
         + f", family-wise alpha {m.get('alpha', 0.05):g} (two-sided)",
@@ -50,11 +52,14 @@ def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[st
             lines += [f"  - {a}" for a in mnar_assumptions("delta", s.get("delta_arms", "active"), int(s.get("imputations", 20)), int(plan.get("seed", 0)))]
             continue
         changes = [f"covariates {_covs(s['covariates'])}" if "covariates" in s else "", f"offset {s['offset']}" if "offset" in s else "",
-                   f"SEs {s['cov']}" if "cov" in s else ""]
+                   f"SEs {s['cov']}" if "cov" in s else "", f"dispersion {s['dispersion']}" if "dispersion" in s else ""]
         lines.append(f"Sensitivity '{s['name']}': " + (s.get("description") or "; ".join(filter(None, changes))))
     for s in plan.get("secondary", []):
         lines.append(f"Secondary '{s['name']}': {s['endpoint'].replace('_', '-')} endpoint, covariates {_covs(s.get('covariates', 'primary'))}"
                      + (f", working correlation {s.get('corr', 'exchangeable')}" if s["endpoint"] == "net2_gee" else "")
+                     + (", Wald CI against t(patients - coefficients)" if s.get("ci_reference") == "t" else "")
+                     + (", Wald CI against t(patients in the arm + reference - 2)" if s.get("ci_reference") == "t_arms" else "")
+                     + (", NB2 dispersion per arm" if s.get("dispersion") == "by_arm" else "")
                      + ("; skipped on a single-visit cohort" if s.get("single_visit") == "skip" else ""))
     return lines
 

@@ -42,7 +42,11 @@ from scipy import stats
 
 from mseval.errors import InputError, row_hint
 from mseval.stats.estimability import flag_table
+from mseval.stats.nb2_by_arm import NB2ByArmResult, fit_nb2_by_arm
 from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_sandwich, nb2_wald
+
+DISPERSIONS = ("common", "by_arm")
+"""NB2 dispersion models: one alpha for all rows, or one per arm (heterogeneous overdispersion)."""
 
 _FORMULA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _FUNCTIONS = {"C", "np", "log", "exp", "I", "Treatment", "center", "standardize", "scale", "bs", "cr", "Q", "reference"}
@@ -107,6 +111,9 @@ class CountModelFit:
     arm_categories: tuple[str, ...] = ()
     arm_counts: pd.DataFrame = field(default_factory=pd.DataFrame)
     """Per arm of the analysed rows: arm, n, events (sum of the response), exposure_years (sum of the offset column; NaN without one)."""
+    dispersion: str = "common"
+    alpha_by_arm: pd.DataFrame | None = None
+    """dispersion "by_arm": arm, alpha, alpha_se, poisson_boundary per arm (alpha = the reference arm's)."""
 
     def rate_ratios(self) -> pd.DataFrame:
         """term, rate_ratio, ci_low, ci_high, p_value (the public contract) plus coef, se, estimable, note."""
@@ -150,7 +157,9 @@ class CountModelFit:
             "theta": 1.0 / self.alpha if self.alpha > 0 else float("inf"), "boundary": self.boundary,
             "converged": self.converged, "convergence_criterion": "Newton decrement g'(-H)^-1 g < 1e-20 at a negative definite Hessian",
             "newton_decrement": self.gradient_decrement, "iterations": self.iterations, "log_likelihood": self.llf, "cov": self.cov,
-            "optimizer": self.method, "notes": notes,
+            "optimizer": self.method, "notes": notes, "dispersion": self.dispersion,
+            **({} if self.alpha_by_arm is None else {"alpha_by_arm": {r.arm: {"alpha": r.alpha, "alpha_se": r.alpha_se}
+                                                                    for r in self.alpha_by_arm.itertuples()}}),
         }
 
     def summary(self) -> str:
@@ -287,13 +296,20 @@ def fit_count_model(
     maxiter: int = 500,
     file: str | None = None,
     adjusted_means: bool = True,
+    dispersion: Literal["common", "by_arm"] = "common",
 ) -> CountModelFit:
     """Fit NB2 `formula` on `data` with offset log(data[offset_years]) (None: no offset).
 
     The reference arm is the comparator of every arm's rate ratio (default: first in sort order).
     Non-convergence and the Poisson boundary are reported (`converged`, `boundary`, notes), never
     hidden behind NaN. adjusted_means=False skips the marginal means (faster, for simulation loops).
+    dispersion "by_arm": one NB2 dispersion per arm (`mseval.stats.nb2_by_arm`; `alpha_by_arm` holds
+    them, `alpha` is the reference arm's); with it, cov "expected" is X' W X with each row's own alpha,
+    "observed" the inverse observed information of the joint (beta, log alpha per arm) (R's glmmTMB),
+    "robust" the sandwich at the arms' alphas.
     """
+    if dispersion not in DISPERSIONS:
+        raise InputError(file, f"unknown dispersion {dispersion!r} (choose one of {', '.join(DISPERSIONS)})", field="dispersion")
     if offset_years is not None and offset_years not in data.columns:
         raise InputError(file, f"offset column '{offset_years}' not found", field=offset_years)
     prep = _prepare_full(data, formula, arm_col, reference, file, extra=(offset_years,) if offset_years else ())
@@ -312,15 +328,22 @@ def fit_count_model(
     k = X.shape[1]
     if np.linalg.matrix_rank(X) < k:
         raise InputError(file, "the negative binomial model could not be fitted (singular design: a term is constant or collinear)", field="formula")
-    res = fit_nb2(y, X, off, maxiter=maxiter)
-    beta, alpha = res.beta, res.alpha
+    by_arm = None
+    if dispersion == "by_arm":
+        if arm_col not in cols:
+            raise InputError(file, f"dispersion 'by_arm' needs the arm column '{arm_col}' in the formula", field="dispersion")
+        res, by_arm = _fit_by_arm(y, X, off, df[arm_col], maxiter)
+    else:
+        res = fit_nb2(y, X, off, maxiter=maxiter)
+    beta = res.beta
+    alpha = float(res.alpha[0]) if by_arm is not None else float(res.alpha)  # by arm: the reference arm's
     names = [_term_name(n, arm_col) for n in info.column_names]
     if res.boundary:
         notes.append("the maximum likelihood is at the Poisson boundary (no overdispersion): alpha = 0, the Poisson fit is reported")
     if not res.converged:
         notes.append(f"the fit did not reach a verified maximum (Newton decrement {res.decrement:.3g} after {res.iterations} iterations); "
                      "estimates are the best found")
-    V, ok_inv = _covariance(res, X, off, cov, y)
+    V, ok_inv = _covariance(res, X, off, cov, y, None if by_arm is None else by_arm.row_alpha)
     if not ok_inv:
         notes.append("singular information matrix: pseudo-inverse used")
     se = np.sqrt(np.clip(np.diag(V)[:k], 0, None))
@@ -358,16 +381,38 @@ def fit_count_model(
             arm_means = _adjusted_means(info, beta, df, arm_col, cats, table, res.converged)
     table = table[table["term"] != "Intercept"].reset_index(drop=True)
     alpha_se = float("nan")
-    if not res.boundary and cov is not None:
+    if by_arm is not None:
+        alpha_se = float(by_arm.table["alpha_se"].iloc[0])
+        notes.append("dispersion by arm: " + ", ".join(f"{r.arm} alpha {r.alpha:.3g}" for r in by_arm.table.itertuples()))
+    elif not res.boundary and cov is not None:
         Vfull, _ = inv_pd(-res.hessian)
         var_t = float(Vfull[k, k])
         alpha_se = float(alpha * np.sqrt(var_t)) if np.isfinite(var_t) and var_t >= 0 else float("nan")
     vcov = pd.DataFrame(V[:k, :k], index=names, columns=names)
     method = "Newton on (beta, log theta) with step halving; Poisson at the boundary" if not res.boundary else "Poisson (alpha = 0 boundary)"
+    if by_arm is not None:
+        method = "Newton on (beta, log theta per arm) with step halving; an arm's Poisson law at its boundary"
     return CountModelFit(table, arm_means, float(alpha), alpha_se, bool(res.converged), int(len(df)), float(res.llf), formula, ref, cov, method,
                          notes, vcov, bool(res.boundary), len(prep.dropped_rows), prep.dropped_rows, float(res.decrement), int(res.iterations),
                          design_info=info, coef=np.asarray(beta, dtype=float), offset_years=offset_years, arm_col=arm_col,
-                         arm_categories=tuple(df[arm_col].cat.categories) if arm_col in cols else (), arm_counts=arm_counts)
+                         arm_categories=tuple(df[arm_col].cat.categories) if arm_col in cols else (), arm_counts=arm_counts,
+                         dispersion=dispersion, alpha_by_arm=None if by_arm is None else by_arm.table)
+
+
+@dataclass(frozen=True)
+class _ByArm:
+    table: pd.DataFrame  # arm, alpha, alpha_se (delta method from gamma = log alpha), poisson_boundary
+    row_alpha: np.ndarray  # (n,) each row's arm's alpha
+
+
+def _fit_by_arm(y: np.ndarray, X: np.ndarray, off: np.ndarray | float, arm: pd.Series, maxiter: int) -> tuple[NB2ByArmResult, _ByArm]:
+    """The NB2 fit with one dispersion per arm (categories order) and its per-arm table."""
+    codes = arm.cat.codes.to_numpy()
+    res = fit_nb2_by_arm(y, X, codes, off, maxiter=maxiter)
+    gse = res.gamma_se()
+    table = pd.DataFrame({"arm": [str(a) for a in arm.cat.categories], "alpha": res.alpha, "alpha_se": res.alpha * gse,
+                          "poisson_boundary": res.poisson_groups})
+    return res, _ByArm(table, res.alpha[codes])
 
 
 def _arm_counts(df: pd.DataFrame, arm_col: str, y: np.ndarray, years: np.ndarray | None) -> pd.DataFrame:
@@ -380,14 +425,17 @@ def _arm_counts(df: pd.DataFrame, arm_col: str, y: np.ndarray, years: np.ndarray
     return pd.DataFrame(rows)
 
 
-def _covariance(res: NB2Result, X: np.ndarray, off: np.ndarray | float, cov: str, y: np.ndarray) -> tuple[np.ndarray, bool]:
+def _covariance(res: NB2Result | NB2ByArmResult, X: np.ndarray, off: np.ndarray | float, cov: str, y: np.ndarray,
+                row_alpha: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """(k, k) covariance of beta: `cov` as in `fit_count_model`; row_alpha (n,): each row's dispersion (by arm)."""
     k = X.shape[1]
     if cov == "observed":
         V, ok = inv_pd(-res.hessian)
         return V[:k, :k], ok
-    wald = nb2_wald(X, off, res.beta, res.alpha)
+    a = res.alpha if row_alpha is None else row_alpha
+    wald = nb2_wald(X, off, res.beta, a)
     if cov == "robust":
-        return nb2_sandwich(y, X, wald.mu, res.alpha)
+        return nb2_sandwich(y, X, wald.mu, a)
     return wald.vcov, wald.ok
 
 

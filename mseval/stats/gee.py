@@ -62,6 +62,7 @@ from mseval.units import WEEKS_PER_YEAR
 CORRELATIONS = ("independence", "exchangeable", "ar1")
 FAMILIES = ("poisson", "nb")
 SE_TYPES = ("bias_reduced", "robust")
+CI_REFERENCES = ("normal", "t", "t_arms")
 ESTIMAND = ("population-averaged (marginal) rate ratio vs the reference arm over the visit intervals, "
             "at fixed covariates; Wald 95% CI with the robust (sandwich) variance, patients as clusters "
             "(Mancl-DeRouen bias-reduced unless se='robust')")
@@ -145,6 +146,8 @@ class GeeFit:
     vcov_liang_zeger: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     estimand: str = ESTIMAND
+    ci_reference: str = "normal"
+    """Reference law of the Wald statistic and CI: "normal", or "t(df)" with df = patients - coefficients."""
 
     def to_frame(self) -> pd.DataFrame:
         return self.table
@@ -156,7 +159,7 @@ class GeeFit:
         per = "per year" if self.offset else "per scan"
         lines = [f"GEE {fam}, log link, rate {per}: {self.formula}; working correlation {self.corr} "
                  f"({self.dep_param:.3f}); {self.n_patients} patients, {self.n_obs} visits; "
-                 f"{'converged' if self.converged else 'NOT CONVERGED'}",
+                 f"{'converged' if self.converged else 'NOT CONVERGED'}; Wald CI, {self.ci_reference} reference",
                  f"  estimand: {self.estimand}"]
         lines += ratio_lines(self.table, "rate_ratio", "RR")
         lines += [f"  note: {n}" for n in self.notes]
@@ -242,6 +245,7 @@ def fit_gee(
     arm_col: str = "arm",
     nb_alpha: float | None = None,
     se: str = "bias_reduced",
+    ci_reference: str = "normal",
     file: str | None = None,
 ) -> GeeFit:
     """GEE of the per-visit `response` on arm (+ `covariates`, formula terms over the per-patient
@@ -253,8 +257,15 @@ def fit_gee(
     Liang-Zeger sandwich needs with 20 patients per arm, bench/RESULTS.md) or 'robust' (Liang-Zeger,
     geepack's san.se). InputError
     for an unknown choice, a covariate not in the data, or a working correlation the data cannot
-    support (every patient with one observed visit).
+    support (every patient with one observed visit). ci_reference 'normal' (Wald z) or 't': the Wald
+    statistic and CI against t with (patients - coefficients) degrees of freedom, the usual small-sample
+    reference for a sandwich estimated from few clusters (the sandwich's variance has about that many
+    degrees of freedom); 't_arms': an arm's term against t(patients in the arm + in the reference - 2),
+    the clusters whose residuals carry that contrast's sandwich variance (other terms: patients -
+    coefficients).
     """
+    if ci_reference not in CI_REFERENCES:
+        raise InputError(file, f"unknown CI reference {ci_reference!r} (choose one of {', '.join(CI_REFERENCES)})", field="ci_reference")
     import statsmodels.api as sm
     from statsmodels.genmod.generalized_estimating_equations import GEE
 
@@ -307,7 +318,17 @@ def fit_gee(
         notes.append(f"the GEE did not converge in {iterations} iterations; estimates are the last ones")
     beta = np.asarray(res.params, dtype=float)
     V = np.asarray(res.cov_robust_bc if se == "bias_reduced" else res.cov_robust, dtype=float)
-    table = _wald_table(names, beta, V, _zero_event_terms(y, X), converged)
+    dof: np.ndarray | None = None
+    if ci_reference != "normal":
+        if len(sizes) - X.shape[1] < 1:
+            raise InputError(file, f"a t reference needs more patients ({len(sizes)}) than coefficients ({X.shape[1]})", field="ci_reference")
+        dof = np.full(len(names), float(len(sizes) - X.shape[1]))
+        if ci_reference == "t_arms":
+            per_arm = df.groupby(arm_col, observed=True)["patient_id"].nunique()
+            for j, nm in enumerate(names):
+                if nm in per_arm.index and nm != ref:
+                    dof[j] = float(per_arm[nm] + per_arm[ref] - 2)
+    table = _wald_table(names, beta, V, _zero_event_terms(y, X), converged, dof)
     ref_rows = (df[arm_col] == ref).to_numpy()
     if y[ref_rows].sum() == 0:
         notes.append(f"the reference arm {ref!r} has no events: no rate ratio against it is estimable")
@@ -325,16 +346,21 @@ def fit_gee(
                   n_patients=int(len(sizes)), n_obs=int(len(df)), max_visits=int(sizes.max()), converged=converged,
                   iterations=iterations, formula=formula + (" + offset(log(interval years))" if offset else ""), reference=ref,
                   response=response, offset=offset, vcov=pd.DataFrame(V, index=names, columns=names), se_type=se,
-                  vcov_liang_zeger=pd.DataFrame(np.asarray(res.cov_robust, dtype=float), index=names, columns=names), notes=notes)
+                  vcov_liang_zeger=pd.DataFrame(np.asarray(res.cov_robust, dtype=float), index=names, columns=names), notes=notes,
+                  ci_reference="normal" if dof is None else (f"t({dof[0]:g})" if ci_reference == "t"
+                                                             else "t(patients in the arm + reference - 2)"))
 
 
-def _wald_table(names: list[str], beta: np.ndarray, V: np.ndarray, zero_event: np.ndarray, converged: bool) -> pd.DataFrame:
-    """term, coef, se, rate_ratio, ci_low, ci_high, p_value, estimable, note (Wald, normal reference)."""
+def _wald_table(names: list[str], beta: np.ndarray, V: np.ndarray, zero_event: np.ndarray, converged: bool,
+                dof: np.ndarray | None = None) -> pd.DataFrame:
+    """term, coef, se, rate_ratio, ci_low, ci_high, p_value, estimable, note (Wald; normal reference, or t with each
+    term's dof (k,))."""
     se = np.sqrt(np.clip(np.diag(V), 0, None))
-    z = stats.norm.ppf(0.975)
+    ref = stats.norm if dof is None else stats.t(dof)  # (k,) dof: elementwise
+    z = ref.ppf(0.975)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         table = pd.DataFrame({"term": names, "coef": beta, "se": se, "rate_ratio": np.exp(beta), "ci_low": np.exp(beta - z * se),
-                              "ci_high": np.exp(beta + z * se), "p_value": 2 * stats.norm.sf(np.abs(beta / se)),
+                              "ci_high": np.exp(beta + z * se), "p_value": 2 * ref.sf(np.abs(beta / se)),
                               "converged": converged})
     table["estimable"] = ~zero_event
     table["note"] = np.where(zero_event, "no events in this group: the rate ratio's estimate is 0", "")

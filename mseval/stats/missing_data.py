@@ -112,11 +112,11 @@ class ExposureAnalysis:
 
 
 def exposure_nb2(data: pd.DataFrame, formula: str = "net2 ~ arm", *, years: str = "followup_years", reference: str | None = None,
-                 cov: str = "expected", arm_col: str = "arm", file: str | None = None) -> ExposureAnalysis:
+                 cov: str = "expected", arm_col: str = "arm", file: str | None = None, dispersion: str = "common") -> ExposureAnalysis:
     """NB2 of the observed count (the formula's response) with offset log(data[years]) on the patients
     with an observed follow-up (response present, years > 0); the others are randomized, not analysed
     (listed with the reason). `data`: one row per randomized patient. Rate ratios: see EXPOSURE_ESTIMAND,
-    valid under MAR_ASSUMPTION."""
+    valid under MAR_ASSUMPTION. dispersion: "common" or "by_arm" (one NB2 dispersion per arm, `fit_count_model`)."""
     response = formula.split("~")[0].strip()
     for col in (response, years, arm_col):
         if col not in data.columns:
@@ -130,7 +130,8 @@ def exposure_nb2(data: pd.DataFrame, formula: str = "net2 ~ arm", *, years: str 
                          "reason": np.where(y[~ok].isna().to_numpy(), "no follow-up scan (no observed count)", "no observed follow-up time")})
     analysed = data.loc[ok].copy()
     analysed[response] = y[ok].astype(np.int64)
-    fit = fit_count_model(analysed, formula, offset_years=years, reference=reference, cov=cov, arm_col=arm_col, file=file)  # type: ignore[arg-type]
+    fit = fit_count_model(analysed, formula, offset_years=years, reference=reference, cov=cov, arm_col=arm_col, file=file,  # type: ignore[arg-type]
+                          dispersion=dispersion)  # type: ignore[arg-type]
     arms = list(fit.arm_categories) or sorted(data[arm_col].astype(str).unique())
     counts = pd.DataFrame({"arm": arms})
     counts["randomized"] = [int((data[arm_col].astype(str) == a).sum()) for a in arms]

@@ -30,7 +30,8 @@ def dropout_trials(n_trials: int, base: TrialConfig, *, seed0: int = 0) -> pd.Da
     same trial without dropout (`full_`: every scheduled scan) and the completers only (`cc_`: patients
     with every visit, full follow-up), each with its rate ratio, CI and whether it covers the
     superpopulation rate ratio (`population_rate_ratios`), the first two also with the patient-level
-    sandwich SE (`exp_robust_`, `full_robust_`); plus the share of patients who dropped out
+    sandwich SE (`exp_robust_`, `full_robust_`), the exposure-based NB2 with one dispersion per arm
+    (`exp_by_arm_`, expected information at each arm's alpha); plus the share of patients who dropped out
     before the last visit and the share of planned exposure lost."""
     rows = []
     for k, tr, target, ref in _trials(n_trials, base, seed0):
@@ -43,6 +44,7 @@ def dropout_trials(n_trials: int, base: TrialConfig, *, seed0: int = 0) -> pd.Da
             for cov, tag in (("expected", ""), ("robust", "robust_")):
                 fits[f"exp_{tag}"] = exposure_nb2(t, "observed_net2 ~ arm", years="observed_years", reference=ref, cov=cov).fit
                 fits[f"full_{tag}"] = fit_count_model(t, "net2 ~ arm", reference=ref, adjusted_means=False, cov=cov)  # type: ignore[arg-type]
+            fits["exp_by_arm_"] = exposure_nb2(t, "observed_net2 ~ arm", years="observed_years", reference=ref, dispersion="by_arm").fit
             fits["cc_"] = fit_count_model(t[t["patient_id"].isin(completers)], "net2 ~ arm", reference=ref, adjusted_means=False)
         for arm in target:
             if arm == ref:
@@ -62,7 +64,7 @@ def coverage_summary(trials: pd.DataFrame) -> pd.DataFrame:
     out = []
     for arm, g in [*trials.groupby("arm", sort=False), ("all arms", trials)]:
         row = {"arm": arm, "rows": len(g), "dropout_share": g["dropout_share"].mean(), "exposure_lost": g["exposure_lost"].mean()}
-        for tag in [t for t in ("exp_", "exp_robust_", "full_", "full_robust_", "cc_") if f"{t}covers" in g]:
+        for tag in [t for t in ("exp_", "exp_robust_", "exp_by_arm_", "full_", "full_robust_", "cc_") if f"{t}covers" in g]:
             e = g[g[f"{tag}estimable"]]
             p = e[f"{tag}covers"].mean()
             row.update({f"{tag}estimable": len(e), f"{tag}coverage": p, f"{tag}mc_se": float(np.sqrt(0.95 * 0.05 / max(len(e), 1))),

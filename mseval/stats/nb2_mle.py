@@ -32,15 +32,15 @@ THETA_MAX = 1e8  # beyond: the Poisson boundary (alpha < 1e-8 changes a log rate
 _ETA_MAX = 700.0
 
 
-_QUADRATIC = 1e-10  # Newton decrement (relative to |llf|) below which a full Newton step is taken within rounding
+QUADRATIC = 1e-10  # Newton decrement (relative to |llf|) below which a full Newton step is taken within rounding
 
 
-def _noise(ll: float) -> float:
+def rounding_slack(ll: float) -> float:
     """Rounding level of a log-likelihood sum: a step may lose this much and still be an ascent step."""
     return 1e-12 * max(1.0, abs(ll))
 
 
-def _converged(dec: float, ll: float, tol: float) -> bool:
+def gradient_converged(dec: float, ll: float, tol: float) -> bool:
     """The gradient criterion: Newton decrement below `tol`, or below rounding (1e-20 |llf|) for large sums."""
     return bool(np.isfinite(dec) and (dec < tol or dec < 1e-20 * max(1.0, abs(ll))))
 
@@ -71,7 +71,7 @@ class NB2Result:
 _CUMSUM_MAX = 100_000  # counts up to this use exact finite sums over j < y; larger ones the special functions
 
 
-def _sums(y: np.ndarray, theta: float, power: int) -> np.ndarray:
+def digamma_sums(y: np.ndarray, theta: float, power: int) -> np.ndarray:
     """sum_{j=0}^{y_i - 1} f(theta, j) for whole counts y: f = log(1 + j / theta) (power 0), 1/(theta + j) (1),
     1/(theta + j)^2 (2).
 
@@ -97,7 +97,7 @@ def _sums(y: np.ndarray, theta: float, power: int) -> np.ndarray:
 
 def _lgamma_ratio_scaled(y: np.ndarray, theta: float) -> np.ndarray:
     """log Gamma(y + theta) - log Gamma(theta) - y log(theta) = sum_{j<y} log1p(j / theta): O(y^2 / theta), no cancellation."""
-    return _sums(y, theta, 0)
+    return digamma_sums(y, theta, 0)
 
 
 def nb2_loglik(y: np.ndarray, eta: np.ndarray, theta: float, lgy1: np.ndarray | None = None) -> float:
@@ -126,16 +126,34 @@ def poisson_loglik(y: np.ndarray, eta: np.ndarray, lgy1: np.ndarray | None = Non
     return s if np.isfinite(s) else -np.inf
 
 
-def _nb2_derivs(y: np.ndarray, X: np.ndarray, eta: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient (k+1,) and Hessian (k+1, k+1) of the log-likelihood in (beta, t = log theta)."""
+@dataclass(frozen=True)
+class NB2RowDerivs:
+    """Per-observation derivatives of the NB2 log-likelihood at (eta, theta), all (n,):
+    d_eta = dl/deta, w = -d2l/deta2, c = d2l/(deta dlog theta), d_theta = dl/dtheta, h_theta = d2l/dtheta2."""
+
+    d_eta: np.ndarray
+    w: np.ndarray
+    c: np.ndarray
+    d_theta: np.ndarray
+    h_theta: np.ndarray
+
+
+def nb2_row_derivs(y: np.ndarray, eta: np.ndarray, theta: float) -> NB2RowDerivs:
+    """The per-observation derivative terms of the NB2 log-likelihood (one theta for all rows given)."""
     mu = np.exp(eta)
     tm = theta + mu
     q = mu / tm  # in [0, 1]: the ratios below are written so that no intermediate overflows for huge mu
     d_eta = theta * (y - mu) / tm
     w = theta * q * (y + theta) / tm  # -d2l/deta2
-    d_theta = _sums(y, theta, 1) - np.log1p(mu / theta) + (mu - y) / tm
-    h_theta = -_sums(y, theta, 2) + 1.0 / theta - 2.0 / tm + ((y + theta) / tm) / tm
-    c = d_eta * q  # d2l/deta dt = theta (y - mu) mu / (theta + mu)^2
+    d_theta = digamma_sums(y, theta, 1) - np.log1p(mu / theta) + (mu - y) / tm
+    h_theta = -digamma_sums(y, theta, 2) + 1.0 / theta - 2.0 / tm + ((y + theta) / tm) / tm
+    return NB2RowDerivs(d_eta, w, d_eta * q, d_theta, h_theta)  # c = theta (y - mu) mu / (theta + mu)^2
+
+
+def _nb2_derivs(y: np.ndarray, X: np.ndarray, eta: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient (k+1,) and Hessian (k+1, k+1) of the log-likelihood in (beta, t = log theta)."""
+    r = nb2_row_derivs(y, eta, theta)
+    d_eta, w, c, d_theta, h_theta = r.d_eta, r.w, r.c, r.d_theta, r.h_theta
     k = X.shape[1]
     g = np.empty(k + 1)
     g[:k] = X.T @ d_eta
@@ -148,7 +166,7 @@ def _nb2_derivs(y: np.ndarray, X: np.ndarray, eta: np.ndarray, theta: float) -> 
     return g, H
 
 
-def _newton_step(g: np.ndarray, H: np.ndarray) -> tuple[np.ndarray | None, float]:
+def newton_step(g: np.ndarray, H: np.ndarray) -> tuple[np.ndarray | None, float]:
     """Newton step -H^-1 g and decrement g' (-H)^-1 g via Cholesky of the scaled -H; None if -H is not positive definite."""
     d = np.sqrt(np.abs(np.diag(H)))
     d[d == 0] = 1.0
@@ -184,13 +202,13 @@ def fit_poisson(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float = 0.0, 
         mu = np.exp(eta)
         g = X.T @ (y - mu)
         H = -(X.T @ (X * mu[:, None]))
-        step, dec = _newton_step(g, H)
+        step, dec = newton_step(g, H)
         if step is None:
             break
         if dec < tol:
             break
         t = 1.0
-        slack = _noise(ll) if dec < _QUADRATIC * max(1.0, abs(ll)) else 0.0
+        slack = rounding_slack(ll) if dec < QUADRATIC * max(1.0, abs(ll)) else 0.0
         for _ in range(60):
             nb = beta + t * step
             ne = X @ nb + offset
@@ -201,7 +219,7 @@ def fit_poisson(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float = 0.0, 
         else:
             break
         beta, eta, ll = nb, ne, nl
-    ok = _converged(dec, ll, tol)
+    ok = gradient_converged(dec, ll, tol)
     return NB2Result(beta, 0.0, ll, H, float(dec), it, bool(ok), True)
 
 
@@ -256,18 +274,18 @@ def _fit_nb2(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float = 0.0, *, 
     dec, H, it, to_boundary = np.inf, np.zeros((k + 1, k + 1)), 0, False
     for it in range(1, maxiter + 1):
         g, H = _nb2_derivs(y, X, eta, theta)
-        step, dec = _newton_step(g, H)
+        step, dec = newton_step(g, H)
         if step is not None and dec < tol:
             break
         if step is None:  # not negative definite: alternate (beta | theta Newton, then log theta gradient/Newton step)
-            sb, _ = _newton_step(g[:k], H[:k, :k])
+            sb, _ = newton_step(g[:k], H[:k, :k])
             step = np.zeros(k + 1)
             if sb is not None:
                 step[:k] = sb
             step[k] = -g[k] / H[k, k] if H[k, k] < 0 else np.sign(g[k]) * 1.0
         step[k] = float(np.clip(step[k], -3.0, 3.0))
         t, moved = 1.0, False
-        slack = _noise(ll) if dec < _QUADRATIC * max(1.0, abs(ll)) else 0.0  # quadratic region: rounding, not ascent, decides
+        slack = rounding_slack(ll) if dec < QUADRATIC * max(1.0, abs(ll)) else 0.0  # quadratic region: rounding, not ascent, decides
         for _ in range(60):
             nb, nt = beta + t * step[:k], theta * np.exp(t * step[k])
             ne = X @ nb + off
@@ -284,10 +302,10 @@ def _fit_nb2(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float = 0.0, *, 
             break
     if not to_boundary:
         g, H = _nb2_derivs(y, X, eta, theta)
-        step, dec = _newton_step(g, H)
+        step, dec = newton_step(g, H)
         if step is None:
             dec = np.inf
-    interior = NB2Result(beta, 1.0 / theta, ll, H, float(dec), it, _converged(dec, ll, tol) and not to_boundary, False)
+    interior = NB2Result(beta, 1.0 / theta, ll, H, float(dec), it, gradient_converged(dec, ll, tol) and not to_boundary, False)
     if interior.converged and not check_boundary:
         return interior
     if pois is None:

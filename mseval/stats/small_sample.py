@@ -53,7 +53,8 @@ from scipy import optimize, stats
 from mseval.errors import InputError
 from mseval.stats.count_model import _prepare_full, design
 from mseval.stats.estimability import assess_ratio
-from mseval.stats.nb2_mle import NB2Result, _newton_step, fit_nb2, fit_poisson, inv_pd, nb2_loglik, nb2_score_hessian, nb2_wald
+from mseval.stats.nb2_by_arm import NB2ByArmResult, fit_beta_fixed_dispersions, fit_nb2_by_arm
+from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_wald
 
 METHODS = ("wald", "t", "lrt", "lrt_f", "bootstrap_lrt", "permutation")
 SMALL_SAMPLE_N = 30
@@ -173,7 +174,7 @@ def _permutations(d: np.ndarray, pool: np.ndarray, strata: np.ndarray | None, B:
     return D
 
 
-def _score_stats(D: np.ndarray, y: np.ndarray, Xr: np.ndarray, mu: np.ndarray, alpha: float) -> np.ndarray:
+def _score_stats(D: np.ndarray, y: np.ndarray, Xr: np.ndarray, mu: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
     """Efficient score statistics U^2 / V (one per row of D (B, n)) for adding column D[b] to Xr at the null fit (mu, alpha)."""
     w = mu / (1.0 + alpha * mu)
     r = (y - mu) / (1.0 + alpha * mu)
@@ -195,9 +196,20 @@ def _draw_nb2(mu: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndar
     return rng.poisson(lam).astype(float)
 
 
+def arm_groups(model: _Model) -> np.ndarray:
+    """(n,) integer code of each row's arm (the dispersion groups of `dispersion="by_arm"`)."""
+    return np.unique(model.arm, return_inverse=True)[1]
+
+
 def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 0, n_permutations: int = 999, n_bootstrap: int = 199,
-              conf_level: float = 0.95, full: NB2Result | None = None, ci: bool = True) -> list[dict[str, Any]]:
-    """One row per method for arm `arm` vs the reference (see the module docstring), from shared fits."""
+              conf_level: float = 0.95, full: NB2Result | None = None, ci: bool = True, dispersion: str = "common",
+              full_by_arm: NB2ByArmResult | None = None) -> list[dict[str, Any]]:
+    """One row per method for arm `arm` vs the reference (see the module docstring), from shared fits.
+
+    dispersion "by_arm" (module docstring): wald / t take b and its SE from the NB2 fit with one dispersion
+    per arm (expected information X' W X, W = mu / (1 + alpha_arm mu)); permutation keeps its p value (the
+    score test at the common null fit: exact under the sharp null) and inverts the test for the CI with
+    each arm's dispersion fixed at the by-arm fit's. The likelihood-ratio methods stay common-dispersion."""
     y, X, off = model.y, model.X, model.off
     n, k = X.shape
     j = model.arm_cols[arm]
@@ -206,6 +218,14 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
     full = full or fit_nb2(y, X, off)
     null = fit_nb2(y, Xr, off)
     b, se = float(full.beta[j]), float(nb2_wald(X, off, full.beta, full.alpha).se[j])
+    groups, row_alpha = None, None
+    if dispersion == "by_arm":
+        groups = arm_groups(model)
+        full_by_arm = full_by_arm or fit_nb2_by_arm(y, X, groups, off)
+        row_alpha = full_by_arm.alpha[groups]
+        b, se = float(full_by_arm.beta[j]), float(nb2_wald(X, off, full_by_arm.beta, row_alpha).se[j])
+    elif dispersion != "common":
+        raise ValueError(f"unknown dispersion {dispersion!r}")
     lr = max(2.0 * (full.llf - null.llf), 0.0)
     dfree = n - k
     q = 1.0 - (1.0 - conf_level) / 2.0
@@ -215,7 +235,7 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
 
     rows = []
     reasons = []
-    if not (full.converged and null.converged):
+    if not (full.converged and null.converged) or (full_by_arm is not None and not full_by_arm.converged):
         reasons.append("a fit did not reach a verified maximum")
     ev_arm, ev_ref = y[model.arm == arm].sum(), y[model.arm == model.reference].sum()
     if ev_arm == 0 or ev_ref == 0:
@@ -261,7 +281,8 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
             p = _perm_p(_score_stats(D, y, Xr, np.exp(Xr @ null.beta + off), null.alpha), stat)
             df_ = 1.0
             if ci:
-                lo, hi = _perm_ci(y, Xr, off, d, D, b, se, 1.0 - conf_level, null)
+                by = None if groups is None else (groups, full_by_arm.alpha)
+                lo, hi = _perm_ci(y, Xr, off, d, D, b, se, 1.0 - conf_level, null, by_arm=by)
         else:
             raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
         with np.errstate(over="ignore"):
@@ -270,53 +291,36 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
         rows.append({"arm": arm, "rate_ratio": rr, "ci_low": cl, "ci_high": ch, "ci_method": _CI_METHOD[method] if ci else "",
                      "statistic": float(stat), "df": float(df_), "p_value": float(p), "method": method,
                      "null_hypothesis": _NULL_SHARP if method == "permutation" else _NULL_MODEL, "n": n, "k": k,
-                     "n_permutations": B, "estimable": ok, "note": note})
+                     "n_permutations": B, "estimable": ok, "note": note, "dispersion": dispersion})
     return rows
 
 
 def _fit_fixed_alpha(y: np.ndarray, X: np.ndarray, off: np.ndarray, alpha: float, beta0: np.ndarray) -> np.ndarray:
-    """beta (k,) of the NB2 model at a fixed dispersion alpha (Poisson at 0): Newton with step halving
-    on the log-likelihood, concave in beta at fixed alpha (a coefficient whose MLE is infinite drifts, as in `fit_nb2`)."""
-    if alpha <= 0:
-        return fit_poisson(y, X, off, beta0).beta
-    theta = 1.0 / alpha
-    beta = np.asarray(beta0, dtype=float).copy()
-    ll = nb2_loglik(y, X @ beta + off, theta)
-    if not np.isfinite(ll):
-        beta = fit_poisson(y, X, off).beta
-        ll = nb2_loglik(y, X @ beta + off, theta)
-    k = X.shape[1]
-    for _ in range(200):
-        g, H = nb2_score_hessian(y, X, off, beta, alpha)
-        step, dec = _newton_step(g[:k], H[:k, :k])
-        if step is None or dec < 1e-20 * max(1.0, abs(ll)):
-            break
-        t = 1.0
-        for _ in range(60):
-            nb = beta + t * step
-            nl = nb2_loglik(y, X @ nb + off, theta)
-            if nl >= ll - 1e-12 * max(1.0, abs(ll)):
-                break
-            t *= 0.5
-        else:
-            break
-        beta, ll = nb, nl
-    return beta
+    """beta (k,) of the NB2 model at a fixed dispersion alpha (Poisson at 0): `fit_beta_fixed_dispersions` with one group."""
+    return fit_beta_fixed_dispersions(y, X, np.zeros(len(y), dtype=int), np.array([max(float(alpha), 0.0)]), off, beta0)
 
 
 def _perm_ci(y: np.ndarray, Xr: np.ndarray, off: np.ndarray, d: np.ndarray, D: np.ndarray, b_hat: float, se: float, level: float,
-             null: NB2Result, alpha_ci: float | None = None) -> tuple[float, float]:
+             null: NB2Result, alpha_ci: float | None = None, by_arm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
     """Bounds of {b: the permutation score test of beta_j = b does not reject at `level`}, by bisection (log scale).
 
     The test of b uses offset b d and the dispersion fixed at `alpha_ci` (default: the null fit's, so
     that at b = 0 it is the primary test itself: the CI excludes 1 exactly when p <= level, up to
     non-monotonicity). Re-estimating alpha at each b would let the dispersion absorb any b (the test
-    then never rejects far from the estimate, and the bounds run off to 0 or infinity)."""
-    a = null.alpha if alpha_ci is None else alpha_ci
+    then never rejects far from the estimate, and the bounds run off to 0 or infinity).
+    by_arm = (groups (n,), alpha per group (m,)): each row's dispersion fixed at its arm's instead."""
+    a: float | np.ndarray = null.alpha if alpha_ci is None else alpha_ci
+    if by_arm is not None:
+        a = by_arm[1][by_arm[0]]
+
+    def beta_at(o: np.ndarray) -> np.ndarray:
+        if by_arm is None:
+            return _fit_fixed_alpha(y, Xr, o, float(a), null.beta)
+        return fit_beta_fixed_dispersions(y, Xr, by_arm[0], by_arm[1], o, null.beta)
 
     def accepts(bj: float) -> bool:
         o = off + bj * d
-        mu = np.exp(Xr @ _fit_fixed_alpha(y, Xr, o, a, null.beta) + o)
+        mu = np.exp(Xr @ beta_at(o) + o)
         t_obs = float(_score_stats(d[None, :], y, Xr, mu, a)[0])
         return _perm_p(_score_stats(D, y, Xr, mu, a), t_obs) > level
 
@@ -356,6 +360,7 @@ def primary_tests(
     strata: str | None = None,
     conf_level: float = 0.95,
     file: str | None = None,
+    dispersion: str = "common",
 ) -> SmallSampleResult:
     """Test every arm vs `reference` with `method` (one of METHODS, or "auto": `recommended_test` of the
     smallest compared arm; see the module docstring) in the
@@ -363,7 +368,11 @@ def primary_tests(
 
     data: one row per patient; formula: e.g. "net2 ~ arm + site + gd_pos + log_t2"; strata: the
     column within which the permutation test permutes (the randomization strata; None: complete
-    randomization). seed: the Monte Carlo tests' seed (the same seed gives the same p-values)."""
+    randomization). seed: the Monte Carlo tests' seed (the same seed gives the same p-values).
+    dispersion: "common" or "by_arm" (one NB2 dispersion per arm for the estimate, its SE and the
+    permutation CI; `arm_tests`)."""
+    if dispersion not in ("common", "by_arm"):
+        raise InputError(file, f"unknown dispersion {dispersion!r} (choose one of common, by_arm)", field="dispersion")
     if method not in (*METHODS, "auto"):
         raise InputError(file, f"unknown small-sample test {method!r} (one of {', '.join(METHODS)}, auto)", field="small_sample_test")
     model = build_model(data, formula, arm_col, reference, offset_col=offset_col, strata=strata, file=file)
@@ -374,10 +383,11 @@ def primary_tests(
         notes.append(f"test chosen by the SAP rule: smallest compared arm has {n_min} patients "
                      f"({'< ' if n_min < SMALL_SAMPLE_N else '>= '}{SMALL_SAMPLE_N}) -> {method}")
     full = fit_nb2(model.y, model.X, model.off)
+    full_by_arm = fit_nb2_by_arm(model.y, model.X, arm_groups(model), model.off) if dispersion == "by_arm" else None
     rows = []
     for arm in model.arm_cols:
         rows += arm_tests(model, arm, (method,), seed=seed, n_permutations=n_permutations, n_bootstrap=n_bootstrap,
-                          conf_level=conf_level, full=full)
+                          conf_level=conf_level, full=full, dispersion=dispersion, full_by_arm=full_by_arm)
     if not full.converged:
         notes.append("the full model did not reach a verified maximum")
     if full.boundary:

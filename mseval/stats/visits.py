@@ -78,6 +78,7 @@ def fit_cumulative_nb2(
     arm_col: str = "arm",
     cov: str = "bias_reduced",
     file: str | None = None,
+    dispersion: str = "common",
 ) -> CountModelFit:
     """NB2 of each patient's total `response` over the observed visits on arm + covariates, offset
     log(observed follow-up years) (`offset="years"`) or log(number of observed scans) (`offset=None`:
@@ -86,12 +87,17 @@ def fit_cumulative_nb2(
     cov: 'bias_reduced' (default): Mancl and DeRouen's bias-reduced patient-level sandwich at the
     fitted alpha, valid when arms differ in overdispersion (the world's treated arms do, and one NB2
     alpha then makes the model-based CI under-cover: bench/RESULTS.md), or 'expected', 'observed',
-    'robust' (HC0) as in `fit_count_model`."""
+    'robust' (HC0) as in `fit_count_model`. dispersion 'by_arm': one NB2 dispersion per arm
+    (`fit_count_model(dispersion="by_arm")`); with it cov must be 'expected', 'observed' or 'robust' (the
+    bias-reduced sandwich here is built from an NB-GEE family, which holds one alpha)."""
     check_covariates(covariates, patients, file)
+    if dispersion == "by_arm" and cov == "bias_reduced":
+        raise InputError(file, "dispersion 'by_arm' needs cov 'expected', 'observed' or 'robust' (the bias-reduced sandwich holds one alpha)",
+                         field="dispersion")
     table = patient_totals(visits, patients, response=response, file=file)
     off = "followup_years" if offset else "scans"
     fit = fit_count_model(table, model_formula(response, arm_col, covariates), offset_years=off, reference=reference, arm_col=arm_col,
-                          cov="expected" if cov == "bias_reduced" else cov, file=file)  # type: ignore[arg-type]
+                          cov="expected" if cov == "bias_reduced" else cov, file=file, dispersion=dispersion)  # type: ignore[arg-type]
     if cov != "bias_reduced":
         return fit
     # the NB2 MLE's beta solves the NB(alpha-hat) GLM's score: an independence NB-GEE over one row per patient at the

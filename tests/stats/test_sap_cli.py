@@ -119,6 +119,9 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     (lambda t: t.replace("imputations: 20", "imputations: 1"), "sensitivity[2].imputations", "minimum"),
     (lambda t: t.replace("    corr: ar1\n    single_visit: skip\n", "    corr: ar1\n"), "secondary[2].corr", "needs several visits per patient"),
     (lambda t: t.replace("n_permutations: 999", "n_permutations: 10"), "small_sample_test.n_permutations", "minimum"),
+    (lambda t: t.replace("  cov: expected\n", "  cov: expected\n  dispersion: per_site\n"), "primary.dispersion", "is not one of"),
+    (lambda t: t.replace("    corr: ar1\n", "    corr: ar1\n    dispersion: by_arm\n"), "secondary[2].dispersion", "only for endpoint net2_cumulative"),
+    (lambda t: t.replace("    corr: ar1\n", "    corr: ar1\n    ci_reference: student\n"), "secondary[2].ci_reference", "is not one of"),
 ])
 def test_bad_plan_is_one_line_exit_2_nothing_written(trial: tuple[Path, Path], tmp_path: Path, cli, edit, field: str, words: str) -> None:  # noqa: ANN001
     cohort, counts = trial
