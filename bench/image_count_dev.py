@@ -4,6 +4,7 @@ observable oracle, with the image-ablated model (image channels zeroed, masks an
 kept; trained the same way). DEV trials only (never the pre-registered TEST trial of issue 21).
 
     PYTHONPATH=. .venv/bin/python bench/image_count_dev.py --train /work/exp21/train --dev /work/exp21/dev --out /tmp/ic.json
+    (--train A,B pools several training trials; --count-only trains and scores the count pathway alone)
 
 Scores: exact CRPS of the cumulative NET2 count from baseline to each visit (lesions; the NB2 law
 of each model; the oracle's Bayes law), paired differences with SEs over the dev patients; log score
@@ -33,13 +34,15 @@ from mseval.simulate.observable_oracle import cohort_observable_pmf
 from mseval.stats.baseline_nb2 import fit_nb2_baseline
 
 
-def predict(net: ImageCountNet, pats, zero=()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(net: ImageCountNet, pats, zero=(), centres: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     mus, als, ls = [], [], []
     with torch.no_grad():
         for lo in range(0, len(pats), 16):
             b = collate(pats[lo: lo + 16], zero_channels=zero)
-            m, a, lg = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"])
+            m, a, lg = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=centres)
             mus.append(m.numpy()); als.append(a.numpy())
+            if lg is None:
+                continue
             lp = torch.log_softmax(logits_for(lg, b["arm"]).flatten(1), 1)
             for j, p in enumerate(pats[lo: lo + 16]):
                 if len(p.centres):
@@ -61,22 +64,31 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", default="", help="pickle of the loaded arrays (made when absent)")
     ap.add_argument("--variants", default="model,no_images")
+    ap.add_argument("--count-only", action="store_true", help="train and score the count pathway alone")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    tr, dv = read_cohort(a.train), read_cohort(a.dev)
-    arms = list(tr.arms["arm"])
-    ids = tr.patient_ids[: a.limit] if a.limit else tr.patient_ids
-    arm_of = tr.manifest.set_index("patient_id")["arm"]
-    fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)
-    t0 = time.time()
+    trains, dv = [read_cohort(t) for t in a.train.split(",")], read_cohort(a.dev)
+    arms = list(trains[0].arms["arm"])
     cache = Path(a.out).with_suffix(".arrays.pkl") if not a.cache else Path(a.cache)
-    if cache.is_file():
-        train_p, val_p, dev_p = pickle.loads(cache.read_bytes())
-    else:
-        train_p, val_p = load_arrays(tr, fit_ids, arms), load_arrays(tr, val_ids, arms)
-        dev_p = load_arrays(dv, dv.patient_ids, arms)
-        cache.write_bytes(pickle.dumps((train_p, val_p, dev_p)))
-    print(f"loaded {len(train_p)}+{len(val_p)} train, {len(dev_p)} dev in {time.time() - t0:.0f}s", flush=True)
+    train_p, val_p, dev_p, feat_tabs = [], [], None, []
+    t0 = time.time()
+    for k, tr in enumerate(trains):  # several training trials: more patients and more scanners
+        ids = tr.patient_ids[: a.limit] if a.limit else tr.patient_ids
+        arm_of = tr.manifest.set_index("patient_id")["arm"]
+        fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)
+        ck = cache if k == 0 else cache.with_name(f"{cache.stem}.{k}.pkl")
+        if ck.is_file():
+            tp, vp, dp = pickle.loads(ck.read_bytes())
+        else:
+            tp, vp = load_arrays(tr, fit_ids, arms), load_arrays(tr, val_ids, arms)
+            dp = load_arrays(dv, dv.patient_ids, arms) if k == 0 else None
+            ck.write_bytes(pickle.dumps((tp, vp, dp)))
+        dev_p = dp if k == 0 else dev_p
+        train_p, val_p = train_p + tp, val_p + vp
+        amap = dict(zip(list(fit_ids) + list(val_ids), tp + vp))
+        f = baseline_features(tr, ids, outcome=False)
+        feat_tabs.append(f.assign(_arrays=[amap[i] for i in f.patient_id]))
+    print(f"loaded {len(train_p)}+{len(val_p)} train ({len(trains)} trials), {len(dev_p)} dev in {time.time() - t0:.0f}s", flush=True)
     C = len(IMAGE_CHANNELS) + len(MASK_CHANNELS)
     res: dict = {"n_train": len(train_p), "n_val": len(val_p), "n_dev": len(dev_p)}
     nets = {}
@@ -84,21 +96,20 @@ def main() -> None:
     for name, zero in ((k, variants[k]) for k in a.variants.split(",")):
         net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden)
         t0 = time.time()
-        fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr,
+        fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr, centres=not a.count_only,
                               progress=lambda e, n, v: print(f"  {name} epoch {e}/{n} val {v:.3f} ({time.time() - t0:.0f}s)", flush=True))
         print(f"  {name}: count epoch {fit.best_count_epoch} ({fit.val_count_nll:.4f}), centre epoch {fit.best_centre_epoch} ({fit.val_centre_nll:.4f})", flush=True)
         res[f"fit_{name}"] = fit.to_dict() | {"seconds": time.time() - t0}
         nets[name] = (net, zero)
     visits = visit_horizons(dv)
-    feats_tr = baseline_features(tr, ids, outcome=False)
+    feats_tr = pd.concat(feat_tabs, ignore_index=True)
     feats_dv = baseline_features(dv, outcome=False)
-    allp = {p_id: p for p_id, p in zip(list(fit_ids) + list(val_ids), train_p + val_p)}
-    preds = {k: predict(n, dev_p, z) for k, (n, z) in nets.items()}
+    preds = {k: predict(n, dev_p, z, centres=not a.count_only) for k, (n, z) in nets.items()}
     rows = []
     for v, label in enumerate(visits):
         y = np.array([p.counts[v] for p in dev_p])
         ok = np.isfinite(y)
-        ttab = feats_tr.assign(net2=[allp[i].counts[v] for i in feats_tr.patient_id], followup_years=[allp[i].years[v] for i in feats_tr.patient_id])
+        ttab = feats_tr.assign(net2=[q.counts[v] for q in feats_tr["_arrays"]], followup_years=[q.years[v] for q in feats_tr["_arrays"]]).drop(columns="_arrays")
         ttab = ttab[np.isfinite(ttab["net2"])]
         dtab = feats_dv.assign(followup_years=[p.years[v] for p in dev_p])
         laws = {"nb2_baseline": fit_nb2_baseline(ttab, reference="placebo").pmf(dtab[ok])}
@@ -122,7 +133,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     res["count"] = rows
-    res["location_gain_vs_uniform_nats"] = {k: float(p[2].mean()) for k, p in preds.items()}
+    res["location_gain_vs_uniform_nats"] = {k: float(p[2].mean()) for k, p in preds.items() if len(p[2])}
     print(res["location_gain_vs_uniform_nats"])
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
