@@ -55,15 +55,12 @@ def train_family(train_dir: str | Path, forecasters: int, *, reference: str, see
 
 
 def _forecast_patient(args: tuple) -> int:
-    from mseval.simulate.forecasters import _baseline_field, _simulation_params
+    from mseval.simulate.forecasters import _baseline_field
     from mseval.simulate.lesions import add_net2_lesions
 
-    root, out, family, feats, arms, samples, seed, ck = args
-    cohort = read_cohort(root, check_files=False)
-    sim = _simulation_params(cohort)
-    cfg = sim["config"]
+    out, family, feats, arms, samples, seed, ck, placement, paths = args
     pid = str(feats["patient_id"].iloc[0])
-    base, base_ids, affine = _baseline_field(cohort, sim, pid)
+    base, base_ids, affine = _baseline_field(paths)
     store = ForecastStore.appender(out)
     for arm in arms:
         masks = np.zeros((len(family) * samples, *base.labels.shape), dtype=np.uint8)
@@ -77,8 +74,7 @@ def _forecast_patient(args: tuple) -> int:
                 n = int(rng.poisson(lam))
                 lf = base.copy()
                 try:
-                    added = add_net2_lesions(lf, n, rng, baseline_ids=base_ids, p_enlarging=cfg["p_enlarging"],
-                                             new_radius_mm=cfg["new_radius_mm"], min_voxels=cfg["min_lesion_voxels"])
+                    added = add_net2_lesions(lf, n, rng, baseline_ids=base_ids, **placement)
                 except RuntimeError as exc:
                     raise SimulationError(None, f"patient {pid}, arm {arm}, forecaster {f.forecaster}, sample {s}: {exc}; the volume is too small "
                                                 "for this forecast") from None
@@ -96,12 +92,12 @@ def write_nb2_family_store(cohort_dir: str | Path, train_dir: str | Path, out: s
     """Write (or resume) a store of K NB2 forecasters' samples for every patient x arm of a simulated cohort."""
     from mseval.lesions.observed import analysis_table
     from mseval.provenance import write_store_provenance
-    from mseval.simulate.forecasters import _simulation_params
+    from mseval.simulate.forecasters import _baseline_paths, _placement, _simulation_params
 
     if forecasters < 1 or samples < 1:
         raise InputError(None, "--forecasters and --samples must be at least 1", field="forecasters")
     cohort = read_cohort(cohort_dir)
-    _simulation_params(cohort)
+    sim = _simulation_params(cohort)
     all_arms = list(cohort.arms["arm"])
     arms = list(arms) if arms else all_arms
     unknown = [a for a in arms if a not in all_arms]
@@ -121,7 +117,8 @@ def write_nb2_family_store(cohort_dir: str | Path, train_dir: str | Path, out: s
     for pid in cohort.patient_ids:
         miss = [a for a in arms if (pid, a) not in store]
         if miss:
-            todo.append((str(cohort.root), str(out), family, feats[feats["patient_id"] == pid].reset_index(drop=True), miss, samples, seed, ck))
+            todo.append((str(out), family, feats[feats["patient_id"] == pid].reset_index(drop=True), miss, samples, seed, ck, _placement(sim),
+                         _baseline_paths(cohort, sim, pid)))
     try:
         run_jobs(_forecast_patient, todo, workers, progress)
     finally:

@@ -15,9 +15,30 @@ def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (`make test` runs `-n 2`), send each test module to one worker
     (`--dist loadscope`) instead of spreading single tests: a module-scoped fixture (a simulated
     trial, a built report, a trained demo) is then built once, not once per worker. An explicit
-    `--dist` other than xdist's default `load` is left as given."""
+    `--dist` other than xdist's default `load` is left as given. Modules go out in the order of
+    `pytest_collection_modifyitems` (longest first), not xdist's default reorder by test count, which
+    sent the few-test but long demo modules last."""
     if getattr(config.option, "dist", "no") == "load" and getattr(config.option, "numprocesses", None):
         config.option.dist = "loadscope"
+        config.option.loadscopereorder = False
+
+
+LONGEST_FIRST = (
+    "tests/test_demo_shipped.py", "tests/commands/test_reliability.py", "tests/test_demo_training.py", "tests/simulate/test_observable_oracle.py",
+    "tests/forecast/test_evaluate.py", "tests/stats/test_effects.py", "tests/bids/test_roundtrip.py", "tests/forecast/test_ddp.py",
+    "tests/reports/test_report.py", "tests/reports/test_projections.py", "tests/commands/test_forecasters_cli.py", "tests/test_demo.py",
+    "tests/forecast/test_centres.py", "tests/simulate/test_trial.py",
+)
+"""The costliest test modules, longest first (per-module sums of a full run's durations)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the modules of LONGEST_FIRST first, in that order, and the others after them in collection
+    order (tests keep their order within a module). Under `--dist loadscope` xdist hands modules out
+    in this order, so the long ones start at once and the short ones fill the workers' tails (xdist's
+    own order, by test count, sent the few-test demo modules last, to run alone at the end)."""
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
 
 
 @pytest.fixture(scope="session")

@@ -184,19 +184,34 @@ def _session_weeks(layout, root: Path, subject: str, labels: list[str], opts: Im
     return out
 
 
+def _select(found: list, query: dict) -> list[str]:
+    """Paths of the pybids files `found` whose entities match `query` as `layout.get` matches them (a
+    value: equal; `Query.NONE`: the entity absent), in `layout.get`'s order (natural sort)."""
+    from bids.layout import Query
+    from bids.utils import natural_sort
+
+    hits = []
+    for f in found:
+        ents = f.get_entities()
+        if all((k not in ents) if v is Query.NONE else (k in ents and str(ents[k]) == str(v)) for k, v in query.items()):
+            hits.append(f.path)
+    return natural_sort(hits)
+
+
 def _files(layout, deriv, subject: str, label: str, opts: ImportOptions) -> dict[str, Path]:  # noqa: ANN001
     from bids.layout import Query
 
     where, ext = f"sub-{subject}/ses-{label}", [".nii.gz", ".nii"]
+    # one index query per layout and session (one per file field took most of an import's time), then matched here
+    anat = layout.get(subject=subject, session=label, datatype="anat", extension=ext)
+    derived = deriv.get(subject=subject, session=label, extension=ext)
     files: dict[str, Path] = {}
     for fld, ents in SEQUENCES.items():
-        q = {"ceagent": Query.NONE, **ents}
-        hit = _one(layout.get(subject=subject, session=label, datatype="anat", extension=ext, return_type="filename", **q), where, fld)
+        hit = _one(_select(anat, {"ceagent": Query.NONE, **ents}), where, fld)
         if hit is not None:
             files[fld] = hit
     for fld in ("brain_mask", "t2_lesion_mask", "gd_lesion_mask", "net2_mask", "net2_mask_cumulative"):
-        q = {"desc": Query.NONE, **opts.masks.entities(fld)}
-        hit = _one(deriv.get(subject=subject, session=label, extension=ext, return_type="filename", **q), where, fld)
+        hit = _one(_select(derived, {"desc": Query.NONE, **opts.masks.entities(fld)}), where, fld)
         if hit is not None:
             files[fld] = hit
     return files

@@ -9,7 +9,9 @@ Every failure is an `InputError` naming the file, the first bad (1-based) row an
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -179,11 +181,31 @@ def validate_frame(df: pd.DataFrame, schema_name: str, file: str | Path) -> pd.D
     return out
 
 
+_VALIDATED: OrderedDict[tuple[str, str, bytes], pd.DataFrame] = OrderedDict()
+_VALIDATED_MAX = 32
+"""Tables that passed validation, by (schema, file suffix, SHA-1 of the file's bytes): a pipeline reads
+the same unchanged cohort tables many times (every stage opens the cohort), and the validated frame
+depends only on those bytes and the schema. A file whose bytes changed is read and checked anew."""
+
+
 def read_table(path: str | Path, schema_name: str) -> pd.DataFrame:
-    """Read a CSV (all columns as text, then typed by the schema) or Parquet table and validate it."""
+    """Read a CSV (all columns as text, then typed by the schema) or Parquet table and validate it.
+    Returns a fresh frame each time (the same bytes read before are not parsed and checked again)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
+    key = (schema_name, path.suffix, hashlib.sha1(path.read_bytes()).digest())
+    if key in _VALIDATED:
+        _VALIDATED.move_to_end(key)
+        return _VALIDATED[key].copy()
+    out = _read_and_validate(path, schema_name)
+    _VALIDATED[key] = out.copy()
+    while len(_VALIDATED) > _VALIDATED_MAX:
+        _VALIDATED.popitem(last=False)
+    return out
+
+
+def _read_and_validate(path: Path, schema_name: str) -> pd.DataFrame:
     try:
         if path.suffix == ".parquet":
             df = pd.read_parquet(path)

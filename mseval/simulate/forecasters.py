@@ -63,10 +63,23 @@ def _simulation_params(cohort: Cohort) -> dict:
         raise InputError(sim, f"invalid JSON ({exc})") from None
 
 
-def _baseline_field(cohort: Cohort, sim: dict, patient_id: str) -> tuple[LesionField, list[int], np.ndarray]:
-    tissues_path = cohort.root / sim["truth_files"]["tissues"].format(patient_id=patient_id)
+def _baseline_paths(cohort: Cohort, sim: dict, patient_id: str) -> tuple[Path, Path]:
+    """(tissue labels, baseline T2 lesion mask) of a simulated patient: the files `_baseline_field` reads."""
+    return cohort.root / sim["truth_files"]["tissues"].format(patient_id=patient_id), cohort.path(patient_id, "t2_lesion_mask")  # type: ignore[return-value]
+
+
+def _placement(sim: dict) -> dict:
+    """The simulator's lesion placement settings that forecast samples are drawn with."""
+    cfg = sim["config"]
+    return {"p_enlarging": cfg["p_enlarging"], "new_radius_mm": cfg["new_radius_mm"], "min_voxels": cfg["min_lesion_voxels"]}
+
+
+def _baseline_field(paths: tuple[Path, Path]) -> tuple[LesionField, list[int], np.ndarray]:
+    """The baseline lesion field of a patient from the files `_baseline_paths` names. A patient job gets
+    these paths (read once from the cohort by the caller) rather than reading the whole cohort again."""
+    tissues_path, baseline_path = paths
     tissues = load_volume(tissues_path, field="tissues")
-    baseline = load_volume(cohort.path(patient_id, "t2_lesion_mask"), mask=True, field="t2_lesion_mask")  # type: ignore[arg-type]
+    baseline = load_volume(baseline_path, mask=True, field="t2_lesion_mask")
     check_same_grid([baseline, tissues])
     labels = tissues.data.astype(np.int64)
     spacing = baseline.spacing
@@ -78,16 +91,11 @@ def _baseline_field(cohort: Cohort, sim: dict, patient_id: str) -> tuple[LesionF
 
 
 def _forecast_patient(args: tuple) -> int:
-    root, out, spec, patient_id, arms = args
-    cohort = read_cohort(root, check_files=False)
-    sim = _simulation_params(cohort)
-    cfg = sim["config"]
-    base, base_ids, affine = _baseline_field(cohort, sim, patient_id)
-    truth = cohort.truth.set_index(["patient_id", "arm"])["expected_count"]  # type: ignore[union-attr]
+    out, spec, patient_id, expected, placement, paths = args
+    base, base_ids, affine = _baseline_field(paths)
     store = ForecastStore.appender(out)
     written = 0
-    for arm in arms:
-        mu = float(truth[(patient_id, arm)])
+    for arm, mu in expected.items():
         seeds = [derive_seed(spec.seed, spec.kind, patient_id, arm, s) for s in range(spec.samples)]
         masks = np.zeros((spec.samples, *base.labels.shape), dtype=np.uint8)
         for s, seed in enumerate(seeds):
@@ -95,10 +103,7 @@ def _forecast_patient(args: tuple) -> int:
             n = spec.draw_count(mu, rng)
             lf = base.copy()
             try:
-                added = add_net2_lesions(
-                    lf, n, rng, baseline_ids=base_ids, p_enlarging=cfg["p_enlarging"],
-                    new_radius_mm=cfg["new_radius_mm"], min_voxels=cfg["min_lesion_voxels"],
-                )
+                added = add_net2_lesions(lf, n, rng, baseline_ids=base_ids, **placement)
             except RuntimeError as exc:
                 raise SimulationError(None, f"patient {patient_id}, arm {arm}, sample {s}: {exc}; the volume is too small for this forecast") from None
             masks[s] = lf.mask([lid for lid, _ in added])
@@ -130,14 +135,16 @@ def simulate_forecasts(
         raise InputError(Path(cohort_dir) / "arms.csv", f"unknown arm {unknown[0]!r} (arms: {', '.join(all_arms)})", field="arm")
     sim = _simulation_params(cohort)
     for pid in cohort.patient_ids:  # check every input before writing anything
-        tissues = load_volume(cohort.root / sim["truth_files"]["tissues"].format(patient_id=pid), field="tissues")
-        check_same_grid([load_volume(cohort.path(pid, "t2_lesion_mask"), mask=True, field="t2_lesion_mask"), tissues])  # type: ignore[arg-type]
+        tissues_path, baseline_path = _baseline_paths(cohort, sim, pid)
+        tissues = load_volume(tissues_path, field="tissues")
+        check_same_grid([load_volume(baseline_path, mask=True, field="t2_lesion_mask"), tissues])
     store = ForecastStore.create(out)
+    truth = cohort.truth.set_index(["patient_id", "arm"])["expected_count"]  # type: ignore[union-attr]
     todo = []
     for pid in cohort.patient_ids:
         missing = [a for a in arms if (pid, a) not in store]
         if missing:
-            todo.append((str(cohort.root), str(out), spec, pid, missing))
+            todo.append((str(out), spec, pid, {a: float(truth[(pid, a)]) for a in missing}, _placement(sim), _baseline_paths(cohort, sim, pid)))
     try:
         run_jobs(_forecast_patient, todo, workers, progress)
     finally:

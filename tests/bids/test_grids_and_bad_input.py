@@ -120,6 +120,16 @@ def test_missing_flair_in_one_session_is_refused(bids_copy: Path, tmp_path: Path
     _refused(cli, bids_copy, tmp_path / "out", "sub-P002/ses-w48", "field 'flair'", "no FLAIR image found")
 
 
+def test_two_files_for_one_field_are_refused_and_named(bids_copy: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    """Two T1w images of one session (one with acq-, the contrast-enhanced one has ce- and is another field)."""
+    import shutil
+
+    t1 = bids_copy / "sub-P002/ses-w48/anat/sub-P002_ses-w48_T1w.nii.gz"
+    shutil.copy(t1, t1.with_name("sub-P002_ses-w48_acq-b_T1w.nii.gz"))
+    _refused(cli, bids_copy, tmp_path / "out", "sub-P002/ses-w48", "field 't1'",
+             "2 files match (sub-P002_ses-w48_acq-b_T1w.nii.gz, sub-P002_ses-w48_T1w.nii.gz)")
+
+
 def test_a_participant_without_arm_is_refused(bids_copy: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     tab = pd.read_csv(bids_copy / "participants.tsv", sep="\t", dtype=str)
     tab.loc[tab["participant_id"] == "sub-P004", "arm"] = "n/a"

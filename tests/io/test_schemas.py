@@ -9,7 +9,7 @@ import pytest
 
 import data_schemas
 from mseval.errors import InputError
-from mseval.io.schemas import validate_frame
+from mseval.io.schemas import read_table, validate_frame
 
 
 @pytest.mark.parametrize("name", data_schemas.SCHEMAS)
@@ -19,6 +19,22 @@ def test_schema_is_valid_json_schema(name: str) -> None:
 
 def _arms() -> pd.DataFrame:
     return pd.DataFrame({"arm": ["placebo", "dmf"], "label": ["Placebo", "DMF"], "efficacy": ["none", "moderate"], "reference": ["true", "false"]})
+
+
+def test_read_table_checks_changed_bytes_anew_and_returns_independent_frames(tmp_path) -> None:
+    """read_table keeps the tables it validated by their bytes: a second read of the same bytes gives an
+    equal frame that the caller may change freely, and a file rewritten with a bad value fails."""
+    path = tmp_path / "arms.csv"
+    _arms().to_csv(path, index=False)
+    first = read_table(path, "arms")
+    first.loc[0, "arm"] = "changed"
+    again = read_table(path, "arms")
+    assert again["arm"].tolist() == ["placebo", "dmf"] and again["reference"].tolist() == [True, False]
+    _arms().assign(reference=["true", "maybe"]).to_csv(path, index=False)
+    with pytest.raises(InputError, match="expected true or false"):
+        read_table(path, "arms")
+    _arms().to_csv(path, index=False)
+    pd.testing.assert_frame_equal(read_table(path, "arms"), again)
 
 
 def test_good_table_passes_and_is_typed() -> None:

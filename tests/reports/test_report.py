@@ -47,22 +47,31 @@ def trial(store: dict[str, Path]) -> dict[str, Path]:
     return {**store, "ev": root / "ev", "eff": root / "eff"}
 
 
+@pytest.fixture(scope="module")
+def built(trial: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """One report built with FAST settings from `trial`'s ready-made evaluation and effects folders, read
+    by the tests that check a build from given folders (they built the same report twice before)."""
+    out = tmp_path_factory.mktemp("built")
+    return build_report(trial["cohort"], trial["fc"], out / "a", evaluation_dir=trial["ev"], effects_dir=trial["eff"], settings=FAST)
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     keep = [folder / "report.html", folder / "report.md", folder / "summary.json", *sorted((folder / "tables").glob("*.csv")),
             *sorted((folder / "figures").iterdir())]
     return {str(p.relative_to(folder)): p.read_bytes() for p in keep}
 
 
-def test_a_build_from_given_folders_has_every_file_and_section_and_no_path_or_date(trial, tmp_path):
+def test_a_build_from_given_folders_has_every_file_and_section_and_no_path_or_date(built):
     """build_report with ready-made evaluation and effects folders: every file, no date, no output path,
     and the contents `_check_contents` lists. That two builds give the same bytes in two folders is
     tested end to end (results/ included) by tests/commands/test_reliability.py."""
-    a = build_report(trial["cohort"], trial["fc"], tmp_path / "a", evaluation_dir=trial["ev"], effects_dir=trial["eff"], settings=FAST)
+    a = built
     fa = _files(a.out)
     assert {"report.html", "report.md", "summary.json", "tables/table1_baseline.csv", "figures/forest_plot.pdf", "figures/forest_plot.png",
             "figures/example_slices.png"} <= set(fa)
     # no dates or output paths leak into the files
-    assert str(tmp_path) not in fa["report.html"].decode() and str(tmp_path) not in fa["summary.json"].decode()
+    where = str(a.out.parent)
+    assert where not in fa["report.html"].decode() and where not in fa["summary.json"].decode()
     assert b"CreationDate" not in fa["figures/forest_plot.pdf"]
     _check_contents(a)
 
@@ -154,7 +163,7 @@ def test_store_missing_patients_names_them(store, tmp_path):
     assert not (tmp_path / "rep").exists()
 
 
-def test_report_shows_forecast_inference_as_computed_not_as_rubin_imputation(trial, tmp_path):
+def test_report_shows_forecast_inference_as_computed_not_as_rubin_imputation(trial, built):
     """Issue 9 in the report: the forecast RR is an NB2 fit per fully synthetic sample with a sandwich CI
     (never 'Rubin' / 'imputation'), forecast-derived CIs say they are conditional on the forecaster,
     every estimand in effects.json is named, and the heterogeneity interaction test is shown with the
@@ -162,7 +171,7 @@ def test_report_shows_forecast_inference_as_computed_not_as_rubin_imputation(tri
     from reports import numbers as N
     from reports import tables as T
 
-    rep = build_report(trial["cohort"], trial["fc"], tmp_path / "r", evaluation_dir=trial["ev"], effects_dir=trial["eff"], settings=FAST)
+    rep = built
     html, md = rep.html.read_text(), (rep.out / "report.md").read_text()
     for text in (html, md):
         assert "rubin" not in text.lower() and "imputation" not in text.lower()
