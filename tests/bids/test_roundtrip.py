@@ -109,3 +109,43 @@ def test_visit_weeks_come_from_sessions_tsv_or_acq_time(bids_copy: Path, tmp_pat
     assert main(["import", "bids", str(bids_copy), "--out", str(tmp_path / "c")]) == 0
     got, want = pd.read_csv(tmp_path / "c" / "visits.csv"), pd.read_csv(trial["cohort"] / "visits.csv")
     np.testing.assert_allclose(got["weeks"], want["weeks"], atol=1e-9)
+
+
+def _same_numbers(direct: dict[str, pd.DataFrame], again: dict[str, pd.DataFrame], where: str) -> int:
+    """Every table of `again` equals the same-named table of `direct` on the columns both have (numbers to 1e-12,
+    text exactly); columns that only the simulated cohort can fill (truth) are absent from `again`, never zero."""
+    compared = 0
+    for name, table in again.items():
+        ref = direct[name]
+        if "quantity" in ref:
+            ref = ref[~ref["quantity"].astype(str).str.endswith("_attainable")].reset_index(drop=True)
+        assert set(table.columns) <= set(ref.columns), f"{where}/{name}"
+        missing = set(ref.columns) - set(table.columns)
+        assert all("true" in c or "attainable" in c or "truth" in c for c in missing), f"{where}/{name}: {missing}"
+        assert len(table) == len(ref), f"{where}/{name}"
+        for col in table.columns:
+            if pd.api.types.is_numeric_dtype(ref[col]):
+                np.testing.assert_allclose(table[col].to_numpy(float), ref[col].to_numpy(float), rtol=0, atol=1e-12, err_msg=f"{where}/{name}:{col}")
+            else:
+                assert table[col].astype(str).tolist() == ref[col].astype(str).tolist(), f"{where}/{name}:{col}"
+            compared += 1
+    return compared
+
+
+def test_evaluate_and_report_on_the_imported_cohort_equal_those_on_the_simulated_one(trial: dict[str, Path], tmp_path: Path) -> None:
+    """The round trip's `evaluate` and `report`: every table of the imported cohort's evaluation and report equals
+    the simulated cohort's on the numbers a real trial has (truth columns and truth-only tables absent)."""
+    from reports.builder import ReportSettings, build_report
+
+    fast = ReportSettings(n_boot=20, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
+    for name in ("cohort", "imported"):
+        (tmp_path / name).mkdir()
+        assert main(["evaluate", str(trial[name]), str(trial["store"]), "--out", str(tmp_path / name / "ev")]) == 0
+        build_report(trial[name], trial["store"], tmp_path / name / "rep", evaluation_dir=tmp_path / name / "ev", settings=fast)
+    compared = 0
+    for sub in ("ev", "rep/tables"):
+        direct, again = _tables(tmp_path / "cohort" / sub), _tables(tmp_path / "imported" / sub)
+        assert again and set(again) <= set(direct), sub
+        assert all("truth" in n or "true" in n for n in set(direct) - set(again)), set(direct) - set(again)
+        compared += _same_numbers(direct, again, sub)
+    assert compared > 50
