@@ -63,19 +63,7 @@ def test_effects_on_the_imported_cohort_equal_those_on_the_simulated_one(trial: 
         assert main(["effects", str(trial[name]), str(trial["store"]), "--out", str(tmp_path / name), "--power-sims", "0"]) == 0
     direct, again = _tables(tmp_path / "cohort"), _tables(tmp_path / "imported")
     assert set(again) == set(direct) - {"truth_comparison.csv"}  # a real trial has no truth
-    compared = 0
-    for name, table in again.items():
-        ref = direct[name]
-        if "quantity" in ref:  # the observable oracle's attainable saving needs the simulator: absent on a real trial
-            ref = ref[~ref["quantity"].astype(str).str.endswith("_attainable")].reset_index(drop=True)
-        truth_cols = [c for c in ref.columns if "true" in c or "attainable" in c]  # truth columns are absent, not zero
-        assert set(table.columns) == set(ref.columns) - set(truth_cols), name
-        for col in table.columns:
-            if pd.api.types.is_numeric_dtype(ref[col]):
-                np.testing.assert_allclose(table[col].to_numpy(float), ref[col].to_numpy(float), rtol=0, atol=1e-12, err_msg=f"{name}:{col}")
-            else:
-                assert table[col].astype(str).tolist() == ref[col].astype(str).tolist(), f"{name}:{col}"
-            compared += 1
+    compared = _same_numbers(direct, again, "effects")
     assert compared > 50
     counts = [pd.read_parquet(tmp_path / n / "counts.parquet") for n in ("cohort", "imported")]
     pd.testing.assert_frame_equal(counts[0], counts[1])
