@@ -1,10 +1,12 @@
 """The simulated world against its acceptance (issue 20) and `../shared/WORLD_FACTS.md`: numbers for
-bench/RESULTS_world.md. Seeds 5000+ (never used to choose the knobs: those were set on seeds 1000-2006).
+bench/RESULTS_world.md. Seeds 5000+ (never used to choose the knobs: those were set on seeds 1000-2006; the flexible
+baseline's formula on seeds 3000-3502; the images part now reports on seeds 6000+, never looked at before).
 
     .venv/bin/python bench/world_realism.py --out /tmp/world [--reps 8] [--workers 2]
 
-1. Images matter: observable oracle vs the count-feature NB2 baseline (fitted on a 2,400-patient
-   training trial) on 240-patient test trials, fair CRPS and P(active) AUC at W24/W48/W96, paired SEs;
+1. Images matter: observable oracle vs the count-feature NB2 baselines (the simple one, and the flexible
+   one with a dispersion model; both fitted on a 6,000-patient training trial) on 240-patient test trials,
+   fair CRPS and P(active) AUC at W24/W48/W96, paired SEs;
    the same with every image knob at 0, and also without the treatment-effect heterogeneity (response
    spread, age modifier) and with a Poisson T2 count: what the NB2's fixed formula cannot express.
 2. Location: log score per new lesion (at its drawn centre voxel, `seed_*` in truth_lesions.csv) of
@@ -33,7 +35,7 @@ from mseval.metrics.calibration import crps_pmf
 from mseval.simulate.counts_only import simulate_count_trial
 from mseval.simulate.model import WEEKS_PER_YEAR, TrialConfig
 from mseval.simulate.observable_oracle import ModelParams, observable_pmf
-from mseval.stats.baseline_nb2 import fit_nb2_baseline
+from mseval.stats.baseline_nb2 import fit_flexible_baseline, fit_nb2_baseline
 
 OFF = dict(prelesion_fraction=0.0, dawm_strength=0.0)
 
@@ -45,10 +47,13 @@ def window(tr, visit: int) -> pd.DataFrame:
     return t
 
 
-def images_matter(cfg: TrialConfig, reps: int, seed0: int) -> pd.DataFrame:
+def images_matter(cfg: TrialConfig, reps: int, seed0: int, train_per_arm: int = 400) -> pd.DataFrame:
+    """Per rep and visit: CRPS / AUC of the observable oracle, the counts-only oracle, the simple NB2 baseline
+    and the flexible NB2 baseline (dispersion model), both fitted on a `train_per_arm` x 6 training trial
+    (seed seed0 + k); test trial 240 patients (seed seed0 + 500 + k)."""
     rows = []
     for k in range(reps):
-        train = simulate_count_trial(replace(cfg, patients_per_arm=400, seed=seed0 + k), samples=1)
+        train = simulate_count_trial(replace(cfg, patients_per_arm=train_per_arm, seed=seed0 + k), samples=1)
         test = simulate_count_trial(replace(cfg, patients_per_arm=40, seed=seed0 + 500 + k), samples=1)
         for visit, label in enumerate(cfg.visit_labels, start=1):
             tr, te = window(train, visit), window(test, visit)
@@ -58,13 +63,19 @@ def images_matter(cfg: TrialConfig, reps: int, seed0: int) -> pd.DataFrame:
             # exact, since marginalising the visible sites leaves the count Poisson(lambda rho T) given u
             pc = observable_pmf(te.assign(prelesional_sites=0), ModelParams.from_config(replace(cfg, prelesion_fraction=0.0, dawm_strength=0.0)))
             pb = fit_nb2_baseline(tr, reference="placebo").pmf(te)
-            co, cb, cc = crps_pmf(po, y), crps_pmf(pb, y), crps_pmf(pc, y)
+            flex = fit_flexible_baseline(tr, reference="placebo")
+            pf = flex.pmf(te)
+            co, cb, cc, cf = crps_pmf(po, y), crps_pmf(pb, y), crps_pmf(pc, y), crps_pmf(pf, y)
             d = co - cb
             dc = co - cc
+            df = co - cf
             rows.append({"rep": k, "visit": label, "crps_oracle": co.mean(), "crps_nb2": cb.mean(), "diff": d.mean(),
                          "diff_se": d.std(ddof=1) / np.sqrt(len(d)), "rel_gain": -d.mean() / cb.mean(),
                          "crps_counts_oracle": cc.mean(), "diff_vs_counts_oracle": dc.mean(), "diff_vs_counts_oracle_se": dc.std(ddof=1) / np.sqrt(len(dc)),
                          "auc_counts_oracle": roc_auc_score(y > 0, 1 - pc[:, 0]),
+                         "crps_flex": cf.mean(), "diff_flex": df.mean(), "diff_flex_se": df.std(ddof=1) / np.sqrt(len(df)),
+                         "rel_gain_flex": -df.mean() / cf.mean(), "auc_flex": roc_auc_score(y > 0, 1 - pf[:, 0]),
+                         "flex_converged": bool(flex.fit.converged),
                          "auc_oracle": roc_auc_score(y > 0, 1 - po[:, 0]), "auc_nb2": roc_auc_score(y > 0, 1 - pb[:, 0]),
                          "placebo_free": float((y[te["arm"] == "placebo"] == 0).mean())})
     return pd.DataFrame(rows)
@@ -180,6 +191,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--images-seed", type=int, default=6000,
+                    help="training trials seed..seed+reps-1, test trials seed+500..; 5000 was the first report (simple baseline only)")
+    ap.add_argument("--train-per-arm", type=int, default=1000, help="training trial size per arm for the NB2 baselines")
+    ap.add_argument("--worlds", default="default,image_knobs_off,image_knobs_off_no_effect_heterogeneity,image_knobs_off_no_effect_heterogeneity_poisson_t2")
     ap.add_argument("--parts", default="images,realism,size,location",
                     help="comma-separated parts to run; results merge into OUT/world.json")
     a = ap.parse_args()
@@ -193,18 +208,26 @@ def main() -> None:
                         ("image_knobs_off_no_effect_heterogeneity", replace(cfg, **OFF, response_sd=0.0, modifier=0.0)),
                         ("image_knobs_off_no_effect_heterogeneity_poisson_t2",
                          replace(cfg, **OFF, response_sd=0.0, modifier=0.0, t2_count_dispersion=0.0))):
-            r = images_matter(c, a.reps, 5000)
+            if name not in a.worlds.split(","):
+                continue
+            r = images_matter(c, a.reps, a.images_seed, a.train_per_arm)
             r.to_csv(a.out / f"images_matter_{name}.csv", index=False)
             g = r.groupby("visit", sort=False).agg(crps_oracle=("crps_oracle", "mean"), crps_nb2=("crps_nb2", "mean"), diff=("diff", "mean"),
                                                    diff_se_trial=("diff_se", "mean"), rel_gain=("rel_gain", "mean"),
                                                    auc_oracle=("auc_oracle", "mean"), auc_nb2=("auc_nb2", "mean"),
                                                    crps_counts_oracle=("crps_counts_oracle", "mean"), diff_vs_counts=("diff_vs_counts_oracle", "mean"),
                                                    diff_vs_counts_se_trial=("diff_vs_counts_oracle_se", "mean"),
-                                                   auc_counts_oracle=("auc_counts_oracle", "mean"))
+                                                   auc_counts_oracle=("auc_counts_oracle", "mean"),
+                                                   crps_flex=("crps_flex", "mean"), diff_flex=("diff_flex", "mean"),
+                                                   diff_flex_se_trial=("diff_flex_se", "mean"), rel_gain_flex=("rel_gain_flex", "mean"),
+                                                   auc_flex=("auc_flex", "mean"), flex_converged=("flex_converged", "mean"))
             r["auc_diff"] = r["auc_oracle"] - r["auc_nb2"]
             g["auc_diff"] = g["auc_oracle"] - g["auc_nb2"]
             g["auc_diff_sd_trials"] = r.groupby("visit", sort=False)["auc_diff"].std(ddof=1)  # the per-trial SE of the AUC gain
             g["diff_sd_trials"] = r.groupby("visit", sort=False)["diff"].std(ddof=1)
+            g["auc_diff_flex"] = g["auc_oracle"] - g["auc_flex"]
+            g["auc_diff_flex_sd_trials"] = (r["auc_oracle"] - r["auc_flex"]).groupby(r["visit"], sort=False).std(ddof=1)
+            g["diff_flex_sd_trials"] = r.groupby("visit", sort=False)["diff_flex"].std(ddof=1)
             res[name] = g.round(4).reset_index().to_dict("records")
             print(name); print(g.round(3).to_string(), flush=True)
     if "realism" in parts:

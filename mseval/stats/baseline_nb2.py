@@ -12,6 +12,7 @@ P(active) = 1 - P(0), like the oracles.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,3 +82,79 @@ def fit_nb2_baseline(train: pd.DataFrame, *, formula: str = BASELINE_FORMULA, re
     """Fit the baseline on a training table (columns of `baseline_features` plus the outcome `net2`)."""
     fit = fit_count_model(train, formula, offset_years="followup_years", reference=reference, adjusted_means=False)
     return NB2Baseline(fit, trained_on, int(fit.n))
+
+
+FLEXIBLE_FORMULA = ("net2 ~ arm * age + cr(np.log1p(gd_count), df=3, constraints='center') + cr(np.log(t2_count), df=3, constraints='center') + np.log1p(gd_count):np.log(t2_count)"
+                    " + np.log1p(gd_count):age + np.log(t2_count):age + np.log(t2_volume_mm3)")
+"""The flexible baseline's mean: the same count features, with natural cubic splines (patsy `cr`, knots at
+the training quantiles, centred so the intercept stays identifiable) in log(1 + Gd+) and log T2 count, their product (each informs the same latent
+rate: the Bayes mean is not additive in them), their interactions with age (the prior rate falls with
+age, so the weight the counts get changes with it), and an arm x age interaction (treatment effects
+that shrink with age). Chosen on tuning seeds 3000-3502 (bench/RESULTS_world.md), never on a reported trial."""
+
+FLEXIBLE_DISPERSION = "arm + np.log1p(gd_count) + np.log(t2_count)"
+"""The flexible baseline's log dispersion: one level per arm (treated arms are more overdispersed when
+patients respond unequally) and falling with the baseline counts (the more lesions a scan shows, the
+better the latent rate is known)."""
+
+
+@dataclass(frozen=True)
+class FlexibleNB2Baseline:
+    """A fitted NB2 with a dispersion model on the count features (`fit_flexible_baseline`): predictive law
+    NB2(mu_i, alpha_i) per row, log mu = x'beta + log(follow-up years), log alpha = z'gamma (plug-in)."""
+
+    fit: Any  # nb2_dispersion_model.NB2DispersionResult
+    mean_info: Any  # patsy DesignInfo of the mean
+    dispersion_info: Any  # patsy DesignInfo of the log dispersion
+    formula: str
+    dispersion_formula: str
+    trained_on: str
+    n_train: int
+
+    def _designs(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        import patsy
+
+        X, Z = patsy.build_design_matrices([self.mean_info, self.dispersion_info], features, NA_action="raise")
+        return np.asarray(X, dtype=float), np.asarray(Z, dtype=float)
+
+    def mean(self, features: pd.DataFrame) -> np.ndarray:
+        """Predicted mean count (n,) over each row's follow-up (`followup_years`), under the row's arm."""
+        X, _ = self._designs(features)
+        return np.exp(X @ self.fit.beta) * features["followup_years"].to_numpy(dtype=float)
+
+    def alpha(self, features: pd.DataFrame) -> np.ndarray:
+        """Predicted NB2 dispersion (n,) of each row (variance mu + alpha mu^2)."""
+        _, Z = self._designs(features)
+        return self.fit.alpha(Z)
+
+    def pmf(self, features: pd.DataFrame) -> np.ndarray:
+        """Predictive pmf (n, K) of each row's NET2 count; NaN rows as `NB2Baseline.pmf` when the fit did
+        not converge or the law reaches beyond `KMAX` lesions (flagged not estimable downstream)."""
+        mu = self.mean(features)
+        if not self.fit.converged:
+            return np.full((len(mu), 2), np.nan)
+        return nb2_law_pmf(mu, np.maximum(self.alpha(features), 1e-10))
+
+    def to_dict(self) -> dict:
+        return {"model": "NB2 regression with a dispersion model (log alpha linear in the dispersion terms), offset log(follow-up "
+                         "years); plug-in predictive NB2", "formula": self.formula, "dispersion_formula": self.dispersion_formula,
+                "converged": self.fit.converged, "trained_on": self.trained_on, "n_train": self.n_train,
+                "coefficients": [{"term": t, "coef": float(c)} for t, c in zip(self.mean_info.column_names, self.fit.beta)],
+                "dispersion_coefficients": [{"term": t, "coef": float(c)} for t, c in zip(self.dispersion_info.column_names, self.fit.gamma)]}
+
+
+def fit_flexible_baseline(train: pd.DataFrame, *, formula: str = FLEXIBLE_FORMULA, dispersion: str = FLEXIBLE_DISPERSION,
+                          reference: str = "placebo", trained_on: str = "") -> FlexibleNB2Baseline:
+    """The flexible count-feature baseline fitted by maximum likelihood (`fit_nb2_dispersion_model`) on a
+    training table (columns of `baseline_features`, `arm`, `followup_years` and the outcome `net2`).
+    It has about 30 parameters: fit it on thousands of patients (the world's reference uses 6,000)."""
+    import patsy
+
+    from mseval.stats.nb2_dispersion_model import fit_nb2_dispersion_model
+
+    arm = f"C(arm, Treatment({reference!r}), levels={sorted(set(train['arm']) | {reference})!r})"
+    f_mean, f_disp = formula.replace("arm", arm, 1), dispersion.replace("arm", arm, 1)
+    y, X = patsy.dmatrices(f_mean, train, NA_action="raise")
+    Z = patsy.dmatrix(f_disp, train, NA_action="raise")
+    fit = fit_nb2_dispersion_model(np.asarray(y)[:, 0], np.asarray(X), np.asarray(Z), np.log(train["followup_years"].to_numpy(dtype=float)))
+    return FlexibleNB2Baseline(fit, X.design_info, Z.design_info, formula, dispersion, trained_on, len(train))

@@ -24,6 +24,7 @@ gradient vanishes to the tolerance (as in R); callers flag such terms as not est
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 from scipy.special import betaln, digamma, gammaln, polygamma
@@ -164,6 +165,17 @@ def _nb2_derivs(y: np.ndarray, X: np.ndarray, eta: np.ndarray, theta: float) -> 
     H[:k, k] = H[k, :k] = X.T @ c
     H[k, k] = theta * theta * float(np.sum(h_theta)) + theta * gt
     return g, H
+
+
+def halving_search(ll_at: Callable[[float], float], ll: float, slack: float, tries: int = 60) -> float | None:
+    """The first step length t in 1, 1/2, 1/4, ... (`tries` of them) at which the log-likelihood ll_at(t)
+    is at least ll - slack; None if there is none (the search is stuck)."""
+    t = 1.0
+    for _ in range(tries):
+        if ll_at(t) >= ll - slack:
+            return t
+        t *= 0.5
+    return None
 
 
 def newton_step(g: np.ndarray, H: np.ndarray) -> tuple[np.ndarray | None, float]:

@@ -1,7 +1,7 @@
 # R's glmmTMB as the reference for mseval's NB2 with a dispersion per arm (tests/stats/test_nb2_by_arm.py).
 #   Rscript r_glmmtmb.R JOBS.csv   fits every job (columns id, data: a CSV path, formula: an R formula with its
-#                                  offset; the dispersion formula is ~ arm, arm releveled to "placebo") with
-#                                  glmmTMB(family = nbinom2, dispformula = ~ arm) and writes one row per
+#                                  offset; optional column dispformula, default ~ arm; arm releveled to "placebo") with
+#                                  glmmTMB(family = nbinom2, dispformula) and writes one row per
 #                                  coefficient to stdout: id, part (cond / disp), term, coef, se, loglik,
 #                                  max_gradient (largest |gradient| at glmmTMB's optimum), pdHess, r_version, glmmtmb_version,
 #                                  for fit = "glmmTMB" (as glmmTMB reports it) and fit = "newton" (glmmTMB's own objective
@@ -14,9 +14,10 @@ jobs <- read.csv(args[1], stringsAsFactors = FALSE)
 res <- NULL
 for (i in seq_len(nrow(jobs))) {
   d <- read.csv(jobs$data[i], stringsAsFactors = TRUE)
-  d$arm <- relevel(factor(d$arm), ref = "placebo")
+  if ("arm" %in% names(d)) d$arm <- relevel(factor(d$arm), ref = "placebo")
   ctl <- glmmTMBControl(optCtrl = list(iter.max = 10000, eval.max = 10000, rel.tol = 1e-14, x.tol = 1e-14))
-  m <- glmmTMB(as.formula(jobs$formula[i]), dispformula = ~ arm, family = nbinom2, data = d, control = ctl)
+  disp <- if ("dispformula" %in% names(jobs)) jobs$dispformula[i] else "~ arm"
+  m <- glmmTMB(as.formula(jobs$formula[i]), dispformula = as.formula(disp), family = nbinom2, data = d, control = ctl)
   s <- summary(m)$coefficients
   grad <- max(abs(m$sdr$gradient.fixed))
   par <- m$fit$par
