@@ -51,6 +51,8 @@ def observed(n_trials: int = 500) -> dict[str, float]:
         "null_coverage": null["coverage"],
         "coverage_dmf_robust_se": effect["robust_coverage"],
         "null_rejection_rate_robust_se": null["robust_rejection_rate"],
+        "coverage_dmf_by_arm_dispersion": effect["by_arm_coverage"],
+        "null_rejection_rate_by_arm_dispersion": null["by_arm_rejection_rate"],
     }
 
 

@@ -93,7 +93,7 @@ class TrialConfig:
     dawm_preference: float = 2.0
     spatial_strength: float = 1.5
     spatial_smooth_mm: float = 15.0
-    load_preference: float = 6.0
+    load_preference: float = 9.0
     load_smooth_mm: float = 10.0
     p_black_hole: float = 0.25
     site_gain_sd: float = 0.1

@@ -26,7 +26,8 @@ PLACEBO = ArmSpec("placebo", "Placebo", "none", 1.0, reference=True)
 def repeated_trials(n_trials: int, *, patients_per_arm: int = 100, drug: ArmSpec = DRUG, seed0: int = 0, samples: int = 10) -> pd.DataFrame:
     """One row per simulated two-arm trial: the arm-only NB2 rate ratio and CI, whether it covers the
     superpopulation rate ratio, p-value, and the same with the oracle prognostic score (`adj_`) and
-    with the patient-level sandwich SE (`robust_`)."""
+    with the patient-level sandwich SE (`robust_`), and with one NB2 dispersion per arm (`byarm_`: the
+    treated arm's own overdispersion, observed-information SEs as glmmTMB's)."""
     base = TrialConfig(patients_per_arm=patients_per_arm, arms=(PLACEBO, drug))
     target = population_rate_ratios(base)[drug.arm]
     rows = []
@@ -34,13 +35,14 @@ def repeated_trials(n_trials: int, *, patients_per_arm: int = 100, drug: ArmSpec
         tr = simulate_count_trial(replace(base, seed=seed0 + k), samples=samples, forecast_seed=seed0 + k)
         d = tr.table.merge(prognostic_score(forecast_means(tr.counts), "placebo"), left_on="patient_id", right_index=True)
         row = {"trial": k, "target_rate_ratio": target}
-        for adjusted, cov in ((False, "expected"), (True, "expected"), (False, "robust")):
+        for adjusted, cov, dispersion in ((False, "expected", "common"), (True, "expected", "common"), (False, "robust", "common"),
+                                          (False, "observed", "by_arm")):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fit = fit_count_model(d, "net2 ~ arm + prognostic_score" if adjusted else "net2 ~ arm", reference="placebo",
-                                      adjusted_means=False, cov=cov)  # type: ignore[arg-type]
+                                      adjusted_means=False, cov=cov, dispersion=dispersion)  # type: ignore[arg-type]
             r = fit.rate_ratio(drug.arm)
-            tag = "adj_" if adjusted else ("robust_" if cov == "robust" else "")
+            tag = "adj_" if adjusted else ("robust_" if cov == "robust" else "byarm_" if dispersion == "by_arm" else "")
             row.update({f"{tag}rate_ratio": r.rate_ratio, f"{tag}ci_low": r.ci_low, f"{tag}ci_high": r.ci_high, f"{tag}p_value": r.p_value,
                         f"{tag}se": r.se, f"{tag}covers": bool(r.ci_low <= target <= r.ci_high), f"{tag}converged": fit.converged,
                         f"{tag}boundary": fit.boundary, f"{tag}estimable": bool(r.estimable)})
@@ -57,4 +59,6 @@ def summarize(trials: pd.DataFrame) -> dict[str, float]:
             "adjusted_coverage": acov, "adjusted_rejection_rate": arej,
             "se_ratio_adjusted_vs_unadjusted": float((trials["adj_se"] / trials["se"]).mean()),
             **({"robust_coverage": trials["robust_covers"].mean(), "robust_rejection_rate": (trials["robust_p_value"] < 0.05).mean()}
-               if "robust_covers" in trials else {})}
+               if "robust_covers" in trials else {}),
+            **({"by_arm_coverage": trials["byarm_covers"].mean(), "by_arm_rejection_rate": (trials["byarm_p_value"] < 0.05).mean()}
+               if "byarm_covers" in trials else {})}
