@@ -11,6 +11,7 @@ P(active) = 1 - P(0), like the oracles.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +154,7 @@ def fit_flexible_baseline(train: pd.DataFrame, *, formula: str = FLEXIBLE_FORMUL
     from mseval.stats.nb2_dispersion_model import fit_nb2_dispersion_model
 
     arm = f"C(arm, Treatment({reference!r}), levels={sorted(set(train['arm']) | {reference})!r})"
-    f_mean, f_disp = formula.replace("arm", arm, 1), dispersion.replace("arm", arm, 1)
+    f_mean, f_disp = (re.sub(r"\barm\b", arm, f) for f in (formula, dispersion))
     y, X = patsy.dmatrices(f_mean, train, NA_action="raise")
     Z = patsy.dmatrix(f_disp, train, NA_action="raise")
     fit = fit_nb2_dispersion_model(np.asarray(y)[:, 0], np.asarray(X), np.asarray(Z), np.log(train["followup_years"].to_numpy(dtype=float)))
