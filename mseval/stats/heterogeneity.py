@@ -97,6 +97,11 @@ def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, referenc
         return {**row, "interaction_coef": nan, "se": nan, "interaction_ratio": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
                 "se_model_based": nan, "p_value_model_based": nan, "se_sandwich": nan, "p_value_sandwich": nan,
                 "estimable": False, "note": "not estimable: predicted benefit is the same for every patient"}
+    events = d.groupby("arm")[response].sum()
+    if len(events) < 2 or (events <= 0).any():  # separation: that arm's rate and its interaction drift to -inf
+        return {**row, "interaction_coef": nan, "se": nan, "interaction_ratio": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
+                "se_model_based": nan, "p_value_model_based": nan, "se_sandwich": nan, "p_value_sandwich": nan,
+                "estimable": False, "note": "not estimable: an arm has no events (its rate ratio has no finite estimate)"}
     d = d.assign(score=(b - b.mean()) / row["benefit_sd"])
     rhs = "arm * score"
     if prognostic is not None:
@@ -113,13 +118,20 @@ def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, referenc
     z = stats.norm.ppf(0.975)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         out = {**row, "interaction_coef": coef, "se": se, "interaction_ratio": float(np.exp(coef)), "ci_low": float(np.exp(coef - z * se)),
-               "ci_high": float(np.exp(coef + z * se)), "p_value": float(2 * stats.norm.sf(abs(coef / se))),
-               "se_model_based": se_m, "p_value_model_based": float(2 * stats.norm.sf(abs(coef / se_m))),
-               "se_sandwich": se_r, "p_value_sandwich": float(2 * stats.norm.sf(abs(coef / se_r)))}
+               "ci_high": float(np.exp(coef + z * se)), "p_value": _wald_p(coef, se),
+               "se_model_based": se_m, "p_value_model_based": _wald_p(coef, se_m),
+               "se_sandwich": se_r, "p_value_sandwich": _wald_p(coef, se_r)}
     # A dispersion at the Poisson boundary is legitimate here (a good prognostic score can explain the
     # extra-Poisson variation of a whole trial); it is reported in `alpha`, not flagged.
     ok, note = assess_ratio(out["interaction_ratio"], out["ci_low"], out["ci_high"], converged=fit.converged and inverted)
+    if not (np.isfinite(se) and se > 0):  # a zero SE (e.g. a sandwich whose score contributions all vanish) is no interval
+        ok, note = False, "not estimable: the interaction's standard error is zero (degenerate fit)"
     return {**out, "alpha": fit.alpha, "estimable": ok, "note": note}
+
+
+def _wald_p(coef: float, se: float) -> float:
+    """Two-sided normal p-value of coef / se; NaN where se is not a positive finite number."""
+    return float(2 * stats.norm.sf(abs(coef / se))) if np.isfinite(se) and se > 0 else float("nan")
 
 
 def _stratum(rand: pd.DataFrame, f: float) -> pd.DataFrame:

@@ -94,3 +94,20 @@ def test_the_all_row_predicts_and_is_true_over_the_population_of_the_primary_tab
         randomized = tr.table.loc[tr.table["arm"].isin([arm, ref]), "patient_id"]
         assert len(randomized) < len(everyone)  # the two populations differ, so the test can tell them apart
         assert "counterfactual" in row["predicted_over"]
+
+
+def test_interaction_without_events_in_an_arm_or_with_a_zero_se_is_not_estimable() -> None:
+    """An arm with no events (separation: its coefficients drift) is flagged, whichever SE is chosen --
+    the sandwich alone gave a finite, meaningless SE there; and a zero SE gives a NaN p-value, never a
+    division error or p = 0."""
+    from mseval.stats.heterogeneity import _wald_p, interaction_test
+
+    rng = np.random.default_rng(0)
+    n = 12
+    t = pd.DataFrame({"patient_id": [f"P{i}" for i in range(2 * n)], "arm": ["placebo"] * n + ["dmf"] * n,
+                      "net2": list(rng.poisson(3, n)) + [0] * n, "followup_years": 1.0})
+    benefit = pd.Series(rng.normal(size=2 * n), index=t["patient_id"])
+    for se_method in ("model", "robust"):
+        r = interaction_test(t, benefit, "dmf", "placebo", se_method=se_method)  # type: ignore[arg-type]
+        assert not r["estimable"] and "no events" in r["note"] and np.isnan(r["p_value"])
+    assert np.isnan(_wald_p(0.3, 0.0)) and np.isnan(_wald_p(0.3, float("nan"))) and _wald_p(0.0, 1.0) == 1.0
