@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
 STEPS = 10
-SHAPE = (16, 16, 16)
+SHAPE = (16, 16, 16)  # the grid of the cohort16 fixture
 
 
 def _cfg(**kw):  # noqa: ANN202
@@ -72,17 +71,6 @@ def _worker(rank: int, world: int, init: str, cohort: str, out: str, result: str
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
-
-
-@pytest.fixture(scope="module")
-def cohort16(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two patients per arm (12 in all) at 16^3: the trial the DDP runs train on."""
-    from mseval.simulate.model import TrialConfig
-    from mseval.simulate.trial import simulate_trial
-
-    out = tmp_path_factory.mktemp("ddp") / "cohort16"
-    simulate_trial(out, TrialConfig(patients_per_arm=2, shape=SHAPE, seed=5, followup_weeks=48))
-    return out
 
 
 def test_two_gloo_ranks_reach_the_weights_of_one_rank_with_the_same_global_batch(cohort16: Path, tmp_path: Path) -> None:
