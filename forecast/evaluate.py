@@ -81,11 +81,27 @@ def split_ids(cohort: Cohort, train_ids: Sequence[str], val_ids: Sequence[str], 
 
 
 def _auc(score: np.ndarray, label: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
+    """ROC AUC of `score` for 0/1 `label` (NaN without both classes or with a non-finite score)."""
     if len(np.unique(label)) < 2 or not np.isfinite(score).all():
         return float("nan")
-    return float(roc_auc_score(label, score))
+    return _roc_auc(np.asarray(score, dtype=float), np.asarray(label))
+
+
+def _roc_auc(score: np.ndarray, label: np.ndarray) -> float:
+    """scikit-learn's `roc_auc_score(label, score)` for 0/1 labels holding both classes, to the bit: the
+    same ROC points (one per distinct score, collinear ones dropped, (0, 0) prepended) and the same
+    trapezoid sum, without its input validation, which cost ~100 times the AUC itself in the bootstrap."""
+    from scipy.integrate import trapezoid
+
+    _, group = np.unique(score, return_inverse=True)  # ascending distinct scores
+    counts = np.bincount(group)[::-1].astype(float)  # descending thresholds, as the ROC curve takes them
+    tps = np.cumsum(np.bincount(group, weights=(label == 1).astype(float), minlength=len(counts))[::-1])
+    fps = np.cumsum(counts) - tps
+    if fps.shape[0] > 2:
+        keep = np.where(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])[0]
+        fps, tps = fps[keep], tps[keep]
+    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
+    return float(trapezoid(tps / tps[-1], fps / fps[-1]))
 
 
 def _auc_ci(score: np.ndarray, label: np.ndarray, rng: np.random.Generator, n_boot: int) -> tuple[float, float]:

@@ -1,6 +1,7 @@
 """`mseval demo --train-steps`: the diffusion demo trains a micro network on one trial and reports
 held-out forecasts of another, reproducibly. Its own module (two full demos) so that
-`--dist loadscope` can run it beside the other demo tests."""
+`--dist loadscope` can run it beside the other demo tests. The micro network works at 24^3, so the
+demo simulates both trials at 24^3 (a sample costs under half of one at 32^3)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import pytest
 from mseval.demo import run_demo
 from test_demo import _micro_diffusion
 
+SHAPE = (24, 24, 24)
+
 
 @pytest.fixture(scope="module")
 def steps_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """One diffusion demo with training (a micro network, 3 steps, seed 3) shared by the held-out and
+    """One diffusion demo with training (a micro network at 24^3, 3 steps, seed 3) shared by the held-out and
     the reproducibility tests: (its folder, what run_demo returned)."""
     root = tmp_path_factory.mktemp("steps_demo")
-    micro, fast = _micro_diffusion(root)
+    micro, fast = _micro_diffusion(root, SHAPE)
     info = run_demo(root / "a", "diffusion", patients_per_arm=2, samples=2, seed=3, workers=1, train_steps=3,
                     config=str(micro), sample_steps=2, report_settings=fast)
     return root / "a", info
@@ -33,7 +36,7 @@ def test_diffusion_demo_trains_on_one_trial_and_reports_held_out_forecasts_of_an
 
     demo, info = steps_demo
     assert info["report_html"].is_file() and info["training"]["steps"] == 3 and info["training"]["budget"] == "steps"
-    assert info["evaluation_seed"] == 4 and (demo / "train_cohort" / "manifest.csv").is_file()
+    assert info["evaluation_seed"] == 4 and (demo / "train_cohort" / "manifest.csv").is_file() and info["shape"] == list(SHAPE)
     summary = json.loads((demo / "report" / "summary.json").read_text())
     assert summary["provenance"]["status"] == "held-out"
     md = (demo / "report" / "report.md").read_text()
@@ -56,7 +59,7 @@ def test_diffusion_demo_with_train_steps_is_reproducible(steps_demo: tuple[Path,
     import numpy as np
     import pandas as pd
 
-    micro, fast = _micro_diffusion(tmp_path)
+    micro, fast = _micro_diffusion(tmp_path, SHAPE)
     info = run_demo(tmp_path / "b", "diffusion", patients_per_arm=2, samples=2, seed=3, workers=1, train_steps=3,
                     config=str(micro), sample_steps=2, report_settings=fast)
     assert info["training"]["steps"] == 3

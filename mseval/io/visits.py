@@ -32,34 +32,37 @@ def _unknown(table: pd.DataFrame, column: str, known: pd.Series, path: Path, whe
         raise InputError(path, f"{what} {table[column].iloc[row - 1]!r} is not in {where}", row=row, field=column)
 
 
-def _check_patient_visits(rows: pd.DataFrame, path: Path) -> None:
-    """One patient's rows (index: 0-based row in the file): a baseline at week 0, schedule and actual
-    weeks increasing with visit_index, previous_visit naming the previous visit that took place."""
-    rows = rows.sort_values("visit_index")
-    first = rows.iloc[0]
-    if int(first["visit_index"]) != 0:
-        raise InputError(path, f"patient {first['patient_id']!r} has no baseline row (visit_index 0)", row=int(rows.index[0]) + 1, field="visit_index")
-    if isinstance(first["missing"], str) or first["weeks"] != 0 or first["scheduled_weeks"] != 0:
+def _check_patient_visits(values: np.ndarray, rows: np.ndarray, column: dict[str, int], path: Path) -> None:
+    """One patient's rows (`rows`: 0-based rows in the file, in visit_index order) of the table whose
+    `values` (the frame's object array, what iterrows reads) and `column` positions are given: a baseline
+    at week 0, schedule and actual weeks increasing with visit_index, previous_visit naming the previous
+    visit that took place."""
+    pid_, vis_, idx_, sched_, weeks_, miss_ = (column[c] for c in ("patient_id", "visit", "visit_index", "scheduled_weeks", "weeks", "missing"))
+    prev_ = column.get("previous_visit")
+    first = values[rows[0]]
+    if int(first[idx_]) != 0:
+        raise InputError(path, f"patient {first[pid_]!r} has no baseline row (visit_index 0)", row=int(rows[0]) + 1, field="visit_index")
+    if isinstance(first[miss_], str) or first[weeks_] != 0 or first[sched_] != 0:
         raise InputError(path, "the baseline (visit_index 0) takes place at week 0: weeks and scheduled_weeks 0, missing empty",
-                         row=int(rows.index[0]) + 1, field="weeks")
-    prev_sched, prev_weeks, prev_label = 0.0, 0.0, str(first["visit"])
-    for idx, r in rows.iloc[1:].iterrows():
-        row = int(idx) + 1
-        if not r["scheduled_weeks"] > prev_sched:
-            raise InputError(path, f"scheduled_weeks {r['scheduled_weeks']:g} of visit {r['visit']!r} is not after the previous visit's "
+                         row=int(rows[0]) + 1, field="weeks")
+    prev_sched, prev_weeks, prev_label = 0.0, 0.0, str(first[vis_])
+    for idx in rows[1:]:
+        row, r = int(idx) + 1, values[idx]
+        if not r[sched_] > prev_sched:
+            raise InputError(path, f"scheduled_weeks {r[sched_]:g} of visit {r[vis_]!r} is not after the previous visit's "
                                    f"({prev_sched:g}): visits must increase with visit_index", row=row, field="scheduled_weeks")
-        prev_sched = float(r["scheduled_weeks"])
-        if isinstance(r["missing"], str):
+        prev_sched = float(r[sched_])
+        if isinstance(r[miss_], str):
             continue
-        if pd.isna(r["weeks"]):
-            raise InputError(path, f"visit {r['visit']!r} took place (missing is empty) but has no weeks", row=row, field="weeks")
-        if not r["weeks"] > prev_weeks:
-            raise InputError(path, f"weeks {r['weeks']:g} of visit {r['visit']!r} is not after the previous visit that took place "
+        if pd.isna(r[weeks_]):
+            raise InputError(path, f"visit {r[vis_]!r} took place (missing is empty) but has no weeks", row=row, field="weeks")
+        if not r[weeks_] > prev_weeks:
+            raise InputError(path, f"weeks {r[weeks_]:g} of visit {r[vis_]!r} is not after the previous visit that took place "
                                    f"({prev_label!r}, week {prev_weeks:g}): visit weeks must increase within a patient", row=row, field="weeks")
-        if "previous_visit" in rows.columns and r["previous_visit"] != prev_label:
-            raise InputError(path, f"previous_visit is {r['previous_visit']!r}, but the patient's previous visit that took place is {prev_label!r}",
+        if prev_ is not None and r[prev_] != prev_label:
+            raise InputError(path, f"previous_visit is {r[prev_]!r}, but the patient's previous visit that took place is {prev_label!r}",
                              row=row, field="previous_visit")
-        prev_weeks, prev_label = float(r["weeks"]), str(r["visit"])
+        prev_weeks, prev_label = float(r[weeks_]), str(r[vis_])
 
 
 def read_visits(path: str | Path, manifest: pd.DataFrame, *, check_files: bool = True) -> pd.DataFrame:
@@ -87,8 +90,12 @@ def read_visits(path: str | Path, manifest: pd.DataFrame, *, check_files: bool =
             row = int(np.flatnonzero(bad)[0]) + 1
             raise InputError(path, f"visit {visits['visit'].iloc[row - 1]!r} is missing ({visits['missing'].iloc[row - 1]}) but names {col}: "
                                    "a visit that did not take place has no weeks and no files", row=row, field=col)
-    for _, rows in visits.groupby("patient_id", sort=False):
-        _check_patient_visits(rows, path)
+    values, column = visits.values, {str(c): k for k, c in enumerate(visits.columns)}  # one object array, not a Series per row
+    order = visits["visit_index"].to_numpy()
+    groups = visits.groupby("patient_id", sort=False).indices
+    for pid in pd.unique(visits["patient_id"]):  # patients in order of first appearance, each by visit_index (unique per patient)
+        rows = groups[pid]
+        _check_patient_visits(values, rows[np.argsort(order[rows], kind="stable")], column, path)
     if check_files:
         root = path.parent
         for col in file_fields:

@@ -166,21 +166,44 @@ def posterior_weights(gd: np.ndarray, t2_count: np.ndarray, age: np.ndarray, par
     return u, np.exp(lw)
 
 
+_EXP_PATH_MU = 600.0
+"""Nodes whose Poisson mean exceeds this somewhere in a block take the log-space path of `mixture_pmf` (exp(-mu) would underflow)."""
+
+
 def mixture_pmf(u: np.ndarray, weights: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """pmf (n, K) of the Poisson mixture sum_g weights[i, g] Poisson(scale_i u_g) (tail beyond K: about 1e-12)."""
-    mu = np.asarray(scale, dtype=float)[:, None] * u[None, :]
+    """pmf (n, K) of the Poisson mixture sum_g weights[i, g] Poisson(scale_i u_g) (tail beyond K: about 1e-12).
+
+    Each node's Poisson pmf comes from the recursion p_k = p_(k-1) mu / k from p_0 = exp(-mu) (one exp
+    per node, not per node and count; equal to exp(k log mu - mu - log k!) to about 1e-15), except at nodes
+    whose mean exceeds _EXP_PATH_MU, where exp(-mu) underflows: those are summed in log space. A row
+    whose scale is 0 or negative comes out as the log-space formula gives it (NaN at 0 / everywhere)."""
+    scale = np.asarray(scale, dtype=float)
+    mu = scale[:, None] * u[None, :]
     # support: up to the 1 - 1e-12 Poisson quantile of the largest node holding weight above 1e-13
     mu_top = np.where(weights > 1e-13, mu, 0.0).max(axis=1)
     kmax = int(max(20.0, float(stats.poisson.ppf(1.0 - 1e-12, mu_top.max()))))
     out = np.empty((len(mu), kmax + 1))
     ks = np.arange(kmax + 1, dtype=float)
     lgk = special.gammaln(ks + 1.0)
-    for a in range(0, len(mu), 32):  # bound the (chunk, G, K) tensor
-        w = weights[a:a + 32]
-        keep = w.max(axis=0) > 1e-16 * w.max()  # nodes with weight for some patient of the chunk
-        m = mu[a:a + 32][:, keep]
-        logp = ks[None, None, :] * np.log(m)[:, :, None] - m[:, :, None] - lgk[None, None, :]
-        out[a:a + 32] = np.einsum("ng,ngk->nk", w[:, keep], np.exp(logp))
+    for a in range(0, len(mu), 256):  # bound the (block, G) arrays (and the (block, G, K) tensor of the log-space path)
+        w = weights[a:a + 256]
+        keep = w.max(axis=0) > 1e-16 * w.max()  # nodes with weight for some patient of the block
+        m, wk = mu[a:a + 256][:, keep], w[:, keep]
+        small = m.max(axis=0, initial=0.0) <= _EXP_PATH_MU
+        o = out[a:a + 256]
+        ms = m[:, small]
+        p = wk[:, small] * np.exp(-ms)  # weight x Poisson pmf at k = 0
+        o[:, 0] = p.sum(1)
+        for k in range(1, kmax + 1):
+            p *= ms
+            p *= 1.0 / k
+            o[:, k] = p.sum(1)
+        if not small.all():
+            mb = m[:, ~small]
+            logp = ks[None, None, :] * np.log(mb)[:, :, None] - mb[:, :, None] - lgk[None, None, :]
+            o += np.einsum("ng,ngk->nk", wk[:, ~small], np.exp(logp))
+    out[scale < 0] = np.nan
+    out[scale == 0, 0] = np.nan  # 0 * log(0)
     return out
 
 

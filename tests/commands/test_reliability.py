@@ -27,9 +27,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default disposition, as a terminal starts a command. A shell
+    without job control starts background jobs (`pytest ... &`) with SIGINT ignored, the ignored disposition
+    survives exec, and Python then installs no KeyboardInterrupt handler: Ctrl-C would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mseval.cli", *args], cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
 
 
 def _wait_for_workers(proc: subprocess.Popen, n: int, timeout: float = 120.0) -> list[psutil.Process]:

@@ -40,6 +40,24 @@ def test_a_perfect_12_member_ensemble_scores_like_the_exact_crps():
     assert 0.03 < dp.mean() / crps_exact.mean() < 0.12
 
 
+def test_the_auc_is_scikit_learns_to_the_bit():
+    """evaluate's AUC (its own ROC sum, for the bootstrap's speed) equals sklearn's roc_auc_score exactly,
+    with and without ties; NaN without both classes or with a non-finite score."""
+    from sklearn.metrics import roc_auc_score
+
+    from forecast.evaluate import _auc
+
+    rng = np.random.default_rng(5)
+    for k in range(600):
+        n = int(rng.integers(2, 200))
+        score = (rng.random(n), rng.integers(0, 3, n) / 2.0, np.round(rng.normal(size=n), 1))[k % 3]
+        label = (rng.random(n) < rng.random()).astype(int)
+        if 0 < label.sum() < n:
+            assert _auc(score, label) == float(roc_auc_score(label, score))
+    assert np.isnan(_auc(np.array([0.1, 0.2]), np.array([1, 1])))
+    assert np.isnan(_auc(np.array([np.nan, 0.2]), np.array([0, 1])))
+
+
 def _truthless_copy(src: Path, dst: Path) -> Path:
     """A copy of a simulated cohort as a real trial would give it: no truth.csv, truth_lesions.csv,
     simulation.json or tissue maps."""
