@@ -39,8 +39,8 @@ def _mc(p: float, n: int) -> float:
 
 
 def observed(n_trials: int = 500) -> dict[str, float]:
-    effect = summarize(repeated_trials(n_trials, patients_per_arm=100, seed0=100_000))
-    null = summarize(repeated_trials(n_trials, patients_per_arm=100, drug=NULL, seed0=200_000))
+    effect = summarize(repeated_trials(n_trials, patients_per_arm=100, seed0=100_000, by_arm=True))
+    null = summarize(repeated_trials(n_trials, patients_per_arm=100, drug=NULL, seed0=200_000, by_arm=True))
     return {
         "trials": float(n_trials),
         "coverage_dmf": effect["coverage"],

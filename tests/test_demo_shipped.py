@@ -13,8 +13,9 @@ from mseval.errors import InputError
 from mseval.io.store import ForecastStore
 
 
-SAMPLE_STEPS = 2
-"""DDIM steps of the test's samples (the shipped config's 6 cost 144 x 6 network calls, most of the test's time)."""
+SAMPLE_STEPS = 1
+"""DDIM steps of the test's samples (the shipped config's 6 cost 144 x 6 network calls, most of the test's time; multi-step
+sampling of the shipped weights is tested in tests/forecast/test_shipped_checkpoint.py and test_sampler.py)."""
 
 
 def test_demo_samples_the_shipped_checkpoint_on_a_trial_it_never_saw(tmp_path, monkeypatch):

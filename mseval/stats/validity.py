@@ -23,11 +23,12 @@ NULL = ArmSpec("null", "Null arm", "none", 1.0)
 PLACEBO = ArmSpec("placebo", "Placebo", "none", 1.0, reference=True)
 
 
-def repeated_trials(n_trials: int, *, patients_per_arm: int = 100, drug: ArmSpec = DRUG, seed0: int = 0, samples: int = 10) -> pd.DataFrame:
+def repeated_trials(n_trials: int, *, patients_per_arm: int = 100, drug: ArmSpec = DRUG, seed0: int = 0, samples: int = 10,
+                    by_arm: bool = False) -> pd.DataFrame:
     """One row per simulated two-arm trial: the arm-only NB2 rate ratio and CI, whether it covers the
     superpopulation rate ratio, p-value, and the same with the oracle prognostic score (`adj_`) and
-    with the patient-level sandwich SE (`robust_`), and with one NB2 dispersion per arm (`byarm_`: the
-    treated arm's own overdispersion, observed-information SEs as glmmTMB's)."""
+    with the patient-level sandwich SE (`robust_`), and, with `by_arm`, with one NB2 dispersion per arm
+    (`byarm_`: the treated arm's own overdispersion, observed-information SEs as glmmTMB's)."""
     base = TrialConfig(patients_per_arm=patients_per_arm, arms=(PLACEBO, drug))
     target = population_rate_ratios(base)[drug.arm]
     rows = []
@@ -35,8 +36,8 @@ def repeated_trials(n_trials: int, *, patients_per_arm: int = 100, drug: ArmSpec
         tr = simulate_count_trial(replace(base, seed=seed0 + k), samples=samples, forecast_seed=seed0 + k)
         d = tr.table.merge(prognostic_score(forecast_means(tr.counts), "placebo"), left_on="patient_id", right_index=True)
         row = {"trial": k, "target_rate_ratio": target}
-        for adjusted, cov, dispersion in ((False, "expected", "common"), (True, "expected", "common"), (False, "robust", "common"),
-                                          (False, "observed", "by_arm")):
+        fits = [(False, "expected", "common"), (True, "expected", "common"), (False, "robust", "common")]
+        for adjusted, cov, dispersion in fits + ([(False, "observed", "by_arm")] if by_arm else []):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fit = fit_count_model(d, "net2 ~ arm + prognostic_score" if adjusted else "net2 ~ arm", reference="placebo",
