@@ -37,6 +37,7 @@ from scipy import stats
 
 from mseval.errors import InputError
 from mseval.stats.count_model import CountModelFit, fit_count_model
+from mseval.stats.estimability import assess_ratio
 from mseval.stats.synthetic import rubin_combine
 from mseval.units import WEEKS_PER_YEAR
 
@@ -326,6 +327,12 @@ def _design(fit: CountModelFit, df: pd.DataFrame) -> np.ndarray:
     return np.asarray(X)
 
 
+MAX_IMPUTED_MEAN = 1e5
+"""Largest imputed mean count (lesions) for one patient's missing follow-up; a draw beyond (or not finite)
+comes from a degenerate direction of the MAR fit (an arm without events: its coefficient drifts, its SE
+is huge) and that imputation is counted as failed, never cast into a count."""
+
+
 def mnar_sensitivity(data: pd.DataFrame, formula: str = "net2 ~ arm", *, years: str = "followup_years", planned_years: str = "planned_years",
                      reference: str | None = None, deltas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), method: str = "delta",
                      delta_arms: str = "active", imputations: int = 20, seed: int = 0, level: float = 0.05,
@@ -376,18 +383,24 @@ def mnar_sensitivity(data: pd.DataFrame, formula: str = "net2 ~ arm", *, years: 
     failed = np.zeros(len(grid), dtype=int)
     comp = df.copy()
     comp["_years"] = total_t
-    for m in range(imputations):
+    usable = bool(fit.converged and np.all(np.isfinite(beta_hat)) and np.all(np.isfinite(V)) and np.isfinite(alpha))
+    for m in range(imputations if usable else 0):
         beta = rng.multivariate_normal(beta_hat, V, method="eigh")
-        mu = np.exp(X @ beta)  # per year
+        with np.errstate(over="ignore", invalid="ignore"):
+            mu = np.exp(X @ beta)  # per year
         if alpha > 0:
             k = 1.0 / alpha
             g = rng.gamma(k + y0, 1.0 / (k + mu * t0))
         else:
             g = np.ones(len(df))
         u = rng.random(len(df))
-        base = (np.exp(Xref @ beta) if method == "j2r" else mu) * g * t_miss
+        with np.errstate(over="ignore", invalid="ignore"):
+            base = (np.exp(Xref @ beta) if method == "j2r" else mu) * g * t_miss
         for i, d in enumerate(grid):
             lam = base * np.where(on, np.exp(d), 1.0) if method == "delta" else base
+            if not np.all(np.isfinite(lam)) or lam.max(initial=0.0) > MAX_IMPUTED_MEAN:
+                failed[i] += 1  # a draw of beta far out on a degenerate direction (an arm without events): no usable law
+                continue
             comp[response] = (y0 + stats.poisson.ppf(u, lam).astype(float)).astype(np.int64)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -398,6 +411,8 @@ def mnar_sensitivity(data: pd.DataFrame, formula: str = "net2 ~ arm", *, years: 
             tab = f.table.set_index("term")
             est[i, m] = tab.loc[arms, "coef"].to_numpy()
             var[i, m] = tab.loc[arms, "se"].to_numpy() ** 2
+    mar_tab = fit.table.set_index("term")
+    mar_estimable = {a: bool(mar_tab.loc[a, "estimable"]) for a in arms if a in mar_tab.index and "estimable" in mar_tab}
     rows = []
     for i, d in enumerate(grid):
         ok = ~np.isnan(est[i, :, 0])
@@ -405,16 +420,25 @@ def mnar_sensitivity(data: pd.DataFrame, formula: str = "net2 ~ arm", *, years: 
             for a in arms:
                 rows.append({"arm": a, "delta": d, "rate_ratio": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "se": np.nan,
                              "df": np.nan, "fmi": np.nan, "imputations": int(ok.sum()), "significant": False, "estimable": False,
-                             "note": f"{failed[i]} of {imputations} imputed fits did not converge"})
+                             "note": (f"{failed[i]} of {imputations} imputations failed (an imputed law not finite, or the fit on the "
+                                      "completed data did not converge)") if usable else
+                                     "not estimable: the MAR fit is not usable for imputation (not converged, or a coefficient or its "
+                                     "covariance not finite)"})
             continue
         q, se, dof, fmi = rubin_combine(est[i, ok], var[i, ok])
         tq = np.where(np.isfinite(dof), stats.t.ppf(1 - level / 2, np.where(np.isfinite(dof), dof, 1.0)), stats.norm.ppf(1 - level / 2))
         p = np.where(np.isfinite(dof), 2 * stats.t.sf(np.abs(q / se), np.where(np.isfinite(dof), dof, 1.0)), 2 * stats.norm.sf(np.abs(q / se)))
         for j, a in enumerate(arms):
-            rows.append({"arm": a, "delta": d, "rate_ratio": float(np.exp(q[j])), "ci_low": float(np.exp(q[j] - tq[j] * se[j])),
-                         "ci_high": float(np.exp(q[j] + tq[j] * se[j])), "p_value": float(p[j]), "se": float(se[j]), "df": float(dof[j]),
-                         "fmi": float(fmi[j]), "imputations": int(ok.sum()), "significant": bool(p[j] < level), "estimable": True,
-                         "note": f"{failed[i]} imputed fits did not converge (left out)" if failed[i] else ""})
+            with np.errstate(over="ignore"):
+                rr, lo, hi = float(np.exp(q[j])), float(np.exp(q[j] - tq[j] * se[j])), float(np.exp(q[j] + tq[j] * se[j]))
+            mar_ok = bool(mar_estimable.get(a, True))
+            ok_a, why = assess_ratio(rr, lo, hi, reasons=[] if mar_ok else ["the MAR estimate of this arm is not estimable"])
+            notes = [why] if why else []
+            if failed[i]:
+                notes.append(f"{failed[i]} imputations failed (left out)")
+            rows.append({"arm": a, "delta": d, "rate_ratio": rr, "ci_low": lo, "ci_high": hi, "p_value": float(p[j]), "se": float(se[j]),
+                         "df": float(dof[j]), "fmi": float(fmi[j]), "imputations": int(ok.sum()), "significant": bool(ok_a and p[j] < level),
+                         "estimable": ok_a, "note": "; ".join(notes)})
     table = pd.DataFrame(rows)
     if method == "j2r":
         table = table.drop(columns="delta").assign(method="jump to reference")

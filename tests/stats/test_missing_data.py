@@ -181,3 +181,19 @@ def test_the_bench_loops_agree_with_the_full_data_without_dropout(monkeypatch: p
     assert coverage_summary(tr).set_index("arm").loc["all arms", "exp_estimable"] == 1
     assert _crossing(np.array([-1.0, 0.0, 1.0]), np.array([3.0, 2.0, 0.0]), 1.0) == pytest.approx(0.5)
     assert np.isnan(_crossing(np.array([0.0, 1.0]), np.array([1.0, 2.0]), 5.0))
+
+
+def test_mnar_sensitivity_with_an_arm_without_events_flags_instead_of_crashing() -> None:
+    """An arm with no events (its MAR coefficient drifts, its SE is huge): beta draws along that direction give
+    imputed means that overflow. Those imputations count as failed and the rows say so (not estimable), never
+    a cast of NaN into a count (which made `mseval demo` stop with a false error about the user's net2)."""
+    rng = np.random.default_rng(3)
+    n = 10
+    t = pd.DataFrame({"arm": ["placebo"] * n + ["drug"] * n,
+                      "observed_net2": np.concatenate([rng.poisson(4.0, n), np.zeros(n, dtype=int)]),
+                      "observed_years": np.r_[np.full(n - 2, 1.8), [0.9, 0.5], np.full(n - 2, 1.8), [0.9, 0.5]],
+                      "planned_years": 1.8})
+    s = mnar_sensitivity(t, "observed_net2 ~ arm", years="observed_years", reference="placebo", deltas=(0.0, 1.0), imputations=4, seed=2)
+    assert len(s.table) == 2 and not s.table["estimable"].any() and not s.table["significant"].any()
+    assert s.table["note"].str.contains("MAR estimate of this arm is not estimable").all()
+    assert s.table["note"].str.contains("imputations failed").all()  # draws along the drifting coefficient overflow
