@@ -275,7 +275,10 @@ def _fit_nb2(y: np.ndarray, X: np.ndarray, offset: np.ndarray | float = 0.0, *, 
             return pois
         beta = pois.beta.copy()
         # moment start for theta, as glm.nb's theta.ml starts: n / sum((y / mu - 1)^2)
-        theta = float(len(y) / max(np.sum((y / mu - 1.0) ** 2), 1e-12))
+        # (a row whose Poisson mean underflowed to 0 -- an arm without events -- has y = 0 and adds (0 - 1)^2 = 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pearson = np.where(mu > 0, (y / mu - 1.0) ** 2, np.where(y > 0, np.inf, 1.0))
+        theta = float(len(y) / max(float(np.sum(pearson)), 1e-12))
     else:
         beta, theta = np.asarray(beta0, dtype=float).copy(), 1.0 / float(alpha0)
     theta = float(np.clip(theta, 1e-6, THETA_MAX / 10))
