@@ -10,7 +10,9 @@ Every failure is an `InputError` naming the file, the first bad (1-based) row an
 from __future__ import annotations
 
 import hashlib
+import io
 import re
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,7 @@ def validate_frame(df: pd.DataFrame, schema_name: str, file: str | Path) -> pd.D
 
 _VALIDATED: OrderedDict[tuple[str, str, bytes], pd.DataFrame] = OrderedDict()
 _VALIDATED_MAX = 32
+_VALIDATED_LOCK = threading.Lock()
 """Tables that passed validation, by (schema, file suffix, SHA-1 of the file's bytes): a pipeline reads
 the same unchanged cohort tables many times (every stage opens the cohort), and the validated frame
 depends only on those bytes and the schema. A file whose bytes changed is read and checked anew."""
@@ -194,23 +197,27 @@ def read_table(path: str | Path, schema_name: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
-    key = (schema_name, path.suffix, hashlib.sha1(path.read_bytes()).digest())
-    if key in _VALIDATED:
-        _VALIDATED.move_to_end(key)
-        return _VALIDATED[key].copy()
-    out = _read_and_validate(path, schema_name)
-    _VALIDATED[key] = out.copy()
-    while len(_VALIDATED) > _VALIDATED_MAX:
-        _VALIDATED.popitem(last=False)
+    data = path.read_bytes()  # hashed and parsed from this one read
+    key = (schema_name, path.suffix, hashlib.sha1(data).digest())
+    with _VALIDATED_LOCK:
+        if key in _VALIDATED:
+            _VALIDATED.move_to_end(key)
+            return _VALIDATED[key].copy()
+    out = _read_and_validate(path, data, schema_name)
+    with _VALIDATED_LOCK:
+        _VALIDATED[key] = out.copy()
+        while len(_VALIDATED) > _VALIDATED_MAX:
+            _VALIDATED.popitem(last=False)
     return out
 
 
-def _read_and_validate(path: Path, schema_name: str) -> pd.DataFrame:
+def _read_and_validate(path: Path, data: bytes, schema_name: str) -> pd.DataFrame:
+    """Parse `data` (the bytes of `path`) and validate it; errors name `path`."""
     try:
         if path.suffix == ".parquet":
-            df = pd.read_parquet(path)
+            df = pd.read_parquet(io.BytesIO(data))
         else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise InputError(path, "file is empty") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is bad input
