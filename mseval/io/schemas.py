@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.io.common import infer_compression
 
 import data_schemas
 from mseval.errors import InputError
@@ -217,7 +218,8 @@ def _read_and_validate(path: Path, data: bytes, schema_name: str) -> pd.DataFram
         if path.suffix == ".parquet":
             df = pd.read_parquet(io.BytesIO(data))
         else:
-            df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skipinitialspace=True)
+            df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skipinitialspace=True,
+                             compression=infer_compression(str(path), "infer"))  # as from the path: .csv.gz etc.
     except pd.errors.EmptyDataError:
         raise InputError(path, "file is empty") from None
     except Exception as exc:  # noqa: BLE001 - any parse failure is bad input

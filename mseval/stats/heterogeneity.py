@@ -97,8 +97,9 @@ def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, referenc
         return {**row, "interaction_coef": nan, "se": nan, "interaction_ratio": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
                 "se_model_based": nan, "p_value_model_based": nan, "se_sandwich": nan, "p_value_sandwich": nan,
                 "estimable": False, "note": "not estimable: predicted benefit is the same for every patient"}
-    events = d.groupby("arm")[response].sum()
-    if len(events) < 2 or (events <= 0).any():  # separation: that arm's rate and its interaction drift to -inf
+    y_all = pd.to_numeric(d[response], errors="coerce")
+    events = [float(y_all[(d["arm"] == a).to_numpy()].sum()) for a in (arm, reference)]
+    if min(events) <= 0:  # separation: that arm's rate and its interaction drift to -inf
         return {**row, "interaction_coef": nan, "se": nan, "interaction_ratio": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
                 "se_model_based": nan, "p_value_model_based": nan, "se_sandwich": nan, "p_value_sandwich": nan,
                 "estimable": False, "note": "not estimable: an arm has no events (its rate ratio has no finite estimate)"}
@@ -125,7 +126,7 @@ def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, referenc
     # extra-Poisson variation of a whole trial); it is reported in `alpha`, not flagged.
     ok, note = assess_ratio(out["interaction_ratio"], out["ci_low"], out["ci_high"], converged=fit.converged and inverted)
     if not (np.isfinite(se) and se > 0):  # a zero SE (e.g. a sandwich whose score contributions all vanish) is no interval
-        ok, note = False, "not estimable: the interaction's standard error is zero (degenerate fit)"
+        ok, note = False, "not estimable: the interaction's standard error is zero or not finite (degenerate fit)"
     return {**out, "alpha": fit.alpha, "estimable": ok, "note": note}
 
 

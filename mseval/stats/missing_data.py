@@ -396,11 +396,12 @@ def mnar_sensitivity(data: pd.DataFrame, formula: str = "net2 ~ arm", *, years: 
         u = rng.random(len(df))
         with np.errstate(over="ignore", invalid="ignore"):
             base = (np.exp(Xref @ beta) if method == "j2r" else mu) * g * t_miss
+        lam_top = base * np.where(on, np.exp(max(grid)), 1.0) if method == "delta" else base
+        if not np.all(np.isfinite(lam_top)) or lam_top.max(initial=0.0) > MAX_IMPUTED_MEAN:
+            failed += 1  # a draw of beta far out on a degenerate direction (an arm without events): no usable law at any
+            continue     # delta (judged at the largest, so every delta keeps the same imputations: common random numbers)
         for i, d in enumerate(grid):
             lam = base * np.where(on, np.exp(d), 1.0) if method == "delta" else base
-            if not np.all(np.isfinite(lam)) or lam.max(initial=0.0) > MAX_IMPUTED_MEAN:
-                failed[i] += 1  # a draw of beta far out on a degenerate direction (an arm without events): no usable law
-                continue
             comp[response] = (y0 + stats.poisson.ppf(u, lam).astype(float)).astype(np.int64)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

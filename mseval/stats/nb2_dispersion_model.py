@@ -56,6 +56,27 @@ class NB2DispersionResult:
         return np.exp(np.asarray(Z, dtype=float) @ self.gamma)
 
 
+_EXACT_THETA = 1e3
+"""From this theta on, log Gamma(y + th) - log Gamma(th) is summed exactly (the difference of two gammaln's
+loses about log10(th) digits where th >> y: 1e-5 absolute at th = 1e7, near the Poisson law)."""
+
+
+def _lgamma_ratio(y: np.ndarray, th: np.ndarray) -> np.ndarray:
+    """log Gamma(y + th) - log Gamma(th) per row (y whole counts >= 0, th > 0): gammaln difference below
+    `_EXACT_THETA`, else y log th + sum_{j < y} log1p(j / th) (rows in chunks of at most 4e6 terms)."""
+    out = gammaln(y + th) - gammaln(th)
+    big = np.flatnonzero((th >= _EXACT_THETA) & (y > 0))
+    if big.size:
+        ymax = int(y[big].max())
+        j = np.arange(ymax, dtype=float)
+        step = max(1, int(4e6 // max(ymax, 1)))
+        for lo in range(0, big.size, step):
+            rows = big[lo:lo + step]
+            terms = np.log1p(j[None, :] / th[rows, None]) * (j[None, :] < y[rows, None])
+            out[rows] = y[rows] * np.log(th[rows]) + terms.sum(axis=1)
+    return out
+
+
 def _loglik(y: np.ndarray, eta: np.ndarray, lalpha: np.ndarray, lgy1: np.ndarray) -> float:
     """Sum of the rows' NB2 log-likelihoods at log mu = eta, log alpha = lalpha (-inf if not finite)."""
     if np.max(eta, initial=-np.inf) > 700.0 or np.max(np.abs(lalpha), initial=0.0) > 700.0:
@@ -63,7 +84,7 @@ def _loglik(y: np.ndarray, eta: np.ndarray, lalpha: np.ndarray, lgy1: np.ndarray
     th = np.exp(-lalpha)
     alpha_mu = np.exp(lalpha + eta)
     # th log(th / (th + mu)) = -th log(1 + alpha mu); y log(mu / (th + mu)) = y (eta + log alpha - log(1 + alpha mu))
-    ll = gammaln(y + th) - gammaln(th) - lgy1 - th * np.log1p(alpha_mu) + y * (eta + lalpha - np.log1p(alpha_mu))
+    ll = _lgamma_ratio(y, th) - lgy1 - th * np.log1p(alpha_mu) + y * (eta + lalpha - np.log1p(alpha_mu))
     total = float(np.sum(ll))
     return total if np.isfinite(total) else -np.inf
 
@@ -118,7 +139,9 @@ def fit_nb2_dispersion_model(y: np.ndarray, X: np.ndarray, Z: np.ndarray, offset
             sb, _ = newton_step(g[:k], H[:k, :k])
             hz = np.abs(np.diag(H)[k:])
             step = np.concatenate([sb if sb is not None else np.zeros(k), g[k:] / np.where(hz > 0, hz, 1.0)])
-        step[k:] = np.clip(step[k:], -3.0, 3.0)
+        big = float(np.max(np.abs(step[k:]), initial=0.0))
+        if big > 3.0:  # at most a factor e^3 in any alpha per step: scale the whole step (its direction kept)
+            step = step * (3.0 / big)
         slack = rounding_slack(ll) if dec < QUADRATIC * max(1.0, abs(ll)) else 0.0
         t = halving_search(lambda t: _loglik(y, X @ (beta + t * step[:k]) + off, Z @ (gamma + t * step[k:]), lgy1), ll, slack)
         if t is None:

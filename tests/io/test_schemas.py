@@ -37,6 +37,14 @@ def test_read_table_checks_changed_bytes_anew_and_returns_independent_frames(tmp
     pd.testing.assert_frame_equal(read_table(path, "arms"), again)
 
 
+def test_a_compressed_csv_reads_as_its_plain_form(tmp_path) -> None:
+    """read_table parses the bytes it hashed, with the compression the file name says (.csv.gz): the same frame."""
+    plain, packed = tmp_path / "arms.csv", tmp_path / "arms.csv.gz"
+    _arms().to_csv(plain, index=False)
+    _arms().to_csv(packed, index=False, compression="gzip")
+    pd.testing.assert_frame_equal(read_table(packed, "arms"), read_table(plain, "arms"))
+
+
 def test_good_table_passes_and_is_typed() -> None:
     out = validate_frame(_arms(), "arms", "arms.csv")
     assert out["reference"].tolist() == [True, False]

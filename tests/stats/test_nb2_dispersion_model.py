@@ -131,3 +131,20 @@ def test_recovers_the_dispersion_coefficients() -> None:
     assert np.all(np.abs(np.concatenate([fit.beta, fit.gamma]) - truth) < 4 * se)
     assert fit.llf - fit_nb2(y, X).llf > 100.0
     assert fit.alpha(Z) == pytest.approx(np.exp(Z @ fit.gamma))
+
+
+def test_log_likelihood_is_accurate_near_the_poisson_law() -> None:
+    """At theta up to 1e8 (alpha 1e-8) the row log-likelihood equals `nb2_mle.nb2_loglik` (its accurate forms) to
+    1e-9 absolute over 300 rows: the line search compares values that differ by less than the rounding of a plain
+    gammaln difference (1e-5 at theta 1e7)."""
+    from scipy.special import gammaln
+
+    from mseval.stats.nb2_dispersion_model import _loglik
+    from mseval.stats.nb2_mle import nb2_loglik
+
+    rng = np.random.default_rng(1)
+    y = rng.poisson(3.0, 300).astype(float)
+    eta = np.log(rng.uniform(1.0, 6.0, 300))
+    for theta in (1.0, 1e3, 1e5, 1e7, 1e8):
+        ours_ll = _loglik(y, eta, np.full(300, -np.log(theta)), gammaln(y + 1.0))
+        assert abs(ours_ll - nb2_loglik(y, eta, theta)) < 1e-9, theta
