@@ -175,13 +175,16 @@ def mixture_pmf(u: np.ndarray, weights: np.ndarray, scale: np.ndarray) -> np.nda
 
     Each node's Poisson pmf comes from the recursion p_k = p_(k-1) mu / k from p_0 = exp(-mu) (one exp
     per node, not per node and count; equal to exp(k log mu - mu - log k!) to about 1e-15), except at nodes
-    whose mean exceeds _EXP_PATH_MU, where exp(-mu) underflows: those are summed in log space. A row
-    whose scale is 0 or negative comes out as the log-space formula gives it (NaN at 0 / everywhere)."""
+    whose mean exceeds _EXP_PATH_MU, where exp(-mu) underflows: those are summed in log space. A row whose
+    scale is 0 (no exposure) is the point mass at 0; a negative or non-finite scale gives a NaN row (and
+    does not set the support of the other rows)."""
     scale = np.asarray(scale, dtype=float)
+    bad = ~np.isfinite(scale) | (scale < 0)
+    scale = np.where(bad, 0.0, scale)
     mu = scale[:, None] * u[None, :]
     # support: up to the 1 - 1e-12 Poisson quantile of the largest node holding weight above 1e-13
     mu_top = np.where(weights > 1e-13, mu, 0.0).max(axis=1)
-    kmax = int(max(20.0, float(stats.poisson.ppf(1.0 - 1e-12, mu_top.max()))))
+    kmax = int(max(20.0, float(stats.poisson.ppf(1.0 - 1e-12, mu_top.max(initial=0.0)))))
     out = np.empty((len(mu), kmax + 1))
     ks = np.arange(kmax + 1, dtype=float)
     lgk = special.gammaln(ks + 1.0)
@@ -200,10 +203,13 @@ def mixture_pmf(u: np.ndarray, weights: np.ndarray, scale: np.ndarray) -> np.nda
             o[:, k] = p.sum(1)
         if not small.all():
             mb = m[:, ~small]
-            logp = ks[None, None, :] * np.log(mb)[:, :, None] - mb[:, :, None] - lgk[None, None, :]
+            with np.errstate(divide="ignore", invalid="ignore"):  # rows of scale 0 (set at the end) meet log(0) here
+                logp = ks[None, None, :] * np.log(mb)[:, :, None] - mb[:, :, None] - lgk[None, None, :]
             o += np.einsum("ng,ngk->nk", wk[:, ~small], np.exp(logp))
-    out[scale < 0] = np.nan
-    out[scale == 0, 0] = np.nan  # 0 * log(0)
+    zero = (scale == 0) & ~bad
+    out[zero] = 0.0
+    out[zero, 0] = 1.0
+    out[bad] = np.nan
     return out
 
 

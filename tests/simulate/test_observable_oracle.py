@@ -123,3 +123,24 @@ def test_unknown_arm_is_refused(count_trial):
     feats.loc[0, "arm"] = "aspirin"
     with pytest.raises(ValueError, match="aspirin"):
         observable_pmf(feats, PARAMS)
+
+
+def test_mixture_pmf_is_the_poisson_mixture_and_handles_degenerate_scales() -> None:
+    """The recursion equals the log-space Poisson mixture to 1e-12 (means up to 700, beyond which the log-space
+    path is used); a zero scale (no exposure) is the point mass at 0; a negative or NaN scale gives a NaN row
+    without shortening the support of the other rows."""
+    from scipy import stats as st
+
+    from mseval.simulate.observable_oracle import mixture_pmf
+
+    rng = np.random.default_rng(0)
+    u = np.exp(np.linspace(np.log(0.05), np.log(20.0), 40))
+    w = rng.dirichlet(np.ones(40), size=5)
+    scale = np.array([0.3, 2.0, 11.0, 40.0, 0.0])
+    p = mixture_pmf(u, w, scale)
+    k = np.arange(p.shape[1])
+    direct = np.einsum("ng,ngk->nk", w, st.poisson.pmf(k[None, None, :], (scale[:, None] * u[None, :])[:, :, None]))
+    assert np.allclose(p, direct, rtol=1e-12, atol=1e-15)
+    assert p[4, 0] == 1.0 and not p[4, 1:].any()
+    q = mixture_pmf(u, w[[3, 1, 2]], np.array([40.0, np.nan, -1.0]))
+    assert q.shape[1] == p.shape[1] and np.allclose(q[0], p[3]) and np.isnan(q[1:]).all()
