@@ -7,7 +7,8 @@ their folders are given), draws every figure, and writes, into a temporary folde
 
     report.html        one self-contained file (figures inlined as base64 PNG, CSS inline, no network)
     report.md          the same numbers as text
-    figures/*.pdf|png  every figure as PDF (vector text) and 300-dpi PNG
+    figures/*.pdf|png  every figure in `ReportSettings.figure_formats` (default PDF with vector text and 300-dpi PNG;
+                       `mseval report --figure-formats`); summary.json lists the files written
     tables/*.csv       every table of the report
     summary.json       the headline numbers (schema `data_schemas/report_summary.schema.json`)
     results/           the evaluation and effects folders (and counts) when computed here
