@@ -59,3 +59,20 @@ def test_poisson_like_samples_converge() -> None:
     for _ in range(200):
         fit = fit_nb2(rng.poisson(mu).astype(float), X, 0.0)
         assert fit.converged
+
+
+def test_rows_whose_poisson_mean_underflows_leave_the_fit_unchanged() -> None:
+    """Rows with y = 0 and a mean of exactly 0 (offset -800: exp underflows) add nothing to the NB2 likelihood:
+    the fit with them equals the fit without them (the moment start of theta must not turn NaN on 0 / 0 and
+    fall back to the Poisson law)."""
+    from mseval.stats.nb2_mle import fit_nb2
+
+    rng = np.random.default_rng(2)
+    n = 200
+    x = rng.normal(size=n)
+    y = rng.poisson(np.exp(1 + 0.3 * x) * rng.gamma(1.0, 1.0, n)).astype(float)
+    X = np.column_stack([np.ones(n), x])
+    plain = fit_nb2(y, X, np.zeros(n))
+    more = fit_nb2(np.r_[y, np.zeros(5)], np.vstack([X, np.column_stack([np.ones(5), np.zeros(5)])]), np.r_[np.zeros(n), np.full(5, -800.0)])
+    assert not more.boundary and more.alpha == pytest.approx(plain.alpha, rel=1e-9)
+    assert more.beta == pytest.approx(plain.beta, rel=1e-9) and more.llf == pytest.approx(plain.llf, rel=1e-12)
