@@ -29,6 +29,13 @@ Methods (`method`), each with its interval:
   test of beta_j = b (offset b d_i, the dispersion of the b = 0 null fit, the same permutations)
   does not reject}; at b = 0 it is the primary test, so the CI excludes 1 when p <= 0.05.
 
+- ``bootstrap_t``: the studentized (bootstrap-t) interval: patients resampled with replacement within
+  their arm (and stratum) `n_bootstrap` times, each resample refitted (the same model and dispersion
+  choice), t* = (b* - b) / se*; CI [b - t*_(0.975) se, b - t*_(0.025) se]; p = (1 + #{|t*| >= |b / se|}) /
+  (1 + B). Nonparametric in the patients' counts, so it carries arm-specific overdispersion and heavy
+  tails that the NB2 SE misses (a lead from bench/validity_observed_bootstrap_t.py; use B >= 999 for a
+  CI). Not yet offered by the SAP (`sap.schema.SMALL_SAMPLE_TESTS_AVAILABLE`) until validated there.
+
 Null hypotheses differ: the model-based tests (wald, t, lrt, lrt_f, bootstrap_lrt) test equal
 adjusted mean rates within the NB2 model (beta_j = 0; the NB2 law and its common dispersion assumed);
 the permutation test tests the sharp null that the arm changes no patient's count, and has exact
@@ -56,14 +63,15 @@ from mseval.stats.estimability import assess_ratio
 from mseval.stats.nb2_by_arm import NB2ByArmResult, fit_beta_fixed_dispersions, fit_nb2_by_arm
 from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_wald
 
-METHODS = ("wald", "t", "lrt", "lrt_f", "bootstrap_lrt", "permutation")
+METHODS = ("wald", "t", "lrt", "lrt_f", "bootstrap_lrt", "permutation", "bootstrap_t")
 SMALL_SAMPLE_N = 30
 
 _NULL_MODEL = ("equal adjusted mean rates: beta_arm = 0 in the NB2 model with the other terms (NB2 law, common dispersion assumed)")
 _NULL_SHARP = ("sharp null: the arm changes no patient's count (labels of arm and reference patients exchangeable within strata); "
                "exact under randomization, not for equal means with unequal dispersion")
 _CI_METHOD = {"wald": "Wald, normal", "t": "Wald, t(n - k)", "lrt": "profile likelihood, chi2(1)", "lrt_f": "profile likelihood, F(1, n - k)",
-              "bootstrap_lrt": "profile likelihood, parametric-bootstrap critical value", "permutation": "inverted permutation score test"}
+              "bootstrap_lrt": "profile likelihood, parametric-bootstrap critical value", "permutation": "inverted permutation score test",
+              "bootstrap_t": "studentized bootstrap, patients resampled within arms (and strata)"}
 
 
 def recommended_test(n_per_arm_min: int) -> str:
@@ -242,6 +250,7 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
         reasons.append(f"no events in {'the arm' if ev_arm == 0 else 'the reference arm'}: the rate ratio's MLE is at the boundary")
     for method in methods:
         stat, df_, p, lo, hi, B = np.nan, np.nan, np.nan, np.nan, np.nan, 0
+        why = list(reasons)
         if method in ("wald", "t"):
             stat = b / se if se > 0 else np.nan
             if method == "wald":
@@ -272,6 +281,16 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
                 crit = float(np.quantile(lrs, conf_level))
             if ci:
                 lo, hi = _profile_ci(full.llf, b, se, crit, prof)
+        elif method == "bootstrap_t":
+            B = n_bootstrap
+            stat, df_ = (b / se if se > 0 else np.nan), np.inf
+            tstar = _bootstrap_t(model, j, b, dispersion, groups, B, np.random.default_rng([seed, j, 2]), full)
+            if len(tstar) >= 0.9 * B and se > 0:
+                lo_q, hi_q = np.quantile(tstar, [1.0 - q, q])
+                lo, hi = b - hi_q * se, b - lo_q * se
+                p = float((1 + np.sum(np.abs(tstar) >= abs(stat))) / (1 + len(tstar)))
+            else:
+                why.append(f"only {len(tstar)} of {B} bootstrap refits usable")
         elif method == "permutation":
             B = n_permutations
             rng = np.random.default_rng([seed, j, 0])
@@ -287,12 +306,35 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
             raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
         with np.errstate(over="ignore"):
             rr, cl, ch = np.exp(b), np.exp(lo), np.exp(hi)
-        ok, note = assess_ratio(rr, cl if ci else None, ch if ci else None, converged=full.converged, reasons=reasons)
+        ok, note = assess_ratio(rr, cl if ci else None, ch if ci else None, converged=full.converged, reasons=why)
         rows.append({"arm": arm, "rate_ratio": rr, "ci_low": cl, "ci_high": ch, "ci_method": _CI_METHOD[method] if ci else "",
                      "statistic": float(stat), "df": float(df_), "p_value": float(p), "method": method,
                      "null_hypothesis": _NULL_SHARP if method == "permutation" else _NULL_MODEL, "n": n, "k": k,
                      "n_permutations": B, "estimable": ok, "note": note, "dispersion": dispersion})
     return rows
+
+
+def _bootstrap_t(model: _Model, j: int, b: float, dispersion: str, groups: np.ndarray | None, B: int, rng: np.random.Generator,
+                 full: NB2Result) -> np.ndarray:
+    """(<= B,) studentized replicates (b* - b) / se* of coefficient j: rows resampled with replacement within
+    each arm (x stratum) cell, refitted with the same dispersion choice; refits that do not converge or have
+    no positive finite SE are left out."""
+    y, X, off = model.y, model.X, model.off
+    cell = model.arm.astype(str) if model.strata is None else np.char.add(model.arm.astype(str), "|" + model.strata.astype(str))
+    cells = [np.flatnonzero(cell == c) for c in np.unique(cell)]
+    out = []
+    for _ in range(B):
+        idx = np.concatenate([c[rng.integers(0, len(c), len(c))] for c in cells])
+        ys, Xs, os_ = y[idx], X[idx], off[idx]
+        if dispersion == "by_arm":
+            f = fit_nb2_by_arm(ys, Xs, groups[idx], os_)
+            bs, ses = float(f.beta[j]), float(nb2_wald(Xs, os_, f.beta, f.alpha[groups[idx]]).se[j])
+        else:
+            f = fit_nb2(ys, Xs, os_, beta0=full.beta, alpha0=full.alpha if full.alpha > 0 else None)
+            bs, ses = float(f.beta[j]), float(nb2_wald(Xs, os_, f.beta, f.alpha).se[j])
+        if f.converged and np.isfinite(bs) and np.isfinite(ses) and ses > 0:
+            out.append((bs - b) / ses)
+    return np.asarray(out)
 
 
 def _fit_fixed_alpha(y: np.ndarray, X: np.ndarray, off: np.ndarray, alpha: float, beta0: np.ndarray) -> np.ndarray:

@@ -184,3 +184,22 @@ def test_bad_input_names_the_field(kw: dict, field: str) -> None:
     with pytest.raises(InputError) as e:
         primary_tests(d, args.pop("formula"), "arm", "placebo", **args)
     assert e.value.field == field
+
+
+def test_bootstrap_t_studentizes_refits_within_arms_and_is_seeded() -> None:
+    """The bootstrap-t interval: same seed, same numbers; a larger spread of the resampled t (a heavier-tailed
+    arm than the NB2 law says) widens it beyond Wald; the estimate is the MLE's; p tests beta = 0."""
+    d = _trial(30, 4)
+    a = primary_tests(d, FORMULA, "arm", "placebo", method="bootstrap_t", seed=3, n_bootstrap=199).table.iloc[0]
+    again = primary_tests(d, FORMULA, "arm", "placebo", method="bootstrap_t", seed=3, n_bootstrap=199).table.iloc[0]
+    w = primary_tests(d, FORMULA, "arm", "placebo", method="wald").table.iloc[0]
+    assert a.equals(again) and a["estimable"] and a["ci_method"].startswith("studentized bootstrap")
+    assert a["rate_ratio"] == pytest.approx(w["rate_ratio"], rel=1e-12)
+    assert a["ci_low"] < a["rate_ratio"] < a["ci_high"] and 0 < a["p_value"] <= 1
+    # a heavy-tailed treated arm: multiply a few treated counts; the bootstrap-t interval gets wider than Wald's
+    heavy = d.copy()
+    trt = np.flatnonzero(heavy["arm"].to_numpy() == "trt")[:3]
+    heavy.loc[trt, "net2"] = heavy.loc[trt, "net2"] * 8 + 20
+    hb = primary_tests(heavy, FORMULA, "arm", "placebo", method="bootstrap_t", seed=3, n_bootstrap=199).table.iloc[0]
+    hw = primary_tests(heavy, FORMULA, "arm", "placebo", method="wald").table.iloc[0]
+    assert np.log(hb["ci_high"] / hb["ci_low"]) > np.log(hw["ci_high"] / hw["ci_low"])
