@@ -31,8 +31,8 @@ Methods (`method`), each with its interval:
 
 - ``bootstrap_t``: the studentized (bootstrap-t) interval: patients resampled with replacement within
   their arm (and stratum) `n_bootstrap` times, each resample refitted (the same model and dispersion
-  choice), t* = (b* - b) / se*; CI [b - t*_(0.975) se, b - t*_(0.025) se]; p = (1 + #{|t*| >= |b / se|}) /
-  (1 + B). Nonparametric in the patients' counts, so it carries arm-specific overdispersion and heavy
+  choice), t* = (b* - b) / se*, se the patient-level sandwich SE (the pivot must be consistent when the
+  NB2 law is not); CI [b - t*_(0.975) se, b - t*_(0.025) se]; p = (1 + #{|t*| >= |b / se|}) / (1 + B). Nonparametric in the patients' counts, so it carries arm-specific overdispersion and heavy
   tails that the NB2 SE misses (a lead from bench/validity_observed_bootstrap_t.py; use B >= 999 for a
   CI). Not yet offered by the SAP (`sap.schema.SMALL_SAMPLE_TESTS_AVAILABLE`) until validated there.
 
@@ -61,7 +61,7 @@ from mseval.errors import InputError
 from mseval.stats.count_model import _prepare_full, design
 from mseval.stats.estimability import assess_ratio
 from mseval.stats.nb2_by_arm import NB2ByArmResult, fit_beta_fixed_dispersions, fit_nb2_by_arm
-from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_wald
+from mseval.stats.nb2_mle import NB2Result, fit_nb2, inv_pd, nb2_sandwich, nb2_wald
 
 METHODS = ("wald", "t", "lrt", "lrt_f", "bootstrap_lrt", "permutation", "bootstrap_t")
 SMALL_SAMPLE_N = 30
@@ -283,11 +283,13 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
                 lo, hi = _profile_ci(full.llf, b, se, crit, prof)
         elif method == "bootstrap_t":
             B = n_bootstrap
-            stat, df_ = (b / se if se > 0 else np.nan), np.inf
+            beta_f, alpha_f = (full_by_arm.beta, row_alpha) if dispersion == "by_arm" else (full.beta, full.alpha)
+            se_s = _sandwich_se(y, X, off, beta_f, alpha_f, j)
+            stat, df_ = (b / se_s if se_s > 0 else np.nan), np.inf
             tstar = _bootstrap_t(model, j, b, dispersion, groups, B, np.random.default_rng([seed, j, 2]), full)
-            if len(tstar) >= 0.9 * B and se > 0:
+            if len(tstar) >= 0.9 * B and se_s > 0:
                 lo_q, hi_q = np.quantile(tstar, [1.0 - q, q])
-                lo, hi = b - hi_q * se, b - lo_q * se
+                lo, hi = b - hi_q * se_s, b - lo_q * se_s
                 p = float((1 + np.sum(np.abs(tstar) >= abs(stat))) / (1 + len(tstar)))
             else:
                 why.append(f"only {len(tstar)} of {B} bootstrap refits usable")
@@ -314,6 +316,13 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
     return rows
 
 
+def _sandwich_se(y: np.ndarray, X: np.ndarray, off: np.ndarray, beta: np.ndarray, alpha: float | np.ndarray, j: int) -> float:
+    """Patient-level sandwich (HC0) SE of coefficient j at (beta, alpha) (alpha scalar or per row); NaN if the
+    bread does not invert. The bootstrap-t's pivot: consistent whatever the law of the counts."""
+    V, ok = nb2_sandwich(y, X, np.exp(X @ beta + off), alpha)
+    return float(np.sqrt(V[j, j])) if ok and V[j, j] > 0 else float("nan")
+
+
 def _bootstrap_t(model: _Model, j: int, b: float, dispersion: str, groups: np.ndarray | None, B: int, rng: np.random.Generator,
                  full: NB2Result) -> np.ndarray:
     """(<= B,) studentized replicates (b* - b) / se* of coefficient j: rows resampled with replacement within
@@ -328,10 +337,10 @@ def _bootstrap_t(model: _Model, j: int, b: float, dispersion: str, groups: np.nd
         ys, Xs, os_ = y[idx], X[idx], off[idx]
         if dispersion == "by_arm":
             f = fit_nb2_by_arm(ys, Xs, groups[idx], os_)
-            bs, ses = float(f.beta[j]), float(nb2_wald(Xs, os_, f.beta, f.alpha[groups[idx]]).se[j])
+            bs, ses = float(f.beta[j]), _sandwich_se(ys, Xs, os_, f.beta, f.alpha[groups[idx]], j)
         else:
             f = fit_nb2(ys, Xs, os_, beta0=full.beta, alpha0=full.alpha if full.alpha > 0 else None)
-            bs, ses = float(f.beta[j]), float(nb2_wald(Xs, os_, f.beta, f.alpha).se[j])
+            bs, ses = float(f.beta[j]), _sandwich_se(ys, Xs, os_, f.beta, f.alpha, j)
         if f.converged and np.isfinite(bs) and np.isfinite(ses) and ses > 0:
             out.append((bs - b) / ses)
     return np.asarray(out)
