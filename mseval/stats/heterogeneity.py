@@ -92,17 +92,12 @@ def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, referenc
     b = benefit.loc[d["patient_id"]].to_numpy(dtype=float)
     row = {"arm": arm, "n_arm": int((d["arm"] == arm).sum()), "n_reference": int((d["arm"] == reference).sum()),
            "benefit_sd": float(np.std(b, ddof=1)) if len(b) > 1 else float("nan"), "se_method": SE_METHODS[se_method]}
-    nan = float("nan")
     if not (len(b) > 4 and row["benefit_sd"] > 1e-12):
-        return {**row, "interaction_coef": nan, "se": nan, "interaction_ratio": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
-                "se_model_based": nan, "p_value_model_based": nan, "se_sandwich": nan, "p_value_sandwich": nan,
-                "estimable": False, "note": "not estimable: predicted benefit is the same for every patient"}
+        return _not_estimable(row, "not estimable: predicted benefit is the same for every patient")
     y_all = pd.to_numeric(d[response], errors="coerce")
     events = [float(y_all[(d["arm"] == a).to_numpy()].sum()) for a in (arm, reference)]
     if min(events) <= 0:  # separation: that arm's rate and its interaction drift to -inf
-        return {**row, "interaction_coef": nan, "se": nan, "interaction_ratio": nan, "ci_low": nan, "ci_high": nan, "p_value": nan,
-                "se_model_based": nan, "p_value_model_based": nan, "se_sandwich": nan, "p_value_sandwich": nan,
-                "estimable": False, "note": "not estimable: an arm has no events (its rate ratio has no finite estimate)"}
+        return _not_estimable(row, "not estimable: an arm has no events (its rate ratio has no finite estimate)")
     d = d.assign(score=(b - b.mean()) / row["benefit_sd"])
     rhs = "arm * score"
     if prognostic is not None:
@@ -128,6 +123,13 @@ def interaction_test(table: pd.DataFrame, benefit: pd.Series, arm: str, referenc
     if not (np.isfinite(se) and se > 0):  # a zero SE (e.g. a sandwich whose score contributions all vanish) is no interval
         ok, note = False, "not estimable: the interaction's standard error is zero or not finite (degenerate fit)"
     return {**out, "alpha": fit.alpha, "estimable": ok, "note": note}
+
+
+def _not_estimable(row: dict, note: str) -> dict:
+    """`row` with every estimate, SE and p-value NaN, flagged not estimable with `note`."""
+    nan = float("nan")
+    return {**row, **dict.fromkeys(("interaction_coef", "se", "interaction_ratio", "ci_low", "ci_high", "p_value", "se_model_based",
+                                    "p_value_model_based", "se_sandwich", "p_value_sandwich"), nan), "estimable": False, "note": note}
 
 
 def _wald_p(coef: float, se: float) -> float:
