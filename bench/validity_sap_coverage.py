@@ -65,31 +65,32 @@ def run(scenario: str, trials: int, seed0: int, formula: str, B: int, method: st
         seed = seed0 + k
         cfg = replace(base, seed=seed)
         d, resp, yrs = analysis_table(scenario, cfg)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                res = primary_tests(d, formula.replace("net2", resp, 1), reference=cfg.reference_arm, method=method, offset_col=yrs,
-                                    seed=seed, n_permutations=B, dispersion=dispersion).table
-            except InputError as e:  # e.g. a singular adjusted design: no interval, counted as not covering
-                res = pd.DataFrame({"arm": [a for a in truth if a != cfg.reference_arm], "rate_ratio": np.nan, "ci_low": np.nan,
-                                    "ci_high": np.nan, "estimable": False, "note": str(e)})
-        for r in res.itertuples():
-            rows.append({"scenario": scenario, "seed": seed, "arm": r.arm, "true_rr": truth[r.arm], "rate_ratio": r.rate_ratio,
-                         "ci_low": r.ci_low, "ci_high": r.ci_high, "estimable": bool(r.estimable), "analysed": len(d),
-                         "covered": bool(r.ci_low <= truth[r.arm] <= r.ci_high)})
+        for m in method.split(","):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    res = primary_tests(d, formula.replace("net2", resp, 1), reference=cfg.reference_arm, method=m, offset_col=yrs,
+                                        seed=seed, n_permutations=B, n_bootstrap=B, dispersion=dispersion).table
+                except InputError as e:  # e.g. a singular adjusted design: no interval, counted as not covering
+                    res = pd.DataFrame({"arm": [a for a in truth if a != cfg.reference_arm], "rate_ratio": np.nan, "ci_low": np.nan,
+                                        "ci_high": np.nan, "estimable": False, "note": str(e), "p_value": np.nan})
+            for r in res.itertuples():
+                rows.append({"scenario": scenario, "method": m, "seed": seed, "arm": r.arm, "true_rr": truth[r.arm], "rate_ratio": r.rate_ratio,
+                             "ci_low": r.ci_low, "ci_high": r.ci_high, "p_value": r.p_value, "estimable": bool(r.estimable), "analysed": len(d),
+                             "covered": bool(r.ci_low <= truth[r.arm] <= r.ci_high)})
     return pd.DataFrame(rows)
 
 
 def table(df: pd.DataFrame) -> str:
     """Markdown: coverage per scenario and arm (and all arms) with its binomial MC SE, misses below / above."""
-    lines = ["| scenario | arm | true RR | trials | coverage | MC SE | CI above truth | CI below truth | flagged | in 93.5-96.5% |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for sc, gs in df.groupby("scenario", sort=False):
+    lines = ["| scenario | method | arm | true RR | trials | coverage | MC SE | CI above truth | CI below truth | flagged | in 93.5-96.5% |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (sc, m), gs in df.groupby(["scenario", "method"], sort=False):
         for arm, g in [*gs.groupby("arm", sort=False), ("**all arms**", gs)]:
             p = float(g["covered"].mean())
             se = float(np.sqrt(p * (1 - p) / len(g)))
             tr = f"{g['true_rr'].iloc[0]:.3f}" if g["true_rr"].nunique() == 1 else ""
-            lines.append(f"| {sc} | {arm} | {tr} | {len(g)} | {100 * p:.1f}% | {100 * se:.1f} | {int((g['ci_low'] > g['true_rr']).sum())} | "
+            lines.append(f"| {sc} | {m} | {arm} | {tr} | {len(g)} | {100 * p:.1f}% | {100 * se:.1f} | {int((g['ci_low'] > g['true_rr']).sum())} | "
                          f"{int((g['ci_high'] < g['true_rr']).sum())} | {int((~g['estimable']).sum())} | {'yes' if 0.935 <= p <= 0.965 else 'no'} |")
     return "\n".join(lines)
 
@@ -100,8 +101,9 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=500)
     ap.add_argument("--seed0", type=int, default=2_400_000)
     ap.add_argument("--formula", default="net2 ~ arm", help=f"analysis model; 'sap' = the default SAP's {SAP_FORMULA!r}")
-    ap.add_argument("--B", type=int, default=999, help="permutations per test")
-    ap.add_argument("--method", default="permutation", help="primary_tests method (wald: the model-based Wald CI on the same trials, for comparison)")
+    ap.add_argument("--B", type=int, default=999, help="permutations per test, or bootstrap resamples (bootstrap_t)")
+    ap.add_argument("--method", default="permutation", help="primary_tests method(s), comma-separated, run on the same trials "
+                    "(wald: the model-based Wald CI, for comparison; bootstrap_t: the studentized bootstrap)")
     ap.add_argument("--dispersion", default="common", help="common | by_arm (one NB2 dispersion per arm: estimate, SE, permutation CI)")
     ap.add_argument("--out", default=None, help="per-trial CSV")
     a = ap.parse_args()
@@ -113,7 +115,7 @@ def main() -> None:
         df.to_csv(a.out, index=False)
     print(table(df))
     print(f"\n{a.trials} trials per scenario, seeds {a.seed0}..{a.seed0 + a.trials - 1}, {a.formula} + offset log(observed years), "
-          f"{a.method}, dispersion {a.dispersion}" + (f", B = {a.B}" if a.method == "permutation" else "") + f", {time.perf_counter() - t0:.0f} s")
+          f"{a.method}, dispersion {a.dispersion}" + (f", B = {a.B}" if a.method != "wald" else "") + f", {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ Methods (`method`), each with its interval:
   does not reject}; at b = 0 it is the primary test, so the CI excludes 1 when p <= 0.05.
 
 - ``bootstrap_t``: the studentized (bootstrap-t) interval: patients resampled with replacement within
-  their arm (and stratum) `n_bootstrap` times, each resample refitted (the same model and dispersion
-  choice), t* = (b* - b) / se*, se the patient-level sandwich SE (the pivot must be consistent when the
+  their arm (and stratum) `n_bootstrap` times, each resample refitted once (the same model and dispersion
+  choice; one set of resamples for every arm's contrast, `bootstrap_t_replicates`), t* = (b* - b) / se*, se the patient-level sandwich SE (the pivot must be consistent when the
   NB2 law is not); CI [b - t*_(0.975) se, b - t*_(0.025) se]; p = (1 + #{|t*| >= |b / se|}) / (1 + B). Nonparametric in the patients' counts, so it carries arm-specific overdispersion and heavy
   tails that the NB2 SE misses (a lead from bench/validity_observed_bootstrap_t.py; use B >= 999 for a
   CI). Not yet offered by the SAP (`sap.schema.SMALL_SAMPLE_TESTS_AVAILABLE`) until validated there.
@@ -211,7 +211,7 @@ def arm_groups(model: _Model) -> np.ndarray:
 
 def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 0, n_permutations: int = 999, n_bootstrap: int = 199,
               conf_level: float = 0.95, full: NB2Result | None = None, ci: bool = True, dispersion: str = "common",
-              full_by_arm: NB2ByArmResult | None = None) -> list[dict[str, Any]]:
+              full_by_arm: NB2ByArmResult | None = None, boot: np.ndarray | None = None) -> list[dict[str, Any]]:
     """One row per method for arm `arm` vs the reference (see the module docstring), from shared fits.
 
     dispersion "by_arm" (module docstring): wald / t take b and its SE from the NB2 fit with one dispersion
@@ -286,7 +286,9 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
             beta_f, alpha_f = (full_by_arm.beta, row_alpha) if dispersion == "by_arm" else (full.beta, full.alpha)
             se_s = _sandwich_se(y, X, off, beta_f, alpha_f, j)
             stat, df_ = (b / se_s if se_s > 0 else np.nan), np.inf
-            tstar = _bootstrap_t(model, j, b, dispersion, groups, B, np.random.default_rng([seed, j, 2]), full)
+            if boot is None:
+                boot = bootstrap_t_replicates(model, dispersion, B, seed, full, full_by_arm)
+            tstar = boot[:, j][np.isfinite(boot[:, j])]
             if len(tstar) >= 0.9 * B and se_s > 0:
                 lo_q, hi_q = np.quantile(tstar, [1.0 - q, q])
                 lo, hi = b - hi_q * se_s, b - lo_q * se_s
@@ -323,27 +325,41 @@ def _sandwich_se(y: np.ndarray, X: np.ndarray, off: np.ndarray, beta: np.ndarray
     return float(np.sqrt(V[j, j])) if ok and V[j, j] > 0 else float("nan")
 
 
-def _bootstrap_t(model: _Model, j: int, b: float, dispersion: str, groups: np.ndarray | None, B: int, rng: np.random.Generator,
-                 full: NB2Result) -> np.ndarray:
-    """(<= B,) studentized replicates (b* - b) / se* of coefficient j: rows resampled with replacement within
-    each arm (x stratum) cell, refitted with the same dispersion choice; refits that do not converge or have
-    no positive finite SE are left out."""
+def bootstrap_t_replicates(model: _Model, dispersion: str, B: int, seed: int, full: NB2Result,
+                           full_by_arm: NB2ByArmResult | None = None) -> np.ndarray:
+    """(B, k) studentized replicates (b*_j - b_j) / se*_j of every coefficient: rows resampled with replacement
+    within each arm (x stratum) cell (generator `default_rng([seed, 2])`), each resample refitted once with the
+    same dispersion choice, se* the patient-level sandwich SE. One set of resamples serves every arm's
+    contrast (the arms' intervals are then computed from the same bootstrap world, as their estimates come
+    from the same fit). Rows of refits that do not converge, and entries without a positive finite SE, are NaN."""
     y, X, off = model.y, model.X, model.off
+    groups = arm_groups(model) if dispersion == "by_arm" else None
+    if dispersion == "by_arm":
+        full_by_arm = full_by_arm or fit_nb2_by_arm(y, X, groups, off)
+        b = full_by_arm.beta
+    else:
+        b = full.beta
     cell = model.arm.astype(str) if model.strata is None else np.char.add(model.arm.astype(str), "|" + model.strata.astype(str))
     cells = [np.flatnonzero(cell == c) for c in np.unique(cell)]
-    out = []
-    for _ in range(B):
+    rng = np.random.default_rng([seed, 2])
+    out = np.full((B, X.shape[1]), np.nan)
+    for r in range(B):
         idx = np.concatenate([c[rng.integers(0, len(c), len(c))] for c in cells])
         ys, Xs, os_ = y[idx], X[idx], off[idx]
         if dispersion == "by_arm":
             f = fit_nb2_by_arm(ys, Xs, groups[idx], os_)
-            bs, ses = float(f.beta[j]), _sandwich_se(ys, Xs, os_, f.beta, f.alpha[groups[idx]], j)
+            alpha = f.alpha[groups[idx]]
         else:
             f = fit_nb2(ys, Xs, os_, beta0=full.beta, alpha0=full.alpha if full.alpha > 0 else None)
-            bs, ses = float(f.beta[j]), _sandwich_se(ys, Xs, os_, f.beta, f.alpha, j)
-        if f.converged and np.isfinite(bs) and np.isfinite(ses) and ses > 0:
-            out.append((bs - b) / ses)
-    return np.asarray(out)
+            alpha = f.alpha
+        if not f.converged:
+            continue
+        V, ok = nb2_sandwich(ys, Xs, np.exp(Xs @ f.beta + os_), alpha)
+        if not ok:
+            continue
+        se = np.sqrt(np.where(np.diag(V) > 0, np.diag(V), np.nan))
+        out[r] = (f.beta - b) / se
+    return out
 
 
 def _fit_fixed_alpha(y: np.ndarray, X: np.ndarray, off: np.ndarray, alpha: float, beta0: np.ndarray) -> np.ndarray:
@@ -435,10 +451,11 @@ def primary_tests(
                      f"({'< ' if n_min < SMALL_SAMPLE_N else '>= '}{SMALL_SAMPLE_N}) -> {method}")
     full = fit_nb2(model.y, model.X, model.off)
     full_by_arm = fit_nb2_by_arm(model.y, model.X, arm_groups(model), model.off) if dispersion == "by_arm" else None
+    boot = bootstrap_t_replicates(model, dispersion, n_bootstrap, seed, full, full_by_arm) if method == "bootstrap_t" else None
     rows = []
     for arm in model.arm_cols:
         rows += arm_tests(model, arm, (method,), seed=seed, n_permutations=n_permutations, n_bootstrap=n_bootstrap,
-                          conf_level=conf_level, full=full, dispersion=dispersion, full_by_arm=full_by_arm)
+                          conf_level=conf_level, full=full, dispersion=dispersion, full_by_arm=full_by_arm, boot=boot)
     if not full.converged:
         notes.append("the full model did not reach a verified maximum")
     if full.boundary:
@@ -446,4 +463,4 @@ def primary_tests(
     return SmallSampleResult(pd.DataFrame(rows), method, len(model.y), model.X.shape[1], float(full.alpha), seed, notes)
 
 
-__all__ = ["METHODS", "SMALL_SAMPLE_N", "SmallSampleResult", "arm_tests", "build_model", "primary_tests", "recommended_test"]
+__all__ = ["METHODS", "SMALL_SAMPLE_N", "SmallSampleResult", "arm_tests", "bootstrap_t_replicates", "build_model", "primary_tests", "recommended_test"]

@@ -203,3 +203,24 @@ def test_bootstrap_t_studentizes_refits_within_arms_and_is_seeded() -> None:
     hb = primary_tests(heavy, FORMULA, "arm", "placebo", method="bootstrap_t", seed=3, n_bootstrap=199).table.iloc[0]
     hw = primary_tests(heavy, FORMULA, "arm", "placebo", method="wald").table.iloc[0]
     assert np.log(hb["ci_high"] / hb["ci_low"]) > np.log(hw["ci_high"] / hw["ci_low"])
+
+
+def test_bootstrap_t_arms_share_one_set_of_resamples() -> None:
+    """Three arms: each arm's bootstrap-t interval is b - t*_(q) se from the column of ONE (B, k) replicate matrix
+    (one refit per resample for all contrasts), and resampling stays within arms (every replicate refits)."""
+    from mseval.stats.nb2_mle import fit_nb2
+    from mseval.stats.small_sample import _sandwich_se, bootstrap_t_replicates, build_model
+
+    d = _trial(25, 11, arms=("placebo", "a", "b"))
+    res = primary_tests(d, "net2 ~ arm", "arm", "placebo", method="bootstrap_t", seed=5, n_bootstrap=99).table.set_index("arm")
+    model = build_model(d, "net2 ~ arm", "arm", "placebo")
+    full = fit_nb2(model.y, model.X, model.off)
+    boot = bootstrap_t_replicates(model, "common", 99, 5, full)
+    assert boot.shape == (99, 3) and np.isfinite(boot).all()
+    for arm, j in model.arm_cols.items():
+        se = _sandwich_se(model.y, model.X, model.off, full.beta, full.alpha, j)
+        lo_q, hi_q = np.quantile(boot[:, j], [0.025, 0.975])
+        assert res.loc[arm, "ci_low"] == pytest.approx(np.exp(full.beta[j] - hi_q * se), rel=1e-12)
+        assert res.loc[arm, "ci_high"] == pytest.approx(np.exp(full.beta[j] - lo_q * se), rel=1e-12)
+    # another seed, other resamples
+    assert not np.allclose(bootstrap_t_replicates(model, "common", 99, 6, full), boot)
