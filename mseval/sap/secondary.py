@@ -4,6 +4,8 @@ covariates (the named transforms of `mseval.sap.covariates`):
 
 - ``net2_cumulative``: the NET2 count over each patient's observed follow-up, NB2 with offset
   log(observed years), Mancl-DeRouen bias-reduced sandwich (`mseval.stats.visits.fit_cumulative_nb2`);
+  with `ci: small_sample`, below the plan's `below_n_per_arm` the plan's small-sample test and its CI on
+  the same totals (the primary analysis' rule; `_small_sample_cumulative`);
 - ``net2_gee``: the per-interval NET2 counts, NB-GEE with the plan's working correlation (`corr`:
   independence, exchangeable, ar1), offset log(interval years), bias-reduced sandwich
   (`mseval.stats.gee.fit_gee`): the population-averaged rate ratio;
@@ -109,7 +111,7 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
                               [f"not run: {endpoint} needs several visits and this cohort has one follow-up scan (single_visit: skip)"],
                               {"estimand": ESTIMANDS[endpoint].format(corr=section.get("corr", "exchangeable"))})
     from mseval.stats.gee import fit_gee
-    from mseval.stats.visits import fit_cumulative_nb2, fit_gd_per_scan
+    from mseval.stats.visits import fit_cumulative_nb2, fit_gd_per_scan, patient_totals
 
     patients, covs, words, devs = _terms(data, section, ctx)
     patients = patients.drop(columns=[c for c in ("net2",) if c in patients.columns])
@@ -121,6 +123,10 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
             fit = fit_cumulative_nb2(ctx.visits, patients, **kw, dispersion="by_arm" if by_arm else "common",
                                      cov="expected" if by_arm else "bias_reduced")
             extra = {"alpha": fit.alpha, "n": fit.n, "dispersion": fit.dispersion}
+            if section.get("ci", "wald") == "small_sample":
+                fit, how = _small_sample_cumulative(fit, patient_totals(ctx.visits, patients, file=ctx.file), ctx)
+                extra["ci"] = how
+                info["estimand"] = info["estimand"].replace("bias-reduced (Mancl-DeRouen) sandwich CI", f"CI and p: {how}")
         elif endpoint == "net2_gee":
             fit = fit_gee(ctx.visits, patients, corr=section.get("corr", "exchangeable"), ci_reference=section.get("ci_reference", "normal"), **kw)
             extra = {"corr": fit.corr, "dep_param": fit.dep_param, "nb_alpha": fit.nb_alpha, "n_patients": fit.n_patients, "n_obs": fit.n_obs,
@@ -134,6 +140,37 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
         return _not_fitted(name, endpoint, "rate_ratio", ctx, f"the fit failed numerically ({type(exc).__name__}: {exc})", info)
     info.update({"formula": fit.formula, "notes": list(fit.notes), **extra})
     return AnalysisResult(name, endpoint, _per_arm(fit.table, "rate_ratio", ctx), fit.table.assign(analysis=name), devs, info)
+
+
+def _small_sample_cumulative(fit: Any, totals: pd.DataFrame, ctx: Any) -> tuple[Any, str]:
+    """`fit` (a `fit_cumulative_nb2` result) with each arm's p value and CI replaced by the plan's small-sample
+    test (`mseval.stats.small_sample.primary_tests` on the per-patient totals, the fit's formula and dispersion,
+    offset log(observed years), the plan's seed) when the smallest analysed arm is below the plan's
+    `below_n_per_arm` (the primary analysis' rule, `runner._select_test`); unchanged otherwise. Returns (fit, the
+    words that say which CI it is)."""
+    from dataclasses import replace
+
+    from mseval.sap.runner import _select_test
+    from mseval.stats.small_sample import primary_tests
+
+    d = totals.loc[totals["net2"].notna()]
+    n_min = int(d["arm"].astype(str).value_counts().reindex(list(ctx.arms), fill_value=0).min())
+    test, why = _select_test(ctx, n_min)
+    if test == "wald":
+        return fit, "Wald (the smallest analysed arm has enough patients for the plan's small-sample rule not to apply)"
+    res = primary_tests(d.assign(net2=d["net2"].astype(np.int64)), fit.formula, "arm", fit.reference, method=test,
+                        offset_col="followup_years", seed=ctx.seed, n_permutations=int(ctx.small_sample.get("n_permutations", 999)),
+                        file=ctx.file, dispersion=fit.dispersion).table.set_index("arm")
+    t = fit.table.copy()
+    arm_rows = t["term"].isin(res.index)
+    r = res.loc[t.loc[arm_rows, "term"]]
+    for col in ("ci_low", "ci_high", "p_value"):
+        t.loc[arm_rows, col] = r[col].to_numpy(dtype=float)
+    t.loc[arm_rows, "estimable"] = t.loc[arm_rows, "estimable"].to_numpy(dtype=bool) & r["estimable"].to_numpy(dtype=bool)
+    t.loc[arm_rows, "note"] = [n if isinstance(n, str) and n else (rn if isinstance(rn, str) else "")
+                               for n, rn in zip(t.loc[arm_rows, "note"], r["note"])]
+    how = f"{r['ci_method'].iloc[0] if len(r) else test} ({why})"
+    return replace(fit, table=t, notes=[*fit.notes, f"arm p values and CIs: {how}"]), how
 
 
 def first_lesion_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, *, name: str) -> Any:

@@ -378,3 +378,43 @@ def test_multi_visit_secondary_endpoints(trial: pd.DataFrame) -> None:
     with pytest.raises(InputError) as err:
         parse_sap(text.replace("    endpoint: lesion_free\n", "    endpoint: lesion_free\n    corr: ar1\n").encode(), "x.yaml")
     assert err.value.field == "secondary[0].corr"
+
+
+def test_cumulative_nb2_takes_the_plans_small_sample_ci_when_asked(trial: pd.DataFrame) -> None:
+    """net2_cumulative with `ci: small_sample`: below below_n_per_arm each arm's p and CI are the plan's
+    small-sample test (auto -> permutation) on the per-patient totals, offset log(observed years), the plan's
+    seed; the rate ratio is the NB2 fit's; at or above the threshold (and with `ci: wald`) the Wald CI stays."""
+    from mseval.stats.small_sample import primary_tests
+    from mseval.stats.visits import patient_totals
+
+    arms = ["placebo", "dmf", "ocrelizumab"]
+    d = trial[trial["arm"].isin(arms)].reset_index(drop=True)
+    v = _visits(d)
+    base = (default_sap_text().replace("imputations: 20", "imputations: 2").replace("n_permutations: 999", "n_permutations: 199")
+            .replace("seed: 0", "seed: 4"))
+    base = base[:base.index("  - name: net2_gee")]  # secondary: lesion_free, net2_cumulative only (speed)
+    small = parse_sap(base.replace("    endpoint: net2_cumulative\n", "    endpoint: net2_cumulative\n    ci: small_sample\n").encode(), "s.yaml")
+    wald = parse_sap(base.encode(), "w.yaml")
+    cum = {k: {s.name: s for s in run_sap(p, d, arms=arms, reference="placebo", visits=v).secondary}["net2_cumulative"]
+           for k, p in (("small", small), ("wald", wald))}
+    from mseval.sap.covariates import derive as derive_cov
+
+    covs = derive_cov(d, small.primary["covariates"])  # the default plan's secondaries take the primary's covariates
+    t = patient_totals(v, covs.data.drop(columns="net2"))
+    t = t.loc[t["net2"].notna()].assign(net2=lambda x: x["net2"].astype(np.int64))
+    assert cum["small"].info["formula"] == "net2 ~ " + " + ".join(["arm", *covs.terms])
+    ref = primary_tests(t, cum["small"].info["formula"], "arm", "placebo", method="permutation", offset_col="followup_years", seed=4,
+                        n_permutations=199).table.set_index("arm")
+    got, w = cum["small"].table.set_index("arm"), cum["wald"].table.set_index("arm")
+    for col in ("ci_low", "ci_high", "p_value"):
+        assert np.allclose(got.loc[["dmf", "ocrelizumab"], col], ref.loc[["dmf", "ocrelizumab"], col], rtol=1e-12)
+    assert np.allclose(got["rate_ratio"], w["rate_ratio"], rtol=1e-12, equal_nan=True)
+    assert not np.allclose(got.loc[["dmf", "ocrelizumab"], "ci_low"], w.loc[["dmf", "ocrelizumab"], "ci_low"])
+    assert "permutation" in cum["small"].info["ci"] and "permutation" in cum["small"].info["estimand"]
+    big = parse_sap(base.replace("below_n_per_arm: 30", "below_n_per_arm: 5")
+                    .replace("    endpoint: net2_cumulative\n", "    endpoint: net2_cumulative\n    ci: small_sample\n").encode(), "b.yaml")
+    above = {s.name: s for s in run_sap(big, d, arms=arms, reference="placebo", visits=v).secondary}["net2_cumulative"].table.set_index("arm")
+    assert np.allclose(above["ci_low"], w["ci_low"], rtol=1e-12, equal_nan=True)
+    with pytest.raises(InputError) as err:
+        parse_sap(base.replace("    endpoint: lesion_free\n", "    endpoint: lesion_free\n    ci: small_sample\n").encode(), "x.yaml")
+    assert err.value.field == "secondary[0].ci"
