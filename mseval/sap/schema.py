@@ -72,6 +72,8 @@ def _resolve(doc: dict[str, Any]) -> dict[str, Any]:
         sec.setdefault("covariates", "primary")
         if sec["endpoint"] == "net2_gee":
             sec.setdefault("corr", "exchangeable")
+        if sec["endpoint"] == "net2_cumulative":  # the plan's small-sample rule, as for the primary (rule R6, bench/RESULTS.md)
+            sec.setdefault("ci", "small_sample")
     return out
 
 

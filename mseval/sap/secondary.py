@@ -123,7 +123,7 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
             fit = fit_cumulative_nb2(ctx.visits, patients, **kw, dispersion="by_arm" if by_arm else "common",
                                      cov="expected" if by_arm else "bias_reduced")
             extra = {"alpha": fit.alpha, "n": fit.n, "dispersion": fit.dispersion}
-            if section.get("ci", "wald") == "small_sample":
+            if section.get("ci", "small_sample") == "small_sample":
                 fit, how = _small_sample_cumulative(fit, patient_totals(ctx.visits, patients, file=ctx.file), ctx)
                 extra["ci"] = how
                 info["estimand"] = info["estimand"].replace("bias-reduced (Mancl-DeRouen) sandwich CI", f"CI and p: {how}")

@@ -381,7 +381,7 @@ def test_multi_visit_secondary_endpoints(trial: pd.DataFrame) -> None:
 
 
 def test_cumulative_nb2_takes_the_plans_small_sample_ci_when_asked(trial: pd.DataFrame) -> None:
-    """net2_cumulative with `ci: small_sample`: below below_n_per_arm each arm's p and CI are the plan's
+    """net2_cumulative with `ci: small_sample` (the default): below below_n_per_arm each arm's p and CI are the plan's
     small-sample test (auto -> permutation) on the per-patient totals, offset log(observed years), the plan's
     seed; the rate ratio is the NB2 fit's; at or above the threshold (and with `ci: wald`) the Wald CI stays."""
     from mseval.stats.small_sample import primary_tests
@@ -393,8 +393,9 @@ def test_cumulative_nb2_takes_the_plans_small_sample_ci_when_asked(trial: pd.Dat
     base = (default_sap_text().replace("imputations: 20", "imputations: 2").replace("n_permutations: 999", "n_permutations: 199")
             .replace("seed: 0", "seed: 4"))
     base = base[:base.index("  - name: net2_gee")]  # secondary: lesion_free, net2_cumulative only (speed)
-    small = parse_sap(base.replace("    endpoint: net2_cumulative\n", "    endpoint: net2_cumulative\n    ci: small_sample\n").encode(), "s.yaml")
-    wald = parse_sap(base.encode(), "w.yaml")
+    assert "    ci: small_sample\n" in base  # the default plan's (rule R6)
+    small = parse_sap(base.replace("    ci: small_sample\n", "").encode(), "s.yaml")  # and the default of the field
+    wald = parse_sap(base.replace("    ci: small_sample\n", "    ci: wald\n").encode(), "w.yaml")
     cum = {k: {s.name: s for s in run_sap(p, d, arms=arms, reference="placebo", visits=v).secondary}["net2_cumulative"]
            for k, p in (("small", small), ("wald", wald))}
     from mseval.sap.covariates import derive as derive_cov
@@ -411,8 +412,7 @@ def test_cumulative_nb2_takes_the_plans_small_sample_ci_when_asked(trial: pd.Dat
     assert np.allclose(got["rate_ratio"], w["rate_ratio"], rtol=1e-12, equal_nan=True)
     assert not np.allclose(got.loc[["dmf", "ocrelizumab"], "ci_low"], w.loc[["dmf", "ocrelizumab"], "ci_low"])
     assert "permutation" in cum["small"].info["ci"] and "permutation" in cum["small"].info["estimand"]
-    big = parse_sap(base.replace("below_n_per_arm: 30", "below_n_per_arm: 5")
-                    .replace("    endpoint: net2_cumulative\n", "    endpoint: net2_cumulative\n    ci: small_sample\n").encode(), "b.yaml")
+    big = parse_sap(base.replace("below_n_per_arm: 30", "below_n_per_arm: 5").encode(), "b.yaml")
     above = {s.name: s for s in run_sap(big, d, arms=arms, reference="placebo", visits=v).secondary}["net2_cumulative"].table.set_index("arm")
     assert np.allclose(above["ci_low"], w["ci_low"], rtol=1e-12, equal_nan=True)
     with pytest.raises(InputError) as err:
