@@ -29,6 +29,7 @@ from scipy import stats
 from mseval.simulate.counts_only import population_rate_ratios, simulate_count_trial
 from mseval.simulate.model import TrialConfig
 from mseval.stats.gee import fit_gee
+from mseval.stats.gee_permutation import gee_permutation_tests
 from mseval.stats.visits import fit_cumulative_nb2
 
 Z = 1.959963984540054
@@ -40,8 +41,10 @@ def _row(seed: int, name: str, arm: str, truth: dict[str, float], rr: float, se:
             "estimable": bool(estimable), "covered": bool(lo <= truth[arm] <= hi)}
 
 
-def one_trial(seed: int, truth: dict[str, float], corrs: tuple[str, ...]) -> list[dict]:
-    """One trial: every analysis's Wald CI for every active arm (the GEE fits give both sandwiches)."""
+def one_trial(seed: int, truth: dict[str, float], corrs: tuple[str, ...], permutations: int = 0) -> list[dict]:
+    """One trial: every analysis's Wald CI for every active arm (the GEE fits give both sandwiches); with
+    `permutations` > 0 also the NB-GEE's inverted permutation test (`gee_permutation_tests`, B = permutations,
+    seed = the trial's)."""
     tr = simulate_count_trial(TrialConfig(seed=seed), samples=1)
     rows = []
     fits = {"cumulative NB2, model-based SE": fit_cumulative_nb2(tr.visits, tr.table, reference="placebo", cov="expected"),
@@ -63,6 +66,11 @@ def one_trial(seed: int, truth: dict[str, float], corrs: tuple[str, ...]) -> lis
             row = _row(seed, f"NB-GEE {corr}, Mancl-DeRouen SE, t(arm + reference patients - 2)", r.term, truth, r.rate_ratio, r.se, r.estimable)
             row.update(ci_low=r.ci_low, ci_high=r.ci_high, covered=bool(r.ci_low <= truth[r.term] <= r.ci_high))
             rows.append(row)
+        if permutations:
+            for r in gee_permutation_tests(tr.visits, tr.table, corr=corr, reference="placebo", n_permutations=permutations, seed=seed).itertuples():
+                rows.append({"seed": seed, "analysis": f"NB-GEE {corr}, inverted permutation test", "arm": r.arm, "true_rr": truth[r.arm],
+                             "rate_ratio": r.rate_ratio, "ci_low": r.ci_low, "ci_high": r.ci_high, "estimable": bool(r.estimable),
+                             "covered": bool(r.ci_low <= truth[r.arm] <= r.ci_high)})
     return rows
 
 
@@ -88,12 +96,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=500)
     ap.add_argument("--seed0", type=int, default=230_000)
     ap.add_argument("--corr", default="exchangeable,ar1", help="comma-separated working correlations of the NB-GEE")
+    ap.add_argument("--permutation", type=int, default=0, help="B > 0: add the NB-GEE's inverted permutation test with B permutations")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     warnings.simplefilter("ignore")
     truth = population_rate_ratios(TrialConfig())
     t0 = time.perf_counter()
-    rows = [r for s in range(a.seed0, a.seed0 + a.trials) for r in one_trial(s, truth, tuple(a.corr.split(",")))]
+    rows = [r for s in range(a.seed0, a.seed0 + a.trials) for r in one_trial(s, truth, tuple(a.corr.split(",")), a.permutation)]
     df = pd.DataFrame(rows)
     if a.out:
         df.to_csv(a.out, index=False)

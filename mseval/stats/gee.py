@@ -232,6 +232,28 @@ def check_choices(corr: str, family: str, file: str | None = None) -> None:
         raise InputError(file, f"unknown GEE family {family!r} (choose one of {', '.join(FAMILIES)})", field="family")
 
 
+def gee_design(visits: pd.DataFrame, patients: pd.DataFrame, *, covariates: Sequence[str] = (), corr: str = "exchangeable",
+               reference: str | None = None, response: str = "net2", arm_col: str = "arm",
+               file: str | None = None) -> tuple[str, pd.DataFrame, np.ndarray, np.ndarray, list[str], list[str]]:
+    """(formula, the analysed long table (one row per observed visit, sorted by patient and visit; `years` the
+    interval, `arm_col` categorical with the reference first), y (N,), X (N, k), term names (k,), notes) of the GEE
+    of `fit_gee`; InputError for a design it cannot fit (one visit per patient with a working correlation, a
+    singular design)."""
+    formula = model_formula(response, arm_col, covariates)
+    check_covariates(covariates, patients, file)
+    long = long_table(visits, patients, response=response, arm_col=arm_col, file=file)
+    prep = _prepare_full(long, formula, arm_col, reference, file, extra=("visit_index", "years"))
+    df = prep.df
+    notes = [prep.dropped_note.replace("rows", "visits", 1)] if prep.dropped_note else []
+    if corr != "independence" and df.groupby("patient_id", sort=False).size().max() < 2:
+        raise InputError(file, f"working correlation {corr!r} needs patients with two or more observed visits; every patient here has one "
+                               "(use corr 'independence' or a cumulative analysis)", field="corr")
+    y, X, info = design(formula, df, file)
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        raise InputError(file, "the GEE could not be fitted (singular design: a term is constant or collinear)", field="formula")
+    return formula, df, y, X, [_term_name(n, arm_col) for n in info.column_names], notes
+
+
 def fit_gee(
     visits: pd.DataFrame,
     patients: pd.DataFrame,
@@ -274,20 +296,9 @@ def fit_gee(
         raise InputError(file, f"unknown GEE standard error {se!r} (choose one of {', '.join(SE_TYPES)})", field="se")
     if offset not in (None, "years"):
         raise InputError(file, f"offset must be 'years' or None, got {offset!r}", field="offset")
-    formula = model_formula(response, arm_col, covariates)
-    check_covariates(covariates, patients, file)
-    long = long_table(visits, patients, response=response, arm_col=arm_col, file=file)
-    prep = _prepare_full(long, formula, arm_col, reference, file, extra=("visit_index", "years"))
-    df = prep.df
-    notes = [prep.dropped_note.replace("rows", "visits", 1)] if prep.dropped_note else []
+    formula, df, y, X, names, notes = gee_design(visits, patients, covariates=covariates, corr=corr, reference=reference, response=response,
+                                                 arm_col=arm_col, file=file)
     sizes = df.groupby("patient_id", sort=False).size()
-    if corr != "independence" and sizes.max() < 2:
-        raise InputError(file, f"working correlation {corr!r} needs patients with two or more observed visits; every patient here has one "
-                               "(use corr 'independence' or a cumulative analysis)", field="corr")
-    y, X, info = design(formula, df, file)
-    if np.linalg.matrix_rank(X) < X.shape[1]:
-        raise InputError(file, "the GEE could not be fitted (singular design: a term is constant or collinear)", field="formula")
-    names = [_term_name(n, arm_col) for n in info.column_names]
     ref = str(df[arm_col].cat.categories[0])
     alpha_source = ""
     if family == "nb":

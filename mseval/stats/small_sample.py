@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -391,6 +392,12 @@ def _perm_ci(y: np.ndarray, Xr: np.ndarray, off: np.ndarray, d: np.ndarray, D: n
         t_obs = float(_score_stats(d[None, :], y, Xr, mu, a)[0])
         return _perm_p(_score_stats(D, y, Xr, mu, a), t_obs) > level
 
+    return invert_test(accepts, b_hat, se)
+
+
+def invert_test(accepts: Callable[[float], bool], b_hat: float, se: float) -> tuple[float, float]:
+    """(low, high) bounds of {b: accepts(b)} around the estimate b_hat: steps of 1-60 SEs outward until a b is
+    rejected, then bisection to 1e-4 SE; a side never rejected within 60 SEs is unbounded (-inf / +inf)."""
     step0 = se if np.isfinite(se) and se > 0 else 1.0
     out = []
     for sign in (-1.0, 1.0):
