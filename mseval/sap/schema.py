@@ -141,7 +141,7 @@ def parse_sap(text: bytes, source: str) -> Sap:
             where = f"sensitivity[{i}].{wrong[0]}"
             raise InputError(source, f"{where}: not a field of a {'mnar_tipping_point' if mnar else 'model_variation'} sensitivity analysis", field=where)
     for i, s in enumerate(doc.get("secondary", [])):
-        for key, endpoints in (("corr", ("net2_gee",)), ("ci_reference", ("net2_gee",)), ("dispersion", ("net2_cumulative",)), ("ci", ("net2_cumulative",)),
+        for key, endpoints in (("corr", ("net2_gee",)), ("ci_reference", ("net2_gee",)), ("dispersion", ("net2_cumulative",)), ("ci", ("net2_cumulative", "net2_gee")),
                                ("single_visit", ("net2_cumulative", "net2_gee", "gd_per_scan"))):
             if key in s and s["endpoint"] not in endpoints:
                 raise InputError(source, f"secondary[{i}].{key}: only for endpoint {' or '.join(endpoints)}", field=f"secondary[{i}].{key}")

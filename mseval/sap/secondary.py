@@ -131,6 +131,9 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
             fit = fit_gee(ctx.visits, patients, corr=section.get("corr", "exchangeable"), ci_reference=section.get("ci_reference", "normal"), **kw)
             extra = {"corr": fit.corr, "dep_param": fit.dep_param, "nb_alpha": fit.nb_alpha, "n_patients": fit.n_patients, "n_obs": fit.n_obs,
                      "ci_reference": fit.ci_reference}
+            if section.get("ci", "wald") == "small_sample":
+                fit, extra["ci"] = _small_sample_gee(fit, patient_totals(ctx.visits, patients, file=ctx.file), patients, covs, ctx)
+                info["estimand"] = info["estimand"].replace("bias-reduced sandwich CI", f"CI and p: {extra['ci']}")
         else:
             fit = fit_gd_per_scan(ctx.visits, patients, **kw)
             extra = {"alpha": fit.alpha, "n": fit.n}
@@ -142,25 +145,20 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
     return AnalysisResult(name, endpoint, _per_arm(fit.table, "rate_ratio", ctx), fit.table.assign(analysis=name), devs, info)
 
 
-def _small_sample_cumulative(fit: Any, totals: pd.DataFrame, ctx: Any) -> tuple[Any, str]:
-    """`fit` (a `fit_cumulative_nb2` result) with each arm's p value and CI replaced by the plan's small-sample
-    test (`mseval.stats.small_sample.primary_tests` on the per-patient totals, the fit's formula and dispersion,
-    offset log(observed years), the plan's seed) when the smallest analysed arm is below the plan's
-    `below_n_per_arm` (the primary analysis' rule, `runner._select_test`); unchanged otherwise. Returns (fit, the
-    words that say which CI it is)."""
+def _small_sample_rule(totals: pd.DataFrame, ctx: Any) -> tuple[str, str]:
+    """(test, why) of the plan's small-sample rule (`runner._select_test`, the primary analysis' rule) for the
+    smallest arm among the patients with an observed follow-up (`totals`: `patient_totals`)."""
+    from mseval.sap.runner import _select_test
+
+    n = totals.loc[totals["net2"].notna(), "arm"].astype(str).value_counts().reindex(list(ctx.arms), fill_value=0)
+    return _select_test(ctx, int(n.min()))
+
+
+def _with_arm_rows(fit: Any, res: pd.DataFrame, how: str) -> Any:
+    """`fit` (a result with `table` (term rows) and `notes`) with each arm row's ci_low, ci_high and p_value taken
+    from `res` (indexed by arm), estimable only where both are, and `how` noted."""
     from dataclasses import replace
 
-    from mseval.sap.runner import _select_test
-    from mseval.stats.small_sample import primary_tests
-
-    d = totals.loc[totals["net2"].notna()]
-    n_min = int(d["arm"].astype(str).value_counts().reindex(list(ctx.arms), fill_value=0).min())
-    test, why = _select_test(ctx, n_min)
-    if test == "wald":
-        return fit, "Wald (the smallest analysed arm has enough patients for the plan's small-sample rule not to apply)"
-    res = primary_tests(d.assign(net2=d["net2"].astype(np.int64)), fit.formula, "arm", fit.reference, method=test,
-                        offset_col="followup_years", seed=ctx.seed, n_permutations=int(ctx.small_sample.get("n_permutations", 999)),
-                        file=ctx.file, dispersion=fit.dispersion).table.set_index("arm")
     t = fit.table.copy()
     arm_rows = t["term"].isin(res.index)
     r = res.loc[t.loc[arm_rows, "term"]]
@@ -169,8 +167,44 @@ def _small_sample_cumulative(fit: Any, totals: pd.DataFrame, ctx: Any) -> tuple[
     t.loc[arm_rows, "estimable"] = t.loc[arm_rows, "estimable"].to_numpy(dtype=bool) & r["estimable"].to_numpy(dtype=bool)
     t.loc[arm_rows, "note"] = [n if isinstance(n, str) and n else (rn if isinstance(rn, str) else "")
                                for n, rn in zip(t.loc[arm_rows, "note"], r["note"])]
-    how = f"{r['ci_method'].iloc[0] if len(r) else test} ({why})"
-    return replace(fit, table=t, notes=[*fit.notes, f"arm p values and CIs: {how}"]), how
+    return replace(fit, table=t, notes=[*fit.notes, f"arm p values and CIs: {how}"])
+
+
+_WALD_ABOVE = "Wald (the smallest analysed arm has enough patients for the plan's small-sample rule not to apply)"
+
+
+def _small_sample_cumulative(fit: Any, totals: pd.DataFrame, ctx: Any) -> tuple[Any, str]:
+    """`fit` (a `fit_cumulative_nb2` result) with each arm's p value and CI replaced by the plan's small-sample
+    test (`mseval.stats.small_sample.primary_tests` on the per-patient totals, the fit's formula and dispersion,
+    offset log(observed years), the plan's seed) when the smallest analysed arm is below the plan's
+    `below_n_per_arm`; unchanged otherwise. Returns (fit, the words that say which CI it is)."""
+    from mseval.stats.small_sample import primary_tests
+
+    test, why = _small_sample_rule(totals, ctx)
+    if test == "wald":
+        return fit, _WALD_ABOVE
+    d = totals.loc[totals["net2"].notna()]
+    res = primary_tests(d.assign(net2=d["net2"].astype(np.int64)), fit.formula, "arm", fit.reference, method=test,
+                        offset_col="followup_years", seed=ctx.seed, n_permutations=int(ctx.small_sample.get("n_permutations", 999)),
+                        file=ctx.file, dispersion=fit.dispersion).table.set_index("arm")
+    how = f"{res['ci_method'].iloc[0] if len(res) else test} ({why})"
+    return _with_arm_rows(fit, res, how), how
+
+
+def _small_sample_gee(fit: Any, totals: pd.DataFrame, patients: pd.DataFrame, covs: list[str], ctx: Any) -> tuple[Any, str]:
+    """`fit` (a `fit_gee` result) with each arm's p value and CI from the GEE's randomization test
+    (`mseval.stats.gee_permutation`, the fit's working correlation, the plan's seed and number of permutations)
+    when the plan's small-sample rule applies (whatever test it names: the GEE has this one small-sample
+    interval); unchanged otherwise."""
+    from mseval.stats.gee_permutation import gee_permutation_tests
+
+    test, why = _small_sample_rule(totals, ctx)
+    if test == "wald":
+        return fit, _WALD_ABOVE
+    res = gee_permutation_tests(ctx.visits, patients, corr=fit.corr, covariates=covs, reference=fit.reference,
+                                n_permutations=int(ctx.small_sample.get("n_permutations", 999)), seed=ctx.seed, file=ctx.file).set_index("arm")
+    how = f"{res['ci_method'].iloc[0] if len(res) else 'permutation'} ({why})"
+    return _with_arm_rows(fit, res, how), how
 
 
 def first_lesion_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, *, name: str) -> Any:

@@ -418,3 +418,28 @@ def test_cumulative_nb2_takes_the_plans_small_sample_ci_when_asked(trial: pd.Dat
     with pytest.raises(InputError) as err:
         parse_sap(base.replace("    endpoint: lesion_free\n", "    endpoint: lesion_free\n    ci: small_sample\n").encode(), "x.yaml")
     assert err.value.field == "secondary[0].ci"
+
+
+def test_gee_takes_its_randomization_ci_when_asked(trial: pd.DataFrame) -> None:
+    """net2_gee with `ci: small_sample`: below below_n_per_arm each arm's p and CI are `gee_permutation_tests`'
+    (the fit's working correlation, the plan's covariates, seed and permutations); the rate ratio is the GEE's."""
+    from mseval.sap.covariates import derive as derive_cov
+    from mseval.stats.gee_permutation import gee_permutation_tests
+
+    arms = ["placebo", "dmf", "ocrelizumab"]
+    d = trial[trial["arm"].isin(arms)].reset_index(drop=True)
+    v = _visits(d)
+    base = (default_sap_text().replace("imputations: 20", "imputations: 2").replace("n_permutations: 999", "n_permutations: 99")
+            .replace("seed: 0", "seed: 6"))
+    base = base[:base.index("  - name: gd_per_scan")]
+    plans = {k: parse_sap(base.replace("    corr: ar1\n", f"    corr: ar1\n    ci: {k}\n").encode(), f"{k}.yaml") for k in ("small_sample", "wald")}
+    gee = {k: {s.name: s for s in run_sap(p, d, arms=arms, reference="placebo", visits=v).secondary}["net2_gee"] for k, p in plans.items()}
+    covs = derive_cov(d, plans["wald"].primary["covariates"])
+    ref = gee_permutation_tests(v, covs.data.drop(columns="net2"), corr="ar1", covariates=covs.terms, reference="placebo", n_permutations=99,
+                                seed=6).set_index("arm")
+    got, w = gee["small_sample"].table.set_index("arm"), gee["wald"].table.set_index("arm")
+    for col in ("ci_low", "ci_high", "p_value"):
+        assert np.allclose(got.loc[["dmf", "ocrelizumab"], col], ref.loc[["dmf", "ocrelizumab"], col], rtol=1e-12)
+    assert np.allclose(got["rate_ratio"], w["rate_ratio"], rtol=1e-12, equal_nan=True)
+    assert "permutation" in gee["small_sample"].info["ci"] and "permutation" in gee["small_sample"].info["estimand"]
+    assert "ci" not in gee["wald"].info
