@@ -72,7 +72,7 @@ def _resolve(doc: dict[str, Any]) -> dict[str, Any]:
         sec.setdefault("covariates", "primary")
         if sec["endpoint"] == "net2_gee":
             sec.setdefault("corr", "exchangeable")
-        if sec["endpoint"] == "net2_cumulative":  # the plan's small-sample rule, as for the primary (rule R6, bench/RESULTS.md)
+        if sec["endpoint"] in ("net2_cumulative", "net2_gee"):  # the plan's small-sample rule, as for the primary (rules R6, R9)
             sec.setdefault("ci", "small_sample")
     return out
 

@@ -131,7 +131,7 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
             fit = fit_gee(ctx.visits, patients, corr=section.get("corr", "exchangeable"), ci_reference=section.get("ci_reference", "normal"), **kw)
             extra = {"corr": fit.corr, "dep_param": fit.dep_param, "nb_alpha": fit.nb_alpha, "n_patients": fit.n_patients, "n_obs": fit.n_obs,
                      "ci_reference": fit.ci_reference}
-            if section.get("ci", "wald") == "small_sample":
+            if section.get("ci", "small_sample") == "small_sample":
                 fit, extra["ci"] = _small_sample_gee(fit, patient_totals(ctx.visits, patients, file=ctx.file), patients, covs, ctx)
                 info["estimand"] = info["estimand"].replace("bias-reduced sandwich CI", f"CI and p: {extra['ci']}")
         else:

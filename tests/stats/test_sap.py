@@ -370,7 +370,8 @@ def test_multi_visit_secondary_endpoints(trial: pd.DataFrame) -> None:
     one = run_sap(sap, d, arms=arms, reference="placebo")
     assert sum("needs several visits" in x for x in one.deviations) == 3
     assert "odds_ratio" in {s.name: s for s in one.secondary}["first_lesion_hazard"].table.columns
-    strict = parse_sap(text.replace("    corr: exchangeable\n    single_visit: skip\n", "    corr: exchangeable\n").encode(), "strict.yaml")
+    strict = parse_sap(text.replace("    corr: exchangeable\n    ci: small_sample\n    single_visit: skip\n", "    corr: exchangeable\n").encode(),
+                       "strict.yaml")
     with pytest.raises(InputError) as err:
         check_visits(strict.resolved, False, strict.source)
     assert err.value.field == "secondary[2].corr" and "\n" not in str(err.value)
@@ -432,7 +433,7 @@ def test_gee_takes_its_randomization_ci_when_asked(trial: pd.DataFrame) -> None:
     base = (default_sap_text().replace("imputations: 20", "imputations: 2").replace("n_permutations: 999", "n_permutations: 99")
             .replace("seed: 0", "seed: 6"))
     base = base[:base.index("  - name: gd_per_scan")]
-    plans = {k: parse_sap(base.replace("    corr: ar1\n", f"    corr: ar1\n    ci: {k}\n").encode(), f"{k}.yaml") for k in ("small_sample", "wald")}
+    plans = {k: parse_sap(base.replace("    corr: ar1\n    ci: small_sample\n", f"    corr: ar1\n    ci: {k}\n").encode(), f"{k}.yaml") for k in ("small_sample", "wald")}
     gee = {k: {s.name: s for s in run_sap(p, d, arms=arms, reference="placebo", visits=v).secondary}["net2_gee"] for k, p in plans.items()}
     covs = derive_cov(d, plans["wald"].primary["covariates"])
     ref = gee_permutation_tests(v, covs.data.drop(columns="net2"), corr="ar1", covariates=covs.terms, reference="placebo", n_permutations=99,

@@ -117,7 +117,7 @@ def test_effects_runs_the_default_plan_reproducibly(trial: tuple[Path, Path], tm
     (lambda t: t.replace("strategy: exposure", "strategy: last_value_carried_forward"), "missing_data.strategy", "is not one of"),
     (lambda t: t.replace("    cov: robust\n", "    cov: robust\n    deltas: [1.0]\n"), "sensitivity[1].deltas", "not a field of a model_variation"),
     (lambda t: t.replace("imputations: 20", "imputations: 1"), "sensitivity[2].imputations", "minimum"),
-    (lambda t: t.replace("    corr: ar1\n    single_visit: skip\n", "    corr: ar1\n"), "secondary[2].corr", "needs several visits per patient"),
+    (lambda t: t.replace("    corr: ar1\n    ci: small_sample\n    single_visit: skip\n", "    corr: ar1\n"), "secondary[2].corr", "needs several visits per patient"),
     (lambda t: t.replace("n_permutations: 999", "n_permutations: 10"), "small_sample_test.n_permutations", "minimum"),
     (lambda t: t.replace("  cov: expected\n", "  cov: expected\n  dispersion: per_site\n"), "primary.dispersion", "is not one of"),
     (lambda t: t.replace("    corr: ar1\n", "    corr: ar1\n    dispersion: by_arm\n"), "secondary[2].dispersion", "only for endpoint net2_cumulative"),
