@@ -131,3 +131,14 @@ def test_cloglog_flags_separation_and_states_its_assumptions(trial) -> None:  # 
     assert "not estimable" in s and "proportional" in s and "interval censoring" in s
     with pytest.raises(InputError, match="bmi"):
         fit_first_lesion_cloglog(visits, patients, covariates=["bmi"])
+
+
+def test_cumulative_nb2_with_a_leverage_one_patient_falls_back_with_a_note(trial) -> None:  # noqa: ANN001
+    """A patient alone at a covariate level has leverage 1: the bias-reduced sandwich's (I - H_i)^-1 does not exist.
+    The fit is still returned, with expected-information SEs, and says so (it raised LinAlgError before)."""
+    visits, patients = trial
+    p = patients.assign(lonely=(np.arange(len(patients)) == 0).astype(float))
+    f = fit_cumulative_nb2(visits, p, covariates=["lonely"], reference="placebo")
+    e = fit_cumulative_nb2(visits, p, covariates=["lonely"], reference="placebo", cov="expected")
+    assert f.cov == "expected" and any("leverage is 1" in n for n in f.notes)
+    pd.testing.assert_frame_equal(f.table, e.table)
