@@ -54,12 +54,16 @@ def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[st
         changes = [f"covariates {_covs(s['covariates'])}" if "covariates" in s else "", f"offset {s['offset']}" if "offset" in s else "",
                    f"SEs {s['cov']}" if "cov" in s else "", f"dispersion {s['dispersion']}" if "dispersion" in s else ""]
         lines.append(f"Sensitivity '{s['name']}': " + (s.get("description") or "; ".join(filter(None, changes))))
+    below = int((plan.get("small_sample_test") or {}).get("below_n_per_arm", 30))
     for s in plan.get("secondary", []):
         lines.append(f"Secondary '{s['name']}': {s['endpoint'].replace('_', '-')} endpoint, covariates {_covs(s.get('covariates', 'primary'))}"
                      + (f", working correlation {s.get('corr', 'exchangeable')}" if s["endpoint"] == "net2_gee" else "")
                      + (", Wald CI against t(patients - coefficients)" if s.get("ci_reference") == "t" else "")
                      + (", Wald CI against t(patients in the arm + reference - 2)" if s.get("ci_reference") == "t_arms" else "")
                      + (", NB2 dispersion per arm" if s.get("dispersion") == "by_arm" else "")
+                     + (f"; below {below} patients in an arm the small-sample CI and p ("
+                        + ("the GEE's permutation test" if s["endpoint"] == "net2_gee" else "the primary's small-sample test") + ")"
+                        if s["endpoint"] in ("net2_cumulative", "net2_gee") and s.get("ci", "small_sample") == "small_sample" else "")
                      + ("; skipped on a single-visit cohort" if s.get("single_visit") == "skip" else ""))
     return lines
 

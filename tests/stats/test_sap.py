@@ -84,6 +84,7 @@ def test_default_plan_reads_as_an_ms_trial_and_json_loads_the_same(tmp_path: Pat
     assert sap.resolved["sensitivity"][0]["covariates"] == []
     text = "\n".join(plan_lines(sap.resolved, reference="placebo"))
     assert "baseline Gd+ lesions (0 vs >= 1)" in text and "Holm" in text and "log(follow-up years)" in text
+    assert "below 30 patients in an arm the small-sample CI and p (the GEE's permutation test)" in text  # rules R6, R9
     (tmp_path / "sap.json").write_text(json.dumps(sap.doc))
     as_json = load_sap(tmp_path / "sap.json")
     assert as_json.resolved == sap.resolved and as_json.sha256 != sap.sha256  # same plan, other bytes
