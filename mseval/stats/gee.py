@@ -322,7 +322,16 @@ def fit_gee(
     model = GEE(y, X, groups=groups, time=df["visit_index"].to_numpy(dtype=float)[:, None], family=fam, cov_struct=cov_struct, offset=off)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = model.fit(maxiter=200, ctol=1e-12, ddof_scale=0, cov_type=se)
+        try:
+            res = model.fit(maxiter=200, ctol=1e-12, ddof_scale=0, cov_type=se)
+        except np.linalg.LinAlgError:
+            if se != "bias_reduced":
+                raise
+            # Mancl-DeRouen's (I - H_i)^-1 does not exist: a patient with leverage 1 (e.g. alone at a covariate level)
+            se = "robust"
+            notes.append("the bias-reduced sandwich is not computable (a patient's leverage is 1, e.g. the only patient at a covariate "
+                         "level): Liang-Zeger sandwich SEs")
+            res = model.fit(maxiter=200, ctol=1e-12, ddof_scale=0, cov_type=se)
     iterations = len(res.fit_history["params"]) - 1
     converged = iterations < 200 and not any("converge" in str(w.message).lower() for w in caught)
     if not converged:

@@ -106,11 +106,10 @@ def fit_cumulative_nb2(
     one = table.loc[table[response].notna()]
     rows = pd.DataFrame({"patient_id": one["patient_id"].to_numpy(), "visit_index": 1, "start_weeks": 0.0,
                          "end_weeks": one[off].to_numpy(dtype=float) * WEEKS_PER_YEAR, response: one[response].to_numpy()})
-    try:
-        gee = fit_gee(rows, patients.drop(columns=[c for c in (response,) if c in patients.columns]), covariates=covariates, corr="independence",
-                      family="nb", reference=fit.reference, response=response, offset="years", arm_col=arm_col,
-                      nb_alpha=fit.alpha if fit.alpha > 0 else 1e-12, file=file)
-    except np.linalg.LinAlgError:  # I - H_i singular: a patient with leverage 1 (e.g. the only one at a covariate level)
+    gee = fit_gee(rows, patients.drop(columns=[c for c in (response,) if c in patients.columns]), covariates=covariates, corr="independence",
+                  family="nb", reference=fit.reference, response=response, offset="years", arm_col=arm_col,
+                  nb_alpha=fit.alpha if fit.alpha > 0 else 1e-12, file=file)
+    if gee.se_type != "bias_reduced":  # I - H_i singular: a patient with leverage 1 (e.g. the only one at a covariate level)
         return replace(fit, notes=[*fit.notes, "the bias-reduced sandwich is not computable (a patient's leverage is 1, e.g. the only "
                                                "patient at a covariate level): SEs and CIs are expected-information ones"])
     g = gee.table.set_index("term")

@@ -136,3 +136,14 @@ def test_bad_input_and_non_estimable_arms(trial) -> None:  # noqa: ANN001
     row = fit.rate_ratio("dmf")
     assert not row["estimable"] and "no events" in row["note"] and "not estimable" in fit.summary()
     assert fit.rate_ratio("laquinimod")["estimable"]
+
+
+def test_leverage_one_patient_falls_back_to_the_liang_zeger_sandwich(trial) -> None:  # noqa: ANN001
+    """A patient alone at a covariate level: Mancl-DeRouen's (I - H_i)^-1 does not exist (statsmodels raises
+    LinAlgError). The fit returns with the Liang-Zeger sandwich, se_type 'robust', and a note."""
+    visits, patients = trial
+    p = patients.assign(lonely=(np.arange(len(patients)) == 0).astype(float))
+    f = fit_gee(visits, p, corr="exchangeable", covariates=["lonely"], reference="placebo")
+    r = fit_gee(visits, p, corr="exchangeable", covariates=["lonely"], reference="placebo", se="robust")
+    assert f.se_type == "robust" and any("leverage is 1" in n for n in f.notes)
+    pd.testing.assert_frame_equal(f.table, r.table)
