@@ -124,7 +124,7 @@ def _count_estimand(covs: list[dict[str, Any]], offset: bool, reference: str, mi
 def _select_test(ctx: SapContext, n_min: int) -> tuple[str, str]:
     """(test, words when the small-sample rule chose it): the plan's test when the smallest analysed arm
     has fewer than `below_n_per_arm` patients ('auto': the permutation test), else the Wald z test."""
-    below = int(ctx.small_sample.get("below_n_per_arm", 30))
+    below = int(ctx.small_sample.get("below_n_per_arm", 1000))
     if n_min < below:
         planned = str(ctx.small_sample.get("test", "auto"))
         test = "permutation" if planned == "auto" else planned

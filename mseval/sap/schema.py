@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "primary": {"offset": "log_followup_years", "cov": "expected", "covariates": [], "dispersion": "common"},
     "multiplicity": {"alpha": 0.05},
-    "small_sample_test": {"test": "auto", "below_n_per_arm": 30, "n_permutations": 999},
+    "small_sample_test": {"test": "auto", "below_n_per_arm": 1000, "n_permutations": 999},
     "missing_data": {"strategy": "exposure", "intercurrent_events": "treatment_policy"},
     "sensitivity": [],
     "secondary": [],

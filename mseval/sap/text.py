@@ -39,7 +39,7 @@ def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[st
         f"Reference arm: {plan.get('reference_arm') or reference or 'the arms table reference'}",
         f"Multiplicity: {_PROCEDURES[m['procedure']]}" + (f", order {' > '.join(m['order'])}" if m.get("order") else "")
         + f", family-wise alpha {m.get('alpha', 0.05):g} (two-sided)",
-        f"Primary test: Wald z; below {ss.get('below_n_per_arm', 30)} analysed patients in an arm: {_TESTS.get(ss.get('test', 'auto'), ss.get('test'))}"
+        f"Primary test: Wald z; below {ss.get('below_n_per_arm', 1000)} analysed patients in an arm: {_TESTS.get(ss.get('test', 'auto'), ss.get('test'))}"
         + (f" ({ss.get('n_permutations', 999)} permutations, seed {plan.get('seed', 0)})" if ss.get("test", "auto") in ("auto", "permutation") else ""),
         f"Missing data: {md.get('strategy', 'exposure').replace('_', ' ')}; intercurrent events: {md.get('intercurrent_events', 'treatment_policy').replace('_', ' ')}",
     ]
@@ -54,7 +54,7 @@ def plan_lines(plan: dict[str, Any], *, reference: str | None = None) -> list[st
         changes = [f"covariates {_covs(s['covariates'])}" if "covariates" in s else "", f"offset {s['offset']}" if "offset" in s else "",
                    f"SEs {s['cov']}" if "cov" in s else "", f"dispersion {s['dispersion']}" if "dispersion" in s else ""]
         lines.append(f"Sensitivity '{s['name']}': " + (s.get("description") or "; ".join(filter(None, changes))))
-    below = int((plan.get("small_sample_test") or {}).get("below_n_per_arm", 30))
+    below = int((plan.get("small_sample_test") or {}).get("below_n_per_arm", 1000))
     for s in plan.get("secondary", []):
         lines.append(f"Secondary '{s['name']}': {s['endpoint'].replace('_', '-')} endpoint, covariates {_covs(s.get('covariates', 'primary'))}"
                      + (f", working correlation {s.get('corr', 'exchangeable')}" if s["endpoint"] == "net2_gee" else "")

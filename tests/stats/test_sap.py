@@ -84,7 +84,7 @@ def test_default_plan_reads_as_an_ms_trial_and_json_loads_the_same(tmp_path: Pat
     assert sap.resolved["sensitivity"][0]["covariates"] == []
     text = "\n".join(plan_lines(sap.resolved, reference="placebo"))
     assert "baseline Gd+ lesions (0 vs >= 1)" in text and "Holm" in text and "log(follow-up years)" in text
-    assert "below 30 patients in an arm the small-sample CI and p (the GEE's permutation test)" in text  # rules R6, R9
+    assert "below 1000 patients in an arm the small-sample CI and p (the GEE's permutation test)" in text  # rules R6, R9, R10
     (tmp_path / "sap.json").write_text(json.dumps(sap.doc))
     as_json = load_sap(tmp_path / "sap.json")
     assert as_json.resolved == sap.resolved and as_json.sha256 != sap.sha256  # same plan, other bytes
@@ -229,7 +229,7 @@ def test_adjusted_nb2_matches_r_glm_nb(tmp_path: Path) -> None:
 # -- the small-sample tests wired into the runner -----------------------------------------------------
 def _plan(test: str, *, procedure: str = "holm", below: int = 30, seed: int = 0) -> object:
     text = (default_sap_text().replace("test: auto", f"test: {test}").replace("procedure: holm", f"procedure: {procedure}")
-            .replace("below_n_per_arm: 30", f"below_n_per_arm: {below}").replace("seed: 0", f"seed: {seed}")
+            .replace("below_n_per_arm: 1000", f"below_n_per_arm: {below}").replace("seed: 0", f"seed: {seed}")
             .replace("n_permutations: 999", "n_permutations: 199"))
     text = text[:text.index("  - name: robust_se")]  # the unadjusted sensitivity analysis only (speed)
     return parse_sap(text.encode(), "s.yaml")
@@ -414,7 +414,7 @@ def test_cumulative_nb2_takes_the_plans_small_sample_ci_when_asked(trial: pd.Dat
     assert np.allclose(got["rate_ratio"], w["rate_ratio"], rtol=1e-12, equal_nan=True)
     assert not np.allclose(got.loc[["dmf", "ocrelizumab"], "ci_low"], w.loc[["dmf", "ocrelizumab"], "ci_low"])
     assert "permutation" in cum["small"].info["ci"] and "permutation" in cum["small"].info["estimand"]
-    big = parse_sap(base.replace("below_n_per_arm: 30", "below_n_per_arm: 5").encode(), "b.yaml")
+    big = parse_sap(base.replace("below_n_per_arm: 1000", "below_n_per_arm: 5").encode(), "b.yaml")
     above = {s.name: s for s in run_sap(big, d, arms=arms, reference="placebo", visits=v).secondary}["net2_cumulative"].table.set_index("arm")
     assert np.allclose(above["ci_low"], w["ci_low"], rtol=1e-12, equal_nan=True)
     with pytest.raises(InputError) as err:

@@ -168,11 +168,12 @@ def test_three_arms_one_row_each_and_summary() -> None:
 
 
 def test_recommended_rule_and_auto() -> None:
-    assert recommended_test(8) == recommended_test(29) == "permutation"
-    assert recommended_test(30) == "wald"
+    assert recommended_test(8) == recommended_test(29) == recommended_test(100) == recommended_test(999) == "permutation"
+    assert recommended_test(1000) == "wald"
     small = primary_tests(_trial(8, 1), FORMULA, "arm", "placebo", method="auto", n_permutations=99)
     assert small.method == "permutation" and "8 patients" in small.notes[0]
-    assert primary_tests(_trial(30, 1), FORMULA, "arm", "placebo", method="auto").method == "wald"
+    assert primary_tests(_trial(30, 1), FORMULA, "arm", "placebo", method="auto", n_permutations=99).method == "permutation"  # rule R10
+    assert primary_tests(_trial(1000, 1), FORMULA, "arm", "placebo", method="auto").method == "wald"
 
 
 @pytest.mark.parametrize("kw, field", [({"method": "score"}, "small_sample_test"), ({"formula": "net2 ~ arm * x"}, "formula"),
