@@ -33,7 +33,7 @@ import pandas as pd
 
 from mseval.stats.estimability import assess_ratio
 from mseval.stats.gee import fit_gee, gee_design
-from mseval.stats.small_sample import _perm_p, _permutations, invert_test
+from mseval.stats.small_sample import _perm_p, _permutations, invert_test, score_ratio
 
 
 def _panel(df: pd.DataFrame, y: np.ndarray, X: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -102,9 +102,7 @@ def _stats(D: np.ndarray, r: np.ndarray, w: np.ndarray, q: np.ndarray, info: np.
     U = D @ r
     c = D @ q
     V = D @ w - np.einsum("bi,ij,bj->b", c, np.linalg.inv(info), c)
-    tiny = 1e-12 * float(np.sum(w))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(V > tiny, U * U / V, np.where(np.abs(U) > 1e-9, np.inf, 0.0))
+    return score_ratio(U, V, float(np.sum(w)))
 
 
 def gee_permutation_tests(visits: pd.DataFrame, patients: pd.DataFrame, *, corr: str = "ar1", covariates: Sequence[str] = (),

@@ -193,9 +193,14 @@ def _score_stats(D: np.ndarray, y: np.ndarray, Xr: np.ndarray, mu: np.ndarray, a
     U = D @ r
     c = D @ (Xr * w[:, None])
     V = D @ w - np.einsum("bi,ij,bj->b", c, Ainv, c)
-    tiny = 1e-12 * float(np.sum(w))  # V ~ 0: the indicator's patients carry no information at this fit (mu ~ 0)
+    return score_ratio(U, V, float(np.sum(w)))
+
+
+def score_ratio(U: np.ndarray, V: np.ndarray, total_weight: float) -> np.ndarray:
+    """U^2 / V elementwise; where V ~ 0 (below 1e-12 x total_weight: the indicator's patients carry no
+    information at this fit, mu ~ 0) the statistic is +inf if U is not 0, else 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(V > tiny, U * U / V, np.where(np.abs(U) > 1e-9, np.inf, 0.0))
+        return np.where(V > 1e-12 * total_weight, U * U / V, np.where(np.abs(U) > 1e-9, np.inf, 0.0))
 
 
 def _perm_p(T: np.ndarray, t_obs: float) -> float:
