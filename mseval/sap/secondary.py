@@ -37,12 +37,15 @@ from mseval.sap.covariates import derive, full_rank_terms
 MULTI_VISIT = ("net2_cumulative", "net2_gee", "gd_per_scan")
 ESTIMANDS = {
     "net2_cumulative": "NB2 rate ratio of new/enlarging T2 lesions per year of observed follow-up (all visits), arm vs reference, "
-                       "conditional on the covariates; bias-reduced (Mancl-DeRouen) sandwich CI; exposure-based, valid under MAR",
+                       "conditional on the covariates; {ci}; exposure-based, valid under MAR",
     "net2_gee": "population-averaged rate ratio of new/enlarging T2 lesions per year over the visit intervals (NB-GEE, working "
-                "correlation {corr}), arm vs reference, given the covariates; bias-reduced sandwich CI",
+                "correlation {corr}), arm vs reference, given the covariates; {ci}",
     "gd_per_scan": "NB2 rate ratio of new Gd+ lesions per scan (each patient's Gd+ total over its observed scans, offset log(scans)), "
-                   "arm vs reference, conditional on the covariates; bias-reduced sandwich CI",
+                   "arm vs reference, conditional on the covariates; {ci}",
 }
+_SANDWICH_CI = {"net2_cumulative": "bias-reduced (Mancl-DeRouen) sandwich CI", "net2_gee": "bias-reduced sandwich CI",
+                "gd_per_scan": "bias-reduced sandwich CI"}
+"""The CI words of each endpoint's estimand when its Wald CI stands (`ESTIMANDS[e].format(corr=..., ci=...)`)."""
 
 
 def several_visits(visits: pd.DataFrame | None) -> bool:
@@ -109,14 +112,16 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
     if not several_visits(ctx.visits):
         return AnalysisResult(name, endpoint, pd.DataFrame(columns=["arm"]), pd.DataFrame(),
                               [f"not run: {endpoint} needs several visits and this cohort has one follow-up scan (single_visit: skip)"],
-                              {"estimand": ESTIMANDS[endpoint].format(corr=section.get("corr", "exchangeable"))})
+                              {"estimand": ESTIMANDS[endpoint].format(corr=section.get("corr", "exchangeable"), ci=_SANDWICH_CI[endpoint])})
     from mseval.stats.gee import fit_gee
     from mseval.stats.visits import fit_cumulative_nb2, fit_gd_per_scan, patient_totals
 
     patients, covs, words, devs = _terms(data, section, ctx)
     patients = patients.drop(columns=[c for c in ("net2",) if c in patients.columns])
     kw = {"covariates": covs, "reference": ctx.reference, "file": ctx.file}
-    info: dict[str, Any] = {"estimand": ESTIMANDS[endpoint].format(corr=section.get("corr", "exchangeable")), "covariates": words}
+    corr = section.get("corr", "exchangeable")
+    ci_words = _SANDWICH_CI[endpoint]
+    info: dict[str, Any] = {"estimand": ESTIMANDS[endpoint].format(corr=corr, ci=ci_words), "covariates": words}
     try:
         if endpoint == "net2_cumulative":
             by_arm = section.get("dispersion", "common") == "by_arm"
@@ -125,15 +130,14 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
             extra = {"alpha": fit.alpha, "n": fit.n, "dispersion": fit.dispersion}
             if section.get("ci", "small_sample") == "small_sample":
                 fit, how = _small_sample_cumulative(fit, patient_totals(ctx.visits, patients, file=ctx.file), ctx)
-                extra["ci"] = how
-                info["estimand"] = info["estimand"].replace("bias-reduced (Mancl-DeRouen) sandwich CI", f"CI and p: {how}")
+                extra["ci"], ci_words = how, f"CI and p: {how}"
         elif endpoint == "net2_gee":
-            fit = fit_gee(ctx.visits, patients, corr=section.get("corr", "exchangeable"), ci_reference=section.get("ci_reference", "normal"), **kw)
+            fit = fit_gee(ctx.visits, patients, corr=corr, ci_reference=section.get("ci_reference", "normal"), **kw)
             extra = {"corr": fit.corr, "dep_param": fit.dep_param, "nb_alpha": fit.nb_alpha, "n_patients": fit.n_patients, "n_obs": fit.n_obs,
                      "ci_reference": fit.ci_reference}
             if section.get("ci", "small_sample") == "small_sample":
                 fit, extra["ci"] = _small_sample_gee(fit, patient_totals(ctx.visits, patients, file=ctx.file), patients, covs, ctx)
-                info["estimand"] = info["estimand"].replace("bias-reduced sandwich CI", f"CI and p: {extra['ci']}")
+                ci_words = f"CI and p: {extra['ci']}"
         else:
             fit = fit_gd_per_scan(ctx.visits, patients, **kw)
             extra = {"alpha": fit.alpha, "n": fit.n}
@@ -141,7 +145,7 @@ def multi_visit_analysis(data: pd.DataFrame, section: dict[str, Any], ctx: Any, 
         return _not_fitted(name, endpoint, "rate_ratio", ctx, exc.problem, info)
     except (ValueError, np.linalg.LinAlgError) as exc:  # a numerical failure on degenerate data (e.g. a non-finite working covariance)
         return _not_fitted(name, endpoint, "rate_ratio", ctx, f"the fit failed numerically ({type(exc).__name__}: {exc})", info)
-    info.update({"formula": fit.formula, "notes": list(fit.notes), **extra})
+    info.update({"estimand": ESTIMANDS[endpoint].format(corr=corr, ci=ci_words), "formula": fit.formula, "notes": list(fit.notes), **extra})
     return AnalysisResult(name, endpoint, _per_arm(fit.table, "rate_ratio", ctx), fit.table.assign(analysis=name), devs, info)
 
 
@@ -202,7 +206,8 @@ def _small_sample_gee(fit: Any, totals: pd.DataFrame, patients: pd.DataFrame, co
     if test == "wald":
         return fit, _WALD_ABOVE
     res = gee_permutation_tests(ctx.visits, patients, corr=fit.corr, covariates=covs, reference=fit.reference,
-                                n_permutations=int(ctx.small_sample.get("n_permutations", 999)), seed=ctx.seed, file=ctx.file).set_index("arm")
+                                n_permutations=int(ctx.small_sample.get("n_permutations", 999)), seed=ctx.seed, file=ctx.file,
+                                fit=fit).set_index("arm")
     how = f"{res['ci_method'].iloc[0] if len(res) else 'permutation'} ({why})"
     return _with_arm_rows(fit, res, how), how
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from mseval.stats.estimability import assess_ratio
-from mseval.stats.gee import fit_gee, gee_design
+from mseval.stats.gee import GeeFit, fit_gee, gee_design
 from mseval.stats.small_sample import _perm_p, _permutations, invert_test, score_ratio
 
 
@@ -107,13 +107,16 @@ def _stats(D: np.ndarray, r: np.ndarray, w: np.ndarray, q: np.ndarray, info: np.
 
 def gee_permutation_tests(visits: pd.DataFrame, patients: pd.DataFrame, *, corr: str = "ar1", covariates: Sequence[str] = (),
                           reference: str | None = None, response: str = "net2", arm_col: str = "arm", n_permutations: int = 999,
-                          seed: int = 0, conf_level: float = 0.95, strata: str | None = None, file: str | None = None) -> pd.DataFrame:
+                          seed: int = 0, conf_level: float = 0.95, strata: str | None = None, file: str | None = None,
+                          fit: GeeFit | None = None) -> pd.DataFrame:
     """One row per compared arm of the NB-GEE `fit_gee(visits, patients, corr=corr, covariates=covariates)`
     (bias-reduced sandwich): arm, rate_ratio (the GEE's), ci_low, ci_high (the inverted permutation test),
     p_value (the permutation test of no effect), statistic, n_permutations, estimable, note, and the GEE's Wald
     ci_low_wald / ci_high_wald beside them. `strata`: a per-patient column within which labels are permuted.
-    The same seed gives the same numbers (generator `default_rng([seed, j])` for the arm in column j)."""
-    fit = fit_gee(visits, patients, corr=corr, covariates=covariates, reference=reference, response=response, arm_col=arm_col, file=file)
+    The same seed gives the same numbers (generator `default_rng([seed, j])` for the arm in column j). `fit`: that
+    very `fit_gee` result when the caller has it (not refitted)."""
+    if fit is None:
+        fit = fit_gee(visits, patients, corr=corr, covariates=covariates, reference=reference, response=response, arm_col=arm_col, file=file)
     _, df, y, X, names, _ = gee_design(visits, patients, covariates=covariates, corr=corr, reference=fit.reference, response=response,
                                        arm_col=arm_col, file=file)
     Y, O, VI, XX, M = _panel(df, y, X, np.log(df["years"].to_numpy(dtype=float)))
