@@ -32,6 +32,12 @@ CANDIDATES = {
     "age2": ("net2 ~ arm * (age + I((age - 37) ** 2)) + " + _S.format(d=3) + _X, FLEXIBLE_DISPERSION),
     "age2_df4": ("net2 ~ arm * (age + I((age - 37) ** 2)) + " + _S.format(d=4) + _X, FLEXIBLE_DISPERSION),
     "age2_disp_age": ("net2 ~ arm * (age + I((age - 37) ** 2)) + " + _S.format(d=3) + _X, FLEXIBLE_DISPERSION + " + arm:age"),
+    "tensor": ("net2 ~ arm * age + te(cr(np.log1p(gd_count), df=3), cr(np.log(t2_count), df=3), constraints='center')"
+               " + np.log1p(gd_count):age + np.log(t2_count):age + np.log(t2_volume_mm3)", FLEXIBLE_DISPERSION),
+    "tensor_novol": ("net2 ~ arm * age + te(cr(np.log1p(gd_count), df=3), cr(np.log(t2_count), df=3), constraints='center')"
+                     " + np.log1p(gd_count):age + np.log(t2_count):age", FLEXIBLE_DISPERSION),
+    "novol": (FLEXIBLE_FORMULA.replace(" + np.log(t2_volume_mm3)", ""), FLEXIBLE_DISPERSION),
+    "lowcells": (FLEXIBLE_FORMULA + " + I(gd_count == 0):I(t2_count <= 2) + I(gd_count == 1):I(t2_count <= 2)", FLEXIBLE_DISPERSION),
 }
 
 

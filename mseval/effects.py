@@ -145,7 +145,7 @@ ESTIMANDS: dict[str, dict[str, str]] = {
     "counterfactual_mean_difference": {"estimand": CF.DIFF_ESTIMAND, "conditional_on": CF.CONDITIONAL_ON,
                                        "ci_method": "normal approximation over patients"},
     "counterfactual_calibrated_ratio": {"estimand": CF.CAL_ESTIMAND, "conditional_on": CF.CAL_CONDITIONAL_ON,
-                                        "ci_method": "joint delta method over patients (log scale)"},
+                                        "ci_method": CF.CAL_CI_METHOD},
     "heterogeneity_interaction": {"estimand": HET.INTERACTION_ESTIMAND, "conditional_on": "observed outcomes of randomized patients; the score is a baseline quantity",
                                   "ci_method": f"Wald, {HET.SE_METHODS['model']} (the sandwich SE beside it, not the test: it over-rejects, bench/RESULTS.md)"},
     "responder_stratum_rate_ratio": {"estimand": HET.STRATUM_ESTIMAND, "conditional_on": "observed outcomes; exploratory, strata chosen by the forecasts",
@@ -295,7 +295,7 @@ def run_effects(
                                           min_volume_mm3=settings.min_volume_mm3)
         means = forecast_means(counts)
         say(f"forecast NB2 models ({S} fully synthetic samples)")
-        fc = fit_forecast_rate_ratios(table, counts, settings.formula, reference=ref)
+        fc = fit_forecast_rate_ratios(table, counts, settings.formula, reference=ref, ci="auto", seed=settings.seed)
         say("counterfactual effects")
         cf = counterfactual_effects(means, ref)
         fc_conditional, cf_conditional, per_forecaster = fc.table, cf.average, None
@@ -445,7 +445,8 @@ def _estimands_table(fc: pd.DataFrame, cf_avg: pd.DataFrame, calibrated: pd.Data
         for r in df.to_dict("records"):
             rows.append({"quantity": quantity, "arm": r[arm_col], "estimate": r[est], "ci_low": r[lo] if lo else np.nan,
                          "ci_high": r[hi] if hi else np.nan, "estimand": m["estimand"], "conditional_on": m["conditional_on"],
-                         "ci_method": m["ci_method"], "estimable": bool(r.get(ok, True)), "note": r.get(note, "") or ""})
+                         "ci_method": r.get("ci_method") or m["ci_method"],  # a row's own method (the forecast RR's depends on n)
+                         "estimable": bool(r.get(ok, True)), "note": r.get(note, "") or ""})
 
     add("forecast_rate_ratio", fc, "term", "rate_ratio", "ci_low", "ci_high")
     add("counterfactual_ratio_of_means", cf_avg, "arm", "ratio_of_means", "ratio_ci_low", "ratio_ci_high")

@@ -4,7 +4,8 @@ Per patient i and arm a: E_ia = ensemble mean count under a (over the patient's 
 Effect vs the reference r: difference E_ia - E_ir and ratio E_ia / E_ir (ratio left undefined,
 and flagged, where E_ir = 0). Average effect per arm: the mean difference (CI from the central
 limit theorem over patients) and the ratio of means sum_i E_ia / sum_i E_ir (CI by the delta
-method on the log ratio); both are patient-level, not sample-level, uncertainty.
+method on the log ratio, with a t critical value whose df come from the influence values' kurtosis,
+`influence_t`); both are patient-level, not sample-level, uncertainty.
 
 Estimand (ratio of means). E[mu_a] / E[mu_r] over the population these patients represent, where
 mu is the forecaster's expected count: the marginal rate ratio *if the forecaster's law were the
@@ -31,11 +32,13 @@ import pandas as pd
 from scipy import stats
 
 from mseval.stats.estimability import assess_additive, assess_ratio
+from mseval.stats.influence_t import t_critical
 
 ESTIMAND = "ratio of mean forecast counts (arm vs reference) over the population these patients represent, if the forecaster's law were the truth"
 DIFF_ESTIMAND = "mean difference of forecast counts over follow-up (arm minus reference), same population and law"
 CONDITIONAL_ON = "the forecaster (its errors are not carried: no held-out patients with observed outcomes)"
-CI_METHOD = "delta method over patients (log ratio of means; paired)"
+CI_METHOD = "delta method over patients (log ratio of means; paired), t with df = 2 n / (kurtosis - 1) of the influence values"
+CAL_CI_METHOD = "joint delta method over patients (log scale), t with df = 2 n / (kurtosis - 1) of the influence values"
 CAL_ESTIMAND = "true ratio of mean counts (arm vs reference) over the population, forecasts calibrated per arm on held-out observed outcomes"
 CAL_CONDITIONAL_ON = "the forecaster's error being a per-arm multiplicative constant (calibration-in-the-large); its sampling error is carried"
 
@@ -87,10 +90,12 @@ def counterfactual_effects(means: pd.DataFrame, reference: str) -> Counterfactua
         cov = np.cov(wide[arm], ref, ddof=1)[0, 1] if n > 1 else 0.0
         ma, mr = wide[arm].mean(), ref.mean()
         se_log = np.sqrt(max(va / ma**2 + vr / mr**2 - 2 * cov / (ma * mr), 0.0) / n) if ma > 0 and mr > 0 else np.nan
+        # t with the Satterthwaite df of the influence values (`influence_t`): se_log is noisy when rates are heavy-tailed
+        crit, df_ratio = t_critical((wide[arm] - ma) / ma - (ref - mr) / mr) if ma > 0 and mr > 0 and n > 2 else (z, np.nan)
         q = np.quantile(diff, [0.1, 0.5, 0.9])
         avg.append({
             "arm": arm, "n": n, "mean_difference": md, "difference_ci_low": md - z * sd / np.sqrt(n), "difference_ci_high": md + z * sd / np.sqrt(n),
-            "ratio_of_means": rom, "ratio_ci_low": rom * np.exp(-z * se_log), "ratio_ci_high": rom * np.exp(z * se_log),
+            "ratio_of_means": rom, "ratio_ci_low": rom * np.exp(-crit * se_log), "ratio_ci_high": rom * np.exp(crit * se_log), "ratio_df": df_ratio,
             "difference_p10": q[0], "difference_median": q[1], "difference_p90": q[2],
             "note": "" if r_sum > 0 else "ratio not estimable: the reference arm's forecasts hold no lesion",
         })
@@ -135,7 +140,7 @@ def calibrated_counterfactual(means: pd.DataFrame, observed: pd.DataFrame, heldo
         sign = {"s_a": 1, "s_r": -1, "y_a": 1, "m_a": -1, "y_r": -1, "m_r": 1}
         means_ = {k: float(np.nanmean(v)) for k, v in cols.items()}
         row = {"arm": arm, "n_patients": int(in_cf.sum()), "n_heldout_arm": int(ha.sum()), "n_heldout_reference": int(hr.sum()),
-               "estimand": CAL_ESTIMAND, "conditional_on": CAL_CONDITIONAL_ON, "ci_method": "joint delta method over patients (log scale)"}
+               "estimand": CAL_ESTIMAND, "conditional_on": CAL_CONDITIONAL_ON, "ci_method": CAL_CI_METHOD}
         nan = float("nan")
         if min(means_.values()) <= 0 or not all(np.isfinite(list(means_.values()))):
             row.update({"ratio_of_means": means_["s_a"] / means_["s_r"] if means_["s_r"] > 0 else nan, "calibration_arm": nan,
@@ -146,10 +151,11 @@ def calibrated_counterfactual(means: pd.DataFrame, observed: pd.DataFrame, heldo
         log_r = sum(sign[k] * np.log(m) for k, m in means_.items())
         psi = sum(sign[k] * (cols[k] - means_[k]) / means_[k] for k in cols)
         se = float(np.sqrt(np.var(psi, ddof=1) / N))
+        crit, row["df"] = t_critical(psi)
         est = float(np.exp(log_r))
         row.update({"ratio_of_means": means_["s_a"] / means_["s_r"], "calibration_arm": means_["y_a"] / means_["m_a"],
                     "calibration_reference": means_["y_r"] / means_["m_r"], "calibrated_ratio": est,
-                    "ci_low": est * np.exp(-z * se), "ci_high": est * np.exp(z * se)})
+                    "ci_low": est * np.exp(-crit * se), "ci_high": est * np.exp(crit * se)})
         row["estimable"], row["note"] = assess_ratio(est, row["ci_low"], row["ci_high"])
         rows.append(row)
     return pd.DataFrame(rows)

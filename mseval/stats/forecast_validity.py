@@ -70,10 +70,17 @@ def law_target(true_rr: float, kind: str, bias: float = 2.0) -> float:
     return true_rr * bias if kind == "effect_biased" else true_rr
 
 
+def _z_covers(est: float, high: float, df: float, target: float) -> bool:
+    """Whether the normal-critical-value version of a t interval (est x exp(+/- t_df se)) covers target: the
+    delta-method interval before the kurtosis df (`influence_t`), for comparison on the same trials."""
+    se = np.log(high / est) / stats.t.ppf(0.975, df)
+    return bool(abs(np.log(est) - np.log(target)) <= 1.959963984540054 * se)
+
+
 def forecast_trials(n_trials: int, *, kind: str = "oracle", patients_per_arm: int = 100, samples: int = 10, seed0: int = 0,
                     heldout_per_arm: int = 0, drug: ArmSpec = DRUG, extra_dispersion: float = 1.0, bias: float = 2.0) -> pd.DataFrame:
-    """One row per simulated two-arm trial: the forecast RR (sandwich; Rubin's and the RRR 2003
-    rule on the same fits for comparison), the counterfactual ratio of means and, with
+    """One row per simulated two-arm trial: the forecast RR (sandwich; the randomization interval on the
+    patient totals, `forecast_perm_*`; Rubin's and the RRR 2003 rule on the same fits for comparison), the counterfactual ratio of means and, with
     `heldout_per_arm` > 0, the ratio calibrated on a separate held-out trial with observed outcomes;
     each with whether its CI covers the true marginal RR and the forecaster-law target."""
     base = TrialConfig(patients_per_arm=patients_per_arm, arms=(PLACEBO, drug))
@@ -85,8 +92,9 @@ def forecast_trials(n_trials: int, *, kind: str = "oracle", patients_per_arm: in
         cfg = replace(base, seed=seed0 + k)
         tr = simulate_count_trial(cfg, samples=1, forecast_seed=seed0 + k)
         counts = forecast_counts(tr.truth, kind, samples, seed0 + k, extra_dispersion=extra_dispersion, bias=bias)
-        fc = fit_forecast_rate_ratios(tr.table, counts, reference="placebo")
+        fc = fit_forecast_rate_ratios(tr.table, counts, reference="placebo", ci="sandwich")
         r = fc.table.set_index("term").loc[drug.arm]
+        rp = fit_forecast_rate_ratios(tr.table, counts, reference="placebo", ci="permutation", seed=seed0 + k).table.set_index("term").loc[drug.arm]
         q, se_rubin, df_rubin, _ = rubin_combine(fc.per_sample_coef, fc.per_sample_var)
         t_rrr = fully_synthetic_rrr(fc.per_sample_coef, fc.per_sample_var)
         crit = stats.t.ppf(0.975, df_rubin[1])
@@ -95,10 +103,13 @@ def forecast_trials(n_trials: int, *, kind: str = "oracle", patients_per_arm: in
         row = {"trial": k, "kind": kind, "true_rate_ratio": true_rr, "law_target": target,
                "forecast_rr": r["rate_ratio"], "forecast_ci_low": r["ci_low"], "forecast_ci_high": r["ci_high"], "forecast_se": r["se"],
                "forecast_covers_law": bool(r["ci_low"] <= target <= r["ci_high"]), "forecast_covers_truth": bool(r["ci_low"] <= true_rr <= r["ci_high"]),
+               "forecast_perm_rr": rp["rate_ratio"], "forecast_perm_ci_low": rp["ci_low"], "forecast_perm_ci_high": rp["ci_high"],
+               "forecast_perm_covers_law": bool(rp["ci_low"] <= target <= rp["ci_high"]),
                "rubin_se": float(se_rubin[1]), "rubin_covers_law": bool(abs(q[1] - np.log(target)) <= crit * se_rubin[1]),
                "rrr_variance": float(t_rrr[1]), "between_sample_sd": float(np.std(fc.per_sample_coef[:, 1], ddof=1)),
                "cf_ratio": cf["ratio_of_means"], "cf_ci_low": cf["ratio_ci_low"], "cf_ci_high": cf["ratio_ci_high"],
-               "cf_covers_law": bool(cf["ratio_ci_low"] <= target <= cf["ratio_ci_high"]), "cf_covers_truth": bool(cf["ratio_ci_low"] <= true_rr <= cf["ratio_ci_high"])}
+               "cf_covers_law": bool(cf["ratio_ci_low"] <= target <= cf["ratio_ci_high"]), "cf_covers_truth": bool(cf["ratio_ci_low"] <= true_rr <= cf["ratio_ci_high"]),
+               "cf_df": cf["ratio_df"], "cf_z_covers_law": _z_covers(cf["ratio_of_means"], cf["ratio_ci_high"], cf["ratio_df"], target)}
         if heldout_per_arm > 0:
             hcfg = replace(base, patients_per_arm=heldout_per_arm, seed=10_000_000 + seed0 + k)
             ho = simulate_count_trial(hcfg, samples=1, forecast_seed=seed0 + k)
@@ -108,7 +119,8 @@ def forecast_trials(n_trials: int, *, kind: str = "oracle", patients_per_arm: in
             observed = ho.table.assign(patient_id="H" + ho.table["patient_id"])
             cal = calibrated_counterfactual(all_means, observed, list(observed["patient_id"]), "placebo").set_index("arm").loc[drug.arm]
             row.update({"cal_ratio": cal["calibrated_ratio"], "cal_ci_low": cal["ci_low"], "cal_ci_high": cal["ci_high"],
-                        "cal_covers_truth": bool(cal["ci_low"] <= true_rr <= cal["ci_high"])})
+                        "cal_covers_truth": bool(cal["ci_low"] <= true_rr <= cal["ci_high"]), "cal_df": cal["df"],
+                        "cal_z_covers_truth": _z_covers(cal["calibrated_ratio"], cal["ci_high"], cal["df"], true_rr)})
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -216,7 +216,7 @@ def forecaster_effects(table: pd.DataFrame, counts: pd.DataFrame, formula: str =
         raise InputError(None, f"a between-forecaster variance needs at least 2 forecasters; the forecasts hold {K}", field="forecasters")
     per, fits = [], {}
     for k, ck in parts.items():
-        fits[k] = fit_forecast_rate_ratios(table, ck, formula, reference=reference, offset_years=offset_years)
+        fits[k] = fit_forecast_rate_ratios(table, ck, formula, reference=reference, offset_years=offset_years, ci="sandwich")  # needs the SE
     terms = list(fits[next(iter(fits))].table["term"])
     rr_rows = []
     for term in terms:

@@ -39,6 +39,18 @@ each synthetic data set is drawn from a posterior predictive with parameter unce
 forecaster has none, and T_f is negative here (bench/validity.py reports both for comparison).
 No "fraction of missing information" is defined: nothing is missing. CI: t with n - p df.
 
+Randomization interval (`ci="permutation"`; `ci="auto"` chooses it below `small_sample.SMALL_SAMPLE_N`
+patients in the smallest compared arm, the SAP's own rule). At 100 per arm the sandwich's t interval covers
+the law target a little short (93.3-93.6% on 1,000 trials per forecaster, bench/RESULTS.md, issue 20): the
+treated arm's per-patient rates are heavy-tailed (gamma activity x lognormal response x age modifier), as
+for the observed analysis. The randomization interval works on each patient's forecast total
+T_i = sum_s y_is (the sufficient summary of the ensemble for the between-patient variance), offset
+log(M x years_i), in the same NB2 formula, with the SAP's inverted permutation score test
+(`small_sample.primary_tests(method="permutation")`): its rate ratio is the NB2 fit of the totals (the
+stacked estimating equation with weights 1 / (1 + alpha M mu_i) instead of 1 / (1 + alpha mu_i): the
+same population solution), its CI {b: the permutation test of beta_arm = b does not reject}, its p-value
+the permutation test's. The stacked sandwich SE stays in `se` (for the two-level rule, which needs it).
+
 Per-sample fits (diagnostics, and the inputs of the Rubin/RRR comparisons). Each sample is also
 fitted alone, warm-started at the stacked fit and retried cold when that fails (`fit_nb2`); a term
 with no event among its patients in a sample is an infinite MLE for that term only (-inf in
@@ -59,15 +71,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mseval.errors import InputError
 from mseval.stats.estimability import assess_ratio
 from mseval.stats.design import design_matrix
 from mseval.stats.event_free import Reduction, event_free_samples, event_free_terms
 from mseval.stats.nb2_mle import fit_nb2, nb2_wald
+from mseval.stats.small_sample import SMALL_SAMPLE_N, primary_tests
 
 ESTIMAND = ("rate ratio (NB2, arm vs reference) in the population these patients represent, randomized as in the trial, "
             "if their outcomes followed the forecaster's law")
 CONDITIONAL_ON = "the forecaster (its law taken as given; its errors are not in the CI)"
 CI_METHOD = "one NB2 fit on all samples stacked, patient-cluster sandwich over the ensemble, t with n - p df"
+CI_METHOD_PERMUTATION = ("NB2 on each patient's forecast total over the samples (offset log(samples x years)); CI: the permutation "
+                         "score test inverted (arm labels permuted between patients)")
+CI_CHOICES = ("auto", "sandwich", "permutation")
 MAX_FAILED_SHARE = 0.05
 """A term is not estimable when more than this share of its per-sample fits fail."""
 
@@ -192,12 +209,21 @@ def fit_forecast_rate_ratios(
     reference: str,
     offset_years: str = "followup_years",
     arm_col: str = "arm",
+    ci: str = "auto",
+    seed: int = 0,
+    n_permutations: int = 999,
 ) -> ForecastRateRatios:
     """Forecast rate ratios from the ensemble counts under each patient's allocated arm.
 
     table: one row per patient (patient_id, arm, covariates of `formula`, follow-up years);
     counts: (patient_id, arm, sample, count) -- only the allocated arm's blocks are used.
+    ci: "sandwich" (stacked fit, t(n - p)), "permutation" (randomization interval on the patient
+    totals; `seed` and `n_permutations` its Monte Carlo: the same seed gives the same interval) or
+    "auto" (permutation below `small_sample.SMALL_SAMPLE_N` patients in the smallest compared arm).
+    See the module docstring.
     """
+    if ci not in CI_CHOICES:
+        raise ValueError(f"unknown forecast-RR interval {ci!r}; choose one of {', '.join(CI_CHOICES)}")
     rhs = formula.split("~", 1)[1]
     alloc = counts.merge(table[["patient_id", arm_col]], left_on=["patient_id", "arm"], right_on=["patient_id", arm_col])
     wide = alloc.pivot(index="patient_id", columns="sample", values="count")
@@ -234,6 +260,15 @@ def fit_forecast_rate_ratios(
     out["estimand"] = ESTIMAND
     out["conditional_on"] = CONDITIONAL_ON
     out["ci_method"] = CI_METHOD
+    if ci == "auto":
+        n_min = int(tab.iloc[des.rows][arm_col].astype(str).value_counts().min())
+        ci = "permutation" if n_min < SMALL_SAMPLE_N else "sandwich"
+    if ci == "permutation":
+        keep = st.reduction.keep_rows  # patients of an event-free arm out: that arm's term is -inf, the others from the reduced model
+        perm_note = _permutation_rows(out, tab.iloc[des.rows].reset_index(drop=True)[keep], y[keep], formula, reference, offset_years, arm_col,
+                                      seed, n_permutations)
+        if perm_note:
+            notes.append(perm_note)
     ys = y.sum(axis=0)
     common = []
     if ys.sum() == 0:
@@ -260,6 +295,30 @@ def fit_forecast_rate_ratios(
     keep = out["term"] != "Intercept"
     out = out[keep].reset_index(drop=True)
     return ForecastRateRatios(out, M, failed, coefs[ok_rows], vars_[ok_rows], "; ".join(notes), per)
+
+
+def _permutation_rows(out: pd.DataFrame, tab: pd.DataFrame, y: np.ndarray, formula: str, reference: str, offset_years: str,
+                      arm_col: str, seed: int, n_permutations: int) -> str:
+    """Replace, in place, each arm row's rate ratio, CI and p-value of `out` by the randomization interval on
+    the patients' forecast totals (y (n, M) in the order of tab's rows); returns a note ('' when done).
+    A formula the permutation test cannot take (the arm not a main effect, ...) keeps the sandwich, with a note."""
+    lhs = formula.split("~", 1)[0].strip()
+    n, M = y.shape
+    totals = tab.assign(**{lhs: y.sum(axis=1), "_exposure_": tab[offset_years].to_numpy(dtype=float) * M, arm_col: tab[arm_col].astype(str)})
+    try:
+        res = primary_tests(totals, formula, arm_col, reference, method="permutation", offset_col="_exposure_", seed=seed,
+                            n_permutations=n_permutations).table.set_index("arm")
+    except InputError as e:
+        return f"the randomization interval could not be computed ({e.problem}); the sandwich interval is shown"
+    for i, term in enumerate(out["term"]):
+        if term not in res.index or not np.isfinite(out.at[i, "coef"]):
+            continue
+        r = res.loc[term]
+        out.loc[i, ["rate_ratio", "ci_low", "ci_high", "p_value"]] = [r["rate_ratio"], r["ci_low"], r["ci_high"], r["p_value"]]
+        out.at[i, "coef"] = float(np.log(r["rate_ratio"])) if r["rate_ratio"] > 0 else -np.inf
+        out.at[i, "df"] = np.nan
+        out.at[i, "ci_method"] = f"{CI_METHOD_PERMUTATION}, B = {n_permutations}, seed {seed}"
+    return ""
 
 
 def rubin_combine(estimates: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -235,3 +235,24 @@ def _counts(cohort_dir: Path, fc: Path, tmp: Path) -> Path:
     out = tmp / "counts.parquet"
     count_store(fc, tmp / "_count", CountSettings()).counts.to_parquet(out)
     return out
+
+
+def test_counterfactual_ratio_ci_uses_the_kurtosis_t_of_its_influence_values() -> None:
+    """ratio CI = ratio x exp(-/+ t_df se_log), df = 2 n / (kurtosis - 1) of the paired log-ratio influence values."""
+    from scipy import stats as st
+
+    from mseval.stats.influence_t import kurtosis_df
+
+    rng = np.random.default_rng(3)
+    n = 60
+    base = rng.lognormal(0.0, 1.0, n)
+    means = pd.concat([pd.DataFrame({"patient_id": np.arange(n), "arm": "placebo", "expected": base}),
+                       pd.DataFrame({"patient_id": np.arange(n), "arm": "dmf", "expected": 0.3 * base * rng.lognormal(0.0, 0.5, n)})])
+    r = counterfactual_effects(means, "placebo").average.iloc[0]
+    a, p = means[means.arm == "dmf"]["expected"].to_numpy(), base
+    psi = (a - a.mean()) / a.mean() - (p - p.mean()) / p.mean()
+    df = kurtosis_df(psi)
+    se = psi.std(ddof=1) / np.sqrt(n)
+    assert r.ratio_df == df and df < n - 1
+    assert r.ratio_ci_high == pytest.approx(r.ratio_of_means * np.exp(st.t.ppf(0.975, df) * se), rel=1e-10)
+    assert r.ratio_ci_low == pytest.approx(r.ratio_of_means * np.exp(-st.t.ppf(0.975, df) * se), rel=1e-10)

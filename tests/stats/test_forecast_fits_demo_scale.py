@@ -99,6 +99,8 @@ def test_event_free_arm_is_an_infinite_mle_for_that_term_only() -> None:
     for term in sub.index:
         assert fc.loc[term, "coef"] == pytest.approx(sub.loc[term, "coef"], rel=1e-7, abs=1e-9)
         assert fc.loc[term, "estimable"] == sub.loc[term, "estimable"]
+        assert fc.loc[term, "ci_low"] == pytest.approx(sub.loc[term, "ci_low"], rel=1e-9)  # the randomization interval too
+        assert "permutation" in fc.loc[term, "ci_method"]  # 8 per arm: the SAP's rule picks it
 
 
 def test_event_free_terms_reduce_until_stable() -> None:

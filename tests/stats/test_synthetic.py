@@ -18,7 +18,7 @@ from mseval.stats.count_model import fit_count_model
 from mseval.stats.forecast_validity import DRUG, PLACEBO, forecast_trials
 from mseval.stats.design import design_matrix
 from mseval.stats.nb2_mle import fit_nb2, nb2_wald
-from mseval.stats.synthetic import fit_forecast_rate_ratios
+from mseval.stats.synthetic import CI_METHOD as SY_CI_METHOD, fit_forecast_rate_ratios
 
 MC = float(np.sqrt(0.95 * 0.05 / 100))
 
@@ -75,3 +75,49 @@ def test_table_names_its_estimand_and_flags_empty_samples() -> None:
     assert "fraction_missing_info" not in fit.table.columns
     empty = fit_forecast_rate_ratios(tr.table, tr.counts.assign(count=0), reference="placebo").table.iloc[0]
     assert not empty["estimable"] and empty["note"]
+
+
+def _totals(tr, samples: int) -> pd.DataFrame:
+    alloc = tr.counts.merge(tr.table[["patient_id", "arm"]], on=["patient_id", "arm"])
+    tot = alloc.groupby("patient_id")["count"].sum()
+    return tr.table.assign(net2=tr.table["patient_id"].map(tot).to_numpy(), exposure=tr.table["followup_years"] * samples)
+
+
+def test_permutation_interval_is_the_sap_test_on_the_patient_totals() -> None:
+    """ci="permutation": the rate ratio, CI and p-value of the SAP's permutation test run directly on each
+    patient's forecast total (offset log(M x years)), for the arm; covariates keep the sandwich."""
+    from mseval.stats.small_sample import primary_tests
+
+    tr = simulate_count_trial(TrialConfig(patients_per_arm=40, arms=(PLACEBO, DRUG), seed=11), samples=6)
+    fit = fit_forecast_rate_ratios(tr.table, tr.counts, "net2 ~ arm + gd_count", reference="placebo", ci="permutation", seed=5)
+    t = fit.table.set_index("term")
+    ref = primary_tests(_totals(tr, 6), "net2 ~ arm + gd_count", reference="placebo", method="permutation", offset_col="exposure",
+                        seed=5).table.set_index("arm").loc[DRUG.arm]
+    for c in ("rate_ratio", "ci_low", "ci_high", "p_value"):
+        assert t.loc[DRUG.arm, c] == pytest.approx(ref[c], rel=1e-12)
+    assert t.loc[DRUG.arm, "ci_low"] < t.loc[DRUG.arm, "rate_ratio"] < t.loc[DRUG.arm, "ci_high"]
+    assert "permutation" in t.loc[DRUG.arm, "ci_method"] and "sandwich" in t.loc["gd_count", "ci_method"]
+    sw = fit_forecast_rate_ratios(tr.table, tr.counts, "net2 ~ arm + gd_count", reference="placebo", ci="sandwich").table.set_index("term")
+    assert t.loc["gd_count", "ci_low"] == sw.loc["gd_count", "ci_low"]
+    assert t.loc[DRUG.arm, "ci_low"] != sw.loc[DRUG.arm, "ci_low"]  # the arm's interval is another one
+    assert t.loc[DRUG.arm, "se"] == sw.loc[DRUG.arm, "se"]  # the stacked sandwich SE stays (the two-level rule's input)
+    again = fit_forecast_rate_ratios(tr.table, tr.counts, "net2 ~ arm + gd_count", reference="placebo", ci="permutation", seed=5).table
+    pd.testing.assert_frame_equal(again, fit.table)
+
+
+def test_auto_interval_follows_the_sap_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mseval.stats.synthetic as SY
+
+    tr = simulate_count_trial(TrialConfig(patients_per_arm=30, arms=(PLACEBO, DRUG), seed=12), samples=4)
+    assert "permutation" in SY.fit_forecast_rate_ratios(tr.table, tr.counts, reference="placebo").table.iloc[0]["ci_method"]
+    monkeypatch.setattr(SY, "SMALL_SAMPLE_N", 30)  # 30 per arm is no longer "small"
+    assert SY.fit_forecast_rate_ratios(tr.table, tr.counts, reference="placebo").table.iloc[0]["ci_method"] == SY.CI_METHOD
+    with pytest.raises(ValueError, match="unknown forecast-RR interval"):
+        SY.fit_forecast_rate_ratios(tr.table, tr.counts, reference="placebo", ci="bootstrap")
+
+
+def test_a_formula_the_permutation_test_cannot_take_keeps_the_sandwich_with_a_note() -> None:
+    tr = simulate_count_trial(TrialConfig(patients_per_arm=30, arms=(PLACEBO, DRUG), seed=13), samples=4)
+    fit = fit_forecast_rate_ratios(tr.table, tr.counts, "net2 ~ arm * age", reference="placebo", ci="permutation")
+    row = fit.table.set_index("term").loc[DRUG.arm]
+    assert row["ci_method"] == SY_CI_METHOD and "randomization interval could not be computed" in row["note"]
