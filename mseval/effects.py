@@ -15,7 +15,7 @@ columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`
   ratio a new trial would show, predicted by this training procedure"; `forecaster_variance`
   ("auto", "two-level", "conditional") chooses; two-level with one forecaster is refused.
 - counterfactual ratio of means / mean difference: every patient under every arm, ratio of mean
-  forecast counts over the same population; delta-method CI over patients; conditional on the
+  forecast counts over the same population; delta-method CI over patients (t, kurtosis df); conditional on the
   forecaster -- unless held-out patients with observed outcomes are given (`heldout_patients`),
   then `counterfactual_calibrated.csv` carries the forecaster's calibration error. Held-out
   patients are refused when the store's provenance shows the forecaster trained, validated or was
