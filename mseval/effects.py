@@ -7,7 +7,9 @@ columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`
 - forecast rate ratio: the NB2 rate ratio in the population these patients represent, randomized
   as in the trial, if their outcomes followed the forecaster's law; one NB2 fit on all samples
   stacked, patient-cluster sandwich CI (fully synthetic outcomes: no Rubin's rules, no fraction of
-  missing information; event-free samples counted per term); conditional on the forecaster.
+  missing information; event-free samples counted per term) -- below 1,000 patients in the smallest
+  arm the randomization interval on each patient's forecast total instead (`fit_forecast_rate_ratios(ci="auto")`,
+  the SAP's rule); conditional on the forecaster.
 - K forecasters (a store whose index names the forecaster of each sample, each with its provenance in
   store.json; e.g. `mseval simulate-forecasts --kind nb2-bootstrap --forecasters K`): the forecast rate
   ratio and the counterfactual effects get the two-level variance (`mseval.stats.forecaster_variance`:
@@ -309,6 +311,9 @@ def run_effects(
             estimands_meta = ESTIMANDS_TWO_LEVEL
         else:
             fc_table, cf_avg = fc.table, cf.average
+            # the forecast RR's interval depends on the trial's size (ci="auto"): name the one used
+            fc_ci = "; ".join(dict.fromkeys(fc.table.loc[fc.table["term"].isin(arms), "ci_method"].astype(str))) or SY.CI_METHOD
+            estimands_meta = {**ESTIMANDS, "forecast_rate_ratio": {**ESTIMANDS["forecast_rate_ratio"], "ci_method": fc_ci}}
         calibrated = None
         if settings.heldout_patients:
             calibrated = calibrated_counterfactual(means, table, list(settings.heldout_patients), ref)
@@ -384,7 +389,7 @@ def run_effects(
                          "observed_counts": "components of each patient's net2_mask"},
             "observed_model": observed.model_info(),
             "forecast_model": {"samples": fc.samples, "failed_fits": fc.failed, "outcomes": "fully synthetic (every outcome drawn from the forecaster)",
-                               "pooling": FV.CI_METHOD if two_level else SY.CI_METHOD, "note": fc.note, "forecasters": K,
+                               "pooling": estimands_meta["forecast_rate_ratio"]["ci_method"], "note": fc.note, "forecasters": K,
                                "variance": "two-level" if two_level else "conditional on the forecaster" + (
                                    f" (the {K} forecasters' samples pooled as one)" if K > 1 else ""),
                                "forecaster_provenance": {str(k): v for k, v in forecasters["provenance"].items()}},

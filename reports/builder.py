@@ -398,9 +398,9 @@ def build_report(
                                             reasons={"forecast RR": fc_why, "counterfactual RR": fc_why})
         figs.append(("forest_plot", F.forest_plot(prim_fig, arms_df, reference=ref),
                      f"NET2 rate ratios vs {labels[ref]} (log scale) with 95% CIs. Filled circles: observed, NB2 regression of each patient's observed NET2 count "
-                     "on arm with offset log(follow-up years). Open squares: forecast, the same model fitted once on all fully synthetic ensemble samples of the "
-                     "allocated arm, stacked, with a patient-cluster sandwich CI. Open diamonds: counterfactual, ratio of mean "
-                     "forecast counts with every patient under both arms (delta-method CI over patients). Forecast and counterfactual CIs are "
+                     "on arm with offset log(follow-up years). Open squares: forecast, "
+                     f"{S.forecast_ci_words((ef_summary.get('forecast_model') or {}).get('pooling', ''))}. Open diamonds: counterfactual, ratio of mean "
+                     "forecast counts with every patient under both arms (delta-method CI over patients, t critical value). Forecast and counterfactual CIs are "
                      "conditional on the forecaster: its errors are not in them"
                      + ("; the calibrated ratio (an observed-data ratio estimator with the forecast as covariate) is in the same section. " if t["counterfactual_calibrated"] is not None
                         else ". ")

@@ -107,6 +107,17 @@ def details_json(settings_doc: dict[str, Any]) -> str:
     return json.dumps(settings_doc, indent=1, sort_keys=True, default=str)
 
 
+def forecast_ci_words(pooling: str) -> str:
+    """The forecast RR's estimator and interval in a figure caption's words, from effects.json `forecast_model.pooling`."""
+    if "permutation" in pooling:
+        return ("the same model fitted to each patient's forecast total over the ensemble samples of the allocated arm (offset "
+                "log(samples x follow-up years)), with the randomization CI (inverted permutation score test)")
+    stacked = "the same model fitted once on all fully synthetic ensemble samples of the allocated arm, stacked, "
+    if "two-level" in pooling or "between-forecaster" in pooling:
+        return stacked + "with a two-level CI (within-forecaster sandwich plus the between-forecaster spread)"
+    return stacked + "with a patient-cluster sandwich CI"
+
+
 def settings_rows(s: dict[str, Any], prov: dict[str, Any], labels: dict[str, str], ref: str, covs: list[str], forecast_method: str,
                   n_patients: int, n_arms: int) -> list[tuple[str, str]]:
     """The Settings table of a report, (name, value) per row, from the summary's settings record `s`."""

@@ -34,7 +34,7 @@ knows u_i and R_ia (and not the realised pre-lesional sites).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,13 +125,17 @@ def _u_grid(grid: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def posterior_weights(gd: np.ndarray, t2_count: np.ndarray, age: np.ndarray, params: ModelParams, *, grid: int = 301,
-                      dawm_fraction: np.ndarray | None = None, prelesional_sites: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      dawm_fraction: np.ndarray | None = None, prelesional_sites: np.ndarray | None = None,
+                      extra_loglik: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Quadrature nodes u (G,) and normalised posterior weights (n, G) of the latent activity.
 
     gd, t2_count: (n,) baseline Gd+ and T2 lesion counts (a T2 count below the Gd+ count, impossible
     in the simulator, is raised to it); age: (n,) years; dawm_fraction: (n,) DAWM share of white
     matter; prelesional_sites: (n,) pre-lesional sites visible at baseline. The last two are needed
-    when the world's DAWM / pre-lesional channels are on (ValueError otherwise).
+    when the world's DAWM / pre-lesional channels are on (ValueError otherwise). extra_loglik: u (G,) ->
+    (n, G) log-likelihood of any further baseline observation given u (conditionally independent of the
+    counts given u), e.g. an image measurement whose law given u was fitted on a training trial
+    (bench/readable_oracle.py).
     """
     gd = np.asarray(gd, dtype=float)[:, None]
     t2 = np.maximum(np.asarray(t2_count, dtype=float), np.asarray(gd[:, 0]))[:, None]
@@ -162,6 +166,8 @@ def posterior_weights(gd: np.ndarray, t2_count: np.ndarray, age: np.ndarray, par
             raise ValueError("the world's pre-lesional channel is on (prelesion_fraction > 0): the oracle needs prelesional_sites")
         v = np.asarray(prelesional_sites, dtype=float)[:, None]
         lw = lw + stats.poisson.logpmf(v, lam * params.visible_share * params.mean_latency_years)
+    if extra_loglik is not None:
+        lw = lw + np.asarray(extra_loglik(u), dtype=float)
     lw -= special.logsumexp(lw, axis=1, keepdims=True)
     return u, np.exp(lw)
 
@@ -221,15 +227,17 @@ def _window(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return start, end
 
 
-def observable_pmf(features: pd.DataFrame, params: ModelParams, *, arm_col: str = "arm", grid: int = 301) -> np.ndarray:
+def observable_pmf(features: pd.DataFrame, params: ModelParams, *, arm_col: str = "arm", grid: int = 301,
+                   extra_loglik: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Predictive pmf (n, K) of each row's NET2 count under the row's arm, in the row's window.
 
     features: columns gd_count, t2_count, age (years), `arm_col`, and followup_years (window from
     baseline) or start_weeks/end_weeks; dawm_fraction and prelesional_sites when those channels are on.
+    extra_loglik: a further observation's log-likelihood given u (`posterior_weights`).
     """
     opt = {k: features[k].to_numpy() for k in ("dawm_fraction", "prelesional_sites") if k in features}
     u, w = posterior_weights(features["gd_count"].to_numpy(), features["t2_count"].to_numpy(), features["age"].to_numpy(), params,
-                             grid=grid, **opt)
+                             grid=grid, extra_loglik=extra_loglik, **opt)
     age = features["age"].to_numpy(dtype=float)
     arm = features[arm_col].to_numpy()
     c = params.base_rate * np.exp(params.age_effect * (age - AGE_CENTRE) / 10.0)

@@ -82,8 +82,8 @@ ESTIMAND = ("rate ratio (NB2, arm vs reference) in the population these patients
             "if their outcomes followed the forecaster's law")
 CONDITIONAL_ON = "the forecaster (its law taken as given; its errors are not in the CI)"
 CI_METHOD = "one NB2 fit on all samples stacked, patient-cluster sandwich over the ensemble, t with n - p df"
-CI_METHOD_PERMUTATION = ("NB2 on each patient's forecast total over the samples (offset log(samples x years)); CI: the permutation "
-                         "score test inverted (arm labels permuted between patients)")
+CI_METHOD_PERMUTATION = ("randomization interval: NB2 on each patient's forecast total over the samples (offset log(samples x years)), "
+                         "the permutation score test (arm labels permuted between patients) inverted")
 CI_CHOICES = ("auto", "sandwich", "permutation")
 MAX_FAILED_SHARE = 0.05
 """A term is not estimable when more than this share of its per-sample fits fail."""

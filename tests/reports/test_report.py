@@ -179,7 +179,11 @@ def test_report_shows_forecast_inference_as_computed_not_as_rubin_imputation(tri
         assert "Design rate ratio (forecast ratio of means, an assumption)" in text
         assert "Radcliffe" in text
     cap = json.loads((rep.out / "summary.json").read_text())
-    assert "conditional on the forecaster" in html.split('id="fig-forest_plot"')[1].split("</figure>")[0]  # forest plot caption
+    caption = html.split('id="fig-forest_plot"')[1].split("</figure>")[0]
+    assert "conditional on the forecaster" in caption  # forest plot caption
+    # the caption names the forecast RR's interval that effects computed (small trial: the randomization interval)
+    ef0 = json.loads((trial["eff"] / "effects.json").read_text())
+    assert "permutation" in ef0["forecast_model"]["pooling"] and "randomization CI" in caption and "sandwich" not in caption
     # every estimand sentence of effects.json appears in the report
     ef = json.loads((trial["eff"] / "effects.json").read_text())
     import html as H

@@ -144,3 +144,32 @@ def test_mixture_pmf_is_the_poisson_mixture_and_handles_degenerate_scales() -> N
     assert p[4, 0] == 1.0 and not p[4, 1:].any()
     q = mixture_pmf(u, w[[3, 1, 2]], np.array([40.0, np.nan, -1.0]))
     assert q.shape[1] == p.shape[1] and np.allclose(q[0], p[3]) and np.isnan(q[1:]).all()
+
+
+def test_an_extra_observation_enters_as_its_log_likelihood_given_u() -> None:
+    """extra_loglik: the DAWM channel's own term passed as an extra observation on the DAWM-off world gives the
+    DAWM-on oracle exactly; a constant log-likelihood changes nothing."""
+    from dataclasses import replace
+
+    from scipy import stats
+
+    cfg = TrialConfig(patients_per_arm=30, seed=8)
+    params = ModelParams.from_config(cfg)
+    pats = draw_patients(cfg, np.random.default_rng(8))
+    feats = pats.assign(followup_years=1.5, prelesional_sites=0, t2_count=pats["n_baseline_lesions"])
+    on = replace(params, prelesion_fraction=0.0)
+    off = replace(on, dawm_strength=0.0)
+    f = feats["dawm_fraction"].to_numpy(dtype=float)
+
+    def dawm_term(u: np.ndarray) -> np.ndarray:
+        mean_log = np.log(on.dawm_fraction) + on.dawm_strength * np.log(u)[None, :] - 0.5 * on.dawm_sd**2
+        return stats.norm.logpdf(np.log(f)[:, None], mean_log, on.dawm_sd)
+
+    want = observable_pmf(feats, on)
+    got = observable_pmf(feats.drop(columns="dawm_fraction"), off, extra_loglik=dawm_term)
+    np.testing.assert_allclose(got[:, : want.shape[1]], want, rtol=0, atol=1e-12)
+    plain = observable_pmf(feats, off)
+    k = min(plain.shape[1], want.shape[1])
+    assert np.abs(plain[:, :k] - want[:, :k]).max() > 1e-3  # the DAWM reading does change the law
+    same = observable_pmf(feats, off, extra_loglik=lambda u: np.full((len(feats), len(u)), -3.0))
+    np.testing.assert_allclose(same, observable_pmf(feats, off), rtol=0, atol=1e-14)
