@@ -1,0 +1,127 @@
+"""Is the latent activity in the rendered images at all? A supervised probe on the issue-21 DEV trials (never TEST).
+
+The count model of issue 21 must find, without being told, what the baseline images say about a patient's latent
+activity u beyond the lesion counts. This diagnostic gives a network the answer during training: a small 3D CNN (the
+count trunk's shape: two 3x3x3 convolutions and a 1x1x1 convolution to `--maps` sigmoid detector maps, their
+brain-masked shares and log shares) plus the tabular count features regresses log u of the TRAIN patients
+(the simulator's truth, simulation.json `latent`), and the same head without the images (tabular features only)
+is the reference. On DEV the R^2 of log u of both is compared (paired bootstrap SE over patients): if the supervised
+network cannot beat the tabular one, no unsupervised forecaster can get the count from these images either.
+
+    PYTHONPATH=. .venv/bin/python bench/image_signal_probe.py --train TRAIN --dev DEV --cache ARRAYS.pkl [--target latent|dawm]
+
+(ARRAYS.pkl: the arrays `bench/image_count_dev.py` / `bench/readable_oracle.py` cache for the same TRAIN/DEV.)
+`--target dawm` regresses the log DAWM share (oracle_inputs.csv) instead: the image channel's own quantity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from forecast.data import split_patients
+from forecast.image_count import tabular
+
+
+class Probe(nn.Module):
+    def __init__(self, channels: int, n_tab: int, maps: int, images: bool) -> None:
+        super().__init__()
+        self.images = images
+        self.trunk = nn.Sequential(nn.Conv3d(channels, maps, 3, padding=1), nn.SiLU(), nn.Conv3d(maps, maps, 3, padding=1), nn.SiLU(),
+                                   nn.Conv3d(maps, maps, 1))
+        self.head = nn.Sequential(nn.Linear(n_tab + (2 * maps if images else 0), 32), nn.SiLU(), nn.Linear(32, 1))
+
+    def forward(self, cond: torch.Tensor, brain: torch.Tensor, tab: torch.Tensor) -> torch.Tensor:
+        if not self.images:
+            return self.head(tab)[:, 0]
+        d = torch.sigmoid(self.trunk(cond))
+        b = brain[:, None].float()
+        share = (d * b).sum((2, 3, 4)) / b.sum((2, 3, 4))
+        return self.head(torch.cat([tab, share, torch.log(share + 1e-4)], 1))[:, 0]
+
+
+def targets(root: Path, ids: list[str], kind: str) -> np.ndarray:
+    if kind == "latent":
+        lat = json.loads((root / "simulation.json").read_text())["latent"]
+        return np.log(np.array([lat[p]["latent_activity"] for p in ids]))
+    f = pd.read_csv(root / "oracle_inputs.csv").set_index("patient_id").loc[ids, "dawm_fraction"].to_numpy(dtype=float)
+    return np.log(np.maximum(f, 1e-4))
+
+
+def fit(model: Probe, X: tuple, y: np.ndarray, Xv: tuple, yv: np.ndarray, epochs: int, seed: int) -> Probe:
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(seed)
+    best, state = np.inf, None
+    for _ in range(epochs):
+        model.train()
+        for idx in np.array_split(rng.permutation(len(y)), max(len(y) // 16, 1)):
+            opt.zero_grad()
+            loss = ((model(X[0][idx], X[1][idx], X[2][idx]) - torch.from_numpy(y[idx])) ** 2).mean()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            v = float(((model(*Xv) - torch.from_numpy(yv)) ** 2).mean())
+        if v < best:
+            best, state = v, {k: t.clone() for k, t in model.state_dict().items()}
+    model.load_state_dict(state)
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", required=True)
+    ap.add_argument("--dev", required=True)
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--target", default="latent", choices=("latent", "dawm"))
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--maps", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    tp, vp, dp = pickle.loads(Path(a.cache).read_bytes())
+    man = pd.read_csv(Path(a.train) / "manifest.csv")
+    ids = list(man["patient_id"])
+    fit_ids, val_ids = split_patients(ids, list(man["arm"]), 0.1, 0)
+    dev_ids = list(pd.read_csv(Path(a.dev) / "manifest.csv")["patient_id"])
+
+    def arrays(ps: list) -> tuple:
+        return (torch.from_numpy(np.stack([p.cond for p in ps])), torch.from_numpy(np.stack([p.brain for p in ps])),
+                torch.from_numpy(tabular(np.stack([p.tab for p in ps]))))
+
+    Xt, Xv, Xd = arrays(tp), arrays(vp), arrays(dp)
+    mu, sd = Xt[2].mean(0), Xt[2].std(0) + 1e-6
+    Xt, Xv, Xd = [(x[0], x[1], (x[2] - mu) / sd) for x in (Xt, Xv, Xd)]
+    yt, yv, yd = (targets(Path(a.train), list(fit_ids), a.target).astype(np.float32), targets(Path(a.train), list(val_ids), a.target).astype(np.float32),
+                  targets(Path(a.dev), dev_ids, a.target).astype(np.float32))
+    preds = {}
+    for name, images in (("tabular", False), ("images", True)):
+        t0 = time.time()
+        m = fit(Probe(Xt[0].shape[1], Xt[2].shape[1], a.maps, images), Xt, yt, Xv, yv, a.epochs, a.seed)
+        with torch.no_grad():
+            preds[name] = m(*Xd).numpy()
+        print(f"  {name}: {time.time() - t0:.0f} s", flush=True)
+    rng = np.random.default_rng(a.seed)
+    r2 = {k: 1.0 - np.mean((p - yd) ** 2) / np.var(yd) for k, p in preds.items()}
+    boot = []
+    for _ in range(2000):
+        i = rng.integers(0, len(yd), len(yd))
+        v = np.var(yd[i])
+        boot.append([1.0 - np.mean((preds[k][i] - yd[i]) ** 2) / v for k in ("tabular", "images")])
+    boot = np.array(boot)
+    diff = boot[:, 1] - boot[:, 0]
+    print(f"DEV R^2 of log {a.target}: tabular (counts, volume, age) {r2['tabular']:.3f}, with the images {r2['images']:.3f}; "
+          f"gain {r2['images'] - r2['tabular']:+.3f} (bootstrap SE {diff.std(ddof=1):.3f}); n = {len(yd)}")
+
+
+if __name__ == "__main__":
+    main()
