@@ -443,17 +443,17 @@ def _estimands_table(fc: pd.DataFrame, cf_avg: pd.DataFrame, calibrated: pd.Data
     rows: list[dict[str, Any]] = []
 
     def add(quantity: str, df: pd.DataFrame | None, arm_col: str, est: str, lo: str | None, hi: str | None,
-            ok: str = "estimable", note: str = "note") -> None:
+            ok: str = "estimable", note: str = "note", own_method: bool = False) -> None:
         if df is None or df.empty:
             return
         m = (meta or ESTIMANDS)[quantity]
         for r in df.to_dict("records"):
             rows.append({"quantity": quantity, "arm": r[arm_col], "estimate": r[est], "ci_low": r[lo] if lo else np.nan,
                          "ci_high": r[hi] if hi else np.nan, "estimand": m["estimand"], "conditional_on": m["conditional_on"],
-                         "ci_method": r.get("ci_method") or m["ci_method"],  # a row's own method (the forecast RR's depends on n)
+                         "ci_method": (r.get("ci_method") if own_method else None) or m["ci_method"],  # the forecast RR's depends on n
                          "estimable": bool(r.get(ok, True)), "note": r.get(note, "") or ""})
 
-    add("forecast_rate_ratio", fc, "term", "rate_ratio", "ci_low", "ci_high")
+    add("forecast_rate_ratio", fc, "term", "rate_ratio", "ci_low", "ci_high", own_method=True)
     add("counterfactual_ratio_of_means", cf_avg, "arm", "ratio_of_means", "ratio_ci_low", "ratio_ci_high")
     add("counterfactual_mean_difference", cf_avg, "arm", "mean_difference", "difference_ci_low", "difference_ci_high",
         ok="difference_estimable", note="difference_note")

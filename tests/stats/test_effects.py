@@ -108,6 +108,11 @@ def test_effects_cli_end_to_end(small_trial: tuple[Path, Path], tmp_path: Path, 
     est = pd.read_csv(out / "estimands.csv")
     assert {"quantity", "arm", "estimate", "estimand", "conditional_on", "estimable", "note"} <= set(est.columns)
     assert {"forecast_rate_ratio", "counterfactual_ratio_of_means", "heterogeneity_interaction"} <= set(est["quantity"])
+    # each quantity names its own interval: 8 per arm -> the forecast RR's randomization interval, in the table and in effects.json
+    how = est.groupby("quantity")["ci_method"].first()
+    assert "permutation" in how["forecast_rate_ratio"] and how["forecast_rate_ratio"] == summary["forecast_model"]["pooling"]
+    assert how["counterfactual_mean_difference"] == "normal approximation over patients"
+    assert "kurtosis" in how["counterfactual_ratio_of_means"]
     # 8 patients per arm: every responder stratum is below the 10-per-arm minimum, flagged, no number
     rs = pd.read_csv(out / "responders.csv")
     small = rs[rs["stratum"] != "all"]
