@@ -63,7 +63,8 @@ def forecast(n_trials: int = 300, kinds: tuple[str, ...] = ("oracle", "overdispe
     for kind in kinds:
         d = forecast_trials(n_trials, kind=kind, patients_per_arm=100, samples=10, seed0=400_000, heldout_per_arm=100)
         row = {"forecaster": kind, "trials": len(d)}
-        for c in ("forecast_covers_law", "forecast_covers_truth", "rubin_covers_law", "cf_covers_law", "cf_covers_truth", "cal_covers_truth"):
+        for c in ("forecast_covers_law", "forecast_perm_covers_law", "forecast_covers_truth", "rubin_covers_law", "cf_covers_law", "cf_covers_truth",
+                  "cal_covers_truth"):
             row[c] = float(d[c].mean())
         row["mc_se_at_95"] = _mc(0.95, len(d))
         row["forecast_se_over_empirical_sd"] = float(d["forecast_se"].mean() / np.log(d["forecast_rr"]).std(ddof=1))
