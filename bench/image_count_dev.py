@@ -65,9 +65,11 @@ def main() -> None:
     ap.add_argument("--cache", default="", help="pickle of the loaded arrays (made when absent)")
     ap.add_argument("--variants", default="model,no_images")
     ap.add_argument("--count-only", action="store_true", help="train and score the count pathway alone")
+    ap.add_argument("--mtr", action="store_true", help="add the cohorts' MTR map as an input channel (cohorts simulated with --mtr)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     trains, dv = [read_cohort(t) for t in a.train.split(",")], read_cohort(a.dev)
+    inputs = IMAGE_CHANNELS + MASK_CHANNELS + (("mtr",) if a.mtr else ())
     arms = list(trains[0].arms["arm"])
     cache = Path(a.out).with_suffix(".arrays.pkl") if not a.cache else Path(a.cache)
     train_p, val_p, dev_p, feat_tabs = [], [], None, []
@@ -80,8 +82,8 @@ def main() -> None:
         if ck.is_file():
             tp, vp, dp = pickle.loads(ck.read_bytes())
         else:
-            tp, vp = load_arrays(tr, fit_ids, arms), load_arrays(tr, val_ids, arms)
-            dp = load_arrays(dv, dv.patient_ids, arms) if k == 0 else None
+            tp, vp = load_arrays(tr, fit_ids, arms, inputs=inputs), load_arrays(tr, val_ids, arms, inputs=inputs)
+            dp = load_arrays(dv, dv.patient_ids, arms, inputs=inputs) if k == 0 else None
             ck.write_bytes(pickle.dumps((tp, vp, dp)))
         dev_p = dp if k == 0 else dev_p
         train_p, val_p = train_p + tp, val_p + vp
@@ -89,10 +91,10 @@ def main() -> None:
         f = baseline_features(tr, ids, outcome=False)
         feat_tabs.append(f.assign(_arrays=[amap[i] for i in f.patient_id]))
     print(f"loaded {len(train_p)}+{len(val_p)} train ({len(trains)} trials), {len(dev_p)} dev in {time.time() - t0:.0f}s", flush=True)
-    C = len(IMAGE_CHANNELS) + len(MASK_CHANNELS)
+    C = len(inputs)
     res: dict = {"n_train": len(train_p), "n_val": len(val_p), "n_dev": len(dev_p)}
     nets = {}
-    variants = {"model": (), "no_images": tuple(range(len(IMAGE_CHANNELS)))}
+    variants = {"model": (), "no_images": tuple(j for j, c in enumerate(inputs) if c not in MASK_CHANNELS)}  # every image channel zeroed
     for name, zero in ((k, variants[k]) for k in a.variants.split(",")):
         net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden)
         t0 = time.time()

@@ -10,7 +10,8 @@ network cannot beat the tabular one, no unsupervised forecaster can get the coun
 
     PYTHONPATH=. .venv/bin/python bench/image_signal_probe.py --train TRAIN --dev DEV --cache ARRAYS.pkl [--target latent|dawm]
 
-(ARRAYS.pkl: the arrays `bench/image_count_dev.py` / `bench/readable_oracle.py` cache for the same TRAIN/DEV.)
+(ARRAYS.pkl: the arrays `bench/readable_oracle.py` caches for the same TRAIN/DEV, made here when absent; `--mtr` adds the
+cohort's MTR map as a channel -- give such a run its own cache file.)
 `--target dawm` regresses the log DAWM share (oracle_inputs.csv) instead: the image channel's own quantity.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import time
 from pathlib import Path
 
@@ -27,8 +27,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from bench.readable_oracle import DEFAULT_INPUTS, load_or_cache
 from forecast.data import split_patients
 from forecast.image_count import tabular
+from mseval.io.cohort import read_cohort
 
 
 class Probe(nn.Module):
@@ -86,13 +88,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--maps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mtr", action="store_true", help="add the cohort's MTR map as an input channel (a cohort simulated with --mtr)")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    tp, vp, dp = pickle.loads(Path(a.cache).read_bytes())
-    man = pd.read_csv(Path(a.train) / "manifest.csv")
-    ids = list(man["patient_id"])
-    fit_ids, val_ids = split_patients(ids, list(man["arm"]), 0.1, 0)
-    dev_ids = list(pd.read_csv(Path(a.dev) / "manifest.csv")["patient_id"])
+    tr, dv = read_cohort(a.train), read_cohort(a.dev)
+    ids = list(tr.patient_ids)
+    arm_of = tr.manifest.set_index("patient_id")["arm"]
+    fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)
+    dev_ids = list(dv.patient_ids)
+    inputs = DEFAULT_INPUTS + (("mtr",) if a.mtr else ())
+    tp, vp, dp = load_or_cache(tr, dv, Path(a.cache), fit_ids, val_ids, list(tr.arms["arm"]), inputs)
 
     def arrays(ps: list) -> tuple:
         return (torch.from_numpy(np.stack([p.cond for p in ps])), torch.from_numpy(np.stack([p.brain for p in ps])),

@@ -39,12 +39,16 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from forecast.data import split_patients
-from forecast.image_count_data import load_arrays, visit_horizons
-from mseval.io.cohort import read_cohort
+from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_horizons
+from mseval.io.cohort import Cohort, read_cohort
 from mseval.lesions.baseline_features import baseline_features
 from mseval.metrics.calibration import crps_pmf
 from mseval.simulate.observable_oracle import ModelParams, observable_pmf
 from mseval.stats.baseline_nb2 import fit_nb2_baseline
+
+
+DEFAULT_INPUTS = IMAGE_CHANNELS + MASK_CHANNELS
+"""cond channels: the five sequences, then the T2 and Gd+ masks (index 5: the T2 lesion mask); optional images after."""
 
 
 def flair_proxy(p) -> float:  # noqa: ANN001  (forecast.image_count_data arrays)
@@ -57,6 +61,16 @@ def flair_proxy(p) -> float:  # noqa: ANN001  (forecast.image_count_data arrays)
     med = np.median(x)
     mad = np.median(np.abs(x - med)) * 1.4826
     return float(np.log(np.mean((x - med) / mad > 2.0) + 1e-3))
+
+
+def load_or_cache(tr: Cohort, dv: Cohort, cache: Path, fit_ids: list, val_ids: list, arms: list, inputs: tuple = DEFAULT_INPUTS) -> tuple:
+    """(TRAIN fitted, TRAIN held-out, DEV) arrays of `forecast.image_count_data.load_arrays`, pickled at `cache` (read when present)."""
+    if cache.is_file():
+        return pickle.loads(cache.read_bytes())
+    out = (load_arrays(tr, fit_ids, arms, inputs=inputs), load_arrays(tr, val_ids, arms, inputs=inputs),
+           load_arrays(dv, dv.patient_ids, arms, inputs=inputs))
+    cache.write_bytes(pickle.dumps(out))
+    return out
 
 
 def latent(root: Path, patient_ids: pd.Series) -> np.ndarray:
@@ -82,12 +96,7 @@ def main() -> None:
     ids = tr.patient_ids
     arm_of = tr.manifest.set_index("patient_id")["arm"]
     fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)
-    ck = Path(a.cache)
-    if ck.is_file():
-        tp, vp, dp = pickle.loads(ck.read_bytes())
-    else:
-        tp, vp, dp = load_arrays(tr, fit_ids, arms), load_arrays(tr, val_ids, arms), load_arrays(dv, dv.patient_ids, arms)
-        ck.write_bytes(pickle.dumps((tp, vp, dp)))
+    tp, vp, dp = load_or_cache(tr, dv, Path(a.cache), fit_ids, val_ids, arms)
     amap = dict(zip(list(fit_ids) + list(val_ids), tp + vp))
     cfg = json.loads((Path(a.dev) / "simulation.json").read_text())["config"]
     params = ModelParams.from_config(cfg)

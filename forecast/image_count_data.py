@@ -26,6 +26,9 @@ from mseval.units import WEEKS_PER_YEAR
 
 IMAGE_CHANNELS = ("t1", "t2", "flair", "pd", "t1gd")
 MASK_CHANNELS = ("t2_lesion_mask", "gd_lesion_mask")
+OPTIONAL_IMAGE_CHANNELS = ("mtr",)
+"""Images a cohort may hold beside the five sequences (the simulator's `--mtr` map: magnetization transfer ratio,
+lower at future lesion sites); z-scored inside the brain like the others when named in `inputs`."""
 
 
 def visit_horizons(cohort: Cohort) -> tuple[str, ...]:
@@ -36,6 +39,24 @@ def visit_horizons(cohort: Cohort) -> tuple[str, ...]:
     return tuple(str(x) for x in v["visit"])
 
 
+def _baseline_volumes(cohort: Cohort, pid: str, fields: Sequence[str]) -> dict:
+    """The patient's baseline files: manifest.csv's, and an optional image (e.g. `mtr`) from the baseline row of
+    visits.csv. InputError naming the channel when the cohort does not hold one the inputs need."""
+    vols = cohort.load_patient(pid, tuple(fields))
+    missing = [f for f in fields if f not in vols]
+    if missing and cohort.visits is not None:
+        rows = cohort.visit_rows(pid)
+        base = rows[rows["visit_index"] == 0]
+        if len(base):
+            extra = cohort.load_visit(pid, str(base["visit"].iloc[0]))
+            vols.update({f: extra[f] for f in missing if f in extra})
+    missing = [f for f in fields if f not in vols]
+    if missing:
+        raise InputError(cohort.root / "manifest.csv", f"patient {pid!r} has no baseline {', '.join(missing)} image; the model's inputs need "
+                         f"{', '.join(fields[1:])}", field=missing[0])
+    return vols
+
+
 def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str], *, inputs: Sequence[str] = IMAGE_CHANNELS + MASK_CHANNELS,
                 with_targets: bool = True, progress: Callable[[int, int], None] | None = None) -> list[PatientArrays]:
     """One `PatientArrays` per patient (cond channels in `inputs` order). Without targets, counts are
@@ -44,9 +65,9 @@ def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str],
     visits = visit_horizons(cohort) if with_targets else ()
     out = []
     for n, pid in enumerate(patient_ids):
-        vols = cohort.load_patient(pid, ("brain_mask", *inputs))
+        vols = _baseline_volumes(cohort, pid, ("brain_mask", *inputs))
         brain = vols["brain_mask"].data > 0
-        cond = np.stack([normalize_image(vols[c].data, brain) if c in IMAGE_CHANNELS else (vols[c].data > 0).astype(np.float32)
+        cond = np.stack([normalize_image(vols[c].data, brain) if c in IMAGE_CHANNELS + OPTIONAL_IMAGE_CHANNELS else (vols[c].data > 0).astype(np.float32)
                          for c in inputs]).astype(np.float32)
         row = feats.loc[pid]
         tab = np.array([row[f] for f in FEATURES], dtype=np.float64)
@@ -72,4 +93,4 @@ def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str],
     return out
 
 
-__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "load_arrays", "visit_horizons"]
+__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "load_arrays", "visit_horizons"]

@@ -170,3 +170,27 @@ def test_count_only_fit_trains_the_count_pathway_alone(arrays) -> None:
         m1, _, lg = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
         m2, _, _ = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"])
     assert lg is None and torch.equal(m1, m2)
+
+
+def test_an_optional_mtr_map_is_read_as_an_image(tmp_path: Path) -> None:
+    """A cohort simulated with --mtr: `inputs` may name its MTR map, which is z-scored inside the brain like the
+    sequences (not read as a 0/1 mask), and it is lower at the visible pre-lesional sites."""
+    from forecast.image_count_data import OPTIONAL_IMAGE_CHANNELS
+    from mseval.simulate.model import TrialConfig
+    from mseval.simulate.trial import simulate_trial
+
+    assert "mtr" in OPTIONAL_IMAGE_CHANNELS
+    out = tmp_path / "mtr"
+    simulate_trial(out, TrialConfig(patients_per_arm=1, shape=(20, 24, 20), seed=6, mtr=True))
+    c = read_cohort(out)
+    p = load_arrays(c, c.patient_ids[:2], list(c.arms["arm"]), inputs=IMAGE_CHANNELS + MASK_CHANNELS + ("mtr",))[0]
+    m = p.cond[-1][p.brain]
+    assert p.cond.shape[0] == len(IMAGE_CHANNELS) + len(MASK_CHANNELS) + 1
+    assert abs(float(m.mean())) < 1e-3 and abs(float(m.std()) - 1.0) < 1e-2 and len(np.unique(m)) > 100
+
+
+def test_inputs_naming_an_image_the_cohort_lacks_are_refused_naming_it(multi_visit: Path) -> None:
+    c = read_cohort(multi_visit)
+    with pytest.raises(InputError, match="no baseline mtr image") as e:
+        load_arrays(c, c.patient_ids[:1], list(c.arms["arm"]), inputs=IMAGE_CHANNELS + ("mtr",))
+    assert e.value.field == "mtr" and "\n" not in e.value.message
