@@ -35,7 +35,7 @@ from mseval.metrics.calibration import crps_pmf
 from mseval.simulate.counts_only import simulate_count_trial
 from mseval.simulate.model import WEEKS_PER_YEAR, TrialConfig
 from mseval.simulate.observable_oracle import ModelParams, observable_pmf
-from mseval.stats.baseline_nb2 import fit_flexible_baseline, fit_nb2_baseline
+from mseval.stats.baseline_nb2 import TENSOR_FORMULA, fit_flexible_baseline, fit_nb2_baseline
 
 OFF = dict(prelesion_fraction=0.0, dawm_strength=0.0)
 
@@ -47,7 +47,7 @@ def window(tr, visit: int) -> pd.DataFrame:
     return t
 
 
-def images_matter(cfg: TrialConfig, reps: int, seed0: int, train_per_arm: int = 400) -> pd.DataFrame:
+def images_matter(cfg: TrialConfig, reps: int, seed0: int, train_per_arm: int = 400, formula: str | None = None) -> pd.DataFrame:
     """Per rep and visit: CRPS / AUC of the observable oracle, the counts-only oracle, the simple NB2 baseline
     and the flexible NB2 baseline (dispersion model), both fitted on a `train_per_arm` x 6 training trial
     (seed seed0 + k); test trial 240 patients (seed seed0 + 500 + k)."""
@@ -63,7 +63,7 @@ def images_matter(cfg: TrialConfig, reps: int, seed0: int, train_per_arm: int = 
             # exact, since marginalising the visible sites leaves the count Poisson(lambda rho T) given u
             pc = observable_pmf(te.assign(prelesional_sites=0), ModelParams.from_config(replace(cfg, prelesion_fraction=0.0, dawm_strength=0.0)))
             pb = fit_nb2_baseline(tr, reference="placebo").pmf(te)
-            flex = fit_flexible_baseline(tr, reference="placebo")
+            flex = fit_flexible_baseline(tr, reference="placebo", **({"formula": formula} if formula else {}))
             pf = flex.pmf(te)
             co, cb, cc, cf = crps_pmf(po, y), crps_pmf(pb, y), crps_pmf(pc, y), crps_pmf(pf, y)
             d = co - cb
@@ -206,6 +206,8 @@ def main() -> None:
     ap.add_argument("--location-seed", type=int, default=5202,
                     help="the location trial's seed (5200 and 5201 were reported at load_preference 6; 5202 is the first at 9)")
     ap.add_argument("--train-per-arm", type=int, default=1000, help="training trial size per arm for the NB2 baselines")
+    ap.add_argument("--flexible-formula", default="shipped", choices=("shipped", "tensor"),
+                    help="the flexible baseline's mean: baseline_nb2.FLEXIBLE_FORMULA (shipped) or TENSOR_FORMULA (rule R14's candidate)")
     ap.add_argument("--worlds", default="default,image_knobs_off,image_knobs_off_no_effect_heterogeneity,image_knobs_off_no_effect_heterogeneity_poisson_t2")
     ap.add_argument("--parts", default="images,realism,size,location",
                     help="comma-separated parts to run; results merge into OUT/world.json")
@@ -222,7 +224,7 @@ def main() -> None:
                          replace(cfg, **OFF, response_sd=0.0, modifier=0.0, t2_count_dispersion=0.0))):
             if name not in a.worlds.split(","):
                 continue
-            r = images_matter(c, a.reps, a.images_seed, a.train_per_arm)
+            r = images_matter(c, a.reps, a.images_seed, a.train_per_arm, TENSOR_FORMULA if a.flexible_formula == "tensor" else None)
             r.to_csv(a.out / f"images_matter_{name}.csv", index=False)
             g = r.groupby("visit", sort=False).agg(crps_oracle=("crps_oracle", "mean"), crps_nb2=("crps_nb2", "mean"), diff=("diff", "mean"),
                                                    diff_se_trial=("diff_se", "mean"), rel_gain=("rel_gain", "mean"),
