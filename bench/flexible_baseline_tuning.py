@@ -22,13 +22,13 @@ from mseval.metrics.calibration import crps_pmf
 from mseval.simulate.counts_only import simulate_count_trial
 from mseval.simulate.model import TrialConfig
 from mseval.simulate.observable_oracle import ModelParams, observable_pmf
-from mseval.stats.baseline_nb2 import FLEXIBLE_DISPERSION, FLEXIBLE_FORMULA, fit_flexible_baseline
+from mseval.stats.baseline_nb2 import FLEXIBLE_DISPERSION, SPLINE_FORMULA, fit_flexible_baseline
 
 OFF = dict(prelesion_fraction=0.0, dawm_strength=0.0)
 _S = "cr(np.log1p(gd_count), df={d}, constraints='center') + cr(np.log(t2_count), df={d}, constraints='center')"
 _X = " + np.log1p(gd_count):np.log(t2_count) + np.log1p(gd_count):age + np.log(t2_count):age + np.log(t2_volume_mm3)"
 CANDIDATES = {
-    "current": (FLEXIBLE_FORMULA, FLEXIBLE_DISPERSION),
+    "current": (SPLINE_FORMULA, FLEXIBLE_DISPERSION),  # the default before rule R14 ("tensor_novol" since)
     "age2": ("net2 ~ arm * (age + I((age - 37) ** 2)) + " + _S.format(d=3) + _X, FLEXIBLE_DISPERSION),
     "age2_df4": ("net2 ~ arm * (age + I((age - 37) ** 2)) + " + _S.format(d=4) + _X, FLEXIBLE_DISPERSION),
     "age2_disp_age": ("net2 ~ arm * (age + I((age - 37) ** 2)) + " + _S.format(d=3) + _X, FLEXIBLE_DISPERSION + " + arm:age"),
@@ -36,8 +36,8 @@ CANDIDATES = {
                " + np.log1p(gd_count):age + np.log(t2_count):age + np.log(t2_volume_mm3)", FLEXIBLE_DISPERSION),
     "tensor_novol": ("net2 ~ arm * age + te(cr(np.log1p(gd_count), df=3), cr(np.log(t2_count), df=3), constraints='center')"
                      " + np.log1p(gd_count):age + np.log(t2_count):age", FLEXIBLE_DISPERSION),
-    "novol": (FLEXIBLE_FORMULA.replace(" + np.log(t2_volume_mm3)", ""), FLEXIBLE_DISPERSION),
-    "lowcells": (FLEXIBLE_FORMULA + " + I(gd_count == 0):I(t2_count <= 2) + I(gd_count == 1):I(t2_count <= 2)", FLEXIBLE_DISPERSION),
+    "novol": (SPLINE_FORMULA.replace(" + np.log(t2_volume_mm3)", ""), FLEXIBLE_DISPERSION),
+    "lowcells": (SPLINE_FORMULA + " + I(gd_count == 0):I(t2_count <= 2) + I(gd_count == 1):I(t2_count <= 2)", FLEXIBLE_DISPERSION),
 }
 
 

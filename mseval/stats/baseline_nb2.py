@@ -85,20 +85,22 @@ def fit_nb2_baseline(train: pd.DataFrame, *, formula: str = BASELINE_FORMULA, re
     return NB2Baseline(fit, trained_on, int(fit.n))
 
 
-FLEXIBLE_FORMULA = ("net2 ~ arm * age + cr(np.log1p(gd_count), df=3, constraints='center') + cr(np.log(t2_count), df=3, constraints='center') + np.log1p(gd_count):np.log(t2_count)"
-                    " + np.log1p(gd_count):age + np.log(t2_count):age + np.log(t2_volume_mm3)")
-"""The flexible baseline's mean: the same count features, with natural cubic splines (patsy `cr`, knots at
-the training quantiles, centred so the intercept stays identifiable) in log(1 + Gd+) and log T2 count, their product (each informs the same latent
-rate: the Bayes mean is not additive in them), their interactions with age (the prior rate falls with
-age, so the weight the counts get changes with it), and an arm x age interaction (treatment effects
-that shrink with age). Chosen on tuning seeds 3000-3502 (bench/RESULTS_world.md), never on a reported trial."""
+SPLINE_FORMULA = ("net2 ~ arm * age + cr(np.log1p(gd_count), df=3, constraints='center') + cr(np.log(t2_count), df=3, constraints='center') + np.log1p(gd_count):np.log(t2_count)"
+                  " + np.log1p(gd_count):age + np.log(t2_count):age + np.log(t2_volume_mm3)")
+"""The flexible baseline's mean until rule R14 (2026-12-07): natural cubic splines (patsy `cr`) in log(1 + Gd+) and log T2
+count, their product, their interactions with age, arm x age, and log T2 volume. Chosen on tuning seeds 3000-3502."""
 
-TENSOR_FORMULA = ("net2 ~ arm * age + te(cr(np.log1p(gd_count), df=3), cr(np.log(t2_count), df=3), constraints='center')"
-                  " + np.log1p(gd_count):age + np.log(t2_count):age")
-"""A candidate mean (rule R14, bench/RESULTS_world.md): a tensor-product spline in log(1 + Gd+) and log T2 count in place
-of the two splines and their product, without log T2 volume (given the counts it carries no information on the latent
-rate: volumes are drawn from laws free of it). Better than `FLEXIBLE_FORMULA` on tuning seeds with a 24,000-patient
-training trial (0.54% vs 0.82% from the counts-only Bayes law), not with 6,000 (0.85% vs 0.92%)."""
+FLEXIBLE_FORMULA = ("net2 ~ arm * age + te(cr(np.log1p(gd_count), df=3), cr(np.log(t2_count), df=3), constraints='center')"
+                    " + np.log1p(gd_count):age + np.log(t2_count):age")
+"""The flexible baseline's mean: the same count features, with a tensor-product natural cubic spline (patsy `te` of two
+`cr` bases, knots at the training quantiles, centred so the intercept stays identifiable) in log(1 + Gd+) and log T2
+count -- each informs the same latent rate, so the Bayes mean is a surface in the two, not a sum --, their interactions
+with age (the prior rate falls with age, so the weight the counts get changes with it), and an arm x age interaction
+(treatment effects that shrink with age). No log T2 volume: given the counts it carries nothing on the latent rate
+(volumes are drawn from laws free of it) and only adds estimation noise. Chosen on tuning seeds (3700-3702 / 3750-3752:
+0.54% from the counts-only Bayes law with a 24,000-patient training trial, against 0.82% for `SPLINE_FORMULA`) and
+adopted by rule R14 on fresh seeds (bench/RESULTS_world.md); fit it on a training trial of that size: at 6,000 patients
+the two formulas are alike (0.85% vs 0.92%)."""
 
 FLEXIBLE_DISPERSION = "arm + np.log1p(gd_count) + np.log(t2_count)"
 """The flexible baseline's log dispersion: one level per arm (treated arms are more overdispersed when

@@ -106,8 +106,8 @@ def test_flexible_baseline_law_is_the_fitted_double_glm(count_trial):
 def test_flexible_baseline_is_closer_to_the_counts_only_oracle_than_the_simple_one():
     """In the world with its image channels off, the counts-only Bayes law is the best any count-feature
     model can do. On a new trial (1,200 patients) the flexible baseline (fitted on 2,400) scores a lower
-    CRPS than the simple NB2 (paired, 3 SE) -- its spline mean, Gd+ x T2 product, arm x age and dispersion
-    model are what the simple formula lacks -- and stays within 4% of the oracle's CRPS."""
+    CRPS than the simple NB2 (paired, 3 SE) -- its tensor-spline surface in Gd+ and T2 counts, arm x age and
+    dispersion model are what the simple formula lacks -- and stays within 4% of the oracle's CRPS."""
     from dataclasses import replace
 
     from mseval.simulate.counts_only import simulate_count_trial
