@@ -18,15 +18,10 @@ from forecast.image_count_data import visit_horizons
 from mseval.lesions.baseline_features import baseline_features
 from mseval.metrics.calibration import crps_pmf
 from mseval.stats.baseline_nb2 import fit_nb2_baseline, BASELINE_FORMULA
+from bench.readable_oracle import tail_share
 train_p, val_p, dev_p = pickle.loads(open("/work/exp21/arrays.pkl", "rb").read())
 def probe(p):
-    b = p.brain & (p.cond[5] == 0)
-    t1 = p.cond[0]; wm = b & (t1 > np.quantile(t1[b], 0.6))
-    out = {}
-    for ch, nm in ((2, "fl"), (3, "pd"), (0, "t1")):
-        x = p.cond[ch][wm]; med = np.median(x); mad = np.median(np.abs(x - med)) * 1.4826
-        out[nm] = np.log(np.mean((x - med) / mad > 2.0) + 1e-3) if nm != "t1" else np.log(np.mean((x - med) / mad < -2.0) + 1e-3)
-    return out
+    return {nm: tail_share(p, ch, sign) for ch, nm, sign in ((2, "fl", 1.0), (3, "pd", 1.0), (0, "t1", -1.0))}
 tr, dv = read_cohort("/work/exp21/train"), read_cohort("/work/exp21/dev")
 ids = tr.patient_ids; arm_of = tr.manifest.set_index("patient_id")["arm"]
 fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)

@@ -51,16 +51,21 @@ DEFAULT_INPUTS = IMAGE_CHANNELS + MASK_CHANNELS
 """cond channels: the five sequences, then the T2 and Gd+ masks (index 5: the T2 lesion mask); optional images after."""
 
 
-def flair_proxy(p) -> float:  # noqa: ANN001  (forecast.image_count_data arrays)
-    """log share of lesion-free white-matter voxels (brain voxels above the 60th T1 percentile) whose FLAIR is more
-    than 2 MAD above the patient's white-matter median (as bench/image_count_probe.py)."""
+def tail_share(p, channel: int = 2, sign: float = 1.0) -> float:  # noqa: ANN001  (forecast.image_count_data arrays)
+    """log share of lesion-free white-matter voxels (brain voxels above the 60th T1 percentile) whose cond[channel] is
+    more than 2 MAD above (sign 1; below: sign -1) the patient's white-matter median. Default: the FLAIR proxy."""
     b = p.brain & (p.cond[5] == 0)
     t1 = p.cond[0]
     wm = b & (t1 > np.quantile(t1[b], 0.6))
-    x = p.cond[2][wm]
+    x = p.cond[channel][wm]
     med = np.median(x)
     mad = np.median(np.abs(x - med)) * 1.4826
-    return float(np.log(np.mean((x - med) / mad > 2.0) + 1e-3))
+    return float(np.log(np.mean(sign * (x - med) / mad > 2.0) + 1e-3))
+
+
+def flair_proxy(p) -> float:  # noqa: ANN001
+    """The FLAIR summary this bench reads (`tail_share` of channel 2, as bench/image_count_probe.py's `fl`)."""
+    return tail_share(p, 2, 1.0)
 
 
 def load_or_cache(tr: Cohort, dv: Cohort, cache: Path, fit_ids: list, val_ids: list, arms: list, inputs: tuple = DEFAULT_INPUTS) -> tuple:

@@ -85,13 +85,15 @@ def counterfactual_effects(means: pd.DataFrame, reference: str) -> Counterfactua
         md, sd = float(diff.mean()), float(diff.std(ddof=1)) if n > 1 else 0.0
         a_sum, r_sum = float(wide[arm].sum()), float(ref.sum())
         rom = a_sum / r_sum if r_sum > 0 else np.nan
-        # delta method for log(mean_a / mean_r) with paired patients
-        va, vr = wide[arm].var(ddof=1), ref.var(ddof=1)
-        cov = np.cov(wide[arm], ref, ddof=1)[0, 1] if n > 1 else 0.0
+        # delta method for log(mean_a / mean_r) with paired patients: the influence values psi_i and their variance / n,
+        # with a t critical value from psi's kurtosis (`influence_t`): se_log is noisy when rates are heavy-tailed
         ma, mr = wide[arm].mean(), ref.mean()
-        se_log = np.sqrt(max(va / ma**2 + vr / mr**2 - 2 * cov / (ma * mr), 0.0) / n) if ma > 0 and mr > 0 else np.nan
-        # t with the Satterthwaite df of the influence values (`influence_t`): se_log is noisy when rates are heavy-tailed
-        crit, df_ratio = t_critical((wide[arm] - ma) / ma - (ref - mr) / mr) if ma > 0 and mr > 0 and n > 2 else (z, np.nan)
+        se_log, crit, df_ratio = np.nan, z, np.nan
+        if ma > 0 and mr > 0:
+            psi = ((wide[arm] - ma) / ma - (ref - mr) / mr).to_numpy(dtype=float)
+            se_log = float(np.sqrt(psi.var(ddof=1) / n)) if n > 1 else np.nan
+            if n > 2:
+                crit, df_ratio = t_critical(psi)
         q = np.quantile(diff, [0.1, 0.5, 0.9])
         avg.append({
             "arm": arm, "n": n, "mean_difference": md, "difference_ci_low": md - z * sd / np.sqrt(n), "difference_ci_high": md + z * sd / np.sqrt(n),

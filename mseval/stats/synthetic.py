@@ -305,7 +305,7 @@ def _permutation_rows(out: pd.DataFrame, tab: pd.DataFrame, y: np.ndarray, formu
     the patients' forecast totals (y (n, M) in the order of tab's rows); returns a note ('' when done).
     A formula the permutation test cannot take (the arm not a main effect, ...) keeps the sandwich, with a note."""
     lhs = formula.split("~", 1)[0].strip()
-    n, M = y.shape
+    M = y.shape[1]
     totals = tab.assign(**{lhs: y.sum(axis=1), "_exposure_": tab[offset_years].to_numpy(dtype=float) * M, arm_col: tab[arm_col].astype(str)})
     try:
         res = primary_tests(totals, formula, arm_col, reference, method="permutation", offset_col="_exposure_", seed=seed,
