@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from mseval.stats.observed_ci import BOOTSTRAP_REPLICATES
-from mseval.stats.validity import NULL, repeated_trials, summarize
+from mseval.validity.observed import NULL, repeated_trials, summarize
 
 
 def _mc(p: float, n: int) -> float:
@@ -68,7 +68,7 @@ def observed(n_trials: int = 500, seed0: int = 100_000, null_seed0: int = 200_00
 
 
 def forecast(n_trials: int = 300, kinds: tuple[str, ...] = ("oracle", "overdispersed", "biased", "effect_biased")) -> pd.DataFrame:
-    from mseval.stats.forecast_validity import forecast_trials
+    from mseval.validity.forecast import forecast_trials
 
     rows = []
     for kind in kinds:
@@ -86,7 +86,7 @@ def forecast(n_trials: int = 300, kinds: tuple[str, ...] = ("oracle", "overdispe
 
 
 def heterogeneity(n_trials: int = 500) -> dict[str, float]:
-    from mseval.stats.forecast_validity import heterogeneity_trials
+    from mseval.validity.forecast import heterogeneity_trials
 
     null = heterogeneity_trials(n_trials, modifier=0.0, seed0=300_000)
     alt = heterogeneity_trials(n_trials, modifier=0.3, seed0=310_000)
@@ -98,7 +98,7 @@ def heterogeneity(n_trials: int = 500) -> dict[str, float]:
 
 
 def prognostic(n_trials: int = 60, n_power: int = 6, sims: int = 300) -> dict[str, float]:
-    from mseval.stats.forecast_validity import null_prognostic_trials
+    from mseval.validity.forecast import null_prognostic_trials
 
     d = null_prognostic_trials(n_trials, seed0=600_000, n_boot=100)
     inc = ((d["saving_ci_low_pct"] <= 0) & (d["saving_ci_high_pct"] >= 0)).mean()
@@ -117,7 +117,7 @@ def qini(n_trials: int = 200) -> dict[str, float]:
     from mseval.simulate.counts_only import simulate_count_trial
     from mseval.simulate.model import TrialConfig
     from mseval.stats.ensemble_counts import forecast_means
-    from mseval.stats.forecast_validity import DRUG, PLACEBO
+    from mseval.validity.forecast import DRUG, PLACEBO
     from mseval.stats.qini import qini_coefficient
 
     base = TrialConfig(patients_per_arm=100, arms=(PLACEBO, DRUG))
@@ -148,7 +148,7 @@ def qini(n_trials: int = 200) -> dict[str, float]:
 
 def heterogeneity_null(n_trials: int = 200) -> dict[str, float]:
     """Level only: `n_trials` null trials, sandwich and model-based SE on the same fits."""
-    from mseval.stats.forecast_validity import heterogeneity_trials
+    from mseval.validity.forecast import heterogeneity_trials
 
     null = heterogeneity_trials(n_trials, modifier=0.0, seed0=300_000)
     return {"trials": float(n_trials), "null_rejection_rate_sandwich_se": float((null["p_value_sandwich"] < 0.05).mean()),

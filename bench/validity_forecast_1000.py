@@ -6,7 +6,7 @@ fresh two-arm trials per forecaster kind, to separate a real under-coverage from
 """
 import sys, time
 import numpy as np
-from mseval.stats.forecast_validity import forecast_trials
+from mseval.validity.forecast import forecast_trials
 n, kind, seed0 = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 t0 = time.time()
 d = forecast_trials(n, kind=kind, patients_per_arm=100, samples=10, seed0=seed0, heldout_per_arm=100)

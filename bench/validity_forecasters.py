@@ -3,7 +3,7 @@
     PYTHONPATH=. nice .venv/bin/python bench/validity_forecasters.py [--pairs 1000] [--forecasters 10] [--samples 10]
                                                                      [--seed0 800000] [--csv PAIRS.csv]
 
-Train/test pairs (`mseval.stats.forecaster_validity.trained_forecaster_pairs`): an independent
+Train/test pairs (`mseval.validity.forecasters.trained_forecaster_pairs`): an independent
 200-patient training trial and a 2 x 100 test trial (placebo vs dimethyl fumarate, 48 weeks), the
 NB2 forecaster (arm + log1p(gd_count) + age) fitted once (conditional CIs) and on K bootstrap
 resamples (two-level variance), the oracle alone and as K seeded copies. Prints per method the
@@ -21,7 +21,7 @@ import warnings
 
 import pandas as pd
 
-from mseval.stats.forecaster_validity import summarize_pairs, trained_forecaster_pairs
+from mseval.validity.forecasters import summarize_pairs, trained_forecaster_pairs
 
 ACCEPT = ("family_fc", "family_cf", "oracle_fc", "oracle_cf")
 

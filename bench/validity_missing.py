@@ -20,8 +20,8 @@ import numpy as np, pandas as pd
 
 from mseval.simulate.arms import ArmSpec
 from mseval.simulate.model import TrialConfig
-from mseval.stats.missing_validity import coverage_summary, dropout_trials, mean_curve_delta, mnar_trials
-from mseval.stats.validity import PLACEBO
+from mseval.validity.missing import coverage_summary, dropout_trials, mean_curve_delta, mnar_trials
+from mseval.validity.observed import PLACEBO
 
 p = argparse.ArgumentParser()
 p.add_argument("what", choices=["coverage", "mnar"])

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np, pandas as pd
 from mseval.simulate.counts_only import simulate_count_trial, population_rate_ratios
 from mseval.simulate.model import TrialConfig
-from mseval.stats.validity import PLACEBO, DRUG
+from mseval.validity.observed import PLACEBO, DRUG
 n, B, seed0 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 base = TrialConfig(patients_per_arm=100, arms=(PLACEBO, DRUG))
 target = np.log(population_rate_ratios(base)[DRUG.arm])

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np, pandas as pd
 from mseval.simulate.counts_only import simulate_count_trial
 from mseval.simulate.model import TrialConfig
-from mseval.stats.validity import PLACEBO, DRUG
+from mseval.validity.observed import PLACEBO, DRUG
 from mseval.simulate.counts_only import population_rate_ratios
 from mseval.stats.small_sample import primary_tests
 n, disp = int(sys.argv[1]), sys.argv[2]

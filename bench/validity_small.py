@@ -3,7 +3,7 @@ prognostic trials, 1 simulated-power design), per-trial tables written to <prefi
 trees (e.g. a fitter change) trial by trial: `PYTHONPATH=<tree> python bench/validity_small.py <prefix>`."""
 import sys, time, warnings
 warnings.simplefilter("ignore")
-from mseval.stats.forecast_validity import forecast_trials, heterogeneity_trials, null_prognostic_trials
+from mseval.validity.forecast import forecast_trials, heterogeneity_trials, null_prognostic_trials
 out = sys.argv[1]
 t0 = time.perf_counter()
 forecast_trials(20, kind="overdispersed", patients_per_arm=100, samples=10, seed0=400_000, heldout_per_arm=100).to_csv(f"{out}_fc.csv", index=False)

@@ -37,12 +37,15 @@ columns), in `estimands.csv` (one row per arm x quantity) and in effects.json (`
   from the forecasts (an assumption).
 
 Tables written to OUT (atomically, all or nothing):
-    primary_endpoint.csv        rate ratios vs the reference, side by side: observed (NB2), forecast
-                                (NB2 on the fully synthetic samples), counterfactual (ratio of
-                                ensemble means over all patients) [+ truth when simulated]
+    primary_endpoint.csv        rate ratios vs the reference, side by side: observed (NB2; CI and p from
+                                `--observed-ci`, by default the studentized bootstrap below 1,000 per
+                                arm: `observed_ci_method`), forecast (NB2 on the fully synthetic
+                                samples), counterfactual (ratio of ensemble means over all patients)
+                                [+ truth when simulated]
     estimands.csv               one row per arm x forecast-derived quantity: estimate, CI, estimand,
                                 conditional_on, ci_method, estimable, note
-    rate_ratios_observed.csv    every term of the observed NB2 model (incl. covariates), estimable + note
+    rate_ratios_observed.csv    every term of the observed NB2 model (incl. covariates), estimable + note;
+                                model-based Wald CIs with `cov` (expected: R's glm.nb summary)
     rate_ratios_forecast.csv    every term of the forecast NB2 model (two-level over K forecasters when K > 1)
     rate_ratios_forecast_conditional.csv, counterfactual_average_conditional.csv, forecasters.csv
                                 (K > 1) the K forecasters' samples pooled as one, conditional CIs; per forecaster x arm
@@ -106,6 +109,7 @@ from mseval.stats import power as PW
 from mseval.stats import prognostic as PG
 from mseval.stats import qini as QI
 from mseval.stats import forecaster_variance as FV
+from mseval.stats import observed_ci as OCI
 from mseval.stats import synthetic as SY
 from mseval.stats.counterfactual import calibrated_counterfactual, counterfactual_effects
 from mseval.stats.ensemble_counts import check_counts, forecast_means
@@ -132,6 +136,11 @@ class EffectsSettings:
     prognostic_bootstrap: int = 200
     heldout_patients: tuple[str, ...] = ()
     forecaster_variance: str = "auto"
+    observed_ci: str = "auto"
+    """The observed rate ratio's interval and test in the primary endpoint (`mseval.stats.observed_ci`): auto (the
+    studentized bootstrap below 1,000 per arm, sandwich Wald above), bootstrap_t, robust, or model (the NB2 fit's own
+    Wald CI, with `cov`; `rate_ratios_observed.csv` always holds the fit's)."""
+    observed_bootstrap: int = OCI.BOOTSTRAP_REPLICATES
     """auto: two-level when the store holds K > 1 forecasters, conditional otherwise; two-level: required
     (K = 1 is an InputError); conditional: every sample pooled as one forecaster's, CIs conditional on it."""
 
@@ -276,6 +285,9 @@ def run_effects(
         S = check_counts(counts, cohort.patient_ids, arms, counts_file)
         say("observed NB2 model")
         observed = fit_count_model(table, settings.formula, reference=ref, cov=settings.cov, file=str(cohort.root / "manifest.csv"))
+        obs_ci = OCI.observed_intervals(table, observed, method=settings.observed_ci, seed=settings.seed, n_bootstrap=settings.observed_bootstrap,
+                                        file=str(cohort.root / "manifest.csv"))
+        say(f"observed rate ratio interval: {'; '.join(dict.fromkeys(obs_ci['ci_method'])) or 'none (one arm)'}")
         lesion_free = fit_lesion_free(table, reference=ref)
         sap_result = None
         if sap is not None:
@@ -334,7 +346,7 @@ def run_effects(
             prog_table = prog_table.merge(PG.attainable_saving(table, oracle_mean, ref, settings.formula), on="arm", how="left")
         say("power")
         power = power_table(table, means, ref, sims=settings.power_sims, seed=settings.seed)
-        primary = _primary(observed, fc_table, cf_avg, arms, ref, two_level=two_level)
+        primary = _primary(observed, obs_ci, fc_table, cf_avg, arms, ref, two_level=two_level)
         primary = primary.merge(consort[["arm", "randomized", "analysed"]].rename(columns=lambda c: c if c == "arm" else f"n_{c}"), on="arm", how="left")
         estimands = _estimands_table(fc_table, cf_avg, calibrated, het.interaction, qini.area, prog_table, meta=estimands_meta)
         projections = projections_frame(primary, training.table if training.available else None, calibrated, training_note=training.sentence,
@@ -387,7 +399,11 @@ def run_effects(
             "mseval_version": __version__,
             "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": recorded_path(counts_path, out) if counts_path else "counted from the store",
                          "observed_counts": "components of each patient's net2_mask"},
-            "observed_model": observed.model_info(),
+            "observed_model": {**observed.model_info(), "primary_interval": {
+                "ci_method": "; ".join(dict.fromkeys(obs_ci["ci_method"])), "method": "; ".join(dict.fromkeys(obs_ci["method"])),
+                "asked": settings.observed_ci, "bootstrap_replicates": settings.observed_bootstrap, "seed": settings.seed,
+                "note": "primary_endpoint.csv's observed CI and p-value; rate_ratios_observed.csv holds the NB2 fit's own "
+                        f"({settings.cov} information, as R's glm.nb)"}},
             "forecast_model": {"samples": fc.samples, "failed_fits": fc.failed, "outcomes": "fully synthetic (every outcome drawn from the forecaster)",
                                "pooling": estimands_meta["forecast_rate_ratio"]["ci_method"], "note": fc.note, "forecasters": K,
                                "variance": "two-level" if two_level else "conditional on the forecaster" + (
@@ -414,8 +430,11 @@ def run_effects(
     return summary
 
 
-def _primary(observed: Any, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: list[str], reference: str, *, two_level: bool = False) -> pd.DataFrame:
-    o = observed.table.set_index("term")
+def _primary(observed: Any, obs_ci: pd.DataFrame, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: list[str], reference: str, *,
+             two_level: bool = False) -> pd.DataFrame:
+    """One row per compared arm: the observed rate ratio with the interval of `obs_ci` (`observed_ci.observed_intervals`),
+    the forecast and the counterfactual rate ratios with theirs."""
+    o = obs_ci.set_index("arm")
     f = forecast.set_index("term")
     c = cf_avg.set_index("arm")
     rows = []
@@ -425,7 +444,7 @@ def _primary(observed: Any, forecast: pd.DataFrame, cf_avg: pd.DataFrame, arms: 
         rows.append({
             "arm": arm,
             "observed_rate_ratio": o.loc[arm, "rate_ratio"], "observed_ci_low": o.loc[arm, "ci_low"], "observed_ci_high": o.loc[arm, "ci_high"], "observed_p_value": o.loc[arm, "p_value"],
-            "observed_estimable": bool(o.loc[arm, "estimable"]), "observed_note": o.loc[arm, "note"],
+            "observed_estimable": bool(o.loc[arm, "estimable"]), "observed_note": o.loc[arm, "note"], "observed_ci_method": o.loc[arm, "ci_method"],
             "forecast_rate_ratio": f.loc[arm, "rate_ratio"], "forecast_ci_low": f.loc[arm, "ci_low"], "forecast_ci_high": f.loc[arm, "ci_high"],
             "forecast_estimable": bool(f.loc[arm, "estimable"]), "forecast_note": f.loc[arm, "note"],
             "forecast_conditional_on": FV.CONDITIONAL_ON if two_level else SY.CONDITIONAL_ON,

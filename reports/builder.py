@@ -398,7 +398,7 @@ def build_report(
                                             reasons={"forecast RR": fc_why, "counterfactual RR": fc_why})
         figs.append(("forest_plot", F.forest_plot(prim_fig, arms_df, reference=ref),
                      f"NET2 rate ratios vs {labels[ref]} (log scale) with 95% CIs. Filled circles: observed, NB2 regression of each patient's observed NET2 count "
-                     "on arm with offset log(follow-up years). Open squares: forecast, "
+                     f"on arm with offset log(follow-up years), {S.observed_ci_words(ef_summary)} CI. Open squares: forecast, "
                      f"{S.forecast_ci_words((ef_summary.get('forecast_model') or {}).get('pooling', ''))}. Open diamonds: counterfactual, ratio of mean "
                      "forecast counts with every patient under both arms (delta-method CI over patients, t critical value). Forecast and counterfactual CIs are "
                      "conditional on the forecaster: its errors are not in them"

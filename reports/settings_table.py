@@ -107,6 +107,13 @@ def details_json(settings_doc: dict[str, Any]) -> str:
     return json.dumps(settings_doc, indent=1, sort_keys=True, default=str)
 
 
+def observed_ci_words(effects_summary: dict[str, Any]) -> str:
+    """The observed rate ratio's interval in a caption's words, from effects.json `observed_model.primary_interval`
+    (effects run before it existed: the NB2 model-based Wald CI)."""
+    pi = (effects_summary.get("observed_model") or {}).get("primary_interval") or {}
+    return str(pi.get("ci_method") or "Wald, NB2 model-based SE")
+
+
 def forecast_ci_words(pooling: str) -> str:
     """The forecast RR's estimator and interval in a figure caption's words, from effects.json `forecast_model.pooling`."""
     if "permutation" in pooling:

@@ -71,6 +71,10 @@ def effects(
     cov: Annotated[str, typer.Option(help="Standard errors of the observed NB2: 'expected' information (as R's glm.nb), 'observed', or "
                                      "'robust' (patient-level sandwich: valid when treated arms are more overdispersed than the "
                                      "reference, where the model-based CI under-covers; bench/RESULTS.md).")] = "expected",
+    observed_ci: Annotated[str, typer.Option("--observed-ci", help="Interval and p-value of the observed rate ratios in the primary endpoint: "
+                                             "auto (studentized bootstrap below 1,000 patients in the smallest compared arm, sandwich Wald "
+                                             "above: valid when treated arms are more overdispersed), bootstrap-t, robust, or model (the NB2 "
+                                             "fit's own Wald CI with --cov, as R's glm.nb). rate_ratios_observed.csv always holds the fit's.")] = "auto",
     counts: Annotated[Optional[Path], typer.Option(help="Use this counts.parquet instead of counting the store.")] = None,
     connectivity: Connectivity = 26,
     min_volume_mm3: MinVolume = 3.0,
@@ -101,6 +105,10 @@ def effects(
     check_conn(connectivity)
     if cov not in ("expected", "observed", "robust"):
         raise InputError(None, f"--cov must be expected, observed or robust, got {cov!r}", field="cov")
+    from mseval.stats.observed_ci import OBSERVED_CI_METHODS
+
+    if observed_ci.replace("-", "_") not in OBSERVED_CI_METHODS:
+        raise InputError(None, f"--observed-ci must be one of auto, bootstrap-t, robust, model, got {observed_ci!r}", field="observed-ci")
     check_min(min_volume_mm3, "--min-volume-mm3", 0)
     check_min(bootstrap, "--bootstrap", 0)
     check_min(power_sims, "--power-sims", 0)
@@ -126,7 +134,7 @@ def effects(
         heldout = tuple(x.strip() for x in heldout_patients.read_text().splitlines() if x.strip() and x.strip() != "patient_id")
     settings = EffectsSettings(formula=formula, cov=cov, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed,
                                heldout_patients=heldout, min_stratum_per_arm=min_stratum_per_arm,
-                               forecaster_variance=forecaster_variance)
+                               forecaster_variance=forecaster_variance, observed_ci=observed_ci.replace("-", "_"))
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
                               progress=lambda m: typer.echo(f"... {m}", err=True), sap=plan)
@@ -147,6 +155,7 @@ def effects(
         from mseval.sap.text import primary_lines
 
         typer.echo("\n".join(primary_lines(pd.read_csv(out / "sap_primary.csv"), summary["sap"])))
+    typer.echo(f"observed CIs and p-values: {((summary.get('observed_model') or {}).get('primary_interval') or {}).get('ci_method', 'NB2 Wald')}")
     fm = summary.get("forecast_model") or {}
     typer.echo(f"forecast-derived CIs: {fm.get('variance', 'conditional on the forecaster')} ({fm.get('forecasters', 1)} forecasters)")
     typer.echo(f"tables in {out}")

@@ -16,7 +16,7 @@ from mseval.simulate.counts_only import simulate_count_trial
 from mseval.stats.counterfactual import counterfactual_effects
 from mseval.stats.design import design_matrix
 from mseval.stats.ensemble_counts import forecast_means
-from mseval.stats.forecaster_validity import pair_config, summarize_pairs, trained_forecaster_pairs
+from mseval.validity.forecasters import pair_config, summarize_pairs, trained_forecaster_pairs
 from mseval.stats.forecaster_variance import counterfactual_arrays, forecaster_effects, split_forecasters, two_level_combine
 from mseval.stats.nb2_forecaster import draw_family, fit_forecaster_family
 from mseval.stats.synthetic import stacked_sandwich

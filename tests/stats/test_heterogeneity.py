@@ -14,7 +14,7 @@ from mseval.simulate.counts_only import simulate_count_trial
 from mseval.simulate.model import TrialConfig
 from mseval.stats.count_model import fit_count_model
 from mseval.stats.ensemble_counts import forecast_means
-from mseval.stats.forecast_validity import DRUG, PLACEBO, heterogeneity_trials
+from mseval.validity.forecast import DRUG, PLACEBO, heterogeneity_trials
 from mseval.stats.heterogeneity import heterogeneity
 
 MC = float(np.sqrt(0.05 * 0.95 / 100))

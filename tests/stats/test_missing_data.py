@@ -172,8 +172,8 @@ def test_mnar_sensitivity_moves_as_documented(dropped: tuple) -> None:
 
 
 def test_the_bench_loops_agree_with_the_full_data_without_dropout(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mseval.stats.missing_validity as MV
-    from mseval.stats.missing_validity import _crossing, coverage_summary, dropout_trials
+    import mseval.validity.missing as MV
+    from mseval.validity.missing import _crossing, coverage_summary, dropout_trials
 
     monkeypatch.setattr(MV, "population_rate_ratios", lambda cfg: {"placebo": 1.0, "drug": 0.25})  # the 400k-patient target is the bench's
     tr = dropout_trials(1, TrialConfig(patients_per_arm=10, arms=(PLACEBO, DRUG)), seed0=3)

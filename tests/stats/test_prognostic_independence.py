@@ -15,7 +15,7 @@ from mseval.heldout import prognostic_independence
 from mseval.provenance import patient_fingerprints
 from mseval.simulate.counts_only import simulate_count_trial
 from mseval.simulate.model import TrialConfig
-from mseval.stats.forecast_validity import DRUG, PLACEBO
+from mseval.validity.forecast import DRUG, PLACEBO
 from mseval.stats.prognostic import ATTAINABLE_LABEL, attainable_saving, prognostic_adjustment, with_independence
 from tests.test_heldout import _cohort, _store
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mseval.stats.forecast_validity import null_prognostic_trials
+from mseval.validity.forecast import null_prognostic_trials
 
 
 def test_uninformative_score_gives_no_saving_and_no_power_gain() -> None:

@@ -15,7 +15,7 @@ import pytest
 from mseval.simulate.counts_only import simulate_count_trial
 from mseval.simulate.model import TrialConfig
 from mseval.stats.count_model import fit_count_model
-from mseval.stats.forecast_validity import DRUG, PLACEBO, forecast_trials
+from mseval.validity.forecast import DRUG, PLACEBO, forecast_trials
 from mseval.stats.design import design_matrix
 from mseval.stats.nb2_mle import fit_nb2, nb2_wald
 from mseval.stats.synthetic import CI_METHOD as SY_CI_METHOD, fit_forecast_rate_ratios

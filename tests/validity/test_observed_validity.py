@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mseval.stats.validity import NULL, repeated_trials, summarize
+from mseval.validity.observed import NULL, repeated_trials, summarize
 
 SE = float(np.sqrt(0.95 * 0.05 / 100))
 

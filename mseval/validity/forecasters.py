@@ -27,7 +27,7 @@ from mseval.seeding import rng_for
 from mseval.simulate.counts_only import population_rate_ratios, simulate_count_trial
 from mseval.simulate.model import TrialConfig
 from mseval.stats.design import design_matrix
-from mseval.stats.forecast_validity import DRUG, PLACEBO
+from mseval.validity.forecast import DRUG, PLACEBO
 from mseval.stats.forecaster_variance import counterfactual_arrays, two_level_combine
 from mseval.stats.nb2_forecaster import fit_forecaster_family
 from mseval.stats.nb2_mle import fit_nb2, nb2_wald
