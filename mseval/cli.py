@@ -66,7 +66,7 @@ app.command(help="Run the whole pipeline on a small synthetic six-arm trial and 
 app.add_typer(export_app, name="export", help="Write a cohort in another format: `mseval export bids COHORT OUT`.")
 app.add_typer(import_app, name="import", help="Read another format into a cohort: `mseval import bids BIDS_ROOT --out COHORT`.")
 
-from forecast.cli import app as forecast_app  # noqa: E402 - torch is imported inside its commands only
+from mseval.commands.forecast import app as forecast_app  # noqa: E402 - torch is imported inside its commands only
 
 app.add_typer(forecast_app, name="forecast", help="Train the treatment-conditioned diffusion model, sample forecast ensembles, evaluate checkpoints.")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forecast.cli import main
+from mseval.commands.forecast import main
 from forecast.ensemble import forecast_cohort
 from forecast.sampler import SamplerSettings
 from mseval.io.store import ForecastStore

@@ -89,7 +89,7 @@ def test_selection_runs_on_observed_outcomes_only(trained, tiny_cohort, tmp_path
 def test_protocol_tunes_on_validation_and_reports_once_beside_the_references(trained, tiny_cohort, tmp_path):
     """Tune on a truthless validation cohort, report on a new simulated trial (allocated arm), NB2
     baseline fitted on the training cohort; the choice is recorded in the output and the checkpoint."""
-    from forecast.cli import main
+    from mseval.commands.forecast import main
     from mseval.simulate.model import TrialConfig
     from mseval.simulate.trial import simulate_trial
 

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from forecast.checkpoint import content_digest, load_checkpoint, save_checkpoint  # noqa: E402
-from forecast.cli import main  # noqa: E402
+from mseval.commands.forecast import main  # noqa: E402
 
 
 def test_checkpoint_id_ignores_the_wall_clock_and_follows_the_weights(trained: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`mseval forecast ...`: train, sample, evaluate. Thin: parse, call, print.
+"""`mseval forecast ...`: train, sample, evaluate, plan, import, export (beside the other commands; the model lives in forecast/). Thin: parse, call, print.
 
 Only typer, pathlib and typing are imported here; torch and MONAI load inside the commands, so
 `mseval --help` stays fast and torch-free. `InputError` is turned into one stderr line and exit
@@ -263,7 +263,7 @@ def plan(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run this sub-app on its own (`python -m forecast.cli`), with mseval's error handling."""
+    """Run this sub-app on its own (`python -m mseval.commands.forecast`), with mseval's error handling."""
     from mseval.cli import run_typer
 
     return run_typer(app, argv, "mseval forecast")
