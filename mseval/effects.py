@@ -306,7 +306,8 @@ def run_effects(
             sap_result = run_sap(sap, randomized, arms=arms, reference=sap_ref, file=str(cohort.root / "manifest.csv"), visits=per_visit)
         say("observed NB2 model of the forecaster's training trial (from the store's provenance)")
         training = training_trial_effects(cohort_dir, forecasts_dir, settings.formula, reference=ref, connectivity=settings.connectivity,
-                                          min_volume_mm3=settings.min_volume_mm3)
+                                          min_volume_mm3=settings.min_volume_mm3, observed_ci=settings.observed_ci, seed=settings.seed,
+                                          n_bootstrap=settings.observed_bootstrap)
         means = forecast_means(counts)
         say(f"forecast NB2 models ({S} fully synthetic samples)")
         fc = fit_forecast_rate_ratios(table, counts, settings.formula, reference=ref, ci="auto", seed=settings.seed)

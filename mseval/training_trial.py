@@ -94,12 +94,15 @@ def find_training_cohort(cohort_dir: str | Path, forecasts_dir: str | Path, reco
 
 
 def training_trial_effects(cohort_dir: str | Path, forecasts_dir: str | Path | None, formula: str, *, reference: str,
-                           connectivity: int = 26, min_volume_mm3: float = 3.0) -> TrainingTrialEffects:
+                           connectivity: int = 26, min_volume_mm3: float = 3.0, observed_ci: str = "auto", seed: int = 0,
+                           n_bootstrap: int = 999) -> TrainingTrialEffects:
     """The observed NB2 rate ratios of the forecaster's training patients in its training trial
-    (same `formula`, counts by the same lesion definition), or why they are unavailable."""
+    (same `formula`, counts by the same lesion definition; the arms' CIs and p-values by `observed_ci`, as the
+    trial's own primary endpoint: `mseval.stats.observed_ci`), or why they are unavailable."""
     from mseval.io.cohort import read_cohort
     from mseval.lesions.observed import analysis_table
     from mseval.stats.count_model import fit_count_model
+    from mseval.stats.observed_ci import observed_intervals, with_intervals
 
     if forecasts_dir is None:
         return _unavailable("no forecast store was given (only counts), so no provenance")
@@ -117,9 +120,11 @@ def training_trial_effects(cohort_dir: str | Path, forecasts_dir: str | Path | N
         table = analysis_table(tc, connectivity=connectivity, min_volume_mm3=min_volume_mm3)
         table = table[table["patient_id"].astype(str).isin(train)].reset_index(drop=True)
         fit = fit_count_model(table, formula, reference=reference, file=str(folder / "manifest.csv"), adjusted_means=False)
+        fitted = with_intervals(fit, observed_intervals(table, fit, method=observed_ci, seed=seed, n_bootstrap=n_bootstrap,
+                                                        file=str(folder / "manifest.csv")))
     except InputError as exc:
         return _unavailable(f"the training cohort {folder.name!r} was found but could not be analysed ({exc.message})")
-    cols = [c for c in ("term", "rate_ratio", "ci_low", "ci_high", "p_value", "estimable", "note") if c in fit.table.columns]
+    cols = [c for c in ("term", "rate_ratio", "ci_low", "ci_high", "p_value", "ci_method", "estimable", "note") if c in fitted.columns]
     return TrainingTrialEffects(True, f"Training trial: observed NB2 ({formula}) on the {len(table)} training patients of checkpoint {ck} "
                                       f"in cohort {folder.name!r} (found by its provenance fingerprint).",
-                                fit.table[cols].reset_index(drop=True), folder.name, int(len(table)))
+                                fitted[cols].reset_index(drop=True), folder.name, int(len(table)))

@@ -90,4 +90,18 @@ def observed_intervals(data: pd.DataFrame, fit: CountModelFit, *, method: str = 
     return pd.DataFrame(rows, columns=["arm", "rate_ratio", "ci_low", "ci_high", "p_value", "ci_method", "method", "estimable", "note"])
 
 
-__all__ = ["BOOTSTRAP_REPLICATES", "CI_WORDS", "OBSERVED_CI_METHODS", "chosen_method", "observed_intervals"]
+def with_intervals(fit: CountModelFit, intervals: pd.DataFrame) -> pd.DataFrame:
+    """`fit.table` (one row per term) with each arm row's ci_low, ci_high, p_value, estimable and note taken from
+    `intervals` (`observed_intervals`), and a ci_method column (the other terms keep the fit's model-based CI)."""
+    t = fit.table.copy()
+    t["ci_method"] = CI_WORDS["model"].format(cov=fit.cov)
+    iv = intervals.set_index("arm")
+    rows = t["term"].isin(iv.index)
+    r = iv.loc[t.loc[rows, "term"]]
+    for col in ("ci_low", "ci_high", "p_value", "ci_method", "note"):
+        t.loc[rows, col] = r[col].to_numpy()
+    t.loc[rows, "estimable"] = r["estimable"].to_numpy(dtype=bool)
+    return t
+
+
+__all__ = ["BOOTSTRAP_REPLICATES", "CI_WORDS", "OBSERVED_CI_METHODS", "chosen_method", "observed_intervals", "with_intervals"]

@@ -61,11 +61,15 @@ def test_primary_table_is_observed_only_and_projections_sit_beside_the_training_
     head, rows = _md_table_after(md, f"## {P.SECTION}")
     assert head[:5] == ["Arm", P.OBSERVED_THIS, P.OBSERVED_TRAINING, T.FORECAST_COL, T.COUNTERFACTUAL_COL] and len(rows) == 5
     assert 'id="projections"' in html and P.SECTION in html
-    # the training trial's column is its observed NB2 on the checkpoint's 20 training patients
+    # the training trial's column is its observed NB2 on the checkpoint's 20 training patients, with the interval the
+    # trial's own observed column has (the default of mseval effects: the studentized bootstrap, the report's seed)
+    from mseval.stats.observed_ci import observed_intervals, with_intervals
+
     tc = read_cohort(demo_like["train"])
     tab = analysis_table(tc)
-    tab = tab[tab["patient_id"].isin(tc.patient_ids[:20])]
-    ref = fit_count_model(tab, "net2 ~ arm", reference=tc.reference_arm, adjusted_means=False).table.set_index("term")
+    tab = tab[tab["patient_id"].isin(tc.patient_ids[:20])].reset_index(drop=True)
+    fit = fit_count_model(tab, "net2 ~ arm", reference=tc.reference_arm, adjusted_means=False)
+    ref = with_intervals(fit, observed_intervals(tab, fit, seed=FAST.seed)).set_index("term")
     from reports import numbers as N
 
     labels = dict(zip(tc.arms["arm"], tc.arms["label"])) if "label" in tc.arms.columns else {}

@@ -76,3 +76,14 @@ def test_an_event_free_arm_is_flagged_not_printed(trial: pd.DataFrame) -> None:
     fit = fit_count_model(d, "net2 ~ arm", reference="placebo")
     r = observed_intervals(d, fit, n_bootstrap=49).iloc[0]
     assert not r["estimable"] and r["note"]
+
+
+def test_with_intervals_replaces_the_arm_rows_only(trial: pd.DataFrame) -> None:
+    from mseval.stats.observed_ci import with_intervals
+
+    fit = fit_count_model(trial, "net2 ~ arm + gd_count", reference="placebo")
+    iv = observed_intervals(trial, fit, seed=1, n_bootstrap=99)
+    t = with_intervals(fit, iv).set_index("term")
+    assert t.loc["dmf", "ci_low"] == iv.loc[0, "ci_low"] and "bootstrap" in t.loc["dmf", "ci_method"]
+    assert t.loc["gd_count", "ci_low"] == fit.rate_ratio("gd_count")["ci_low"] and "model-based" in t.loc["gd_count", "ci_method"]
+    assert (t["rate_ratio"].to_numpy() == fit.table.set_index("term")["rate_ratio"].to_numpy()).all()
