@@ -47,7 +47,7 @@ def render_md(ctx: dict[str, Any]) -> str:
     out += ["## Primary endpoint: NET2 lesion rate ratios", "", _md_table(ctx["primary"]), "",
             "Randomized: patients allocated to the arm; analysed: those with an observed follow-up NET2 count. Rate per patient-year (crude): "
             "NET2 lesions / patient-years. Model rate per year: from the observed NB2 model ("
-            + (f"adjusted for {', '.join(ctx['covariates'])}" if ctx["covariates"] else "arm only, not covariate-adjusted") + "). p: Wald test of the observed RR. "
+            + (f"adjusted for {', '.join(ctx['covariates'])}" if ctx["covariates"] else "arm only, not covariate-adjusted") + f"). Observed RR CI and p (two-sided): {ctx['observed_ci']}. "
             + ctx["multiplicity"], ""]
     out += ["## Arms", "", _md_table({"columns": ["Arm", "Identifier", "Efficacy group", "Reference", "Patients", "Colour"], "rows": ctx["arms_rows"]}), ""]
     out += ["## Table 1. Baseline characteristics by arm", "", _md_table(ctx["table1"]), "", ctx["table1_note"], ""]

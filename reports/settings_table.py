@@ -149,7 +149,8 @@ def settings_rows(s: dict[str, Any], prov: dict[str, Any], labels: dict[str, str
                         f"{ev.get('pit_bins')} bins; interval levels {ev.get('levels')}; {ev.get('n_boot')} bootstrap resamples; seed {ev.get('seed')}"),
         ("Count model", f"{om.get('model') or 'NB2'}; formula {ef.get('formula')} "
                         f"({'adjusted for ' + ', '.join(covs) if covs else 'no covariates'}); reference arm {labels.get(ref, ref)}; "
-                        f"dispersion alpha {'not estimable' if alpha is None else f'{float(alpha):.2f}'}; SEs from the {ef.get('cov')} information"),
+                        f"dispersion alpha {'not estimable' if alpha is None else f'{float(alpha):.2f}'}; SEs from the {ef.get('cov')} information"
+                        f"{'; arm CIs and p: ' + om['primary_interval'] if om.get('primary_interval') else ''}"),
         ("Forecast-based estimates", forecast_method),
         ("Estimability", "one rule for every number (mseval/stats/estimability.py): a ratio is shown when finite, inside [0.001, 1000] with a CI "
                          "spanning at most a factor 1000; an additive estimate when its CI is at most 1000 wide; otherwise 'not estimable' and why"),

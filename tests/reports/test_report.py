@@ -183,12 +183,16 @@ def test_report_shows_forecast_inference_as_computed_not_as_rubin_imputation(tri
     assert "conditional on the forecaster" in caption  # forest plot caption
     # the caption names the forecast RR's interval that effects computed (small trial: the randomization interval)
     ef0 = json.loads((trial["eff"] / "effects.json").read_text())
+    import html as H0
+
     forecast_words = caption.split("Open squares")[1].split("Open diamonds")[0]
     assert "permutation" in ef0["forecast_model"]["pooling"] and "randomization CI" in forecast_words and "sandwich" not in forecast_words
     # ... and the observed RR's (small trial: the studentized bootstrap, not the glm.nb Wald CI)
     observed_words = caption.split("Filled circles")[1].split("Open squares")[0]
     assert ef0["observed_model"]["primary_interval"]["method"] == "bootstrap_t"
     assert "studentized bootstrap" in observed_words and "999 resamples" in observed_words
+    for text in (md, H0.unescape(html)):  # the primary table's note names the same interval and test (not "Wald")
+        assert "Observed RR CI and p (two-sided): studentized bootstrap" in text and "Wald test of the observed RR" not in text
     # every estimand sentence of effects.json appears in the report
     ef = json.loads((trial["eff"] / "effects.json").read_text())
     import html as H
