@@ -8,7 +8,8 @@ Parts (python bench/validity.py PART [PART ...]; default: all; each part a few m
                  bootstrap below 1,000 per arm; goal 93.5-96.5%); 500 null-arm trials: rejection rate
                  at 0.05 (goal 3.5-6.5%); beside them the NB2 model-based Wald CI (glm.nb's), the
                  sandwich, one dispersion per arm, and the oracle prognostic score.
-                 `observed N SEED0 NULL_SEED0` runs N trials of each from other seeds.
+                 `observed N SEED0 NULL_SEED0` runs N trials of each from other seeds; `observed-null N
+                 SEED0` only the null-arm trials.
   forecast       300 trials per forecaster (oracle, overdispersed, biased, effect_biased; 10 samples):
                  coverage of the forecast-RR CI (patient-level sandwich; Rubin's rules on the same fits
                  for comparison) and of the counterfactual ratio-of-means CI, of the forecaster-law
@@ -53,6 +54,8 @@ def observed(n_trials: int = 500, seed0: int = 100_000, null_seed0: int = 200_00
         "miss_low_default_interval": effect["bootstrap_t_miss_low"],
         "miss_high_default_interval": effect["bootstrap_t_miss_high"],
         "null_rejection_rate_default_test": null["bootstrap_t_rejection_rate"],
+        "null_rejection_rate_symmetric_bootstrap_p": null["bootstrap_t_rejection_rate_symmetric"],
+        "null_ci_excludes_1_default_interval": null["bootstrap_t_null_ci_excludes_1"],
         "not_estimable_default_interval": effect["bootstrap_t_not_estimable"],
         "coverage_dmf_model_wald": effect["coverage"],
         "coverage_dmf_prognostic_adjusted": effect["adjusted_coverage"],
@@ -174,6 +177,14 @@ if __name__ == "__main__":
         for k, v in heterogeneity_null(n).items():
             print(f"{k:42s} {v:10.4f}")
         print(f"({time.time() - t0:.0f} s)")
+        sys.exit(0)
+    if args[:1] == ["observed-null"] and len(args) == 3:  # observed-null N SEED0: the default test's level only
+        t0 = time.time()
+        res = summarize(repeated_trials(int(args[1]), patients_per_arm=100, drug=NULL, seed0=int(args[2]), bootstrap_t=BOOTSTRAP_REPLICATES))
+        print(f"== observed-null {args[1]} trials, seeds {args[2]}+ ({time.time() - t0:.0f} s)")
+        for k in ("rejection_rate", "robust_rejection_rate", "bootstrap_t_rejection_rate", "bootstrap_t_rejection_rate_symmetric",
+                  "bootstrap_t_null_ci_excludes_1", "bootstrap_t_not_estimable"):
+            print(f"{k:42s} {res[k]:10.4f}")
         sys.exit(0)
     if args[:1] == ["observed"] and len(args) == 4:  # observed N SEED0 NULL_SEED0: a fresh-seed run
         t0 = time.time()

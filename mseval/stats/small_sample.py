@@ -32,9 +32,14 @@ Methods (`method`), each with its interval:
 - ``bootstrap_t``: the studentized (bootstrap-t) interval: patients resampled with replacement within
   their arm (and stratum) `n_bootstrap` times, each resample refitted once (the same model and dispersion
   choice; one set of resamples for every arm's contrast, `bootstrap_t_replicates`), t* = (b* - b) / se*, se the patient-level sandwich SE (the pivot must be consistent when the
-  NB2 law is not); CI [b - t*_(0.975) se, b - t*_(0.025) se]; p = (1 + #{|t*| >= |b / se|}) / (1 + B). Nonparametric in the patients' counts, so it carries arm-specific overdispersion and heavy
-  tails that the NB2 SE misses (a lead from bench/validity_observed_bootstrap_t.py; use B >= 999 for a
-  CI). Not yet offered by the SAP (`sap.schema.SMALL_SAMPLE_TESTS_AVAILABLE`) until validated there.
+  NB2 law is not); CI [b - t*_(0.975) se, b - t*_(0.025) se]; p the equal-tailed test that is the CI's
+  dual, p = min(1, 2 min((1 + #{t* <= t}) / (1 + B), (1 + #{t* >= t}) / (1 + B))), t = b / se, so the CI
+  excludes 1 exactly when p <= 0.05 up to the Monte Carlo discreteness (the symmetric
+  (1 + #{|t*| >= |t|}) / (1 + B) is kept in `p_value_symmetric`). Nonparametric in the patients' counts, so it
+  carries arm-specific overdispersion and heavy tails that the NB2 SE misses; use B >= 999 for a CI. The
+  interval `mseval effects` reports for the observed rate ratios below 1,000 per arm (`mseval.stats.observed_ci`;
+  validated in bench/RESULTS.md, rules R15-R16). Not yet offered by the SAP (`sap.schema.SMALL_SAMPLE_TESTS_AVAILABLE`)
+  until validated on its benches.
 
 Null hypotheses differ: the model-based tests (wald, t, lrt, lrt_f, bootstrap_lrt) test equal
 adjusted mean rates within the NB2 model (beta_j = 0; the NB2 law and its common dispersion assumed);
@@ -87,7 +92,8 @@ def recommended_test(n_per_arm_min: int) -> str:
 class SmallSampleResult:
     """`table`: one row per compared arm: arm, rate_ratio, ci_low, ci_high, ci_method, statistic, df,
     p_value, method, null_hypothesis, n, k (regression coefficients), n_permutations (B of the
-    Monte Carlo tests, 0 otherwise), estimable, note. The p-value and statistic of a test are shown
+    Monte Carlo tests, 0 otherwise), estimable, note; with bootstrap_t also p_value_symmetric (the symmetric
+    bootstrap-t p; p_value is the equal-tailed one, the CI's dual). The p-value and statistic of a test are shown
     whenever computable; `estimable` False (with `note`) means the rate ratio or its CI is not."""
 
     table: pd.DataFrame
@@ -258,6 +264,7 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
         reasons.append(f"no events in {'the arm' if ev_arm == 0 else 'the reference arm'}: the rate ratio's MLE is at the boundary")
     for method in methods:
         stat, df_, p, lo, hi, B = np.nan, np.nan, np.nan, np.nan, np.nan, 0
+        extra: dict[str, float] = {}
         why = list(reasons)
         if method in ("wald", "t"):
             stat = b / se if se > 0 else np.nan
@@ -300,7 +307,8 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
             if len(tstar) >= 0.9 * B and se_s > 0:
                 lo_q, hi_q = np.quantile(tstar, [1.0 - q, q])
                 lo, hi = b - hi_q * se_s, b - lo_q * se_s
-                p = float((1 + np.sum(np.abs(tstar) >= abs(stat))) / (1 + len(tstar)))
+                p = bootstrap_t_p(tstar, stat)
+                extra["p_value_symmetric"] = float((1 + np.sum(np.abs(tstar) >= abs(stat))) / (1 + len(tstar)))
             else:
                 why.append(f"only {len(tstar)} of {B} bootstrap refits usable")
         elif method == "permutation":
@@ -322,8 +330,15 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
         rows.append({"arm": arm, "rate_ratio": rr, "ci_low": cl, "ci_high": ch, "ci_method": _CI_METHOD[method] if ci else "",
                      "statistic": float(stat), "df": float(df_), "p_value": float(p), "method": method,
                      "null_hypothesis": _NULL_SHARP if method == "permutation" else _NULL_MODEL, "n": n, "k": k,
-                     "n_permutations": B, "estimable": ok, "note": note, "dispersion": dispersion})
+                     "n_permutations": B, "estimable": ok, "note": note, "dispersion": dispersion, **extra})
     return rows
+
+
+def bootstrap_t_p(tstar: np.ndarray, t: float) -> float:
+    """Equal-tailed bootstrap-t p-value of t against the usable replicates t* (the dual of the equal-tailed CI):
+    min(1, 2 min((1 + #{t* <= t}) / (1 + B), (1 + #{t* >= t}) / (1 + B)))."""
+    B = len(tstar)
+    return float(min(1.0, 2.0 * min((1 + np.sum(tstar <= t)) / (1 + B), (1 + np.sum(tstar >= t)) / (1 + B))))
 
 
 def _sandwich_se(y: np.ndarray, X: np.ndarray, off: np.ndarray, beta: np.ndarray, alpha: float | np.ndarray, j: int) -> float:

@@ -52,7 +52,7 @@ def repeated_trials(n_trials: int, *, patients_per_arm: int = 100, drug: ArmSpec
                         f"{tag}boundary": fit.boundary, f"{tag}estimable": bool(r.estimable)})
             if bootstrap_t > 0 and not adjusted and cov == "expected":
                 b = observed_intervals(d, fit, method="bootstrap_t", seed=seed0 + k, n_bootstrap=bootstrap_t).set_index("arm").loc[drug.arm]
-                row.update({"boot_ci_low": b.ci_low, "boot_ci_high": b.ci_high, "boot_p_value": b.p_value,
+                row.update({"boot_ci_low": b.ci_low, "boot_ci_high": b.ci_high, "boot_p_value": b.p_value, "boot_p_value_symmetric": b.p_value_symmetric,
                             "boot_covers": bool(b.ci_low <= target <= b.ci_high), "boot_estimable": bool(b.estimable)})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -71,6 +71,8 @@ def summarize(trials: pd.DataFrame) -> dict[str, float]:
             **({"by_arm_coverage": trials["byarm_covers"].mean(), "by_arm_rejection_rate": (trials["byarm_p_value"] < 0.05).mean()}
                if "byarm_covers" in trials else {}),
             **({"bootstrap_t_coverage": trials["boot_covers"].mean(), "bootstrap_t_rejection_rate": (trials["boot_p_value"] < 0.05).mean(),
+                "bootstrap_t_rejection_rate_symmetric": (trials["boot_p_value_symmetric"] < 0.05).mean(),
+                "bootstrap_t_null_ci_excludes_1": ((trials["boot_ci_low"] > 1.0) | (trials["boot_ci_high"] < 1.0)).mean(),
                 "bootstrap_t_miss_low": (trials["boot_ci_low"] > trials["target_rate_ratio"]).mean(),
                 "bootstrap_t_miss_high": (trials["boot_ci_high"] < trials["target_rate_ratio"]).mean(),
                 "bootstrap_t_not_estimable": float((~trials["boot_estimable"].astype(bool)).mean())}
