@@ -1,6 +1,7 @@
 """Validity of the trial statistics on simulated trials with known truth (`make bench` runs it).
 
-Parts (python bench/validity.py PART [PART ...]; default: all; each part a few minutes on one core;
+Parts (python bench/validity.py PART [PART ...]; default: all; each part a few minutes on one core, observed about 10: 999
+bootstrap refits per trial;
 `forecast-KIND` runs one forecaster of the `forecast` part):
   observed       500 two-arm trials (placebo vs dimethyl fumarate, RR 0.15 at age 37, 100 patients
                  per arm, the simulator's count model with its age effect modifier): coverage of the

@@ -45,7 +45,7 @@ Tables written to OUT (atomically, all or nothing):
     estimands.csv               one row per arm x forecast-derived quantity: estimate, CI, estimand,
                                 conditional_on, ci_method, estimable, note
     rate_ratios_observed.csv    every term of the observed NB2 model (incl. covariates), estimable + note;
-                                model-based Wald CIs with `cov` (expected: R's glm.nb summary)
+                                Wald CIs with the SE of `cov` (expected: R's glm.nb summary)
     rate_ratios_forecast.csv    every term of the forecast NB2 model (two-level over K forecasters when K > 1)
     rate_ratios_forecast_conditional.csv, counterfactual_average_conditional.csv, forecasters.csv
                                 (K > 1) the K forecasters' samples pooled as one, conditional CIs; per forecaster x arm
@@ -136,13 +136,14 @@ class EffectsSettings:
     prognostic_bootstrap: int = 200
     heldout_patients: tuple[str, ...] = ()
     forecaster_variance: str = "auto"
+    """auto: two-level when the store holds K > 1 forecasters, conditional otherwise; two-level: required
+    (K = 1 is an InputError); conditional: every sample pooled as one forecaster's, CIs conditional on it."""
     observed_ci: str = "auto"
     """The observed rate ratio's interval and test in the primary endpoint (`mseval.stats.observed_ci`): auto (the
     studentized bootstrap below 1,000 per arm, sandwich Wald above), bootstrap_t, robust, or model (the NB2 fit's own
     Wald CI, with `cov`; `rate_ratios_observed.csv` always holds the fit's)."""
     observed_bootstrap: int = OCI.BOOTSTRAP_REPLICATES
-    """auto: two-level when the store holds K > 1 forecasters, conditional otherwise; two-level: required
-    (K = 1 is an InputError); conditional: every sample pooled as one forecaster's, CIs conditional on it."""
+    """Bootstrap resamples of the observed interval when it is the studentized bootstrap."""
 
 
 FORECASTER_VARIANCE = ("auto", "two-level", "conditional")

@@ -95,14 +95,14 @@ def find_training_cohort(cohort_dir: str | Path, forecasts_dir: str | Path, reco
 
 def training_trial_effects(cohort_dir: str | Path, forecasts_dir: str | Path | None, formula: str, *, reference: str,
                            connectivity: int = 26, min_volume_mm3: float = 3.0, observed_ci: str = "auto", seed: int = 0,
-                           n_bootstrap: int = 999) -> TrainingTrialEffects:
+                           n_bootstrap: int | None = None) -> TrainingTrialEffects:
     """The observed NB2 rate ratios of the forecaster's training patients in its training trial
     (same `formula`, counts by the same lesion definition; the arms' CIs and p-values by `observed_ci`, as the
-    trial's own primary endpoint: `mseval.stats.observed_ci`), or why they are unavailable."""
+    trial's own primary endpoint: `mseval.stats.observed_ci`; n_bootstrap None: its default), or why they are unavailable."""
     from mseval.io.cohort import read_cohort
     from mseval.lesions.observed import analysis_table
     from mseval.stats.count_model import fit_count_model
-    from mseval.stats.observed_ci import observed_intervals, with_intervals
+    from mseval.stats.observed_ci import BOOTSTRAP_REPLICATES, observed_intervals, with_intervals
 
     if forecasts_dir is None:
         return _unavailable("no forecast store was given (only counts), so no provenance")
@@ -120,7 +120,7 @@ def training_trial_effects(cohort_dir: str | Path, forecasts_dir: str | Path | N
         table = analysis_table(tc, connectivity=connectivity, min_volume_mm3=min_volume_mm3)
         table = table[table["patient_id"].astype(str).isin(train)].reset_index(drop=True)
         fit = fit_count_model(table, formula, reference=reference, file=str(folder / "manifest.csv"), adjusted_means=False)
-        fitted = with_intervals(fit, observed_intervals(table, fit, method=observed_ci, seed=seed, n_bootstrap=n_bootstrap,
+        fitted = with_intervals(fit, observed_intervals(table, fit, method=observed_ci, seed=seed, n_bootstrap=n_bootstrap or BOOTSTRAP_REPLICATES,
                                                         file=str(folder / "manifest.csv")))
     except InputError as exc:
         return _unavailable(f"the training cohort {folder.name!r} was found but could not be analysed ({exc.message})")

@@ -356,7 +356,7 @@ def build_context(title: str, summary: dict, settings_doc: dict, table1: pd.Data
         "projections_note": P.projections_note((summary.get("training_trial") or {}).get("sentence", ""), out_tables["projections"],
                                                (summary.get("heldout") or {}).get("sentence", "")),
         "multiplicity": multiplicity, "covariates": covs,
-        "observed_ci": (settings_doc.get("observed_model") or {}).get("primary_interval") or "Wald, NB2 model-based SE",
+        "observed_ci": (settings_doc.get("observed_model") or {}).get("primary_interval") or S.observed_ci_words({}),
         "lesion_free": {"columns": ["Arm", "Free of NET2 lesions, n/N (%)"]
                         + (["HR of any NET2 lesion vs reference (95% CI; follow-up respected)", "p (HR)"] if has_hr else [])
                         + ["Risk difference vs reference, percentage points (95% CI, Newcombe)", "OR of lesion-free vs reference (95% CI)", "p (OR)"],

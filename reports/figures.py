@@ -35,7 +35,7 @@ ArmsLike = pd.DataFrame | Sequence[str]
 
 ESTIMATES = (
     ("observed", "Observed (NB2 regression)", "o"),
-    ("forecast", "Forecast (NB2 per synthetic sample, sandwich CI)", "s"),
+    ("forecast", "Forecast (NB2 on the synthetic samples)", "s"),
     ("counterfactual", "Counterfactual (ensemble means, all patients)", "D"),
 )
 GREY = "#7f7f7f"

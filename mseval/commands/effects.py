@@ -68,9 +68,9 @@ def effects(
     forecasts: Annotated[Optional[Path], typer.Argument(help="Forecast store (every patient under every arm).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the effect tables (see docs/statistics.md).")] = Path("effects"),
     formula: Annotated[str, typer.Option(help="NB2 model formula for observed and forecast analyses.")] = "net2 ~ arm",
-    cov: Annotated[str, typer.Option(help="Standard errors of the observed NB2: 'expected' information (as R's glm.nb), 'observed', or "
-                                     "'robust' (patient-level sandwich: valid when treated arms are more overdispersed than the "
-                                     "reference, where the model-based CI under-covers; bench/RESULTS.md).")] = "expected",
+    cov: Annotated[str, typer.Option(help="Standard errors of the observed NB2 fit in rate_ratios_observed.csv (and of the primary "
+                                     "endpoint with --observed-ci model): 'expected' information (as R's glm.nb), 'observed', or "
+                                     "'robust' (patient-level sandwich).")] = "expected",
     observed_ci: Annotated[str, typer.Option("--observed-ci", help="Interval and p-value of the observed rate ratios in the primary endpoint: "
                                              "auto (studentized bootstrap below 1,000 patients in the smallest compared arm, sandwich Wald "
                                              "above: valid when treated arms are more overdispersed), bootstrap-t, robust, or model (the NB2 "
@@ -142,7 +142,9 @@ def effects(
         return f"{v:.3f}" if isinstance(v, (int, float)) else "NA"
 
     for row in summary["primary_endpoint"]:
-        typer.echo(f"{row['arm']:14s} RR observed {num(row['observed_rate_ratio'])} ({num(row['observed_ci_low'])}-{num(row['observed_ci_high'])})"
+        obs = (f"{num(row['observed_rate_ratio'])} ({num(row['observed_ci_low'])}-{num(row['observed_ci_high'])})" if row.get("observed_estimable", True)
+               else "not estimable")
+        typer.echo(f"{row['arm']:14s} RR observed {obs}"
                    f"  forecast {num(row['forecast_rate_ratio'])}  counterfactual {num(row['counterfactual_rate_ratio'])}"
                    + (f"  true {num(row['true_ratio_of_means'])}" if row.get("true_ratio_of_means") is not None else ""))
     gone = summary.get("not_analysed") or []

@@ -1,6 +1,6 @@
 """Repeated simulated trials for the forecast-derived numbers: coverage, type-I error, power.
 
-Used by the fast checks in tests/stats/test_forecast_validity.py and the full runs in
+Used by the fast checks in tests/stats (test_synthetic, test_heterogeneity, ...) and the full runs in
 bench/validity.py. Trials come from the counts-only simulator (mseval.simulate.counts_only);
 forecasts are drawn from the truth by simulated forecasters (`forecast_counts`):
     oracle         Poisson(mu)                          the true law
@@ -29,9 +29,8 @@ from mseval.stats.ensemble_counts import forecast_means
 from mseval.stats.heterogeneity import interaction_test, predicted_benefit
 from mseval.stats.prognostic import prognostic_score
 from mseval.stats.synthetic import fit_forecast_rate_ratios, fully_synthetic_rrr, rubin_combine
+from mseval.validity.observed import DRUG, PLACEBO  # the two arms of every validity study, defined once
 
-PLACEBO = ArmSpec("placebo", "Placebo", "none", 1.0, reference=True)
-DRUG = ArmSpec("dmf", "Dimethyl fumarate", "moderate", 0.15)
 KINDS = ("oracle", "overdispersed", "biased", "effect_biased", "uninformative")
 
 

@@ -1,6 +1,6 @@
 """Repeated simulated trials with known truth: CI coverage, type-I error, prognostic adjustment.
 
-Used by the fast checks in tests/stats/test_validity.py and the full runs in bench/validity.py.
+Used by the fast checks in tests/validity/test_observed_validity.py and the full runs in bench/validity.py.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def test_mle_matches_r_glm_nb_on_a_sweep_and_r_datasets(tmp_path: Path) -> None:
 
 def test_rate_ratio_recovers_simulated_truth() -> None:
     """400 per arm, RR 0.5, NB2 alpha 1: the 95% CI covers 0.5 (a 5% chance of a false failure is
-    avoided by a fixed seed; the coverage itself is checked over many trials in test_validity)."""
+    avoided by a fixed seed; the coverage itself is checked over many trials in tests/validity/test_observed_validity.py)."""
     rng = np.random.default_rng(3)
     n = 800
     arm = np.repeat(["placebo", "drug"], n // 2)

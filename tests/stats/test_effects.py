@@ -149,7 +149,7 @@ def test_effects_primary_endpoint_reports_the_observed_interval_it_names(small_t
         res = cli("effects", cohort, fc, "--out", tmp_path / name, "--power-sims", "0", *extra)
         assert res.code == 0, res.err
         prim[name], said[name] = pd.read_csv(tmp_path / name / "primary_endpoint.csv").set_index("arm"), res.out
-    assert "observed CIs and p-values: studentized bootstrap" in said["auto"] and "model-based" in said["model"]
+    assert "observed CIs and p-values: studentized bootstrap" in said["auto"] and "glm.nb" in said["model"]
     fit = pd.read_csv(tmp_path / "auto" / "rate_ratios_observed.csv").set_index("term").loc[prim["auto"].index]
     info = json.loads((tmp_path / "auto" / "effects.json").read_text())["observed_model"]["primary_interval"]
     assert info["method"] == "bootstrap_t" and info["asked"] == "auto" and (prim["auto"]["observed_ci_method"] == info["ci_method"]).all()
@@ -158,7 +158,7 @@ def test_effects_primary_endpoint_reports_the_observed_interval_it_names(small_t
     assert np.allclose(prim["auto"]["observed_rate_ratio"], fit["rate_ratio"], rtol=1e-12)
     assert not np.allclose(prim["auto"].loc[ok, "observed_ci_low"], fit.loc[ok, "ci_low"], rtol=1e-6)
     assert np.allclose(prim["model"]["observed_ci_low"], fit["ci_low"], rtol=1e-12, equal_nan=True)
-    assert (prim["model"]["observed_ci_method"].str.contains("model-based")).all()
+    assert (prim["model"]["observed_ci_method"].str.contains("glm.nb")).all()
     bad = cli("effects", cohort, fc, "--out", tmp_path / "bad", "--observed-ci", "wald")
     assert bad.code == 2 and "--observed-ci" in bad.err and "\n" not in bad.err.strip() and not (tmp_path / "bad").exists()
 

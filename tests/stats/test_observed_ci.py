@@ -37,8 +37,10 @@ def test_each_interval_is_the_computation_it_names(trial: pd.DataFrame) -> None:
     boot = observed_intervals(trial, fit, seed=3, n_bootstrap=99).set_index("arm").loc["dmf"]
     direct = primary_tests(trial, "net2 ~ arm + gd_count", reference="placebo", method="bootstrap_t", seed=3, n_bootstrap=99).table.set_index("arm").loc["dmf"]
     assert boot["method"] == "bootstrap_t" and "99 resamples" in boot["ci_method"]
-    assert boot["rate_ratio"] == pytest.approx(fit.rate_ratio("dmf")["rate_ratio"], rel=1e-12)  # the glm.nb estimate
+    assert direct["rate_ratio"] == pytest.approx(fit.rate_ratio("dmf")["rate_ratio"], rel=1e-9)  # the bootstrap centres on the glm.nb estimate
+    assert boot["ci_low"] < boot["rate_ratio"] < boot["ci_high"]
     assert (boot["ci_low"], boot["ci_high"], boot["p_value"]) == pytest.approx((direct["ci_low"], direct["ci_high"], direct["p_value"]), rel=1e-12)
+    assert boot["p_value_symmetric"] == direct["p_value_symmetric"]
     model = observed_intervals(trial, fit, method="model").set_index("arm").loc["dmf"]
     assert (model["ci_low"], model["ci_high"]) == pytest.approx((fit.rate_ratio("dmf")["ci_low"], fit.rate_ratio("dmf")["ci_high"]), rel=1e-12)
     robust = observed_intervals(trial, fit, method="robust").set_index("arm").loc["dmf"]
@@ -71,11 +73,46 @@ def test_the_bootstrap_widens_where_the_treated_arm_is_more_overdispersed() -> N
     assert width["bootstrap_t"] > 1.1 * width["model"], width
 
 
-def test_an_event_free_arm_is_flagged_not_printed(trial: pd.DataFrame) -> None:
+def test_an_event_free_arm_is_flagged(trial: pd.DataFrame) -> None:
     d = trial.assign(net2=np.where(trial["arm"] == "dmf", 0, trial["net2"]))
     fit = fit_count_model(d, "net2 ~ arm", reference="placebo")
     r = observed_intervals(d, fit, n_bootstrap=49).iloc[0]
     assert not r["estimable"] and r["note"]
+
+
+def test_the_p_value_is_the_intervals_dual() -> None:
+    """Equal-tailed bootstrap-t: p <= 0.05 exactly when t lies outside [t*_(0.025), t*_(0.975)] (the CI excludes 1),
+    where the symmetric p can disagree with skewed replicates."""
+    from mseval.stats.small_sample import bootstrap_t_p
+
+    tstar = np.r_[np.linspace(-1.5, 0, 500), np.linspace(0, 4.0, 499)]  # skewed: long right tail
+    lo_q, hi_q = np.quantile(tstar, [0.025, 0.975])
+    for t in (-1.6, -1.2, 0.5, 3.0, 3.95, 4.5):
+        assert (bootstrap_t_p(tstar, t) <= 0.05) == (not lo_q <= t <= hi_q), t
+    assert bootstrap_t_p(tstar, -1.6) <= 0.05 < (1 + np.sum(np.abs(tstar) >= 1.6)) / (1 + len(tstar))  # they disagree here
+
+
+def test_an_arm_interaction_falls_back_to_the_sandwich_with_a_note(trial: pd.DataFrame) -> None:
+    fit = fit_count_model(trial, "net2 ~ arm * gd_count", reference="placebo")
+    r = observed_intervals(trial, fit, n_bootstrap=49).set_index("arm").loc["dmf"]
+    sandwich = fit_count_model(trial, "net2 ~ arm * gd_count", reference="placebo", cov="robust").rate_ratio("dmf")
+    assert r["method"] == "robust" and "cannot take this model" in r["note"]
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((sandwich["ci_low"], sandwich["ci_high"]), rel=1e-12)
+
+
+def test_the_model_interval_names_the_se_it_was_fitted_with(trial: pd.DataFrame) -> None:
+    words = {cov: observed_intervals(trial, fit_count_model(trial, "net2 ~ arm", reference="placebo", cov=cov), method="model").loc[0, "ci_method"]
+             for cov in ("expected", "observed", "robust")}
+    assert "glm.nb" in words["expected"] and "observed information" in words["observed"] and "sandwich" in words["robust"]
+    assert "glm.nb" not in words["robust"]
+
+
+def test_the_validity_study_scores_the_default_interval() -> None:
+    from mseval.validity.observed import NULL, repeated_trials, summarize
+
+    s = summarize(repeated_trials(3, patients_per_arm=30, drug=NULL, seed0=17, bootstrap_t=19))
+    assert {"bootstrap_t_coverage", "bootstrap_t_rejection_rate", "bootstrap_t_rejection_rate_symmetric", "bootstrap_t_null_ci_excludes_1"} <= set(s)
+    assert 0.0 <= s["bootstrap_t_rejection_rate"] <= 1.0
 
 
 def test_with_intervals_replaces_the_arm_rows_only(trial: pd.DataFrame) -> None:
@@ -85,5 +122,5 @@ def test_with_intervals_replaces_the_arm_rows_only(trial: pd.DataFrame) -> None:
     iv = observed_intervals(trial, fit, seed=1, n_bootstrap=99)
     t = with_intervals(fit, iv).set_index("term")
     assert t.loc["dmf", "ci_low"] == iv.loc[0, "ci_low"] and "bootstrap" in t.loc["dmf", "ci_method"]
-    assert t.loc["gd_count", "ci_low"] == fit.rate_ratio("gd_count")["ci_low"] and "model-based" in t.loc["gd_count", "ci_method"]
-    assert (t["rate_ratio"].to_numpy() == fit.table.set_index("term")["rate_ratio"].to_numpy()).all()
+    assert t.loc["gd_count", "ci_low"] == fit.rate_ratio("gd_count")["ci_low"] and "glm.nb" in t.loc["gd_count", "ci_method"]
+    assert t.loc["dmf", "ci_low"] != fit.rate_ratio("dmf")["ci_low"]
