@@ -48,8 +48,9 @@ class TrialConfig:
     by +/- `visit_window_weeks` per patient.
 
     Image channels (each documented in `mseval.simulate.model`'s docstring; 0 switches it off):
-    `dawm_strength`, `prelesion_fraction` (and its rendering contrast `prelesion_contrast`, in units
-    of the image noise SD), `spatial_strength` (the patient's own lesion-prone regions, shared by
+    `dawm_strength` (and its rendering contrast `dawm_contrast`, a multiple of `mri.DAWM_DELTA`: at 1 the
+    DAWM's FLAIR is +60 a.u., 2 noise SDs; it changes the images only, never the DAWM share the oracle reads),
+    `prelesion_fraction` (and its rendering contrast `prelesion_contrast`, in units of the image noise SD), `spatial_strength` (the patient's own lesion-prone regions, shared by
     baseline and new lesions), `load_preference` (new lesions favour the regions of the patient's baseline
     lesions, smoothed over `load_smooth_mm`), `dawm_preference` (new lesions favour DAWM), `site_gain_sd` /
     `site_offset_sd` (scanner intensity differences between sites), `field_3t_share` (share of sites
@@ -91,6 +92,7 @@ class TrialConfig:
     dawm_fraction: float = 0.04
     dawm_sd: float = 0.6
     dawm_preference: float = 2.0
+    dawm_contrast: float = 1.0
     spatial_strength: float = 1.5
     spatial_smooth_mm: float = 15.0
     load_preference: float = 9.0
@@ -180,7 +182,7 @@ def check_config(cfg: TrialConfig) -> None:
         "base_rate": (0.0, 1000.0), "dispersion": (1e-6, 20.0), "response_sd": (0.0, 2.0), "gd_per_rate": (0.0, 2.0),
         "t2_count_dispersion": (0.0, 10.0), "p_enlarging": (0.0, 1.0), "prelesion_fraction": (0.0, 1.0),
         "prelesion_contrast": (0.0, 10.0), "dawm_strength": (0.0, 3.0), "dawm_fraction": (0.0, 0.3), "dawm_sd": (0.0, 2.0),
-        "dawm_preference": (0.0, 20.0), "spatial_strength": (0.0, 3.0), "spatial_smooth_mm": (1.0, 100.0),
+        "dawm_preference": (0.0, 20.0), "dawm_contrast": (0.0, 10.0), "spatial_strength": (0.0, 3.0), "spatial_smooth_mm": (1.0, 100.0),
         "load_preference": (0.0, 50.0), "load_smooth_mm": (1.0, 100.0),
         "p_black_hole": (0.0, 1.0), "site_gain_sd": (0.0, 0.5), "site_offset_sd": (0.0, 200.0),
         "field_3t_share": (0.0, 1.0), "small_lesion_mm3": (0.0, 1000.0), "small_lesion_contrast_1p5t": (0.0, 1.0),

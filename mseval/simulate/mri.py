@@ -127,6 +127,7 @@ def synthesize_mri(
     black_hole_mask: np.ndarray | None = None,
     prelesion_mask: np.ndarray | None = None,
     prelesion_contrast: float = 0.0,
+    dawm_contrast: float = 1.0,
     gain: float = 1.0,
     offset: float = 0.0,
     faint_mask: np.ndarray | None = None,
@@ -138,7 +139,7 @@ def synthesize_mri(
     Lesion voxels outside the brain mask are ignored. `noise` is the noise standard deviation as a
     fraction of 1000 (0 gives noiseless images; the bias field is still applied). Deterministic
     given the state of `rng` and `sequences` (the subset to make, in SEQUENCES order).
-    dawm_mask: diffusely abnormal white matter (`DAWM_DELTA`); black_hole_mask: T1 black holes
+    dawm_mask: diffusely abnormal white matter (`DAWM_DELTA` x `dawm_contrast`); black_hole_mask: T1 black holes
     (`BLACK_HOLE_DELTA`); prelesion_mask: future lesion sites whose pre-lesional change has begun,
     changed by `prelesion_contrast` noise SDs (sign `PRELESION_SIGN`); gain, offset: the site's
     scanner scaling, applied last (image = gain * image + offset inside the head); faint_mask: lesion
@@ -175,7 +176,7 @@ def synthesize_mri(
     images: dict[str, np.ndarray] = {}
     extras = []
     if dawm_mask is not None:
-        extras.append((DAWM_DELTA, (np.asarray(dawm_mask) > 0) & brain & ~les))
+        extras.append(({k: v * float(dawm_contrast) for k, v in DAWM_DELTA.items()}, (np.asarray(dawm_mask) > 0) & brain & ~les))
     if black_hole_mask is not None:
         extras.append((BLACK_HOLE_DELTA, (np.asarray(black_hole_mask) > 0) & les))
     if prelesion_mask is not None and prelesion_contrast > 0:

@@ -221,7 +221,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     gd = np.isin(baseline_labels, list(gd_ids)).astype(np.uint8)
     bh0 = np.isin(baseline_labels, list(black))
     images = synthesize_mri(anat, t2, gd, rng, dawm_mask=dawm, black_hole_mask=bh0, prelesion_mask=pre,
-                            prelesion_contrast=cfg.prelesion_contrast, gain=gain, offset=offset,
+                            prelesion_contrast=cfg.prelesion_contrast, dawm_contrast=cfg.dawm_contrast, gain=gain, offset=offset,
                             faint_mask=faint_mask(baseline_labels), faint_contrast=faint)
     if cfg.mtr:
         images["mtr"] = mtr_map(anat, t2, pre if cfg.prelesion_fraction > 0 else None, rng)
@@ -256,7 +256,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
         t2k = (labels > 0).astype(np.uint8)
         gdk = np.isin(labels, recent).astype(np.uint8)
         vis = synthesize_mri(anat, t2k, gdk, rng, sequences=VISIT_IMAGES, dawm_mask=dawm, black_hole_mask=np.isin(labels, holes),
-                             gain=gain, offset=offset, faint_mask=faint_mask(labels), faint_contrast=faint)
+                             dawm_contrast=cfg.dawm_contrast, gain=gain, offset=offset, faint_mask=faint_mask(labels), faint_contrast=faint)
         masks = {"t2_lesion_mask": t2k, "gd_lesion_mask": gdk, "net2_mask": np.isin(labels, since_prev).astype(np.uint8),
                  "net2_mask_cumulative": np.isin(labels, cumulative_ids).astype(np.uint8)}
         for name, img in vis.items():

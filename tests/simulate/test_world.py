@@ -100,6 +100,7 @@ def test_dropout_leaves_visits_absent_never_zero(tmp_path: Path) -> None:
     ({"visits": (48.0, 24.0)}, "increasing"),
     ({"visits": (-4.0, 24.0)}, "positive"),
     ({"dawm_strength": -1.0}, "dawm_strength"),
+    ({"dawm_contrast": 11.0}, "dawm_contrast"),
     ({"dropout_per_year": 1.0}, r"\[0, 1\)"),
     ({"missed_visit": -0.1}, r"\[0, 1\)"),
 ])
@@ -129,6 +130,32 @@ def test_image_knobs_at_zero_leave_no_pre_lesional_sites_and_uninformative_dawm(
 
     assert corr(on) > 0.15
     assert abs(corr(off)) < 4 / np.sqrt(len(off))
+
+
+def test_dawm_contrast_scales_the_dawm_rendering_only() -> None:
+    """`dawm_contrast` multiplies the DAWM's intensity change on every sequence (noiseless images: FLAIR inside the DAWM
+    rises by about k x the 1x change over the white matter around it, before partial-volume smoothing); 1 is the shipped
+    world (bit-identical); the DAWM mask and everything else are untouched."""
+    from mseval.simulate.anatomy import make_anatomy
+    from mseval.simulate.mri import synthesize_mri
+
+    anat = make_anatomy((32, 32, 32))
+    wm = anat.wm_mask.astype(bool)
+    dawm = np.zeros(wm.shape, np.uint8)
+    idx = np.argwhere(wm)
+    c = idx[len(idx) // 2]
+    dawm[c[0] - 2:c[0] + 3, c[1] - 2:c[1] + 3, c[2] - 2:c[2] + 3] = 1
+    dawm[~wm] = 0
+    zero = np.zeros(wm.shape, np.uint8)
+
+    def flair(k: float | None) -> np.ndarray:
+        kw = {} if k is None else {"dawm_contrast": k}
+        return synthesize_mri(anat, zero, zero, np.random.default_rng(0), noise=0.0, sequences=("flair",), dawm_mask=dawm, **kw)["flair"]
+
+    base, one, two, off = flair(None), flair(1.0), flair(2.0), flair(0.0)
+    assert np.array_equal(base, one)
+    core = tuple(c)
+    assert two[core] - off[core] == pytest.approx(2 * (one[core] - off[core]), rel=1e-4) and one[core] - off[core] > 20.0
 
 
 def test_small_lesions_are_fainter_at_1p5_tesla_and_the_knob_at_one_switches_it_off() -> None:
