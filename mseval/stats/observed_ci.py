@@ -98,7 +98,7 @@ def observed_intervals(data: pd.DataFrame, fit: CountModelFit, *, method: str = 
             ok, note = ok and bool(s["estimable"]), "; ".join(x for x in (note, str(s["note"] or "")) if x)
         else:
             b = boot.loc[arm]
-            lo, hi, p, p_sym = b["ci_low"], b["ci_high"], b["p_value"], b["p_value_symmetric"]
+            lo, hi, p, p_sym = b["ci_low"], b["ci_high"], b["p_value"], b.get("p_value_symmetric", float("nan"))
             extra = str(b["note"] or "")
             ok = ok and bool(b["estimable"]) and bool(np.isfinite(lo) and np.isfinite(hi))
             note = "; ".join(dict.fromkeys(x for x in (note, extra) if x))

@@ -298,6 +298,7 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
                 lo, hi = _profile_ci(full.llf, b, se, crit, prof)
         elif method == "bootstrap_t":
             B = n_bootstrap
+            extra["p_value_symmetric"] = float("nan")
             beta_f, alpha_f = (full_by_arm.beta, row_alpha) if dispersion == "by_arm" else (full.beta, full.alpha)
             se_s = _sandwich_se(y, X, off, beta_f, alpha_f, j)
             stat, df_ = (b / se_s if se_s > 0 else np.nan), np.inf

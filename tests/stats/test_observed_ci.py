@@ -124,3 +124,12 @@ def test_with_intervals_replaces_the_arm_rows_only(trial: pd.DataFrame) -> None:
     assert t.loc["dmf", "ci_low"] == iv.loc[0, "ci_low"] and "bootstrap" in t.loc["dmf", "ci_method"]
     assert t.loc["gd_count", "ci_low"] == fit.rate_ratio("gd_count")["ci_low"] and "glm.nb" in t.loc["gd_count", "ci_method"]
     assert t.loc["dmf", "ci_low"] != fit.rate_ratio("dmf")["ci_low"]
+
+
+def test_too_few_usable_refits_is_flagged_not_a_crash() -> None:
+    """Two patients per arm: most resamples cannot be fitted; the interval is flagged (note says why), no exception."""
+    d = pd.DataFrame({"patient_id": ["a", "b", "c", "d"], "arm": ["placebo", "placebo", "drug", "drug"], "net2": [3, 0, 1, 0],
+                      "followup_years": 1.0})
+    fit = fit_count_model(d, "net2 ~ arm", reference="placebo")
+    r = observed_intervals(d, fit, n_bootstrap=49).iloc[0]
+    assert r["method"] == "bootstrap_t" and (not r["estimable"] or np.isfinite(r["ci_low"]))
