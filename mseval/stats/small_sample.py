@@ -355,7 +355,11 @@ def bootstrap_t_replicates(model: _Model, dispersion: str, B: int, seed: int, fu
     within each arm (x stratum) cell (generator `default_rng([seed, 2])`), each resample refitted once with the
     same dispersion choice, se* the patient-level sandwich SE. One set of resamples serves every arm's
     contrast (the arms' intervals are then computed from the same bootstrap world, as their estimates come
-    from the same fit). Rows of refits that do not converge, and entries without a positive finite SE, are NaN."""
+    from the same fit). Rows of refits that do not converge, and entries without a positive finite SE, are NaN.
+    A resample in which an arm has no events has no MLE for that arm's coefficient (it diverges to -inf): its
+    entry is NaN and the other coefficients come from the limit of the MLE, which is the fit without that arm's
+    rows and column (rows whose mean tends to 0 add nothing to the likelihood or the score); a resample whose
+    reference arm has no events is NaN throughout. (Common dispersion; the by-arm fit refits as it is.)"""
     y, X, off = model.y, model.X, model.off
     groups = arm_groups(model) if dispersion == "by_arm" else None
     if dispersion == "by_arm":
@@ -370,11 +374,21 @@ def bootstrap_t_replicates(model: _Model, dispersion: str, B: int, seed: int, fu
     for r in range(B):
         idx = np.concatenate([c[rng.integers(0, len(c), len(c))] for c in cells])
         ys, Xs, os_ = y[idx], X[idx], off[idx]
+        cols = np.arange(X.shape[1])
         if dispersion == "by_arm":
             f = fit_nb2_by_arm(ys, Xs, groups[idx], os_)
             alpha = f.alpha[groups[idx]]
         else:
-            f = fit_nb2(ys, Xs, os_, beta0=full.beta, alpha0=full.alpha if full.alpha > 0 else None)
+            arms_s = model.arm[idx]
+            empty = [a for a in (model.reference, *model.arm_cols) if ys[arms_s == a].sum() == 0]
+            if model.reference in empty:
+                continue
+            if empty:  # the limit MLE of the other coefficients: without the event-free arms' rows and columns
+                rows = ~np.isin(arms_s, empty)
+                gone = {model.arm_cols[a] for a in empty}
+                cols = np.array([c for c in cols if c not in gone])
+                ys, Xs, os_ = ys[rows], Xs[rows][:, cols], os_[rows]
+            f = fit_nb2(ys, Xs, os_, beta0=full.beta[cols], alpha0=full.alpha if full.alpha > 0 else None)
             alpha = f.alpha
         if not f.converged:
             continue
@@ -382,7 +396,7 @@ def bootstrap_t_replicates(model: _Model, dispersion: str, B: int, seed: int, fu
         if not ok:
             continue
         se = np.sqrt(np.where(np.diag(V) > 0, np.diag(V), np.nan))
-        out[r] = (f.beta - b) / se
+        out[r, cols] = (f.beta - b[cols]) / se
     return out
 
 

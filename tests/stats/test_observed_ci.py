@@ -133,3 +133,19 @@ def test_too_few_usable_refits_is_flagged_not_a_crash() -> None:
     fit = fit_count_model(d, "net2 ~ arm", reference="placebo")
     r = observed_intervals(d, fit, n_bootstrap=49).iloc[0]
     assert r["method"] == "bootstrap_t" and (not r["estimable"] or np.isfinite(r["ci_low"]))
+
+
+def test_a_resample_with_an_event_free_arm_drops_only_that_arm() -> None:
+    """An arm with 1 event in 8 patients is event-free in a resample with probability (7/8)^8 = 0.34: its replicate
+    is NaN there (no MLE), while the other arms keep theirs (the limit MLE without the event-free arm's rows)."""
+    from mseval.stats.nb2_mle import fit_nb2
+    from mseval.stats.small_sample import bootstrap_t_replicates, build_model
+
+    rng = np.random.default_rng(2)
+    d = pd.DataFrame({"patient_id": [f"P{i}" for i in range(24)], "arm": ["a"] * 8 + ["b"] * 8 + ["c"] * 8,
+                      "net2": np.r_[rng.poisson(4, 8), rng.poisson(2, 8), [1] + [0] * 7], "followup_years": 1.0})
+    m = build_model(d, "net2 ~ arm", "arm", "a")
+    t = bootstrap_t_replicates(m, "common", 400, 0, fit_nb2(m.y, m.X, m.off))
+    jb, jc = m.arm_cols["b"], m.arm_cols["c"]
+    assert abs(np.isnan(t[:, jc]).mean() - (7 / 8) ** 8) < 0.1
+    assert np.isfinite(t[:, jb]).mean() > 0.95
