@@ -9,7 +9,7 @@ bootstrap refits per trial;
                  bootstrap below 1,000 per arm; goal 93.5-96.5%); 500 null-arm trials: rejection rate
                  at 0.05 (goal 3.5-6.5%); beside them the NB2 model-based Wald CI (glm.nb's), the
                  sandwich, one dispersion per arm, and the oracle prognostic score.
-                 `observed N SEED0 NULL_SEED0` runs N trials of each from other seeds; `observed-null N
+                 `observed N SEED0 NULL_SEED0 [PER_ARM]` runs N trials of each from other seeds; `observed-null N
                  SEED0` only the null-arm trials.
   forecast       300 trials per forecaster (oracle, overdispersed, biased, effect_biased; 10 samples):
                  coverage of the forecast-RR CI (patient-level sandwich; Rubin's rules on the same fits
@@ -44,11 +44,12 @@ def _mc(p: float, n: int) -> float:
     return float(np.sqrt(p * (1 - p) / n))
 
 
-def observed(n_trials: int = 500, seed0: int = 100_000, null_seed0: int = 200_000, bootstrap: int = BOOTSTRAP_REPLICATES) -> dict[str, float]:
+def observed(n_trials: int = 500, seed0: int = 100_000, null_seed0: int = 200_000, bootstrap: int = BOOTSTRAP_REPLICATES,
+             per_arm: int = 100) -> dict[str, float]:
     """The tool's default interval first (`mseval effects`: the studentized bootstrap below 1,000 per arm,
     `mseval.stats.observed_ci`), then the model-based Wald CI of `glm.nb` and the other SEs for comparison."""
-    effect = summarize(repeated_trials(n_trials, patients_per_arm=100, seed0=seed0, by_arm=True, bootstrap_t=bootstrap))
-    null = summarize(repeated_trials(n_trials, patients_per_arm=100, drug=NULL, seed0=null_seed0, by_arm=True, bootstrap_t=bootstrap))
+    effect = summarize(repeated_trials(n_trials, patients_per_arm=per_arm, seed0=seed0, by_arm=True, bootstrap_t=bootstrap))
+    null = summarize(repeated_trials(n_trials, patients_per_arm=per_arm, drug=NULL, seed0=null_seed0, by_arm=True, bootstrap_t=bootstrap))
     return {
         "trials": float(n_trials),
         "coverage_dmf_default_interval": effect["bootstrap_t_coverage"],
@@ -187,10 +188,11 @@ if __name__ == "__main__":
                   "bootstrap_t_null_ci_excludes_1", "bootstrap_t_not_estimable"):
             print(f"{k:42s} {res[k]:10.4f}")
         sys.exit(0)
-    if args[:1] == ["observed"] and len(args) == 4:  # observed N SEED0 NULL_SEED0: a fresh-seed run
+    if args[:1] == ["observed"] and len(args) in (4, 5):  # observed N SEED0 NULL_SEED0 [PER_ARM]: a fresh-seed run
         t0 = time.time()
-        res = observed(int(args[1]), int(args[2]), int(args[3]))
-        print(f"== observed {args[1]} trials, seeds {args[2]}+ / {args[3]}+ ({time.time() - t0:.0f} s)")
+        per_arm = int(args[4]) if len(args) == 5 else 100
+        res = observed(int(args[1]), int(args[2]), int(args[3]), per_arm=per_arm)
+        print(f"== observed {args[1]} trials of {per_arm} per arm, seeds {args[2]}+ / {args[3]}+ ({time.time() - t0:.0f} s)")
         for k, v in res.items():
             print(f"{k:42s} {v:10.4f}")
         sys.exit(0)
