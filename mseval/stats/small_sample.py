@@ -388,7 +388,7 @@ def bootstrap_t_replicates(model: _Model, dispersion: str, B: int, seed: int, fu
                 gone = {model.arm_cols[a] for a in empty}
                 cols = np.array([c for c in cols if c not in gone])
                 ys, Xs, os_ = ys[rows], Xs[rows][:, cols], os_[rows]
-            f = fit_nb2(ys, Xs, os_, beta0=full.beta[cols], alpha0=full.alpha if full.alpha > 0 else None)
+            f = fit_nb2(ys, Xs, os_, beta0=full.beta[cols], alpha0=full.alpha if full.alpha > 0 else None, check_boundary=full.alpha == 0)
             alpha = f.alpha
         if not f.converged:
             continue
