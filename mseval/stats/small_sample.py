@@ -304,9 +304,10 @@ def arm_tests(model: _Model, arm: str, methods: tuple[str, ...], *, seed: int = 
             stat, df_ = (b / se_s if se_s > 0 else np.nan), np.inf
             if boot is None:
                 boot = bootstrap_t_replicates(model, dispersion, B, seed, full, full_by_arm)
-            tstar = boot[:, j][np.isfinite(boot[:, j])]
+            tstar = boot[:, j][~np.isnan(boot[:, j])]  # +-inf: a resample whose arm (reference) had no events
             if len(tstar) >= 0.9 * B and se_s > 0:
-                lo_q, hi_q = np.quantile(tstar, [1.0 - q, q])
+                # order statistics where some t* are infinite (interpolating against -inf is undefined); else linear, as validated
+                lo_q, hi_q = np.quantile(tstar, [1.0 - q, q], method="linear" if np.isfinite(tstar).all() else "inverted_cdf")
                 lo, hi = b - hi_q * se_s, b - lo_q * se_s
                 p = bootstrap_t_p(tstar, stat)
                 extra["p_value_symmetric"] = float((1 + np.sum(np.abs(tstar) >= abs(stat))) / (1 + len(tstar)))
@@ -356,10 +357,12 @@ def bootstrap_t_replicates(model: _Model, dispersion: str, B: int, seed: int, fu
     same dispersion choice, se* the patient-level sandwich SE. One set of resamples serves every arm's
     contrast (the arms' intervals are then computed from the same bootstrap world, as their estimates come
     from the same fit). Rows of refits that do not converge, and entries without a positive finite SE, are NaN.
-    A resample in which an arm has no events has no MLE for that arm's coefficient (it diverges to -inf): its
-    entry is NaN and the other coefficients come from the limit of the MLE, which is the fit without that arm's
-    rows and column (rows whose mean tends to 0 add nothing to the likelihood or the score); a resample whose
-    reference arm has no events is NaN throughout. (Common dispersion; the by-arm fit refits as it is.)"""
+    A resample in which an arm has no events has its coefficient at -inf with a finite sandwich SE: its entry is
+    -inf (the pivot's limit, kept: dropping it would cut the lower tail of t* and shorten the CI), and the other
+    coefficients come from the limit of the MLE, the fit without that arm's rows and column (rows whose mean tends to
+    0 add nothing to the likelihood or the score; covariate columns left all-zero by it are dropped too, their
+    entries NaN); a resample whose reference arm has no events puts every arm's entry at +inf. (Common dispersion;
+    the by-arm fit refits as it is.)"""
     y, X, off = model.y, model.X, model.off
     groups = arm_groups(model) if dispersion == "by_arm" else None
     if dispersion == "by_arm":
@@ -381,13 +384,16 @@ def bootstrap_t_replicates(model: _Model, dispersion: str, B: int, seed: int, fu
         else:
             arms_s = model.arm[idx]
             empty = [a for a in (model.reference, *model.arm_cols) if ys[arms_s == a].sum() == 0]
-            if model.reference in empty:
+            if model.reference in empty:  # every arm's coefficient at +inf
+                out[r, list(model.arm_cols.values())] = np.inf
                 continue
             if empty:  # the limit MLE of the other coefficients: without the event-free arms' rows and columns
+                out[r, [model.arm_cols[a] for a in empty]] = -np.inf
                 rows = ~np.isin(arms_s, empty)
                 gone = {model.arm_cols[a] for a in empty}
-                cols = np.array([c for c in cols if c not in gone])
-                ys, Xs, os_ = ys[rows], Xs[rows][:, cols], os_[rows]
+                kept = Xs[rows]
+                cols = np.array([c for c in cols if c not in gone and (c == 0 or np.any(kept[:, c] != 0))])
+                ys, Xs, os_ = ys[rows], kept[:, cols], os_[rows]
             f = fit_nb2(ys, Xs, os_, beta0=full.beta[cols], alpha0=full.alpha if full.alpha > 0 else None, check_boundary=full.alpha == 0)
             alpha = f.alpha
         if not f.converged:

@@ -135,9 +135,11 @@ def test_too_few_usable_refits_is_flagged_not_a_crash() -> None:
     assert r["method"] == "bootstrap_t" and (not r["estimable"] or np.isfinite(r["ci_low"]))
 
 
-def test_a_resample_with_an_event_free_arm_drops_only_that_arm() -> None:
-    """An arm with 1 event in 8 patients is event-free in a resample with probability (7/8)^8 = 0.34: its replicate
-    is NaN there (no MLE), while the other arms keep theirs (the limit MLE without the event-free arm's rows)."""
+def test_a_resample_with_an_event_free_arm_puts_that_arm_at_minus_infinity() -> None:
+    """An arm with 1 event in 8 patients is event-free in a resample with probability (7/8)^8 = 0.34: its coefficient
+    is at -inf there with a finite SE, so its replicate is -inf (kept: dropping it would cut the lower tail and shorten
+    the CI), while the other arms keep theirs (the limit MLE without the event-free arm's rows). With a third of the
+    replicates at -inf the arm's CI has no upper bound: flagged, not printed; its p counts them."""
     from mseval.stats.nb2_mle import fit_nb2
     from mseval.stats.small_sample import bootstrap_t_replicates, build_model
 
@@ -147,5 +149,8 @@ def test_a_resample_with_an_event_free_arm_drops_only_that_arm() -> None:
     m = build_model(d, "net2 ~ arm", "arm", "a")
     t = bootstrap_t_replicates(m, "common", 400, 0, fit_nb2(m.y, m.X, m.off))
     jb, jc = m.arm_cols["b"], m.arm_cols["c"]
-    assert abs(np.isnan(t[:, jc]).mean() - (7 / 8) ** 8) < 0.1
+    assert abs(np.isneginf(t[:, jc]).mean() - (7 / 8) ** 8) < 0.1 and not np.isnan(t[:, jc]).any()
     assert np.isfinite(t[:, jb]).mean() > 0.95
+    r = primary_tests(d, "net2 ~ arm", reference="a", method="bootstrap_t", n_bootstrap=199).table.set_index("arm")
+    assert np.isinf(r.loc["c", "ci_high"]) and not r.loc["c", "estimable"] and r.loc["c", "p_value"] > 0.3
+    assert np.isfinite(r.loc["b", "ci_high"]) and r.loc["b", "estimable"]
