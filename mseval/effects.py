@@ -288,7 +288,8 @@ def run_effects(
         observed = fit_count_model(table, settings.formula, reference=ref, cov=settings.cov, file=str(cohort.root / "manifest.csv"))
         obs_ci = OCI.observed_intervals(table, observed, method=settings.observed_ci, seed=settings.seed, n_bootstrap=settings.observed_bootstrap,
                                         file=str(cohort.root / "manifest.csv"))
-        say(f"observed rate ratio interval: {'; '.join(dict.fromkeys(obs_ci['ci_method'])) or 'none (one arm)'}")
+        obs_words = "; ".join(dict.fromkeys(obs_ci["ci_method"]))
+        say(f"observed rate ratio interval: {obs_words or 'none (one arm)'}")
         lesion_free = fit_lesion_free(table, reference=ref)
         sap_result = None
         if sap is not None:
@@ -402,7 +403,7 @@ def run_effects(
             "settings": {**asdict(settings), "reference": ref, "samples": S, "counts": recorded_path(counts_path, out) if counts_path else "counted from the store",
                          "observed_counts": "components of each patient's net2_mask"},
             "observed_model": {**observed.model_info(), "primary_interval": {
-                "ci_method": "; ".join(dict.fromkeys(obs_ci["ci_method"])), "method": "; ".join(dict.fromkeys(obs_ci["method"])),
+                "ci_method": obs_words, "method": "; ".join(dict.fromkeys(obs_ci["method"])),
                 "asked": settings.observed_ci, "bootstrap_replicates": settings.observed_bootstrap, "seed": settings.seed,
                 "note": "primary_endpoint.csv's observed CI and p-value; rate_ratios_observed.csv holds the NB2 fit's own "
                         f"({settings.cov} information, as R's glm.nb)"}},

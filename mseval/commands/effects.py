@@ -107,8 +107,10 @@ def effects(
         raise InputError(None, f"--cov must be expected, observed or robust, got {cov!r}", field="cov")
     from mseval.stats.observed_ci import OBSERVED_CI_METHODS
 
-    if observed_ci.replace("-", "_") not in OBSERVED_CI_METHODS:
-        raise InputError(None, f"--observed-ci must be one of auto, bootstrap-t, robust, model, got {observed_ci!r}", field="observed-ci")
+    observed_key = observed_ci.replace("-", "_")
+    if observed_key not in OBSERVED_CI_METHODS:
+        raise InputError(None, f"--observed-ci must be one of {', '.join(m.replace('_', '-') for m in OBSERVED_CI_METHODS)}, got {observed_ci!r}",
+                         field="observed-ci")
     check_min(min_volume_mm3, "--min-volume-mm3", 0)
     check_min(bootstrap, "--bootstrap", 0)
     check_min(power_sims, "--power-sims", 0)
@@ -134,7 +136,7 @@ def effects(
         heldout = tuple(x.strip() for x in heldout_patients.read_text().splitlines() if x.strip() and x.strip() != "patient_id")
     settings = EffectsSettings(formula=formula, cov=cov, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed,
                                heldout_patients=heldout, min_stratum_per_arm=min_stratum_per_arm,
-                               forecaster_variance=forecaster_variance, observed_ci=observed_ci.replace("-", "_"))
+                               forecaster_variance=forecaster_variance, observed_ci=observed_key)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
                               progress=lambda m: typer.echo(f"... {m}", err=True), sap=plan)
