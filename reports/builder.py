@@ -67,6 +67,9 @@ class ReportSettings:
     figure_formats: tuple[str, ...] = ("pdf", "png")
     sap: str | None = None
     """Analysis plan (a SAP file, or "default") run by the effects this report computes (`mseval effects --sap`)."""
+    observed_bootstrap: int = 999
+    """Resamples of the observed rate ratio's studentized bootstrap in the effects this report computes
+    (`mseval effects --observed-bootstrap`)."""
 
 
 @dataclass
@@ -360,7 +363,8 @@ def build_report(
         if effects_dir is None:
             say("estimating treatment effects")
             fs = EffectsSettings(formula=settings.formula, connectivity=settings.connectivity, min_volume_mm3=settings.min_volume_mm3,
-                                 power_sims=settings.power_sims, seed=settings.seed)
+                                 power_sims=settings.power_sims, seed=settings.seed,
+                                 observed_bootstrap=settings.observed_bootstrap)
             run_effects(cohort_dir, forecasts_dir, results / "effects", fs, counts_path=counts_path, workers=settings.workers,
                         progress=lambda m: say(f"  effects: {m}"), sap=plan)
             effects_dir = results / "effects"

@@ -15,7 +15,7 @@ def test_small_demo_writes_a_report(tmp_path):
     said: list[str] = []
     from reports.builder import ReportSettings
 
-    fast = ReportSettings(n_boot=20, power_sims=2, figure_dpi=40, html_dpi=40, figure_formats=("png",))
+    fast = ReportSettings(n_boot=20, observed_bootstrap=199, power_sims=2, figure_dpi=40, html_dpi=40, figure_formats=("png",))
     info = run_demo(tmp_path / "demo", "oracle", patients_per_arm=2, shape=(32, 38, 32), samples=2, seed=1, workers=1, report_settings=fast, say=said.append)
     html = info["report_html"]
     assert html.is_file() and html.read_text().startswith("<!DOCTYPE html>")
@@ -38,7 +38,7 @@ def _micro_diffusion(tmp_path, shape=(32, 32, 32)):
     micro = ForecastConfig.load("tiny").with_(name="micro", shape=tuple(shape), channels=(8, 8, 16), attention_levels=(False, False, False),
                                               num_head_channels=8, batch_size=2, checkpoint_every=1000)
     micro.save(tmp_path / "micro.json")
-    return tmp_path / "micro.json", ReportSettings(n_boot=20, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
+    return tmp_path / "micro.json", ReportSettings(n_boot=20, observed_bootstrap=199, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
 
 
 def test_diffusion_training_stops_at_its_wall_clock_budget(tiny_cohort: Path, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def test_demo_samples_the_shipped_checkpoint_on_a_trial_it_never_saw(tmp_path, m
 
     from reports.builder import ReportSettings
 
-    fast = ReportSettings(n_boot=20, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
+    fast = ReportSettings(n_boot=20, observed_bootstrap=199, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
     ckpt = load_checkpoint(SHIPPED_CHECKPOINT)
     cfg, sample = ckpt.config, forecast.ensemble.forecast_cohort
 

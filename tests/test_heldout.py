@@ -87,7 +87,7 @@ def test_effects_cli_refuses_a_training_patient(tmp_path: Path, cli) -> None:  #
     ids = cohort.patient_ids
     write_store_provenance(tmp_path / "fc", ck, training_provenance(cohort, ids[:3], ids[3:4]))
     (tmp_path / "ho.txt").write_text(f"{ids[5]}\n{ids[1]}\n")
-    res = cli("effects", tmp_path / "cohort", tmp_path / "fc", "--out", tmp_path / "eff", "--power-sims", "0", "--heldout-patients", tmp_path / "ho.txt")
+    res = cli("effects", tmp_path / "cohort", tmp_path / "fc", "--out", tmp_path / "eff", "--power-sims", "0", "--observed-bootstrap", "199", "--heldout-patients", tmp_path / "ho.txt")
     lines = [x for x in res.err.splitlines() if x.strip()]
     assert res.code == 2 and "Traceback" not in res.err, res.err
     assert f"held-out patient '{ids[1]}' is in the training set" in lines[-1] and len([x for x in lines if "error" in x]) == 1, res.err

@@ -75,6 +75,8 @@ def effects(
                                              "auto (studentized bootstrap below 1,000 patients in the smallest compared arm, sandwich Wald "
                                              "above: valid when treated arms are more overdispersed), bootstrap-t, robust, or model (the NB2 "
                                              "fit's own Wald CI with --cov, as R's glm.nb). rate_ratios_observed.csv always holds the fit's.")] = "auto",
+    observed_bootstrap: Annotated[int, typer.Option("--observed-bootstrap", help="Resamples of the studentized bootstrap behind --observed-ci "
+                                                    "(at least 99; its smallest two-sided p is 2/(B+1)).")] = 999,
     counts: Annotated[Optional[Path], typer.Option(help="Use this counts.parquet instead of counting the store.")] = None,
     connectivity: Connectivity = 26,
     min_volume_mm3: MinVolume = 3.0,
@@ -113,6 +115,7 @@ def effects(
                          field="observed-ci")
     check_min(min_volume_mm3, "--min-volume-mm3", 0)
     check_min(bootstrap, "--bootstrap", 0)
+    check_min(observed_bootstrap, "--observed-bootstrap", 99)
     check_min(power_sims, "--power-sims", 0)
     check_min(workers, "--workers", 1)
     check_min(min_stratum_per_arm, "--min-stratum-per-arm", 2)
@@ -136,7 +139,8 @@ def effects(
         heldout = tuple(x.strip() for x in heldout_patients.read_text().splitlines() if x.strip() and x.strip() != "patient_id")
     settings = EffectsSettings(formula=formula, cov=cov, connectivity=connectivity, min_volume_mm3=min_volume_mm3, power_sims=power_sims, bootstrap=bootstrap, seed=seed,
                                heldout_patients=heldout, min_stratum_per_arm=min_stratum_per_arm,
-                               forecaster_variance=forecaster_variance, observed_ci=observed_key)
+                               forecaster_variance=forecaster_variance, observed_ci=observed_key,
+                               observed_bootstrap=observed_bootstrap)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):
         summary = run_effects(cohort, forecasts, out, settings, counts_path=counts, workers=workers, overwrite=overwrite,
                               progress=lambda m: typer.echo(f"... {m}", err=True), sap=plan)

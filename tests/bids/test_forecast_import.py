@@ -22,7 +22,7 @@ def test_imported_forecasts_give_the_same_count_evaluate_effects(trial: dict[str
         (tmp_path / name).mkdir()
         assert main(["count", str(store), "--out", str(tmp_path / name / "count")]) == 0
         assert main(["evaluate", str(trial["cohort"]), str(store), "--out", str(tmp_path / name / "evaluate")]) == 0
-        assert main(["effects", str(trial["cohort"]), str(store), "--out", str(tmp_path / name / "effects"), "--power-sims", "0"]) == 0
+        assert main(["effects", str(trial["cohort"]), str(store), "--out", str(tmp_path / name / "effects"), "--power-sims", "0", "--observed-bootstrap", "199"]) == 0
     for sub in ("count", "evaluate", "effects"):
         ours = sorted(p.relative_to(tmp_path / "out_ours") for p in (tmp_path / "out_ours" / sub).rglob("*") if p.suffix in (".csv", ".parquet"))
         theirs = sorted(p.relative_to(tmp_path / "out_theirs") for p in (tmp_path / "out_theirs" / sub).rglob("*") if p.suffix in (".csv", ".parquet"))

@@ -60,7 +60,7 @@ def _tables(folder: Path) -> dict[str, pd.DataFrame]:
 
 def test_effects_on_the_imported_cohort_equal_those_on_the_simulated_one(trial: dict[str, Path], tmp_path: Path) -> None:
     for name in ("cohort", "imported"):
-        assert main(["effects", str(trial[name]), str(trial["store"]), "--out", str(tmp_path / name), "--power-sims", "0"]) == 0
+        assert main(["effects", str(trial[name]), str(trial["store"]), "--out", str(tmp_path / name), "--power-sims", "0", "--observed-bootstrap", "199"]) == 0
     direct, again = _tables(tmp_path / "cohort"), _tables(tmp_path / "imported")
     assert set(again) == set(direct) - {"truth_comparison.csv"}  # a real trial has no truth
     compared = _same_numbers(direct, again, "effects")
@@ -125,7 +125,7 @@ def test_evaluate_and_report_on_the_imported_cohort_equal_those_on_the_simulated
     the simulated cohort's on the numbers a real trial has (truth columns and truth-only tables absent)."""
     from reports.builder import ReportSettings, build_report
 
-    fast = ReportSettings(n_boot=20, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
+    fast = ReportSettings(n_boot=20, observed_bootstrap=199, power_sims=0, figure_dpi=40, html_dpi=40, figure_formats=("png",))
     for name in ("cohort", "imported"):
         (tmp_path / name).mkdir()
         assert main(["evaluate", str(trial[name]), str(trial["store"]), "--out", str(tmp_path / name / "ev")]) == 0

@@ -45,6 +45,7 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("count-out-dot", ["count", "{store}", "--out", "."], 2, ["--out", "current folder"]),
     ("lesions-out-dot", ["lesions", "{mask}", "--out", "."], 2, ["is a folder", "--out"]),
     ("match-out-folder", ["match", "{mask}", "{mask}", "--out", "."], 2, ["is a folder"]),
+    ("effects-observed-bootstrap-too-few", ["effects", "{cohort}", "{store}", "--out", "o", "--observed-bootstrap", "20"], 2, ["--observed-bootstrap", "at least 99"]),
     ("effects-out-is-a-file", ["effects", "{cohort}", "{store}", "--out", "{afile}"], 2, ["afile", "is a file"]),
     ("simulate-out-dot", ["simulate", "."], 2, ["current folder"]),
     # formulas, columns and file kinds

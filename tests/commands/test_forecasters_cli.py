@@ -40,7 +40,7 @@ def test_nb2_bootstrap_store_records_each_forecaster(family: dict[str, Path]) ->
 
 def test_effects_use_the_two_level_variance_with_k_forecasters(family: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eff"
-    assert main(["effects", str(family["cohort"]), str(family["store"]), "--out", str(out), "--power-sims", "0"]) == 0
+    assert main(["effects", str(family["cohort"]), str(family["store"]), "--out", str(out), "--power-sims", "0", "--observed-bootstrap", "199"]) == 0
     fc = pd.read_csv(out / "rate_ratios_forecast.csv")
     assert set(fc["forecasters"]) == {3} and fc["estimand"].str.contains("predicted by this training procedure").all()
     est = pd.read_csv(out / "estimands.csv")

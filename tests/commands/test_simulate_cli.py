@@ -146,7 +146,7 @@ def test_downstream_commands_on_the_default_multi_visit_cohort(tmp_path: Path, c
     assert code == 0, err
     code, _, err = _run(capsys, "count", tmp_path / "fc", "--out", tmp_path / "cnt")
     assert code == 0 and (tmp_path / "cnt" / "counts.parquet").is_file(), err
-    code, _, err = _run(capsys, "effects", cohort, tmp_path / "fc", "--out", tmp_path / "eff", "--power-sims", "0", "--bootstrap", "20")
+    code, _, err = _run(capsys, "effects", cohort, tmp_path / "fc", "--out", tmp_path / "eff", "--power-sims", "0", "--bootstrap", "20", "--observed-bootstrap", "199")
     assert code == 0, err
     code, _, err = _run(capsys, "report", cohort, tmp_path / "fc", "--out", tmp_path / "rep", "--power-sims", "2", "--figure-formats", "png")
     assert code == 0 and (tmp_path / "rep" / "report.html").is_file(), err
@@ -165,7 +165,7 @@ def test_effects_counts_a_patient_without_follow_up_as_randomized_not_analysed(t
     assert gone, "18 patients at 0.9 dropouts a year: P(nobody leaves before week 24) < 0.001"
     code, _, err = _run(capsys, "simulate-forecasts", cohort, "--out", tmp_path / "fc", "--samples", "2")
     assert code == 0, err
-    code, out, err = _run(capsys, "effects", cohort, tmp_path / "fc", "--out", tmp_path / "eff", "--power-sims", "0")
+    code, out, err = _run(capsys, "effects", cohort, tmp_path / "fc", "--out", tmp_path / "eff", "--power-sims", "0", "--observed-bootstrap", "199")
     assert code == 0, err
     na = pd.read_csv(tmp_path / "eff" / "not_analysed.csv")
     assert sorted(na["patient_id"]) == gone and na["reason"].str.contains("dropout from w").all(), na

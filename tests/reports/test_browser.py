@@ -43,7 +43,7 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     simulate_trial(root / "cohort", TrialConfig(patients_per_arm=3, shape=(32, 38, 32), seed=4, followup_weeks=48))
     simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=3, seed=2))
     rep = build_report(root / "cohort", root / "fc", root / "report",
-                       settings=ReportSettings(n_boot=20, power_sims=2, figure_dpi=50, html_dpi=60, figure_formats=("png",)))
+                       settings=ReportSettings(n_boot=20, observed_bootstrap=199, power_sims=2, figure_dpi=50, html_dpi=60, figure_formats=("png",)))
     return rep.html
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from reports.builder import ReportSettings, build_report
 
-FAST = ReportSettings(n_boot=20, power_sims=2, figure_dpi=40, html_dpi=30, figure_formats=("png",))
+FAST = ReportSettings(n_boot=20, observed_bootstrap=199, power_sims=2, figure_dpi=40, html_dpi=30, figure_formats=("png",))
 RATIO_HEADER = re.compile(r"\bRR\b|\bOR\b|[Rr]atio")
 CI = re.compile(r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?) \((-?\d+(?:\.\d+)?(?:e[-+]?\d+)?) to (-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)\)")
 NUM = re.compile(r"^-?\d+(?:\.\d+)?(?:e[-+]?\d+)?$")

@@ -73,7 +73,7 @@ def saved_figures(tmp_path_factory: pytest.TempPathFactory, ) -> dict:
     mp.setattr(builder, "figure_bytes", capture)
     try:
         build_report(root / "cohort", root / "fc", root / "report",
-                     settings=ReportSettings(n_boot=20, power_sims=2, figure_dpi=40, html_dpi=30, figure_formats=("png",)))
+                     settings=ReportSettings(n_boot=20, observed_bootstrap=199, power_sims=2, figure_dpi=40, html_dpi=30, figure_formats=("png",)))
     finally:
         mp.undo()
     return list(seen.values())

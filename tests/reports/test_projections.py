@@ -16,7 +16,7 @@ from reports import projections as P
 from reports import tables as T
 from reports.builder import ReportSettings, build_report
 
-FAST = ReportSettings(n_boot=20, power_sims=2, figure_dpi=40, html_dpi=30, figure_formats=("png",))
+FAST = ReportSettings(n_boot=20, observed_bootstrap=199, power_sims=2, figure_dpi=40, html_dpi=30, figure_formats=("png",))
 
 
 def _md_table_after(md: str, heading: str) -> tuple[list[str], list[list[str]]]:

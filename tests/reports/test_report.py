@@ -16,7 +16,7 @@ import data_schemas
 from mseval.errors import InputError
 from reports.builder import ReportSettings, build_report
 
-FAST = ReportSettings(n_boot=50, power_sims=4, figure_dpi=60, html_dpi=40)
+FAST = ReportSettings(n_boot=50, observed_bootstrap=199, power_sims=4, figure_dpi=60, html_dpi=40)
 
 
 @pytest.fixture(scope="module")

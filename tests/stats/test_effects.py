@@ -145,7 +145,7 @@ def test_effects_primary_endpoint_reports_the_observed_interval_it_names(small_t
     fit's own (the seeded bootstrap's determinism: tests/stats/test_observed_ci.py); an unknown choice is one line, exit 2, nothing written."""
     cohort, fc = small_trial
     prim, said = {}, {}
-    for name, extra in {"auto": [], "model": ["--observed-ci", "model"]}.items():
+    for name, extra in {"auto": [], "model": ["--observed-ci", "model"], "b199": ["--observed-bootstrap", "199"]}.items():
         res = cli("effects", cohort, fc, "--out", tmp_path / name, "--power-sims", "0", *extra)
         assert res.code == 0, res.err
         prim[name], said[name] = pd.read_csv(tmp_path / name / "primary_endpoint.csv").set_index("arm"), res.out
@@ -159,6 +159,11 @@ def test_effects_primary_endpoint_reports_the_observed_interval_it_names(small_t
     assert not np.allclose(prim["auto"].loc[ok, "observed_ci_low"], fit.loc[ok, "ci_low"], rtol=1e-6)
     assert np.allclose(prim["model"]["observed_ci_low"], fit["ci_low"], rtol=1e-12, equal_nan=True)
     assert (prim["model"]["observed_ci_method"].str.contains("glm.nb")).all()
+    # --observed-bootstrap sets the resamples: recorded, named, and it moves the interval (not the estimate)
+    info199 = json.loads((tmp_path / "b199" / "effects.json").read_text())["observed_model"]["primary_interval"]
+    assert info199["bootstrap_replicates"] == 199 and info["bootstrap_replicates"] == 999 and "199" in info199["ci_method"]
+    assert np.allclose(prim["b199"]["observed_rate_ratio"], prim["auto"]["observed_rate_ratio"], rtol=1e-12)
+    assert not np.allclose(prim["b199"].loc[ok, "observed_ci_low"], prim["auto"].loc[ok, "observed_ci_low"], rtol=1e-9)
     bad = cli("effects", cohort, fc, "--out", tmp_path / "bad", "--observed-ci", "wald")
     assert bad.code == 2 and "--observed-ci" in bad.err and "\n" not in bad.err.strip() and not (tmp_path / "bad").exists()
 
