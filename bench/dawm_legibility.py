@@ -10,13 +10,17 @@ counts (log1p Gd+, log1p T2 count) without and with it (in-sample OLS, 3-4 param
 of log u from the counts and the true log DAWM share (what the observable oracle reads: the ceiling of this channel).
 The tail statistic is crude: with large K the T1 darkening moves DAWM voxels out of its T1-percentile white-matter mask.
 
-    PYTHONPATH=. .venv/bin/python bench/dawm_legibility.py K [SEED] [WORK]
+    PYTHONPATH=. .venv/bin/python bench/dawm_legibility.py K [SEED] [WORK] [--normalization brain_z|n4_whitestripe] [--no-bias]
+
+--normalization: how the images are read (`forecast.preprocess`: the brain z-score, or N4 bias correction + WhiteStripe).
+--no-bias: a counterfactual rendering without the scanner's bias field (the simulator's `_BIAS_AMPLITUDE` set to 0 for
+this run only): the ceiling a perfect bias correction could reach. Its trial has its own folder.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -36,14 +40,21 @@ def r2(X: np.ndarray, y: np.ndarray) -> float:
     return float(1 - np.var(y - X @ b) / np.var(y))
 
 
-def main(k: float, seed: int, work: Path) -> None:
-    root = work / f"dawm_x{k:g}_seed{seed}"
+def main(k: float, seed: int, work: Path, normalization: str = "brain_z", no_bias: bool = False) -> None:
+    root = work / (f"dawm_x{k:g}_seed{seed}" + ("_nobias" if no_bias else ""))
     t0 = time.time()
     if not (root / "manifest.csv").is_file():
-        simulate_trial(root, TrialConfig(patients_per_arm=40, shape=(32, 32, 32), seed=seed, dawm_contrast=k))
+        from mseval.simulate import mri
+
+        keep = mri._BIAS_AMPLITUDE
+        mri._BIAS_AMPLITUDE = 0.0 if no_bias else keep
+        try:
+            simulate_trial(root, TrialConfig(patients_per_arm=40, shape=(32, 32, 32), seed=seed, dawm_contrast=k))
+        finally:
+            mri._BIAS_AMPLITUDE = keep
     c = read_cohort(root)
     ids = c.patient_ids
-    arrays = load_arrays(c, ids, list(c.arms["arm"]), inputs=DEFAULT_INPUTS, with_targets=False)
+    arrays = load_arrays(c, ids, list(c.arms["arm"]), inputs=DEFAULT_INPUTS, with_targets=False, normalization=normalization)
     tail = np.array([tail_share(p, 2, 1.0) for p in arrays])
     log_dawm = np.log(pd.read_csv(root / "oracle_inputs.csv").set_index("patient_id").loc[ids, "dawm_fraction"].to_numpy())
     latent = json.loads((root / "simulation.json").read_text())["latent"]
@@ -51,13 +62,18 @@ def main(k: float, seed: int, work: Path) -> None:
     f = baseline_features(c, ids, outcome=False).set_index("patient_id").loc[ids]
     X0 = np.c_[np.ones(len(f)), np.log1p(f["gd_count"]), np.log1p(f["t2_count"])]
     X1 = np.c_[X0, tail]
-    print(f"K={k:g} seed={seed} n={len(ids)}: corr(tail, log DAWM share) {np.corrcoef(tail, log_dawm)[0, 1]:.3f}; "
+    print(f"K={k:g} seed={seed} n={len(ids)} {normalization}{' no-bias' if no_bias else ''}: corr(tail, log DAWM share) {np.corrcoef(tail, log_dawm)[0, 1]:.3f}; "
           f"R^2 log DAWM share: counts {r2(X0, log_dawm):.3f} -> +tail {r2(X1, log_dawm):.3f}; "
           f"R^2 log u: counts {r2(X0, log_u):.3f} -> +tail {r2(X1, log_u):.3f} (+ the true log DAWM share, the oracle's reading: "
           f"{r2(np.c_[X0, log_dawm], log_u):.3f})  ({time.time() - t0:.0f} s)")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    main(float(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 7160, Path(sys.argv[3]) if len(sys.argv) > 3 else Path("build/dawm_legibility"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("k", type=float)
+    ap.add_argument("seed", type=int, nargs="?", default=7160)
+    ap.add_argument("work", type=Path, nargs="?", default=Path("build/dawm_legibility"))
+    ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"))
+    ap.add_argument("--no-bias", action="store_true")
+    a = ap.parse_args()
+    main(a.k, a.seed, a.work, a.normalization, a.no_bias)

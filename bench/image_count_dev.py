@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--cache", default="", help="pickle of the loaded arrays (made when absent)")
     ap.add_argument("--variants", default="model,no_images")
     ap.add_argument("--count-only", action="store_true", help="train and score the count pathway alone")
+    ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"),
+                    help="how the images are read (forecast.preprocess); give each its own --cache")
     ap.add_argument("--mtr", action="store_true", help="add the cohorts' MTR map as an input channel (cohorts simulated with --mtr)")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -82,8 +84,9 @@ def main() -> None:
         if ck.is_file():
             tp, vp, dp = pickle.loads(ck.read_bytes())
         else:
-            tp, vp = load_arrays(tr, fit_ids, arms, inputs=inputs), load_arrays(tr, val_ids, arms, inputs=inputs)
-            dp = load_arrays(dv, dv.patient_ids, arms, inputs=inputs) if k == 0 else None
+            kw = {"inputs": inputs, "normalization": a.normalization}
+            tp, vp = load_arrays(tr, fit_ids, arms, **kw), load_arrays(tr, val_ids, arms, **kw)
+            dp = load_arrays(dv, dv.patient_ids, arms, **kw) if k == 0 else None
             ck.write_bytes(pickle.dumps((tp, vp, dp)))
         dev_p = dp if k == 0 else dev_p
         train_p, val_p = train_p + tp, val_p + vp

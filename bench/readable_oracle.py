@@ -68,12 +68,33 @@ def flair_proxy(p) -> float:  # noqa: ANN001
     return tail_share(p, 2, 1.0)
 
 
-def load_or_cache(tr: Cohort, dv: Cohort, cache: Path, fit_ids: list, val_ids: list, arms: list, inputs: tuple = DEFAULT_INPUTS) -> tuple:
-    """(TRAIN fitted, TRAIN held-out, DEV) arrays of `forecast.image_count_data.load_arrays`, pickled at `cache` (read when present)."""
+def _load_part(root: str, ids: list, arms: list, inputs: tuple, normalization: str, with_targets: bool) -> list:
+    return load_arrays(read_cohort(root), ids, arms, inputs=inputs, normalization=normalization, with_targets=with_targets)
+
+
+def load_parallel(c: Cohort, ids: list, arms: list, inputs: tuple = DEFAULT_INPUTS, *, normalization: str = "brain_z",
+                  workers: int = 1, with_targets: bool = True) -> list:
+    """`load_arrays` over `workers` processes (same arrays, patient order kept): the N4 preprocessing costs ~2 s a patient."""
+    if workers <= 1 or len(ids) < 2 * workers:
+        return load_arrays(c, ids, arms, inputs=inputs, normalization=normalization, with_targets=with_targets)
+    from concurrent.futures import ProcessPoolExecutor
+
+    parts = [list(x) for x in np.array_split(np.asarray(ids, dtype=object), workers)]
+    with ProcessPoolExecutor(workers) as ex:
+        done = ex.map(_load_part, [str(c.root)] * workers, parts, [arms] * workers, [inputs] * workers, [normalization] * workers,
+                      [with_targets] * workers)
+        return [p for part in done for p in part]
+
+
+def load_or_cache(tr: Cohort, dv: Cohort, cache: Path, fit_ids: list, val_ids: list, arms: list, inputs: tuple = DEFAULT_INPUTS, *,
+                  normalization: str = "brain_z", workers: int = 1) -> tuple:
+    """(TRAIN fitted, TRAIN held-out, DEV) arrays of `forecast.image_count_data.load_arrays` (images by `normalization`),
+    pickled at `cache` (read when present)."""
     if cache.is_file():
         return pickle.loads(cache.read_bytes())
-    out = (load_arrays(tr, fit_ids, arms, inputs=inputs), load_arrays(tr, val_ids, arms, inputs=inputs),
-           load_arrays(dv, dv.patient_ids, arms, inputs=inputs))
+    kw = {"normalization": normalization, "workers": workers}
+    out = (load_parallel(tr, fit_ids, arms, inputs, **kw), load_parallel(tr, val_ids, arms, inputs, **kw),
+           load_parallel(dv, list(dv.patient_ids), arms, inputs, **kw))
     cache.write_bytes(pickle.dumps(out))
     return out
 

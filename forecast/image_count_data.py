@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from forecast.centres import lesion_centres
-from forecast.data import normalize_image
+from forecast.preprocess import preprocess_images
 from forecast.image_count import FEATURES, PatientArrays
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort
@@ -58,17 +58,20 @@ def _baseline_volumes(cohort: Cohort, pid: str, fields: Sequence[str]) -> dict:
 
 
 def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str], *, inputs: Sequence[str] = IMAGE_CHANNELS + MASK_CHANNELS,
-                with_targets: bool = True, progress: Callable[[int, int], None] | None = None) -> list[PatientArrays]:
-    """One `PatientArrays` per patient (cond channels in `inputs` order). Without targets, counts are
-    NaN and centres empty, and no follow-up file is read (what sampling may see)."""
+                with_targets: bool = True, progress: Callable[[int, int], None] | None = None,
+                normalization: str = "brain_z") -> list[PatientArrays]:
+    """One `PatientArrays` per patient (cond channels in `inputs` order; images by `normalization`,
+    `forecast.preprocess`). Without targets, counts are NaN and centres empty, and no follow-up file is
+    read (what sampling may see)."""
     feats = baseline_features(cohort, patient_ids, outcome=False).set_index("patient_id")
     visits = visit_horizons(cohort) if with_targets else ()
     out = []
     for n, pid in enumerate(patient_ids):
         vols = _baseline_volumes(cohort, pid, ("brain_mask", *inputs))
         brain = vols["brain_mask"].data > 0
-        cond = np.stack([normalize_image(vols[c].data, brain) if c in IMAGE_CHANNELS + OPTIONAL_IMAGE_CHANNELS else (vols[c].data > 0).astype(np.float32)
-                         for c in inputs]).astype(np.float32)
+        images = preprocess_images({c: vols[c].data for c in inputs if c in IMAGE_CHANNELS + OPTIONAL_IMAGE_CHANNELS}, brain, normalization,
+                                   vols["brain_mask"].spacing)
+        cond = np.stack([images[c] if c in images else (vols[c].data > 0).astype(np.float32) for c in inputs]).astype(np.float32)
         row = feats.loc[pid]
         tab = np.array([row[f] for f in FEATURES], dtype=np.float64)
         years, counts, last = [], [], None
