@@ -31,7 +31,7 @@ from mseval.io.cohort import read_cohort
 from mseval.lesions.baseline_features import baseline_features
 from mseval.metrics.calibration import crps_pmf
 from mseval.simulate.observable_oracle import cohort_observable_pmf
-from mseval.stats.baseline_nb2 import fit_nb2_baseline
+from mseval.stats.baseline_nb2 import BASELINE_FORMULA, fit_nb2_baseline
 
 
 def predict(net: ImageCountNet, pats, zero=(), centres: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,6 +65,10 @@ def main() -> None:
     ap.add_argument("--cache", default="", help="pickle of the loaded arrays (made when absent)")
     ap.add_argument("--variants", default="model,no_images")
     ap.add_argument("--count-only", action="store_true", help="train and score the count pathway alone")
+    ap.add_argument("--image-references", action="store_true",
+                    help="add NB2 laws fitted on TRAIN's observed counts with fixed image summaries beside the baseline's features: "
+                         "the FLAIR tail share (bench.readable_oracle.tail_share) and the untrained gated detectors' 8 log shares")
+    ap.add_argument("--count-trunk", default="conv", choices=("conv", "gated"), help="the count pathway's detector maps (forecast.image_count.COUNT_TRUNKS)")
     ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"),
                     help="how the images are read (forecast.preprocess); give each its own --cache")
     ap.add_argument("--mtr", action="store_true", help="add the cohorts' MTR map as an input channel (cohorts simulated with --mtr)")
@@ -99,7 +103,7 @@ def main() -> None:
     nets = {}
     variants = {"model": (), "no_images": tuple(j for j, c in enumerate(inputs) if c not in MASK_CHANNELS)}  # every image channel zeroed
     for name, zero in ((k, variants[k]) for k in a.variants.split(",")):
-        net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden)
+        net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk)
         t0 = time.time()
         fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr, centres=not a.count_only,
                               progress=lambda e, n, v: print(f"  {name} epoch {e}/{n} val {v:.3f} ({time.time() - t0:.0f}s)", flush=True))
@@ -110,6 +114,19 @@ def main() -> None:
     feats_tr = pd.concat(feat_tabs, ignore_index=True)
     feats_dv = baseline_features(dv, outcome=False)
     preds = {k: predict(n, dev_p, z, centres=not a.count_only) for k, (n, z) in nets.items()}
+    extra_terms: dict[str, str] = {}
+    if a.image_references:  # fixed image summaries as NB2 covariates (fitted on observed counts only)
+        from bench.readable_oracle import tail_share
+        from bench.tail_reader_oos import detector_shares
+
+        def summaries(ps: list) -> pd.DataFrame:
+            d = detector_shares(ps)
+            return pd.DataFrame({"img_tail": [tail_share(p) for p in ps], **{f"img_det{j}": d[:, j] for j in range(d.shape[1])}})
+
+        s_tr = summaries(list(feats_tr["_arrays"]))
+        feats_tr = pd.concat([feats_tr.reset_index(drop=True), s_tr], axis=1)
+        feats_dv = pd.concat([feats_dv.reset_index(drop=True), summaries(dev_p)], axis=1)
+        extra_terms = {"nb2_tail": " + img_tail", "nb2_detectors": "".join(f" + img_det{j}" for j in range(8))}
     rows = []
     for v, label in enumerate(visits):
         y = np.array([p.counts[v] for p in dev_p])
@@ -118,6 +135,8 @@ def main() -> None:
         ttab = ttab[np.isfinite(ttab["net2"])]
         dtab = feats_dv.assign(followup_years=[p.years[v] for p in dev_p])
         laws = {"nb2_baseline": fit_nb2_baseline(ttab, reference="placebo").pmf(dtab[ok])}
+        for k, terms in extra_terms.items():
+            laws[k] = fit_nb2_baseline(ttab, formula=BASELINE_FORMULA + terms, reference="placebo").pmf(dtab[ok])
         orc = cohort_observable_pmf(dv.root, dtab[ok].assign(gd_count=dtab.loc[ok, "gd_count"]))
         if orc is not None:
             laws["oracle"] = orc
@@ -128,7 +147,7 @@ def main() -> None:
         active = y[ok] > 0
         if 0 < active.sum() < active.size:  # P(active) AUC: 1 - P(0 lesions) of each law against observed activity
             row |= {f"auc_{k}": float(roc_auc_score(active, 1.0 - np.asarray(p)[:, 0])) for k, p in laws.items()}
-        for k in ("model", "no_images", "oracle"):
+        for k in ("model", "no_images", "oracle", *extra_terms):
             if k in sc:
                 d = sc[k] - sc["nb2_baseline"]
                 row[f"{k}_minus_nb2"] = float(d.mean()); row[f"{k}_minus_nb2_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))

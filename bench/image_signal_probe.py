@@ -33,22 +33,25 @@ from torch import nn
 
 from bench.readable_oracle import DEFAULT_INPUTS, load_or_cache
 from forecast.data import split_patients
-from forecast.image_count import tabular
+from forecast.image_count import GatedDetectors, tabular
 from mseval.io.cohort import read_cohort
 
 
 class Probe(nn.Module):
-    def __init__(self, channels: int, n_tab: int, maps: int, images: bool) -> None:
+    def __init__(self, channels: int, n_tab: int, maps: int, images: bool, trunk: str = "conv") -> None:
         super().__init__()
         self.images = images
-        self.trunk = nn.Sequential(nn.Conv3d(channels, maps, 3, padding=1), nn.SiLU(), nn.Conv3d(maps, maps, 3, padding=1), nn.SiLU(),
-                                   nn.Conv3d(maps, maps, 1))
+        if trunk == "gated":
+            self.trunk = GatedDetectors(channels, maps)
+        else:
+            self.trunk = nn.Sequential(nn.Conv3d(channels, maps, 3, padding=1), nn.SiLU(), nn.Conv3d(maps, maps, 3, padding=1), nn.SiLU(),
+                                       nn.Conv3d(maps, maps, 1), nn.Sigmoid())
         self.head = nn.Sequential(nn.Linear(n_tab + (2 * maps if images else 0), 32), nn.SiLU(), nn.Linear(32, 1))
 
     def forward(self, cond: torch.Tensor, brain: torch.Tensor, tab: torch.Tensor) -> torch.Tensor:
         if not self.images:
             return self.head(tab)[:, 0]
-        d = torch.sigmoid(self.trunk(cond))
+        d = self.trunk(cond)
         b = brain[:, None].float()
         share = (d * b).sum((2, 3, 4)) / b.sum((2, 3, 4))
         return self.head(torch.cat([tab, share, torch.log(share + 1e-4)], 1))[:, 0]
@@ -106,6 +109,8 @@ def main() -> None:
     ap.add_argument("--maps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--trunk", default="conv", choices=("conv", "gated"),
+                    help="conv: the count trunk's shape; gated: 1x1x1 raised-sequence detectors gated by lesion-free white matter")
     ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"),
                     help="how the images are read (forecast.preprocess); give each its own --cache")
     ap.add_argument("--workers", type=int, default=1, help="processes that read the arrays (the N4 preprocessing is slow)")
@@ -139,7 +144,7 @@ def main() -> None:
     for name, images in (("tabular MLP", False), ("images", True)):
         t0 = time.time()
         torch.manual_seed(a.seed)  # the initial weights: the same for a given --seed whatever ran before
-        probe = Probe(Xt[0].shape[1], Xt[2].shape[1], a.maps, images)
+        probe = Probe(Xt[0].shape[1], Xt[2].shape[1], a.maps, images, a.trunk)
         nn.init.zeros_(probe.head[-1].weight)
         nn.init.zeros_(probe.head[-1].bias)
         m, kept = fit(probe, Xt, yt, off_t.astype(np.float32), Xv, yv, off_v.astype(np.float32), a.epochs, a.seed, a.lr)
@@ -156,7 +161,7 @@ def main() -> None:
         boot.append([1.0 - np.mean((preds[k][i] - yd[i]) ** 2) / v for k in names])
     boot = np.array(boot)
     gain = {k: (r2[k] - r2["tabular"], (boot[:, j] - boot[:, 0]).std(ddof=1)) for j, k in enumerate(names) if j}
-    print(f"DEV R^2 of log {a.target} ({a.normalization}, seed {a.seed}, {a.epochs} epochs, lr {a.lr:g}): tabular OLS {r2['tabular']:.3f}; "
+    print(f"DEV R^2 of log {a.target} ({a.normalization}, {a.trunk} trunk, seed {a.seed}, {a.epochs} epochs, lr {a.lr:g}): tabular OLS {r2['tabular']:.3f}; "
           + "; ".join(f"+ {k} {r2[k]:.3f} (gain {g:+.3f}, bootstrap SE {se:.3f})" for k, (g, se) in gain.items()) + f"; n = {len(yd)}")
 
 

@@ -62,6 +62,45 @@ def tabular(features: "np.ndarray | Sequence[Sequence[float]]") -> np.ndarray:
     return np.c_[np.log1p(x[:, :3]), x[:, 3]].astype(np.float32)
 
 
+class GatedDetectors(nn.Module):
+    """(B, C, X, Y, Z) -> (B, maps, X, Y, Z) detector maps in [0, 1]: d_j(x) = sigmoid(feature_j(x)) * sigmoid(tissue_j(x)),
+    two 1x1x1 convolutions, a voxel rule "this sequence is raised" gated by "this voxel is lesion-free white matter"
+    (an AND that one sigmoid of a linear map cannot express). Initialised for `forecast.preprocess`'s
+    ``n4_whitestripe`` units (0 = the patient's normal white matter, 1 = its SD on that sequence): detector j reads
+    FLAIR, T2 or PD (channels 2, 1, 3 of `IMAGE_CHANNELS`) above t_j = 1, 2, 3, ... SDs; its gate is T1 (channel 0)
+    above -15 T1-stripe SDs (the T1 stripe is narrow: white matter spans ~5 of its SDs, grey matter lies ~70 below) and
+    the T2 lesion mask (channel 5) off. Every weight is learned from there."""
+
+    def __init__(self, channels: int, maps: int) -> None:
+        super().__init__()
+        self.feature = nn.Conv3d(channels, maps, 1)
+        self.tissue = nn.Conv3d(channels, maps, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        c_in = self.feature.in_channels
+        with torch.no_grad():
+            for m in (self.feature, self.tissue):
+                m.weight.zero_()
+                m.bias.zero_()
+            for j in range(self.feature.out_channels):
+                c, t = (2, 1, 3)[j % 3], 1.0 + j // 3
+                if c < c_in:
+                    self.feature.weight[j, c] = 3.0
+                self.feature.bias[j] = -3.0 * t
+                self.tissue.weight[j, 0] = 0.2
+                self.tissue.bias[j] = 3.0
+                if c_in > 5:
+                    self.tissue.weight[j, 5] = -10.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.feature(x)) * torch.sigmoid(self.tissue(x))
+
+
+COUNT_TRUNKS = ("conv", "gated")
+"""The count pathway's detector maps: conv (two 3x3x3 convolutions and a 1x1x1 one, sigmoid) or gated (`GatedDetectors`)."""
+
+
 class ImageCountNet(nn.Module):
     """forward(cond, brain, tab, arm, years) -> (log_mu (B, V), log_alpha (B, V), logits (B, K, X, Y, Z)).
 
@@ -70,8 +109,10 @@ class ImageCountNet(nn.Module):
     dispersion (variance = mu + alpha mu^2)."""
 
     def __init__(self, in_channels: int, n_arms: int, n_intervals: int = 3, *, hidden: int = 8, mlp: int = 32,
-                 count_hidden: int = 8) -> None:
+                 count_hidden: int = 8, count_trunk: str = "conv") -> None:
         super().__init__()
+        if count_trunk not in COUNT_TRUNKS:
+            raise ValueError(f"count_trunk must be one of {', '.join(COUNT_TRUNKS)}, got {count_trunk!r}")
         self.n_arms = n_arms
         self.n_intervals = n_intervals
         self.trunk = nn.Sequential(
@@ -82,10 +123,10 @@ class ImageCountNet(nn.Module):
         self.shift = nn.Conv3d(hidden, n_arms, 1)
         nn.init.zeros_(self.shift.weight)
         nn.init.zeros_(self.shift.bias)
-        self.count_trunk = nn.Sequential(
+        self.count_trunk = GatedDetectors(in_channels, count_hidden) if count_trunk == "gated" else nn.Sequential(
             nn.Conv3d(in_channels, count_hidden, 3, padding=1), nn.SiLU(),
             nn.Conv3d(count_hidden, count_hidden, 3, padding=1), nn.SiLU(),
-            nn.Conv3d(count_hidden, count_hidden, 1),
+            nn.Conv3d(count_hidden, count_hidden, 1), nn.Sigmoid(),
         )
         n_in = 2 * count_hidden + len(FEATURES) + n_arms
         self.count = nn.Sequential(nn.Linear(n_in, mlp), nn.SiLU(), nn.Linear(mlp, mlp), nn.SiLU(), nn.Linear(mlp, n_intervals + 1))
@@ -107,8 +148,8 @@ class ImageCountNet(nn.Module):
         return [*self.count_trunk.parameters(), *self.count.parameters()]
 
     def image_summary(self, cond: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-        """(B, 2 * count_hidden): the brain-masked mean f_j of each sigmoid detector map and log(f_j + 1e-4)."""
-        d = torch.sigmoid(self.count_trunk(cond.float().contiguous(memory_format=torch.channels_last_3d)))
+        """(B, 2 * count_hidden): the brain-masked mean f_j of each detector map (in [0, 1]) and log(f_j + 1e-4)."""
+        d = self.count_trunk(cond.float().contiguous(memory_format=torch.channels_last_3d))
         m = brain[:, None].float()
         f = (d * m).sum((2, 3, 4)) / m.sum((2, 3, 4)).clamp_min(1.0)
         return torch.cat([f, torch.log(f + 1e-4)], 1)
@@ -265,6 +306,9 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
     for m in net.modules():
         if isinstance(m, (nn.Conv3d, nn.Linear)) and m is not net.shift:
             m.reset_parameters()
+    for m in net.modules():
+        if isinstance(m, GatedDetectors):  # after its convolutions' own reset: back to the detector initialisation
+            m.reset_parameters()
     nn.init.zeros_(net.shift.weight)
     nn.init.zeros_(net.shift.bias)
     net.set_standardisation(tabular(np.stack([p.tab for p in train])))
@@ -308,5 +352,5 @@ def count_pmf(log_mu: np.ndarray, log_alpha: np.ndarray) -> np.ndarray:
     return nb2_law_pmf(np.exp(np.asarray(log_mu, float)), np.exp(np.asarray(log_alpha, float)))
 
 
-__all__ = ["FEATURES", "ImageCountFit", "ImageCountNet", "PatientArrays", "collate", "count_pmf", "evaluate_loss",
+__all__ = ["COUNT_TRUNKS", "FEATURES", "GatedDetectors", "ImageCountFit", "ImageCountNet", "PatientArrays", "collate", "count_pmf", "evaluate_loss",
            "fit_image_count", "logits_for", "loss_terms", "tabular", "trajectory_logpmf"]

@@ -194,3 +194,27 @@ def test_inputs_naming_an_image_the_cohort_lacks_are_refused_naming_it(multi_vis
     with pytest.raises(InputError, match="no baseline mtr image") as e:
         load_arrays(c, c.patient_ids[:1], list(c.arms["arm"]), inputs=IMAGE_CHANNELS + ("mtr",))
     assert e.value.field == "mtr" and "\n" not in e.value.message
+
+
+def test_gated_detectors_start_as_raised_white_matter_rules_and_the_images_reach_the_count(arrays) -> None:
+    """The `gated` count trunk at its initialisation (WhiteStripe units): a lesion-free white-matter voxel with FLAIR 3 SDs
+    above normal fires the FLAIR detectors, normal white matter barely, grey matter (T1 far below) and lesion voxels not;
+    trained, the count law reads the images (the ablation) and the trunk's name is checked."""
+    from forecast.image_count import GatedDetectors
+
+    det = GatedDetectors(7, 6)
+    x = torch.zeros(4, 7, 1, 1, 1)
+    x[0, 2] = 3.0  # raised FLAIR, white matter
+    x[2, 0], x[2, 2] = -70.0, 3.0  # grey matter (T1 far below the stripe), FLAIR bright
+    x[3, 2], x[3, 5] = 3.0, 1.0  # a lesion voxel
+    d = det(x)[:, 0, 0, 0, 0].detach().numpy()  # detector 0: FLAIR above 1 SD
+    assert d[0] > 0.8 and d[1] < 0.1 and d[2] < 0.01 and d[3] < 0.01, d
+    _, arms, ps = arrays
+    net = ImageCountNet(7, len(arms), hidden=4, mlp=8, count_hidden=3, count_trunk="gated")
+    fit_image_count(net, ps[:14], ps[14:], epochs=2, batch=7, seed=3, centres=False)
+    b = collate(ps[:6])
+    m, _, _ = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
+    m0, _, _ = net(collate(ps[:6], zero_channels=tuple(range(5)))["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
+    assert float((m - m0).abs().max()) > 1e-5
+    with pytest.raises(ValueError, match="count_trunk must be one of"):
+        ImageCountNet(7, len(arms), count_trunk="unet")
