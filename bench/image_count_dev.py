@@ -67,7 +67,9 @@ def main() -> None:
     ap.add_argument("--count-only", action="store_true", help="train and score the count pathway alone")
     ap.add_argument("--image-references", action="store_true",
                     help="add NB2 laws fitted on TRAIN's observed counts with fixed image summaries beside the baseline's features: "
-                         "the FLAIR tail share (bench.readable_oracle.tail_share) and the untrained gated detectors' 8 log shares")
+                         "the FLAIR tail share (bench.readable_oracle.tail_share) and the untrained gated detectors' 8 log shares; and, as "
+                         "ceilings of a perfect image reader in that law, the true log DAWM share (+ log1p pre-lesional sites) of oracle_inputs.csv")
+    ap.add_argument("--count-head", default="mlp", choices=("mlp", "linear"), help="forecast.image_count.COUNT_HEADS")
     ap.add_argument("--count-trunk", default="conv", choices=("conv", "gated"), help="the count pathway's detector maps (forecast.image_count.COUNT_TRUNKS)")
     ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"),
                     help="how the images are read (forecast.preprocess); give each its own --cache")
@@ -96,14 +98,14 @@ def main() -> None:
         train_p, val_p = train_p + tp, val_p + vp
         amap = dict(zip(list(fit_ids) + list(val_ids), tp + vp))
         f = baseline_features(tr, ids, outcome=False)
-        feat_tabs.append(f.assign(_arrays=[amap[i] for i in f.patient_id]))
+        feat_tabs.append(f.assign(_arrays=[amap[i] for i in f.patient_id], _root=str(tr.root)))
     print(f"loaded {len(train_p)}+{len(val_p)} train ({len(trains)} trials), {len(dev_p)} dev in {time.time() - t0:.0f}s", flush=True)
     C = len(inputs)
     res: dict = {"n_train": len(train_p), "n_val": len(val_p), "n_dev": len(dev_p)}
     nets = {}
     variants = {"model": (), "no_images": tuple(j for j, c in enumerate(inputs) if c not in MASK_CHANNELS)}  # every image channel zeroed
     for name, zero in ((k, variants[k]) for k in a.variants.split(",")):
-        net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk)
+        net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk, count_head=a.count_head)
         t0 = time.time()
         fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr, centres=not a.count_only,
                               progress=lambda e, n, v: print(f"  {name} epoch {e}/{n} val {v:.3f} ({time.time() - t0:.0f}s)", flush=True))
@@ -123,10 +125,18 @@ def main() -> None:
             d = detector_shares(ps)
             return pd.DataFrame({"img_tail": [tail_share(p) for p in ps], **{f"img_det{j}": d[:, j] for j in range(d.shape[1])}})
 
+        def truth(tab: pd.DataFrame, roots: list) -> pd.DataFrame:  # a perfect reader's inputs (the simulator's, a ceiling)
+            o = pd.concat([pd.read_csv(Path(r) / "oracle_inputs.csv").assign(_root=str(r)) for r in dict.fromkeys(roots)])
+            o = o.set_index(["_root", "patient_id"]).loc[list(zip(roots, tab["patient_id"]))]
+            return pd.DataFrame({"true_log_dawm": np.log(np.maximum(o["dawm_fraction"].to_numpy(float), 1e-4)),
+                                 "true_sites": np.log1p(o["prelesional_sites"].to_numpy(float))})
+
         s_tr = summaries(list(feats_tr["_arrays"]))
-        feats_tr = pd.concat([feats_tr.reset_index(drop=True), s_tr], axis=1)
-        feats_dv = pd.concat([feats_dv.reset_index(drop=True), summaries(dev_p)], axis=1)
-        extra_terms = {"nb2_tail": " + img_tail", "nb2_detectors": "".join(f" + img_det{j}" for j in range(8))}
+        feats_tr = pd.concat([feats_tr.reset_index(drop=True), s_tr, truth(feats_tr.reset_index(drop=True), list(feats_tr["_root"]))], axis=1)
+        feats_dv = feats_dv.reset_index(drop=True)
+        feats_dv = pd.concat([feats_dv, summaries(dev_p), truth(feats_dv, [str(dv.root)] * len(feats_dv))], axis=1)
+        extra_terms = {"nb2_tail": " + img_tail", "nb2_detectors": "".join(f" + img_det{j}" for j in range(8)),
+                       "nb2_true_dawm": " + true_log_dawm", "nb2_true_both": " + true_log_dawm + true_sites"}
     rows = []
     for v, label in enumerate(visits):
         y = np.array([p.counts[v] for p in dev_p])

@@ -17,7 +17,7 @@ observed NET2 masks (never the simulator's truth):
   the channels and their neighbourhood (e.g. "FLAIR and PD faintly raised in white matter", the
   diffusely abnormal white matter; a faint focal change, a pre-lesional site). Their brain-masked
   means f_j (the share of the brain each rule flags) and log f_j are the patient's image summary; an
-  MLP of [that summary, the standardised tabular features (`FEATURES`), the arm (one-hot)] gives one
+  MLP (or, `count_head="linear"`, a linear map) of [that summary, the standardised tabular features (`FEATURES`), the arm (one-hot)] gives one
   log rate per scheduled interval (lesions per year) and one log dispersion alpha; the cumulative mean to visit k is mu_k = sum_{j<=k} rate_j (t_j - t_{j-1})
   (t in years from baseline, the patient's own visit weeks), so each visit's count is NB2(mu_k, alpha)
   and a patient's visits are one coherent trajectory (the counts never decrease). The arm enters
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -66,10 +66,11 @@ class GatedDetectors(nn.Module):
     """(B, C, X, Y, Z) -> (B, maps, X, Y, Z) detector maps in [0, 1]: d_j(x) = sigmoid(feature_j(x)) * sigmoid(tissue_j(x)),
     two 1x1x1 convolutions, a voxel rule "this sequence is raised" gated by "this voxel is lesion-free white matter"
     (an AND that one sigmoid of a linear map cannot express). Initialised for `forecast.preprocess`'s
-    ``n4_whitestripe`` units (0 = the patient's normal white matter, 1 = its SD on that sequence): detector j reads
-    FLAIR, T2 or PD (channels 2, 1, 3 of `IMAGE_CHANNELS`) above t_j = 1, 2, 3, ... SDs; its gate is T1 (channel 0)
-    above -15 T1-stripe SDs (the T1 stripe is narrow: white matter spans ~5 of its SDs, grey matter lies ~70 below) and
-    the T2 lesion mask (channel 5) off. Every weight is learned from there."""
+    ``n4_whitestripe`` units (0 = the patient's normal white matter, 1 = its SD on that sequence; T1's SD there is ~6
+    T1-stripe SDs): even detectors read the sum of the diffuse-abnormality signs, s = (FLAIR + T2 + PD - T1 / 6) / 2
+    (each sequence in its white-matter SDs: hyperintense on T2, FLAIR and PD, hypointense on T1), odd ones FLAIR alone,
+    above t = 1.5, 2, 2.5, 3 (then again); the gate is T1 (channel 0) above -15 T1-stripe SDs (white matter spans ~5 of
+    its SDs, grey matter lies ~35-80 below) and the T2 lesion mask (channel 5) off. Every weight is learned from there."""
 
     def __init__(self, channels: int, maps: int) -> None:
         super().__init__()
@@ -83,10 +84,12 @@ class GatedDetectors(nn.Module):
             for m in (self.feature, self.tissue):
                 m.weight.zero_()
                 m.bias.zero_()
+            signs = {2: 0.5, 1: 0.5, 3: 0.5, 0: -1.0 / 12.0}  # (FLAIR + T2 + PD - T1 / 6) / 2
             for j in range(self.feature.out_channels):
-                c, t = (2, 1, 3)[j % 3], 1.0 + j // 3
-                if c < c_in:
-                    self.feature.weight[j, c] = 3.0
+                t = (1.5, 2.0, 2.5, 3.0)[(j // 2) % 4]
+                for c, w in (signs if j % 2 == 0 else {2: 1.0}).items():
+                    if c < c_in:
+                        self.feature.weight[j, c] = 3.0 * w
                 self.feature.bias[j] = -3.0 * t
                 self.tissue.weight[j, 0] = 0.2
                 self.tissue.bias[j] = 3.0
@@ -97,8 +100,31 @@ class GatedDetectors(nn.Module):
         return torch.sigmoid(self.feature(x)) * torch.sigmoid(self.tissue(x))
 
 
+class LinearCountLaw(nn.Module):
+    """(B, n_in) -> (B, n_intervals + 1): log rate of interval k = b_k + w . x (one slope vector for every interval, as
+    a log-linear NB2 regression with an interval-specific baseline rate) and one log dispersion, the last column."""
+
+    def __init__(self, n_in: int, n_intervals: int) -> None:
+        super().__init__()
+        self.slope = nn.Linear(n_in, 1, bias=False)
+        self.intercept = nn.Parameter(torch.zeros(n_intervals))
+        self.log_alpha = nn.Parameter(torch.zeros(1))
+
+    def reset_parameters(self) -> None:
+        self.slope.reset_parameters()
+        nn.init.zeros_(self.intercept)
+        nn.init.zeros_(self.log_alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.slope(x) + self.intercept, self.log_alpha.expand(x.shape[0], 1)], 1)
+
+
 COUNT_TRUNKS = ("conv", "gated")
 """The count pathway's detector maps: conv (two 3x3x3 convolutions and a 1x1x1 one, sigmoid) or gated (`GatedDetectors`)."""
+
+COUNT_HEADS = ("mlp", "linear")
+"""The count law of the image summary, features and arm: mlp (two hidden layers: interactions, curvature) or linear
+(`LinearCountLaw`: an NB2 regression, as `mseval.stats.baseline_nb2` with the image summaries beside the count features)."""
 
 
 class ImageCountNet(nn.Module):
@@ -109,10 +135,12 @@ class ImageCountNet(nn.Module):
     dispersion (variance = mu + alpha mu^2)."""
 
     def __init__(self, in_channels: int, n_arms: int, n_intervals: int = 3, *, hidden: int = 8, mlp: int = 32,
-                 count_hidden: int = 8, count_trunk: str = "conv") -> None:
+                 count_hidden: int = 8, count_trunk: str = "conv", count_head: str = "mlp") -> None:
         super().__init__()
         if count_trunk not in COUNT_TRUNKS:
             raise ValueError(f"count_trunk must be one of {', '.join(COUNT_TRUNKS)}, got {count_trunk!r}")
+        if count_head not in COUNT_HEADS:
+            raise ValueError(f"count_head must be one of {', '.join(COUNT_HEADS)}, got {count_head!r}")
         self.n_arms = n_arms
         self.n_intervals = n_intervals
         self.trunk = nn.Sequential(
@@ -129,16 +157,25 @@ class ImageCountNet(nn.Module):
             nn.Conv3d(count_hidden, count_hidden, 1), nn.Sigmoid(),
         )
         n_in = 2 * count_hidden + len(FEATURES) + n_arms
-        self.count = nn.Sequential(nn.Linear(n_in, mlp), nn.SiLU(), nn.Linear(mlp, mlp), nn.SiLU(), nn.Linear(mlp, n_intervals + 1))
+        self.count = LinearCountLaw(n_in, n_intervals) if count_head == "linear" else nn.Sequential(
+            nn.Linear(n_in, mlp), nn.SiLU(), nn.Linear(mlp, mlp), nn.SiLU(), nn.Linear(mlp, n_intervals + 1))
         self.to(memory_format=torch.channels_last_3d)
         self.register_buffer("tab_mean", torch.zeros(len(FEATURES)))
         self.register_buffer("tab_sd", torch.ones(len(FEATURES)))
+        self.register_buffer("summary_mean", torch.zeros(2 * count_hidden))
+        self.register_buffer("summary_sd", torch.ones(2 * count_hidden))
 
     def set_standardisation(self, tab: np.ndarray) -> None:
         """Centre and scale of the tabular inputs (from the training patients' `tabular` rows)."""
         t = torch.as_tensor(np.asarray(tab, dtype=np.float32))
         self.tab_mean.copy_(t.mean(0))
         self.tab_sd.copy_(t.std(0).clamp_min(1e-3))
+
+    def set_summary_standardisation(self, summaries: torch.Tensor) -> None:
+        """Centre and scale of the image summary (2 * count_hidden,) from the training patients' summaries (N, 2 * count_hidden)
+        under the initial count trunk: the count law sees standardised shares (log shares lie near -9)."""
+        self.summary_mean.copy_(summaries.mean(0))
+        self.summary_sd.copy_(summaries.std(0).clamp_min(1e-3))
 
     def centre_parameters(self) -> list[nn.Parameter]:
         """The centre pathway's parameters (trunk, base, shift); the rest belong to the count pathway."""
@@ -163,15 +200,24 @@ class ImageCountNet(nn.Module):
             # channels-last 3D: about 2x faster convolutions on CPU (measured, torch 2.13, 2 threads)
             h = self.trunk(cond.float().contiguous(memory_format=torch.channels_last_3d))
             logits = (self.base(h) + self.shift(h)).masked_fill(~brain[:, None].bool(), -1e4)
+        log_mu, log_alpha = self.count_law(self.count_inputs(summary, tab, arm), years)
+        return log_mu, log_alpha, logits
+
+    def count_inputs(self, summary: torch.Tensor, tab: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
+        """(B, 2 * count_hidden + F + K): the standardised image summary, standardised features, one-hot arm."""
         z = (tab.float() - self.tab_mean) / self.tab_sd
         onehot = nn.functional.one_hot(arm.long(), self.n_arms).float()
-        out = self.count(torch.cat([summary, z, onehot], 1))
+        return torch.cat([(summary - self.summary_mean) / self.summary_sd, z, onehot], 1)
+
+    def count_law(self, inputs: torch.Tensor, years: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log_mu (B, V) cumulative means to each visit, log_alpha (B, V)) from the count head on `count_inputs`."""
+        out = self.count(inputs)
         if years.shape[1] != self.n_intervals:
             raise ValueError(f"the model forecasts {self.n_intervals} visits, asked for {years.shape[1]}")
         dt = torch.diff(years.float(), dim=1, prepend=torch.zeros_like(years[:, :1])).clamp_min(1e-4)
         log_mu = torch.logcumsumexp(out[:, : self.n_intervals] + torch.log(dt), dim=1)
         log_alpha = out[:, self.n_intervals].clamp(-8.0, 4.0)
-        return log_mu, log_alpha[:, None].expand_as(log_mu), logits
+        return log_mu, log_alpha[:, None].expand_as(log_mu)
 
 
 def logits_for(logits: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
@@ -295,11 +341,46 @@ def _snapshot(params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
     return [t.detach().clone() for t in params]
 
 
+def _summaries(net: ImageCountNet, patients: Sequence[PatientArrays], batch: int, zero_channels: Sequence[int]) -> torch.Tensor:
+    """(N, 2 * count_hidden) image summaries of `patients` under the count trunk's current weights."""
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(patients), batch):
+            b = collate(patients[lo: lo + batch], zero_channels=zero_channels)
+            out.append(net.image_summary(b["cond"], b["brain"]))
+    return torch.cat(out)
+
+
+def _fit_linear_count(net: ImageCountNet, train: Sequence[PatientArrays], summaries: torch.Tensor) -> None:
+    """Maximum-likelihood fit (L-BFGS, deterministic) of a linear count head on fixed image summaries: the joint NB2 law
+    of each training patient's observed visits given its summary, features and arm (an NB2 regression)."""
+    b = {k: v for k, v in collate([replace(p, cond=p.cond[:0], centres=p.centres[:0]) for p in train]).items()}  # no images needed
+    x = net.count_inputs(summaries, b["tab"], b["arm"]).detach()
+    params = list(net.count.parameters())
+    with torch.no_grad():
+        for t in params:
+            t.zero_()
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        log_mu, log_alpha = net.count_law(x, b["years"])
+        nll = -trajectory_logpmf(b["counts"], log_mu, log_alpha)[0].mean()
+        nll.backward()
+        return nll
+
+    opt.step(closure)
+
+
 def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Sequence[PatientArrays], *, epochs: int = 10,
                     batch: int = 16, lr: float = 3e-3, seed: int = 0, zero_channels: Sequence[int] = (), centres: bool = True,
                     progress: Callable[[int, int, float], None] | None = None) -> ImageCountFit:
     """Fit `net` in place by Adam on the summed loss (the pathways share no parameter, so each gets the
-    gradient of its own term); each pathway keeps the epoch with its lowest held-out loss. centres=False
+    gradient of its own term); each pathway keeps the epoch with its lowest held-out loss. The image summary is
+    standardised on the training patients under the initial count trunk; a linear count head (`count_head="linear"`)
+    starts from its maximum-likelihood fit on those summaries (an NB2 regression), which is epoch 0, a candidate for
+    the count pathway's epoch; Adam then moves the count trunk and, after every epoch, the head is refitted by maximum
+    likelihood on the new summaries (the trunk learns against the best NB2 regression on what it reads). centres=False
     trains the count pathway alone (the centre pathway keeps its initial weights; best centre epoch 0).
     Seeded: the same data, seed and thread count give the same weights on one machine (CPU)."""
     torch.manual_seed(seed % (2**63))
@@ -307,16 +388,24 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
         if isinstance(m, (nn.Conv3d, nn.Linear)) and m is not net.shift:
             m.reset_parameters()
     for m in net.modules():
-        if isinstance(m, GatedDetectors):  # after its convolutions' own reset: back to the detector initialisation
+        if isinstance(m, (GatedDetectors, LinearCountLaw)):  # after their layers' own reset: back to their initialisation
             m.reset_parameters()
     nn.init.zeros_(net.shift.weight)
     nn.init.zeros_(net.shift.bias)
     net.set_standardisation(tabular(np.stack([p.tab for p in train])))
-    rng = np.random.default_rng([seed % (2**63), 21])
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    summaries = _summaries(net, train, batch, zero_channels)
+    net.set_summary_standardisation(summaries)
     count_p, centre_p = net.count_parameters(), net.centre_parameters()
     best_c = best_l = math.inf
     ep_c = ep_l = 0
+    if isinstance(net.count, LinearCountLaw):  # epoch 0: the NB2 regression on the initial image summaries, by maximum likelihood
+        _fit_linear_count(net, train, summaries)
+        net.eval()
+        best_c = evaluate_loss(net, val, batch=batch, zero_channels=zero_channels, centres=False)[1]
+    linear = isinstance(net.count, LinearCountLaw)
+    rng = np.random.default_rng([seed % (2**63), 21])
+    head = {id(t) for t in net.count.parameters()} if linear else set()
+    opt = torch.optim.Adam([t for t in net.parameters() if id(t) not in head], lr=lr)
     keep_c, keep_l, hist = _snapshot(count_p), _snapshot(centre_p), []
     for e in range(1, epochs + 1):
         net.train()
@@ -328,6 +417,8 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
             ((c + loc) / len(b["arm"])).backward()
             opt.step()
         net.eval()
+        if linear:  # the head follows the trunk: the maximum-likelihood NB2 regression on the new summaries
+            _fit_linear_count(net, train, _summaries(net, train, batch, zero_channels))
         v = evaluate_loss(net, val, batch=batch, zero_channels=zero_channels, centres=centres)
         hist.append(v)
         if v[1] < best_c:
@@ -340,7 +431,7 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
         for t, k in zip([*count_p, *centre_p], [*keep_c, *keep_l]):
             t.copy_(k)
     net.eval()
-    return ImageCountFit(len(train), len(val), epochs, ep_c, ep_l, hist[ep_c - 1][1] if ep_c else math.nan,
+    return ImageCountFit(len(train), len(val), epochs, ep_c, ep_l, best_c if math.isfinite(best_c) else math.nan,
                          hist[ep_l - 1][2] if ep_l else math.nan, tuple(hist))
 
 
@@ -352,5 +443,5 @@ def count_pmf(log_mu: np.ndarray, log_alpha: np.ndarray) -> np.ndarray:
     return nb2_law_pmf(np.exp(np.asarray(log_mu, float)), np.exp(np.asarray(log_alpha, float)))
 
 
-__all__ = ["COUNT_TRUNKS", "FEATURES", "GatedDetectors", "ImageCountFit", "ImageCountNet", "PatientArrays", "collate", "count_pmf", "evaluate_loss",
+__all__ = ["COUNT_HEADS", "COUNT_TRUNKS", "FEATURES", "GatedDetectors", "ImageCountFit", "ImageCountNet", "LinearCountLaw", "PatientArrays", "collate", "count_pmf", "evaluate_loss",
            "fit_image_count", "logits_for", "loss_terms", "tabular", "trajectory_logpmf"]

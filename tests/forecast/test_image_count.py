@@ -196,6 +196,14 @@ def test_inputs_naming_an_image_the_cohort_lacks_are_refused_naming_it(multi_vis
     assert e.value.field == "mtr" and "\n" not in e.value.message
 
 
+def image_effect(net: ImageCountNet, ps: list) -> float:
+    """Largest change of the count law's log means when every image channel is zeroed (the ablation)."""
+    b = collate(ps)
+    m, _, _ = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
+    m0, _, _ = net(collate(ps, zero_channels=tuple(range(5)))["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
+    return float((m - m0).abs().max())
+
+
 def test_gated_detectors_start_as_raised_white_matter_rules_and_the_images_reach_the_count(arrays) -> None:
     """The `gated` count trunk at its initialisation (WhiteStripe units): a lesion-free white-matter voxel with FLAIR 3 SDs
     above normal fires the FLAIR detectors, normal white matter barely, grey matter (T1 far below) and lesion voxels not;
@@ -203,18 +211,51 @@ def test_gated_detectors_start_as_raised_white_matter_rules_and_the_images_reach
     from forecast.image_count import GatedDetectors
 
     det = GatedDetectors(7, 6)
-    x = torch.zeros(4, 7, 1, 1, 1)
+    x = torch.zeros(5, 7, 1, 1, 1)
     x[0, 2] = 3.0  # raised FLAIR, white matter
     x[2, 0], x[2, 2] = -70.0, 3.0  # grey matter (T1 far below the stripe), FLAIR bright
     x[3, 2], x[3, 5] = 3.0, 1.0  # a lesion voxel
-    d = det(x)[:, 0, 0, 0, 0].detach().numpy()  # detector 0: FLAIR above 1 SD
-    assert d[0] > 0.8 and d[1] < 0.1 and d[2] < 0.01 and d[3] < 0.01, d
+    x[4, 0], x[4, 1], x[4, 2], x[4, 3] = -6.0, 2.0, 2.0, 2.0  # diffusely abnormal: every sequence a little off
+    d = det(x)[:, :, 0, 0, 0].detach().numpy()  # detector 0: the signs' sum above 1.5; detector 1: FLAIR above 1.5
+    assert d[0, 1] > 0.8 and d[1, 1] < 0.1 and d[2, 1] < 0.01 and d[3, 1] < 0.01, d
+    assert d[4, 0] > 0.8 and d[1, 0] < 0.1 and d[4, 0] > d[4, 1], d
     _, arms, ps = arrays
     net = ImageCountNet(7, len(arms), hidden=4, mlp=8, count_hidden=3, count_trunk="gated")
     fit_image_count(net, ps[:14], ps[14:], epochs=2, batch=7, seed=3, centres=False)
-    b = collate(ps[:6])
-    m, _, _ = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
-    m0, _, _ = net(collate(ps[:6], zero_channels=tuple(range(5)))["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
-    assert float((m - m0).abs().max()) > 1e-5
+    assert image_effect(net, ps[:6]) > 1e-5
     with pytest.raises(ValueError, match="count_trunk must be one of"):
         ImageCountNet(7, len(arms), count_trunk="unet")
+
+
+def test_linear_count_head_starts_at_its_maximum_likelihood_fit_and_reads_the_images(arrays) -> None:
+    """`count_head="linear"`: epoch 0 is the NB2 regression on the initial summaries fitted by maximum likelihood (the
+    training NLL's gradient in the head vanishes there); every epoch refits it, so after training it is again the
+    maximum on the trunk's new summaries (the gradient two orders below its value half a nat away from the maximum); the
+    images reach the count (the ablation); a wrong head name is refused."""
+    from forecast.image_count import LinearCountLaw, trajectory_logpmf
+
+    _, arms, ps = arrays
+    net = ImageCountNet(7, len(arms), hidden=4, count_hidden=3, count_trunk="gated", count_head="linear")
+    assert isinstance(net.count, LinearCountLaw)
+
+    def head_gradient() -> float:
+        b = collate(ps[:14])
+        net.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            x = net.count_inputs(net.image_summary(b["cond"], b["brain"]), b["tab"], b["arm"])
+        log_mu, log_alpha = net.count_law(x, b["years"])
+        (-trajectory_logpmf(b["counts"], log_mu, log_alpha)[0].mean()).backward()
+        return max(float(t.grad.abs().max()) for t in net.count.parameters())
+
+    fit0 = fit_image_count(net, ps[:14], ps[14:], epochs=0, batch=7, seed=3, centres=False)
+    assert fit0.best_count_epoch == 0 and np.isfinite(fit0.val_count_nll)
+    g0 = head_gradient()
+    with torch.no_grad():  # away from the maximum the gradient is not small: the check can fail
+        net.count.intercept += 0.5
+    g1 = head_gradient()
+    fit_image_count(net, ps[:14], ps[14:], epochs=2, batch=7, seed=3, centres=False, lr=3e-2)
+    g2 = head_gradient()
+    assert g0 < 0.01 * g1 and g2 < 0.01 * g1, (g0, g1, g2)  # float32 L-BFGS on 14 patients: near, not at, zero
+    assert image_effect(net, ps[:6]) > 1e-4
+    with pytest.raises(ValueError, match="count_head must be one of"):
+        ImageCountNet(7, len(arms), count_head="gam")
