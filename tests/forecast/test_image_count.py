@@ -199,8 +199,9 @@ def test_inputs_naming_an_image_the_cohort_lacks_are_refused_naming_it(multi_vis
 def image_effect(net: ImageCountNet, ps: list) -> float:
     """Largest change of the count law's log means when every image channel is zeroed (the ablation)."""
     b = collate(ps)
-    m, _, _ = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
-    m0, _, _ = net(collate(ps, zero_channels=tuple(range(5)))["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
+    with torch.no_grad():
+        m, _, _ = net(b["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
+        m0, _, _ = net(collate(ps, zero_channels=tuple(range(5)))["cond"], b["brain"], b["tab"], b["arm"], b["years"], centres=False)
     return float((m - m0).abs().max())
 
 
