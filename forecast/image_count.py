@@ -70,7 +70,10 @@ class GatedDetectors(nn.Module):
     T1-stripe SDs): even detectors read the sum of the diffuse-abnormality signs, s = (FLAIR + T2 + PD - T1 / 6) / 2
     (each sequence in its white-matter SDs: hyperintense on T2, FLAIR and PD, hypointense on T1), odd ones FLAIR alone,
     above t = 1.5, 2, 2.5, 3 (then again); the gate is T1 (channel 0) above -15 T1-stripe SDs (white matter spans ~5 of
-    its SDs, grey matter lies ~35-80 below) and the T2 lesion mask (channel 5) off. Every weight is learned from there."""
+    its SDs, grey matter lies ~35-80 below) and the T2 lesion mask (channel 5) off. The sum's T1 term also lets the even
+    detectors fire weakly in the white/grey boundary band (T1 -10 to -20 with the other sequences normal: 0.02-0.09), where
+    partial volume mimics a diffuse abnormality. Steepness: 6 per SD for the sequences, 0.6 per T1-stripe SD for the gate
+    (sharper than 3 and 0.2, which let that band and the bulk of normal white matter into the shares; DEV, r12). Every weight is learned from there."""
 
     def __init__(self, channels: int, maps: int) -> None:
         super().__init__()
@@ -89,12 +92,12 @@ class GatedDetectors(nn.Module):
                 t = (1.5, 2.0, 2.5, 3.0)[(j // 2) % 4]
                 for c, w in (signs if j % 2 == 0 else {2: 1.0}).items():
                     if c < c_in:
-                        self.feature.weight[j, c] = 3.0 * w
-                self.feature.bias[j] = -3.0 * t
-                self.tissue.weight[j, 0] = 0.2
-                self.tissue.bias[j] = 3.0
+                        self.feature.weight[j, c] = 6.0 * w
+                self.feature.bias[j] = -6.0 * t
+                self.tissue.weight[j, 0] = 0.6
+                self.tissue.bias[j] = 9.0
                 if c_in > 5:
-                    self.tissue.weight[j, 5] = -10.0
+                    self.tissue.weight[j, 5] = -30.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.feature(x)) * torch.sigmoid(self.tissue(x))
@@ -118,6 +121,9 @@ class LinearCountLaw(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.slope(x) + self.intercept, self.log_alpha.expand(x.shape[0], 1)], 1)
 
+
+SUMMARY_SD_FLOOR = 0.1
+"""Smallest scale of an image summary column (shares and log shares) in `ImageCountNet.set_summary_standardisation`."""
 
 COUNT_TRUNKS = ("conv", "gated")
 """The count pathway's detector maps: conv (two 3x3x3 convolutions and a 1x1x1 one, sigmoid) or gated (`GatedDetectors`)."""
@@ -173,9 +179,11 @@ class ImageCountNet(nn.Module):
 
     def set_summary_standardisation(self, summaries: torch.Tensor) -> None:
         """Centre and scale of the image summary (2 * count_hidden,) from the training patients' summaries (N, 2 * count_hidden)
-        under the initial count trunk: the count law sees standardised shares (log shares lie near -9)."""
+        under the initial count trunk: the count law sees centred shares (log shares lie near -9), each divided by its SD
+        across patients but by no less than `SUMMARY_SD_FLOOR`, so a summary that barely varies at initialisation (a random
+        conv trunk's, or a share of a few thousandths) is centred, not amplified a thousandfold as the trunk learns."""
         self.summary_mean.copy_(summaries.mean(0))
-        self.summary_sd.copy_(summaries.std(0).clamp_min(1e-3))
+        self.summary_sd.copy_(summaries.std(0).clamp_min(SUMMARY_SD_FLOOR))
 
     def centre_parameters(self) -> list[nn.Parameter]:
         """The centre pathway's parameters (trunk, base, shift); the rest belong to the count pathway."""
@@ -351,25 +359,42 @@ def _summaries(net: ImageCountNet, patients: Sequence[PatientArrays], batch: int
     return torch.cat(out)
 
 
-def _fit_linear_count(net: ImageCountNet, train: Sequence[PatientArrays], summaries: torch.Tensor) -> None:
+def _fit_linear_count(net: ImageCountNet, train: Sequence[PatientArrays], summaries: torch.Tensor) -> bool:
     """Maximum-likelihood fit (L-BFGS, deterministic) of a linear count head on fixed image summaries: the joint NB2 law
-    of each training patient's observed visits given its summary, features and arm (an NB2 regression)."""
-    b = {k: v for k, v in collate([replace(p, cond=p.cond[:0], centres=p.centres[:0]) for p in train]).items()}  # no images needed
+    of each training patient's observed visits given its summary, features and arm (an NB2 regression). False, with the
+    head as it was, when the fit meets a non-finite input or likelihood."""
+    b = collate([replace(p, cond=p.cond[:0], brain=p.brain[:0], centres=p.centres[:0]) for p in train])  # no images needed
     x = net.count_inputs(summaries, b["tab"], b["arm"]).detach()
     params = list(net.count.parameters())
+    before = _snapshot(params)
+    if not bool(torch.isfinite(x).all()):
+        return False
     with torch.no_grad():
         for t in params:
             t.zero_()
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
+    def nll() -> torch.Tensor:
+        log_mu, log_alpha = net.count_law(x, b["years"])
+        return -trajectory_logpmf(b["counts"], log_mu, log_alpha)[0].mean()
+
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        log_mu, log_alpha = net.count_law(x, b["years"])
-        nll = -trajectory_logpmf(b["counts"], log_mu, log_alpha)[0].mean()
-        nll.backward()
-        return nll
+        loss = nll()
+        loss.backward()
+        return loss
 
-    opt.step(closure)
+    try:
+        opt.step(closure)
+        with torch.no_grad():
+            ok = bool(torch.isfinite(nll())) and all(bool(torch.isfinite(t).all()) for t in params)
+    except (IndexError, RuntimeError):  # a line search that met a non-finite loss
+        ok = False
+    if not ok:
+        with torch.no_grad():
+            for t, k in zip(params, before):
+                t.copy_(k)
+    return ok
 
 
 def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Sequence[PatientArrays], *, epochs: int = 10,
@@ -401,7 +426,8 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
     if isinstance(net.count, LinearCountLaw):  # epoch 0: the NB2 regression on the initial image summaries, by maximum likelihood
         _fit_linear_count(net, train, summaries)
         net.eval()
-        best_c = evaluate_loss(net, val, batch=batch, zero_channels=zero_channels, centres=False)[1]
+        v0 = evaluate_loss(net, val, batch=batch, zero_channels=zero_channels, centres=False)[1]
+        best_c = v0 if math.isfinite(v0) else math.inf
     linear = isinstance(net.count, LinearCountLaw)
     rng = np.random.default_rng([seed % (2**63), 21])
     head = {id(t) for t in net.count.parameters()} if linear else set()

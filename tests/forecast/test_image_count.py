@@ -260,3 +260,18 @@ def test_linear_count_head_starts_at_its_maximum_likelihood_fit_and_reads_the_im
     assert image_effect(net, ps[:6]) > 1e-4
     with pytest.raises(ValueError, match="count_head must be one of"):
         ImageCountNet(7, len(arms), count_head="gam")
+
+
+def test_linear_head_refit_that_meets_a_non_finite_summary_keeps_the_head_and_summaries_are_not_amplified(arrays) -> None:
+    """A refit on non-finite inputs returns False and changes nothing; the summary scale never falls below its floor
+    (a random conv trunk's summaries barely vary: centred, not amplified)."""
+    from forecast.image_count import SUMMARY_SD_FLOOR, _fit_linear_count
+
+    _, arms, ps = arrays
+    net = ImageCountNet(7, len(arms), hidden=4, count_hidden=3, count_head="linear")
+    fit_image_count(net, ps[:14], ps[14:], epochs=1, batch=7, seed=3, centres=False)
+    assert float(net.summary_sd.min()) >= SUMMARY_SD_FLOOR
+    before = [t.detach().clone() for t in net.count.parameters()]
+    bad = torch.full((14, 6), float("nan"))
+    assert _fit_linear_count(net, ps[:14], bad) is False
+    assert all(torch.equal(a, b) for a, b in zip(before, net.count.parameters()))
