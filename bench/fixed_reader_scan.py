@@ -18,11 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from bench.image_signal_probe import ols_design, targets
 from bench.readable_oracle import tail_share
-from forecast.data import split_patients
-from forecast.image_count import tabular
-from mseval.io.cohort import read_cohort
+from bench.tail_reader_oos import tabular_designs, train_dev_targets
 
 READERS = {"flair": {2: 1.0}, "signs4": {2: 1.0, 1: 1.0, 3: 1.0, 0: -1 / 6}, "flair_t1": {2: 1.0, 0: 0.072}, "flair_t2": {2: 1.0, 1: 0.5}}
 """Channel weights (T1 0, T2 1, FLAIR 2, PD 3; WhiteStripe units, T1's white-matter SD ~6 of them)."""
@@ -64,17 +61,9 @@ def main() -> None:
     a = ap.parse_args()
     tp, vp, dp = pickle.loads(a.cache.read_bytes())
     trp = tp + vp
-    tr, dv = read_cohort(a.train), read_cohort(a.dev)
-    ids = list(tr.patient_ids)
-    arm_of = tr.manifest.set_index("patient_id")["arm"]
-    fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)  # the cache's order
-    y_tr = np.r_[targets(a.train, list(fit_ids), "latent"), targets(a.train, list(val_ids), "latent")]
-    y_dv = targets(a.dev, list(dv.patient_ids), "latent")
-    f_tr = np.r_[targets(a.train, list(fit_ids), "dawm"), targets(a.train, list(val_ids), "dawm")]
-    f_dv = targets(a.dev, list(dv.patient_ids), "dawm")
-    T, D = tabular(np.stack([p.tab for p in trp])), tabular(np.stack([p.tab for p in dp]))
-    mu, sd = T.mean(0), T.std(0)
-    Xt, Xd = ols_design((T - mu) / sd), ols_design((D - mu) / sd)
+    y_tr, y_dv = train_dev_targets(a.train, a.dev, "latent")
+    f_tr, f_dv = train_dev_targets(a.train, a.dev, "dawm")
+    Xt, Xd = tabular_designs(trp, dp)
 
     def r2(A: np.ndarray, B: np.ndarray) -> float:
         pred = B @ np.linalg.lstsq(A, y_tr, rcond=None)[0]

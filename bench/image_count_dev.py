@@ -25,7 +25,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from forecast.data import split_patients
-from forecast.image_count import ImageCountNet, collate, count_pmf, fit_image_count, logits_for
+from forecast.image_count import COUNT_HEADS, COUNT_TRUNKS, ImageCountNet, collate, count_pmf, fit_image_count, logits_for
 from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_horizons
 from mseval.io.cohort import read_cohort
 from mseval.lesions.baseline_features import baseline_features
@@ -69,8 +69,8 @@ def main() -> None:
                     help="add NB2 laws fitted on TRAIN's observed counts with fixed image summaries beside the baseline's features: "
                          "the FLAIR tail share (bench.readable_oracle.tail_share) and the untrained gated detectors' 8 log shares; and, as "
                          "ceilings of a perfect image reader in that law, the true log DAWM share (+ log1p pre-lesional sites) of oracle_inputs.csv")
-    ap.add_argument("--count-head", default="mlp", choices=("mlp", "linear"), help="forecast.image_count.COUNT_HEADS")
-    ap.add_argument("--count-trunk", default="conv", choices=("conv", "gated"), help="the count pathway's detector maps (forecast.image_count.COUNT_TRUNKS)")
+    ap.add_argument("--count-head", default="mlp", choices=COUNT_HEADS, help="forecast.image_count.COUNT_HEADS")
+    ap.add_argument("--count-trunk", default="conv", choices=COUNT_TRUNKS, help="the count pathway's detector maps (forecast.image_count.COUNT_TRUNKS)")
     ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"),
                     help="how the images are read (forecast.preprocess); give each its own --cache")
     ap.add_argument("--mtr", action="store_true", help="add the cohorts' MTR map as an input channel (cohorts simulated with --mtr)")

@@ -37,19 +37,28 @@ def detector_shares(ps: list, maps: int = 8) -> np.ndarray:
     return np.log(np.concatenate(out) + 1e-4)
 
 
-def main(train: Path, dev: Path, caches: list[Path]) -> None:
+def train_dev_targets(train: Path, dev: Path, kind: str = "latent") -> tuple[np.ndarray, np.ndarray]:
+    """`bench.image_signal_probe.targets` of TRAIN (fitted then held-out patients: an arrays cache's order) and DEV."""
     tr, dv = read_cohort(train), read_cohort(dev)
     ids = list(tr.patient_ids)
     arm_of = tr.manifest.set_index("patient_id")["arm"]
-    fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)  # the caches' order
-    y_tr = np.r_[targets(train, list(fit_ids), "latent"), targets(train, list(val_ids), "latent")]
-    y_dv = targets(dev, list(dv.patient_ids), "latent")
+    fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)
+    return np.r_[targets(train, list(fit_ids), kind), targets(train, list(val_ids), kind)], targets(dev, list(dv.patient_ids), kind)
+
+
+def tabular_designs(trp: list, dp: list) -> tuple[np.ndarray, np.ndarray]:
+    """OLS designs [1, z, z^2] of TRAIN and DEV arrays, z standardised on TRAIN."""
+    T, D = tabular(np.stack([p.tab for p in trp])), tabular(np.stack([p.tab for p in dp]))
+    mu, sd = T.mean(0), T.std(0)
+    return ols_design((T - mu) / sd), ols_design((D - mu) / sd)
+
+
+def main(train: Path, dev: Path, caches: list[Path]) -> None:
+    y_tr, y_dv = train_dev_targets(train, dev)
     for cache in caches:
         tp, vp, dp = pickle.loads(cache.read_bytes())
         trp = tp + vp
-        T, D = tabular(np.stack([p.tab for p in trp])), tabular(np.stack([p.tab for p in dp]))
-        mu, sd = T.mean(0), T.std(0)
-        Xt, Xd = ols_design((T - mu) / sd), ols_design((D - mu) / sd)
+        Xt, Xd = tabular_designs(trp, dp)
         tt, td = np.array([tail_share(p) for p in trp]), np.array([tail_share(p) for p in dp])
         pred = {}
         readers = {"tab": (Xt, Xd), "tail": (np.c_[Xt, tt], np.c_[Xd, td]),

@@ -423,12 +423,12 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
     count_p, centre_p = net.count_parameters(), net.centre_parameters()
     best_c = best_l = math.inf
     ep_c = ep_l = 0
-    if isinstance(net.count, LinearCountLaw):  # epoch 0: the NB2 regression on the initial image summaries, by maximum likelihood
+    linear = isinstance(net.count, LinearCountLaw)
+    if linear:  # epoch 0: the NB2 regression on the initial image summaries, by maximum likelihood
         _fit_linear_count(net, train, summaries)
         net.eval()
         v0 = evaluate_loss(net, val, batch=batch, zero_channels=zero_channels, centres=False)[1]
         best_c = v0 if math.isfinite(v0) else math.inf
-    linear = isinstance(net.count, LinearCountLaw)
     rng = np.random.default_rng([seed % (2**63), 21])
     head = {id(t) for t in net.count.parameters()} if linear else set()
     opt = torch.optim.Adam([t for t in net.parameters() if id(t) not in head], lr=lr)
