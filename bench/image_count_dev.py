@@ -8,7 +8,8 @@ kept; trained the same way). DEV trials only (never the pre-registered TEST tria
 
 Scores: exact CRPS of the cumulative NET2 count from baseline to each visit (lesions; the NB2 law
 of each model; the oracle's Bayes law), paired differences with SEs over the dev patients; log score
-per observed lesion centre (last visit, nats) of the model's centre intensity vs uniform over the brain.
+per observed lesion centre (last visit, nats) of the model's centre intensity vs uniform over the brain, and with
+--location-references vs uniform white matter and the periventricular+proximity prior (paired over lesions).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from forecast.data import split_patients
-from forecast.image_count import COUNT_HEADS, COUNT_TRUNKS, ImageCountNet, collate, count_pmf, fit_image_count, logits_for
+from forecast.image_count import CENTRE_TRUNKS, COUNT_HEADS, COUNT_TRUNKS, ImageCountNet, collate, count_pmf, fit_image_count, logits_for
 from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_horizons
 from mseval.io.cohort import read_cohort
 from mseval.lesions.baseline_features import baseline_features
@@ -34,8 +35,18 @@ from mseval.simulate.observable_oracle import cohort_observable_pmf
 from mseval.stats.baseline_nb2 import BASELINE_FORMULA, fit_nb2_baseline
 
 
-def predict(net: ImageCountNet, pats, zero=(), centres: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    mus, als, ls = [], [], []
+MASK_INPUT = len(IMAGE_CHANNELS)
+"""Index of the baseline T2 lesion mask among the inputs (IMAGE_CHANNELS + MASK_CHANNELS)."""
+
+
+def predict(net: ImageCountNet, pats, zero=(), centres: bool = True) -> tuple[np.ndarray, ...]:
+    """Per patient the NB2 means and dispersions (N, V); per observed centre (patients in order) the log score gain over
+    uniform-in-brain, the raw log probability under the arm's centre law, the patient's index, and the log of the mass
+    the patient's centre law puts outside the baseline T2 lesions' one-voxel margin (where new, not enlarging, lesions
+    arise; `bench/location_references.py`): raw minus it is the law of a new lesion's centre given that it is new."""
+    from scipy import ndimage
+
+    mus, als, ls, raw, who, lnew = [], [], [], [], [], []
     with torch.no_grad():
         for lo in range(0, len(pats), 16):
             b = collate(pats[lo: lo + 16], zero_channels=zero)
@@ -48,7 +59,12 @@ def predict(net: ImageCountNet, pats, zero=(), centres: bool = True) -> tuple[np
                 if len(p.centres):
                     idx = np.ravel_multi_index(np.asarray(p.centres).T, p.brain.shape)
                     ls.extend((lp[j, idx] + np.log(p.brain.sum())).tolist())
-    return np.concatenate(mus), np.concatenate(als), np.asarray(ls)
+                    raw.extend(lp[j, idx].tolist())
+                    who.extend([lo + j] * len(idx))
+                    margin = ndimage.binary_dilation(p.cond[MASK_INPUT] > 0.5, structure=np.ones((3, 3, 3), bool)).ravel()
+                    lnew.extend([float(torch.logsumexp(lp[j][torch.from_numpy(~margin)], 0))] * len(idx))
+    return (np.concatenate(mus), np.concatenate(als), np.asarray(ls), np.asarray(raw), np.asarray(who, dtype=np.int64),
+            np.asarray(lnew))
 
 
 def main() -> None:
@@ -69,7 +85,11 @@ def main() -> None:
                     help="add NB2 laws fitted on TRAIN's observed counts with fixed image summaries beside the baseline's features: "
                          "the FLAIR tail share (bench.readable_oracle.tail_share) and the untrained gated detectors' 8 log shares; and, as "
                          "ceilings of a perfect image reader in that law, the true log DAWM share (+ log1p pre-lesional sites) of oracle_inputs.csv")
+    ap.add_argument("--location-references", action="store_true",
+                    help="score the centre laws against uniform white matter and the periventricular+proximity prior "
+                         "(bench/location_references.py; reads the DEV trial's truth-only tissue maps for the references)")
     ap.add_argument("--count-head", default="mlp", choices=COUNT_HEADS, help="forecast.image_count.COUNT_HEADS")
+    ap.add_argument("--centre-trunk", default="shallow", choices=CENTRE_TRUNKS, help="the centre pathway's trunk (forecast.image_count.CENTRE_TRUNKS)")
     ap.add_argument("--count-trunk", default="conv", choices=COUNT_TRUNKS, help="the count pathway's detector maps (forecast.image_count.COUNT_TRUNKS)")
     ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"),
                     help="how the images are read (forecast.preprocess); give each its own --cache")
@@ -105,7 +125,8 @@ def main() -> None:
     nets = {}
     variants = {"model": (), "no_images": tuple(j for j, c in enumerate(inputs) if c not in MASK_CHANNELS)}  # every image channel zeroed
     for name, zero in ((k, variants[k]) for k in a.variants.split(",")):
-        net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk, count_head=a.count_head)
+        net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk, count_head=a.count_head,
+                            centre_trunk=a.centre_trunk)
         t0 = time.time()
         fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr, centres=not a.count_only,
                               progress=lambda e, n, v: print(f"  {name} epoch {e}/{n} val {v:.3f} ({time.time() - t0:.0f}s)", flush=True))
@@ -150,7 +171,7 @@ def main() -> None:
         orc = cohort_observable_pmf(dv.root, dtab[ok].assign(gd_count=dtab.loc[ok, "gd_count"]))
         if orc is not None:
             laws["oracle"] = orc
-        for k, (m, al, _) in preds.items():
+        for k, (m, al, *_) in preds.items():
             laws[k] = count_pmf(m[ok, v], al[ok, v])
         sc = {k: crps_pmf(p, y[ok].astype(int)) for k, p in laws.items()}
         row = {"visit": label, "n": int(ok.sum())} | {f"crps_{k}": float(s.mean()) for k, s in sc.items()}
@@ -169,6 +190,23 @@ def main() -> None:
     res["count"] = rows
     res["location_gain_vs_uniform_nats"] = {k: float(p[2].mean()) for k, p in preds.items() if len(p[2])}
     print(res["location_gain_vs_uniform_nats"])
+    if a.location_references and any(len(p[3]) for p in preds.values()):
+        from bench.location_references import location_table, mixed_model_log, reference_logs
+
+        who = next(p[4] for p in preds.values() if len(p[4]))
+        refs: dict[str, list] = {}
+        for i in np.unique(who):
+            r = reference_logs(dv.root, dv.patient_ids[i], dev_p[i].centres, dev_p[i].brain)
+            for k, v in r.items():
+                refs.setdefault(k, []).append(v)
+        refs_a = {k: np.concatenate(v) for k, v in refs.items()}
+        n_brain = np.array([dev_p[i].brain.sum() for i in who], dtype=np.float64)
+        res["location"] = location_table({k: mixed_model_log(p[3], n_brain) for k, p in preds.items() if len(p[3])}, refs_a, list(who),
+                                         conditional={k: mixed_model_log(p[3] - p[5], n_brain) for k, p in preds.items() if len(p[3])})
+        # the share of centres each law puts in the margin, weighting each patient by its observed centres (as the observed share does)
+        res["location"]["predicted_enlarging_share"] = {k: float(np.mean(1.0 - np.exp(p[5]))) for k, p in preds.items() if len(p[3])}
+        res["location"]["observed_enlarging_share"] = float(np.mean(refs_a["enlarging"]))
+        print(json.dumps(res["location"], indent=1), flush=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
 
