@@ -89,7 +89,7 @@ def main() -> None:
                     help="score the centre laws against uniform white matter and the periventricular+proximity prior "
                          "(bench/location_references.py; reads the DEV trial's truth-only tissue maps for the references)")
     ap.add_argument("--count-head", default="mlp", choices=COUNT_HEADS, help="forecast.image_count.COUNT_HEADS")
-    ap.add_argument("--centre-trunk", default="shallow", choices=CENTRE_TRUNKS, help="the centre pathway's trunk (forecast.image_count.CENTRE_TRUNKS)")
+    ap.add_argument("--centre-trunk", default="multiscale", choices=CENTRE_TRUNKS, help="the centre pathway's trunk (forecast.image_count.CENTRE_TRUNKS)")
     ap.add_argument("--count-trunk", default="conv", choices=COUNT_TRUNKS, help="the count pathway's detector maps (forecast.image_count.COUNT_TRUNKS)")
     ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"),
                     help="how the images are read (forecast.preprocess); give each its own --cache")
