@@ -205,6 +205,9 @@ class ImageCountNet(nn.Module):
             raise ValueError(f"count_head must be one of {', '.join(COUNT_HEADS)}, got {count_head!r}")
         self.n_arms = n_arms
         self.n_intervals = n_intervals
+        self.arguments = {"in_channels": in_channels, "n_arms": n_arms, "n_intervals": n_intervals, "hidden": hidden, "mlp": mlp,
+                          "count_hidden": count_hidden, "count_trunk": count_trunk, "count_head": count_head, "centre_trunk": centre_trunk}
+        """The constructor's arguments: `ImageCountNet(**net.arguments)` rebuilds the architecture."""
         self.centre_trunk = centre_trunk
         if centre_trunk == "multiscale":
             self.trunk = MultiscaleFeatures(in_channels, hidden)

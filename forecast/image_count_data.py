@@ -39,7 +39,7 @@ def visit_horizons(cohort: Cohort) -> tuple[str, ...]:
     return tuple(str(x) for x in v["visit"])
 
 
-def _baseline_volumes(cohort: Cohort, pid: str, fields: Sequence[str]) -> dict:
+def baseline_volumes(cohort: Cohort, pid: str, fields: Sequence[str]) -> dict:
     """The patient's baseline files: manifest.csv's, and an optional image (e.g. `mtr`) from the baseline row of
     visits.csv. InputError naming the channel when the cohort does not hold one the inputs need."""
     vols = cohort.load_patient(pid, tuple(fields))
@@ -67,7 +67,7 @@ def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str],
     visits = visit_horizons(cohort) if with_targets else ()
     out = []
     for n, pid in enumerate(patient_ids):
-        vols = _baseline_volumes(cohort, pid, ("brain_mask", *inputs))
+        vols = baseline_volumes(cohort, pid, ("brain_mask", *inputs))
         brain = vols["brain_mask"].data > 0
         images = preprocess_images({c: vols[c].data for c in inputs if c in IMAGE_CHANNELS + OPTIONAL_IMAGE_CHANNELS}, brain, normalization,
                                    vols["brain_mask"].spacing)
@@ -96,4 +96,4 @@ def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str],
     return out
 
 
-__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "load_arrays", "visit_horizons"]
+__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "baseline_volumes", "load_arrays", "visit_horizons"]

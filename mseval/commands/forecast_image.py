@@ -1,0 +1,76 @@
+"""`mseval forecast image-train` and `mseval forecast image-laws`: the image count model (forecast/image_count.py) from
+the command line. Thin: parse, check, call `forecast.image_count_pipeline`, print. torch loads inside the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def image_train(
+    cohort: Annotated[Path, typer.Argument(help="Multi-visit cohort folder (visits.csv with cumulative NET2 masks).")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint folder (image_count.json, weights.pt).")],
+    epochs: Annotated[int, typer.Option(help="Epochs; each pathway keeps its best held-out epoch.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the batch order.")] = 0,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of each arm's patients held out to choose the epochs.")] = 0.1,
+    normalization: Annotated[str, typer.Option(help="brain_z or n4_whitestripe (forecast.preprocess).")] = "brain_z",
+    count_trunk: Annotated[str, typer.Option("--count-trunk", help="conv or gated (forecast.image_count.COUNT_TRUNKS).")] = "conv",
+    count_head: Annotated[str, typer.Option("--count-head", help="mlp or linear (forecast.image_count.COUNT_HEADS).")] = "mlp",
+    centre_trunk: Annotated[str, typer.Option("--centre-trunk", help="multiscale or shallow (forecast.image_count.CENTRE_TRUNKS).")] = "multiscale",
+    hidden: Annotated[int, typer.Option(help="Channels of the centre pathway's features.")] = 12,
+    count_hidden: Annotated[int, typer.Option("--count-hidden", help="Detector maps of the count pathway.")] = 8,
+) -> None:
+    """Train the image count model (an NB2 count law per scheduled visit and an arm-specific lesion-centre intensity,
+    both read from the baseline images) on a multi-visit cohort's observed outcomes; the truth is never read."""
+    from forecast.image_count import CENTRE_TRUNKS, COUNT_HEADS, COUNT_TRUNKS
+    from forecast.image_count_pipeline import train_image_count
+    from forecast.preprocess import NORMALIZATIONS
+    from mseval.commands._checks import check_min, check_out_folder
+    from mseval.commands._progress import progress
+    from mseval.errors import InputError
+
+    check_min(epochs, "--epochs", 1)
+    check_min(hidden, "--hidden", 1)
+    check_min(count_hidden, "--count-hidden", 1)
+    if not 0 < val_fraction < 1:
+        raise InputError(None, "--val-fraction must lie strictly between 0 and 1", field="val_fraction")
+    for option, value, allowed in (("--normalization", normalization, NORMALIZATIONS), ("--count-trunk", count_trunk, COUNT_TRUNKS),
+                                   ("--count-head", count_head, COUNT_HEADS), ("--centre-trunk", centre_trunk, CENTRE_TRUNKS)):
+        if value not in allowed:
+            raise InputError(None, f"{option} {value!r}: choose one of {', '.join(allowed)}", field=option.lstrip("-").replace("-", "_"))
+    check_out_folder(out)
+    (read_bar, read), (fit_bar, fit_epoch) = progress("reading patients"), progress("fitting (epochs)")
+    with read_bar, fit_bar:
+        meta = train_image_count(cohort, out, epochs=epochs, seed=seed, val_fraction=val_fraction, normalization=normalization,
+                                 net_options={"hidden": hidden, "count_hidden": count_hidden, "count_trunk": count_trunk,
+                                              "count_head": count_head, "centre_trunk": centre_trunk},
+                                 progress=lambda stage, done, total: (read if stage == "read" else fit_epoch)(done, total))
+    f = meta.fit
+    typer.echo(f"trained on {f['n_train']} patients, epochs chosen on {f['n_val']}: count epoch {f['best_count_epoch']} "
+               f"(held-out NLL {f['val_count_nll']:.4f} nats per visit), centre epoch {f['best_centre_epoch']} "
+               f"({f['val_centre_nll']:.4f} nats per lesion) -> {out}")
+
+
+def image_laws(
+    cohort: Annotated[Path, typer.Argument(help="Cohort folder whose patients to forecast (baseline files and visits.csv's schedule).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Folder written by `mseval forecast image-train`.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV: one row per patient, arm and visit (forecast.image_count_pipeline.LAW_COLUMNS).")],
+    reference_arm: Annotated[Optional[str], typer.Option("--reference-arm", help="Arm the log rate ratios contrast against (default: the checkpoint's first).")] = None,
+) -> None:
+    """Each patient's forecast NB2 law of the cumulative NET2 count under every arm at every scheduled visit: expected
+    count, dispersion, P(active) and the per-patient log rate ratio against the reference arm. Conditional on the
+    baseline inputs and on the checkpoint (no training uncertainty)."""
+    from forecast.image_count_pipeline import forecast_laws
+    from mseval.commands._checks import check_out_file
+    from mseval.commands._progress import progress
+    from mseval.io.atomic import write_csv_atomic
+
+    check_out_file(out)
+    bar, update = progress("reading patients")
+    with bar:
+        table = forecast_laws(cohort, checkpoint, reference_arm=reference_arm, progress=update)
+    write_csv_atomic(table, out)
+    typer.echo(f"{table['patient_id'].nunique()} patients x {table['arm'].nunique()} arms x {table['visit'].nunique()} visits "
+               f"(conditional on the baseline inputs and checkpoint {table['checkpoint'].iloc[0]}; no training uncertainty) -> {out}")
