@@ -1,10 +1,13 @@
 """From a cohort folder to an image count checkpoint, and from a checkpoint to each patient's forecast count law under
-every arm at every scheduled visit (what `mseval forecast image-train` and `image-laws` run).
+every arm at every scheduled visit, or to sampled trajectories of lesions (what `mseval forecast image-train`,
+`image-laws` and `image-sample` run).
 
 The law table: one row per patient, arm and follow-up visit, with the model's NB2 law of the cumulative NET2 count
 from baseline to that visit (`expected_net2` = mu, lesions; `dispersion` = alpha, variance mu + alpha mu^2;
 `p_active` = P(at least one NET2 lesion) = 1 - (1 + alpha mu)^(-1/alpha)) and `log_rate_ratio` against the reference
-arm for the same patient and visit (the counterfactual contrast; 0 on the reference arm). Every number is conditional
+arm for the same patient and visit (the counterfactual contrast; 0 on the reference arm); a law whose expected count
+is not finite or exceeds `MAX_EXPECTED` (a degenerate fit) is `estimable` False with a `note`, its numbers empty.
+Every number is conditional
 on the patient's baseline inputs *and on the checkpoint*: it carries no uncertainty of the model's own training.
 """
 
@@ -26,7 +29,11 @@ from mseval.io.cohort import Cohort, read_cohort
 from mseval.units import WEEKS_PER_YEAR
 
 LAW_COLUMNS = ("patient_id", "arm", "allocated_arm", "visit", "scheduled_weeks", "expected_net2", "dispersion", "p_active", "log_rate_ratio",
-               "reference_arm", "checkpoint")
+               "reference_arm", "checkpoint", "estimable", "note")
+MAX_EXPECTED = 1e4
+"""Largest expected cumulative count (lesions) a trajectory is drawn from; beyond it the fit is degenerate."""
+SAMPLE_COUNT_COLUMNS = ("patient_id", "arm", "member", "visit", "scheduled_weeks", "net2", "placed", "seed", "checkpoint")
+LESION_COLUMNS = ("patient_id", "arm", "member", "lesion", "birth_visit", "x", "y", "z")
 
 
 def schedule(cohort: Cohort) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -90,9 +97,54 @@ def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: S
                 for j, p in enumerate(part):
                     for v, name in enumerate(meta.visits):
                         m, a = float(mu[j, v]), float(alpha[j, v])
-                        rows.append((ids[lo + j], arm, meta.arms[p.arm], name, meta.weeks[v], m, a, 1.0 - (1.0 + a * m) ** (-1.0 / a),
-                                     float(lrr[j, v]), ref, digest[:12]))
+                        ok = bool(np.isfinite(m) and m <= MAX_EXPECTED and np.isfinite(lrr[j, v]))
+                        law = (m, a, 1.0 - (1.0 + a * m) ** (-1.0 / a), float(lrr[j, v])) if ok else (np.nan,) * 4
+                        rows.append((ids[lo + j], arm, meta.arms[p.arm], name, meta.weeks[v], *law, ref, digest[:12], ok,
+                                     "" if ok else f"degenerate count law (expected count {m:.3g}); not estimable"))
     return pd.DataFrame(rows, columns=list(LAW_COLUMNS))
 
 
-__all__ = ["LAW_COLUMNS", "forecast_laws", "schedule", "train_image_count"]
+def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, samples: int, seed: int = 0, min_distance: int = 4,
+                          patients: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`samples` members per patient and arm, each one coherent trajectory (`forecast.image_count_sampling.draw_trajectory`:
+    one gamma frailty, Poisson increments per interval, the lesions' centres drawn in birth order from the arm's centre
+    law, kept `min_distance` voxels apart). Returns (counts: `SAMPLE_COUNT_COLUMNS`, one row per member and visit, net2
+    the cumulative count drawn and placed how many of them found room; lesions: `LESION_COLUMNS`, one row per placed
+    lesion with its voxel centre and the first visit it is present at). Member m of (patient, arm) uses the seed
+    `mseval.seeding.derive_seed(seed, patient, arm, m)`: the same numbers for any patient subset, order or batch."""
+    from forecast.image_count import logits_for
+    from forecast.image_count_sampling import draw_trajectory
+    from mseval.seeding import derive_seed
+
+    if samples < 1:
+        raise InputError(None, "--samples must be at least 1", field="samples")
+    net, meta, digest = load_image_count(checkpoint)
+    cohort = read_cohort(cohort_dir)
+    ids = list(cohort.patient_ids if patients is None else patients)
+    check_cohort(meta, cohort, ids)
+    years = torch.tensor([w / WEEKS_PER_YEAR for w in meta.weeks], dtype=torch.float32)
+    counts, lesions = [], []
+    for n, pid in enumerate(ids):
+        (p,) = load_arrays(cohort, [pid], list(meta.arms), inputs=meta.inputs, with_targets=False, normalization=meta.normalization)
+        b = collate([p])
+        with torch.no_grad():
+            for k, arm in enumerate(meta.arms):
+                a = torch.full_like(b["arm"], k)
+                log_mu, log_alpha, logits = net(b["cond"], b["brain"], b["tab"], a, years[None])
+                lg = logits_for(logits, a)[0].numpy()
+                mu, alpha = log_mu[0].exp().numpy(), float(log_alpha[0, 0].exp())
+                if not (np.isfinite(mu).all() and mu[-1] <= MAX_EXPECTED):
+                    raise InputError(Path(checkpoint) / "weights.pt", f"the count law gives {mu[-1]:.3g} expected lesions for patient {pid!r} under "
+                                     f"arm {arm!r} by {meta.visits[-1]}: a degenerate fit (too few training patients for its inputs?)", field="count_law")
+                for m in range(samples):
+                    s = derive_seed(seed, pid, arm, m)
+                    tr = draw_trajectory(mu, alpha, lg, s, min_distance=min_distance)
+                    for v, name in enumerate(meta.visits):
+                        counts.append((pid, arm, m, name, meta.weeks[v], int(tr.counts[v]), int(min(tr.placed, tr.counts[v])), s, digest[:12]))
+                    lesions += [(pid, arm, m, j, meta.visits[int(tr.birth[j])], *map(int, tr.centres[j])) for j in range(tr.placed)]
+        if progress:
+            progress(n + 1, len(ids))
+    return pd.DataFrame(counts, columns=list(SAMPLE_COUNT_COLUMNS)), pd.DataFrame(lesions, columns=list(LESION_COLUMNS))
+
+
+__all__ = ["LAW_COLUMNS", "LESION_COLUMNS", "SAMPLE_COUNT_COLUMNS", "forecast_laws", "forecast_trajectories", "schedule", "train_image_count"]

@@ -1,4 +1,4 @@
-"""`mseval forecast image-train` and `mseval forecast image-laws`: the image count model (forecast/image_count.py) from
+"""`mseval forecast image-train`, `image-laws` and `image-sample`: the image count model (forecast/image_count.py) from
 the command line. Thin: parse, check, call `forecast.image_count_pipeline`, print. torch loads inside the commands."""
 
 from __future__ import annotations
@@ -74,3 +74,33 @@ def image_laws(
     write_csv_atomic(table, out)
     typer.echo(f"{table['patient_id'].nunique()} patients x {table['arm'].nunique()} arms x {table['visit'].nunique()} visits "
                f"(conditional on the baseline inputs and checkpoint {table['checkpoint'].iloc[0]}; no training uncertainty) -> {out}")
+
+
+def image_sample(
+    cohort: Annotated[Path, typer.Argument(help="Cohort folder whose patients to forecast (baseline files and visits.csv's schedule).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Folder written by `mseval forecast image-train`.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for counts.csv (member x visit) and lesions.csv (member x lesion centre).")],
+    samples: Annotated[int, typer.Option(help="Members per patient and arm.")] = 32,
+    seed: Annotated[int, typer.Option(help="Base seed; member m of (patient, arm) draws from derive_seed(seed, patient, arm, m).")] = 0,
+    min_distance: Annotated[int, typer.Option("--min-distance", help="Voxels (Chebyshev) kept between a member's lesion centres.")] = 4,
+) -> None:
+    """Sample coherent lesion trajectories: per member, the cumulative NET2 count at every scheduled visit (one frailty,
+    Poisson increments) and each lesion's centre and first visit (a W48 member holds its own W24 lesions). Lesion masks
+    are not rendered here."""
+    from forecast.image_count_pipeline import forecast_trajectories
+    from mseval.commands._checks import check_min, check_out_folder
+    from mseval.commands._progress import progress
+    from mseval.io.atomic import write_csv_atomic
+
+    check_min(samples, "--samples", 1)
+    check_min(min_distance, "--min-distance", 1)
+    check_out_folder(out)
+    bar, update = progress("sampling patients")
+    with bar:
+        counts, lesions = forecast_trajectories(cohort, checkpoint, samples=samples, seed=seed, min_distance=min_distance, progress=update)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(counts, out / "counts.csv")
+    write_csv_atomic(lesions, out / "lesions.csv")
+    short = int((counts["placed"] < counts["net2"]).sum())
+    typer.echo(f"{counts['patient_id'].nunique()} patients x {counts['arm'].nunique()} arms x {samples} members, {len(lesions)} lesions"
+               + (f"; {short} member-visits drew more lesions than the brain had room for (placed < net2)" if short else "") + f" -> {out}")
