@@ -88,6 +88,9 @@ def main() -> None:
     ap.add_argument("--location-references", action="store_true",
                     help="score the centre laws against uniform white matter and the periventricular+proximity prior "
                          "(bench/location_references.py; reads the DEV trial's truth-only tissue maps for the references)")
+    ap.add_argument("--effects", action="store_true",
+                    help="per-patient log rate ratios at the last visit (each arm vs the first) against the truth (truth.csv rate_ratio), "
+                         "beside the NB2 baseline and the NB2 with arm:age fitted on TRAIN's observed counts (bench/effects_references.py)")
     ap.add_argument("--count-head", default="mlp", choices=COUNT_HEADS, help="forecast.image_count.COUNT_HEADS")
     ap.add_argument("--centre-trunk", default="multiscale", choices=CENTRE_TRUNKS, help="the centre pathway's trunk (forecast.image_count.CENTRE_TRUNKS)")
     ap.add_argument("--count-trunk", default="conv", choices=COUNT_TRUNKS, help="the count pathway's detector maps (forecast.image_count.COUNT_TRUNKS)")
@@ -207,6 +210,18 @@ def main() -> None:
         res["location"]["predicted_enlarging_share"] = {k: float(np.mean(1.0 - np.exp(p[5]))) for k, p in preds.items() if len(p[3])}
         res["location"]["observed_enlarging_share"] = float(np.mean(refs_a["enlarging"]))
         print(json.dumps(res["location"], indent=1), flush=True)
+    if a.effects:
+        from bench.effects_references import effect_accuracy, model_log_rate_ratios, nb2_log_rate_ratios
+
+        last = len(visits) - 1
+        ttab = feats_tr.assign(net2=[q.counts[last] for q in feats_tr["_arrays"]], followup_years=[q.years[last] for q in feats_tr["_arrays"]])
+        ttab = ttab.drop(columns="_arrays")[lambda d: np.isfinite(d["net2"])]
+        dtab = feats_dv.assign(followup_years=[p.years[last] for p in dev_p])
+        preds_lrr = {k: model_log_rate_ratios(n, dev_p, arms, dv.patient_ids, zero=z) for k, (n, z) in nets.items()}
+        preds_lrr |= {"nb2_baseline": nb2_log_rate_ratios(ttab, dtab, arms, BASELINE_FORMULA),
+                      "nb2_arm_age": nb2_log_rate_ratios(ttab, dtab, arms, BASELINE_FORMULA + " + arm:age")}
+        res["effects"] = effect_accuracy(preds_lrr, dv.root, arms[0])
+        print(json.dumps(res["effects"], indent=1), flush=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
 

@@ -184,7 +184,8 @@ class MultiscaleFeatures(nn.Module):
 
 COUNT_HEADS = ("mlp", "linear")
 """The count law of the image summary, features and arm: mlp (two hidden layers: interactions, curvature) or linear
-(`LinearCountLaw`: an NB2 regression, as `mseval.stats.baseline_nb2` with the image summaries beside the count features)."""
+(`LinearCountLaw`: an NB2 regression, as `mseval.stats.baseline_nb2` with the image summaries beside the count features
+and an arm:age term)."""
 
 
 class ImageCountNet(nn.Module):
@@ -195,7 +196,8 @@ class ImageCountNet(nn.Module):
     dispersion (variance = mu + alpha mu^2)."""
 
     def __init__(self, in_channels: int, n_arms: int, n_intervals: int = 3, *, hidden: int = 8, mlp: int = 32,
-                 count_hidden: int = 8, count_trunk: str = "conv", count_head: str = "mlp", centre_trunk: str = "multiscale") -> None:
+                 count_hidden: int = 8, count_trunk: str = "conv", count_head: str = "mlp", centre_trunk: str = "multiscale",
+                 arm_age: bool | None = None) -> None:
         super().__init__()
         if centre_trunk not in CENTRE_TRUNKS:
             raise ValueError(f"centre_trunk must be one of {', '.join(CENTRE_TRUNKS)}, got {centre_trunk!r}")
@@ -205,8 +207,10 @@ class ImageCountNet(nn.Module):
             raise ValueError(f"count_head must be one of {', '.join(COUNT_HEADS)}, got {count_head!r}")
         self.n_arms = n_arms
         self.n_intervals = n_intervals
+        with_arm_age = count_head == "linear" if arm_age is None else bool(arm_age)
         self.arguments = {"in_channels": in_channels, "n_arms": n_arms, "n_intervals": n_intervals, "hidden": hidden, "mlp": mlp,
-                          "count_hidden": count_hidden, "count_trunk": count_trunk, "count_head": count_head, "centre_trunk": centre_trunk}
+                          "count_hidden": count_hidden, "count_trunk": count_trunk, "count_head": count_head, "centre_trunk": centre_trunk,
+                          "arm_age": with_arm_age}
         """The constructor's arguments: `ImageCountNet(**net.arguments)` rebuilds the architecture."""
         self.centre_trunk = centre_trunk
         if centre_trunk == "multiscale":
@@ -225,7 +229,9 @@ class ImageCountNet(nn.Module):
             nn.Conv3d(count_hidden, count_hidden, 3, padding=1), nn.SiLU(),
             nn.Conv3d(count_hidden, count_hidden, 1), nn.Sigmoid(),
         )
-        n_in = 2 * count_hidden + len(FEATURES) + n_arms
+        # a log-linear law needs an arm x age term to let the effect vary by age (default: on for the linear head; an MLP forms its own)
+        self.arm_age = with_arm_age
+        n_in = 2 * count_hidden + len(FEATURES) + n_arms * (2 if self.arm_age else 1)
         self.count = LinearCountLaw(n_in, n_intervals) if count_head == "linear" else nn.Sequential(
             nn.Linear(n_in, mlp), nn.SiLU(), nn.Linear(mlp, mlp), nn.SiLU(), nn.Linear(mlp, n_intervals + 1))
         self.to(memory_format=torch.channels_last_3d)
@@ -276,10 +282,15 @@ class ImageCountNet(nn.Module):
         return log_mu, log_alpha, logits
 
     def count_inputs(self, summary: torch.Tensor, tab: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
-        """(B, 2 * count_hidden + F + K): the standardised image summary, standardised features, one-hot arm."""
+        """(B, 2 * count_hidden + F + K [+ K]): the standardised image summary, standardised features, one-hot arm, and for
+        the linear head the one-hot arm times the standardised age (the arm:age effect modification of an NB2 SAP; an MLP
+        forms its own interactions)."""
         z = (tab.float() - self.tab_mean) / self.tab_sd
         onehot = nn.functional.one_hot(arm.long(), self.n_arms).float()
-        return torch.cat([(summary - self.summary_mean) / self.summary_sd, z, onehot], 1)
+        parts = [(summary - self.summary_mean) / self.summary_sd, z, onehot]
+        if self.arm_age:
+            parts.append(onehot * z[:, FEATURES.index("age"), None])
+        return torch.cat(parts, 1)
 
     def count_law(self, inputs: torch.Tensor, years: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log_mu (B, V) cumulative means to each visit, log_alpha (B, V)) from the count head on `count_inputs`."""

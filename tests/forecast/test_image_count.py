@@ -236,7 +236,8 @@ def test_linear_count_head_starts_at_its_maximum_likelihood_fit_and_reads_the_im
     from forecast.image_count import LinearCountLaw, trajectory_logpmf
 
     _, arms, ps = arrays
-    net = ImageCountNet(7, len(arms), hidden=4, count_hidden=3, count_trunk="gated", count_head="linear")
+    # without arm x age: with two training patients per arm that term's maximum lies on the boundary (dispersion -> 0)
+    net = ImageCountNet(7, len(arms), hidden=4, count_hidden=3, count_trunk="gated", count_head="linear", arm_age=False)
     assert isinstance(net.count, LinearCountLaw)
 
     def head_gradient() -> float:
@@ -337,3 +338,24 @@ def test_multiscale_features_smooth_inside_the_brain_and_see_far() -> None:
             b = net(cond, whole, torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), years)[2][0, 0, 10, 12, 10]
         far[trunk] = float((a - b).abs())
     assert far["shallow"] == 0.0 and far["multiscale"] > 1e-6, far
+
+
+def test_linear_head_lets_the_arm_effect_vary_with_age(arrays) -> None:
+    """The linear head's inputs hold arm x age: after fitting, a patient's log rate ratio between two arms changes with
+    the age fed in (it would be one number per arm pair without the term), and zeroing the term's weights removes it."""
+    _, arms, ps = arrays
+    net = ImageCountNet(7, len(arms), hidden=4, count_hidden=3, count_trunk="gated", count_head="linear")
+    fit_image_count(net, ps[:14], ps[14:], epochs=1, batch=7, seed=3, centres=False)
+    b = collate(ps[:1])
+
+    def lrr(age: float) -> float:
+        tab = b["tab"].clone()
+        tab[:, 3] = age
+        with torch.no_grad():
+            m = [net(b["cond"], b["brain"], tab, torch.tensor([k]), b["years"], centres=False)[0][0, -1] for k in (0, 1)]
+        return float(m[1] - m[0])
+
+    assert abs(lrr(25.0) - lrr(55.0)) > 1e-4
+    with torch.no_grad():
+        net.count.slope.weight[0, -len(arms):] = 0.0
+    assert abs(lrr(25.0) - lrr(55.0)) < 1e-6
