@@ -303,6 +303,16 @@ class ImageCountNet(nn.Module):
         return log_mu, log_alpha[:, None].expand_as(log_mu)
 
 
+def describe(arguments: dict) -> str:
+    """What a configuration of `ImageCountNet` is, in words (for the checkpoint's metadata and the commands' output)."""
+    trunk = {"conv": "convolutional detector maps", "gated": "gated white-matter detector maps"}[arguments["count_trunk"]]
+    head = ("a log-linear NB2 regression (fitted by maximum likelihood each epoch" + (", with arm x age)" if arguments.get("arm_age") else ")")
+            if arguments["count_head"] == "linear" else "an MLP")
+    place = {"multiscale": "multiscale smoothed image features", "shallow": "a two-layer convolutional trunk"}[arguments["centre_trunk"]]
+    return (f"NB2 count law per scheduled visit from {trunk}' brain shares, the baseline lesion counts, age and arm through {head}; "
+            f"arm-specific lesion-centre intensity from {place}; no mask renderer")
+
+
 def logits_for(logits: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
     """(B, K, X, Y, Z), (B,) -> (B, X, Y, Z): each member's centre logits under its arm."""
     return logits[torch.arange(logits.shape[0], device=logits.device), arm.long()]
@@ -544,5 +554,5 @@ def count_pmf(log_mu: np.ndarray, log_alpha: np.ndarray) -> np.ndarray:
     return nb2_law_pmf(np.exp(np.asarray(log_mu, float)), np.exp(np.asarray(log_alpha, float)))
 
 
-__all__ = ["CENTRE_TRUNKS", "COUNT_HEADS", "COUNT_TRUNKS", "FEATURES", "GatedDetectors", "ImageCountFit", "ImageCountNet", "LinearCountLaw", "MultiscaleFeatures", "PatientArrays", "collate", "count_pmf", "evaluate_loss",
+__all__ = ["CENTRE_TRUNKS", "COUNT_HEADS", "COUNT_TRUNKS", "FEATURES", "GatedDetectors", "ImageCountFit", "ImageCountNet", "LinearCountLaw", "MultiscaleFeatures", "PatientArrays", "collate", "count_pmf", "describe", "evaluate_loss",
            "fit_image_count", "logits_for", "loss_terms", "tabular", "trajectory_logpmf"]

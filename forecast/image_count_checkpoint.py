@@ -1,7 +1,8 @@
 """Checkpoint folder of the image count model (`forecast.image_count.ImageCountNet`), and the checks a cohort must
 pass before the model forecasts it.
 
-    image_count.json   what the model is and needs, readable without torch: format, version, the network's
+    image_count.json   what the model is and needs, readable without torch: format, version, a description in words
+                       (`forecast.image_count.describe`), the network's
                        constructor arguments, its inputs (channel names, in order), the image normalisation, the
                        arms, the visit schedule it forecasts (names and scheduled weeks), the grid (voxels), the
                        fit summary and the provenance (training and validation patients' fingerprints)
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from forecast.image_count import ImageCountFit, ImageCountNet
+from forecast.image_count import ImageCountFit, ImageCountNet, describe
 from mseval.errors import InputError
 from mseval.io.atomic import atomic_path
 
@@ -80,7 +81,7 @@ def save_image_count(folder: str | Path, net: ImageCountNet, *, inputs: Sequence
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     with atomic_path(folder / WEIGHTS) as tmp:
         torch.save(state, tmp)
-    doc = meta.to_dict() | {"digest": weights_digest(state, meta.to_dict())}
+    doc = meta.to_dict() | {"description": describe(meta.net), "digest": weights_digest(state, meta.to_dict())}
     with atomic_path(folder / META) as tmp:
         tmp.write_text(json.dumps(doc, indent=1, default=float) + "\n")
     return meta

@@ -47,7 +47,10 @@ def image_train(
                                  net_options={"hidden": hidden, "count_hidden": count_hidden, "count_trunk": count_trunk,
                                               "count_head": count_head, "centre_trunk": centre_trunk},
                                  progress=lambda stage, done, total: (read if stage == "read" else fit_epoch)(done, total))
+    from forecast.image_count import describe
+
     f = meta.fit
+    typer.echo(f"model: {describe(meta.net)}")
     typer.echo(f"trained on {f['n_train']} patients, epochs chosen on {f['n_val']}: count epoch {f['best_count_epoch']} "
                f"(held-out NLL {f['val_count_nll']:.4f} nats per visit), centre epoch {f['best_centre_epoch']} "
                f"({f['val_centre_nll']:.4f} nats per lesion) -> {out}")

@@ -49,6 +49,8 @@ def test_round_trip_gives_the_same_forecast_law(saved) -> None:
     assert meta.inputs == INPUTS and meta.visits == ("w24", "w48", "w96") and meta.weeks == (24.0, 48.0, 96.0)
     assert meta.net["count_head"] == "linear" and meta.net["centre_trunk"] == "multiscale" and meta.fit["n_train"] == 9
     assert load_image_count(folder)[2] == digest and len(digest) == 64
+    description = json.loads((folder / "image_count.json").read_text())["description"]
+    assert "log-linear NB2 regression" in description and "arm x age" in description and "no mask renderer" in description
 
 
 def test_broken_checkpoints_are_refused_naming_the_file(saved, tmp_path: Path) -> None:
