@@ -44,7 +44,7 @@ def predict(net: ImageCountNet, pats, zero=(), centres: bool = True) -> tuple[np
     uniform-in-brain, the raw log probability under the arm's centre law, the patient's index, and the log of the mass
     the patient's centre law puts outside the baseline T2 lesions' one-voxel margin (where new, not enlarging, lesions
     arise; `bench/location_references.py`): raw minus it is the law of a new lesion's centre given that it is new."""
-    from scipy import ndimage
+    from bench.location_references import lesion_margin
 
     mus, als, ls, raw, who, lnew = [], [], [], [], [], []
     with torch.no_grad():
@@ -61,7 +61,7 @@ def predict(net: ImageCountNet, pats, zero=(), centres: bool = True) -> tuple[np
                     ls.extend((lp[j, idx] + np.log(p.brain.sum())).tolist())
                     raw.extend(lp[j, idx].tolist())
                     who.extend([lo + j] * len(idx))
-                    margin = ndimage.binary_dilation(p.cond[MASK_INPUT] > 0.5, structure=np.ones((3, 3, 3), bool)).ravel()
+                    margin = lesion_margin(p.cond[MASK_INPUT]).ravel()
                     lnew.extend([float(torch.logsumexp(lp[j][torch.from_numpy(~margin)], 0))] * len(idx))
     return (np.concatenate(mus), np.concatenate(als), np.asarray(ls), np.asarray(raw), np.asarray(who, dtype=np.int64),
             np.asarray(lnew))

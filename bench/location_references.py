@@ -9,10 +9,11 @@ new part of an enlarging lesion (about a quarter of the centres on DEV). The pri
 table over every centre is reported beside it. The two reference maps are built as the world bench
 builds them (`bench/world_realism.py`): from the simulator's tissue map (`tissues.nii.gz`, truth-only: white matter
 = 3, ventricles = 5) and the patient's baseline T2 lesion mask. They put no mass inside a baseline lesion or its
-one-voxel margin, where the centre of an *enlarging* lesion's new part can lie; the simulator's own new-lesion
-centre intensity (`centre_intensity.nii.gz`, truth-only) is scored beside them as the ceiling of a location law, so every map (the model's too) is
+one-voxel margin, where the centre of an *enlarging* lesion's new part can lie, so every map (the model's too) is
 scored as the defensive mixture (1 - eps) map + eps uniform-over-the-brain, eps = `EPS` (it matters only for the
-table over every centre); the share of centres outside each reference's support is reported beside the scores.
+table over every centre); the share of centres outside each reference's support is reported beside the scores. The
+simulator's own new-lesion centre intensity (`centre_intensity.nii.gz`, truth-only) is scored beside them as the
+ceiling of a location law.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ EPS = 0.01
 """Weight of the uniform-over-the-brain component mixed into every map before scoring."""
 
 
+def lesion_margin(mask: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) bool: the baseline lesions (mask > 0.5) and their one-voxel (26-neighbourhood) margin, where the new part
+    of an enlarging lesion lies; its complement is where new lesions arise."""
+    return ndimage.binary_dilation(np.asarray(mask) > 0.5, structure=np.ones((3, 3, 3), bool))
+
+
 def reference_logs(root: Path, patient_id: str, centres: np.ndarray, brain: np.ndarray) -> dict[str, np.ndarray]:
     """{"uniform_wm", "proximity_prior", "true_intensity"} -> (K,) log probability (nats) of each centre (K, 3) voxel under the
     eps-mixed reference map, "<name>_outside" (K,) bool: the centre lies outside that map's support, and "enlarging"
@@ -42,7 +49,7 @@ def reference_logs(root: Path, patient_id: str, centres: np.ndarray, brain: np.n
     spacing = tuple(float(s) for s in nib.load(folder / "tissues.nii.gz").header.get_zooms()[:3])
     wm, vent = tissues == 3, tissues == 5
     t2 = np.asarray(nib.load(folder / "t2_lesion_mask.nii.gz").dataobj) > 0
-    margin = ndimage.binary_dilation(t2, structure=np.ones((3, 3, 3), bool))
+    margin = lesion_margin(t2)
     vdist = ndimage.distance_transform_edt(~vent, sampling=spacing)
     true = np.asarray(nib.load(folder / "centre_intensity.nii.gz").dataobj, dtype=np.float64)
     maps = {"uniform_wm": uniform_white_matter(wm & ~margin),
@@ -102,4 +109,4 @@ def _table(model_logs: dict[str, np.ndarray], ref_logs: dict[str, np.ndarray], g
     return out
 
 
-__all__ = ["EPS", "REFERENCES", "clustered_mean", "location_table", "mixed_model_log", "reference_logs"]
+__all__ = ["EPS", "REFERENCES", "clustered_mean", "lesion_margin", "location_table", "mixed_model_log", "reference_logs"]

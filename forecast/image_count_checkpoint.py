@@ -127,13 +127,12 @@ def check_cohort(meta: ImageCountMeta, cohort: Any, patient_ids: Sequence[str] |
     """Refuse, before any sampling, a cohort (`mseval.io.cohort.Cohort`) the checkpoint cannot forecast: no visits.csv,
     a follow-up visit outside the trained schedule or at another scheduled week (a horizon outside the trained range),
     an arm the model never saw, a patient without a baseline image the inputs need, or images on another grid."""
-    from forecast.image_count_data import baseline_volumes
+    from forecast.image_count_data import baseline_volumes, visit_schedule
 
     need = f"the checkpoint forecasts visits {', '.join(f'{v} (week {w:g})' for v, w in zip(meta.visits, meta.weeks))}"
     if cohort.visits is None:
         raise InputError(cohort.root / "visits.csv", f"the cohort has no visit schedule; {need}", field="visit")
-    v = cohort.visits[cohort.visits["visit_index"] > 0].drop_duplicates("visit").set_index("visit")["scheduled_weeks"]
-    for name, wk in v.items():
+    for name, wk in zip(*visit_schedule(cohort)):
         if name not in meta.visits:
             raise InputError(cohort.root / "visits.csv", f"visit {name!r} (week {wk:g}) is outside the trained schedule; {need}", field="visit")
         if not np.isclose(float(wk), meta.weeks[meta.visits.index(name)]):

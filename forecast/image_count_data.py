@@ -39,6 +39,13 @@ def visit_horizons(cohort: Cohort) -> tuple[str, ...]:
     return tuple(str(x) for x in v["visit"])
 
 
+def visit_schedule(cohort: Cohort) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """(follow-up visit names, their scheduled weeks) in schedule order; InputError without visits.csv."""
+    names = visit_horizons(cohort)
+    v = cohort.visits[cohort.visits["visit_index"] > 0].drop_duplicates("visit").set_index("visit")["scheduled_weeks"]
+    return names, tuple(float(v[n]) for n in names)
+
+
 def baseline_volumes(cohort: Cohort, pid: str, fields: Sequence[str]) -> dict:
     """The patient's baseline files: manifest.csv's, and an optional image (e.g. `mtr`) from the baseline row of
     visits.csv. InputError naming the channel when the cohort does not hold one the inputs need."""
@@ -96,4 +103,4 @@ def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str],
     return out
 
 
-__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "baseline_volumes", "load_arrays", "visit_horizons"]
+__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "baseline_volumes", "load_arrays", "visit_horizons", "visit_schedule"]

@@ -23,7 +23,7 @@ import torch
 from forecast.data import split_patients
 from forecast.image_count import ImageCountNet, collate, fit_image_count
 from forecast.image_count_checkpoint import ImageCountMeta, check_cohort, load_image_count, save_image_count
-from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_horizons
+from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_schedule
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.units import WEEKS_PER_YEAR
@@ -36,13 +36,6 @@ SAMPLE_COUNT_COLUMNS = ("patient_id", "arm", "member", "visit", "scheduled_weeks
 LESION_COLUMNS = ("patient_id", "arm", "member", "lesion", "birth_visit", "x", "y", "z")
 
 
-def schedule(cohort: Cohort) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """(follow-up visit names, their scheduled weeks) in schedule order; InputError without visits.csv."""
-    names = visit_horizons(cohort)
-    v = cohort.visits[cohort.visits["visit_index"] > 0].drop_duplicates("visit").set_index("visit")["scheduled_weeks"]
-    return names, tuple(float(v[n]) for n in names)
-
-
 def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 40, seed: int = 0, val_fraction: float = 0.1,
                       normalization: str = "brain_z", net_options: dict | None = None,
                       progress: Callable[[str, int, int], None] | None = None) -> ImageCountMeta:
@@ -52,7 +45,7 @@ def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 
     from mseval.provenance import training_provenance
 
     cohort = read_cohort(cohort_dir)
-    visits, weeks = schedule(cohort)
+    visits, weeks = visit_schedule(cohort)
     arms = list(cohort.arms["arm"])
     ids = cohort.patient_ids
     fit_ids, val_ids = split_patients(ids, [str(cohort.row(p)["arm"]) for p in ids], val_fraction, seed)
@@ -70,19 +63,25 @@ def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 
                             provenance=training_provenance(cohort, list(fit_ids), list(val_ids)) | {"seed": int(seed), "epochs": int(epochs)})
 
 
-def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: Sequence[str] | None = None, reference_arm: str | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """The law table (`LAW_COLUMNS`, module docstring) for every (given) patient of the cohort under every arm the
-    checkpoint knows, at its scheduled visits. Every check (`check_cohort`) runs before any forecast."""
+def _open(cohort_dir: str | Path, checkpoint: str | Path, patients: Sequence[str] | None
+          ) -> tuple[ImageCountNet, ImageCountMeta, str, Cohort, list[str], torch.Tensor]:
+    """(net, metadata, digest, cohort, patient ids, the trained visit times (V,) in years) after every check."""
     net, meta, digest = load_image_count(checkpoint)
     cohort = read_cohort(cohort_dir)
     ids = list(cohort.patient_ids if patients is None else patients)
     check_cohort(meta, cohort, ids)
+    return net, meta, digest, cohort, ids, torch.tensor([w / WEEKS_PER_YEAR for w in meta.weeks], dtype=torch.float32)
+
+
+def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: Sequence[str] | None = None, reference_arm: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """The law table (`LAW_COLUMNS`, module docstring) for every (given) patient of the cohort under every arm the
+    checkpoint knows, at its scheduled visits. Every check (`check_cohort`) runs before any forecast."""
+    net, meta, digest, cohort, ids, years = _open(cohort_dir, checkpoint, patients)
     ref = reference_arm or meta.arms[0]
     if ref not in meta.arms:
         raise InputError(None, f"--reference-arm {ref!r} was never seen by the checkpoint (arms: {', '.join(meta.arms)})", field="reference_arm")
     arrays = load_arrays(cohort, ids, list(meta.arms), inputs=meta.inputs, with_targets=False, normalization=meta.normalization, progress=progress)
-    years = torch.tensor([w / WEEKS_PER_YEAR for w in meta.weeks], dtype=torch.float32)
     rows = []
     with torch.no_grad():
         for lo in range(0, len(arrays), 8):
@@ -118,11 +117,7 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
 
     if samples < 1:
         raise InputError(None, "--samples must be at least 1", field="samples")
-    net, meta, digest = load_image_count(checkpoint)
-    cohort = read_cohort(cohort_dir)
-    ids = list(cohort.patient_ids if patients is None else patients)
-    check_cohort(meta, cohort, ids)
-    years = torch.tensor([w / WEEKS_PER_YEAR for w in meta.weeks], dtype=torch.float32)
+    net, meta, digest, cohort, ids, years = _open(cohort_dir, checkpoint, patients)
     counts, lesions = [], []
     for n, pid in enumerate(ids):
         (p,) = load_arrays(cohort, [pid], list(meta.arms), inputs=meta.inputs, with_targets=False, normalization=meta.normalization)
@@ -147,4 +142,4 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
     return pd.DataFrame(counts, columns=list(SAMPLE_COUNT_COLUMNS)), pd.DataFrame(lesions, columns=list(LESION_COLUMNS))
 
 
-__all__ = ["LAW_COLUMNS", "LESION_COLUMNS", "SAMPLE_COUNT_COLUMNS", "forecast_laws", "forecast_trajectories", "schedule", "train_image_count"]
+__all__ = ["LAW_COLUMNS", "LESION_COLUMNS", "SAMPLE_COUNT_COLUMNS", "forecast_laws", "forecast_trajectories", "train_image_count"]
