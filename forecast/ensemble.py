@@ -134,11 +134,17 @@ def requested_counts(model: torch.nn.Module, x: np.ndarray, conditions: Sequence
 def member_centre_maps(logits: np.ndarray, counts: Sequence[int], seeds: Sequence[int], min_distance: int) -> torch.Tensor:
     """(B, 1, X, Y, Z) centre maps of B members: counts[i] centres drawn from the intensity logits (X, Y, Z)
     from a seed derived from the member's seed (`forecast.centres.draw_centres`)."""
-    from forecast.centres import centre_map, draw_centres
+    from forecast.centres import draw_centres
 
-    maps = [centre_map(draw_centres(logits, n, derive_seed(s, "centres"), min_distance=min_distance), logits.shape)
-            for n, s in zip(counts, seeds)]
-    return torch.from_numpy(np.stack(maps)[:, None])
+    return given_centre_maps([draw_centres(logits, n, derive_seed(s, "centres"), min_distance=min_distance) for n, s in zip(counts, seeds)],
+                             logits.shape)
+
+
+def given_centre_maps(centres: Sequence[np.ndarray], shape: Sequence[int]) -> torch.Tensor:
+    """(B, 1, X, Y, Z) centre maps of B members whose centres (K_i, 3) voxel indices are given."""
+    from forecast.centres import centre_map
+
+    return torch.from_numpy(np.stack([centre_map(c, shape) for c in centres])[:, None])
 
 
 def sample_patient(
@@ -155,11 +161,13 @@ def sample_patient(
     max_rows: int | None = None,
     counts: Sequence[Sequence[int]] | None = None,
     affine: np.ndarray | None = None,
+    centres: Sequence[Sequence[np.ndarray]] | None = None,
 ) -> list[torch.Tensor]:
     """Sample one patient under each condition. cond: (C, X, Y, Z); seeds[j]: the seeds of condition j;
     counts[j]: for a count-conditioned model, the number of NET2 lesions each member of condition j is drawn with
     (with `settings.count_tries` > 1, redrawn until the mask holds that many lesions; `affine` (4, 4) then needed);
-    a centre-conditioned model (`centre_map`) draws that many centres per member and renders around them.
+    a centre-conditioned model (`centre_map`) draws that many centres per member and renders around them, or, when
+    centres[j][s] (K, 3) are given, renders around those (counts[j][s] should then be K).
     Returns, per condition, x0 (S, 1, X, Y, Z) on the CPU. Members are batched `batch_size` at a time
     (x2 rows when guided); `max_rows` caps the rows of one network call (less memory, same output)."""
     jobs = [(j, s) for j, c in enumerate(conditions) for s in range(len(seeds[j]))]
@@ -177,11 +185,14 @@ def sample_patient(
         if cfg.centre_map:
             if counts is None:
                 raise ValueError("a centre-conditioned model samples with the count head's counts")
-            if logits is None:
-                with torch.no_grad():
-                    logits = model.location(c.unsqueeze(0))[0].float().cpu().numpy()
-            cmaps = member_centre_maps(logits, [int(counts[j][s]) for j, s in chunk], [int(seeds[j][s]) for j, s in chunk],
-                                       cfg.centre_min_distance)
+            if centres is not None:
+                cmaps = given_centre_maps([centres[j][s] for j, s in chunk], tuple(c.shape[1:]))
+            else:
+                if logits is None:
+                    with torch.no_grad():
+                        logits = model.location(c.unsqueeze(0))[0].float().cpu().numpy()
+                cmaps = member_centre_maps(logits, [int(counts[j][s]) for j, s in chunk], [int(seeds[j][s]) for j, s in chunk],
+                                           cfg.centre_min_distance)
             conds = torch.cat([conds, cmaps.to(device, conds.dtype)], dim=1)
         conds = to_layout(conds, device)  # once, not at every step
 

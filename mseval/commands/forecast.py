@@ -274,11 +274,12 @@ from mseval.commands.forecast_import import forecast_export, forecast_import  # 
 app.command("import")(forecast_import)
 app.command("export")(forecast_export)
 
-from mseval.commands.forecast_image import image_laws, image_sample, image_train  # noqa: E402 - light: torch is imported inside
+from mseval.commands.forecast_image import image_laws, image_render, image_sample, image_train  # noqa: E402 - light: torch is imported inside
 
 app.command("image-train")(image_train)
 app.command("image-laws")(image_laws)
 app.command("image-sample")(image_sample)
+app.command("image-render")(image_render)
 
 
 if __name__ == "__main__":

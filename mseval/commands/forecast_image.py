@@ -107,3 +107,38 @@ def image_sample(
     short = int((counts["placed"] < counts["net2"]).sum())
     typer.echo(f"{counts['patient_id'].nunique()} patients x {counts['arm'].nunique()} arms x {samples} members, {len(lesions)} lesions"
                + (f"; {short} member-visits drew more lesions than the brain had room for (placed < net2)" if short else "") + f" -> {out}")
+
+
+def image_render(
+    cohort: Annotated[Path, typer.Argument(help="The cohort the trajectories were sampled for (baseline images).")],
+    samples: Annotated[Path, typer.Argument(help="Folder written by `mseval forecast image-sample` (counts.csv, lesions.csv).")],
+    renderer: Annotated[Path, typer.Option("--renderer", help="A centre-conditioned diffusion checkpoint (centre_map; e.g. forecast/checkpoints/tiny_centre).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder: one forecast store per visit (OUT/<visit>/) and lesions.csv.")],
+    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the renderer config's).")] = None,
+    mask_threshold: Annotated[Optional[float], typer.Option("--mask-threshold", help="Voxel probability above which a voxel is lesion (default: the renderer's, chosen on validation).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Members per network batch; results do not depend on it.")] = 8,
+) -> None:
+    """Render each sampled trajectory's lesions into masks: the decoder draws shapes around the drawn centres (patient's
+    baseline images, arm and lesion count as conditions), the mask is split by each lesion's first visit, and the mask of
+    visit k holds the lesions born by k (one coherent trajectory per member). Resumes: blocks already written are kept."""
+    from forecast.image_count_render import render_trajectories
+    from forecast.checkpoint import load_checkpoint
+    from forecast.sampler import SamplerSettings
+    from mseval.commands._checks import check_min, check_out_folder
+    from mseval.commands._progress import progress
+    from mseval.errors import InputError
+
+    check_min(batch_size, "--batch-size", 1)
+    if steps is not None:
+        check_min(steps, "--steps", 1)
+    if mask_threshold is not None and not 0 < mask_threshold < 1:
+        raise InputError(None, "--mask-threshold must lie strictly between 0 and 1", field="mask_threshold")
+    check_out_folder(out)
+    cfg = load_checkpoint(renderer).config
+    settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0, threshold=mask_threshold)
+    bar, update = progress("rendering (patient x arm)")
+    with bar:
+        table = render_trajectories(cohort, samples, renderer, out, settings=settings, batch_size=batch_size, progress=update)
+    lost, merged, owned = int(table["lost"].sum()), int((table["merged_into"] >= 0).sum()), table.loc[table["volume_mm3"] > 0, "volume_mm3"]
+    typer.echo(f"{len(table)} lesions rendered ({lost} lost: nothing drawn at the centre; {merged} merged)"
+               + (f", mean volume {owned.mean():.1f} mm^3" if len(owned) else "") + f" -> {out}")

@@ -103,3 +103,92 @@ def test_a_degenerate_count_law_is_flagged_not_printed(cli, trained: Path, visit
     r = cli("forecast", "image-sample", visits_cohort, tmp_path / "deg", "--out", tmp_path / "s")
     assert r.code == 2 and "degenerate" in r.err and "weights.pt" in r.err and len(r.err.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture(scope="module")
+def renderer(visits_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20^3 centre-conditioned diffusion decoder trained for 2 steps on the cohort's patients with a final NET2 mask
+    (shapes, not skill)."""
+    from forecast.config import ForecastConfig
+    from forecast.train import train
+
+    root = tmp_path_factory.mktemp("render")
+    shutil.copytree(visits_cohort, root / "cohort")
+    manifest = pd.read_csv(root / "cohort" / "manifest.csv")
+    keep = manifest["net2_mask"].notna()
+    manifest[keep].to_csv(root / "cohort" / "manifest.csv", index=False)
+    for name in ("visits.csv", "truth.csv", "truth_visits.csv", "truth_lesions.csv", "oracle_inputs.csv"):
+        if (root / "cohort" / name).is_file():
+            t = pd.read_csv(root / "cohort" / name)
+            t[t["patient_id"].isin(manifest.loc[keep, "patient_id"])].to_csv(root / "cohort" / name, index=False)
+    out = root / "renderer"
+    cfg = ForecastConfig(name="r", channels=(8, 8, 16), attention_levels=(False, False, False), num_head_channels=8, norm_num_groups=8,
+                         shape=(20, 20, 20), steps=2, batch_size=2, checkpoint_every=10, lr=1e-3, seed=5, count_head=True,
+                         count_head_epochs=10, val_fraction=0.34, centre_map=True, location_epochs=1, mask_threshold=0.5, sample_steps=2)
+    train(root / "cohort", cfg, out, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="module")
+def sampled(trained: Path, visits_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three members per patient and arm from `image-sample`, kept for two patients x two arms (plain CSV tables)."""
+    from mseval.cli import main
+
+    root = tmp_path_factory.mktemp("sampled")
+    assert main(["forecast", "image-sample", str(visits_cohort), str(trained), "--out", str(root / "all"), "--samples", "3", "--seed", "2"]) == 0
+    (root / "s").mkdir()
+    for name in ("counts.csv", "lesions.csv"):
+        t = pd.read_csv(root / "all" / name)
+        t[t["patient_id"].isin(["P001", "P002"]) & t["arm"].isin(["placebo", "dmf"])].to_csv(root / "s" / name, index=False)
+    return root / "s"
+
+
+def test_rendered_trajectories_are_nested_batch_free_and_resume(cli, sampled: Path, renderer: Path, visits_cohort: Path, tmp_path: Path) -> None:
+    """One store per visit; each member's W24 mask lies inside its W48 mask, inside its W96 mask; the lesion table's
+    volumes are the W96 mask's claimed voxels; the masks do not depend on the batch size; a second run over a finished
+    folder rewrites nothing."""
+    from mseval.io.store import ForecastStore
+
+    run = ("forecast", "image-render", visits_cohort, sampled, "--renderer", renderer, "--mask-threshold", "0.3")
+    r = cli(*run, "--out", tmp_path / "r", "--batch-size", "2")
+    assert r.code == 0, r.err
+    assert "lesions rendered" in r.out
+    assert cli(*run, "--out", tmp_path / "r8", "--batch-size", "8").code == 0
+    lesions = pd.read_csv(tmp_path / "r" / "lesions.csv")
+    keys = ["patient_id", "arm", "member", "lesion"]
+    drawn = pd.read_csv(sampled / "lesions.csv").sort_values(keys).reset_index(drop=True)
+    assert len(lesions) == len(drawn) > 0 and lesions[keys + ["x", "y", "z"]].equals(drawn[keys + ["x", "y", "z"]])
+    stores = {v: ForecastStore.open(tmp_path / "r" / v) for v in ("w24", "w48", "w96")}
+    other = ForecastStore.open(tmp_path / "r8" / "w96")
+    assert len(stores["w96"].keys()) == 4
+    for key in stores["w96"].keys():
+        m = [stores[v].block(*key).masks()[0].astype(bool) for v in ("w24", "w48", "w96")]
+        assert (m[0] <= m[1]).all() and (m[1] <= m[2]).all()
+        assert np.array_equal(m[2], other.block(*key).masks()[0].astype(bool))  # batch size 2 or 8: the same members
+        vox = float(abs(np.linalg.det(stores["w96"].block(*key).masks()[1][:3, :3])))
+        own = lesions[(lesions.patient_id == key[0]) & (lesions.arm == key[1])].groupby("member")["volume_mm3"].sum()
+        assert np.allclose([m[2][k].sum() * vox for k in range(3)], [own.get(k, 0.0) for k in range(3)])
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*.nii.gz")}
+    assert before and cli(*run, "--out", tmp_path / "r").code == 0
+    assert pd.read_csv(tmp_path / "r" / "lesions.csv").equals(lesions)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*.nii.gz")} == before
+
+
+def test_render_refuses_bad_inputs_in_one_line(cli, sampled: Path, renderer: Path, visits_cohort: Path, tmp_path: Path) -> None:
+    from forecast.release import SHIPPED_CHECKPOINT
+
+    bad = tmp_path / "bad"
+    shutil.copytree(sampled, bad)
+    t = pd.read_csv(bad / "lesions.csv")
+    t.loc[0, "birth_visit"] = "w12"
+    t.to_csv(bad / "lesions.csv", index=False)
+    cases = [
+        ((visits_cohort, bad, "--renderer", renderer), "lesions.csv"),
+        ((visits_cohort, tmp_path / "none", "--renderer", renderer), "image-sample"),
+        ((visits_cohort, sampled, "--renderer", SHIPPED_CHECKPOINT), "shape"),  # a 32^3 decoder, a 20^3 cohort
+        ((visits_cohort, sampled, "--renderer", renderer, "--mask-threshold", "1.5"), "strictly between"),
+    ]
+    for args, message in cases:
+        r = cli("forecast", "image-render", *args, "--out", tmp_path / "o")
+        assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err, (message, r.err)
+    assert not (tmp_path / "o").exists()

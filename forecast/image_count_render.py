@@ -1,0 +1,201 @@
+"""Lesion masks for the image count model's trajectories (`mseval forecast image-render`): a centre-conditioned
+diffusion decoder (a `centre_map` checkpoint such as the shipped `tiny_centre`) draws each member's lesions around
+the centres `image-sample` drew, and the rendered mask is split by the lesions' first visits.
+
+How a member becomes masks, one per scheduled visit:
+1. the decoder renders one mask around all the member's centres (its last visit), conditioned on the patient's
+   baseline images, the member's arm and its number of lesions; its noise comes from
+   `derive_seed(member seed, "render")`, so a member's masks do not depend on the batch or the patient order;
+2. each 26-connected component of that mask is *claimed* by the drawn centres that lie in it or touch it (within one
+   voxel, 26-neighbourhood); it takes the earliest birth visit among them (two lesions whose shapes merged are one
+   component, present from the first one's visit). A component no centre claims is not part of the trajectory (the
+   count and the places are the count law's and the centre law's, not the renderer's) and is dropped;
+3. the mask at visit k is the union of the components with birth visit <= k, so a member's visits are one coherent
+   trajectory: the W48 mask holds its own W24 lesions, voxel for voxel.
+
+The decoder shapes lesions; it does not move them or change their number, except that a centre around which it
+draws nothing is lost (`lost` in the lesion table) and merged shapes count once. The numbers are conditional on both
+checkpoints (the trajectories' and the decoder's): no training uncertainty of either is carried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from forecast.sampler import SamplerSettings
+
+RENDER_LESION_COLUMNS = ("patient_id", "arm", "member", "lesion", "birth_visit", "x", "y", "z", "volume_mm3", "lost", "merged_into")
+"""One row per drawn lesion: its rendered component's volume (mm^3; 0 when lost or merged into an earlier lesion's
+component), lost (the decoder drew nothing at its centre), merged_into (the lesion whose component it shares, -1 if none)."""
+
+
+@dataclass(frozen=True)
+class SplitMember:
+    """One rendered member split among its lesions. labels: (X, Y, Z) int16, 0 background, k + 1 where a claimed
+    component is first present at visit k; volume_mm3: (K,) its component's volume for the lesion that owns it (the
+    earliest born of those claiming it, ties to the lower index), 0 for the others; lost: (K,) bool, no component at
+    the centre; merged_into: (K,) int64 the owner of the shared component, -1 when the lesion owns its own (or is
+    lost); dropped_voxels: voxels of components no centre claimed."""
+
+    labels: np.ndarray
+    volume_mm3: np.ndarray
+    lost: np.ndarray
+    merged_into: np.ndarray
+    dropped_voxels: int
+
+
+def split_by_birth(mask: np.ndarray, centres: np.ndarray, birth: np.ndarray, voxel_mm3: float = 1.0) -> SplitMember:
+    """Split one rendered mask (X, Y, Z) bool among its member's lesions (centres (K, 3) voxel indices, birth (K,) visit
+    indices), by the rules of the module docstring (26-connected components, claimed within one voxel). voxel_mm3:
+    the volume of one voxel."""
+    import cc3d
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    comp = cc3d.connected_components(mask.astype(np.uint8), connectivity=26).astype(np.int64)
+    grown = ndimage.grey_dilation(comp, size=(3, 3, 3))  # a component's label reaches one voxel around it
+    centres = np.asarray(centres, dtype=np.int64).reshape(-1, 3)
+    birth = np.asarray(birth, dtype=np.int64).reshape(-1)
+    if len(birth) != len(centres):
+        raise ValueError(f"{len(centres)} centres but {len(birth)} birth visits")
+    idx = tuple(centres.T)
+    claimed = np.where(comp[idx] > 0, comp[idx], grown[idx]) if len(centres) else np.zeros(0, np.int64)
+    voxels = np.bincount(comp.ravel(), minlength=int(comp.max()) + 1)
+    owner = np.full(len(voxels), -1, dtype=np.int64)
+    for k in np.lexsort((np.arange(len(birth)), birth)):  # earliest birth first, then lower index
+        if claimed[k] > 0 and owner[claimed[k]] < 0:
+            owner[claimed[k]] = k
+    first = np.zeros(len(voxels), dtype=np.int16)
+    first[owner >= 0] = birth[owner[owner >= 0]] + 1
+    labels = first[comp]
+    lost = claimed == 0
+    own = ~lost & (owner[claimed] == np.arange(len(claimed)))
+    volume = np.where(own, voxels[claimed] * float(voxel_mm3), 0.0)
+    merged = np.where(~lost & ~own, owner[claimed], -1)
+    return SplitMember(labels, volume, lost, merged, int((mask & (labels == 0)).sum()))
+
+
+def masks_at_visits(labels: np.ndarray, n_visits: int) -> np.ndarray:
+    """(V, S, X, Y, Z) bool from S members' birth labels (S, X, Y, Z): the mask at visit k holds labels 1..k+1."""
+    labels = np.asarray(labels)
+    return np.stack([(labels >= 1) & (labels <= k + 1) for k in range(n_visits)])
+
+
+def read_trajectories(samples_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(counts, lesions) of an `image-sample` folder (`SAMPLE_COUNT_COLUMNS`, `LESION_COLUMNS`), checked: one line
+    naming the file, row and field for a missing file, a missing column or a lesion whose member or visit is unknown."""
+    from forecast.image_count_pipeline import LESION_COLUMNS, SAMPLE_COUNT_COLUMNS
+    from mseval.errors import InputError
+
+    folder = Path(samples_dir)
+    tables = []
+    for name, columns in (("counts.csv", SAMPLE_COUNT_COLUMNS), ("lesions.csv", LESION_COLUMNS)):
+        path = folder / name
+        if not path.is_file():
+            raise InputError(path, "not found: expected the folder written by `mseval forecast image-sample`")
+        t = pd.read_csv(path, dtype={"patient_id": str, "arm": str, "visit": str, "birth_visit": str})
+        missing = [c for c in columns if c not in t.columns]
+        if missing:
+            raise InputError(path, f"lacks column {missing[0]!r} (an `image-sample` table has {', '.join(columns)})", field=missing[0])
+        tables.append(t)
+    counts, lesions = tables
+    members = set(zip(counts["patient_id"], counts["arm"], counts["member"]))
+    visits = list(dict.fromkeys(counts["visit"]))
+    for i, r in enumerate(lesions.itertuples(index=False)):
+        if (r.patient_id, r.arm, r.member) not in members:
+            raise InputError(folder / "lesions.csv", f"member {r.member} of patient {r.patient_id!r} under {r.arm!r} is not in counts.csv", row=i + 1, field="member")
+        if r.birth_visit not in visits:
+            raise InputError(folder / "lesions.csv", f"visit {r.birth_visit!r} is not one of counts.csv's ({', '.join(visits)})", row=i + 1, field="birth_visit")
+    return counts, lesions
+
+
+def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, renderer: str | Path, out: str | Path, *,
+                        settings: SamplerSettings | None = None, batch_size: int = 8, device: str | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Render every member of an `image-sample` folder into masks (module docstring) and write, under `out`, one
+    forecast store per scheduled visit (`out/<visit>/`: blocks per patient and arm, S members, the same seeds as the
+    trajectories) and `lesions.csv` (`RENDER_LESION_COLUMNS`). Every input is checked before anything is written; a
+    (patient, arm) already in every visit's store is skipped (resume). Returns the lesion table."""
+    import torch
+
+    from forecast.checkpoint import build_model, load_checkpoint
+    from forecast.data import load_patient
+    from forecast.diffusion import alphas_cumprod
+    from forecast.ensemble import check_sampler, inference_layout, resolve_conditions, sample_patient
+    from forecast.runtime import configure_backend
+    from forecast.sampler import binarize
+    from forecast.train import default_device
+    from mseval.errors import InputError
+    from mseval.io.atomic import write_csv_atomic
+    from mseval.io.cohort import read_cohort
+    from mseval.io.store import ForecastStore
+    from mseval.seeding import derive_seed
+
+    counts, lesions = read_trajectories(samples_dir)
+    ckpt = load_checkpoint(renderer)
+    cfg = ckpt.config
+    if not cfg.centre_map:
+        raise InputError(ckpt.path, f"config {cfg.name!r} does not render around given centres (centre_map false); use a centre-conditioned "
+                         "checkpoint such as the shipped tiny_centre", field="centre_map")
+    settings = settings or SamplerSettings(cfg.sampler, cfg.sample_steps, cfg.guidance, cfg.clip_x0)
+    settings = replace(settings, count_tries=1, threshold=cfg.mask_threshold if settings.threshold is None else settings.threshold)
+    check_sampler(cfg, settings)
+    cohort = read_cohort(cohort_dir)
+    groups = list(dict.fromkeys(zip(counts["patient_id"], counts["arm"])))
+    conditions = {c.name: c for c in resolve_conditions(cohort, cfg, sorted({a for _, a in groups}))}
+    visits = list(dict.fromkeys(counts["visit"]))
+    trajectory_ckpt = str(counts["checkpoint"].iloc[0]) if len(counts) else ""
+    out = Path(out)
+    existing = [ForecastStore.open(out / v) if (out / v / "store.json").is_file() else None for v in visits]
+    done = set.intersection(*(set(s.keys()) for s in existing)) if visits and all(existing) else set()
+    todo = [g for g in groups if g not in done]
+    patients = {pid: load_patient(cohort, pid, cfg, with_target=False) for pid in dict.fromkeys(p for p, _ in todo)}  # every check first
+    stores = {v: ForecastStore.create(out / v) for v in visits}
+    dev = torch.device(device) if device is not None else default_device()
+    runtime = configure_backend(dev)
+    model = inference_layout(build_model(ckpt, ema=True, device=dev), dev)
+    acp = alphas_cumprod(cfg).to(torch.float64)
+    record = {"model": "image-count trajectories + centre-conditioned diffusion decoder", **settings.to_dict(), **runtime,
+              "trajectories_checkpoint": trajectory_ckpt, "renderer_checkpoint": ckpt.id}
+    part_dir = out / "_lesions"
+    part_dir.mkdir(parents=True, exist_ok=True)
+    by_member = {k: g.sort_values("lesion") for k, g in lesions.groupby(["patient_id", "arm", "member"], sort=False)}
+    for n, (pid, arm) in enumerate(todo):
+        p = patients[pid]
+        voxel_mm3 = float(abs(np.linalg.det(p.affine[:3, :3])))
+        mem = counts[(counts["patient_id"] == pid) & (counts["arm"] == arm)].drop_duplicates("member").sort_values("member")
+        seeds = [int(s) for s in mem["seed"]]
+        rows = [by_member.get((pid, arm, int(m)), lesions.iloc[:0]) for m in mem["member"]]
+        cents = [r[["x", "y", "z"]].to_numpy(np.int64).reshape(-1, 3) for r in rows]
+        births = [np.array([visits.index(v) for v in r["birth_visit"]], dtype=np.int64) for r in rows]
+        render_seeds = [derive_seed(s, "render") for s in seeds]
+        x0 = sample_patient(model, cfg, p.cond, [conditions[arm]], [render_seeds], settings, batch_size=batch_size, acp=acp, device=dev,
+                            counts=[[len(c) for c in cents]], centres=[cents])[0]
+        masks = binarize(x0, settings.threshold)[0]
+        splits = [split_by_birth(m if len(c) else np.zeros_like(m), c, b, voxel_mm3) for m, c, b in zip(masks, cents, births)]
+        by_visit = masks_at_visits(np.stack([sp.labels for sp in splits]), len(visits))
+        table = [(pid, arm, int(m), int(r["lesion"].iloc[j]), r["birth_visit"].iloc[j], *map(int, c[j]), float(sp.volume_mm3[j]),
+                  bool(sp.lost[j]), int(sp.merged_into[j]))
+                 for m, r, c, sp in zip(mem["member"], rows, cents, splits) for j in range(len(c))]
+        write_csv_atomic(pd.DataFrame(table, columns=list(RENDER_LESION_COLUMNS)), part_dir / f"{derive_seed(0, pid, arm)}.csv")
+        for k, v in enumerate(visits):
+            if (pid, arm) not in stores[v].keys():
+                stores[v].write_block(pid, arm, by_visit[k], p.affine, seeds, checkpoint=ckpt.id,
+                                      sampler={**record, "visit": v, "dropped_voxels": [sp.dropped_voxels for sp in splits]})
+        if progress:
+            progress(n + 1, len(todo))
+    for s in stores.values():
+        s.flush()
+    parts = [pd.read_csv(f, dtype={"patient_id": str, "arm": str, "birth_visit": str}) for f in sorted(part_dir.glob("*.csv"))]
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(RENDER_LESION_COLUMNS))
+    table = table.sort_values(["patient_id", "arm", "member", "lesion"], kind="stable").reset_index(drop=True)
+    write_csv_atomic(table, out / "lesions.csv")
+    return table
+
+
+__all__ = ["RENDER_LESION_COLUMNS", "SplitMember", "masks_at_visits", "read_trajectories", "render_trajectories", "split_by_birth"]
