@@ -12,16 +12,22 @@ Reported:
   observed lesions are the truth's draws);
 - volume PIT: per patient and visit, the randomized PIT of the observed cumulative NET2 volume within the patient's
   members' rendered volumes (allocated arm), and its uniformity tests (`mseval.metrics.calibration.pit_uniformity`);
-- the same for the rendered count (components), beside the drawn count's: how much rendering changes the count.
+- the same for the rendered count (components), beside the drawn count's: how much rendering changes the count;
+- lesion-wise detection (`mseval.lesions.matching.match_lesions`, preset msseg2) at the last visit of the ensemble's
+  probability map thresholded at 0.5 (a majority of members) and at 1/S (any member), against the observed NET2 mask,
+  pooled over patients (TP/FP/FN summed), beside the same for *another* patient's ensemble of the same allocated arm
+  (the next one in manifest order): a forecast with the same count and size law that knows nothing of where this
+  patient's lesions arise. The difference is what the place adds.
 
     PYTHONPATH=. .venv/bin/python bench/render_dev.py --dev DEV --checkpoint IC --renderer forecast/checkpoints/tiny_centre \
-        --work DIR --samples 8 --out OUT.json
+        --work DIR --samples 8 [--cache ARRAYS.pkl] --out OUT.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
 from pathlib import Path
 
@@ -46,19 +52,69 @@ def observed_visits(cohort_dir: Path, ids: list[str]) -> dict[tuple[str, str], t
     return out
 
 
-def rendered_visits(render_dir: Path, visits: list[str]) -> dict[tuple[str, str, str], tuple[np.ndarray, list[np.ndarray], np.ndarray]]:
-    """(patient, arm, visit) -> (rendered volume per member (S,) mm^3, per-lesion volumes per member, count per member (S,))."""
+def rendered_visits(render_dir: Path, visits: list[str], threshold: float) -> dict[tuple[str, str, str], tuple[np.ndarray, list[np.ndarray], np.ndarray]]:
+    """(patient, arm, visit) -> (rendered volume per member (S,) mm^3, per-lesion volumes per member, count per member (S,),
+    the ensemble's probability map (X, Y, Z): the share of members with the voxel in their mask) with the members' rendered probabilities (kept by `--prob`) thresholded at `threshold` and split by birth as
+    `image-render` does (`forecast.image_count_render.split_by_birth`)."""
+    from forecast.image_count_render import masks_at_visits, split_by_birth
     from mseval.io.store import ForecastStore
     from mseval.lesions.components import count_lesions
 
-    out = {}
-    for visit in visits:
-        store = ForecastStore.open(render_dir / visit)
-        for pid, arm in store.keys():
-            masks, affine = store.block(pid, arm).masks()
-            cs = [count_lesions(m.astype(bool), affine) for m in masks]
+    lesions = pd.read_csv(render_dir / "lesions.csv", dtype={"patient_id": str, "arm": str, "birth_visit": str})
+    by_member = {k: g.sort_values("lesion") for k, g in lesions.groupby(["patient_id", "arm", "member"])}
+    store = ForecastStore.open(render_dir / visits[-1])
+    out, lost = {}, [0, 0]
+    for pid, arm in store.keys():
+        prob, affine = store.block(pid, arm).prob()
+        labels = []
+        for m in range(len(prob)):
+            g = by_member.get((pid, arm, m))
+            c = g[["x", "y", "z"]].to_numpy(np.int64) if g is not None else np.zeros((0, 3), np.int64)
+            b = np.array([visits.index(v) for v in g["birth_visit"]]) if g is not None else np.zeros(0, np.int64)
+            sp = split_by_birth(prob[m] > threshold if len(c) else np.zeros(prob[m].shape, bool), c, b)
+            labels.append(sp.labels)
+            lost[0] += int(sp.lost.sum())
+            lost[1] += len(c)
+        per_visit = masks_at_visits(np.stack(labels), len(visits))
+        for k, visit in enumerate(visits):
+            cs = [count_lesions(mk, affine) for mk in per_visit[k]]
             vox = [c.lesions["voxels"].to_numpy() * (c.volume_mm3 / max(c.lesions["voxels"].sum(), 1)) for c in cs]
-            out[(pid, arm, visit)] = (np.array([c.volume_mm3 for c in cs]), vox, np.array([c.count for c in cs]))
+            out[(pid, arm, visit)] = (np.array([c.volume_mm3 for c in cs]), vox, np.array([c.count for c in cs]), per_visit[k].mean(axis=0))
+    out["lost_share"] = lost[0] / max(lost[1], 1)
+    return out
+
+
+def detection(dev: Path, ren: dict, ids: list[str], allocated: dict[str, str], last: str) -> dict:
+    """Pooled lesion-wise detection of each patient's ensemble map vs its observed mask, and of the next same-arm
+    patient's map (module docstring). Only patients observed at `last`."""
+    import nibabel as nib
+
+    from mseval.lesions.matching import match_lesions
+    from mseval.lesions.presets import PRESETS
+
+    v = pd.read_csv(dev / "visits.csv", dtype={"patient_id": str, "visit": str})
+    v = v[(v["visit"] == last) & v["net2_mask_cumulative"].notna()].set_index("patient_id")
+    prob = {p: ren[(p, allocated[p], last)][3] for p in ids}
+    seen = [p for p in ids if p in v.index]
+    nxt = {}
+    for arm in set(allocated.values()):
+        group = [p for p in seen if allocated[p] == arm]
+        nxt |= {p: group[(k + 1) % len(group)] for k, p in enumerate(group)}
+    out = {}
+    for name, thr in (("majority", 0.5), ("any_member", 1e-9)):
+        tot = {"own": np.zeros(4), "other_patient": np.zeros(4)}
+        for p in seen:
+            img = nib.load(dev / v.loc[p, "net2_mask_cumulative"])
+            ref = np.asarray(img.dataobj) > 0.5
+            for key, q in (("own", p), ("other_patient", nxt[p])):
+                m = match_lesions(prob[q] >= thr, ref, img.affine, PRESETS["msseg2"])
+                tot[key] += (m.tp_ref, m.tp_pred, m.fp, m.fn)
+        row = {}
+        for key, (tp, tpp, fp, fn) in tot.items():
+            rec, prec = tp / max(tp + fn, 1), tpp / max(tpp + fp, 1)
+            row[key] = {"tp_ref": int(tp), "tp_pred": int(tpp), "fp": int(fp), "fn": int(fn), "recall": rec, "precision": prec,
+                        "f1": 2 * rec * prec / (rec + prec) if rec + prec > 0 else 0.0}
+        out[name] = row
     return out
 
 
@@ -74,7 +130,8 @@ def main() -> None:
     from forecast.image_count_pipeline import forecast_trajectories
     from forecast.image_count_render import render_trajectories
     from mseval.io.cohort import read_cohort
-    from mseval.metrics.calibration import pit_uniformity, randomized_pit
+    from forecast.evaluate import THRESHOLD_GRID
+    from mseval.metrics.calibration import crps_ensemble_fair, pit_uniformity, randomized_pit
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dev", type=Path, required=True)
@@ -85,6 +142,9 @@ def main() -> None:
     ap.add_argument("--arm-patients", type=int, default=60)
     ap.add_argument("--arm-samples", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threshold", type=float, default=None, help="the renderer's voxel threshold; default: chosen on this trial's "
+                    "observed volumes (fair CRPS at the last visit), so give it when reporting on a check trial")
+    ap.add_argument("--cache", type=Path, default=None, help="pickle of load_arrays outputs: (train, val, dev) or the DEV list")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     t0 = time.time()
@@ -93,7 +153,9 @@ def main() -> None:
     allocated = {p: str(cohort.row(p)["arm"]) for p in ids}
     a.work.mkdir(parents=True, exist_ok=True)
     if not (a.work / "all" / "lesions.csv").is_file():
-        counts, lesions = forecast_trajectories(a.dev, a.checkpoint, samples=a.samples, seed=a.seed)
+        arrays = pickle.loads(a.cache.read_bytes()) if a.cache else None
+        arrays = arrays[2] if isinstance(arrays, tuple) else arrays  # (train, val, dev) or the DEV list alone
+        counts, lesions = forecast_trajectories(a.dev, a.checkpoint, samples=a.samples, seed=a.seed, arrays=arrays)
         (a.work / "all").mkdir(exist_ok=True)
         counts.to_csv(a.work / "all" / "counts.csv", index=False)
         lesions.to_csv(a.work / "all" / "lesions.csv", index=False)
@@ -102,16 +164,29 @@ def main() -> None:
     arm_ids = set(ids[: a.arm_patients])
     _subset(a.work / "all", a.work / "arms", lambda t: t["patient_id"].isin(arm_ids) & (t["arm"] != t["patient_id"].map(allocated))
             & (t["member"] < a.arm_samples))
-    render_trajectories(a.dev, a.work / "allocated", a.renderer, a.work / "render_allocated")
+    render_trajectories(a.dev, a.work / "allocated", a.renderer, a.work / "render_allocated", save_prob=True)
     print(f"allocated arm rendered in {time.time() - t0:.0f}s", flush=True)
-    render_trajectories(a.dev, a.work / "arms", a.renderer, a.work / "render_arms")
+    render_trajectories(a.dev, a.work / "arms", a.renderer, a.work / "render_arms", save_prob=True)
     print(f"other arms rendered in {time.time() - t0:.0f}s", flush=True)
 
     counts = pd.read_csv(a.work / "allocated" / "counts.csv", dtype={"patient_id": str, "arm": str, "visit": str})
     visits = list(dict.fromkeys(counts["visit"]))
     obs = observed_visits(a.dev, ids)
-    ren = rendered_visits(a.work / "render_allocated", visits) | rendered_visits(a.work / "render_arms", visits)
     last = visits[-1]
+    tuning = {}
+    if a.threshold is None:  # the renderer's threshold by the fair CRPS of the observed last-visit volume (observed outcomes only)
+        for t in THRESHOLD_GRID:
+            r = rendered_visits(a.work / "render_allocated", visits, t)
+            keys = [p for p in ids if (p, last) in obs]
+            tuning[t] = float(crps_ensemble_fair(np.stack([r[(p, allocated[p], last)][0] for p in keys]),
+                                                 np.array([obs[(p, last)][0] for p in keys])).mean())
+            print(f"threshold {t}: fair CRPS of the {last} volume {tuning[t]:.1f} mm^3", flush=True)
+        threshold = min(tuning, key=tuning.get)
+    else:
+        threshold = a.threshold
+    ren = rendered_visits(a.work / "render_allocated", visits, threshold)
+    lost_share = ren["lost_share"]
+    ren |= rendered_visits(a.work / "render_arms", visits, threshold)
     # per-lesion volumes at the last visit, allocated arm, on the patients observed there
     f_vol, f_grp, o_vol, o_grp = [], [], [], []
     for p in ids:
@@ -153,10 +228,11 @@ def main() -> None:
             row[name] = {"chi2_p": t.chi2_p, "ks_p": t.ks_p, "mean": t.mean, "variance": t.variance, "tail_share": t.tail_share,
                          "forecast_mean": float(ens.mean()), "observed_mean": float(y.mean())}
         pit[visit] = row
-    rl = pd.read_csv(a.work / "render_allocated" / "lesions.csv")
+    det = detection(a.dev, ren, ids, allocated, last)
     result = {"dev": str(a.dev), "checkpoint": str(a.checkpoint), "renderer": str(a.renderer), "samples": a.samples,
-              "lesion_volume_last_visit": lesion, "per_arm": per_arm, "pit": pit,
-              "render": {"lesions": len(rl), "lost_share": float(rl["lost"].mean()), "merged_share": float((rl["merged_into"] >= 0).mean())},
+              "threshold": threshold, "threshold_tuning_crps": tuning,
+              "lesion_volume_last_visit": lesion, "per_arm": per_arm, "pit": pit, "detection_last_visit": det,
+              "lost_share_allocated": lost_share,
               "seconds": time.time() - t0}
     a.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

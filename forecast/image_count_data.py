@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from forecast.centres import lesion_centres
 from forecast.preprocess import preprocess_images
@@ -66,41 +67,66 @@ def baseline_volumes(cohort: Cohort, pid: str, fields: Sequence[str]) -> dict:
 
 def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str], *, inputs: Sequence[str] = IMAGE_CHANNELS + MASK_CHANNELS,
                 with_targets: bool = True, progress: Callable[[int, int], None] | None = None,
-                normalization: str = "brain_z") -> list[PatientArrays]:
+                normalization: str = "brain_z", workers: int = 1) -> list[PatientArrays]:
     """One `PatientArrays` per patient (cond channels in `inputs` order; images by `normalization`,
     `forecast.preprocess`). Without targets, counts are NaN and centres empty, and no follow-up file is
-    read (what sampling may see)."""
-    feats = baseline_features(cohort, patient_ids, outcome=False).set_index("patient_id")
-    visits = visit_horizons(cohort) if with_targets else ()
-    out = []
-    for n, pid in enumerate(patient_ids):
-        vols = baseline_volumes(cohort, pid, ("brain_mask", *inputs))
-        brain = vols["brain_mask"].data > 0
-        images = preprocess_images({c: vols[c].data for c in inputs if c in IMAGE_CHANNELS + OPTIONAL_IMAGE_CHANNELS}, brain, normalization,
-                                   vols["brain_mask"].spacing)
-        cond = np.stack([images[c] if c in images else (vols[c].data > 0).astype(np.float32) for c in inputs]).astype(np.float32)
-        row = feats.loc[pid]
-        tab = np.array([row[f] for f in FEATURES], dtype=np.float64)
-        years, counts, last = [], [], None
-        if with_targets:
-            rows = cohort.visit_rows(pid).set_index("visit")
-            for v in visits:
-                rec = rows.loc[v]
-                wk = rec.get("weeks")
-                path = rec.get("net2_mask_cumulative")
-                if isinstance(path, str) and path and wk == wk:  # only the cumulative NET2 mask of the visit is read
-                    last = load_volume(cohort.root / path, mask=True, field="net2_mask_cumulative")
-                    years.append(float(wk) / WEEKS_PER_YEAR)
-                    counts.append(float(count_lesions(last.data, last.affine, connectivity=26, min_volume_mm3=3.0).count))
-                else:  # a missing visit keeps its scheduled week; its count is unknown
-                    years.append(float(rec["scheduled_weeks"]) / WEEKS_PER_YEAR)
-                    counts.append(float("nan"))
-        centres = lesion_centres(last.data) if last is not None else np.zeros((0, 3), np.int64)
-        arm = list(arms).index(str(cohort.row(pid)["arm"]))
-        out.append(PatientArrays(cond, brain, tab, arm, np.asarray(years, np.float32), np.asarray(counts, np.float32), centres))
-        if progress:
-            progress(n + 1, len(patient_ids))
-    return out
+    read (what sampling may see). workers > 1: patients are read in that many processes, in chunks of `READ_CHUNK`
+    (N4 bias correction costs about 2 s a patient at 32^3); the arrays and their order are the same."""
+    ids = list(patient_ids)
+    if workers <= 1 or len(ids) <= READ_CHUNK:
+        feats = baseline_features(cohort, ids, outcome=False).set_index("patient_id")
+        visits = visit_horizons(cohort) if with_targets else ()
+        out = []
+        for n, pid in enumerate(ids):
+            out.append(_patient_arrays(cohort, feats, visits, pid, arms, inputs, with_targets, normalization))
+            if progress:
+                progress(n + 1, len(ids))
+        return out
+    from mseval.parallel import run_jobs
+
+    chunks = [ids[k: k + READ_CHUNK] for k in range(0, len(ids), READ_CHUNK)]
+    jobs = [(str(cohort.root), c, tuple(arms), tuple(inputs), with_targets, normalization) for c in chunks]
+    done = run_jobs(_read_chunk, jobs, workers, (lambda d, _n: progress(min(d * READ_CHUNK, len(ids)), len(ids))) if progress else None)
+    return [p for part in done for p in part]
+
+
+READ_CHUNK = 8
+"""Patients per job when `load_arrays` reads in several processes."""
+
+
+def _read_chunk(job: tuple) -> list[PatientArrays]:
+    from mseval.io.cohort import read_cohort
+
+    root, ids, arms, inputs, with_targets, normalization = job
+    return load_arrays(read_cohort(root), ids, arms, inputs=inputs, with_targets=with_targets, normalization=normalization)
+
+
+def _patient_arrays(cohort: Cohort, feats: pd.DataFrame, visits: Sequence[str], pid: str, arms: Sequence[str], inputs: Sequence[str],
+                    with_targets: bool, normalization: str) -> PatientArrays:
+    vols = baseline_volumes(cohort, pid, ("brain_mask", *inputs))
+    brain = vols["brain_mask"].data > 0
+    images = preprocess_images({c: vols[c].data for c in inputs if c in IMAGE_CHANNELS + OPTIONAL_IMAGE_CHANNELS}, brain, normalization,
+                               vols["brain_mask"].spacing)
+    cond = np.stack([images[c] if c in images else (vols[c].data > 0).astype(np.float32) for c in inputs]).astype(np.float32)
+    row = feats.loc[pid]
+    tab = np.array([row[f] for f in FEATURES], dtype=np.float64)
+    years, counts, last = [], [], None
+    if with_targets:
+        rows = cohort.visit_rows(pid).set_index("visit")
+        for v in visits:
+            rec = rows.loc[v]
+            wk = rec.get("weeks")
+            path = rec.get("net2_mask_cumulative")
+            if isinstance(path, str) and path and wk == wk:  # only the cumulative NET2 mask of the visit is read
+                last = load_volume(cohort.root / path, mask=True, field="net2_mask_cumulative")
+                years.append(float(wk) / WEEKS_PER_YEAR)
+                counts.append(float(count_lesions(last.data, last.affine, connectivity=26, min_volume_mm3=3.0).count))
+            else:  # a missing visit keeps its scheduled week; its count is unknown
+                years.append(float(rec["scheduled_weeks"]) / WEEKS_PER_YEAR)
+                counts.append(float("nan"))
+    centres = lesion_centres(last.data) if last is not None else np.zeros((0, 3), np.int64)
+    arm = list(arms).index(str(cohort.row(pid)["arm"]))
+    return PatientArrays(cond, brain, tab, arm, np.asarray(years, np.float32), np.asarray(counts, np.float32), centres)
 
 
 __all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "baseline_volumes", "load_arrays", "visit_horizons", "visit_schedule"]

@@ -37,11 +37,12 @@ LESION_COLUMNS = ("patient_id", "arm", "member", "lesion", "birth_visit", "x", "
 
 
 def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 40, seed: int = 0, val_fraction: float = 0.1,
-                      normalization: str = "brain_z", net_options: dict | None = None,
+                      normalization: str = "brain_z", net_options: dict | None = None, workers: int = 1,
                       progress: Callable[[str, int, int], None] | None = None) -> ImageCountMeta:
     """Split the cohort's patients (stratified by arm, seeded), read them (`load_arrays`: observed outcomes only), fit
     `ImageCountNet` (each pathway keeps its best held-out epoch) and save the checkpoint into `out` with the training
-    and validation patients' fingerprints. progress(stage, done, total): stage "read" per patient, "fit" per epoch."""
+    and validation patients' fingerprints. progress(stage, done, total): stage "read" per patient, "fit" per epoch.
+    workers: processes reading the patients (the same arrays for any number)."""
     from mseval.provenance import training_provenance
 
     cohort = read_cohort(cohort_dir)
@@ -53,7 +54,7 @@ def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 
         raise InputError(cohort.root / "manifest.csv", f"--val-fraction {val_fraction:g} leaves no validation patient; the epoch is chosen on them", field="arm")
     inputs = IMAGE_CHANNELS + MASK_CHANNELS
     read = (lambda d, n: progress("read", d, n)) if progress else None
-    arrays = load_arrays(cohort, list(fit_ids) + list(val_ids), arms, inputs=inputs, normalization=normalization, progress=read)
+    arrays = load_arrays(cohort, list(fit_ids) + list(val_ids), arms, inputs=inputs, normalization=normalization, progress=read, workers=workers)
     train, val = arrays[: len(fit_ids)], arrays[len(fit_ids):]
     net = ImageCountNet(len(inputs), len(arms), len(visits), **(net_options or {}))
     fit = fit_image_count(net, train, val, epochs=epochs, seed=seed,
@@ -74,14 +75,15 @@ def _open(cohort_dir: str | Path, checkpoint: str | Path, patients: Sequence[str
 
 
 def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: Sequence[str] | None = None, reference_arm: str | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                  progress: Callable[[int, int], None] | None = None, workers: int = 1) -> pd.DataFrame:
     """The law table (`LAW_COLUMNS`, module docstring) for every (given) patient of the cohort under every arm the
     checkpoint knows, at its scheduled visits. Every check (`check_cohort`) runs before any forecast."""
     net, meta, digest, cohort, ids, years = _open(cohort_dir, checkpoint, patients)
     ref = reference_arm or meta.arms[0]
     if ref not in meta.arms:
         raise InputError(None, f"--reference-arm {ref!r} was never seen by the checkpoint (arms: {', '.join(meta.arms)})", field="reference_arm")
-    arrays = load_arrays(cohort, ids, list(meta.arms), inputs=meta.inputs, with_targets=False, normalization=meta.normalization, progress=progress)
+    arrays = load_arrays(cohort, ids, list(meta.arms), inputs=meta.inputs, with_targets=False, normalization=meta.normalization, progress=progress,
+                         workers=workers)
     rows = []
     with torch.no_grad():
         for lo in range(0, len(arrays), 8):
@@ -104,13 +106,16 @@ def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: S
 
 
 def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, samples: int, seed: int = 0, min_distance: int = 4,
-                          patients: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                          patients: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None,
+                          arrays: Sequence | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`samples` members per patient and arm, each one coherent trajectory (`forecast.image_count_sampling.draw_trajectory`:
     one gamma frailty, Poisson increments per interval, the lesions' centres drawn in birth order from the arm's centre
     law, kept `min_distance` voxels apart). Returns (counts: `SAMPLE_COUNT_COLUMNS`, one row per member and visit, net2
     the cumulative count drawn and placed how many of them found room; lesions: `LESION_COLUMNS`, one row per placed
     lesion with its voxel centre and the first visit it is present at). Member m of (patient, arm) uses the seed
-    `mseval.seeding.derive_seed(seed, patient, arm, m)`: the same numbers for any patient subset, order or batch."""
+    `mseval.seeding.derive_seed(seed, patient, arm, m)`: the same numbers for any patient subset, order or batch.
+    arrays: the patients' inputs already read (`load_arrays` with the checkpoint's inputs and normalization, in the
+    order of `patients`), so that a bench reading them once does not read them again."""
     from forecast.image_count import logits_for
     from forecast.image_count_sampling import draw_trajectory
     from mseval.seeding import derive_seed
@@ -119,8 +124,11 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
         raise InputError(None, "--samples must be at least 1", field="samples")
     net, meta, digest, cohort, ids, years = _open(cohort_dir, checkpoint, patients)
     counts, lesions = [], []
+    if arrays is not None and len(arrays) != len(ids):
+        raise ValueError(f"{len(arrays)} preloaded patients for {len(ids)} patient ids")
     for n, pid in enumerate(ids):
-        (p,) = load_arrays(cohort, [pid], list(meta.arms), inputs=meta.inputs, with_targets=False, normalization=meta.normalization)
+        (p,) = [arrays[n]] if arrays is not None else load_arrays(cohort, [pid], list(meta.arms), inputs=meta.inputs, with_targets=False,
+                                                                  normalization=meta.normalization)
         b = collate([p])
         with torch.no_grad():
             for k, arm in enumerate(meta.arms):

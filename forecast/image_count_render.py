@@ -115,12 +115,14 @@ def read_trajectories(samples_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFra
 
 
 def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, renderer: str | Path, out: str | Path, *,
-                        settings: SamplerSettings | None = None, batch_size: int = 8, device: str | None = None,
+                        settings: SamplerSettings | None = None, batch_size: int = 8, device: str | None = None, save_prob: bool = False,
                         progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Render every member of an `image-sample` folder into masks (module docstring) and write, under `out`, one
     forecast store per scheduled visit (`out/<visit>/`: blocks per patient and arm, S members, the same seeds as the
     trajectories) and `lesions.csv` (`RENDER_LESION_COLUMNS`). Every input is checked before anything is written; a
-    (patient, arm) already in every visit's store is skipped (resume). Returns the lesion table."""
+    (patient, arm) already in every visit's store is skipped (resume). save_prob: the last visit's blocks also keep each
+    member's rendered voxel probability (S, X, Y, Z), from which another threshold can be applied later (`split_by_birth`
+    on prob > t). Returns the lesion table."""
     import torch
 
     from forecast.checkpoint import build_model, load_checkpoint
@@ -176,7 +178,7 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
         render_seeds = [derive_seed(s, "render") for s in seeds]
         x0 = sample_patient(model, cfg, p.cond, [conditions[arm]], [render_seeds], settings, batch_size=batch_size, acp=acp, device=dev,
                             counts=[[len(c) for c in cents]], centres=[cents])[0]
-        masks = binarize(x0, settings.threshold)[0]
+        masks, prob = binarize(x0, settings.threshold)
         splits = [split_by_birth(m if len(c) else np.zeros_like(m), c, b, voxel_mm3) for m, c, b in zip(masks, cents, births)]
         by_visit = masks_at_visits(np.stack([sp.labels for sp in splits]), len(visits))
         table = [(pid, arm, int(m), int(r["lesion"].iloc[j]), r["birth_visit"].iloc[j], *map(int, c[j]), float(sp.volume_mm3[j]),
@@ -186,7 +188,8 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
         for k, v in enumerate(visits):
             if (pid, arm) not in stores[v].keys():
                 stores[v].write_block(pid, arm, by_visit[k], p.affine, seeds, checkpoint=ckpt.id,
-                                      sampler={**record, "visit": v, "dropped_voxels": [sp.dropped_voxels for sp in splits]})
+                                      sampler={**record, "visit": v, "dropped_voxels": [sp.dropped_voxels for sp in splits]},
+                                      prob=prob if save_prob and k == len(visits) - 1 else None)
         if progress:
             progress(n + 1, len(todo))
     for s in stores.values():

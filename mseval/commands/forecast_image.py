@@ -21,6 +21,7 @@ def image_train(
     centre_trunk: Annotated[str, typer.Option("--centre-trunk", help="multiscale or shallow (forecast.image_count.CENTRE_TRUNKS).")] = "multiscale",
     hidden: Annotated[int, typer.Option(help="Channels of the centre pathway's features.")] = 12,
     count_hidden: Annotated[int, typer.Option("--count-hidden", help="Detector maps of the count pathway.")] = 8,
+    workers: Annotated[int, typer.Option(help="Processes reading the patients (N4 costs about 2 s a patient); the same checkpoint for any number.")] = 1,
 ) -> None:
     """Train the image count model (an NB2 count law per scheduled visit and an arm-specific lesion-centre intensity,
     both read from the baseline images) on a multi-visit cohort's observed outcomes; the truth is never read."""
@@ -34,6 +35,7 @@ def image_train(
     check_min(epochs, "--epochs", 1)
     check_min(hidden, "--hidden", 1)
     check_min(count_hidden, "--count-hidden", 1)
+    check_min(workers, "--workers", 1)
     if not 0 < val_fraction < 1:
         raise InputError(None, "--val-fraction must lie strictly between 0 and 1", field="val_fraction")
     for option, value, allowed in (("--normalization", normalization, NORMALIZATIONS), ("--count-trunk", count_trunk, COUNT_TRUNKS),
@@ -45,7 +47,7 @@ def image_train(
     with read_bar, fit_bar:
         meta = train_image_count(cohort, out, epochs=epochs, seed=seed, val_fraction=val_fraction, normalization=normalization,
                                  net_options={"hidden": hidden, "count_hidden": count_hidden, "count_trunk": count_trunk,
-                                              "count_head": count_head, "centre_trunk": centre_trunk},
+                                              "count_head": count_head, "centre_trunk": centre_trunk}, workers=workers,
                                  progress=lambda stage, done, total: (read if stage == "read" else fit_epoch)(done, total))
     from forecast.image_count import describe
 
@@ -61,19 +63,21 @@ def image_laws(
     checkpoint: Annotated[Path, typer.Argument(help="Folder written by `mseval forecast image-train`.")],
     out: Annotated[Path, typer.Option("--out", help="CSV: one row per patient, arm and visit (forecast.image_count_pipeline.LAW_COLUMNS).")],
     reference_arm: Annotated[Optional[str], typer.Option("--reference-arm", help="Arm the log rate ratios contrast against (default: the checkpoint's first).")] = None,
+    workers: Annotated[int, typer.Option(help="Processes reading the patients; the same table for any number.")] = 1,
 ) -> None:
     """Each patient's forecast NB2 law of the cumulative NET2 count under every arm at every scheduled visit: expected
     count, dispersion, P(active) and the per-patient log rate ratio against the reference arm. Conditional on the
     baseline inputs and on the checkpoint (no training uncertainty)."""
     from forecast.image_count_pipeline import forecast_laws
-    from mseval.commands._checks import check_out_file
+    from mseval.commands._checks import check_min, check_out_file
     from mseval.commands._progress import progress
     from mseval.io.atomic import write_csv_atomic
 
+    check_min(workers, "--workers", 1)
     check_out_file(out)
     bar, update = progress("reading patients")
     with bar:
-        table = forecast_laws(cohort, checkpoint, reference_arm=reference_arm, progress=update)
+        table = forecast_laws(cohort, checkpoint, reference_arm=reference_arm, progress=update, workers=workers)
     write_csv_atomic(table, out)
     typer.echo(f"{table['patient_id'].nunique()} patients x {table['arm'].nunique()} arms x {table['visit'].nunique()} visits "
                f"(conditional on the baseline inputs and checkpoint {table['checkpoint'].iloc[0]}; no training uncertainty) -> {out}")
@@ -117,6 +121,7 @@ def image_render(
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the renderer config's).")] = None,
     mask_threshold: Annotated[Optional[float], typer.Option("--mask-threshold", help="Voxel probability above which a voxel is lesion (default: the renderer's, chosen on validation).")] = None,
     batch_size: Annotated[int, typer.Option(help="Members per network batch; results do not depend on it.")] = 8,
+    prob: Annotated[bool, typer.Option("--prob", help="Also keep each member's rendered voxel probability in the last visit's store.")] = False,
 ) -> None:
     """Render each sampled trajectory's lesions into masks: the decoder draws shapes around the drawn centres (patient's
     baseline images, arm and lesion count as conditions), the mask is split by each lesion's first visit, and the mask of
@@ -138,7 +143,7 @@ def image_render(
     settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0, threshold=mask_threshold)
     bar, update = progress("rendering (patient x arm)")
     with bar:
-        table = render_trajectories(cohort, samples, renderer, out, settings=settings, batch_size=batch_size, progress=update)
+        table = render_trajectories(cohort, samples, renderer, out, settings=settings, batch_size=batch_size, save_prob=prob, progress=update)
     lost, merged, owned = int(table["lost"].sum()), int((table["merged_into"] >= 0).sum()), table.loc[table["volume_mm3"] > 0, "volume_mm3"]
     typer.echo(f"{len(table)} lesions rendered ({lost} lost: nothing drawn at the centre; {merged} merged)"
                + (f", mean volume {owned.mean():.1f} mm^3" if len(owned) else "") + f" -> {out}")

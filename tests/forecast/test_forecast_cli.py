@@ -12,7 +12,7 @@ from mseval.commands.forecast import main
 def test_importing_the_cli_does_not_import_torch():
     code = "import sys, mseval.commands.forecast as fc; assert 'torch' not in sys.modules and 'monai' not in sys.modules; print(sorted(c.callback.__name__ for c in fc.app.registered_commands))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "['evaluate', 'forecast_export', 'forecast_import', 'image_laws', 'image_sample', 'image_train', 'plan', 'sample', 'train']" in res.stdout
+    assert "['evaluate', 'forecast_export', 'forecast_import', 'image_laws', 'image_render', 'image_sample', 'image_train', 'plan', 'sample', 'train']" in res.stdout
 
 
 def test_train_resume_sample_evaluate(tiny_cohort, tmp_path, capsys):

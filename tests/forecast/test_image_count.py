@@ -196,6 +196,21 @@ def test_inputs_naming_an_image_the_cohort_lacks_are_refused_naming_it(multi_vis
     assert e.value.field == "mtr" and "\n" not in e.value.message
 
 
+def test_reading_in_worker_processes_gives_the_same_arrays_and_errors(arrays, multi_visit: Path) -> None:
+    """load_arrays over two processes (18 patients: three chunks) equals the serial read, field by field and in order;
+    a bad input inside a worker surfaces as the same one-line InputError."""
+    c, arms, serial = arrays
+    seen = []
+    par = load_arrays(c, c.patient_ids, arms, workers=2, progress=lambda d, n: seen.append((d, n)))
+    assert len(par) == len(serial) and seen[-1] == (len(serial), len(serial))
+    for a, b in zip(par, serial):
+        assert a.arm == b.arm and np.array_equal(a.cond, b.cond) and np.array_equal(a.brain, b.brain) and np.array_equal(a.tab, b.tab)
+        assert np.array_equal(a.counts, b.counts, equal_nan=True) and np.array_equal(a.years, b.years) and np.array_equal(a.centres, b.centres)
+    with pytest.raises(InputError, match="no baseline mtr image") as e:
+        load_arrays(c, c.patient_ids, arms, inputs=IMAGE_CHANNELS + ("mtr",), workers=2)
+    assert e.value.field == "mtr"
+
+
 def image_effect(net: ImageCountNet, ps: list) -> float:
     """Largest change of the count law's log means when every image channel is zeroed (the ablation)."""
     b = collate(ps)
