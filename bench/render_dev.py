@@ -207,11 +207,16 @@ def main() -> None:
     arms = list(cohort.arms["arm"])
     per_arm = {}
     for arm in arms:
-        fv = [v for p in arm_ids if (p, arm, last) in ren for lv in ren[(p, arm, last)][1][: a.arm_samples] for v in lv]
-        ov = [v for p in ids if allocated[p] == arm and (p, last) in obs for v in obs[(p, last)][1]]
-        per_arm[arm] = {"rendered_mean": float(np.mean(fv)) if fv else None, "rendered_n": len(fv),
-                        "observed_mean": float(np.mean(ov)) if ov else None, "observed_n": len(ov),
-                        "ratio": float(np.mean(fv) / np.mean(ov)) if fv and ov else None}
+        fv = [(p, v) for p in arm_ids if (p, arm, last) in ren for lv in ren[(p, arm, last)][1][: a.arm_samples] for v in lv]
+        ov = [(p, v) for p in ids if allocated[p] == arm and (p, last) in obs for v in obs[(p, last)][1]]
+        if not (fv and ov):
+            per_arm[arm] = {"rendered_n": len(fv), "observed_n": len(ov), "ratio": None, "note": "no lesion on one side: not estimable"}
+            continue
+        (fm_, fse_), (om_, ose_) = (clustered_mean(np.array([v for _, v in x]), np.array([p for p, _ in x])) for x in (fv, ov))
+        ratio = fm_ / om_
+        per_arm[arm] = {"rendered_mean": fm_, "rendered_se": fse_, "rendered_n": len(fv), "observed_mean": om_, "observed_se": ose_,
+                        "observed_n": len(ov), "observed_patients": len({p for p, _ in ov}), "ratio": ratio,
+                        "ratio_se": ratio * float(np.hypot(fse_ / fm_, ose_ / om_))}  # delta method, independent patients
     # PIT of the cumulative volume and count per visit, allocated arm
     pit = {}
     drawn = counts.set_index(["patient_id", "visit", "member"])["net2"]
