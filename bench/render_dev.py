@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=None, help="the renderer's voxel threshold; default: chosen on this trial's "
                     "observed volumes (fair CRPS at the last visit), so give it when reporting on a check trial")
+    ap.add_argument("--labels", default="arm-count", help="the decoder's labels (forecast.image_count_render.SHAPE_LABELS)")
     ap.add_argument("--cache", type=Path, default=None, help="pickle of load_arrays outputs: (train, val, dev) or the DEV list")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -164,9 +165,9 @@ def main() -> None:
     arm_ids = set(ids[: a.arm_patients])
     _subset(a.work / "all", a.work / "arms", lambda t: t["patient_id"].isin(arm_ids) & (t["arm"] != t["patient_id"].map(allocated))
             & (t["member"] < a.arm_samples))
-    render_trajectories(a.dev, a.work / "allocated", a.renderer, a.work / "render_allocated", save_prob=True)
+    render_trajectories(a.dev, a.work / "allocated", a.renderer, a.work / "render_allocated", save_prob=True, labels=a.labels)
     print(f"allocated arm rendered in {time.time() - t0:.0f}s", flush=True)
-    render_trajectories(a.dev, a.work / "arms", a.renderer, a.work / "render_arms", save_prob=True)
+    render_trajectories(a.dev, a.work / "arms", a.renderer, a.work / "render_arms", save_prob=True, labels=a.labels)
     print(f"other arms rendered in {time.time() - t0:.0f}s", flush=True)
 
     counts = pd.read_csv(a.work / "allocated" / "counts.csv", dtype={"patient_id": str, "arm": str, "visit": str})
@@ -235,7 +236,7 @@ def main() -> None:
         pit[visit] = row
     det = detection(a.dev, ren, ids, allocated, last)
     result = {"dev": str(a.dev), "checkpoint": str(a.checkpoint), "renderer": str(a.renderer), "samples": a.samples,
-              "threshold": threshold, "threshold_tuning_crps": tuning,
+              "threshold": threshold, "threshold_tuning_crps": tuning, "labels": a.labels,
               "lesion_volume_last_visit": lesion, "per_arm": per_arm, "pit": pit, "detection_last_visit": det,
               "lost_share_allocated": lost_share,
               "seconds": time.time() - t0}

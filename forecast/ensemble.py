@@ -183,7 +183,7 @@ def sample_patient(
         gens = [torch.Generator().manual_seed(int(seeds[j][s])) for j, s in chunk]
         conds = c.unsqueeze(0).expand(len(chunk), *c.shape)
         if cfg.centre_map:
-            if counts is None:
+            if counts is None and centres is None:
                 raise ValueError("a centre-conditioned model samples with the count head's counts")
             if centres is not None:
                 cmaps = given_centre_maps([centres[j][s] for j, s in chunk], tuple(c.shape[1:]))

@@ -29,6 +29,9 @@ import pandas as pd
 
 from forecast.sampler import SamplerSettings
 
+SHAPE_LABELS = ("arm-count", "none")
+"""What the decoder may be told besides the images and the drawn centres (`render_trajectories`' labels)."""
+
 RENDER_LESION_COLUMNS = ("patient_id", "arm", "member", "lesion", "birth_visit", "x", "y", "z", "volume_mm3", "lost", "merged_into")
 """One row per drawn lesion: its rendered component's volume (mm^3; 0 when lost or merged into an earlier lesion's
 component), lost (the decoder drew nothing at its centre), merged_into (the lesion whose component it shares, -1 if none)."""
@@ -116,19 +119,22 @@ def read_trajectories(samples_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFra
 
 def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, renderer: str | Path, out: str | Path, *,
                         settings: SamplerSettings | None = None, batch_size: int = 8, device: str | None = None, save_prob: bool = False,
-                        progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                        labels: str = "arm-count", progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Render every member of an `image-sample` folder into masks (module docstring) and write, under `out`, one
     forecast store per scheduled visit (`out/<visit>/`: blocks per patient and arm, S members, the same seeds as the
     trajectories) and `lesions.csv` (`RENDER_LESION_COLUMNS`). Every input is checked before anything is written; a
     (patient, arm) already in every visit's store is skipped (resume). save_prob: the last visit's blocks also keep each
     member's rendered voxel probability (S, X, Y, Z), from which another threshold can be applied later (`split_by_birth`
-    on prob > t). Returns the lesion table."""
+    on prob > t). labels: what the decoder is told besides the images and the centre map -- "arm-count" (the member's arm
+    and its number of lesions) or "none" (the null label of classifier-free guidance, on which the decoder was also
+    trained: shapes that cannot depend on the arm). Returns the lesion table."""
     import torch
 
     from forecast.checkpoint import build_model, load_checkpoint
     from forecast.data import load_patient
     from forecast.diffusion import alphas_cumprod
-    from forecast.ensemble import check_sampler, inference_layout, resolve_conditions, sample_patient
+    from forecast.ensemble import Condition, check_sampler, inference_layout, resolve_conditions, sample_patient
+    from forecast.model import arm_weights
     from forecast.runtime import configure_backend
     from forecast.sampler import binarize
     from forecast.train import default_device
@@ -147,9 +153,13 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     settings = settings or SamplerSettings(cfg.sampler, cfg.sample_steps, cfg.guidance, cfg.clip_x0)
     settings = replace(settings, count_tries=1, threshold=cfg.mask_threshold if settings.threshold is None else settings.threshold)
     check_sampler(cfg, settings)
+    if labels not in SHAPE_LABELS:
+        raise InputError(None, f"--labels {labels!r}: choose one of {', '.join(SHAPE_LABELS)}", field="labels")
     cohort = read_cohort(cohort_dir)
     groups = list(dict.fromkeys(zip(counts["patient_id"], counts["arm"])))
     conditions = {c.name: c for c in resolve_conditions(cohort, cfg, sorted({a for _, a in groups}))}
+    if labels == "none":
+        conditions = {name: Condition(name, arm_weights(cfg, [None])[0]) for name in conditions}
     visits = list(dict.fromkeys(counts["visit"]))
     trajectory_ckpt = str(counts["checkpoint"].iloc[0]) if len(counts) else ""
     out = Path(out)
@@ -162,7 +172,7 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     runtime = configure_backend(dev)
     model = inference_layout(build_model(ckpt, ema=True, device=dev), dev)
     acp = alphas_cumprod(cfg).to(torch.float64)
-    record = {"model": "image-count trajectories + centre-conditioned diffusion decoder", **settings.to_dict(), **runtime,
+    record = {"model": "image-count trajectories + centre-conditioned diffusion decoder", **settings.to_dict(), **runtime, "labels": labels,
               "trajectories_checkpoint": trajectory_ckpt, "renderer_checkpoint": ckpt.id}
     part_dir = out / "_lesions"
     part_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +187,7 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
         births = [np.array([visits.index(v) for v in r["birth_visit"]], dtype=np.int64) for r in rows]
         render_seeds = [derive_seed(s, "render") for s in seeds]
         x0 = sample_patient(model, cfg, p.cond, [conditions[arm]], [render_seeds], settings, batch_size=batch_size, acp=acp, device=dev,
-                            counts=[[len(c) for c in cents]], centres=[cents])[0]
+                            counts=[[len(c) for c in cents]] if labels == "arm-count" else None, centres=[cents])[0]
         masks, prob = binarize(x0, settings.threshold)
         splits = [split_by_birth(m if len(c) else np.zeros_like(m), c, b, voxel_mm3) for m, c, b in zip(masks, cents, births)]
         by_visit = masks_at_visits(np.stack([sp.labels for sp in splits]), len(visits))
@@ -201,4 +211,4 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     return table
 
 
-__all__ = ["RENDER_LESION_COLUMNS", "SplitMember", "masks_at_visits", "read_trajectories", "render_trajectories", "split_by_birth"]
+__all__ = ["RENDER_LESION_COLUMNS", "SHAPE_LABELS", "SplitMember", "masks_at_visits", "read_trajectories", "render_trajectories", "split_by_birth"]

@@ -122,6 +122,7 @@ def image_render(
     mask_threshold: Annotated[Optional[float], typer.Option("--mask-threshold", help="Voxel probability above which a voxel is lesion (default: the renderer's, chosen on validation).")] = None,
     batch_size: Annotated[int, typer.Option(help="Members per network batch; results do not depend on it.")] = 8,
     prob: Annotated[bool, typer.Option("--prob", help="Also keep each member's rendered voxel probability in the last visit's store.")] = False,
+    labels: Annotated[str, typer.Option(help="What the decoder is told besides images and centres: arm-count (the member's arm and lesion count) or none (arm-blind shapes).")] = "arm-count",
 ) -> None:
     """Render each sampled trajectory's lesions into masks: the decoder draws shapes around the drawn centres (patient's
     baseline images, arm and lesion count as conditions), the mask is split by each lesion's first visit, and the mask of
@@ -143,7 +144,8 @@ def image_render(
     settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0, threshold=mask_threshold)
     bar, update = progress("rendering (patient x arm)")
     with bar:
-        table = render_trajectories(cohort, samples, renderer, out, settings=settings, batch_size=batch_size, save_prob=prob, progress=update)
+        table = render_trajectories(cohort, samples, renderer, out, settings=settings, batch_size=batch_size, save_prob=prob, labels=labels,
+                                    progress=update)
     lost, merged, owned = int(table["lost"].sum()), int((table["merged_into"] >= 0).sum()), table.loc[table["volume_mm3"] > 0, "volume_mm3"]
     typer.echo(f"{len(table)} lesions rendered ({lost} lost: nothing drawn at the centre; {merged} merged)"
                + (f", mean volume {owned.mean():.1f} mm^3" if len(owned) else "") + f" -> {out}")
