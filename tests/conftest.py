@@ -26,7 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
 LONGEST_FIRST = (
     "tests/commands/test_reliability.py", "tests/bids/test_roundtrip.py", "tests/stats/test_effects.py", "tests/reports/test_report.py",
     "tests/test_demo_training.py", "tests/forecast/test_evaluate.py", "tests/test_demo_shipped.py", "tests/stats/test_sap.py",
-    "tests/simulate/test_trial.py", "tests/reports/test_projections.py", "tests/bids/test_forecast_provenance.py",
+    "tests/simulate/test_trial.py", "tests/commands/test_forecast_image_cli.py", "tests/reports/test_projections.py",
+    "tests/bids/test_forecast_provenance.py",
     "tests/commands/test_simulate_cli.py", "tests/validity/test_observed_validity.py", "tests/commands/test_forecasters_cli.py",
     "tests/bids/test_forecast_import.py", "tests/simulate/test_observable_oracle.py", "tests/bids/test_grids_and_bad_input.py",
     "tests/test_demo.py", "tests/forecast/test_centres.py",
