@@ -174,19 +174,20 @@ def draw_centres(logits: np.ndarray, n: int, seed: int, *, min_distance: int = 4
     left). A function of (logits, n, seed) alone."""
     rng = np.random.default_rng([int(seed) % (2**63), 2029])
     lg = np.asarray(logits, dtype=np.float64)
-    p = np.exp(lg - lg.max())
-    avail = np.ones(lg.shape, dtype=bool)
+    q = np.exp(lg - lg.max())  # the weights still available: zeroed around each centre drawn (the same numbers as p * avail)
     r = max(int(min_distance) - 1, 0)
+    flat = q.reshape(-1)
+    w = np.empty_like(flat)
     out = []
     for _ in range(int(n)):
-        w = np.cumsum((p * avail).ravel())
+        np.cumsum(flat, out=w)
         if w[-1] <= 0:
             break
         k = min(int(np.searchsorted(w, rng.random() * w[-1], side="right")), w.size - 1)
         c = np.array(np.unravel_index(k, lg.shape))
         out.append(c)
         lo, hi = np.maximum(c - r, 0), c + r + 1
-        avail[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = False
+        q[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 0.0
     return np.asarray(out, dtype=np.int64).reshape(-1, 3)
 
 

@@ -149,7 +149,7 @@ def test_rendered_trajectories_are_nested_batch_free_and_resume(cli, sampled: Pa
     folder rewrites nothing."""
     from mseval.io.store import ForecastStore
 
-    run = ("forecast", "image-render", visits_cohort, sampled, "--renderer", renderer, "--mask-threshold", "0.9")
+    run = ("forecast", "image-render", visits_cohort, sampled, "--renderer", renderer, "--mask-threshold", "0.9", "--steps", "1")
     r = cli(*run, "--out", tmp_path / "r", "--batch-size", "2", "--prob")
     assert r.code == 0, r.err
     assert "lesions rendered" in r.out
@@ -210,7 +210,7 @@ def test_render_labels_reach_the_decoder_and_none_is_arm_blind(cli, sampled: Pat
     masks = {}
     for labels in ("none", "arm-count"):
         out = tmp_path / labels
-        r = cli("forecast", "image-render", visits_cohort, twin, "--renderer", renderer, "--out", out, "--labels", labels, "--prob")
+        r = cli("forecast", "image-render", visits_cohort, twin, "--renderer", renderer, "--out", out, "--labels", labels, "--prob", "--steps", "1")
         assert r.code == 0, r.err
         store = ForecastStore.open(out / "w96")
         masks[labels] = [store.block("P001", arm).prob()[0] for arm in ("placebo", "dmf")]  # the rendered probabilities
