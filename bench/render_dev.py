@@ -17,7 +17,7 @@ Reported:
   probability map thresholded at 0.5 (a majority of members) and at 1/S (any member), against the observed NET2 mask,
   pooled over patients (TP/FP/FN summed), beside the same for *another* patient's ensemble of the same allocated arm
   (the next one in manifest order): a forecast with the same count and size law that knows nothing of where this
-  patient's lesions arise. The difference is what the place adds.
+  patient's lesions arise; of any arm when the arm has one patient). The difference is what the place adds.
 
     PYTHONPATH=. .venv/bin/python bench/render_dev.py --dev DEV --checkpoint IC --renderer forecast/checkpoints/tiny_centre \
         --work DIR --samples 8 [--cache ARRAYS.pkl] --out OUT.json
@@ -96,10 +96,11 @@ def detection(dev: Path, ren: dict, ids: list[str], allocated: dict[str, str], l
     v = v[(v["visit"] == last) & v["net2_mask_cumulative"].notna()].set_index("patient_id")
     prob = {p: ren[(p, allocated[p], last)][3] for p in ids}
     seen = [p for p in ids if p in v.index]
-    nxt = {}
+    nxt = {p: seen[(k + 1) % len(seen)] for k, p in enumerate(seen)}  # an arm with one patient: the next patient of any arm
     for arm in set(allocated.values()):
         group = [p for p in seen if allocated[p] == arm]
-        nxt |= {p: group[(k + 1) % len(group)] for k, p in enumerate(group)}
+        if len(group) > 1:
+            nxt |= {p: group[(k + 1) % len(group)] for k, p in enumerate(group)}
     out = {}
     for name, thr in (("majority", 0.5), ("any_member", 1e-9)):
         tot = {"own": np.zeros(4), "other_patient": np.zeros(4)}
