@@ -26,7 +26,10 @@ def report(
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists (only once the new report is complete)."),
     wait: bool = typer.Option(False, "--wait", help="If another mseval run is writing OUT, wait for it instead of stopping."),
     figure_formats: str = typer.Option("pdf,png", "--figure-formats", help="Comma-separated formats of the files in figures/ "
-                                       "(pdf, png, svg; at 300 dpi). The HTML page embeds its own PNGs either way."),
+                                       "(pdf, png, svg; at --figure-dpi). The HTML page embeds its own PNGs either way."),
+    figure_dpi: int = typer.Option(300, "--figure-dpi", help="Resolution of the raster files in figures/ (300 for print; less for drafts)."),
+    observed_bootstrap: int = typer.Option(999, "--observed-bootstrap", help="Resamples of the studentized bootstrap behind the observed "
+                                           "rate ratio interval of the effects computed here (as `mseval effects --observed-bootstrap`)."),
     sap: Optional[str] = typer.Option(None, "--sap", help="Analysis plan (SAP file or 'default') for the effects computed here; the report "
                                       "then opens with the plan, its deviations and the adjusted primary table. An --effects folder run "
                                       "with --sap brings its own plan."),
@@ -50,6 +53,8 @@ def report(
     check_min(power_sims, "--power-sims", 0)
     check_min(n_boot, "--n-boot", 1)
     check_min(workers, "--workers", 1)
+    check_min(figure_dpi, "--figure-dpi", 50)
+    check_min(observed_bootstrap, "--observed-bootstrap", 99)
     formats = tuple(f.strip().lower() for f in figure_formats.split(",") if f.strip())
     unknown = [f for f in formats if f not in ("pdf", "png", "svg")]
     if not formats or unknown or len(set(formats)) != len(formats):
@@ -67,7 +72,7 @@ def report(
     mode = followup_mode(c, evaluation, effects)  # a cohort with follow-up for some patients only, refused before any counting work
     settings = ReportSettings(connectivity=connectivity, min_volume_mm3=min_volume_mm3, detection_preset=detection_preset, formula=formula,
                               power_sims=run["power_sims"], seed=run["seed"], n_boot=run["n_boot"], workers=workers, sap=sap,
-                              figure_formats=formats)
+                              figure_formats=formats, figure_dpi=figure_dpi, observed_bootstrap=observed_bootstrap)
     for line in sources if mode == "trial" else ():  # a forecast-only report draws nothing at random
         typer.echo(f"... {line}", err=True)
     with output_lock(out, wait=wait), quiet_numerics(lambda m: typer.echo(f"... {m}", err=True)):

@@ -38,7 +38,7 @@ def test_training_patients_make_the_results_mixed_and_evaluate_and_report_say_so
     summary = json.loads(next((tmp_path / "ev").rglob("*.json")).read_text())
     assert summary["provenance"]["status"] == "mixed" and "2 were in its training set" in summary["provenance"]["sentence"]
     assert main(["report", str(trial["cohort"]), str(tmp_path / "store"), "--out", str(tmp_path / "rep"), "--evaluation", str(tmp_path / "ev"),
-                 "--power-sims", "0", "--figure-formats", "png"]) == 0
+                 "--power-sims", "0", "--figure-formats", "png", "--figure-dpi", "72", "--observed-bootstrap", "199"]) == 0
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "MIXED: some evaluated patients were seen in training" in html and "groupX-unet" in html
 

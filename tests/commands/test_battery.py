@@ -62,6 +62,8 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("effects-formula-unknown-column", ["effects", "{cohort}", "{store}", "--out", "o", "--formula", "net2 ~ arm + shoe"], 2, ["shoe"]),
     ("effects-no-forecasts", ["effects", "{cohort}", "--out", "o"], 2, ["--counts"]),
     ("report-formula-syntax", ["report", "{cohort}", "{store}", "--out", "o", "--formula", "net2 ~"], 2, ["formula"]),
+    ("report-figure-dpi-too-low", ["report", "{cohort}", "{store}", "--out", "o", "--figure-dpi", "10"], 2, ["--figure-dpi"]),
+    ("report-observed-bootstrap-too-few", ["report", "{cohort}", "{store}", "--out", "o", "--observed-bootstrap", "5"], 2, ["--observed-bootstrap"]),
     ("report-figure-format-unknown", ["report", "{cohort}", "{store}", "--out", "o", "--figure-formats", "png,gif"], 2, ["--figure-formats", "gif"]),
     ("evaluate-counts-is-csv", ["evaluate", "{cohort}", "{store}", "--out", "o", "--counts", "{csv}"], 2, ["--counts"]),
     # inputs that only a look inside reveals: still one line, before any progress line

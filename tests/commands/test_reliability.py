@@ -145,7 +145,8 @@ def test_report_twice_gives_identical_bytes(inputs: dict[str, Path], tmp_path: P
     """Same inputs, same --out: every file of the report, results/ included, byte for byte. The
     expected numerical warnings of model fits on this small cohort are one line, not a flood."""
     out = tmp_path / "report"
-    args = ["report", str(inputs["cohort"]), str(inputs["store"]), "--out", str(out), "--power-sims", "2", "--n-boot", "50", "--figure-formats", "png"]
+    args = ["report", str(inputs["cohort"]), str(inputs["store"]), "--out", str(out), "--power-sims", "2", "--n-boot", "50", "--figure-formats", "png",
+            "--figure-dpi", "72", "--observed-bootstrap", "199"]
     assert main(args) == 0
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], "a numerical warning escaped"
     err = capsys.readouterr().err

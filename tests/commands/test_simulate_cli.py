@@ -148,7 +148,8 @@ def test_downstream_commands_on_the_default_multi_visit_cohort(tmp_path: Path, c
     assert code == 0 and (tmp_path / "cnt" / "counts.parquet").is_file(), err
     code, _, err = _run(capsys, "effects", cohort, tmp_path / "fc", "--out", tmp_path / "eff", "--power-sims", "0", "--bootstrap", "20", "--observed-bootstrap", "199")
     assert code == 0, err
-    code, _, err = _run(capsys, "report", cohort, tmp_path / "fc", "--out", tmp_path / "rep", "--power-sims", "2", "--figure-formats", "png")
+    code, _, err = _run(capsys, "report", cohort, tmp_path / "fc", "--out", tmp_path / "rep", "--power-sims", "2", "--figure-formats", "png",
+                        "--figure-dpi", "72", "--observed-bootstrap", "199")
     assert code == 0 and (tmp_path / "rep" / "report.html").is_file(), err
     assert {p.suffix for p in (tmp_path / "rep" / "figures").iterdir()} == {".png"}  # --figure-formats png: no PDF written
 
