@@ -23,7 +23,7 @@ import torch
 from forecast.data import split_patients
 from forecast.image_count import ImageCountNet, collate, fit_image_count
 from forecast.image_count_checkpoint import ImageCountMeta, check_cohort, load_image_count, save_image_count
-from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_schedule
+from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, READ_CHUNK, load_arrays, visit_schedule
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.units import WEEKS_PER_YEAR
@@ -107,7 +107,7 @@ def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: S
 
 def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, samples: int, seed: int = 0, min_distance: int = 4,
                           patients: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None,
-                          arrays: Sequence | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                          arrays: Sequence | None = None, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`samples` members per patient and arm, each one coherent trajectory (`forecast.image_count_sampling.draw_trajectory`:
     one gamma frailty, Poisson increments per interval, the lesions' centres drawn in birth order from the arm's centre
     law, kept `min_distance` voxels apart). Returns (counts: `SAMPLE_COUNT_COLUMNS`, one row per member and visit, net2
@@ -115,7 +115,9 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
     lesion with its voxel centre and the first visit it is present at). Member m of (patient, arm) uses the seed
     `mseval.seeding.derive_seed(seed, patient, arm, m)`: the same numbers for any patient subset, order or batch.
     arrays: the patients' inputs already read (`load_arrays` with the checkpoint's inputs and normalization, in the
-    order of `patients`), so that a bench reading them once does not read them again."""
+    order of `patients`), so that a bench reading them once does not read them again. workers > 1: the patients are read
+    `workers x READ_CHUNK` at a time in that many processes (memory holds one such block, never the cohort); the same
+    numbers for any number of workers."""
     from forecast.image_count import logits_for
     from forecast.image_count_sampling import draw_trajectory
     from mseval.seeding import derive_seed
@@ -126,9 +128,17 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
     counts, lesions = [], []
     if arrays is not None and len(arrays) != len(ids):
         raise ValueError(f"{len(arrays)} preloaded patients for {len(ids)} patient ids")
+    block = max(int(workers), 1) * READ_CHUNK if workers > 1 else 1
+    read: dict[int, object] = {}
     for n, pid in enumerate(ids):
-        (p,) = [arrays[n]] if arrays is not None else load_arrays(cohort, [pid], list(meta.arms), inputs=meta.inputs, with_targets=False,
-                                                                  normalization=meta.normalization)
+        if arrays is not None:
+            p = arrays[n]
+        else:
+            if n not in read:  # the next block of patients, read together
+                part = ids[n: n + block]
+                read = dict(zip(range(n, n + len(part)), load_arrays(cohort, part, list(meta.arms), inputs=meta.inputs, with_targets=False,
+                                                                      normalization=meta.normalization, workers=workers)))
+            p = read.pop(n)
         b = collate([p])
         with torch.no_grad():
             for k, arm in enumerate(meta.arms):

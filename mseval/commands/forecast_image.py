@@ -90,6 +90,7 @@ def image_sample(
     samples: Annotated[int, typer.Option(help="Members per patient and arm.")] = 32,
     seed: Annotated[int, typer.Option(help="Base seed; member m of (patient, arm) draws from derive_seed(seed, patient, arm, m).")] = 0,
     min_distance: Annotated[int, typer.Option("--min-distance", help="Voxels (Chebyshev) kept between a member's lesion centres.")] = 4,
+    workers: Annotated[int, typer.Option(help="Processes reading the patients; the same samples for any number.")] = 1,
 ) -> None:
     """Sample coherent lesion trajectories: per member, the cumulative NET2 count at every scheduled visit (one frailty,
     Poisson increments) and each lesion's centre and first visit (a W48 member holds its own W24 lesions). Lesion masks
@@ -101,10 +102,12 @@ def image_sample(
 
     check_min(samples, "--samples", 1)
     check_min(min_distance, "--min-distance", 1)
+    check_min(workers, "--workers", 1)
     check_out_folder(out)
     bar, update = progress("sampling patients")
     with bar:
-        counts, lesions = forecast_trajectories(cohort, checkpoint, samples=samples, seed=seed, min_distance=min_distance, progress=update)
+        counts, lesions = forecast_trajectories(cohort, checkpoint, samples=samples, seed=seed, min_distance=min_distance, progress=update,
+                                               workers=workers)
     out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(counts, out / "counts.csv")
     write_csv_atomic(lesions, out / "lesions.csv")

@@ -78,6 +78,8 @@ def test_sampled_trajectories_are_coherent_and_order_free(cli, trained: Path, vi
         assert (np.diff(c["net2"]) >= 0).all()
         born = lesions[(lesions.patient_id == pid) & (lesions.arm == arm) & (lesions.member == m)]["birth_visit"].map(order)
         assert [int((born <= v).sum()) for v in range(3)] == c["placed"].tolist()
+    two, two_lesions = forecast_trajectories(visits_cohort, trained, samples=6, seed=9, workers=2)  # read in two processes, 16 at a time
+    assert two.equals(counts) and two_lesions.equals(lesions)
     pid = counts["patient_id"].iloc[-1]
     alone, _ = forecast_trajectories(visits_cohort, trained, samples=6, seed=9, patients=[pid])
     assert alone.reset_index(drop=True).equals(counts[counts.patient_id == pid].reset_index(drop=True))
