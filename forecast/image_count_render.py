@@ -107,6 +107,12 @@ def read_trajectories(samples_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFra
             raise InputError(path, f"lacks column {missing[0]!r} (an `image-sample` table has {', '.join(columns)})", field=missing[0])
         tables.append(t)
     counts, lesions = tables
+    for col in ("x", "y", "z", "member", "lesion"):
+        v = pd.to_numeric(lesions[col], errors="coerce")
+        bad = ~(v.notna() & (v >= 0) & (v == v.round()))
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(folder / "lesions.csv", f"{col} {lesions[col].iloc[i]!r} is not a non-negative integer", row=i + 1, field=col)
     members = set(zip(counts["patient_id"], counts["arm"], counts["member"]))
     visits = list(dict.fromkeys(counts["visit"]))
     for i, r in enumerate(lesions.itertuples(index=False)):
@@ -167,6 +173,11 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     done = set.intersection(*(set(s.keys()) for s in existing)) if visits and all(existing) else set()
     todo = [g for g in groups if g not in done]
     patients = {pid: load_patient(cohort, pid, cfg, with_target=False) for pid in dict.fromkeys(p for p, _ in todo)}  # every check first
+    for i, r in enumerate(lesions.itertuples(index=False)):
+        shape = patients[r.patient_id].cond.shape[1:] if r.patient_id in patients else None
+        if shape is not None and not (r.x < shape[0] and r.y < shape[1] and r.z < shape[2]):
+            raise InputError(Path(samples_dir) / "lesions.csv", f"centre ({r.x}, {r.y}, {r.z}) lies outside patient {r.patient_id!r}'s grid "
+                             f"{list(shape)}", row=i + 1, field="x")
     stores = {v: ForecastStore.create(out / v) for v in visits}
     dev = torch.device(device) if device is not None else default_device()
     runtime = configure_backend(dev)

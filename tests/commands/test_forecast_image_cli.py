@@ -186,8 +186,19 @@ def test_render_refuses_bad_inputs_in_one_line(cli, sampled: Path, renderer: Pat
     t = pd.read_csv(bad / "lesions.csv")
     t.loc[0, "birth_visit"] = "w12"
     t.to_csv(bad / "lesions.csv", index=False)
+    far = tmp_path / "far"
+    shutil.copytree(sampled, far)
+    t2 = pd.read_csv(far / "lesions.csv")
+    t2.loc[0, "x"] = 999
+    t2.to_csv(far / "lesions.csv", index=False)
+    neg = tmp_path / "neg"
+    shutil.copytree(sampled, neg)
+    t2.loc[0, "x"] = -1
+    t2.to_csv(neg / "lesions.csv", index=False)
     cases = [
         ((visits_cohort, bad, "--renderer", renderer), "lesions.csv"),
+        ((visits_cohort, far, "--renderer", renderer), "outside"),
+        ((visits_cohort, neg, "--renderer", renderer), "non-negative integer"),
         ((visits_cohort, tmp_path / "none", "--renderer", renderer), "image-sample"),
         ((visits_cohort, sampled, "--renderer", SHIPPED_CHECKPOINT), "shape"),  # a 32^3 decoder, a 20^3 cohort
         ((visits_cohort, sampled, "--renderer", renderer, "--mask-threshold", "1.5"), "strictly between"),
