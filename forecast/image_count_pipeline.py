@@ -128,17 +128,16 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
     counts, lesions = [], []
     if arrays is not None and len(arrays) != len(ids):
         raise ValueError(f"{len(arrays)} preloaded patients for {len(ids)} patient ids")
-    block = max(int(workers), 1) * READ_CHUNK if workers > 1 else 1
-    read: dict[int, object] = {}
-    for n, pid in enumerate(ids):
+    def patients_in_order():  # noqa: ANN202 - the preloaded arrays, or one block of patients read at a time
         if arrays is not None:
-            p = arrays[n]
-        else:
-            if n not in read:  # the next block of patients, read together
-                part = ids[n: n + block]
-                read = dict(zip(range(n, n + len(part)), load_arrays(cohort, part, list(meta.arms), inputs=meta.inputs, with_targets=False,
-                                                                      normalization=meta.normalization, workers=workers)))
-            p = read.pop(n)
+            yield from arrays
+            return
+        block = workers * READ_CHUNK if workers > 1 else 1
+        for lo in range(0, len(ids), block):
+            yield from load_arrays(cohort, ids[lo: lo + block], list(meta.arms), inputs=meta.inputs, with_targets=False,
+                                   normalization=meta.normalization, workers=workers)
+
+    for n, (pid, p) in enumerate(zip(ids, patients_in_order())):
         b = collate([p])
         with torch.no_grad():
             for k, arm in enumerate(meta.arms):
