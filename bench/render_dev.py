@@ -40,7 +40,7 @@ def observed_visits(cohort_dir: Path, ids: list[str]) -> dict[tuple[str, str], t
     follow-up visit of the given patients (visits.csv's net2_mask_cumulative; missing scans skipped)."""
     import nibabel as nib
 
-    from mseval.lesions.components import count_lesions
+    from mseval.lesions.components import count_lesions, voxel_volume
 
     v = pd.read_csv(cohort_dir / "visits.csv", dtype={"patient_id": str, "visit": str})
     v = v[v["patient_id"].isin(ids) & v["net2_mask_cumulative"].notna()]
@@ -48,7 +48,7 @@ def observed_visits(cohort_dir: Path, ids: list[str]) -> dict[tuple[str, str], t
     for r in v.itertuples(index=False):
         img = nib.load(cohort_dir / r.net2_mask_cumulative)
         c = count_lesions(np.asarray(img.dataobj) > 0.5, img.affine)
-        out[(r.patient_id, r.visit)] = (c.volume_mm3, c.lesions["voxels"].to_numpy() * (c.volume_mm3 / max(c.lesions["voxels"].sum(), 1)))
+        out[(r.patient_id, r.visit)] = (c.volume_mm3, c.lesions["voxels"].to_numpy() * voxel_volume(img.affine))
     return out
 
 
@@ -58,7 +58,7 @@ def rendered_visits(render_dir: Path, visits: list[str], threshold: float) -> di
     `image-render` does (`forecast.image_count_render.split_by_birth`)."""
     from forecast.image_count_render import masks_at_visits, split_by_birth
     from mseval.io.store import ForecastStore
-    from mseval.lesions.components import count_lesions
+    from mseval.lesions.components import count_lesions, voxel_volume
 
     lesions = pd.read_csv(render_dir / "lesions.csv", dtype={"patient_id": str, "arm": str, "birth_visit": str})
     by_member = {k: g.sort_values("lesion") for k, g in lesions.groupby(["patient_id", "arm", "member"])}
@@ -78,7 +78,7 @@ def rendered_visits(render_dir: Path, visits: list[str], threshold: float) -> di
         per_visit = masks_at_visits(np.stack(labels), len(visits))
         for k, visit in enumerate(visits):
             cs = [count_lesions(mk, affine) for mk in per_visit[k]]
-            vox = [c.lesions["voxels"].to_numpy() * (c.volume_mm3 / max(c.lesions["voxels"].sum(), 1)) for c in cs]
+            vox = [c.lesions["voxels"].to_numpy() * voxel_volume(affine) for c in cs]
             out[(pid, arm, visit)] = (np.array([c.volume_mm3 for c in cs]), vox, np.array([c.count for c in cs]), per_visit[k].mean(axis=0))
     out["lost_share"] = lost[0] / max(lost[1], 1)
     return out

@@ -21,7 +21,7 @@ checkpoints (the trajectories' and the decoder's): no training uncertainty of ei
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -124,12 +124,13 @@ def read_trajectories(samples_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFra
 
 
 def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, renderer: str | Path, out: str | Path, *,
-                        settings: SamplerSettings | None = None, batch_size: int = 8, device: str | None = None, save_prob: bool = False,
-                        labels: str = "arm-count", progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                        steps: int | None = None, threshold: float | None = None, batch_size: int = 8, device: str | None = None,
+                        save_prob: bool = False, labels: str = "arm-count", progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Render every member of an `image-sample` folder into masks (module docstring) and write, under `out`, one
     forecast store per scheduled visit (`out/<visit>/`: blocks per patient and arm, S members, the same seeds as the
     trajectories) and `lesions.csv` (`RENDER_LESION_COLUMNS`). Every input is checked before anything is written; a
-    (patient, arm) already in every visit's store is skipped (resume). save_prob: the last visit's blocks also keep each
+    (patient, arm) already in every visit's store is skipped (resume). The decoder samples with its config's sampler,
+    guidance and steps (`steps` overrides them) and thresholds at its `mask_threshold` (or `threshold`). save_prob: the last visit's blocks also keep each
     member's rendered voxel probability (S, X, Y, Z), from which another threshold can be applied later (`split_by_birth`
     on prob > t). labels: what the decoder is told besides the images and the centre map -- "arm-count" (the member's arm
     and its number of lesions) or "none" (the null label of classifier-free guidance, on which the decoder was also
@@ -148,6 +149,7 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     from mseval.io.atomic import write_csv_atomic
     from mseval.io.cohort import read_cohort
     from mseval.io.store import ForecastStore
+    from mseval.lesions.components import voxel_volume
     from mseval.seeding import derive_seed
 
     counts, lesions = read_trajectories(samples_dir)
@@ -156,8 +158,8 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     if not cfg.centre_map:
         raise InputError(ckpt.path, f"config {cfg.name!r} does not render around given centres (centre_map false); use a centre-conditioned "
                          "checkpoint such as the shipped tiny_centre", field="centre_map")
-    settings = settings or SamplerSettings(cfg.sampler, cfg.sample_steps, cfg.guidance, cfg.clip_x0)
-    settings = replace(settings, count_tries=1, threshold=cfg.mask_threshold if settings.threshold is None else settings.threshold)
+    settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0,
+                               threshold=cfg.mask_threshold if threshold is None else threshold)
     check_sampler(cfg, settings)
     if labels not in SHAPE_LABELS:
         raise InputError(None, f"--labels {labels!r}: choose one of {', '.join(SHAPE_LABELS)}", field="labels")
@@ -179,6 +181,7 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
             raise InputError(Path(samples_dir) / "lesions.csv", f"centre ({r.x}, {r.y}, {r.z}) lies outside patient {r.patient_id!r}'s grid "
                              f"{list(shape)}", row=i + 1, field="x")
     stores = {v: ForecastStore.create(out / v) for v in visits}
+    present = {v: set(st.keys()) for v, st in stores.items()}  # blocks a stopped run wrote for some visits only
     dev = torch.device(device) if device is not None else default_device()
     runtime = configure_backend(dev)
     model = inference_layout(build_model(ckpt, ema=True, device=dev), dev)
@@ -188,10 +191,11 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     part_dir = out / "_lesions"
     part_dir.mkdir(parents=True, exist_ok=True)
     by_member = {k: g.sort_values("lesion") for k, g in lesions.groupby(["patient_id", "arm", "member"], sort=False)}
+    members = {k: g.sort_values("member") for k, g in counts.drop_duplicates(["patient_id", "arm", "member"]).groupby(["patient_id", "arm"], sort=False)}
     for n, (pid, arm) in enumerate(todo):
         p = patients[pid]
-        voxel_mm3 = float(abs(np.linalg.det(p.affine[:3, :3])))
-        mem = counts[(counts["patient_id"] == pid) & (counts["arm"] == arm)].drop_duplicates("member").sort_values("member")
+        voxel_mm3 = voxel_volume(p.affine)
+        mem = members[(pid, arm)]
         seeds = [int(s) for s in mem["seed"]]
         rows = [by_member.get((pid, arm, int(m)), lesions.iloc[:0]) for m in mem["member"]]
         cents = [r[["x", "y", "z"]].to_numpy(np.int64).reshape(-1, 3) for r in rows]
@@ -207,7 +211,7 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
                  for m, r, c, sp in zip(mem["member"], rows, cents, splits) for j in range(len(c))]
         write_csv_atomic(pd.DataFrame(table, columns=list(RENDER_LESION_COLUMNS)), part_dir / f"{derive_seed(0, pid, arm)}.csv")
         for k, v in enumerate(visits):
-            if (pid, arm) not in stores[v].keys():
+            if (pid, arm) not in present[v]:
                 stores[v].write_block(pid, arm, by_visit[k], p.affine, seeds, checkpoint=ckpt.id,
                                       sampler={**record, "visit": v, "dropped_voxels": [sp.dropped_voxels for sp in splits]},
                                       prob=prob if save_prob and k == len(visits) - 1 else None)

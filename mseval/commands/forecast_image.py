@@ -131,8 +131,6 @@ def image_render(
     baseline images, arm and lesion count as conditions), the mask is split by each lesion's first visit, and the mask of
     visit k holds the lesions born by k (one coherent trajectory per member). Resumes: blocks already written are kept."""
     from forecast.image_count_render import render_trajectories
-    from forecast.checkpoint import load_checkpoint
-    from forecast.sampler import SamplerSettings
     from mseval.commands._checks import check_min, check_out_folder
     from mseval.commands._progress import progress
     from mseval.errors import InputError
@@ -143,12 +141,10 @@ def image_render(
     if mask_threshold is not None and not 0 < mask_threshold < 1:
         raise InputError(None, "--mask-threshold must lie strictly between 0 and 1", field="mask_threshold")
     check_out_folder(out)
-    cfg = load_checkpoint(renderer).config
-    settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0, threshold=mask_threshold)
     bar, update = progress("rendering (patient x arm)")
     with bar:
-        table = render_trajectories(cohort, samples, renderer, out, settings=settings, batch_size=batch_size, save_prob=prob, labels=labels,
-                                    progress=update)
+        table = render_trajectories(cohort, samples, renderer, out, steps=steps, threshold=mask_threshold, batch_size=batch_size, save_prob=prob,
+                                    labels=labels, progress=update)
     lost, merged, owned = int(table["lost"].sum()), int((table["merged_into"] >= 0).sum()), table.loc[table["volume_mm3"] > 0, "volume_mm3"]
     typer.echo(f"{len(table)} lesions rendered ({lost} lost: nothing drawn at the centre; {merged} merged)"
                + (f", mean volume {owned.mean():.1f} mm^3" if len(owned) else "") + f" -> {out}")

@@ -236,22 +236,21 @@ def test_an_interrupted_render_resumes_to_the_uninterrupted_result(sampled: Path
     """Stopped after its first (patient, arm) block, a render started again over the same folder skips that block and
     ends with the masks and lesion table of a run that was never stopped."""
     from forecast.image_count_render import render_trajectories
-    from forecast.sampler import SamplerSettings
     from mseval.io.store import ForecastStore
 
-    settings = SamplerSettings("ddim", 1, 1.0, threshold=0.9)
+    settings = {"steps": 1, "threshold": 0.9}
 
     def stop(done: int, _total: int) -> None:
         if done == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        render_trajectories(visits_cohort, sampled, renderer, tmp_path / "a", settings=settings, progress=stop)
+        render_trajectories(visits_cohort, sampled, renderer, tmp_path / "a", **settings, progress=stop)
     assert len(ForecastStore.open(tmp_path / "a" / "w96").keys()) == 1
     seen = []
-    resumed = render_trajectories(visits_cohort, sampled, renderer, tmp_path / "a", settings=settings, progress=lambda d, n: seen.append(n))
+    resumed = render_trajectories(visits_cohort, sampled, renderer, tmp_path / "a", **settings, progress=lambda d, n: seen.append(n))
     assert seen[-1] == 3  # the finished block is skipped
-    straight = render_trajectories(visits_cohort, sampled, renderer, tmp_path / "b", settings=settings)
+    straight = render_trajectories(visits_cohort, sampled, renderer, tmp_path / "b", **settings)
     assert resumed.equals(straight)
     for v in ("w24", "w48", "w96"):
         a, b = ForecastStore.open(tmp_path / "a" / v), ForecastStore.open(tmp_path / "b" / v)
