@@ -39,11 +39,15 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mseval demo --out $(DEMO_OUT)
 
-# Rebuild the shipped demo checkpoint forecast/checkpoints/tiny_centre from scratch (about 65 minutes on two
-# CPU cores: simulate 2,400 + 240 patients (2.5 min), data cache (4 min), fit the count head and the location
-# network (6 min), train 1,500 steps (43 min), choose the guidance on the validation trial (8 min)).
+# Rebuild both shipped checkpoints from scratch. First the demo checkpoint forecast/checkpoints/tiny_centre, also the
+# image forecaster's shape decoder (about 65 minutes on two CPU cores: simulate 2,400 + 240 patients (2.5 min), data
+# cache (4 min), fit the count head and the location network (6 min), train 1,500 steps (43 min), choose the guidance on
+# the validation trial (8 min)); then the image forecaster forecast/checkpoints/image_count (forecast/image_release.py:
+# its own 600-patient trial, N4 + WhiteStripe, 40 epochs, the decoder's threshold chosen on the same validation trial;
+# wall time in bench/RESULTS_forecast.md).
 checkpoint: $(STAMP)
 	$(PY) -m forecast.release --work build/checkpoint
+	$(PY) -m forecast.image_release --work build/checkpoint
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -35,51 +35,22 @@ import numpy as np
 import pandas as pd
 
 
-def observed_visits(cohort_dir: Path, ids: list[str]) -> dict[tuple[str, str], tuple[float, np.ndarray]]:
-    """(patient, visit) -> (observed cumulative NET2 volume mm^3, per-lesion volumes (K,) mm^3) for every observed
-    follow-up visit of the given patients (visits.csv's net2_mask_cumulative; missing scans skipped)."""
-    import nibabel as nib
-
-    from mseval.lesions.components import count_lesions, voxel_volume
-
-    v = pd.read_csv(cohort_dir / "visits.csv", dtype={"patient_id": str, "visit": str})
-    v = v[v["patient_id"].isin(ids) & v["net2_mask_cumulative"].notna()]
-    out = {}
-    for r in v.itertuples(index=False):
-        img = nib.load(cohort_dir / r.net2_mask_cumulative)
-        c = count_lesions(np.asarray(img.dataobj) > 0.5, img.affine)
-        out[(r.patient_id, r.visit)] = (c.volume_mm3, c.lesions["voxels"].to_numpy() * voxel_volume(img.affine))
-    return out
-
-
 def rendered_visits(render_dir: Path, visits: list[str], threshold: float) -> dict[tuple[str, str, str], tuple[np.ndarray, list[np.ndarray], np.ndarray]]:
     """(patient, arm, visit) -> (rendered volume per member (S,) mm^3, per-lesion volumes per member, count per member (S,),
-    the ensemble's probability map (X, Y, Z): the share of members with the voxel in their mask) with the members' rendered probabilities (kept by `--prob`) thresholded at `threshold` and split by birth as
-    `image-render` does (`forecast.image_count_render.split_by_birth`)."""
-    from forecast.image_count_render import masks_at_visits, split_by_birth
-    from mseval.io.store import ForecastStore
+    the ensemble's probability map (X, Y, Z): the share of members with the voxel in their mask) with the members' rendered
+    probabilities (kept by `--prob`) thresholded at `threshold` and split by birth as `image-render` does
+    (`forecast.image_count_tuning.rendered_members`); "lost_share": the drawn centres with nothing rendered at them."""
+    from forecast.image_count_tuning import rendered_members
     from mseval.lesions.components import count_lesions, voxel_volume
 
-    lesions = pd.read_csv(render_dir / "lesions.csv", dtype={"patient_id": str, "arm": str, "birth_visit": str})
-    by_member = {k: g.sort_values("lesion") for k, g in lesions.groupby(["patient_id", "arm", "member"])}
-    store = ForecastStore.open(render_dir / visits[-1])
     out, lost = {}, [0, 0]
-    for pid, arm in store.keys():
-        prob, affine = store.block(pid, arm).prob()
-        labels = []
-        for m in range(len(prob)):
-            g = by_member.get((pid, arm, m))
-            c = g[["x", "y", "z"]].to_numpy(np.int64) if g is not None else np.zeros((0, 3), np.int64)
-            b = np.array([visits.index(v) for v in g["birth_visit"]]) if g is not None else np.zeros(0, np.int64)
-            sp = split_by_birth(prob[m] > threshold if len(c) else np.zeros(prob[m].shape, bool), c, b)
-            labels.append(sp.labels)
-            lost[0] += int(sp.lost.sum())
-            lost[1] += len(c)
-        per_visit = masks_at_visits(np.stack(labels), len(visits))
+    for r in rendered_members(render_dir, visits, threshold):
+        lost[0] += r.lost
+        lost[1] += r.centres
         for k, visit in enumerate(visits):
-            cs = [count_lesions(mk, affine) for mk in per_visit[k]]
-            vox = [c.lesions["voxels"].to_numpy() * voxel_volume(affine) for c in cs]
-            out[(pid, arm, visit)] = (np.array([c.volume_mm3 for c in cs]), vox, np.array([c.count for c in cs]), per_visit[k].mean(axis=0))
+            cs = [count_lesions(mk, r.affine) for mk in r.masks[k]]
+            vox = [c.lesions["voxels"].to_numpy() * voxel_volume(r.affine) for c in cs]
+            out[(r.patient_id, r.arm, visit)] = (np.array([c.volume_mm3 for c in cs]), vox, np.array([c.count for c in cs]), r.masks[k].mean(axis=0))
     out["lost_share"] = lost[0] / max(lost[1], 1)
     return out
 
@@ -130,9 +101,10 @@ def main() -> None:
     from bench.location_references import clustered_mean
     from forecast.image_count_pipeline import forecast_trajectories
     from forecast.image_count_render import render_trajectories
-    from mseval.io.cohort import read_cohort
     from forecast.evaluate import THRESHOLD_GRID
-    from mseval.metrics.calibration import crps_ensemble_fair, pit_uniformity, randomized_pit
+    from forecast.image_count_tuning import observed_visits, select_render_threshold
+    from mseval.io.cohort import read_cohort
+    from mseval.metrics.calibration import pit_uniformity, randomized_pit
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dev", type=Path, required=True)
@@ -177,13 +149,9 @@ def main() -> None:
     last = visits[-1]
     tuning = {}
     if a.threshold is None:  # the renderer's threshold by the fair CRPS of the observed last-visit volume (observed outcomes only)
-        for t in THRESHOLD_GRID:
-            r = rendered_visits(a.work / "render_allocated", visits, t)
-            keys = [p for p in ids if (p, last) in obs]
-            tuning[t] = float(crps_ensemble_fair(np.stack([r[(p, allocated[p], last)][0] for p in keys]),
-                                                 np.array([obs[(p, last)][0] for p in keys])).mean())
-            print(f"threshold {t}: fair CRPS of the {last} volume {tuning[t]:.1f} mm^3", flush=True)
-        threshold = min(tuning, key=tuning.get)
+        chosen = select_render_threshold(a.dev, a.work / "render_allocated", THRESHOLD_GRID)
+        print(chosen.summary(), flush=True)
+        tuning, threshold = chosen.crps, chosen.chosen
     else:
         threshold = a.threshold
     ren = rendered_visits(a.work / "render_allocated", visits, threshold)

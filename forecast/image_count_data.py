@@ -11,6 +11,7 @@ cumulative mask's lesions. Nothing here reads the simulator's truth.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -67,12 +68,16 @@ def baseline_volumes(cohort: Cohort, pid: str, fields: Sequence[str]) -> dict:
 
 def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str], *, inputs: Sequence[str] = IMAGE_CHANNELS + MASK_CHANNELS,
                 with_targets: bool = True, progress: Callable[[int, int], None] | None = None,
-                normalization: str = "brain_z", workers: int = 1) -> list[PatientArrays]:
+                normalization: str = "brain_z", workers: int = 1, cache: str | Path | None = None) -> list[PatientArrays]:
     """One `PatientArrays` per patient (cond channels in `inputs` order; images by `normalization`,
     `forecast.preprocess`). Without targets, counts are NaN and centres empty, and no follow-up file is
     read (what sampling may see). workers > 1: patients are read in that many processes, in chunks of `READ_CHUNK`
-    (N4 bias correction costs about 2 s a patient at 32^3); the arrays and their order are the same."""
+    (N4 bias correction costs about 2 s a patient at 32^3); the arrays and their order are the same. cache: a folder
+    (`forecast.image_count_cache`) where each patient is read once and from which cond and brain come back
+    memory-mapped (host memory holds `workers x READ_CHUNK` patients while reading, then none); the same arrays."""
     ids = list(patient_ids)
+    if cache is not None:
+        return _cached(cohort, ids, arms, inputs, with_targets, normalization, workers, progress, Path(cache))
     if workers <= 1 or len(ids) <= READ_CHUNK:
         feats = baseline_features(cohort, ids, outcome=False).set_index("patient_id")
         visits = visit_horizons(cohort) if with_targets else ()
@@ -92,6 +97,28 @@ def load_arrays(cohort: Cohort, patient_ids: Sequence[str], arms: Sequence[str],
 
 READ_CHUNK = 8
 """Patients per job when `load_arrays` reads in several processes."""
+
+
+def _cached(cohort: Cohort, ids: list[str], arms: Sequence[str], inputs: Sequence[str], with_targets: bool, normalization: str, workers: int,
+            progress: Callable[[int, int], None] | None, cache: Path) -> list[PatientArrays]:
+    from forecast.image_count_cache import has_entry, open_entry, patient_key, write_entry
+
+    visits = visit_horizons(cohort) if with_targets else ()
+    keys = [patient_key(cohort, p, arms=arms, inputs=inputs, with_targets=with_targets, normalization=normalization, visits=visits) for p in ids]
+    todo = [(p, k) for p, k in zip(ids, keys) if not has_entry(cache, k)]
+    block = max(1, workers) * READ_CHUNK
+    done = len(ids) - len(todo)
+    for lo in range(0, len(todo), block):
+        part = todo[lo: lo + block]
+        for (_, k), arr in zip(part, load_arrays(cohort, [p for p, _ in part], arms, inputs=inputs, with_targets=with_targets,
+                                                 normalization=normalization, workers=workers)):
+            write_entry(cache, k, arr)
+        done += len(part)
+        if progress:
+            progress(done, len(ids))
+    if progress and not todo:
+        progress(len(ids), len(ids))
+    return [open_entry(cache, k) for k in keys]
 
 
 def _read_chunk(job: tuple) -> list[PatientArrays]:

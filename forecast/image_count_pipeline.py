@@ -37,12 +37,14 @@ LESION_COLUMNS = ("patient_id", "arm", "member", "lesion", "birth_visit", "x", "
 
 
 def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 40, seed: int = 0, val_fraction: float = 0.1,
-                      normalization: str = "brain_z", net_options: dict | None = None, workers: int = 1,
+                      normalization: str = "brain_z", net_options: dict | None = None, workers: int = 1, cache: str | Path | None = None,
                       progress: Callable[[str, int, int], None] | None = None) -> ImageCountMeta:
     """Split the cohort's patients (stratified by arm, seeded), read them (`load_arrays`: observed outcomes only), fit
     `ImageCountNet` (each pathway keeps its best held-out epoch) and save the checkpoint into `out` with the training
     and validation patients' fingerprints. progress(stage, done, total): stage "read" per patient, "fit" per epoch.
-    workers: processes reading the patients (the same arrays for any number)."""
+    workers: processes reading the patients (the same arrays for any number); cache: a folder where each patient's
+    arrays are kept once read (`forecast.image_count_cache`: a stopped run does not read them again, and training holds
+    a batch in memory, not the training set); the same checkpoint with or without it."""
     from mseval.provenance import training_provenance
 
     cohort = read_cohort(cohort_dir)
@@ -54,7 +56,8 @@ def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 
         raise InputError(cohort.root / "manifest.csv", f"--val-fraction {val_fraction:g} leaves no validation patient; the epoch is chosen on them", field="arm")
     inputs = IMAGE_CHANNELS + MASK_CHANNELS
     read = (lambda d, n: progress("read", d, n)) if progress else None
-    arrays = load_arrays(cohort, list(fit_ids) + list(val_ids), arms, inputs=inputs, normalization=normalization, progress=read, workers=workers)
+    arrays = load_arrays(cohort, list(fit_ids) + list(val_ids), arms, inputs=inputs, normalization=normalization, progress=read, workers=workers,
+                         cache=cache)
     train, val = arrays[: len(fit_ids)], arrays[len(fit_ids):]
     net = ImageCountNet(len(inputs), len(arms), len(visits), **(net_options or {}))
     fit = fit_image_count(net, train, val, epochs=epochs, seed=seed,
@@ -75,7 +78,7 @@ def _open(cohort_dir: str | Path, checkpoint: str | Path, patients: Sequence[str
 
 
 def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: Sequence[str] | None = None, reference_arm: str | None = None,
-                  progress: Callable[[int, int], None] | None = None, workers: int = 1) -> pd.DataFrame:
+                  progress: Callable[[int, int], None] | None = None, workers: int = 1, cache: str | Path | None = None) -> pd.DataFrame:
     """The law table (`LAW_COLUMNS`, module docstring) for every (given) patient of the cohort under every arm the
     checkpoint knows, at its scheduled visits. Every check (`check_cohort`) runs before any forecast."""
     net, meta, digest, cohort, ids, years = _open(cohort_dir, checkpoint, patients)
@@ -83,7 +86,7 @@ def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: S
     if ref not in meta.arms:
         raise InputError(None, f"--reference-arm {ref!r} was never seen by the checkpoint (arms: {', '.join(meta.arms)})", field="reference_arm")
     arrays = load_arrays(cohort, ids, list(meta.arms), inputs=meta.inputs, with_targets=False, normalization=meta.normalization, progress=progress,
-                         workers=workers)
+                         workers=workers, cache=cache)
     rows = []
     with torch.no_grad():
         for lo in range(0, len(arrays), 8):
@@ -107,7 +110,7 @@ def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: S
 
 def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, samples: int, seed: int = 0, min_distance: int = 4,
                           patients: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None,
-                          arrays: Sequence | None = None, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+                          arrays: Sequence | None = None, workers: int = 1, cache: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`samples` members per patient and arm, each one coherent trajectory (`forecast.image_count_sampling.draw_trajectory`:
     one gamma frailty, Poisson increments per interval, the lesions' centres drawn in birth order from the arm's centre
     law, kept `min_distance` voxels apart). Returns (counts: `SAMPLE_COUNT_COLUMNS`, one row per member and visit, net2
@@ -117,7 +120,7 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
     arrays: the patients' inputs already read (`load_arrays` with the checkpoint's inputs and normalization, in the
     order of `patients`), so that a bench reading them once does not read them again. workers > 1: the patients are read
     `workers x READ_CHUNK` at a time in that many processes (memory holds one such block, never the cohort); the same
-    numbers for any number of workers."""
+    numbers for any number of workers. cache: as `load_arrays`'."""
     from forecast.image_count import logits_for
     from forecast.image_count_sampling import draw_trajectory
     from mseval.seeding import derive_seed
@@ -135,7 +138,7 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
         block = workers * READ_CHUNK if workers > 1 else 1
         for lo in range(0, len(ids), block):
             yield from load_arrays(cohort, ids[lo: lo + block], list(meta.arms), inputs=meta.inputs, with_targets=False,
-                                   normalization=meta.normalization, workers=workers)
+                                   normalization=meta.normalization, workers=workers, cache=cache)
 
     for n, (pid, p) in enumerate(zip(ids, patients_in_order())):
         b = collate([p])

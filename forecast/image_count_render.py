@@ -20,9 +20,10 @@ checkpoints (the trajectories' and the decoder's): no training uncertainty of ei
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -125,7 +126,8 @@ def read_trajectories(samples_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFra
 
 def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, renderer: str | Path, out: str | Path, *,
                         steps: int | None = None, threshold: float | None = None, batch_size: int = 8, device: str | None = None,
-                        save_prob: bool = False, labels: str = "arm-count", progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                        save_prob: bool = False, labels: str | None = None, tuned: Mapping[str, Any] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Render every member of an `image-sample` folder into masks (module docstring) and write, under `out`, one
     forecast store per scheduled visit (`out/<visit>/`: blocks per patient and arm, S members, the same seeds as the
     trajectories) and `lesions.csv` (`RENDER_LESION_COLUMNS`). Every input is checked before anything is written; a
@@ -134,7 +136,10 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     member's rendered voxel probability (S, X, Y, Z), from which another threshold can be applied later (`split_by_birth`
     on prob > t). labels: what the decoder is told besides the images and the centre map -- "arm-count" (the member's arm
     and its number of lesions) or "none" (the null label of classifier-free guidance, on which the decoder was also
-    trained: shapes that cannot depend on the arm). Returns the lesion table."""
+    trained: shapes that cannot depend on the arm). tuned: the render settings an image count checkpoint was exported with
+    (`forecast.image_release.read_render_settings`): its threshold and labels become the defaults, and the decoder and the
+    trajectories' checkpoint must be the ones they were tuned for (InputError otherwise). Without either, labels
+    "arm-count" and the decoder's own threshold. Returns the lesion table."""
     import torch
 
     from forecast.checkpoint import build_model, load_checkpoint
@@ -158,6 +163,9 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     if not cfg.centre_map:
         raise InputError(ckpt.path, f"config {cfg.name!r} does not render around given centres (centre_map false); use a centre-conditioned "
                          "checkpoint such as the shipped tiny_centre", field="centre_map")
+    if tuned is not None and threshold is None:
+        threshold = float(tuned["mask_threshold"])
+    labels = labels or (str(tuned["labels"]) if tuned is not None else "arm-count")
     settings = SamplerSettings(cfg.sampler, steps or cfg.sample_steps, cfg.guidance, cfg.clip_x0,
                                threshold=cfg.mask_threshold if threshold is None else threshold)
     check_sampler(cfg, settings)
@@ -170,6 +178,12 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
         conditions = {name: Condition(name, arm_weights(cfg, [None])[0]) for name in conditions}
     visits = list(dict.fromkeys(counts["visit"]))
     trajectory_ckpt = str(counts["checkpoint"].iloc[0]) if len(counts) else ""
+    if tuned is not None and str(tuned["renderer"]) != ckpt.id:
+        raise InputError(ckpt.path, f"the forecaster's render settings were tuned for decoder {tuned['renderer']}, not {ckpt.id}; "
+                         "give that decoder, or --mask-threshold without --forecaster", field="renderer")
+    if tuned is not None and len(counts) and str(tuned["trajectories_checkpoint"]) != trajectory_ckpt:
+        raise InputError(Path(samples_dir) / "counts.csv", f"the trajectories come from checkpoint {trajectory_ckpt}, not from the forecaster "
+                         f"{tuned['trajectories_checkpoint']} whose render settings were given", row=1, field="checkpoint")
     out = Path(out)
     existing = [ForecastStore.open(out / v) if (out / v / "store.json").is_file() else None for v in visits]
     done = set.intersection(*(set(s.keys()) for s in existing)) if visits and all(existing) else set()

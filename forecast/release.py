@@ -36,14 +36,14 @@ POOL_SEED, POOL_PER_ARM = 2030, 400
 VALIDATION_SEED, VALIDATION_PER_ARM = 2028, 40
 
 
-def _simulate(folder: Path, per_arm: int, seed: int, workers: int) -> None:
+def _simulate(folder: Path, per_arm: int, seed: int, workers: int, shape: tuple[int, int, int] = (32, 32, 32)) -> None:
     from mseval.simulate.model import TrialConfig
     from mseval.simulate.trial import simulate_trial
 
     if (folder / "manifest.csv").is_file():
         return
     print(f"simulating {folder} ({6 * per_arm} patients, seed {seed})", flush=True)
-    simulate_trial(folder, TrialConfig(patients_per_arm=per_arm, shape=(32, 32, 32), seed=seed), workers=workers)
+    simulate_trial(folder, TrialConfig(patients_per_arm=per_arm, shape=shape, seed=seed), workers=workers)
 
 
 def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: tuple[float, ...] = (1.0, 2.0, 3.0),

@@ -66,6 +66,30 @@ def visits_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20^3 centre-conditioned diffusion decoder with seeded random weights: the mechanics of rendering, not its skill
+    (the shipped decoder's is measured in bench/render_dev.py)."""
+    import torch
+
+    from forecast.checkpoint import Checkpoint, save_checkpoint
+    from forecast.config import ForecastConfig
+    from forecast.model import NET2Denoiser
+
+    cfg = ForecastConfig(name="r", channels=(8, 8, 16), attention_levels=(False, False, False), num_head_channels=8, norm_num_groups=8,
+                         shape=(20, 20, 20), count_head=True, centre_map=True, mask_threshold=0.5, sample_steps=2,
+                         arms=("placebo", "laquinimod", "ifnb1a_im", "ifnb1a_sc", "dmf", "ocrelizumab"))
+    torch.manual_seed(0)
+    net = NET2Denoiser(cfg)
+    with torch.no_grad():  # MONAI zero-initialises the output convolution: perturb every weight so the output varies
+        for prm in net.parameters():
+            prm.add_(0.2 * torch.randn_like(prm))
+    state = net.state_dict()
+    out = tmp_path_factory.mktemp("render") / "renderer"
+    save_checkpoint(Checkpoint(config=cfg, model=state, ema=state, optimizer=None, step=0, train_ids=[], val_ids=[]), out)
+    return out
+
+
 @pytest.fixture()
 def cohort_copy(tiny_cohort: Path, tmp_path: Path) -> Path:
     """A private copy of `tiny_cohort` that a test may break."""

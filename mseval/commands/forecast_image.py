@@ -22,6 +22,7 @@ def image_train(
     hidden: Annotated[int, typer.Option(help="Channels of the centre pathway's features.")] = 12,
     count_hidden: Annotated[int, typer.Option("--count-hidden", help="Detector maps of the count pathway.")] = 8,
     workers: Annotated[int, typer.Option(help="Processes reading the patients (N4 costs about 2 s a patient); the same checkpoint for any number.")] = 1,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder keeping each patient's preprocessed arrays once read (reused by later runs and resumes; memory-mapped).")] = None,
 ) -> None:
     """Train the image count model (an NB2 count law per scheduled visit and an arm-specific lesion-centre intensity,
     both read from the baseline images) on a multi-visit cohort's observed outcomes; the truth is never read."""
@@ -47,7 +48,7 @@ def image_train(
     with read_bar, fit_bar:
         meta = train_image_count(cohort, out, epochs=epochs, seed=seed, val_fraction=val_fraction, normalization=normalization,
                                  net_options={"hidden": hidden, "count_hidden": count_hidden, "count_trunk": count_trunk,
-                                              "count_head": count_head, "centre_trunk": centre_trunk}, workers=workers,
+                                              "count_head": count_head, "centre_trunk": centre_trunk}, workers=workers, cache=cache,
                                  progress=lambda stage, done, total: (read if stage == "read" else fit_epoch)(done, total))
     from forecast.image_count import describe
 
@@ -64,6 +65,7 @@ def image_laws(
     out: Annotated[Path, typer.Option("--out", help="CSV: one row per patient, arm and visit (forecast.image_count_pipeline.LAW_COLUMNS).")],
     reference_arm: Annotated[Optional[str], typer.Option("--reference-arm", help="Arm the log rate ratios contrast against (default: the checkpoint's first).")] = None,
     workers: Annotated[int, typer.Option(help="Processes reading the patients; the same table for any number.")] = 1,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder keeping each patient's preprocessed arrays once read (reused by later runs and resumes; memory-mapped).")] = None,
 ) -> None:
     """Each patient's forecast NB2 law of the cumulative NET2 count under every arm at every scheduled visit: expected
     count, dispersion, P(active) and the per-patient log rate ratio against the reference arm. Conditional on the
@@ -77,7 +79,7 @@ def image_laws(
     check_out_file(out)
     bar, update = progress("reading patients")
     with bar:
-        table = forecast_laws(cohort, checkpoint, reference_arm=reference_arm, progress=update, workers=workers)
+        table = forecast_laws(cohort, checkpoint, reference_arm=reference_arm, progress=update, workers=workers, cache=cache)
     write_csv_atomic(table, out)
     typer.echo(f"{table['patient_id'].nunique()} patients x {table['arm'].nunique()} arms x {table['visit'].nunique()} visits "
                f"(conditional on the baseline inputs and checkpoint {table['checkpoint'].iloc[0]}; no training uncertainty) -> {out}")
@@ -91,6 +93,7 @@ def image_sample(
     seed: Annotated[int, typer.Option(help="Base seed; member m of (patient, arm) draws from derive_seed(seed, patient, arm, m).")] = 0,
     min_distance: Annotated[int, typer.Option("--min-distance", help="Voxels (Chebyshev) kept between a member's lesion centres.")] = 4,
     workers: Annotated[int, typer.Option(help="Processes reading the patients; the same samples for any number.")] = 1,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder keeping each patient's preprocessed arrays once read (reused by later runs and resumes; memory-mapped).")] = None,
 ) -> None:
     """Sample coherent lesion trajectories: per member, the cumulative NET2 count at every scheduled visit (one frailty,
     Poisson increments) and each lesion's centre and first visit (a W48 member holds its own W24 lesions). Lesion masks
@@ -107,7 +110,7 @@ def image_sample(
     bar, update = progress("sampling patients")
     with bar:
         counts, lesions = forecast_trajectories(cohort, checkpoint, samples=samples, seed=seed, min_distance=min_distance, progress=update,
-                                               workers=workers)
+                                               workers=workers, cache=cache)
     out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(counts, out / "counts.csv")
     write_csv_atomic(lesions, out / "lesions.csv")
@@ -122,10 +125,11 @@ def image_render(
     renderer: Annotated[Path, typer.Option("--renderer", help="A centre-conditioned diffusion checkpoint (centre_map; e.g. forecast/checkpoints/tiny_centre).")],
     out: Annotated[Path, typer.Option("--out", help="Folder: one forecast store per visit (OUT/<visit>/) and lesions.csv.")],
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the renderer config's).")] = None,
-    mask_threshold: Annotated[Optional[float], typer.Option("--mask-threshold", help="Voxel probability above which a voxel is lesion (default: the renderer's, chosen on validation).")] = None,
+    mask_threshold: Annotated[Optional[float], typer.Option("--mask-threshold", help="Voxel probability above which a voxel is lesion (default: the --forecaster's, tuned on validation for these trajectories; else the renderer's own, tuned for its own count law).")] = None,
     batch_size: Annotated[int, typer.Option(help="Members per network batch; results do not depend on it.")] = 8,
     prob: Annotated[bool, typer.Option("--prob", help="Also keep each member's rendered voxel probability in the last visit's store.")] = False,
-    labels: Annotated[str, typer.Option(help="What the decoder is told besides images and centres: arm-count (the member's arm and lesion count) or none (arm-blind shapes).")] = "arm-count",
+    labels: Annotated[Optional[str], typer.Option(help="What the decoder is told besides images and centres: arm-count (the member's arm and lesion count) or none (arm-blind shapes); default: the forecaster's, else arm-count.")] = None,
+    forecaster: Annotated[Optional[Path], typer.Option("--forecaster", help="The image count checkpoint the samples came from, as `make checkpoint` exports it (render.json): its threshold and labels, tuned on validation with this decoder, become the defaults.")] = None,
 ) -> None:
     """Render each sampled trajectory's lesions into masks: the decoder draws shapes around the drawn centres (patient's
     baseline images, arm and lesion count as conditions), the mask is split by each lesion's first visit, and the mask of
@@ -140,11 +144,19 @@ def image_render(
         check_min(steps, "--steps", 1)
     if mask_threshold is not None and not 0 < mask_threshold < 1:
         raise InputError(None, "--mask-threshold must lie strictly between 0 and 1", field="mask_threshold")
+    tuned = None
+    if forecaster is not None:
+        from forecast.image_release import RENDER_FILE, read_render_settings
+
+        tuned = read_render_settings(forecaster)
+        if tuned is None:
+            raise InputError(forecaster / RENDER_FILE, "not found: --forecaster takes a checkpoint exported by `make checkpoint` "
+                             "(an `image-train` folder has no tuned render settings; give --mask-threshold instead)")
     check_out_folder(out)
     bar, update = progress("rendering (patient x arm)")
     with bar:
         table = render_trajectories(cohort, samples, renderer, out, steps=steps, threshold=mask_threshold, batch_size=batch_size, save_prob=prob,
-                                    labels=labels, progress=update)
+                                    labels=labels, tuned=tuned, progress=update)
     lost, merged, owned = int(table["lost"].sum()), int((table["merged_into"] >= 0).sum()), table.loc[table["volume_mm3"] > 0, "volume_mm3"]
     typer.echo(f"{len(table)} lesions rendered ({lost} lost: nothing drawn at the centre; {merged} merged)"
                + (f", mean volume {owned.mean():.1f} mm^3" if len(owned) else "") + f" -> {out}")

@@ -8,7 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bench.render_dev import detection, observed_visits
+from bench.render_dev import detection
+from forecast.image_count_tuning import observed_visits
 from mseval.io.cohort import read_cohort
 
 

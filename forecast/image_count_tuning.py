@@ -1,0 +1,131 @@
+"""Choosing the shape decoder's voxel threshold for the image count model's trajectories on a validation trial, from
+observed outcomes only (truth.csv is never read).
+
+The criterion (issue 21's TEST amendment 4, and `bench/render_dev.py`'s): render the validation patients' trajectories
+under their allocated arm once, keeping each member's voxel probabilities (`render_trajectories(..., save_prob=True)`);
+for each threshold t of the grid, threshold the probabilities at t, split each member's mask by its lesions' births as
+`image-render` does (`split_by_birth`, `masks_at_visits`) and take its volume at the last visit under the counting rule
+(26-connected components of at least 3 mm^3, `mseval.lesions.components.count_lesions`); the chosen t has the lowest
+mean fair CRPS (`mseval.metrics.calibration.crps_ensemble_fair`) of the members' volumes against the patient's observed
+cumulative NET2 volume at that visit (patients without that scan are left out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def observed_visits(cohort_dir: str | Path, ids: Sequence[str]) -> dict[tuple[str, str], tuple[float, np.ndarray]]:
+    """(patient, visit) -> (observed cumulative NET2 volume, mm^3; per-lesion volumes (K,), mm^3) for every observed
+    follow-up visit of the given patients (visits.csv's net2_mask_cumulative; missing scans skipped), counting rule."""
+    import nibabel as nib
+
+    from mseval.lesions.components import count_lesions, voxel_volume
+
+    cohort_dir = Path(cohort_dir)
+    v = pd.read_csv(cohort_dir / "visits.csv", dtype={"patient_id": str, "visit": str})
+    v = v[v["patient_id"].isin(list(ids)) & v["net2_mask_cumulative"].notna()]
+    out = {}
+    for r in v.itertuples(index=False):
+        img = nib.load(cohort_dir / r.net2_mask_cumulative)
+        c = count_lesions(np.asarray(img.dataobj) > 0.5, img.affine)
+        out[(r.patient_id, r.visit)] = (c.volume_mm3, c.lesions["voxels"].to_numpy() * voxel_volume(img.affine))
+    return out
+
+
+@dataclass(frozen=True)
+class RenderedMembers:
+    """One (patient, arm) of a render folder at one threshold. masks: (V, S, X, Y, Z) bool, member s's mask at visit k;
+    affine: (4, 4) voxel -> mm; lost: drawn centres with nothing rendered at them; centres: drawn centres in all."""
+
+    patient_id: str
+    arm: str
+    masks: np.ndarray
+    affine: np.ndarray
+    lost: int
+    centres: int
+
+
+def rendered_members(render_dir: str | Path, visits: Sequence[str], threshold: float) -> Iterator[RenderedMembers]:
+    """Every (patient, arm) of an `image-render` folder written with `--prob`, its members' kept probabilities thresholded
+    at `threshold` and split by birth as `image-render` splits them. visits: the schedule's names, in order."""
+    from forecast.image_count_render import masks_at_visits, split_by_birth
+    from mseval.io.store import ForecastStore
+
+    render_dir, visits = Path(render_dir), list(visits)
+    lesions = pd.read_csv(render_dir / "lesions.csv", dtype={"patient_id": str, "arm": str, "birth_visit": str})
+    by_member = {k: g.sort_values("lesion") for k, g in lesions.groupby(["patient_id", "arm", "member"])}
+    store = ForecastStore.open(render_dir / visits[-1])
+    for pid, arm in store.keys():
+        prob, affine = store.block(pid, arm).prob()
+        labels, lost, n = [], 0, 0
+        for m in range(len(prob)):
+            g = by_member.get((pid, arm, m))
+            c = g[["x", "y", "z"]].to_numpy(np.int64) if g is not None else np.zeros((0, 3), np.int64)
+            b = np.array([visits.index(v) for v in g["birth_visit"]]) if g is not None else np.zeros(0, np.int64)
+            sp = split_by_birth(prob[m] > threshold if len(c) else np.zeros(prob[m].shape, bool), c, b)
+            labels.append(sp.labels)
+            lost += int(sp.lost.sum())
+            n += len(c)
+        yield RenderedMembers(pid, arm, masks_at_visits(np.stack(labels), len(visits)), affine, lost, n)
+
+
+@dataclass(frozen=True)
+class RenderThreshold:
+    """The threshold chosen on validation. crps: {threshold: mean fair CRPS of the last visit's volume, mm^3};
+    chosen: the argmin (the lower threshold on a tie); patients: how many entered the mean; visit: the visit scored."""
+
+    crps: dict[float, float]
+    chosen: float
+    patients: int
+    visit: str
+    criterion: str = ("lowest mean fair CRPS of the members' rendered cumulative NET2 volume (mm^3, counting rule) against the "
+                      "observed one at the last scheduled visit, allocated arm, validation patients (observed outcomes only)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"criterion": self.criterion, "visit": self.visit, "patients": self.patients, "chosen": self.chosen,
+                "crps_mm3": {f"{t:g}": v for t, v in self.crps.items()}}
+
+    def summary(self) -> str:
+        rows = "\n".join(f"  {t:<5g} {v:10.1f}{'  <- chosen' if t == self.chosen else ''}" for t, v in self.crps.items())
+        return f"mask threshold by fair CRPS of the {self.visit} volume (mm^3, {self.patients} patients):\n{rows}"
+
+
+def select_render_threshold(cohort_dir: str | Path, render_dir: str | Path, grid: Sequence[float]) -> RenderThreshold:
+    """The criterion of the module docstring over `grid`, for the (patient, allocated arm) blocks of `render_dir` (an
+    `image-render --prob` folder of `cohort_dir`'s patients). ValueError when no rendered patient was observed at the
+    last visit."""
+    from forecast.image_count_data import visit_schedule
+    from mseval.io.cohort import read_cohort
+    from mseval.io.store import ForecastStore
+    from mseval.lesions.components import count_lesions
+    from mseval.metrics.calibration import crps_ensemble_fair
+
+    cohort = read_cohort(cohort_dir)
+    visits = list(visit_schedule(cohort)[0])
+    last = visits[-1]
+    allocated = {p: str(cohort.row(p)["arm"]) for p in cohort.patient_ids}
+    ids = sorted({p for p, _ in ForecastStore.open(Path(render_dir) / last).keys()})  # members without a lesion are in no lesion table
+    obs = observed_visits(cohort_dir, ids)
+    crps = {}
+    for t in sorted(float(x) for x in grid):
+        ens, y = [], []
+        for r in rendered_members(render_dir, visits, t):
+            if r.arm != allocated.get(r.patient_id) or (r.patient_id, last) not in obs:
+                continue
+            ens.append([count_lesions(m, r.affine).volume_mm3 for m in r.masks[-1]])
+            y.append(obs[(r.patient_id, last)][0])
+        if not y:
+            raise ValueError(f"{render_dir}: no rendered patient under its allocated arm was observed at {last}")
+        crps[t] = float(crps_ensemble_fair(np.array(ens), np.array(y)).mean())
+    chosen = min(crps, key=lambda t: (crps[t], t))
+    return RenderThreshold(crps, chosen, len(y), last)
+
+
+__all__ = ["RenderThreshold", "RenderedMembers", "observed_visits", "rendered_members", "select_render_threshold"]
