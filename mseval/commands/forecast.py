@@ -242,6 +242,7 @@ def plan(
     gpu_memory: Annotated[Optional[float], typer.Option("--gpu-memory", help="Device memory in GiB: also report what fits and the largest batches.")] = None,
     headroom: Annotated[float, typer.Option(help="Share of --gpu-memory kept free for the CUDA context, cuDNN workspaces, fragmentation.")] = 0.1,
     fp32: Annotated[bool, typer.Option("--fp32", help="Plan without bf16 autocast.")] = False,
+    model: Annotated[str, typer.Option("--model", help="diffusion (the config's network) or image-count (the image forecaster's count and centre model, make checkpoint's recipe, on the config's grid; fp32; --batch-size patients, default 16).")] = "diffusion",
 ) -> None:
     """Parameters, FLOPs per network call and peak memory of training and sampling, computed on fake
     tensors (no GPU needed); with --gpu-memory, the largest batches that fit."""
@@ -257,7 +258,14 @@ def plan(
         raise InputError(None, "--gpu-memory must be positive (GiB)", field="gpu_memory")
     if not 0 <= headroom < 1:
         raise InputError(None, "--headroom must lie in [0, 1)", field="headroom")
+    if model not in ("diffusion", "image-count"):
+        raise InputError(None, f"--model {model!r}: choose diffusion or image-count", field="model")
     cfg = ForecastConfig.load(config)
+    if model == "image-count":
+        from forecast.image_count_planner import plan_image_count
+
+        typer.echo(plan_image_count(cfg.shape, batch=batch_size or 16, gpu_gib=gpu_memory, headroom=headroom).summary())
+        return
     result = make_plan(cfg, batch_size=batch_size, sample_members=sample_members, gpu_gib=gpu_memory, headroom=headroom, bf16=not fp32)
     typer.echo(result.summary())
 

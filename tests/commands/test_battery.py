@@ -37,6 +37,7 @@ CASES: list[tuple[str, list[str], int, list[str]]] = [
     ("report-negative-power-sims", ["report", "{cohort}", "{store}", "--out", "o", "--power-sims", "-1"], 2, ["--power-sims"]),
     ("demo-negative-minutes", ["demo", "--out", "o", "--minutes", "-1"], 2, ["--minutes"]),
     ("demo-zero-minutes", ["demo", "--out", "o", "--minutes", "0"], 2, ["--minutes"]),
+    ("plan-unknown-model", ["forecast", "plan", "--config", "tiny", "--model", "transformer"], 2, ["--model", "transformer"]),
     ("demo-missing-config", ["demo", "--out", "o", "--config", "nope"], 2, ["nope", "config"]),
     ("net2-negative-enlarge", ["net2", "{mask}", "{mask}", "--out", "n.nii.gz", "--enlarge-rel", "-1"], 2, ["--enlarge-rel"]),
     # output paths
