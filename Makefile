@@ -43,8 +43,9 @@ demo: $(STAMP)
 # image forecaster's shape decoder (about 65 minutes on two CPU cores: simulate 2,400 + 240 patients (2.5 min), data
 # cache (4 min), fit the count head and the location network (6 min), train 1,500 steps (43 min), choose the guidance on
 # the validation trial (8 min)); then the image forecaster forecast/checkpoints/image_count (forecast/image_release.py:
-# its own 600-patient trial, N4 + WhiteStripe, 40 epochs, the decoder's threshold chosen on the same validation trial;
-# wall time in bench/RESULTS_forecast.md).
+# its own 600-patient trial, N4 + WhiteStripe, 40 epochs, the decoder's threshold chosen on the same validation trial:
+# 47 minutes measured on 2026-12-07 (reading the 600 patients 28, training 14, rendering and tuning 5); about 112
+# minutes in all).
 checkpoint: $(STAMP)
 	$(PY) -m forecast.release --work build/checkpoint
 	$(PY) -m forecast.image_release --work build/checkpoint

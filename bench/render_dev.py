@@ -119,8 +119,19 @@ def main() -> None:
                     "observed volumes (fair CRPS at the last visit), so give it when reporting on a check trial")
     ap.add_argument("--labels", default="arm-count", help="the decoder's labels (forecast.image_count_render.SHAPE_LABELS)")
     ap.add_argument("--cache", type=Path, default=None, help="pickle of load_arrays outputs: (train, val, dev) or the DEV list")
+    ap.add_argument("--workers", type=int, default=2, help="processes reading the DEV patients")
+    ap.add_argument("--array-cache", type=Path, default=None, help="load_arrays' disk cache (forecast.image_count_cache)")
+    ap.add_argument("--forecaster", action="store_true", help="threshold and labels from the checkpoint's render.json (make checkpoint's "
+                    "export, tuned on its validation trial), not chosen on this DEV trial")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
+    if a.forecaster:
+        from forecast.image_release import read_render_settings
+
+        tuned = read_render_settings(a.checkpoint)
+        if tuned is None:
+            raise SystemExit(f"{a.checkpoint} has no render.json")
+        a.threshold, a.labels = float(tuned["mask_threshold"]), str(tuned["labels"])
     t0 = time.time()
     cohort = read_cohort(a.dev)
     ids = list(cohort.patient_ids)
@@ -129,7 +140,8 @@ def main() -> None:
     if not (a.work / "all" / "lesions.csv").is_file():
         arrays = pickle.loads(a.cache.read_bytes()) if a.cache else None
         arrays = arrays[2] if isinstance(arrays, tuple) else arrays  # (train, val, dev) or the DEV list alone
-        counts, lesions = forecast_trajectories(a.dev, a.checkpoint, samples=a.samples, seed=a.seed, arrays=arrays)
+        counts, lesions = forecast_trajectories(a.dev, a.checkpoint, samples=a.samples, seed=a.seed, arrays=arrays, workers=a.workers,
+                                                cache=a.array_cache)
         (a.work / "all").mkdir(exist_ok=True)
         counts.to_csv(a.work / "all" / "counts.csv", index=False)
         lesions.to_csv(a.work / "all" / "lesions.csv", index=False)

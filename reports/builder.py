@@ -43,7 +43,7 @@ from reports.context import build_context
 from reports.sap_section import SAP_TABLES, read_sap, sap_context
 from reports.forecast_only import build_forecast_only_report, followup_mode
 from reports.render import render_html, render_md
-from reports.style import arm_colors, arm_labels, figure_bytes
+from reports.style import arm_colors, arm_labels, figure_renderings
 
 
 
@@ -468,9 +468,9 @@ def build_report(
         fig_entries = []
         for k, (name, fig, caption) in enumerate(figs, start=1):
             say(f"  figure {k}/{len(figs)}: {name}")
-            for fmt in settings.figure_formats:
-                write_bytes_atomic(figure_bytes(fig, fmt, dpi=settings.figure_dpi), tmp / "figures" / f"{name}.{fmt}")
-            png = figure_bytes(fig, "png", dpi=settings.html_dpi)
+            files, png = figure_renderings(fig, settings.figure_formats, figure_dpi=settings.figure_dpi, html_dpi=settings.html_dpi)
+            for fmt, data in files.items():
+                write_bytes_atomic(data, tmp / "figures" / f"{name}.{fmt}")
             w_in, h_in = fig.get_size_inches()
             fig_entries.append({"name": name, "number": k, "caption": caption, "data": base64.b64encode(png).decode("ascii"),
                                 "width": int(round(w_in * CSS_PX_PER_INCH)), "height": int(round(h_in * CSS_PX_PER_INCH))})

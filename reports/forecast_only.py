@@ -119,7 +119,7 @@ def build_forecast_only_report(
     from reports import figures as F
     from reports import settings_table as S
     from reports import tables as T
-    from reports.style import arm_labels, figure_bytes
+    from reports.style import arm_labels, figure_renderings
 
     arms_df, ref = cohort.arms, cohort.reference_arm
     order, labels = list(arms_df["arm"]), arm_labels(arms_df)
@@ -140,9 +140,10 @@ def build_forecast_only_report(
     caption = (f"Per-patient counterfactual effect: forecast expected NET2 count under the arm minus under {labels[ref]}, for every patient "
                "(each forecast under every arm). Circle: median; bar: IQR. Conditional on the forecaster: its errors are not shown.")
     fig = F.effect_distribution(cf.patients, arms_df, reference=ref)
-    for fmt in settings.figure_formats:
-        write_bytes_atomic(figure_bytes(fig, fmt, dpi=settings.figure_dpi), tmp / "figures" / f"effect_distribution.{fmt}")
-    png = base64.b64encode(figure_bytes(fig, "png", dpi=settings.html_dpi)).decode("ascii")
+    files, html_png = figure_renderings(fig, settings.figure_formats, figure_dpi=settings.figure_dpi, html_dpi=settings.html_dpi)
+    for fmt, data in files.items():
+        write_bytes_atomic(data, tmp / "figures" / f"effect_distribution.{fmt}")
+    png = base64.b64encode(html_png).decode("ascii")
 
     fa_cols = ["Arm", "Patients", "Mean forecast NET2 count per patient (95% CI over patients)", "Mean P(>= 1 NET2 lesion)",
                "Forecast NET2 lesions per patient-year"]

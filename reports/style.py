@@ -122,6 +122,14 @@ def save_figure(fig: Figure, base: str | Path, formats: Sequence[str] = ("pdf", 
     return written
 
 
+def figure_renderings(fig: Figure, formats: Sequence[str], *, figure_dpi: int, html_dpi: int) -> tuple[dict[str, bytes], bytes]:
+    """({format: the file's bytes at figure_dpi}, the HTML's PNG at html_dpi): the figure drawn once per distinct
+    output (a PNG file at the HTML's resolution is the HTML's PNG)."""
+    files = {fmt: figure_bytes(fig, fmt, dpi=figure_dpi) for fmt in formats}
+    html = files["png"] if "png" in files and figure_dpi == html_dpi else figure_bytes(fig, "png", dpi=html_dpi)
+    return files, html
+
+
 def figure_bytes(fig: Figure, fmt: str = "png", *, dpi: int = 300) -> bytes:
     """The figure encoded as `fmt` (png, pdf, svg), deterministic."""
     meta = {"pdf": PDF_METADATA, "png": PNG_METADATA, "svg": SVG_METADATA}.get(fmt)

@@ -85,3 +85,22 @@ def test_the_tuning_record_for_a_checkpoint_folder_is_neutral() -> None:
     assert "/tmp" not in str(out) and tuned["validation"]["cohort"] == "/tmp/x/val"  # the input is not changed
     same = tuning_for_checkpoint({"checkpoint": "rel@10:bbb", "validation": {"cohort": "/a"}}, "rel@10:bbb", "val")
     assert "tuned_with_checkpoint" not in same and same["validation"]["cohort"] == "val"
+
+
+def test_the_shipped_image_forecaster_names_the_shipped_decoder_and_its_recipe() -> None:
+    """`forecast/checkpoints/image_count` (make checkpoint's second half): its render settings were tuned with the
+    decoder that ships beside it (rebuilding one without the other fails here), by the recorded criterion, and the
+    model is the recipe's, trained on its own trial and tuned on the validation trial, never on a test trial."""
+    from forecast.evaluate import THRESHOLD_GRID
+    from forecast.image_count_checkpoint import load_image_count
+    from forecast.image_release import RECIPE, SHIPPED_IMAGE_CHECKPOINT, TRAIN_SEED, read_render_settings
+
+    _, meta, digest = load_image_count(SHIPPED_IMAGE_CHECKPOINT)
+    doc = read_render_settings(SHIPPED_IMAGE_CHECKPOINT)
+    assert doc is not None and doc["renderer"] == load_checkpoint(SHIPPED_CHECKPOINT).id and doc["trajectories_checkpoint"] == digest[:12]
+    crps = {float(t): v for t, v in doc["tuned_on"]["crps_mm3"].items()}
+    assert sorted(crps) == sorted(THRESHOLD_GRID) and doc["mask_threshold"] == min(crps, key=lambda t: (crps[t], t))
+    assert meta.normalization == RECIPE["normalization"] and all(meta.net[k] == v for k, v in RECIPE["net"].items())
+    assert f"seed {TRAIN_SEED}" in doc["trained_on"] and f"seed {VALIDATION_SEED}" in doc["tuned_on"]["cohort"]
+    assert tuple(meta.shape) == (32, 32, 32) and meta.visits == ("w24", "w48", "w96")
+    assert sum(f.stat().st_size for f in SHIPPED_IMAGE_CHECKPOINT.iterdir()) < 200_000
