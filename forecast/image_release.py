@@ -86,7 +86,8 @@ def build_image(out: Path, work: Path, *, renderer: Path = SHIPPED_CHECKPOINT, t
     decoder = load_checkpoint(renderer)
     vc = read_cohort(val_dir)
     ids = _stratified(vc, tune_patients)
-    samples_dir, render_dir = work / f"image_tune_{digest[:12]}", work / f"image_tune_{digest[:12]}" / f"render_{decoder.id.replace(':', '_')}"
+    samples_dir = work / f"image_tune_{digest[:12]}_{len(ids)}x{tune_samples}"  # the model and the tuning draws it was made with
+    render_dir = samples_dir / f"render_{decoder.id.replace(':', '_')}_{labels}"
     if not (samples_dir / "lesions.csv").is_file():
         counts, lesions = forecast_trajectories(val_dir, model_dir, samples=tune_samples, seed=1, patients=ids, workers=workers,
                                                 cache=work / "arrays")

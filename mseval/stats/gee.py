@@ -254,6 +254,23 @@ def gee_design(visits: pd.DataFrame, patients: pd.DataFrame, *, covariates: Sequ
     return formula, df, y, X, [_term_name(n, arm_col) for n in info.column_names], notes
 
 
+def _max_leverage(model: object, res: object) -> float:  # a fitted statsmodels GEE and its result
+    """The largest eigenvalue modulus over patients of H_i = D_i (sum_j D_j' V_j^-1 D_j)^-1 D_i' V_i^-1, the cluster
+    leverage in Mancl and DeRouen's bias-reduced sandwich (statsmodels' `_bc_covmat` solves (I - H_i) r = e): 1 when
+    a patient alone determines a coefficient, where the correction does not exist."""
+    cov_naive = np.asarray(res.cov_naive, dtype=float) / model.scaling_factor
+    scale = model.estimate_scale()
+    worst = 0.0
+    for i in range(model.num_group):
+        expval, lpr = model.cached_means[i]
+        dmat = model.mean_deriv(model.exog_li[i], lpr)
+        sdev = np.sqrt(model.family.variance(expval))
+        vinv_d = model.cov_struct.covariance_matrix_solve(expval, i, sdev, (dmat,))[0] / scale
+        h = (vinv_d @ cov_naive @ dmat.T).T
+        worst = max(worst, float(np.abs(np.linalg.eigvals(h)).max()))
+    return worst
+
+
 def fit_gee(
     visits: pd.DataFrame,
     patients: pd.DataFrame,
@@ -324,6 +341,8 @@ def fit_gee(
         warnings.simplefilter("always")
         try:
             res = model.fit(maxiter=200, ctol=1e-12, ddof_scale=0, cov_type=se)
+            if se == "bias_reduced" and _max_leverage(model, res) > 1 - 1e-8:
+                raise np.linalg.LinAlgError("a cluster's leverage is 1")  # statsmodels >= 0.15 / numpy 2.4 may solve it to noise
         except np.linalg.LinAlgError:
             if se != "bias_reduced":
                 raise

@@ -84,8 +84,12 @@ def test_image_render_takes_the_forecasters_threshold_and_refuses_a_mismatch(cli
 
     work, out, render = built
     val = work / "validation"
-    r = cli("forecast", "image-sample", val, out, "--out", tmp_path / "s", "--samples", "2", "--seed", "3")
+    r = cli("forecast", "image-sample", val, out, "--out", tmp_path / "all", "--samples", "2", "--seed", "3")
     assert r.code == 0, r.err
+    (tmp_path / "s").mkdir()
+    for name in ("counts.csv", "lesions.csv"):  # two patients under one arm: enough to see the settings used
+        t = pd.read_csv(tmp_path / "all" / name, dtype={"patient_id": str})
+        t[t["patient_id"].isin(sorted(set(t["patient_id"]))[:2]) & (t["arm"] == "placebo")].to_csv(tmp_path / "s" / name, index=False)
     r = cli("forecast", "image-render", val, tmp_path / "s", "--renderer", renderer, "--out", tmp_path / "r", "--forecaster", out)
     assert r.code == 0, r.err
     blocks = list(ForecastStore.open(tmp_path / "r" / "w96").blocks())

@@ -52,7 +52,7 @@ def text_problems(fig) -> list[str]:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def saved_figures(tmp_path_factory: pytest.TempPathFactory, ) -> dict:
-    """Every Figure object the report builder saves (captured at figure_bytes), by name order."""
+    """Every Figure object the report builder saves (captured at figure_renderings), by name order."""
     from mseval.simulate.forecasters import ForecasterSpec, simulate_forecasts
     from mseval.simulate.model import TrialConfig
     from mseval.simulate.trial import simulate_trial
@@ -63,14 +63,14 @@ def saved_figures(tmp_path_factory: pytest.TempPathFactory, ) -> dict:
     simulate_trial(root / "cohort", TrialConfig(patients_per_arm=3, shape=(32, 38, 32), seed=8, followup_weeks=48))
     simulate_forecasts(root / "cohort", root / "fc", ForecasterSpec("oracle", samples=10, seed=3))  # 10: every figure drawn (PIT, coverage need 10)
     seen: dict[int, object] = {}
-    original = builder.figure_bytes
+    original = builder.figure_renderings
 
-    def capture(fig, fmt="png", **kw):  # noqa: ANN001, ANN003, ANN202
+    def capture(fig, formats, **kw):  # noqa: ANN001, ANN003, ANN202
         seen.setdefault(id(fig), fig)
-        return original(fig, fmt, **kw)
+        return original(fig, formats, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(builder, "figure_bytes", capture)
+    mp.setattr(builder, "figure_renderings", capture)
     try:
         build_report(root / "cohort", root / "fc", root / "report",
                      settings=ReportSettings(n_boot=20, observed_bootstrap=199, power_sims=2, figure_dpi=40, html_dpi=30, figure_formats=("png",)))
