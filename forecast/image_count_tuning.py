@@ -21,16 +21,17 @@ import numpy as np
 import pandas as pd
 
 
-def observed_visits(cohort_dir: str | Path, ids: Sequence[str]) -> dict[tuple[str, str], tuple[float, np.ndarray]]:
+def observed_visits(cohort_dir: str | Path, ids: Sequence[str], visits: Sequence[str] | None = None) -> dict[tuple[str, str], tuple[float, np.ndarray]]:
     """(patient, visit) -> (observed cumulative NET2 volume, mm^3; per-lesion volumes (K,), mm^3) for every observed
-    follow-up visit of the given patients (visits.csv's net2_mask_cumulative; missing scans skipped), counting rule."""
+    follow-up visit (or only `visits`) of the given patients (visits.csv's net2_mask_cumulative; missing scans skipped),
+    counting rule."""
     import nibabel as nib
 
     from mseval.lesions.components import count_lesions, voxel_volume
 
     cohort_dir = Path(cohort_dir)
     v = pd.read_csv(cohort_dir / "visits.csv", dtype={"patient_id": str, "visit": str})
-    v = v[v["patient_id"].isin(list(ids)) & v["net2_mask_cumulative"].notna()]
+    v = v[v["patient_id"].isin(list(ids)) & v["net2_mask_cumulative"].notna() & (v["visit"].isin(list(visits)) if visits is not None else True)]
     out = {}
     for r in v.itertuples(index=False):
         img = nib.load(cohort_dir / r.net2_mask_cumulative)
@@ -52,28 +53,44 @@ class RenderedMembers:
     centres: int
 
 
-def rendered_members(render_dir: str | Path, visits: Sequence[str], threshold: float) -> Iterator[RenderedMembers]:
-    """Every (patient, arm) of an `image-render` folder written with `--prob`, its members' kept probabilities thresholded
-    at `threshold` and split by birth as `image-render` splits them. visits: the schedule's names, in order."""
-    from forecast.image_count_render import masks_at_visits, split_by_birth
+def _member_blocks(render_dir: Path, visits: list[str]) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]]:
+    """Every (patient, arm) block of an `image-render --prob` folder, read once: (patient, arm, the members' kept
+    probabilities (S, X, Y, Z), affine, per member its drawn centres (K, 3) and birth visit indices (K,))."""
     from mseval.io.store import ForecastStore
 
-    render_dir, visits = Path(render_dir), list(visits)
     lesions = pd.read_csv(render_dir / "lesions.csv", dtype={"patient_id": str, "arm": str, "birth_visit": str})
     by_member = {k: g.sort_values("lesion") for k, g in lesions.groupby(["patient_id", "arm", "member"])}
     store = ForecastStore.open(render_dir / visits[-1])
     for pid, arm in store.keys():
         prob, affine = store.block(pid, arm).prob()
-        labels, lost, n = [], 0, 0
+        drawn = []
         for m in range(len(prob)):
             g = by_member.get((pid, arm, m))
-            c = g[["x", "y", "z"]].to_numpy(np.int64) if g is not None else np.zeros((0, 3), np.int64)
-            b = np.array([visits.index(v) for v in g["birth_visit"]]) if g is not None else np.zeros(0, np.int64)
-            sp = split_by_birth(prob[m] > threshold if len(c) else np.zeros(prob[m].shape, bool), c, b)
-            labels.append(sp.labels)
-            lost += int(sp.lost.sum())
-            n += len(c)
-        yield RenderedMembers(pid, arm, masks_at_visits(np.stack(labels), len(visits)), affine, lost, n)
+            drawn.append((g[["x", "y", "z"]].to_numpy(np.int64), np.array([visits.index(v) for v in g["birth_visit"]])) if g is not None
+                         else (np.zeros((0, 3), np.int64), np.zeros(0, np.int64)))
+        yield pid, arm, prob, affine, drawn
+
+
+def _split(pid: str, arm: str, prob: np.ndarray, affine: np.ndarray, drawn: list[tuple[np.ndarray, np.ndarray]], threshold: float,
+           n_visits: int) -> RenderedMembers:
+    """One block's members thresholded at `threshold` and split by birth as `image-render` splits them."""
+    from forecast.image_count_render import masks_at_visits, split_by_birth
+
+    labels, lost, n = [], 0, 0
+    for p, (c, b) in zip(prob, drawn):
+        sp = split_by_birth(p > threshold if len(c) else np.zeros(p.shape, bool), c, b)
+        labels.append(sp.labels)
+        lost += int(sp.lost.sum())
+        n += len(c)
+    return RenderedMembers(pid, arm, masks_at_visits(np.stack(labels), n_visits), affine, lost, n)
+
+
+def rendered_members(render_dir: str | Path, visits: Sequence[str], threshold: float) -> Iterator[RenderedMembers]:
+    """Every (patient, arm) of an `image-render` folder written with `--prob`, its members' kept probabilities thresholded
+    at `threshold` and split by birth as `image-render` splits them. visits: the schedule's names, in order."""
+    visits = list(visits)
+    for block in _member_blocks(Path(render_dir), visits):
+        yield _split(*block, threshold, len(visits))
 
 
 @dataclass(frozen=True)
@@ -112,18 +129,19 @@ def select_render_threshold(cohort_dir: str | Path, render_dir: str | Path, grid
     last = visits[-1]
     allocated = {p: str(cohort.row(p)["arm"]) for p in cohort.patient_ids}
     ids = sorted({p for p, _ in ForecastStore.open(Path(render_dir) / last).keys()})  # members without a lesion are in no lesion table
-    obs = observed_visits(cohort_dir, ids)
-    crps = {}
-    for t in sorted(float(x) for x in grid):
-        ens, y = [], []
-        for r in rendered_members(render_dir, visits, t):
-            if r.arm != allocated.get(r.patient_id) or (r.patient_id, last) not in obs:
-                continue
-            ens.append([count_lesions(m, r.affine).volume_mm3 for m in r.masks[-1]])
-            y.append(obs[(r.patient_id, last)][0])
-        if not y:
-            raise ValueError(f"{render_dir}: no rendered patient under its allocated arm was observed at {last}")
-        crps[t] = float(crps_ensemble_fair(np.array(ens), np.array(y)).mean())
+    obs = observed_visits(cohort_dir, ids, visits=[last])
+    grid = sorted(float(x) for x in grid)
+    ens: dict[float, list[list[float]]] = {t: [] for t in grid}
+    y = []
+    for pid, arm, prob, affine, drawn in _member_blocks(Path(render_dir), visits):  # each block read once, split at every threshold
+        if arm != allocated.get(pid) or (pid, last) not in obs:
+            continue
+        for t in grid:
+            ens[t].append([count_lesions(m, affine).volume_mm3 for m in _split(pid, arm, prob, affine, drawn, t, len(visits)).masks[-1]])
+        y.append(obs[(pid, last)][0])
+    if not y:
+        raise ValueError(f"{render_dir}: no rendered patient under its allocated arm was observed at {last}")
+    crps = {t: float(crps_ensemble_fair(np.array(ens[t]), np.array(y)).mean()) for t in grid}
     chosen = min(crps, key=lambda t: (crps[t], t))
     return RenderThreshold(crps, chosen, len(y), last)
 
