@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_count  # noqa: E402
 import bench_effects  # noqa: E402
 import bench_evaluate  # noqa: E402
+import bench_read_arrays  # noqa: E402
 import bench_sampler  # noqa: E402
 import bench_simulate  # noqa: E402
 import bench_store  # noqa: E402
@@ -33,6 +34,7 @@ def main() -> None:
         ("mseval evaluate metrics, paper-scale counts table", bench_evaluate),
         ("mseval effects statistics, paper-scale", bench_effects),
         ("simulator", bench_simulate),
+        ("reading patients for the image forecaster (N4 + WhiteStripe, 32^3)", bench_read_arrays),
         ("diffusion sampler: DDIM-50 batched vs DDPM-1000 one at a time (tiny config)", _Sampler),
         ("validity: 500 simulated trials", validity),
     ]:

@@ -168,14 +168,14 @@ def fit_location(net: LocationNet, item: Callable[[int], tuple[torch.Tensor, np.
                        evaluate(train), best if val else float("nan"))
 
 
-def draw_centres(logits: np.ndarray, n: int, seed: int, *, min_distance: int = 4) -> np.ndarray:
+def draw_centres(logits: np.ndarray, n: int, seed: int, *, min_distance: int | Sequence[int] = 4) -> np.ndarray:
     """(m, 3) int64 centres, m <= n: n draws from softmax(logits) (X, Y, Z) in turn, each excluding the
-    voxels closer than `min_distance` (Chebyshev) to those drawn before (m < n only when no voxel is
-    left). A function of (logits, n, seed) alone."""
+    voxels closer than `min_distance` (Chebyshev; voxels, one number or one per axis) to those drawn before
+    (m < n only when no voxel is left). A function of (logits, n, seed, min_distance) alone."""
     rng = np.random.default_rng([int(seed) % (2**63), 2029])
     lg = np.asarray(logits, dtype=np.float64)
     q = np.exp(lg - lg.max())  # the weights still available: zeroed around each centre drawn (the same numbers as p * avail)
-    r = max(int(min_distance) - 1, 0)
+    r = np.maximum(np.broadcast_to(np.asarray(min_distance, dtype=np.int64), (3,)) - 1, 0)
     flat = q.reshape(-1)
     w = np.empty_like(flat)
     out = []

@@ -41,9 +41,14 @@ visit is missing).
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,48 +144,88 @@ distance, the patient's regional lesion load and its spatial field need). A MONA
 multiscale is the default: held-out centre NLL 6.93 nats per lesion against shallow's 7.40 (r13)."""
 
 MULTISCALE_SIGMAS = (0.0, 1.0, 2.0, 4.0)
-"""Gaussian SDs (voxels) of the multiscale centre trunk's fixed smoothing; 0 is the channel itself."""
+"""Gaussian SDs of the multiscale centre trunk's fixed smoothing, in units of `REFERENCE_VOXEL_MM` (0 is the channel
+itself): chosen at 32^3 (r13), where they are 0, 1, 2 and 4 voxels."""
+
+REFERENCE_VOXEL_MM = (182.0 / 32, 218.0 / 32, 182.0 / 32)
+"""(x, y, z) mm: the voxel of the 32^3 grid over the MNI field of view (182 x 218 x 182 mm), on which the multiscale
+trunk's scales and margin were chosen. Its physical scales are `MULTISCALE_SIGMAS` times this voxel and its margin one
+such voxel, on any grid (`multiscale_geometry`)."""
+
+
+def multiscale_geometry(spacing: Sequence[float]) -> dict[str, list]:
+    """The multiscale trunk's smoothing and margin in voxels of a grid with voxel size `spacing` (x, y, z mm), so that
+    they mean the same millimetres on every grid: {"sigmas": [[sx, sy, sz] for each scale] Gaussian SDs (voxels, per
+    axis) = `MULTISCALE_SIGMAS` x `REFERENCE_VOXEL_MM` / spacing; "margin": [rx, ry, rz] the neighbourhood maximum's
+    radius (voxels) = one reference voxel rounded to this grid, at least 1}. On the 32^3 MNI grid: [[0, 0, 0], [1, 1, 1],
+    [2, 2, 2], [4, 4, 4]] and [1, 1, 1]; at 1 mm: [[0, 0, 0], [5.69, 6.81, 5.69], ...] and [6, 7, 6]."""
+    sp = [float(v) for v in spacing]
+    if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"spacing must be three positive voxel sizes (mm), got {spacing!r}")
+    sigmas = [[float(s) * r / v for r, v in zip(REFERENCE_VOXEL_MM, sp)] for s in MULTISCALE_SIGMAS]
+    margin = [max(1, int(round(r / v))) for r, v in zip(REFERENCE_VOXEL_MM, sp)]
+    return {"sigmas": sigmas, "margin": margin}
+
+
+def _gaussian(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps of SD `sigma` (voxels), radius ceil(3 sigma)."""
+    r = int(math.ceil(3 * sigma - 1e-9))
+    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    return g / g.sum()
 
 
 class MultiscaleFeatures(nn.Module):
     """(B, C, X, Y, Z), brain (B, X, Y, Z) -> (B, hidden, X, Y, Z): each channel smoothed inside the brain at each of
-    `MULTISCALE_SIGMAS` (normalised convolution: blur(x * brain) / blur(brain), so the brain's edge does not darken
-    it; fixed, not learned) and its 26-neighbourhood maximum (a mask's one-voxel dilation: the margin where enlarging
-    lesions grow), then the C x (len(sigmas) + 1) maps through two learned 1x1x1 layers (SiLU). Features such as "near the ventricles" (smoothed CSF darkness on T1), "in the
-    patient's lesion-dense region" (smoothed baseline lesion mask) or "in diffusely abnormal white matter" (smoothed
-    FLAIR) are then one learned weight each, with few parameters for a few thousand training centres."""
+    `sigmas` (normalised convolution: blur(x * brain) / blur(brain), so the brain's edge does not darken it; fixed, not
+    learned) and its neighbourhood maximum within `margin` voxels (a mask's dilation: the margin where enlarging lesions
+    grow), then the C x (len(sigmas) + 1) maps through two learned 1x1x1 layers (SiLU). Features such as "near the
+    ventricles" (smoothed CSF darkness on T1), "in the patient's lesion-dense region" (smoothed baseline lesion mask) or
+    "in diffusely abnormal white matter" (smoothed FLAIR) are then one learned weight each, with few parameters for a
+    few thousand training centres. sigmas: Gaussian SDs in voxels, each a number (all axes) or (sx, sy, sz); margin:
+    (rx, ry, rz) voxels. The defaults are the 32^3 grid's; `multiscale_geometry` gives them for any voxel size."""
 
-    def __init__(self, channels: int, hidden: int, sigmas: Sequence[float] = MULTISCALE_SIGMAS) -> None:
+    def __init__(self, channels: int, hidden: int, sigmas: Sequence[float | Sequence[float]] = MULTISCALE_SIGMAS,
+                 margin: Sequence[int] = (1, 1, 1)) -> None:
         super().__init__()
-        self.sigmas = tuple(float(s) for s in sigmas)
+        self.sigmas = tuple(tuple(float(v) for v in (s if isinstance(s, Sequence) else (s, s, s))) for s in sigmas)
+        self.margin = tuple(int(r) for r in margin)
+        if any(len(s) != 3 or min(s) < 0 for s in self.sigmas) or len(self.margin) != 3 or min(self.margin) < 0:
+            raise ValueError(f"sigmas must be numbers or (x, y, z) SDs >= 0 and margin three radii >= 0, got {sigmas!r}, {margin!r}")
         for k, s in enumerate(self.sigmas):
-            if s > 0:
-                r = int(math.ceil(3 * s))
-                g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / s) ** 2)
-                self.register_buffer(f"kernel{k}", g / g.sum(), persistent=False)
+            for axis, v in enumerate(s):
+                if v > 0:
+                    self.register_buffer(f"kernel{k}_{axis}", _gaussian(v), persistent=False)
         self.mix = nn.Sequential(nn.Conv3d(channels * (len(self.sigmas) + 1), hidden, 1), nn.SiLU(), nn.Conv3d(hidden, hidden, 1), nn.SiLU())
 
     def _blur(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        g = getattr(self, f"kernel{k}")
-        c, r = x.shape[1], (len(g) - 1) // 2
+        c = x.shape[1]
         for axis in range(3):
+            if self.sigmas[k][axis] <= 0:
+                continue
+            g = getattr(self, f"kernel{k}_{axis}")
             shape = [1, 1, 1]
             shape[axis] = len(g)
             pad = [0, 0, 0]
-            pad[axis] = r
+            pad[axis] = (len(g) - 1) // 2
             x = nn.functional.conv3d(x, g.view(1, 1, *shape).expand(c, 1, *shape), padding=tuple(pad), groups=c)
         return x
 
     def forward(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.maps(x, brain))
+
+    def maps(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        """(B, C x (len(sigmas) + 1), X, Y, Z) the fixed maps the learned layers mix: each channel's neighbourhood maximum,
+        then the channel smoothed at each scale (channels-last)."""
         m = brain[:, None].float()
-        maps = [nn.functional.max_pool3d(x * m, 3, stride=1, padding=1) * m]  # the 26-neighbourhood maximum: a lesion's margin
+        size = tuple(2 * r + 1 for r in self.margin)
+        maps = [nn.functional.max_pool3d(x * m, size, stride=1, padding=self.margin) * m]  # the neighbourhood maximum: a lesion's margin
         for k, s in enumerate(self.sigmas):
-            if s == 0:
+            if max(s) == 0:
                 maps.append(x * m)
             else:
                 num, den = self._blur(torch.cat([x * m, m], 1), k).split([x.shape[1], 1], 1)
                 maps.append(num / den.clamp_min(1e-3) * m)
-        return self.mix(torch.cat(maps, 1).contiguous(memory_format=torch.channels_last_3d))
+        return torch.cat(maps, 1).contiguous(memory_format=torch.channels_last_3d)
 
 COUNT_HEADS = ("mlp", "linear")
 """The count law of the image summary, features and arm: mlp (two hidden layers: interactions, curvature) or linear
@@ -197,7 +242,8 @@ class ImageCountNet(nn.Module):
 
     def __init__(self, in_channels: int, n_arms: int, n_intervals: int = 3, *, hidden: int = 8, mlp: int = 32,
                  count_hidden: int = 8, count_trunk: str = "conv", count_head: str = "mlp", centre_trunk: str = "multiscale",
-                 arm_age: bool | None = None) -> None:
+                 arm_age: bool | None = None, sigmas: Sequence[float | Sequence[float]] | None = None,
+                 margin: Sequence[int] | None = None) -> None:
         super().__init__()
         if centre_trunk not in CENTRE_TRUNKS:
             raise ValueError(f"centre_trunk must be one of {', '.join(CENTRE_TRUNKS)}, got {centre_trunk!r}")
@@ -211,10 +257,15 @@ class ImageCountNet(nn.Module):
         self.arguments = {"in_channels": in_channels, "n_arms": n_arms, "n_intervals": n_intervals, "hidden": hidden, "mlp": mlp,
                           "count_hidden": count_hidden, "count_trunk": count_trunk, "count_head": count_head, "centre_trunk": centre_trunk,
                           "arm_age": with_arm_age}
+        if (sigmas is not None or margin is not None) and centre_trunk != "multiscale":
+            raise ValueError(f"sigmas and margin are the multiscale centre trunk's; the {centre_trunk!r} trunk has none")
+        if sigmas is not None or margin is not None:  # the multiscale trunk's voxel geometry (`multiscale_geometry`); absent: the 32^3 grid's
+            self.arguments |= {"sigmas": [[float(v) for v in (s if isinstance(s, Sequence) else (s, s, s))] for s in (MULTISCALE_SIGMAS if sigmas is None else sigmas)],
+                               "margin": [int(r) for r in (margin or (1, 1, 1))]}
         """The constructor's arguments: `ImageCountNet(**net.arguments)` rebuilds the architecture."""
         self.centre_trunk = centre_trunk
         if centre_trunk == "multiscale":
-            self.trunk = MultiscaleFeatures(in_channels, hidden)
+            self.trunk = MultiscaleFeatures(in_channels, hidden, *((self.arguments["sigmas"], self.arguments["margin"]) if "sigmas" in self.arguments else ()))
         else:
             self.trunk = nn.Sequential(
                 nn.Conv3d(in_channels, hidden, 3, padding=1), nn.SiLU(),
@@ -294,10 +345,13 @@ class ImageCountNet(nn.Module):
 
     def count_law(self, inputs: torch.Tensor, years: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log_mu (B, V) cumulative means to each visit, log_alpha (B, V)) from the count head on `count_inputs`."""
-        out = self.count(inputs)
+        return self.law_of(self.count(inputs), years)
+
+    def law_of(self, out: torch.Tensor, years: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`count_law` from the head's output (B, V + 1): log rates per interval and the log dispersion."""
         if years.shape[1] != self.n_intervals:
             raise ValueError(f"the model forecasts {self.n_intervals} visits, asked for {years.shape[1]}")
-        dt = torch.diff(years.float(), dim=1, prepend=torch.zeros_like(years[:, :1])).clamp_min(1e-4)
+        dt = torch.diff(years.to(out.dtype), dim=1, prepend=torch.zeros_like(years[:, :1], dtype=out.dtype)).clamp_min(1e-4)
         log_mu = torch.logcumsumexp(out[:, : self.n_intervals] + torch.log(dt), dim=1)
         log_alpha = out[:, self.n_intervals].clamp(-8.0, 4.0)
         return log_mu, log_alpha[:, None].expand_as(log_mu)
@@ -445,23 +499,29 @@ def _summaries(net: ImageCountNet, patients: Sequence[PatientArrays], batch: int
 
 
 def _fit_linear_count(net: ImageCountNet, train: Sequence[PatientArrays], summaries: torch.Tensor) -> bool:
-    """Maximum-likelihood fit (L-BFGS, deterministic) of a linear count head on fixed image summaries: the joint NB2 law
-    of each training patient's observed visits given its summary, features and arm (an NB2 regression). False, with the
-    head as it was, when the fit meets a non-finite input or likelihood."""
+    """Maximum-likelihood fit (L-BFGS in float64, deterministic) of a linear count head on fixed image summaries: the joint
+    NB2 law of each training patient's observed visits given its summary, features and arm (an NB2 regression). The
+    fit runs in double precision (the head has a few dozen parameters): in float32 the line search stalls while the
+    gradient is still about 1% of its size half a nat away. False, with the head as it was, when the fit meets a
+    non-finite input or likelihood."""
     b = collate([replace(p, cond=p.cond[:0], brain=p.brain[:0], centres=p.centres[:0]) for p in train])  # no images needed
-    x = net.count_inputs(summaries, b["tab"], b["arm"]).detach()
-    params = list(net.count.parameters())
+    x = net.count_inputs(summaries, b["tab"], b["arm"]).detach().double()
+    years, counts = b["years"].double(), b["counts"].double()
+    head = net.count
+    params = list(head.parameters())
     before = _snapshot(params)
     if not bool(torch.isfinite(x).all()):
         return False
+    fit = copy.deepcopy(head).double()
     with torch.no_grad():
-        for t in params:
+        for t in fit.parameters():
             t.zero_()
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(list(fit.parameters()), lr=1.0, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15,
+                            line_search_fn="strong_wolfe")
 
     def nll() -> torch.Tensor:
-        log_mu, log_alpha = net.count_law(x, b["years"])
-        return -trajectory_logpmf(b["counts"], log_mu, log_alpha)[0].mean()
+        log_mu, log_alpha = net.law_of(fit(x), years)
+        return -trajectory_logpmf(counts, log_mu, log_alpha)[0].mean()
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
@@ -472,19 +532,38 @@ def _fit_linear_count(net: ImageCountNet, train: Sequence[PatientArrays], summar
     try:
         opt.step(closure)
         with torch.no_grad():
-            ok = bool(torch.isfinite(nll())) and all(bool(torch.isfinite(t).all()) for t in params)
+            ok = bool(torch.isfinite(nll())) and all(bool(torch.isfinite(t).all()) for t in fit.parameters())
     except (IndexError, RuntimeError):  # a line search that met a non-finite loss
         ok = False
-    if not ok:
-        with torch.no_grad():
-            for t, k in zip(params, before):
-                t.copy_(k)
+    with torch.no_grad():
+        for t, k in zip(params, list(fit.parameters()) if ok else before):
+            t.copy_(k.to(t.dtype))
     return ok
+
+
+class TrainingStateError(ValueError):
+    """A `fit_image_count` state file that cannot be resumed from: `path` and the `reason`, for a one-line error."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+def _training_fingerprint(net: ImageCountNet, train: Sequence[PatientArrays], val: Sequence[PatientArrays], **settings: Any) -> str:
+    """SHA-256 of what a training run depends on besides its epoch count: the architecture, the settings (seed, batch, lr,
+    ablation) and the patients (features, arm, visit times, counts, centres and each input channel's sum)."""
+    h = hashlib.sha256(json.dumps({"net": net.arguments, **settings}, sort_keys=True, default=str).encode())
+    for part, patients in (("train", train), ("val", val)):
+        h.update(part.encode())
+        for p in patients:
+            for a in (p.tab, np.asarray(p.arm), p.years, p.counts, p.centres, np.asarray(p.cond, np.float64).sum(axis=(1, 2, 3))):
+                h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()
 
 
 def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Sequence[PatientArrays], *, epochs: int = 10,
                     batch: int = 16, lr: float = 3e-3, seed: int = 0, zero_channels: Sequence[int] = (), centres: bool = True,
-                    progress: Callable[[int, int, float], None] | None = None) -> ImageCountFit:
+                    progress: Callable[[int, int, float], None] | None = None, state_file: str | Path | None = None) -> ImageCountFit:
     """Fit `net` in place by Adam on the summed loss (the pathways share no parameter, so each gets the
     gradient of its own term); each pathway keeps the epoch with its lowest held-out loss. The image summary is
     standardised on the training patients under the initial count trunk; a linear count head (`count_head="linear"`)
@@ -492,7 +571,12 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
     the count pathway's epoch; Adam then moves the count trunk and, after every epoch, the head is refitted by maximum
     likelihood on the new summaries (the trunk learns against the best NB2 regression on what it reads). centres=False
     trains the count pathway alone (the centre pathway keeps its initial weights; best centre epoch 0).
-    Seeded: the same data, seed and thread count give the same weights on one machine (CPU)."""
+    Seeded: the same data, seed and thread count give the same weights on one machine (CPU).
+
+    state_file: after every epoch the whole training state (weights, Adam's moments, the batch order's generator, each
+    pathway's best epoch so far and the held-out history) is written there atomically; a run started again with the same
+    file continues after its last finished epoch and ends with the same weights, bit for bit, as a run never stopped. A
+    file left by another run (other patients, architecture or settings) is refused (`TrainingStateError`)."""
     torch.manual_seed(seed % (2**63))
     for m in net.modules():  # every layer with weights (convolutions, transposed ones, norms, linear maps)
         if m is not net.shift and not isinstance(m, (GatedDetectors, LinearCountLaw)) and callable(getattr(m, "reset_parameters", None)):
@@ -518,7 +602,25 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
     head = {id(t) for t in net.count.parameters()} if linear else set()
     opt = torch.optim.Adam([t for t in net.parameters() if id(t) not in head], lr=lr)
     keep_c, keep_l, hist = _snapshot(count_p), _snapshot(centre_p), []
-    for e in range(1, epochs + 1):
+    start = 1
+    fingerprint = None
+    if state_file is not None:
+        fingerprint = _training_fingerprint(net, train, val, seed=seed, batch=batch, lr=lr, zero_channels=list(zero_channels), centres=centres)
+        if Path(state_file).is_file():
+            try:
+                st = torch.load(state_file, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file
+                raise TrainingStateError(state_file, f"not a readable training state ({type(exc).__name__}); remove it to start afresh") from None
+            if not isinstance(st, dict) or st.get("fingerprint") != fingerprint:
+                raise TrainingStateError(state_file, "the state of another training run (other patients, network or settings); remove it to start afresh")
+            net.load_state_dict(st["net"])
+            opt.load_state_dict(st["opt"])
+            rng.bit_generator.state = st["rng"]
+            torch.set_rng_state(st["torch_rng"])
+            best_c, best_l, ep_c, ep_l, keep_c, keep_l, hist = (st[k] for k in ("best_c", "best_l", "ep_c", "ep_l", "keep_c", "keep_l", "hist"))
+            hist = [tuple(v) for v in hist]
+            start = int(st["epoch"]) + 1
+    for e in range(start, epochs + 1):
         net.train()
         order = rng.permutation(len(train))
         for lo in range(0, len(order), batch):
@@ -536,6 +638,13 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
             best_c, ep_c, keep_c = v[1], e, _snapshot(count_p)
         if v[2] < best_l:
             best_l, ep_l, keep_l = v[2], e, _snapshot(centre_p)
+        if state_file is not None:
+            from mseval.io.atomic import atomic_path
+
+            with atomic_path(Path(state_file)) as tmp:
+                torch.save({"fingerprint": fingerprint, "epoch": e, "net": net.state_dict(), "opt": opt.state_dict(), "rng": rng.bit_generator.state,
+                            "torch_rng": torch.get_rng_state(), "best_c": best_c, "best_l": best_l, "ep_c": ep_c, "ep_l": ep_l, "keep_c": keep_c,
+                            "keep_l": keep_l, "hist": [list(v) for v in hist]}, tmp)
         if progress:
             progress(e, epochs, v[0])
     with torch.no_grad():
@@ -554,5 +663,5 @@ def count_pmf(log_mu: np.ndarray, log_alpha: np.ndarray) -> np.ndarray:
     return nb2_law_pmf(np.exp(np.asarray(log_mu, float)), np.exp(np.asarray(log_alpha, float)))
 
 
-__all__ = ["CENTRE_TRUNKS", "COUNT_HEADS", "COUNT_TRUNKS", "FEATURES", "GatedDetectors", "ImageCountFit", "ImageCountNet", "LinearCountLaw", "MultiscaleFeatures", "PatientArrays", "collate", "count_pmf", "describe", "evaluate_loss",
+__all__ = ["CENTRE_TRUNKS", "COUNT_HEADS", "COUNT_TRUNKS", "FEATURES", "MULTISCALE_SIGMAS", "REFERENCE_VOXEL_MM", "multiscale_geometry", "GatedDetectors", "ImageCountFit", "ImageCountNet", "LinearCountLaw", "MultiscaleFeatures", "PatientArrays", "TrainingStateError", "collate", "count_pmf", "describe", "evaluate_loss",
            "fit_image_count", "logits_for", "loss_terms", "tabular", "trajectory_logpmf"]

@@ -4,14 +4,14 @@ pass before the model forecasts it.
     image_count.json   what the model is and needs, readable without torch: format, version, a description in words
                        (`forecast.image_count.describe`), the network's
                        constructor arguments, its inputs (channel names, in order), the image normalisation, the
-                       arms, the visit schedule it forecasts (names and scheduled weeks), the grid (voxels), the
-                       fit summary and the provenance (training and validation patients' fingerprints)
+                       arms, the visit schedule it forecasts (names and scheduled weeks), the grid (voxels and their
+                       size in mm), the sampler's distance between lesion centres (mm), the fit summary and the provenance (training and validation patients' fingerprints)
     weights.pt         the state dict (the standardisation buffers included)
 
 Both written atomically. `load_image_count` refuses a missing, corrupt or foreign folder, and weights that do not fit
 the recorded network, with an InputError naming the file; `check_cohort` refuses a cohort the model cannot forecast
-(no visit schedule, a visit or horizon outside the trained schedule, a missing input image, another grid, an arm the
-model never saw), naming what is missing and what the checkpoint needs, before anything is sampled.
+(no visit schedule, a visit or horizon outside the trained schedule, a missing input image, another grid or voxel size,
+an arm the model never saw), naming what is missing and what the checkpoint needs, before anything is sampled.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ class ImageCountMeta:
     n_intervals, hidden, mlp, count_hidden, count_trunk, count_head, centre_trunk); inputs: channel names in the
     model's order (`forecast.image_count_data.load_arrays`); normalization: `forecast.preprocess` method; arms: names in
     the model's order; visits: follow-up visit names in schedule order; weeks: their scheduled weeks (the trained
-    horizons); shape: the grid (voxels); fit: `ImageCountFit.to_dict()`; provenance: `mseval.provenance.training_provenance`."""
+    horizons); shape: the grid (voxels); fit: `ImageCountFit.to_dict()`; provenance: `mseval.provenance.training_provenance`;
+    spacing: the voxel size (x, y, z mm) it was trained on; min_distance_mm: the sampler's smallest distance between a
+    member's lesion centres (mm, per axis: `forecast.image_count_sampling.exclusion_radius`). Checkpoints written before
+    these were recorded hold None: the 32^3 MNI grid and `MIN_DISTANCE_MM`."""
 
     net: dict[str, Any]
     inputs: tuple[str, ...]
@@ -52,6 +55,8 @@ class ImageCountMeta:
     shape: tuple[int, int, int]
     fit: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    spacing: tuple[float, float, float] | None = None
+    min_distance_mm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -59,8 +64,8 @@ class ImageCountMeta:
 
 def weights_digest(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """SHA-256 of the recorded network, inputs, schedule and every weight (names, dtypes, shapes, values)."""
-    h = hashlib.sha256(json.dumps({k: meta[k] for k in ("net", "inputs", "normalization", "arms", "visits", "weeks", "shape")},
-                                  sort_keys=True).encode())
+    keys = ("net", "inputs", "normalization", "arms", "visits", "weeks", "shape", "spacing", "min_distance_mm")
+    h = hashlib.sha256(json.dumps({k: meta[k] for k in keys if meta.get(k) is not None}, sort_keys=True).encode())
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}/{t.dtype}/{tuple(t.shape)}".encode())
@@ -70,12 +75,14 @@ def weights_digest(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
 
 def save_image_count(folder: str | Path, net: ImageCountNet, *, inputs: Sequence[str], normalization: str, arms: Sequence[str],
                      visits: Sequence[str], weeks: Sequence[float], shape: Sequence[int], fit: ImageCountFit | None = None,
-                     provenance: dict[str, Any] | None = None) -> ImageCountMeta:
+                     provenance: dict[str, Any] | None = None, spacing: Sequence[float] | None = None,
+                     min_distance_mm: float | None = None) -> ImageCountMeta:
     """Write `net` and what it needs into `folder` (created), each file atomically; returns the metadata."""
     if len(visits) != net.n_intervals or len(weeks) != net.n_intervals:
         raise ValueError(f"the model forecasts {net.n_intervals} visits; got {len(visits)} names and {len(weeks)} weeks")
     meta = ImageCountMeta(dict(net.arguments), tuple(inputs), str(normalization), tuple(arms), tuple(visits), tuple(float(w) for w in weeks),
-                          tuple(int(s) for s in shape), fit.to_dict() if fit is not None else {}, dict(provenance or {}))
+                          tuple(int(s) for s in shape), fit.to_dict() if fit is not None else {}, dict(provenance or {}),
+                          None if spacing is None else tuple(float(v) for v in spacing), None if min_distance_mm is None else float(min_distance_mm))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -105,7 +112,8 @@ def load_image_count(folder: str | Path) -> tuple[ImageCountNet, ImageCountMeta,
     try:
         meta = ImageCountMeta(dict(doc["net"]), tuple(doc["inputs"]), str(doc["normalization"]), tuple(doc["arms"]), tuple(doc["visits"]),
                               tuple(float(w) for w in doc["weeks"]), tuple(int(s) for s in doc["shape"]), dict(doc.get("fit") or {}),
-                              dict(doc.get("provenance") or {}))
+                              dict(doc.get("provenance") or {}), None if doc.get("spacing") is None else tuple(float(v) for v in doc["spacing"]),
+                              None if doc.get("min_distance_mm") is None else float(doc["min_distance_mm"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(mp, f"the checkpoint's metadata lacks or garbles {exc}", field=str(exc).strip("'")) from None
     try:
@@ -126,7 +134,8 @@ def load_image_count(folder: str | Path) -> tuple[ImageCountNet, ImageCountMeta,
 def check_cohort(meta: ImageCountMeta, cohort: Any, patient_ids: Sequence[str] | None = None) -> None:
     """Refuse, before any sampling, a cohort (`mseval.io.cohort.Cohort`) the checkpoint cannot forecast: no visits.csv,
     a follow-up visit outside the trained schedule or at another scheduled week (a horizon outside the trained range),
-    an arm the model never saw, a patient without a baseline image the inputs need, or images on another grid."""
+    an arm the model never saw, a patient without a baseline image the inputs need, or images on another grid (shape, or
+    voxel size where the checkpoint records it)."""
     from forecast.image_count_data import baseline_volumes, visit_schedule
 
     need = f"the checkpoint forecasts visits {', '.join(f'{v} (week {w:g})' for v, w in zip(meta.visits, meta.weeks))}"
@@ -149,5 +158,9 @@ def check_cohort(meta: ImageCountMeta, cohort: Any, patient_ids: Sequence[str] |
         if shape != tuple(meta.shape):
             raise InputError(cohort.root / "manifest.csv", f"patient {pid!r} has images of shape {list(shape)}, the checkpoint was trained on {list(meta.shape)}",
                              row=cohort.patient_ids.index(pid) + 1, field="brain_mask")
+        spacing = tuple(float(v) for v in vols["brain_mask"].spacing)
+        if meta.spacing is not None and not np.allclose(spacing, meta.spacing, rtol=1e-3, atol=0.0):
+            raise InputError(cohort.root / "manifest.csv", f"patient {pid!r} has voxels of {' x '.join(f'{v:.3g}' for v in spacing)} mm, the checkpoint "
+                             f"was trained on {' x '.join(f'{v:.3g}' for v in meta.spacing)} mm", row=cohort.patient_ids.index(pid) + 1, field="brain_mask")
 
 __all__ = ["ImageCountMeta", "check_cohort", "load_image_count", "save_image_count", "weights_digest"]

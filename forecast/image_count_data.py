@@ -48,6 +48,11 @@ def visit_schedule(cohort: Cohort) -> tuple[tuple[str, ...], tuple[float, ...]]:
     return names, tuple(float(v[n]) for n in names)
 
 
+def cohort_spacing(cohort: Cohort, pid: str) -> tuple[float, float, float]:
+    """(x, y, z) voxel size in mm of the patient's baseline brain mask (the grid a model reads it on)."""
+    return tuple(float(v) for v in cohort.load_patient(pid, ("brain_mask",))["brain_mask"].spacing)  # type: ignore[return-value]
+
+
 def baseline_volumes(cohort: Cohort, pid: str, fields: Sequence[str]) -> dict:
     """The patient's baseline files: manifest.csv's, and an optional image (e.g. `mtr`) from the baseline row of
     visits.csv. InputError naming the channel when the cohort does not hold one the inputs need."""
@@ -156,4 +161,4 @@ def _patient_arrays(cohort: Cohort, feats: pd.DataFrame, visits: Sequence[str], 
     return PatientArrays(cond, brain, tab, arm, np.asarray(years, np.float32), np.asarray(counts, np.float32), centres)
 
 
-__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "baseline_volumes", "load_arrays", "visit_horizons", "visit_schedule"]
+__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "baseline_volumes", "cohort_spacing", "load_arrays", "visit_horizons", "visit_schedule"]

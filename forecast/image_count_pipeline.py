@@ -21,9 +21,10 @@ import pandas as pd
 import torch
 
 from forecast.data import split_patients
-from forecast.image_count import ImageCountNet, collate, fit_image_count
+from forecast.image_count import ImageCountNet, TrainingStateError, collate, fit_image_count, multiscale_geometry
 from forecast.image_count_checkpoint import ImageCountMeta, check_cohort, load_image_count, save_image_count
-from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, READ_CHUNK, load_arrays, visit_schedule
+from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, READ_CHUNK, cohort_spacing, load_arrays, visit_schedule
+from forecast.image_count_sampling import MIN_DISTANCE_MM, exclusion_radius
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.units import WEEKS_PER_YEAR
@@ -32,19 +33,27 @@ LAW_COLUMNS = ("patient_id", "arm", "allocated_arm", "visit", "scheduled_weeks",
                "reference_arm", "checkpoint", "estimable", "note")
 MAX_EXPECTED = 1e4
 """Largest expected cumulative count (lesions) a trajectory is drawn from; beyond it the fit is degenerate."""
+TRAINING_STATE = "training_state.pt"
+"""File in the output folder holding an unfinished training run's state (`fit_image_count(state_file=...)`): a run started
+again into the same folder continues after its last finished epoch; removed once the checkpoint is written."""
 SAMPLE_COUNT_COLUMNS = ("patient_id", "arm", "member", "visit", "scheduled_weeks", "net2", "placed", "seed", "checkpoint")
 LESION_COLUMNS = ("patient_id", "arm", "member", "lesion", "birth_visit", "x", "y", "z")
 
 
 def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 40, seed: int = 0, val_fraction: float = 0.1,
                       normalization: str = "brain_z", net_options: dict | None = None, workers: int = 1, cache: str | Path | None = None,
-                      progress: Callable[[str, int, int], None] | None = None) -> ImageCountMeta:
+                      min_distance_mm: float | None = None, progress: Callable[[str, int, int], None] | None = None) -> ImageCountMeta:
     """Split the cohort's patients (stratified by arm, seeded), read them (`load_arrays`: observed outcomes only), fit
     `ImageCountNet` (each pathway keeps its best held-out epoch) and save the checkpoint into `out` with the training
     and validation patients' fingerprints. progress(stage, done, total): stage "read" per patient, "fit" per epoch.
     workers: processes reading the patients (the same arrays for any number); cache: a folder where each patient's
     arrays are kept once read (`forecast.image_count_cache`: a stopped run does not read them again, and training holds
-    a batch in memory, not the training set); the same checkpoint with or without it."""
+    a batch in memory, not the training set); the same checkpoint with or without it. Training resumes: every finished
+    epoch's state is kept in `out/TRAINING_STATE`, and a run started again into `out` continues from it (the same
+    checkpoint as a run never stopped). The multiscale centre trunk's
+    smoothing and margin are set in mm from the cohort's voxel size (`forecast.image_count.multiscale_geometry`), and the
+    checkpoint records that voxel size and `min_distance_mm` (default `MIN_DISTANCE_MM`), the sampler's default distance
+    between lesion centres."""
     from mseval.provenance import training_provenance
 
     cohort = read_cohort(cohort_dir)
@@ -59,12 +68,24 @@ def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 
     arrays = load_arrays(cohort, list(fit_ids) + list(val_ids), arms, inputs=inputs, normalization=normalization, progress=read, workers=workers,
                          cache=cache)
     train, val = arrays[: len(fit_ids)], arrays[len(fit_ids):]
-    net = ImageCountNet(len(inputs), len(arms), len(visits), **(net_options or {}))
-    fit = fit_image_count(net, train, val, epochs=epochs, seed=seed,
-                          progress=(lambda e, n, _v: progress("fit", e, n)) if progress else None)
-    return save_image_count(out, net, inputs=inputs, normalization=normalization, arms=arms, visits=visits, weeks=weeks,
-                            shape=arrays[0].brain.shape, fit=fit,
+    spacing = cohort_spacing(cohort, ids[0])
+    options = dict(net_options or {})
+    if options.get("centre_trunk", "multiscale") == "multiscale":
+        options = multiscale_geometry(spacing) | options
+    net = ImageCountNet(len(inputs), len(arms), len(visits), **options)
+    state = Path(out) / TRAINING_STATE
+    Path(out).mkdir(parents=True, exist_ok=True)
+    try:
+        fit = fit_image_count(net, train, val, epochs=epochs, seed=seed, state_file=state,
+                              progress=(lambda e, n, _v: progress("fit", e, n)) if progress else None)
+    except TrainingStateError as exc:
+        raise InputError(exc.path, exc.reason) from None
+    meta = save_image_count(out, net, inputs=inputs, normalization=normalization, arms=arms, visits=visits, weeks=weeks,
+                            shape=arrays[0].brain.shape, fit=fit, spacing=spacing,
+                            min_distance_mm=MIN_DISTANCE_MM if min_distance_mm is None else min_distance_mm,
                             provenance=training_provenance(cohort, list(fit_ids), list(val_ids)) | {"seed": int(seed), "epochs": int(epochs)})
+    state.unlink(missing_ok=True)
+    return meta
 
 
 def _open(cohort_dir: str | Path, checkpoint: str | Path, patients: Sequence[str] | None
@@ -108,12 +129,12 @@ def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: S
     return pd.DataFrame(rows, columns=list(LAW_COLUMNS))
 
 
-def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, samples: int, seed: int = 0, min_distance: int = 4,
+def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, samples: int, seed: int = 0, min_distance_mm: float | None = None,
                           patients: Sequence[str] | None = None, progress: Callable[[int, int], None] | None = None,
                           arrays: Sequence | None = None, workers: int = 1, cache: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`samples` members per patient and arm, each one coherent trajectory (`forecast.image_count_sampling.draw_trajectory`:
     one gamma frailty, Poisson increments per interval, the lesions' centres drawn in birth order from the arm's centre
-    law, kept `min_distance` voxels apart). Returns (counts: `SAMPLE_COUNT_COLUMNS`, one row per member and visit, net2
+    law, kept `min_distance_mm` apart per axis: by default the checkpoint's, else `MIN_DISTANCE_MM`). Returns (counts: `SAMPLE_COUNT_COLUMNS`, one row per member and visit, net2
     the cumulative count drawn and placed how many of them found room; lesions: `LESION_COLUMNS`, one row per placed
     lesion with its voxel centre and the first visit it is present at). Member m of (patient, arm) uses the seed
     `mseval.seeding.derive_seed(seed, patient, arm, m)`: the same numbers for any patient subset, order or batch.
@@ -128,6 +149,10 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
     if samples < 1:
         raise InputError(None, "--samples must be at least 1", field="samples")
     net, meta, digest, cohort, ids, years = _open(cohort_dir, checkpoint, patients)
+    distance = min_distance_mm if min_distance_mm is not None else meta.min_distance_mm if meta.min_distance_mm is not None else MIN_DISTANCE_MM
+    if not (np.isfinite(distance) and distance >= 0):
+        raise InputError(None, f"--min-distance-mm must be a finite distance >= 0 (mm), got {distance!r}", field="min_distance_mm")
+    radius = exclusion_radius(distance, meta.spacing if meta.spacing is not None else cohort_spacing(cohort, ids[0])) if ids else (1, 1, 1)
     counts, lesions = [], []
     if arrays is not None and len(arrays) != len(ids):
         raise ValueError(f"{len(arrays)} preloaded patients for {len(ids)} patient ids")
@@ -153,7 +178,7 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
                                      f"arm {arm!r} by {meta.visits[-1]}: a degenerate fit (too few training patients for its inputs?)", field="count_law")
                 for m in range(samples):
                     s = derive_seed(seed, pid, arm, m)
-                    tr = draw_trajectory(mu, alpha, lg, s, min_distance=min_distance)
+                    tr = draw_trajectory(mu, alpha, lg, s, min_distance=radius)
                     for v, name in enumerate(meta.visits):
                         counts.append((pid, arm, m, name, meta.weeks[v], int(tr.counts[v]), int(min(tr.placed, tr.counts[v])), s, digest[:12]))
                     lesions += [(pid, arm, m, j, meta.visits[int(tr.birth[j])], *map(int, tr.centres[j])) for j in range(tr.placed)]
@@ -162,4 +187,19 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
     return pd.DataFrame(counts, columns=list(SAMPLE_COUNT_COLUMNS)), pd.DataFrame(lesions, columns=list(LESION_COLUMNS))
 
 
-__all__ = ["LAW_COLUMNS", "LESION_COLUMNS", "SAMPLE_COUNT_COLUMNS", "forecast_laws", "forecast_trajectories", "train_image_count"]
+def write_trajectories(out: str | Path, counts: pd.DataFrame, lesions: pd.DataFrame, checkpoint: str | Path) -> None:
+    """An `image-sample` folder: counts.csv, lesions.csv (`forecast_trajectories`' tables, each written atomically) and
+    provenance.json (`mseval.provenance`: the checkpoint's training and validation patients under its short digest, which
+    `image-render` copies into every visit's store so that a report can tell held-out from in-sample)."""
+    from mseval.io.atomic import write_csv_atomic
+    from mseval.provenance import write_store_provenance
+
+    _, meta, digest = load_image_count(checkpoint)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(counts, out / "counts.csv")
+    write_csv_atomic(lesions, out / "lesions.csv")
+    write_store_provenance(out, digest[:12], meta.provenance)
+
+
+__all__ = ["LAW_COLUMNS", "LESION_COLUMNS", "SAMPLE_COUNT_COLUMNS", "forecast_laws", "forecast_trajectories", "train_image_count", "write_trajectories"]

@@ -98,6 +98,7 @@ class ImageCountPlan:
 
     shape: tuple[int, ...]
     net: dict[str, Any]
+    spacing: tuple[float, ...]
     parameters: int
     host_per_patient: int
     gpu_gib: float | None
@@ -118,9 +119,15 @@ class ImageCountPlan:
 
     def summary(self) -> str:
         budget = self.budget
-        lines = [f"image count model ({', '.join(f'{k}={v}' for k, v in self.net.items())}): grid {' x '.join(map(str, self.shape))}, "
-                 f"{self.parameters / 1e3:.1f} k parameters",
-                 "peak device memory (fake tensors; GiB = 2^30 bytes; excludes the CUDA context):"]
+        shown = {k: v for k, v in self.net.items() if k not in ("sigmas", "margin")}
+        lines = [f"image count model ({', '.join(f'{k}={v}' for k, v in shown.items())}): grid {' x '.join(map(str, self.shape))} "
+                 f"of {' x '.join(f'{v:.3g}' for v in self.spacing)} mm voxels, {self.parameters / 1e3:.1f} k parameters"]
+        if "sigmas" in self.net:
+            largest = self.net["sigmas"][-1]
+            lines.append(f"multiscale trunk in mm (multiscale_geometry): largest smoothing SD {' x '.join(f'{v:.3g}' for v in largest)} voxels, "
+                         f"margin {' x '.join(map(str, self.net['margin']))} voxels")
+        lines += [
+                  "peak device memory (fake tensors; GiB = 2^30 bytes; excludes the CUDA context):"]
         for r in self.rows:
             tag = "" if budget is None else ("  fits" if r.peak <= budget else "  DOES NOT FIT")
             what = f"batch of {r.batch} patients" if r.what == "training" else "one patient, one arm"
@@ -138,15 +145,23 @@ class ImageCountPlan:
 
 def plan_image_count(shape: Sequence[int], *, batch: int = 16, net: dict[str, Any] | None = None, channels: int = 7, arms: int = 6,
                      visits: int = 3, gpu_gib: float | None = None, headroom: float = 0.1, train_patients: int = 540,
-                     search: bool = True) -> ImageCountPlan:
+                     search: bool = True, spacing: Sequence[float] | None = None) -> ImageCountPlan:
     """The plan for `batch` patients per training step (fit_image_count's default 16) on `shape`; with `gpu_gib` (and
-    `search`) the largest training batch that fits."""
+    `search`) the largest training batch that fits. spacing: the voxel size (x, y, z mm; default the MNI field of view
+    over `shape`, as the simulator renders it), from which the multiscale trunk's smoothing and margin are set in mm as
+    `train_image_count` sets them (`forecast.image_count.multiscale_geometry`)."""
+    from forecast.image_count import multiscale_geometry
+    from mseval.simulate.anatomy import default_spacing
+
+    spacing = tuple(float(v) for v in (default_spacing(tuple(int(s) for s in shape)) if spacing is None else spacing))
     net = dict(DEFAULT_NET if net is None else net)
+    if net.get("centre_trunk", "multiscale") == "multiscale":
+        net = multiscale_geometry(spacing) | net
     params = sum(p.numel() for p in _net(channels, arms, visits, net).parameters())
     vox = 1
     for s in shape:
         vox *= int(s)
-    p = ImageCountPlan(tuple(int(s) for s in shape), net, params, vox * (channels * 4 + 1), gpu_gib, headroom, train_patients=train_patients)
+    p = ImageCountPlan(tuple(int(s) for s in shape), net, spacing, params, vox * (channels * 4 + 1), gpu_gib, headroom, train_patients=train_patients)
     p.rows.append(training_peak(shape, batch, net=net, channels=channels, arms=arms, visits=visits))
     p.rows.append(forecast_peak(shape, net=net, channels=channels, arms=arms, visits=visits))
     if gpu_gib is not None and search:

@@ -20,6 +20,8 @@ checkpoints (the trajectories' and the decoder's): no training uncertainty of ei
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +133,10 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     """Render every member of an `image-sample` folder into masks (module docstring) and write, under `out`, one
     forecast store per scheduled visit (`out/<visit>/`: blocks per patient and arm, S members, the same seeds as the
     trajectories) and `lesions.csv` (`RENDER_LESION_COLUMNS`). Every input is checked before anything is written; a
-    (patient, arm) already in every visit's store is skipped (resume). The decoder samples with its config's sampler,
+    (patient, arm) already in every visit's store is skipped (resume). A patient's arms are rendered in one sampling call,
+`batch_size` members per network batch across arms (each member from its own seed: the masks do not depend on the
+batch size; a member's row in a batch can change its probabilities in the last float bits). Each store's provenance.json
+records the decoder's training patients and, when `samples_dir` holds one (`image-sample` writes it), the forecaster's. The decoder samples with its config's sampler,
     guidance and steps (`steps` overrides them) and thresholds at its `mask_threshold` (or `threshold`). save_prob: the last visit's blocks also keep each
     member's rendered voxel probability (S, X, Y, Z), from which another threshold can be applied later (`split_by_birth`
     on prob > t). labels: what the decoder is told besides the images and the centre map -- "arm-count" (the member's arm
@@ -155,9 +160,12 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     from mseval.io.cohort import read_cohort
     from mseval.io.store import ForecastStore
     from mseval.lesions.components import voxel_volume
+    from mseval.provenance import PROVENANCE_FILE, write_store_provenance
     from mseval.seeding import derive_seed
 
     counts, lesions = read_trajectories(samples_dir)
+    prov_path = Path(samples_dir) / PROVENANCE_FILE
+    sampled_provenance = json.loads(prov_path.read_text()).get("checkpoints", {}) if prov_path.is_file() else {}
     ckpt = load_checkpoint(renderer)
     cfg = ckpt.config
     if not cfg.centre_map:
@@ -195,6 +203,10 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
             raise InputError(Path(samples_dir) / "lesions.csv", f"centre ({r.x}, {r.y}, {r.z}) lies outside patient {r.patient_id!r}'s grid "
                              f"{list(shape)}", row=i + 1, field="x")
     stores = {v: ForecastStore.create(out / v) for v in visits}
+    for v in visits:  # what each store's masks were learned from: the decoder's patients and the trajectories' forecaster's
+        write_store_provenance(out / v, ckpt.id, ckpt.provenance)
+        for name, prov in sampled_provenance.items():
+            write_store_provenance(out / v, name, prov)
     present = {v: set(st.keys()) for v, st in stores.items()}  # blocks a stopped run wrote for some visits only
     dev = torch.device(device) if device is not None else default_device()
     runtime = configure_backend(dev)
@@ -206,31 +218,40 @@ def render_trajectories(cohort_dir: str | Path, samples_dir: str | Path, rendere
     part_dir.mkdir(parents=True, exist_ok=True)
     by_member = {k: g.sort_values("lesion") for k, g in lesions.groupby(["patient_id", "arm", "member"], sort=False)}
     members = {k: g.sort_values("member") for k, g in counts.drop_duplicates(["patient_id", "arm", "member"]).groupby(["patient_id", "arm"], sort=False)}
-    for n, (pid, arm) in enumerate(todo):
+    arms_of: dict[str, list[str]] = {}
+    for pid, arm in todo:  # every arm of a patient in one sampling call: fewer, fuller network batches (the same members)
+        arms_of.setdefault(pid, []).append(arm)
+    done_groups = 0
+    for pid, arms in arms_of.items():
         p = patients[pid]
         voxel_mm3 = voxel_volume(p.affine)
-        mem = members[(pid, arm)]
-        seeds = [int(s) for s in mem["seed"]]
-        rows = [by_member.get((pid, arm, int(m)), lesions.iloc[:0]) for m in mem["member"]]
-        cents = [r[["x", "y", "z"]].to_numpy(np.int64).reshape(-1, 3) for r in rows]
-        births = [np.array([visits.index(v) for v in r["birth_visit"]], dtype=np.int64) for r in rows]
-        render_seeds = [derive_seed(s, "render") for s in seeds]
-        x0 = sample_patient(model, cfg, p.cond, [conditions[arm]], [render_seeds], settings, batch_size=batch_size, acp=acp, device=dev,
-                            counts=[[len(c) for c in cents]] if labels == "arm-count" else None, centres=[cents])[0]
-        masks, prob = binarize(x0, settings.threshold)
-        splits = [split_by_birth(m if len(c) else np.zeros_like(m), c, b, voxel_mm3) for m, c, b in zip(masks, cents, births)]
-        by_visit = masks_at_visits(np.stack([sp.labels for sp in splits]), len(visits))
-        table = [(pid, arm, int(m), int(r["lesion"].iloc[j]), r["birth_visit"].iloc[j], *map(int, c[j]), float(sp.volume_mm3[j]),
-                  bool(sp.lost[j]), int(sp.merged_into[j]))
-                 for m, r, c, sp in zip(mem["member"], rows, cents, splits) for j in range(len(c))]
-        write_csv_atomic(pd.DataFrame(table, columns=list(RENDER_LESION_COLUMNS)), part_dir / f"{derive_seed(0, pid, arm)}.csv")
-        for k, v in enumerate(visits):
-            if (pid, arm) not in present[v]:
-                stores[v].write_block(pid, arm, by_visit[k], p.affine, seeds, checkpoint=ckpt.id,
-                                      sampler={**record, "visit": v, "dropped_voxels": [sp.dropped_voxels for sp in splits]},
-                                      prob=prob if save_prob and k == len(visits) - 1 else None)
-        if progress:
-            progress(n + 1, len(todo))
+        group: list[tuple[pd.DataFrame, list[int], list[pd.DataFrame], list[np.ndarray], list[np.ndarray]]] = []
+        for arm in arms:
+            mem = members[(pid, arm)]
+            seeds = [int(s) for s in mem["seed"]]
+            rows = [by_member.get((pid, arm, int(m)), lesions.iloc[:0]) for m in mem["member"]]
+            cents = [r[["x", "y", "z"]].to_numpy(np.int64).reshape(-1, 3) for r in rows]
+            births = [np.array([visits.index(v) for v in r["birth_visit"]], dtype=np.int64) for r in rows]
+            group.append((mem, seeds, rows, cents, births))
+        x0s = sample_patient(model, cfg, p.cond, [conditions[arm] for arm in arms], [[derive_seed(s, "render") for s in g[1]] for g in group],
+                             settings, batch_size=batch_size, acp=acp, device=dev,
+                             counts=[[len(c) for c in g[3]] for g in group] if labels == "arm-count" else None, centres=[g[3] for g in group])
+        for arm, (mem, seeds, rows, cents, births), x0 in zip(arms, group, x0s):
+            masks, prob = binarize(x0, settings.threshold)
+            splits = [split_by_birth(m if len(c) else np.zeros_like(m), c, b, voxel_mm3) for m, c, b in zip(masks, cents, births)]
+            by_visit = masks_at_visits(np.stack([sp.labels for sp in splits]), len(visits))
+            table = [(pid, arm, int(m), int(r["lesion"].iloc[j]), r["birth_visit"].iloc[j], *map(int, c[j]), float(sp.volume_mm3[j]),
+                      bool(sp.lost[j]), int(sp.merged_into[j]))
+                     for m, r, c, sp in zip(mem["member"], rows, cents, splits) for j in range(len(c))]
+            write_csv_atomic(pd.DataFrame(table, columns=list(RENDER_LESION_COLUMNS)), part_dir / f"{derive_seed(0, pid, arm)}.csv")
+            for k, v in enumerate(visits):
+                if (pid, arm) not in present[v]:
+                    stores[v].write_block(pid, arm, by_visit[k], p.affine, seeds, checkpoint=ckpt.id,
+                                          sampler={**record, "visit": v, "dropped_voxels": [sp.dropped_voxels for sp in splits]},
+                                          prob=prob if save_prob and k == len(visits) - 1 else None)
+            done_groups += 1
+            if progress:
+                progress(done_groups, len(todo))
     for s in stores.values():
         s.flush()
     parts = [pd.read_csv(f, dtype={"patient_id": str, "arm": str, "birth_visit": str}) for f in sorted(part_dir.glob("*.csv"))]

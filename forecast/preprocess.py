@@ -14,7 +14,10 @@ Two normalisations of an image inside the brain mask (both give float32, 0 outsi
   at coarse grids). After it, 0 is the patient's own normal white matter on every sequence and a unit is its SD,
   so "mildly raised in white matter" means the same number for every patient and scanner.
 
-Deterministic: the same images give the same output (SimpleITK with one thread).
+Deterministic on any machine: the same images give the same output. N4 runs `N4_THREADS` threads, for the filter and
+for the ITK stages it runs inside, which otherwise follow the machine's core count: until 2026-12-07 the field differed
+in the 6th-7th digit between a 1- and a 2-core run. At 32^3 N4 costs about 1.5 s a patient in one process and 1.3 s a
+patient with `load_arrays(workers=2)` on two cores (`bench/bench_read_arrays.py`; one thread each: 2.5 and 1.2 s).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ import numpy as np
 from forecast.data import normalize_image
 
 NORMALIZATIONS = ("brain_z", "n4_whitestripe")
+
+N4_THREADS = 2
+"""Threads of every N4 fit, on any machine (ITK's reductions are split by thread, so the field's last digits depend on
+the count; 2 is what the shipped image forecaster's training arrays were read with, on a 2-core machine)."""
 
 def n4_field(img: np.ndarray, brain: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), *,
              iterations: int = 50, levels: int = 3) -> np.ndarray:
@@ -40,11 +47,18 @@ def n4_field(img: np.ndarray, brain: np.ndarray, spacing: tuple[float, float, fl
     im.SetSpacing(tuple(float(s) for s in spacing))
     mk = sitk.GetImageFromArray(np.transpose(inside.astype(np.uint8), (2, 1, 0)))
     mk.CopyInformation(im)
-    f = sitk.N4BiasFieldCorrectionImageFilter()
-    f.SetNumberOfThreads(1)
-    f.SetMaximumNumberOfIterations([iterations] * levels)
-    f.Execute(im, mk)
-    log_field = np.transpose(sitk.GetArrayFromImage(f.GetLogBiasFieldAsImage(im)), (2, 1, 0)).astype(np.float32)
+    # A fixed thread count for the filter *and* the ITK stages it creates inside (B-spline fitting), which otherwise follow
+    # the global default (the machine's cores) whatever the filter is told: the field then depends on no machine.
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(N4_THREADS)
+    try:
+        f = sitk.N4BiasFieldCorrectionImageFilter()
+        f.SetNumberOfThreads(N4_THREADS)
+        f.SetMaximumNumberOfIterations([iterations] * levels)
+        f.Execute(im, mk)
+        log_field = np.transpose(sitk.GetArrayFromImage(f.GetLogBiasFieldAsImage(im)), (2, 1, 0)).astype(np.float32)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return np.where(inside, np.exp(log_field), np.float32(1.0)).astype(np.float32)
 
 

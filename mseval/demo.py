@@ -1,7 +1,13 @@
 """`mseval demo`: the whole pipeline on a small synthetic six-arm trial, on the CPU, in minutes.
 
-simulate -> forecast (oracle, or the diffusion model) -> count -> evaluate -> effects -> report.
-Writes `out/cohort`, `out/forecasts`, `out/report` (report.html inside) and `out/demo.json`.
+simulate -> forecast (the shipped image forecaster, the oracle, or the diffusion model alone) -> count -> evaluate ->
+effects -> report. Writes `out/cohort`, `out/forecasts`, `out/report` (report.html inside) and `out/demo.json`.
+
+The image forecaster (default, `forecaster="image"`): the shipped `forecast/checkpoints/image_count` reads each
+patient's baseline images (N4 + WhiteStripe) and draws coherent W24/W48/W96 lesion trajectories under every arm
+(`out/trajectories`), the shipped decoder `tiny_centre` renders them into masks at the threshold chosen for them on a
+validation trial (`out/forecasts/<visit>/`, one forecast store per visit), and the report evaluates the last visit's
+store against the observed cumulative NET2 masks. Both checkpoints were trained and tuned on other simulated trials.
 
 The diffusion model is trained on one simulated trial (`out/train_cohort`, seed `seed`) and
 evaluated on a second trial from the same simulator (`out/cohort`, seed `seed + 1`), so every
@@ -21,10 +27,13 @@ from typing import Any
 from mseval.errors import InputError
 from mseval.io.atomic import write_json_atomic
 
-DEMO_PARTS = ("cohort", "train_cohort", "forecasts", "report", "checkpoint", "demo.json")
-FORECASTERS = ("diffusion", "oracle")
+DEMO_PARTS = ("cohort", "train_cohort", "trajectories", "forecasts", "report", "checkpoint", "demo.json")
+FORECASTERS = ("image", "diffusion", "oracle")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
+    # The image forecaster: 48 patients read with N4 (about a minute on two cores), 48 x 6 x 2 trajectories rendered
+    # by the decoder at batch 8 (DDIM-6: 432 network calls); 4 samples take 4 min 45 s in all.
+    "image": {"patients_per_arm": 8, "samples": 2, "shape": (32, 32, 32)},
     # The diffusion demo fits in 10 minutes on two CPU cores: DEFAULT_TRAIN_STEPS steps of training
     # (about 4 minutes) on one trial, then every patient of a second trial under every arm
     # (48 x 6 x 2 samples, DDIM-6 at guidance 1: ~3,500 network calls).
@@ -124,6 +133,41 @@ def _shipped_forecasts(cohort: Path, out: Path, samples: int, seed: int, *, chec
             "tuned_on": (prov.get("tuned_on") or {}).get("cohort", "not tuned")}
 
 
+def _image_forecasts(cohort: Path, trajectories: Path, forecasts: Path, samples: int, seed: int, *, forecaster: Path, workers: int = 2,
+                     say: Callable[[str], None] = lambda _m: None, stage: Stage | None = None) -> dict[str, Any]:
+    """Every patient of `cohort` under every arm with the shipped image forecaster: `samples` coherent trajectories each
+    (`trajectories`/counts.csv, lesions.csv), rendered by the decoder it was tuned with, at its tuned threshold and labels
+    (`forecasts`/<visit>/). Returns the summary the report and demo.json show (`store`: the last visit's store)."""
+    import torch
+
+    from forecast.checkpoint import load_checkpoint
+    from forecast.image_count import describe
+    from forecast.image_count_checkpoint import load_image_count
+    from forecast.image_count_pipeline import forecast_trajectories, write_trajectories
+    from forecast.image_count_render import render_trajectories
+    from forecast.image_release import read_render_settings
+    from forecast.release import SHIPPED_CHECKPOINT
+
+    torch.set_num_threads(max(workers, 1))
+    _, meta, digest = load_image_count(forecaster)
+    tuned = read_render_settings(forecaster)
+    if tuned is None:
+        raise InputError(forecaster, "the image forecaster has no render.json (its decoder threshold, tuned on validation): build it with `make checkpoint`")
+    renderer = SHIPPED_CHECKPOINT
+    ckpt = load_checkpoint(renderer)
+    say(f"    image forecaster {digest[:12]} ({forecaster}): {describe(meta.net)}")
+    counts, lesions = forecast_trajectories(cohort, forecaster, samples=samples, seed=seed, workers=workers,
+                                            progress=stage("reading and sampling patients (every arm)") if stage else None)
+    write_trajectories(trajectories, counts, lesions, forecaster)
+    say(f"    decoder {ckpt.id} renders {len(lesions)} lesions at threshold {tuned['mask_threshold']:g} (chosen on {tuned['tuned_on']['cohort']})")
+    render_trajectories(cohort, trajectories, renderer, forecasts, tuned=tuned, device="cpu",
+                        progress=stage("rendering masks (every arm)") if stage else None)
+    return {"config": "image_count", "checkpoint": str(forecaster), "checkpoint_id": digest[:12], "renderer": ckpt.id,
+            "mask_threshold": float(tuned["mask_threshold"]), "labels": tuned["labels"], "description": tuned.get("description", describe(meta.net)),
+            "threads": torch.get_num_threads(), "device": "cpu", "budget": "shipped", "trained_on": tuned.get("trained_on", ""),
+            "tuned_on": tuned["tuned_on"]["cohort"], "visit": meta.visits[-1], "store": f"forecasts/{meta.visits[-1]}"}
+
+
 def _prepare(out: Path) -> None:
     if not out.exists():
         return
@@ -142,7 +186,7 @@ def _prepare(out: Path) -> None:
 
 def run_demo(
     out: str | Path,
-    forecaster: str = "diffusion",
+    forecaster: str = "image",
     *,
     patients_per_arm: int | None = None,
     shape: tuple[int, int, int] | None = None,
@@ -161,6 +205,9 @@ def run_demo(
     stage: Stage | None = None,
 ) -> dict[str, Any]:
     """Run the demo into `out` (a previous demo there is replaced); returns timings and paths.
+
+    Image, default: the shipped image forecaster (`forecast/checkpoints/image_count`) samples a trial simulated with
+    `seed + 1` and the shipped decoder renders its trajectories (module docstring); `checkpoint` replaces the forecaster.
 
     Diffusion, default: samples a trial simulated with `seed + 1` with a trained checkpoint
     (`checkpoint`, default the shipped `forecast/checkpoints/tiny_centre`, trained and tuned on other
@@ -197,8 +244,18 @@ def run_demo(
         raise InputError(None, "--minutes must be positive", field="minutes")
     if not train and (train_steps is not None or minutes is not None):
         train = True  # a training budget asks for training
+    if forecaster != "diffusion" and train:
+        raise InputError(None, "--train / --train-steps / --minutes / --config train the diffusion model: they go with --forecaster diffusion", field="forecaster")
     if checkpoint is not None and train:
         raise InputError(None, "--checkpoint samples a trained model; it does not go with --train / --train-steps / --minutes", field="checkpoint")
+    if forecaster == "oracle" and checkpoint is not None:
+        raise InputError(None, "--checkpoint names a trained model; the oracle is the simulator's own law", field="checkpoint")
+    if forecaster == "image":
+        from forecast.image_count_checkpoint import load_image_count
+        from forecast.image_release import SHIPPED_IMAGE_CHECKPOINT
+
+        checkpoint = Path(checkpoint) if checkpoint is not None else SHIPPED_IMAGE_CHECKPOINT
+        shape = tuple(load_image_count(checkpoint)[1].shape)  # the forecaster's grid; an unusable folder fails here, before any work
     if forecaster == "diffusion" and not train:
         from forecast.release import SHIPPED_CHECKPOINT
 
@@ -224,8 +281,11 @@ def run_demo(
         if tuple(shape) != model_shape:
             say(f"    the {config} model works at {model_shape[0]}x{model_shape[1]}x{model_shape[2]}: simulating at that shape")
             shape = model_shape
-    eval_seed = seed + 1 if forecaster == "diffusion" else seed
-    if forecaster == "diffusion" and not train:
+    eval_seed = seed + 1 if forecaster != "oracle" else seed
+    if forecaster == "image":
+        say(f"1/3 simulating a six-arm trial the forecaster never saw: {patients_per_arm} patients per arm, "
+            f"{shape[0]}x{shape[1]}x{shape[2]} voxels, seed {eval_seed}")
+    elif forecaster == "diffusion" and not train:
         say(f"1/3 simulating a six-arm trial the checkpoint never saw: {patients_per_arm} patients per arm, "
             f"{shape[0]}x{shape[1]}x{shape[2]} voxels, seed {eval_seed}")
     elif forecaster == "diffusion":
@@ -236,12 +296,18 @@ def run_demo(
     else:
         say(f"1/3 simulating a six-arm trial: {patients_per_arm} patients per arm, {shape[0]}x{shape[1]}x{shape[2]} voxels, seed {seed}")
     simulate_trial(cohort, TrialConfig(patients_per_arm=patients_per_arm, shape=tuple(shape), seed=eval_seed), workers=workers,
-                   progress=stage("simulating the evaluation trial" if forecaster == "diffusion" else "simulating patients"))
+                   progress=stage("simulating the evaluation trial" if forecaster != "oracle" else "simulating patients"))
     times["simulate_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     training: dict[str, Any] | None = None
-    if forecaster == "oracle":
+    store = forecasts
+    if forecaster == "image":
+        say(f"2/3 image forecaster: {samples} trajectories per patient and arm of the trial, rendered into masks")
+        training = _image_forecasts(cohort, out / "trajectories", forecasts, samples, seed, forecaster=Path(checkpoint), workers=workers, say=say,
+                                    stage=stage)
+        store = out / training["store"]
+    elif forecaster == "oracle":
         say(f"2/3 oracle forecasts: every patient under every arm, {samples} samples each")
         simulate_forecasts(cohort, forecasts, ForecasterSpec("oracle", samples=samples, seed=seed), workers=workers,
                            progress=stage("forecasting patients"))
@@ -258,7 +324,12 @@ def run_demo(
     t = time.perf_counter()
     say("3/3 counting lesions, evaluating, estimating effects, writing the report")
     extra: tuple[tuple[str, str], ...] = ()
-    if training is not None and training["budget"] == "shipped":
+    if forecaster == "image" and training is not None:
+        extra = (("Model (demo)", f"{training['description']}; forecaster {training['checkpoint_id']} trained on {training['trained_on']}; decoder "
+                                  f"threshold {training['mask_threshold']:g} and labels {training['labels']} chosen on {training['tuned_on']} (observed "
+                                  f"outcomes only); evaluated at {training['visit']} on this trial (cohort, seed {eval_seed}), which neither model saw; "
+                                  f"torch threads {training['threads']}, device {training['device']}"),)
+    elif training is not None and training["budget"] == "shipped":
         extra = (("Model (demo)", f"checkpoint {training['checkpoint_id']} ({training['config']}, {training['steps']} steps), trained on "
                                   f"{training['trained_on']}; sampler settings chosen on {training['tuned_on']} (observed counts only); "
                                   f"evaluated on this trial (cohort, seed {eval_seed}), which it never saw; torch threads {training['threads']}, "
@@ -269,14 +340,15 @@ def run_demo(
         extra = (("Training (demo)", f"model {training['config']} trained {how} on a separate simulated trial (train_cohort, seed {seed}; "
                                      f"{patients_per_arm} patients per arm); evaluated on this trial (cohort, seed {eval_seed}), which it never saw; "
                                      f"last loss {training['last_loss']:.4f}; torch threads {training['threads']}, device {training['device']}"),)
-    build_report(cohort, forecasts, report, title=f"mseval demo: six-arm synthetic RRMS trial ({forecaster} forecasts)",
+    build_report(cohort, store, report, title=f"mseval demo: six-arm synthetic RRMS trial ({forecaster} forecasts)",
                  settings=report_settings or ReportSettings(workers=workers, power_sims=power_sims, seed=seed, sap="default"), progress=lambda m: say(f"    {m}"),
                  extra_settings=extra)
     times["report_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
     info = {"forecaster": forecaster, "patients_per_arm": patients_per_arm, "shape": list(shape), "samples": samples, "seed": seed,
             "evaluation_seed": eval_seed, "workers": workers, "cohort": "cohort",
-            "train_cohort": "train_cohort" if forecaster == "diffusion" and train else None, "forecasts": "forecasts", "report": "report/report.html", "training": training,
+            "train_cohort": "train_cohort" if forecaster == "diffusion" and train else None, "forecasts": str(store.relative_to(out)),
+            "trajectories": "trajectories" if forecaster == "image" else None, "report": "report/report.html", "training": training,
             "timings_s": {k: round(v, 1) for k, v in times.items()}}
     write_json_atomic(info, out / "demo.json")
     return {**info, "report_html": report / "report.html"}

@@ -113,7 +113,9 @@ def forecast_provenance(cohort_dir: str | Path, forecasts_dir: str | Path) -> di
     path = Path(forecasts_dir) / PROVENANCE_FILE
     recorded = json.loads(path.read_text()).get("checkpoints", {}) if path.is_file() else {}
     per = []
-    for ck in sorted(set(idx["checkpoint"].astype(str))):
+    # every model behind the blocks: the checkpoints the index names, and those the store records beside them (rendered
+    # trajectories: the image forecaster that drew them, next to the decoder that rendered them)
+    for ck in sorted(set(idx["checkpoint"].astype(str)) | set(recorded)):
         if ck in recorded:
             per.append({"checkpoint": ck, **classify(cohort.manifest, recorded[ck])})
         elif _simulated(idx[idx["checkpoint"].astype(str) == ck]):

@@ -3,6 +3,7 @@ the command line. Thin: parse, check, call `forecast.image_count_pipeline`, prin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,6 +24,7 @@ def image_train(
     count_hidden: Annotated[int, typer.Option("--count-hidden", help="Detector maps of the count pathway.")] = 8,
     workers: Annotated[int, typer.Option(help="Processes reading the patients (N4 costs about 2 s a patient); the same checkpoint for any number.")] = 1,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder keeping each patient's preprocessed arrays once read (reused by later runs and resumes; memory-mapped).")] = None,
+    min_distance_mm: Annotated[Optional[float], typer.Option("--min-distance-mm", help="Recorded in the checkpoint: the sampler's default smallest distance (mm, per axis) between a member's lesion centres (default 22: 4 voxels of the 32^3 grid; a finer grid's lesions are smaller).")] = None,
 ) -> None:
     """Train the image count model (an NB2 count law per scheduled visit and an arm-specific lesion-centre intensity,
     both read from the baseline images) on a multi-visit cohort's observed outcomes; the truth is never read."""
@@ -43,13 +45,15 @@ def image_train(
                                    ("--count-head", count_head, COUNT_HEADS), ("--centre-trunk", centre_trunk, CENTRE_TRUNKS)):
         if value not in allowed:
             raise InputError(None, f"{option} {value!r}: choose one of {', '.join(allowed)}", field=option.lstrip("-").replace("-", "_"))
+    if min_distance_mm is not None and not (math.isfinite(min_distance_mm) and min_distance_mm >= 0):
+        raise InputError(None, f"--min-distance-mm must be a finite distance >= 0 (mm), got {min_distance_mm!r}", field="min_distance_mm")
     check_out_folder(out)
     (read_bar, read), (fit_bar, fit_epoch) = progress("reading patients"), progress("fitting (epochs)")
     with read_bar, fit_bar:
         meta = train_image_count(cohort, out, epochs=epochs, seed=seed, val_fraction=val_fraction, normalization=normalization,
                                  net_options={"hidden": hidden, "count_hidden": count_hidden, "count_trunk": count_trunk,
                                               "count_head": count_head, "centre_trunk": centre_trunk}, workers=workers, cache=cache,
-                                 progress=lambda stage, done, total: (read if stage == "read" else fit_epoch)(done, total))
+                                 min_distance_mm=min_distance_mm, progress=lambda stage, done, total: (read if stage == "read" else fit_epoch)(done, total))
     from forecast.image_count import describe
 
     f = meta.fit
@@ -91,29 +95,25 @@ def image_sample(
     out: Annotated[Path, typer.Option("--out", help="Folder for counts.csv (member x visit) and lesions.csv (member x lesion centre).")],
     samples: Annotated[int, typer.Option(help="Members per patient and arm.")] = 32,
     seed: Annotated[int, typer.Option(help="Base seed; member m of (patient, arm) draws from derive_seed(seed, patient, arm, m).")] = 0,
-    min_distance: Annotated[int, typer.Option("--min-distance", help="Voxels (Chebyshev) kept between a member's lesion centres.")] = 4,
+    min_distance_mm: Annotated[Optional[float], typer.Option("--min-distance-mm", help="Smallest distance (mm, per axis) kept between a member's lesion centres (default: the checkpoint's; 22 mm for one that records none).")] = None,
     workers: Annotated[int, typer.Option(help="Processes reading the patients; the same samples for any number.")] = 1,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder keeping each patient's preprocessed arrays once read (reused by later runs and resumes; memory-mapped).")] = None,
 ) -> None:
     """Sample coherent lesion trajectories: per member, the cumulative NET2 count at every scheduled visit (one frailty,
     Poisson increments) and each lesion's centre and first visit (a W48 member holds its own W24 lesions). Lesion masks
     are not rendered here."""
-    from forecast.image_count_pipeline import forecast_trajectories
+    from forecast.image_count_pipeline import forecast_trajectories, write_trajectories
     from mseval.commands._checks import check_min, check_out_folder
     from mseval.commands._progress import progress
-    from mseval.io.atomic import write_csv_atomic
 
     check_min(samples, "--samples", 1)
-    check_min(min_distance, "--min-distance", 1)
     check_min(workers, "--workers", 1)
     check_out_folder(out)
     bar, update = progress("sampling patients")
     with bar:
-        counts, lesions = forecast_trajectories(cohort, checkpoint, samples=samples, seed=seed, min_distance=min_distance, progress=update,
+        counts, lesions = forecast_trajectories(cohort, checkpoint, samples=samples, seed=seed, min_distance_mm=min_distance_mm, progress=update,
                                                workers=workers, cache=cache)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(counts, out / "counts.csv")
-    write_csv_atomic(lesions, out / "lesions.csv")
+    write_trajectories(out, counts, lesions, checkpoint)
     short = int((counts["placed"] < counts["net2"]).sum())
     typer.echo(f"{counts['patient_id'].nunique()} patients x {counts['arm'].nunique()} arms x {samples} members, {len(lesions)} lesions"
                + (f"; {short} member-visits drew more lesions than the brain had room for (placed < net2)" if short else "") + f" -> {out}")

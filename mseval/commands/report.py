@@ -84,11 +84,11 @@ def report(
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for cohort/, forecasts/, report/ (a previous demo there is replaced)."),
-    forecaster: str = typer.Option("diffusion", help="diffusion (the shipped tiny_centre checkpoint forecasts a simulated trial it never saw; --train trains one first) | oracle (the simulator's true law: a larger trial)."),
+    forecaster: Optional[str] = typer.Option(None, help="(default: image; diffusion with --train, --train-steps, --minutes or --config) image (the shipped image forecaster forecast/checkpoints/image_count samples lesion trajectories from each patient's images and the shipped decoder renders them) | diffusion (the decoder tiny_centre with its own count law; --train trains one first) | oracle (the simulator's true law: a larger trial)."),
     train: bool = typer.Option(False, "--train", help="Diffusion: train a model from scratch on one simulated trial (--config, --train-steps) instead of the shipped checkpoint."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Diffusion: sample with this checkpoint folder instead of the shipped one (forecast/checkpoints/tiny_centre)."),
-    patients_per_arm: Optional[int] = typer.Option(None, help="Patients randomized to each of the six arms (default 8 for diffusion, 20 for oracle)."),
-    samples: Optional[int] = typer.Option(None, help="Forecast samples per patient and arm (default 2 for diffusion, 20 for oracle)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Sample with this checkpoint folder instead of the shipped one (image: forecast/checkpoints/image_count; diffusion: forecast/checkpoints/tiny_centre)."),
+    patients_per_arm: Optional[int] = typer.Option(None, help="Patients randomized to each of the six arms (default 8 for image and diffusion, 20 for oracle)."),
+    samples: Optional[int] = typer.Option(None, help="Forecast samples per patient and arm (default 4 for image, 2 for diffusion, 20 for oracle)."),
     seed: int = typer.Option(2026, help="Seed of the trial, the training and the forecasts."),
     workers: int = typer.Option(2, help="Processes (and torch threads for the diffusion model)."),
     minutes: Optional[float] = typer.Option(None, help="Train for this wall-clock budget (minutes) instead of --train-steps (results then depend on the machine's speed)."),
@@ -97,9 +97,10 @@ def demo(
     train_steps: Optional[int] = typer.Option(None, help="With --train: training steps of the diffusion model (default 300, about 5 minutes on two cores; identical numbers need the same seed, --workers and CPU type)."),
 ) -> None:
     """Simulate a small six-arm trial, forecast every patient under every arm with the shipped
-    diffusion checkpoint (trained and tuned on other simulated trials; --train trains one from scratch
-    on a separate trial first; or use the oracle), count, evaluate, estimate effects and write the
-    report; prints where the report is. Under 10 minutes on two CPU cores."""
+    image forecaster (its trajectories rendered into masks by the shipped decoder; both trained and tuned on
+    other simulated trials), or the decoder's own count law (--forecaster diffusion; --train trains one from
+    scratch on a separate trial first), or the oracle; count, evaluate, estimate effects and write the report;
+    prints where the report is. Under 10 minutes on two CPU cores."""
     import time
 
     from rich.console import Console
@@ -119,6 +120,21 @@ def demo(
     check_out_folder(out)
     train = train or train_steps is not None or minutes is not None or config is not None
     config = config or "tiny_quality"
+    forecaster = forecaster or ("diffusion" if train else "image")
+    if forecaster not in ("image", "diffusion", "oracle"):
+        from mseval.errors import InputError
+
+        raise InputError(None, f"--forecaster must be one of image, diffusion, oracle, got {forecaster!r}", field="forecaster")
+    if forecaster != "diffusion" and train:
+        from mseval.errors import InputError
+
+        raise InputError(None, "--train / --train-steps / --minutes / --config train the diffusion model: they go with --forecaster diffusion",
+                         field="forecaster")
+    if forecaster == "image":
+        from forecast.image_count_checkpoint import load_image_count
+        from forecast.image_release import SHIPPED_IMAGE_CHECKPOINT
+
+        load_image_count(checkpoint or SHIPPED_IMAGE_CHECKPOINT)
     if forecaster == "diffusion" and train:  # a config that does not exist fails here, before the output folder is made
         from forecast.config import ForecastConfig
 

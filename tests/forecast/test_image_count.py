@@ -80,6 +80,41 @@ def test_fit_keeps_the_best_held_out_epoch_and_is_deterministic(arrays, fitted) 
         assert torch.equal(a, b), k
 
 
+def test_a_stopped_fit_resumes_to_the_uninterrupted_weights(arrays, fitted, tmp_path: Path) -> None:
+    """Stopped after its second epoch (the state file written, then the run killed), the same fit started again with the
+    same state file runs only the third epoch and ends with the uninterrupted run's weights, epochs and history, bit for
+    bit (the linear head's refits included); a state file of another run (another seed) is refused, naming the file."""
+    from forecast.image_count import TrainingStateError
+
+    _, arms, ps = arrays
+    net, fit = fitted
+    for head in ("mlp", "linear"):
+        kw = {"count_head": head, "count_trunk": "gated"} if head == "linear" else {}
+        whole = ImageCountNet(7, len(arms), hidden=4, mlp=8, **kw)
+        ref = fit_image_count(whole, ps[:14], ps[14:], epochs=3, batch=7, seed=3)
+        state = tmp_path / f"{head}.pt"
+        stopped = ImageCountNet(7, len(arms), hidden=4, mlp=8, **kw)
+
+        def stop(epoch: int, _n: int, _v: float) -> None:
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            fit_image_count(stopped, ps[:14], ps[14:], epochs=3, batch=7, seed=3, state_file=state, progress=stop)
+        seen = []
+        again = ImageCountNet(7, len(arms), hidden=4, mlp=8, **kw)
+        got = fit_image_count(again, ps[:14], ps[14:], epochs=3, batch=7, seed=3, state_file=state, progress=lambda e, _n, _v: seen.append(e))
+        assert seen == [3] and got == ref, head
+        for (k, a), b in zip(whole.state_dict().items(), again.state_dict().values()):
+            assert torch.equal(a, b), (head, k)
+        with pytest.raises(TrainingStateError, match="another training run") as e:
+            fit_image_count(ImageCountNet(7, len(arms), hidden=4, mlp=8, **kw), ps[:14], ps[14:], epochs=3, batch=7, seed=4, state_file=state)
+        assert e.value.path == state
+    state.write_bytes(b"not a state")
+    with pytest.raises(TrainingStateError, match="not a readable training state"):
+        fit_image_count(ImageCountNet(7, len(arms), hidden=4, mlp=8), ps[:14], ps[14:], epochs=3, batch=7, seed=3, state_file=state)
+
+
 def _outputs(net: ImageCountNet, batch: dict) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
         m, _, lg = net(batch["cond"], batch["brain"], batch["tab"], batch["arm"], batch["years"])
@@ -336,7 +371,7 @@ def test_multiscale_features_smooth_inside_the_brain_and_see_far() -> None:
     x = torch.full((1, 1, 20, 24, 20), 2.0)
     x[:, :, :3] = 50.0  # outside the brain
     for k, s in enumerate(m.sigmas):
-        if s > 0:
+        if max(s) > 0:
             num, den = m._blur(torch.cat([x * brain[:, None], brain[:, None].float()], 1), k).split([1, 1], 1)
             v = (num / den.clamp_min(1e-3))[0, 0][brain[0]]
             assert torch.allclose(v, torch.full_like(v, 2.0), atol=1e-5), s
@@ -353,6 +388,60 @@ def test_multiscale_features_smooth_inside_the_brain_and_see_far() -> None:
             b = net(cond, whole, torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), years)[2][0, 0, 10, 12, 10]
         far[trunk] = float((a - b).abs())
     assert far["shallow"] == 0.0 and far["multiscale"] > 1e-6, far
+
+
+def test_multiscale_geometry_is_the_32_grid_s_voxels_there_and_the_same_millimetres_elsewhere() -> None:
+    """On the 32^3 MNI grid `multiscale_geometry` gives the trunk's historical voxel scales (so the shipped checkpoint, which
+    records none, computes the same logits bit for bit); on a finer grid the scales and margin are the same millimetres."""
+    from forecast.image_count import MULTISCALE_SIGMAS, REFERENCE_VOXEL_MM, multiscale_geometry
+    from mseval.simulate.anatomy import default_spacing
+
+    g32 = multiscale_geometry(default_spacing((32, 32, 32)))
+    assert g32 == {"sigmas": [[s, s, s] for s in MULTISCALE_SIGMAS], "margin": [1, 1, 1]}
+    g1 = multiscale_geometry((1.0, 1.0, 1.0))
+    assert g1["sigmas"][1] == list(REFERENCE_VOXEL_MM) and g1["margin"] == [6, 7, 6]
+    torch.manual_seed(0)
+    legacy = ImageCountNet(7, 6, hidden=4, count_hidden=3)
+    explicit = ImageCountNet(7, 6, hidden=4, count_hidden=3, **g32)
+    explicit.load_state_dict(legacy.state_dict())
+    assert "sigmas" not in legacy.arguments and explicit.arguments["sigmas"] == g32["sigmas"]
+    cond, brain = torch.randn(2, 7, 32, 32, 32), torch.rand(2, 32, 32, 32) > 0.2
+    args = (torch.zeros(2, 4), torch.tensor([0, 3]), torch.tensor([[0.5, 1.0, 2.0]] * 2))
+    with torch.no_grad():
+        assert torch.equal(legacy(cond, brain, *args)[2], explicit(cond, brain, *args)[2])
+    with pytest.raises(ValueError, match="multiscale"):
+        ImageCountNet(7, 6, centre_trunk="shallow", **g32)
+
+
+def test_multiscale_maps_mean_the_same_millimetres_on_two_grids() -> None:
+    """A smooth image and a small bright spot sampled on a 16^3 and a 32^3 grid of the same field of view: with
+    `multiscale_geometry` of each grid's voxel size, every fixed map (smoothed channel, neighbourhood maximum) agrees at the
+    same physical points to within what the coarser sampling loses; with the voxel scales of the 32^3 grid used on both
+    (the trunk before distances were in mm), the smoothing on the coarse grid is twice as wide in mm and the maps disagree
+    several times more."""
+    from forecast.image_count import MultiscaleFeatures, multiscale_geometry
+
+    fov = np.array([182.0, 218.0, 182.0])
+
+    def sampled(n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        sp = fov / n
+        axes = [(np.arange(n) + 0.5) * s - f / 2 for s, f in zip(sp, fov)]
+        X, Y, Z = np.meshgrid(*axes, indexing="ij")
+        img = np.exp(-((X / 40) ** 2 + (Y / 60) ** 2 + (Z / 40) ** 2)) + 0.5 * (np.abs(X - 20) < 12) * (np.abs(Y) < 14) * (np.abs(Z + 10) < 12)
+        return torch.tensor(img, dtype=torch.float32)[None, None], torch.ones(1, n, n, n, dtype=torch.bool), sp
+
+    (x16, b16, sp16), (x32, b32, sp32) = sampled(16), sampled(32)
+    def maps(x, b, geometry):  # noqa: ANN001, ANN202
+        return MultiscaleFeatures(1, 1, geometry["sigmas"], geometry["margin"]).maps(x, b)[0].detach()
+
+    def gap(g16: dict, g32: dict) -> float:
+        fine = torch.nn.functional.avg_pool3d(maps(x32, b32, g32)[None], 2)[0]  # the 32^3 maps averaged onto the 16^3 voxels
+        coarse = maps(x16, b16, g16)
+        return float((fine[1:] - coarse[1:]).abs().mean() / coarse[1:].abs().mean())  # the smoothed channels
+
+    in_mm = gap(multiscale_geometry(sp16), multiscale_geometry(sp32))
+    in_voxels = gap(multiscale_geometry(sp32), multiscale_geometry(sp32))
+    assert in_mm < 0.03 and in_voxels > 10 * in_mm, (in_mm, in_voxels)  # measured: 0.009 and 0.25
 
 
 def test_linear_head_lets_the_arm_effect_vary_with_age(arrays) -> None:
@@ -373,4 +462,5 @@ def test_linear_head_lets_the_arm_effect_vary_with_age(arrays) -> None:
     assert abs(lrr(25.0) - lrr(55.0)) > 1e-4
     with torch.no_grad():
         net.count.slope.weight[0, -len(arms):] = 0.0
-    assert abs(lrr(25.0) - lrr(55.0)) < 1e-6
+    # the same up to float32 rounding of the log means (one arm has no training lesion here, so its ratio is far out)
+    assert abs(lrr(25.0) - lrr(55.0)) < 1e-6 * max(1.0, abs(lrr(25.0)))

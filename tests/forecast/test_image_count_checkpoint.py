@@ -102,3 +102,25 @@ def test_cohorts_the_checkpoint_cannot_forecast_are_refused_before_sampling(save
         check_cohort(replace(meta, shape=(32, 32, 32)), c)
     assert e.value.field == "brain_mask" and e.value.row == 1
     assert np.isfinite(meta.fit["val_count_nll"])
+    spacing = c.load_patient(c.patient_ids[0], ("brain_mask",))["brain_mask"].spacing
+    check_cohort(replace(meta, spacing=tuple(spacing)), c)  # the same grid in mm passes
+    with pytest.raises(InputError, match=r"voxels of .* mm, the checkpoint was trained on 1 x 1 x 1 mm") as e:
+        check_cohort(replace(meta, spacing=(1.0, 1.0, 1.0)), c)
+    assert e.value.field == "brain_mask" and e.value.row == 1
+
+
+def test_voxel_size_and_centre_distance_are_recorded_and_covered_by_the_digest(saved, tmp_path: Path) -> None:
+    """A checkpoint saved with its voxel size and the sampler's distance keeps them; they enter the digest (a forged
+    voxel size is refused), and a checkpoint without them (written before they were recorded) still loads."""
+    c, ps, net, folder = saved
+    _, meta, digest = load_image_count(folder)
+    assert meta.spacing is None and meta.min_distance_mm is None
+    out = tmp_path / "mm"
+    save_image_count(out, net, inputs=meta.inputs, normalization=meta.normalization, arms=meta.arms, visits=meta.visits, weeks=meta.weeks,
+                     shape=meta.shape, spacing=(7.0, 8.0, 7.0), min_distance_mm=30.0)
+    _, again, other = load_image_count(out)
+    assert again.spacing == (7.0, 8.0, 7.0) and again.min_distance_mm == 30.0 and other != digest
+    doc = json.loads((out / "image_count.json").read_text())
+    (out / "image_count.json").write_text(json.dumps(doc | {"spacing": [1.0, 1.0, 1.0]}))
+    with pytest.raises(InputError, match="digest differs"):
+        load_image_count(out)

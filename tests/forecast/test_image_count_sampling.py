@@ -44,3 +44,26 @@ def test_no_dispersion_is_a_poisson_process() -> None:
     assert abs(np.corrcoef(inc[:, 0], inc[:, 1])[0, 1]) < 4 / np.sqrt(3000)
     # relative SE of a Poisson(5) sample variance: sqrt((2 + 1 / mu) / n) (excess kurtosis 1 / mu)
     assert abs(draws[:, 1].var() / 5.0 - 1) < 4 * np.sqrt((2 + 1 / 5.0) / 3000)
+
+
+def test_centres_stay_the_given_millimetres_apart_on_an_anisotropic_grid() -> None:
+    """`exclusion_radius` turns a distance in mm into voxels per axis: 22 mm is the historical 4 voxels on the 32^3 MNI
+    grid and 22 voxels at 1 mm; centres drawn with it on an anisotropic grid are at least that many mm apart along some
+    axis (Chebyshev distance in mm), and a smaller distance lets some pair come closer."""
+    from itertools import combinations
+
+    from forecast.image_count_sampling import MIN_DISTANCE_MM, exclusion_radius
+    from mseval.simulate.anatomy import default_spacing
+
+    assert exclusion_radius(MIN_DISTANCE_MM, default_spacing((32, 32, 32))) == (4, 4, 4)
+    assert exclusion_radius(22.0, (1.0, 1.0, 1.0)) == (22, 22, 22) and exclusion_radius(0.0, (1.0, 1.0, 1.0)) == (1, 1, 1)
+    spacing = np.array([1.0, 2.5, 4.0])
+    logits = np.zeros((40, 24, 16))
+
+    def closest(distance_mm: float) -> float:
+        t = draw_trajectory(np.array([10.0, 20.0, 30.0]), 0.1, logits, seed=3, min_distance=exclusion_radius(distance_mm, spacing))
+        mm = t.centres * spacing
+        return min(float(np.abs(a - b).max()) for a, b in combinations(mm, 2))
+
+    assert closest(10.0) >= 10.0 and closest(4.0) >= 4.0
+    assert closest(4.0) < 10.0
