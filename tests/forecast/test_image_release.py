@@ -90,10 +90,13 @@ def test_image_render_takes_the_forecasters_threshold_and_refuses_a_mismatch(cli
     for name in ("counts.csv", "lesions.csv"):  # two patients under one arm: enough to see the settings used
         t = pd.read_csv(tmp_path / "all" / name, dtype={"patient_id": str})
         t[t["patient_id"].isin(sorted(set(t["patient_id"]))[:2]) & (t["arm"] == "placebo")].to_csv(tmp_path / "s" / name, index=False)
+    (tmp_path / "s" / "provenance.json").write_text((tmp_path / "all" / "provenance.json").read_text())
     r = cli("forecast", "image-render", val, tmp_path / "s", "--renderer", renderer, "--out", tmp_path / "r", "--forecaster", out)
     assert r.code == 0, r.err
     blocks = list(ForecastStore.open(tmp_path / "r" / "w96").blocks())
     assert blocks and all(b.sampler["threshold"] == render["mask_threshold"] and b.sampler["labels"] == "arm-count" for b in blocks)
+    recorded = json.loads((tmp_path / "r" / "w96" / "provenance.json").read_text())["checkpoints"]  # what the threshold was chosen on
+    assert recorded[render["trajectories_checkpoint"]]["tuned_on"] == render["tuned_on"] and len(recorded) == 2
     # samples drawn by another checkpoint, or a bare image-train folder: one line, exit 2, nothing written
     counts = pd.read_csv(tmp_path / "s" / "counts.csv")
     counts["checkpoint"] = "0123456789ab"
