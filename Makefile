@@ -41,11 +41,13 @@ demo: $(STAMP)
 
 # Rebuild both shipped checkpoints from scratch. First the demo checkpoint forecast/checkpoints/tiny_centre, also the
 # image forecaster's shape decoder (about 65 minutes on two CPU cores: simulate 2,400 + 240 patients (2.5 min), data
-# cache (4 min), fit the count head and the location network (6 min), train 1,500 steps (43 min), choose the guidance on
-# the validation trial (8 min)); then the image forecaster forecast/checkpoints/image_count (forecast/image_release.py:
+# cache (4 min), fit the count head and the location network (6 min), train 1,500 steps (43 min), sample the validation
+# trial at guidance 1 (the 3-value grid took 8 min, one value about a third of that: the guidance is no longer tuned for
+# tiny_centre, whose count its count head draws) and choose the mask threshold); then the image forecaster forecast/checkpoints/image_count (forecast/image_release.py:
 # its own 600-patient trial, N4 + WhiteStripe, 40 epochs, the decoder's threshold chosen on the same validation trial:
-# 47 minutes measured on 2026-12-07 (reading the 600 patients 28, training 14, rendering and tuning 5); about 112
-# minutes in all).
+# 47 minutes measured on 2026-12-07 (reading the 600 patients 28 on a busy machine; 13 by bench/bench_read_arrays.py's rate
+# on a quiet one; training 14, rendering and tuning 5); about 112 minutes in all as measured, about 93 estimated from the
+# parts with the faster reading and the narrower guidance grid (not yet measured end to end: the issue's goal is 90).
 checkpoint: $(STAMP)
 	$(PY) -m forecast.release --work build/checkpoint
 	$(PY) -m forecast.image_release --work build/checkpoint

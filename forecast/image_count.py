@@ -42,6 +42,7 @@ visit is missing).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -129,6 +130,17 @@ class LinearCountLaw(nn.Module):
         return torch.cat([self.slope(x) + self.intercept, self.log_alpha.expand(x.shape[0], 1)], 1)
 
 
+SUPPORT_MARGIN = 1.0
+"""How far (nats of log rate) beyond the training patients' range an interval's log rate may go
+(`ImageCountNet.set_rate_bounds`): at most e = 2.7 times the largest rate of a training patient."""
+
+
+def _unbounded_if_missing(state: dict, prefix: str, *_args: Any, n_intervals: int) -> None:
+    """Load hook: a state dict saved before the count law's rate bounds existed loads unbounded (the same forecasts)."""
+    for key, fill in (("rate_lo", -math.inf), ("rate_hi", math.inf)):
+        state.setdefault(prefix + key, torch.full((n_intervals,), fill))
+
+
 SUMMARY_SD_FLOOR = 0.1
 """Smallest scale of an image summary column (shares and log shares) in `ImageCountNet.set_summary_standardisation`."""
 
@@ -153,23 +165,27 @@ trunk's scales and margin were chosen. Its physical scales are `MULTISCALE_SIGMA
 such voxel, on any grid (`multiscale_geometry`)."""
 
 
+SPACING_DECIMALS = 5
+"""Voxel sizes are read to 1e-5 mm before they set a trunk's scales or a sampler's distance (float32 affines)."""
+
+
 def multiscale_geometry(spacing: Sequence[float]) -> dict[str, list]:
     """The multiscale trunk's smoothing and margin in voxels of a grid with voxel size `spacing` (x, y, z mm), so that
     they mean the same millimetres on every grid: {"sigmas": [[sx, sy, sz] for each scale] Gaussian SDs (voxels, per
     axis) = `MULTISCALE_SIGMAS` x `REFERENCE_VOXEL_MM` / spacing; "margin": [rx, ry, rz] the neighbourhood maximum's
     radius (voxels) = one reference voxel rounded to this grid, at least 1}. On the 32^3 MNI grid: [[0, 0, 0], [1, 1, 1],
     [2, 2, 2], [4, 4, 4]] and [1, 1, 1]; at 1 mm: [[0, 0, 0], [5.69, 6.81, 5.69], ...] and [6, 7, 6]."""
-    sp = [float(v) for v in spacing]
+    sp = [round(float(v), SPACING_DECIMALS) for v in spacing]  # NIfTI affines are float32: 5.6875 may read 5.68750048
     if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
         raise ValueError(f"spacing must be three positive voxel sizes (mm), got {spacing!r}")
     sigmas = [[float(s) * r / v for r, v in zip(REFERENCE_VOXEL_MM, sp)] for s in MULTISCALE_SIGMAS]
-    margin = [max(1, int(round(r / v))) for r, v in zip(REFERENCE_VOXEL_MM, sp)]
+    margin = [max(1, int(math.floor(round(r / v, 4) + 0.5))) for r, v in zip(REFERENCE_VOXEL_MM, sp)]  # halves round up
     return {"sigmas": sigmas, "margin": margin}
 
 
 def _gaussian(sigma: float) -> torch.Tensor:
     """Normalised 1-D Gaussian taps of SD `sigma` (voxels), radius ceil(3 sigma)."""
-    r = int(math.ceil(3 * sigma - 1e-9))
+    r = int(math.ceil(round(3 * sigma, 4)))
     g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
     return g / g.sum()
 
@@ -290,6 +306,12 @@ class ImageCountNet(nn.Module):
         self.register_buffer("tab_sd", torch.ones(len(FEATURES)))
         self.register_buffer("summary_mean", torch.zeros(2 * count_hidden))
         self.register_buffer("summary_sd", torch.ones(2 * count_hidden))
+        # the count law's support: each interval's log rate is held within the training patients' range under every arm
+        # widened by SUPPORT_MARGIN (set by `set_rate_bounds` after fitting; +-inf: no bound, and what a checkpoint
+        # saved before the bounds existed loads with)
+        self.register_buffer("rate_lo", torch.full((n_intervals,), -math.inf))
+        self.register_buffer("rate_hi", torch.full((n_intervals,), math.inf))
+        self._register_load_state_dict_pre_hook(functools.partial(_unbounded_if_missing, n_intervals=n_intervals))
 
     def set_standardisation(self, tab: np.ndarray) -> None:
         """Centre and scale of the tabular inputs (from the training patients' `tabular` rows)."""
@@ -304,6 +326,19 @@ class ImageCountNet(nn.Module):
         conv trunk's, or a share of a few thousandths) is centred, not amplified a thousandfold as the trunk learns."""
         self.summary_mean.copy_(summaries.mean(0))
         self.summary_sd.copy_(summaries.std(0).clamp_min(SUMMARY_SD_FLOOR))
+
+    def set_rate_bounds(self, summaries: torch.Tensor, tab: torch.Tensor) -> None:
+        """Hold each interval's log rate within the range the training patients (summaries (N, 2 * count_hidden) under
+        the final count trunk; tab (N, F) their `tabular` rows) have under every arm, widened by `SUPPORT_MARGIN` nats on
+        each side: a patient unlike every training patient (another scanner, a failed preprocessing) gets a rate at most
+        e^SUPPORT_MARGIN times the largest (or smallest) one the model gives a training patient, instead of an
+        exponential extrapolation (a linear head on a far-off log share put 10^4 lesions on one patient). Training
+        patients' forecasts, under every arm, are unchanged."""
+        with torch.no_grad():
+            rates = torch.cat([self.count(self.count_inputs(summaries, tab, torch.full((len(tab),), k)))[:, : self.n_intervals]
+                               for k in range(self.n_arms)])
+        self.rate_lo.copy_(rates.min(0).values - SUPPORT_MARGIN)
+        self.rate_hi.copy_(rates.max(0).values + SUPPORT_MARGIN)
 
     def centre_parameters(self) -> list[nn.Parameter]:
         """The centre pathway's parameters (trunk, base, shift); the rest belong to the count pathway."""
@@ -348,9 +383,11 @@ class ImageCountNet(nn.Module):
         return self.law_of(self.count(inputs), years)
 
     def law_of(self, out: torch.Tensor, years: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`count_law` from the head's output (B, V + 1): log rates per interval and the log dispersion."""
+        """`count_law` from the head's output (B, V + 1): log rates per interval (held within `rate_lo`, `rate_hi`) and
+        the log dispersion."""
         if years.shape[1] != self.n_intervals:
             raise ValueError(f"the model forecasts {self.n_intervals} visits, asked for {years.shape[1]}")
+        out = torch.cat([torch.clamp(out[:, : self.n_intervals], self.rate_lo.to(out.dtype), self.rate_hi.to(out.dtype)), out[:, self.n_intervals:]], 1)
         dt = torch.diff(years.to(out.dtype), dim=1, prepend=torch.zeros_like(years[:, :1], dtype=out.dtype)).clamp_min(1e-4)
         log_mu = torch.logcumsumexp(out[:, : self.n_intervals] + torch.log(dt), dim=1)
         log_alpha = out[:, self.n_intervals].clamp(-8.0, 4.0)
@@ -570,7 +607,9 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
     starts from its maximum-likelihood fit on those summaries (an NB2 regression), which is epoch 0, a candidate for
     the count pathway's epoch; Adam then moves the count trunk and, after every epoch, the head is refitted by maximum
     likelihood on the new summaries (the trunk learns against the best NB2 regression on what it reads). centres=False
-    trains the count pathway alone (the centre pathway keeps its initial weights; best centre epoch 0).
+    trains the count pathway alone (the centre pathway keeps its initial weights; best centre epoch 0). At the end the
+    count law's log rates are bounded to the training patients' range (`ImageCountNet.set_rate_bounds`; unbounded while
+    fitting, so the held-out losses and the epochs chosen are those of the unbounded law).
     Seeded: the same data, seed and thread count give the same weights on one machine (CPU).
 
     state_file: after every epoch the whole training state (weights, Adam's moments, the batch order's generator, each
@@ -586,6 +625,8 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
             m.reset_parameters()
     nn.init.zeros_(net.shift.weight)
     nn.init.zeros_(net.shift.bias)
+    net.rate_lo.fill_(-math.inf)  # no bound while fitting; set from the training patients at the end
+    net.rate_hi.fill_(math.inf)
     net.set_standardisation(tabular(np.stack([p.tab for p in train])))
     summaries = _summaries(net, train, batch, zero_channels)
     net.set_summary_standardisation(summaries)
@@ -620,6 +661,9 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
             best_c, best_l, ep_c, ep_l, keep_c, keep_l, hist = (st[k] for k in ("best_c", "best_l", "ep_c", "ep_l", "keep_c", "keep_l", "hist"))
             hist = [tuple(v) for v in hist]
             start = int(st["epoch"]) + 1
+            if start > epochs + 1:
+                raise TrainingStateError(state_file, f"a run already past epoch {epochs} ({st['epoch']} finished); resume with at least "
+                                                     f"--epochs {st['epoch']}, or remove it to start afresh")
     for e in range(start, epochs + 1):
         net.train()
         order = rng.permutation(len(train))
@@ -651,6 +695,7 @@ def fit_image_count(net: ImageCountNet, train: Sequence[PatientArrays], val: Seq
         for t, k in zip([*count_p, *centre_p], [*keep_c, *keep_l]):
             t.copy_(k)
     net.eval()
+    net.set_rate_bounds(_summaries(net, train, batch, zero_channels), torch.from_numpy(tabular(np.stack([p.tab for p in train]))))
     return ImageCountFit(len(train), len(val), epochs, ep_c, ep_l, best_c if math.isfinite(best_c) else math.nan,
                          hist[ep_l - 1][2] if ep_l else math.nan, tuple(hist))
 

@@ -25,6 +25,7 @@ from forecast.image_count import ImageCountNet, TrainingStateError, collate, fit
 from forecast.image_count_checkpoint import ImageCountMeta, check_cohort, load_image_count, save_image_count
 from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, READ_CHUNK, cohort_spacing, load_arrays, visit_schedule
 from forecast.image_count_sampling import MIN_DISTANCE_MM, exclusion_radius
+from mseval.simulate.anatomy import default_spacing
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.units import WEEKS_PER_YEAR
@@ -69,6 +70,12 @@ def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 
                          cache=cache)
     train, val = arrays[: len(fit_ids)], arrays[len(fit_ids):]
     spacing = cohort_spacing(cohort, ids[0])
+    for row, pid in enumerate(ids, start=1):  # one grid in mm: the trunk's scales and the checkpoint's voxel size are one
+        other = cohort_spacing(cohort, pid)
+        if not np.allclose(other, spacing, rtol=1e-3, atol=0.0):
+            raise InputError(cohort.root / "manifest.csv", f"patient {pid!r} has voxels of {' x '.join(f'{v:.3g}' for v in other)} mm, patient "
+                             f"{ids[0]!r} of {' x '.join(f'{v:.3g}' for v in spacing)} mm: one model trains on one voxel size (resample the cohort)",
+                             row=cohort.patient_ids.index(pid) + 1, field="brain_mask")
     options = dict(net_options or {})
     if options.get("centre_trunk", "multiscale") == "multiscale":
         options = multiscale_geometry(spacing) | options
@@ -152,7 +159,7 @@ def forecast_trajectories(cohort_dir: str | Path, checkpoint: str | Path, *, sam
     distance = min_distance_mm if min_distance_mm is not None else meta.min_distance_mm if meta.min_distance_mm is not None else MIN_DISTANCE_MM
     if not (np.isfinite(distance) and distance >= 0):
         raise InputError(None, f"--min-distance-mm must be a finite distance >= 0 (mm), got {distance!r}", field="min_distance_mm")
-    radius = exclusion_radius(distance, meta.spacing if meta.spacing is not None else cohort_spacing(cohort, ids[0])) if ids else (1, 1, 1)
+    radius = exclusion_radius(distance, meta.spacing if meta.spacing is not None else default_spacing(meta.shape))  # None: the 32^3 MNI grid
     counts, lesions = [], []
     if arrays is not None and len(arrays) != len(ids):
         raise ValueError(f"{len(arrays)} preloaded patients for {len(ids)} patient ids")
@@ -191,15 +198,16 @@ def write_trajectories(out: str | Path, counts: pd.DataFrame, lesions: pd.DataFr
     """An `image-sample` folder: counts.csv, lesions.csv (`forecast_trajectories`' tables, each written atomically) and
     provenance.json (`mseval.provenance`: the checkpoint's training and validation patients under its short digest, which
     `image-render` copies into every visit's store so that a report can tell held-out from in-sample)."""
-    from mseval.io.atomic import write_csv_atomic
-    from mseval.provenance import write_store_provenance
+    from mseval.io.atomic import write_csv_atomic, write_json_atomic
+    from mseval.provenance import PROVENANCE_FILE
 
     _, meta, digest = load_image_count(checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(counts, out / "counts.csv")
     write_csv_atomic(lesions, out / "lesions.csv")
-    write_store_provenance(out, digest[:12], meta.provenance)
+    # a fresh document (not added to one a previous sampling into this folder left): only this checkpoint drew these
+    write_json_atomic({"format": "mseval-forecast-provenance", "checkpoints": {digest[:12]: dict(meta.provenance)}}, out / PROVENANCE_FILE)
 
 
 __all__ = ["LAW_COLUMNS", "LESION_COLUMNS", "SAMPLE_COUNT_COLUMNS", "forecast_laws", "forecast_trajectories", "train_image_count", "write_trajectories"]

@@ -203,12 +203,13 @@ records the decoder's training patients and, when `samples_dir` holds one (`imag
             raise InputError(Path(samples_dir) / "lesions.csv", f"centre ({r.x}, {r.y}, {r.z}) lies outside patient {r.patient_id!r}'s grid "
                              f"{list(shape)}", row=i + 1, field="x")
     stores = {v: ForecastStore.create(out / v) for v in visits}
-    if tuned is not None and trajectory_ckpt in sampled_provenance:  # the threshold and labels were chosen for these trajectories
-        sampled_provenance[trajectory_ckpt] = {**sampled_provenance[trajectory_ckpt], "tuned_on": tuned.get("tuned_on")}
+    forecaster_prov = sampled_provenance.get(trajectory_ckpt)  # only the checkpoint that drew these trajectories
+    if tuned is not None and forecaster_prov is not None:  # the threshold and labels were chosen for these trajectories
+        forecaster_prov = {**forecaster_prov, "tuned_on": tuned.get("tuned_on")}
     for v in visits:  # what each store's masks were learned from: the decoder's patients and the trajectories' forecaster's
         write_store_provenance(out / v, ckpt.id, ckpt.provenance)
-        for name, prov in sampled_provenance.items():
-            write_store_provenance(out / v, name, prov)
+        if forecaster_prov is not None:
+            write_store_provenance(out / v, trajectory_ckpt, forecaster_prov)
     present = {v: set(st.keys()) for v, st in stores.items()}  # blocks a stopped run wrote for some visits only
     dev = torch.device(device) if device is not None else default_device()
     runtime = configure_backend(dev)

@@ -39,7 +39,8 @@ def exclusion_radius(min_distance_mm: float, spacing: Sequence[float]) -> tuple[
     d = float(min_distance_mm)
     if not (math.isfinite(d) and d >= 0):
         raise ValueError(f"min_distance_mm must be finite and >= 0, got {min_distance_mm!r}")
-    return tuple(max(1, math.ceil(d / float(v) - 1e-9)) for v in spacing)  # type: ignore[return-value]
+    # ratios read to 1e-4 (float32 affines: 5.6875 mm may read 5.68750048)
+    return tuple(max(1, math.ceil(round(d / float(v), 4))) for v in spacing)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ The recipe (issue 13's leak-free protocol; every trial from `mseval simulate`, 3
 2. train `forecast/configs/tiny_centre.json` for its `steps` on TRAIN (the count head and the location
    network are fitted at step 0, on observed NET2 counts and lesion centres);
 3. VALIDATION: a separate trial (seed 2028, 40 per arm); the sampler's guidance is chosen on 60 of its
-   patients (10 per arm, 6 samples each, DDIM-6) from `--guidance-grid` (1, 2, 3) by the lowest mean fair CRPS of the allocated-arm forecasts against the observed
+   patients (10 per arm, 6 samples each, DDIM-6) from `--guidance-grid` (`default_guidance_grid`: only 1 for tiny_centre, whose
+   count the guidance cannot change; 1, 2, 3 otherwise) by the lowest mean fair CRPS of the allocated-arm forecasts against the observed
    NET2 counts (`forecast.evaluate.select_settings`; truth.csv is never read); then, with that sampler, the
    mask threshold from (0.5 ... 0.95) by the lowest mean fair CRPS of the forecast NET2 lesion volume against
    the observed NET2 volume (`forecast.evaluate.select_threshold`; observed masks only);
@@ -46,7 +47,17 @@ def _simulate(folder: Path, per_arm: int, seed: int, workers: int, shape: tuple[
     simulate_trial(folder, TrialConfig(patients_per_arm=per_arm, shape=shape, seed=seed), workers=workers)
 
 
-def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: tuple[float, ...] = (1.0, 2.0, 3.0),
+def default_guidance_grid(config: str) -> tuple[float, ...]:
+    """The guidances `build` chooses from: only 1 (the conditional model) for a centre-conditioned config, whose count
+    comes from its count head, so that the count criterion cannot tell guidance values apart (the shipped tiny_centre's
+    tuning.json: guidance 1, 2 and 3 gave bit-identical rows, and ties go to the first: a knob that changes nothing is
+    not tuned); (1, 2, 3) otherwise."""
+    from forecast.config import ForecastConfig
+
+    return (1.0,) if ForecastConfig.load(config).centre_map else (1.0, 2.0, 3.0)
+
+
+def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: tuple[float, ...] | None = None,
           tune_patients: int = 60, tune_samples: int = 6, sample_steps: int = 6, workers: int = 2, threads: int = 2,
           threshold_grid: tuple[float, ...] | None = None) -> Path:
     """Run the recipe (module docstring); returns OUT. threshold_grid: default `forecast.evaluate.THRESHOLD_GRID`."""
@@ -79,7 +90,7 @@ def build(out: Path, work: Path, *, config: str = "tiny_centre", guidance_grid: 
     print(f"trained {ckpt.step} steps ({(time.perf_counter() - t0) / 60:.1f} min this call)", flush=True)
     vc = read_cohort(val)
     ids = _stratified(vc, tune_patients)
-    tuning = select_settings(ckpt, val, work / "tuning", patients=ids, guidance=list(guidance_grid), steps=[sample_steps],
+    tuning = select_settings(ckpt, val, work / "tuning", patients=ids, guidance=list(guidance_grid or default_guidance_grid(config)), steps=[sample_steps],
                              samples=tune_samples, seed=1, device="cpu")
     print(tuning.summary(), flush=True)
     c = tuning.chosen
@@ -120,14 +131,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=SHIPPED_CHECKPOINT)
     ap.add_argument("--work", type=Path, default=Path("build/checkpoint"))
     ap.add_argument("--config", default="tiny_centre")
-    ap.add_argument("--guidance-grid", default="1,2,3", help="guidances to choose from on the validation trial (tiny_count: 2,3,4; "
-                    "at guidance 1 its half-trained samples held 1.5 lesions where 0 were asked for)")
+    ap.add_argument("--guidance-grid", default=None, help="guidances to choose from on the validation trial (default: 1 for a centre-conditioned "
+                    "config, 1,2,3 otherwise: default_guidance_grid; tiny_count: 2,3,4; at guidance 1 its half-trained samples held 1.5 "
+                    "lesions where 0 were asked for)")
     ap.add_argument("--tune-patients", type=int, default=60)
     ap.add_argument("--tune-samples", type=int, default=6)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    build(a.out, a.work, config=a.config, guidance_grid=tuple(float(g) for g in a.guidance_grid.split(",")),
+    build(a.out, a.work, config=a.config, guidance_grid=tuple(float(g) for g in a.guidance_grid.split(",")) if a.guidance_grid else None,
           tune_patients=a.tune_patients, tune_samples=a.tune_samples, workers=a.workers, threads=a.threads)
 
 

@@ -32,7 +32,7 @@ FORECASTERS = ("image", "diffusion", "oracle")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     # The image forecaster: 48 patients read with N4 (about a minute on two cores), 48 x 6 x 2 trajectories rendered
-    # by the decoder at batch 8 (DDIM-6: 432 network calls); 4 samples take 4 min 45 s in all.
+    # by the decoder, a patient's arms in one batch (DDIM-6); 3 min 15 s in all on two cores, 5 min 4 s with 4 samples.
     "image": {"patients_per_arm": 8, "samples": 2, "shape": (32, 32, 32)},
     # The diffusion demo fits in 10 minutes on two CPU cores: DEFAULT_TRAIN_STEPS steps of training
     # (about 4 minutes) on one trial, then every patient of a second trial under every arm
@@ -133,6 +133,23 @@ def _shipped_forecasts(cohort: Path, out: Path, samples: int, seed: int, *, chec
             "tuned_on": (prov.get("tuned_on") or {}).get("cohort", "not tuned")}
 
 
+def _image_renderer(forecaster: Path) -> tuple[dict[str, Any], Path, Any]:
+    """(render settings, decoder folder, decoder) of an image forecaster, or InputError: no render.json (a bare
+    `image-train` folder), or a shipped decoder other than the one its threshold was tuned with."""
+    from forecast.checkpoint import load_checkpoint
+    from forecast.image_release import read_render_settings
+    from forecast.release import SHIPPED_CHECKPOINT
+
+    tuned = read_render_settings(forecaster)
+    if tuned is None:
+        raise InputError(forecaster, "the image forecaster has no render.json (its decoder threshold, tuned on validation): build it with `make checkpoint`")
+    ckpt = load_checkpoint(SHIPPED_CHECKPOINT)
+    if str(tuned["renderer"]) != ckpt.id:
+        raise InputError(SHIPPED_CHECKPOINT, f"the forecaster's render settings were tuned for decoder {tuned['renderer']}, the shipped decoder is "
+                         f"{ckpt.id}: rebuild both with `make checkpoint`", field="renderer")
+    return tuned, SHIPPED_CHECKPOINT, ckpt
+
+
 def _image_forecasts(cohort: Path, trajectories: Path, forecasts: Path, samples: int, seed: int, *, forecaster: Path, workers: int = 2,
                      say: Callable[[str], None] = lambda _m: None, stage: Stage | None = None) -> dict[str, Any]:
     """Every patient of `cohort` under every arm with the shipped image forecaster: `samples` coherent trajectories each
@@ -140,21 +157,14 @@ def _image_forecasts(cohort: Path, trajectories: Path, forecasts: Path, samples:
     (`forecasts`/<visit>/). Returns the summary the report and demo.json show (`store`: the last visit's store)."""
     import torch
 
-    from forecast.checkpoint import load_checkpoint
     from forecast.image_count import describe
     from forecast.image_count_checkpoint import load_image_count
     from forecast.image_count_pipeline import forecast_trajectories, write_trajectories
     from forecast.image_count_render import render_trajectories
-    from forecast.image_release import read_render_settings
-    from forecast.release import SHIPPED_CHECKPOINT
 
     torch.set_num_threads(max(workers, 1))
     _, meta, digest = load_image_count(forecaster)
-    tuned = read_render_settings(forecaster)
-    if tuned is None:
-        raise InputError(forecaster, "the image forecaster has no render.json (its decoder threshold, tuned on validation): build it with `make checkpoint`")
-    renderer = SHIPPED_CHECKPOINT
-    ckpt = load_checkpoint(renderer)
+    tuned, renderer, ckpt = _image_renderer(forecaster)
     say(f"    image forecaster {digest[:12]} ({forecaster}): {describe(meta.net)}")
     counts, lesions = forecast_trajectories(cohort, forecaster, samples=samples, seed=seed, workers=workers,
                                             progress=stage("reading and sampling patients (every arm)") if stage else None)
@@ -256,6 +266,7 @@ def run_demo(
 
         checkpoint = Path(checkpoint) if checkpoint is not None else SHIPPED_IMAGE_CHECKPOINT
         shape = tuple(load_image_count(checkpoint)[1].shape)  # the forecaster's grid; an unusable folder fails here, before any work
+        _image_renderer(checkpoint)  # and so do missing render settings or decoder
     if forecaster == "diffusion" and not train:
         from forecast.release import SHIPPED_CHECKPOINT
 

@@ -62,4 +62,13 @@ def test_the_image_demo_refuses_training_options_and_a_folder_that_is_not_a_fore
         run_demo(tmp_path / "d", "image", patients_per_arm=2, samples=2, train_steps=3)
     with pytest.raises(InputError, match="not found"):
         run_demo(tmp_path / "d", "image", patients_per_arm=2, samples=2, checkpoint=tmp_path / "x")
-    assert not (tmp_path / "d").exists()
+    import shutil
+
+    from forecast.image_release import SHIPPED_IMAGE_CHECKPOINT
+
+    bare = tmp_path / "bare"  # an image-train folder without the render settings `make checkpoint` adds
+    shutil.copytree(SHIPPED_IMAGE_CHECKPOINT, bare)
+    (bare / "render.json").unlink()
+    with pytest.raises(InputError, match="render.json"):
+        run_demo(tmp_path / "d", "image", patients_per_arm=2, samples=2, checkpoint=bare)
+    assert not (tmp_path / "d").exists()  # refused before anything was simulated

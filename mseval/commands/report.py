@@ -88,7 +88,7 @@ def demo(
     train: bool = typer.Option(False, "--train", help="Diffusion: train a model from scratch on one simulated trial (--config, --train-steps) instead of the shipped checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Sample with this checkpoint folder instead of the shipped one (image: forecast/checkpoints/image_count; diffusion: forecast/checkpoints/tiny_centre)."),
     patients_per_arm: Optional[int] = typer.Option(None, help="Patients randomized to each of the six arms (default 8 for image and diffusion, 20 for oracle)."),
-    samples: Optional[int] = typer.Option(None, help="Forecast samples per patient and arm (default 4 for image, 2 for diffusion, 20 for oracle)."),
+    samples: Optional[int] = typer.Option(None, help="Forecast samples per patient and arm (default 2 for image and diffusion, 20 for oracle)."),
     seed: int = typer.Option(2026, help="Seed of the trial, the training and the forecasts."),
     workers: int = typer.Option(2, help="Processes (and torch threads for the diffusion model)."),
     minutes: Optional[float] = typer.Option(None, help="Train for this wall-clock budget (minutes) instead of --train-steps (results then depend on the machine's speed)."),

@@ -3,6 +3,7 @@ law table's estimands and contrasts, and one clean line (exit 2) for each input 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -71,6 +72,17 @@ def test_bad_inputs_one_line_exit_2(cli, trained: Path, visits_cohort: Path, tin
         r = cli(*args)
         assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err, (message, r.err)
     assert not out.exists() and not (tmp_path / "c").exists()
+    mixed = tmp_path / "mixed"  # one patient on another voxel size: refused at training, naming the row
+    shutil.copytree(visits_cohort, mixed)
+    import nibabel as nib
+
+    pid = pd.read_csv(mixed / "manifest.csv")["patient_id"].iloc[2]
+    for path in (mixed / "images" / pid).rglob("*.nii.gz"):  # every file of the patient, so that its own files agree
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine @ np.diag([1.5, 1.5, 1.5, 1.0])), path)
+    r = cli("forecast", "image-train", mixed, "--out", tmp_path / "m", "--epochs", "1", "--val-fraction", "0.5")
+    assert r.code == 2 and "one voxel size" in r.err and "row 3" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert not (tmp_path / "m" / "image_count.json").exists()
     stale = tmp_path / "stale"  # a stopped run's folder whose training state is not one this run can resume
     stale.mkdir()
     (stale / "training_state.pt").write_bytes(b"garbage")
@@ -102,6 +114,10 @@ def test_sampled_trajectories_are_coherent_and_order_free(cli, trained: Path, vi
     assert counts["net2"].sum() > 0 and len(lesions) > 0
 
 
+def lesions_checkpoint(folder: Path) -> str:
+    return str(pd.read_csv(folder / "counts.csv")["checkpoint"].iloc[0])
+
+
 def test_sampled_centres_keep_the_distance_in_mm(cli, trained: Path, visits_cohort: Path, tmp_path: Path) -> None:
     """A member's lesion centres are at least --min-distance-mm apart (Chebyshev, in mm on the cohort's anisotropic
     voxels; default the checkpoint's 22 mm), and the distance changes the samples (at the default some pair is closer than
@@ -112,6 +128,8 @@ def test_sampled_centres_keep_the_distance_in_mm(cli, trained: Path, visits_coho
 
     spacing = np.array(cohort_spacing(read_cohort(visits_cohort), read_cohort(visits_cohort).patient_ids[0]))
     closest = {}
+    (tmp_path / "sNone").mkdir()  # a folder an earlier sampling by another checkpoint left its provenance in: replaced
+    (tmp_path / "sNone" / "provenance.json").write_text('{"format": "mseval-forecast-provenance", "checkpoints": {"0123456789ab": {}}}')
     for d in (None, 45.0):
         out = tmp_path / f"s{d}"
         r = cli("forecast", "image-sample", visits_cohort, trained, "--out", out, "--samples", "3", "--seed", "2",
@@ -121,14 +139,16 @@ def test_sampled_centres_keep_the_distance_in_mm(cli, trained: Path, visits_coho
         gaps = [np.abs(a - b).max() for _, m in lesions.groupby(["patient_id", "arm", "member"])
                 for a, b in combinations(m[["x", "y", "z"]].to_numpy() * spacing, 2)]
         closest[d] = min(gaps)
+        assert list(json.loads((out / "provenance.json").read_text())["checkpoints"]) == [str(lesions_checkpoint(out))]
     assert 22.0 <= closest[None] < 45.0 <= closest[45.0], closest
     r = cli("forecast", "image-sample", visits_cohort, trained, "--out", tmp_path / "neg", "--min-distance-mm", "-1")
     assert r.code == 2 and "min-distance-mm" in r.err and not (tmp_path / "neg").exists()
 
 
 def test_a_degenerate_count_law_is_flagged_not_printed(cli, trained: Path, visits_cohort: Path, tmp_path: Path) -> None:
-    """A count law with absurd rates (the head's interval biases pushed up by 30 nats): the law table keeps its rows
-    with estimable False, a note and no numbers; sampling stops with one line naming the checkpoint's weights."""
+    """A count law with absurd rates (the head's interval biases pushed up by 30 nats, and no rate bounds): the law table
+    keeps its rows with estimable False, a note and no numbers; sampling stops with one line naming the checkpoint's
+    weights. With the bounds training set, the same push is held near the training range."""
     import torch
 
     from forecast.image_count_checkpoint import load_image_count, save_image_count
@@ -136,6 +156,14 @@ def test_a_degenerate_count_law_is_flagged_not_printed(cli, trained: Path, visit
     net, meta, _ = load_image_count(trained)
     with torch.no_grad():
         net.count[-1].bias[: net.n_intervals] += 30.0
+    # with the rate bounds set at training, the same push stays within e^1 of the training range: estimable
+    save_image_count(tmp_path / "bounded", net, inputs=meta.inputs, normalization=meta.normalization, arms=meta.arms, visits=meta.visits,
+                     weeks=meta.weeks, shape=meta.shape)
+    r = cli("forecast", "image-laws", visits_cohort, tmp_path / "bounded", "--out", tmp_path / "bounded.csv")
+    assert r.code == 0 and pd.read_csv(tmp_path / "bounded.csv")["estimable"].all(), r.err
+    with torch.no_grad():  # without them (a checkpoint saved before the bounds existed): degenerate
+        net.rate_lo.fill_(-float("inf"))
+        net.rate_hi.fill_(float("inf"))
     save_image_count(tmp_path / "deg", net, inputs=meta.inputs, normalization=meta.normalization, arms=meta.arms, visits=meta.visits,
                      weeks=meta.weeks, shape=meta.shape)
     r = cli("forecast", "image-laws", visits_cohort, tmp_path / "deg", "--out", tmp_path / "laws.csv")

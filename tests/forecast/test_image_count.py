@@ -110,6 +110,9 @@ def test_a_stopped_fit_resumes_to_the_uninterrupted_weights(arrays, fitted, tmp_
         with pytest.raises(TrainingStateError, match="another training run") as e:
             fit_image_count(ImageCountNet(7, len(arms), hidden=4, mlp=8, **kw), ps[:14], ps[14:], epochs=3, batch=7, seed=4, state_file=state)
         assert e.value.path == state
+    with pytest.raises(TrainingStateError, match="already past epoch 1"):  # fewer epochs than it ran: not the run it resumes
+        fit_image_count(ImageCountNet(7, len(arms), hidden=4, mlp=8, count_head="linear", count_trunk="gated"), ps[:14], ps[14:], epochs=1,
+                        batch=7, seed=3, state_file=state)
     state.write_bytes(b"not a state")
     with pytest.raises(TrainingStateError, match="not a readable training state"):
         fit_image_count(ImageCountNet(7, len(arms), hidden=4, mlp=8), ps[:14], ps[14:], epochs=3, batch=7, seed=3, state_file=state)
@@ -158,6 +161,43 @@ def test_every_input_changes_the_forecast(arrays, fitted) -> None:
     t = b["years"].numpy()
     rates = np.diff(np.exp(mu), prepend=0, axis=1) / np.diff(t, prepend=0, axis=1)
     assert np.abs(np.log(rates[:, 1:] / rates[:, :1])).max() > 1e-4  # but not one rate over the whole follow-up
+
+
+def test_a_patient_unlike_every_training_patient_gets_a_rate_near_the_training_range(arrays) -> None:
+    """After fitting, each interval's log rate is held within the training patients' range under every arm widened by
+    SUPPORT_MARGIN: the training patients' forecasts under every arm are those of the unbounded law; a patient whose
+    images and features lie far outside (images x 30, counts x 1000), to whom the unbounded law gives a count far beyond
+    any training patient's, gets at most e^SUPPORT_MARGIN times the largest training rate; a net saved before the
+    bounds existed loads unbounded. (On 14 training patients the linear head's counterfactual rates are themselves far
+    out, so the bounds here are wide; the test is of the mechanism. arm_age off: with it one arm's term sits on the
+    boundary.)"""
+    from dataclasses import replace
+
+    from forecast.image_count import SUPPORT_MARGIN
+
+    _, arms, ps = arrays
+    net = ImageCountNet(7, len(arms), hidden=4, count_hidden=3, count_trunk="gated", count_head="linear", arm_age=False)
+    fit_image_count(net, ps[:14], ps[14:], epochs=1, batch=7, seed=3, centres=False)
+    assert torch.isfinite(net.rate_lo).all() and (net.rate_hi - net.rate_lo >= 2 * SUPPORT_MARGIN).all()
+    free = ImageCountNet(7, len(arms), hidden=4, count_hidden=3, count_trunk="gated", count_head="linear", arm_age=False)
+    free.load_state_dict({k: v for k, v in net.state_dict().items() if k not in ("rate_lo", "rate_hi")})  # as saved before the bounds
+    assert torch.isinf(free.rate_lo).all() and torch.isinf(free.rate_hi).all()
+
+    def law(model: ImageCountNet, patients: list, arm: int | None = None) -> np.ndarray:
+        b = collate(patients)
+        a = b["arm"] if arm is None else torch.full_like(b["arm"], arm)
+        with torch.no_grad():
+            return model(b["cond"], b["brain"], b["tab"], a, b["years"], centres=False)[0].numpy()
+
+    for k in range(len(arms)):  # the training patients, under every arm: unchanged
+        assert np.array_equal(law(net, ps[:14], k), law(free, ps[:14], k)), k
+    odd = [replace(p, cond=p.cond * 30.0, tab=p.tab * np.array([1000.0, 1000.0, 1000.0, 1.0])) for p in ps[14:]]
+    top = max(law(net, ps[:14], k)[:, -1].max() for k in range(len(arms)))
+    assert law(free, odd)[:, -1].max() > top + 5.0  # e^5: far beyond any training patient's expected count
+    years = collate(odd)["years"].numpy()
+    dt = np.diff(years, axis=1, prepend=0.0)
+    ceiling = np.log((np.exp(net.rate_hi.numpy()) * dt).sum(1))  # every interval at its bound: the largest cumulative mean
+    assert (law(net, odd)[:, -1] <= ceiling + 1e-5).all() and ceiling.max() < law(free, odd)[:, -1].max() - 3.0
 
 
 def test_count_pmf_is_the_nb2_law() -> None:

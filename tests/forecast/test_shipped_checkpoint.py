@@ -104,3 +104,18 @@ def test_the_shipped_image_forecaster_names_the_shipped_decoder_and_its_recipe()
     assert f"seed {TRAIN_SEED}" in doc["trained_on"] and f"seed {VALIDATION_SEED}" in doc["tuned_on"]["cohort"]
     assert tuple(meta.shape) == (32, 32, 32) and meta.visits == ("w24", "w48", "w96")
     assert sum(f.stat().st_size for f in SHIPPED_IMAGE_CHECKPOINT.iterdir()) < 200_000
+
+
+def test_the_release_tunes_guidance_only_where_it_can_change_the_criterion() -> None:
+    """tiny_centre's count comes from its count head, so the count criterion cannot tell guidance values apart (the
+    shipped tuning.json's rows are identical): its release samples guidance 1 only; a count-conditioned config keeps
+    its grid."""
+    import json
+
+    from forecast.release import default_guidance_grid
+
+    assert default_guidance_grid("tiny_centre") == (1.0,) and default_guidance_grid("tiny_count") == (1.0, 2.0, 3.0)
+    rows = json.loads((SHIPPED_CHECKPOINT / "tuning.json").read_text())["candidates"]
+    if len(rows) > 1:  # a checkpoint built before the grid was narrowed: its rows show why
+        keys = ("crps_count", "auc_p_active", "forecast_mean", "pit_chi2_p")
+        assert all([r[k] for k in keys] == [rows[0][k] for k in keys] for r in rows)
