@@ -108,7 +108,7 @@ def _json(obj: dict, path: Path) -> None:
 def from_bids(folder: Path) -> tuple[Sources, dict[str, Any]]:
     """The files of a derivatives folder written by `export_forecasts_bids`, found with pybids, and what its
     forecasts.json records: (Sources with seeds, samplers and probability files; {"checkpoint", "provenance",
-    "store": the store.json})."""
+    "other_provenance": the other models the store recorded, {id: record}, "store": the store.json})."""
     from bids import BIDSLayout
 
     meta_path = folder / META_FILE
@@ -137,8 +137,11 @@ def from_bids(folder: Path) -> tuple[Sources, dict[str, Any]]:
     store = meta.get("store", {})
     checkpoints = {r.get("checkpoint") for r in rec.values()}
     checkpoint = checkpoints.pop() if len(checkpoints) == 1 else None
-    provenance = (meta.get("provenance") or {}).get(checkpoint) if checkpoint else None
-    return sources, {"checkpoint": checkpoint, "provenance": provenance, "store": store}
+    recorded = meta.get("provenance") or {}
+    provenance = recorded.get(checkpoint) if checkpoint else None
+    # the other models the store recorded beside the blocks' checkpoint (rendered trajectories: the image forecaster)
+    others = {k: v for k, v in recorded.items() if k != checkpoint} if checkpoint else {}
+    return sources, {"checkpoint": checkpoint, "provenance": provenance, "other_provenance": others, "store": store}
 
 
 def prob_of(sources: Sources, key: tuple[str, str], shape: tuple[int, ...]) -> np.ndarray | None:

@@ -122,8 +122,9 @@ def import_forecasts(folder: str | Path, out: str | Path, *, pattern: str = DEFA
         sources = from_index(folder, Path(index)) if index is not None else from_pattern(folder, pattern)
     name = name or meta.get("checkpoint") or "imported"
     prov = declared_provenance(trained_on, cohort)
+    others: dict[str, Any] = {}
     if prov is None and name == meta.get("checkpoint"):
-        prov = meta.get("provenance")
+        prov, others = meta.get("provenance"), dict(meta.get("other_provenance") or {})
     c = None
     if cohort is not None:
         from mseval.io.cohort import read_cohort
@@ -134,7 +135,7 @@ def import_forecasts(folder: str | Path, out: str | Path, *, pattern: str = DEFA
                                 "threshold": threshold if probability else None}
     sampler = {"model": IMPORTED_MODEL, **{k: v for k, v in settings.items() if k != "checkpoint"}}
     same = name == meta.get("checkpoint")
-    _write(out, blocks, sources, name, settings, sampler, prov, overwrite, store_json=meta.get("store") if same else None)
+    _write(out, blocks, sources, name, settings, sampler, prov, overwrite, store_json=meta.get("store") if same else None, others=others)
     return ImportedForecasts(out, {k: int(v[0].shape[0]) for k, v in blocks.items()}, probability)
 
 
@@ -157,9 +158,10 @@ def _load_all(sources: Sources, probability: bool, threshold: float, c: Any) -> 
 
 
 def _write(out: Path, blocks: dict, sources: Sources, name: str, settings: dict[str, Any], sampler: dict[str, Any],
-           prov: dict[str, Any] | None, overwrite: bool, *, store_json: dict | None = None) -> None:
+           prov: dict[str, Any] | None, overwrite: bool, *, store_json: dict | None = None, others: dict[str, Any] | None = None) -> None:
     """The store at `out`, atomically: settings in store.json (or the exported store's `store_json` as it was), one
-    block per key (seeds: recorded ones, else the sample numbers), provenance.json when the training patients are known."""
+    block per key (seeds: recorded ones, else the sample numbers), provenance.json when the training patients are known
+    (`others`: further models the exported store recorded beside its checkpoint, {id: record})."""
     from mseval.io.atomic import write_json_atomic
     from mseval.io.store import ForecastStore, record_store_settings
     from mseval.provenance import write_store_provenance
@@ -178,6 +180,8 @@ def _write(out: Path, blocks: dict, sources: Sources, name: str, settings: dict[
         store.flush()
         if prov is not None:
             write_store_provenance(tmp, name, prov)
+            for other, record in (others or {}).items():
+                write_store_provenance(tmp, other, record)
 
 
 def _check_against(c: Any, key: tuple[str, str], shape: tuple[int, ...], affine: np.ndarray, path: Path) -> None:

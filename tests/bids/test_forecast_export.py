@@ -53,3 +53,21 @@ def test_export_into_the_trials_bids_dataset_adds_only_its_pipeline(trial: dict[
     assert res.code == 2 and "exists" in res.err and _files(bids_copy) == after
     res = cli("forecast", "export", trial["store"], "--bids", bids_copy, "--pipeline", "bad_name")
     assert res.code == 2 and "--pipeline" in res.err and _files(bids_copy) == after
+
+
+def test_every_model_a_store_records_survives_the_round_trip(trial: dict[str, Path], tmp_path: Path) -> None:
+    """A rendered store records two models (the decoder that drew the masks, the forecaster whose trajectories it
+    rendered): export and import give back both, so a report on the re-imported store still sees the forecaster's
+    training patients."""
+    import shutil
+
+    from mseval.provenance import PROVENANCE_FILE, write_store_provenance
+
+    store = tmp_path / "two"
+    shutil.copytree(trial["store"], store)
+    blocks_checkpoint = str(pd.read_parquet(store / "index.parquet")["checkpoint"].iloc[0])
+    write_store_provenance(store, blocks_checkpoint, {"train": {}, "validation": {}})  # the model that drew the masks
+    write_store_provenance(store, "zz-forecaster", {"train": {"P001": "0123456789abcdef"}, "validation": {}})
+    _round_trip(store, tmp_path)
+    back = json.loads((tmp_path / "back" / PROVENANCE_FILE).read_text())["checkpoints"]
+    assert "zz-forecaster" in back and len(back) >= 2
