@@ -6,8 +6,10 @@ The law table: one row per patient, arm and follow-up visit, with the model's NB
 from baseline to that visit (`expected_net2` = mu, lesions; `dispersion` = alpha, variance mu + alpha mu^2;
 `p_active` = P(at least one NET2 lesion) = 1 - (1 + alpha mu)^(-1/alpha)) and `log_rate_ratio` against the reference
 arm for the same patient and visit (the counterfactual contrast; 0 on the reference arm); a law whose expected count
-is not finite or exceeds `MAX_EXPECTED` (a degenerate fit) is `estimable` False with a `note`, its numbers empty.
-Every number is conditional
+is not finite or exceeds `MAX_EXPECTED` (a degenerate fit) is `estimable` False with a `note`, its numbers empty; a
+rate ratio outside the project's estimability rule (`mseval.stats.estimability.assess_ratio`: [0.001, 1000], a boundary
+estimate such as an arm term fitted to an arm without lesions) is `estimable` False with a `note`, `log_rate_ratio`
+empty and the arm's law kept. Every number is conditional
 on the patient's baseline inputs *and on the checkpoint*: it carries no uncertainty of the model's own training.
 """
 
@@ -27,6 +29,7 @@ from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, READ_CHUNK,
 from forecast.image_count_sampling import MIN_DISTANCE_MM, exclusion_radius
 from mseval.simulate.anatomy import default_spacing
 from mseval.errors import InputError
+from mseval.stats.estimability import assess_ratio
 from mseval.io.cohort import Cohort, read_cohort
 from mseval.units import WEEKS_PER_YEAR
 
@@ -131,8 +134,12 @@ def forecast_laws(cohort_dir: str | Path, checkpoint: str | Path, *, patients: S
                         m, a = float(mu[j, v]), float(alpha[j, v])
                         ok = bool(np.isfinite(m) and m <= MAX_EXPECTED and np.isfinite(lrr[j, v]))
                         law = (m, a, 1.0 - (1.0 + a * m) ** (-1.0 / a), float(lrr[j, v])) if ok else (np.nan,) * 4
-                        rows.append((ids[lo + j], arm, meta.arms[p.arm], name, meta.weeks[v], *law, ref, digest[:12], ok,
-                                     "" if ok else f"degenerate count law (expected count {m:.3g}); not estimable"))
+                        note = "" if ok else f"degenerate count law (expected count {m:.3g}); not estimable"
+                        if ok and arm != ref:
+                            ratio_ok, why = assess_ratio(float(np.exp(lrr[j, v])))
+                            if not ratio_ok:
+                                ok, law, note = False, (*law[:3], np.nan), f"rate ratio vs {ref} not estimable: {why}"
+                        rows.append((ids[lo + j], arm, meta.arms[p.arm], name, meta.weeks[v], *law, ref, digest[:12], ok, note))
     return pd.DataFrame(rows, columns=list(LAW_COLUMNS))
 
 

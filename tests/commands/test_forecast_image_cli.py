@@ -114,6 +114,36 @@ def test_sampled_trajectories_are_coherent_and_order_free(cli, trained: Path, vi
     assert counts["net2"].sum() > 0 and len(lesions) > 0
 
 
+def test_a_boundary_rate_ratio_is_flagged_not_printed(visits_cohort: Path, tmp_path: Path) -> None:
+    """A log-linear count law whose dmf term is 30 nats down (what an arm without a training lesion drives such a head
+    to; on 12 training patients the fitted head does it by itself): dmf's rows keep their law (expected count,
+    dispersion, P(active)) but their rate ratio, e^-30, is outside [0.001, 1000]: estimable False, the ratio empty, a
+    note naming the rule; every other arm is estimable."""
+    import math
+
+    import torch
+
+    from forecast.image_count import ImageCountNet
+    from forecast.image_count_checkpoint import save_image_count
+    from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, visit_schedule
+    from forecast.image_count_pipeline import forecast_laws
+
+    c = read_cohort(visits_cohort)
+    arms, (visits, weeks) = list(c.arms["arm"]), visit_schedule(c)
+    net = ImageCountNet(7, len(arms), len(visits), hidden=2, count_hidden=2, count_trunk="gated", count_head="linear", arm_age=False)
+    with torch.no_grad():
+        net.count.slope.weight.zero_()
+        net.count.slope.weight[0, -len(arms) + arms.index("dmf")] = -30.0
+        net.count.intercept.fill_(math.log(5.0))
+    save_image_count(tmp_path / "edge", net, inputs=IMAGE_CHANNELS + MASK_CHANNELS, normalization="brain_z", arms=arms, visits=visits,
+                     weeks=weeks, shape=(20, 20, 20))
+    t = forecast_laws(visits_cohort, tmp_path / "edge", reference_arm="placebo")
+    dmf, rest = t[t["arm"] == "dmf"], t[t["arm"] != "dmf"]
+    assert not dmf["estimable"].any() and dmf["log_rate_ratio"].isna().all() and (dmf["expected_net2"] > 0).all()
+    assert dmf["note"].str.contains("below 0.001").all() and rest["estimable"].all()
+    assert np.allclose(rest["log_rate_ratio"], 0.0)
+
+
 def lesions_checkpoint(folder: Path) -> str:
     return str(pd.read_csv(folder / "counts.csv")["checkpoint"].iloc[0])
 
