@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
