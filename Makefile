@@ -45,9 +45,9 @@ demo: $(STAMP)
 # trial at guidance 1 (the 3-value grid took 8 min, one value about a third of that: the guidance is no longer tuned for
 # tiny_centre, whose count its count head draws) and choose the mask threshold); then the image forecaster forecast/checkpoints/image_count (forecast/image_release.py:
 # its own 600-patient trial, N4 + WhiteStripe, 40 epochs, the decoder's threshold chosen on the same validation trial:
-# 47 minutes measured on 2026-12-07 (reading the 600 patients 28 on a busy machine, about 15 at bench/bench_read_arrays.py's
-# rate on a quiet one; training 14, rendering and tuning 5); about 112 minutes in all as measured, about 94 estimated from
-# the parts with the quiet-machine reading and the narrower guidance grid (not measured end to end; the issue's goal: 90).
+# 47 minutes measured on 2026-12-07 on a busy machine, 26.3 on a quiet one with today's code (reading 660 patients 14.5,
+# 40 epochs 8, rendering and tuning 3.5; bench/RESULTS_forecast.md r18)); about 86 minutes in all estimated from those
+# parts with the narrower guidance grid (not measured end to end; the issue's goal: 90).
 checkpoint: $(STAMP)
 	$(PY) -m forecast.release --work build/checkpoint
 	$(PY) -m forecast.image_release --work build/checkpoint
