@@ -275,13 +275,12 @@ class ImageCountNet(nn.Module):
                           "arm_age": with_arm_age}
         if (sigmas is not None or margin is not None) and centre_trunk != "multiscale":
             raise ValueError(f"sigmas and margin are the multiscale centre trunk's; the {centre_trunk!r} trunk has none")
-        if sigmas is not None or margin is not None:  # the multiscale trunk's voxel geometry (`multiscale_geometry`); absent: the 32^3 grid's
-            self.arguments |= {"sigmas": [[float(v) for v in (s if isinstance(s, Sequence) else (s, s, s))] for s in (MULTISCALE_SIGMAS if sigmas is None else sigmas)],
-                               "margin": [int(r) for r in (margin or (1, 1, 1))]}
         """The constructor's arguments: `ImageCountNet(**net.arguments)` rebuilds the architecture."""
         self.centre_trunk = centre_trunk
         if centre_trunk == "multiscale":
-            self.trunk = MultiscaleFeatures(in_channels, hidden, *((self.arguments["sigmas"], self.arguments["margin"]) if "sigmas" in self.arguments else ()))
+            self.trunk = MultiscaleFeatures(in_channels, hidden, MULTISCALE_SIGMAS if sigmas is None else sigmas, margin or (1, 1, 1))
+            if sigmas is not None or margin is not None:  # the voxel geometry (`multiscale_geometry`); absent: the 32^3 grid's
+                self.arguments |= {"sigmas": [list(g) for g in self.trunk.sigmas], "margin": list(self.trunk.margin)}
         else:
             self.trunk = nn.Sequential(
                 nn.Conv3d(in_channels, hidden, 3, padding=1), nn.SiLU(),

@@ -136,7 +136,7 @@ def check_cohort(meta: ImageCountMeta, cohort: Any, patient_ids: Sequence[str] |
     a follow-up visit outside the trained schedule or at another scheduled week (a horizon outside the trained range),
     an arm the model never saw, a patient without a baseline image the inputs need, or images on another grid (shape, or
     voxel size where the checkpoint records it)."""
-    from forecast.image_count_data import baseline_volumes, visit_schedule
+    from forecast.image_count_data import baseline_volumes, check_spacing, visit_schedule
 
     need = f"the checkpoint forecasts visits {', '.join(f'{v} (week {w:g})' for v, w in zip(meta.visits, meta.weeks))}"
     if cohort.visits is None:
@@ -158,9 +158,7 @@ def check_cohort(meta: ImageCountMeta, cohort: Any, patient_ids: Sequence[str] |
         if shape != tuple(meta.shape):
             raise InputError(cohort.root / "manifest.csv", f"patient {pid!r} has images of shape {list(shape)}, the checkpoint was trained on {list(meta.shape)}",
                              row=cohort.patient_ids.index(pid) + 1, field="brain_mask")
-        spacing = tuple(float(v) for v in vols["brain_mask"].spacing)
-        if meta.spacing is not None and not np.allclose(spacing, meta.spacing, rtol=1e-3, atol=0.0):
-            raise InputError(cohort.root / "manifest.csv", f"patient {pid!r} has voxels of {' x '.join(f'{v:.3g}' for v in spacing)} mm, the checkpoint "
-                             f"was trained on {' x '.join(f'{v:.3g}' for v in meta.spacing)} mm", row=cohort.patient_ids.index(pid) + 1, field="brain_mask")
+        if meta.spacing is not None:
+            check_spacing(cohort, pid, vols["brain_mask"].spacing, meta.spacing, "the checkpoint was trained on")
 
 __all__ = ["ImageCountMeta", "check_cohort", "load_image_count", "save_image_count", "weights_digest"]

@@ -53,6 +53,15 @@ def cohort_spacing(cohort: Cohort, pid: str) -> tuple[float, float, float]:
     return tuple(float(v) for v in cohort.load_patient(pid, ("brain_mask",))["brain_mask"].spacing)  # type: ignore[return-value]
 
 
+def check_spacing(cohort: Cohort, pid: str, spacing: Sequence[float], expected: Sequence[float], what: str) -> None:
+    """InputError naming the patient's manifest row unless `spacing` (its voxel size, mm) is `expected` to 0.1%; `what`
+    ends the message (whose voxel size was expected)."""
+    if not np.allclose(spacing, expected, rtol=1e-3, atol=0.0):
+        mm = lambda sp: " x ".join(f"{v:.3g}" for v in sp)  # noqa: E731
+        raise InputError(cohort.root / "manifest.csv", f"patient {pid!r} has voxels of {mm(spacing)} mm, {what} {mm(expected)} mm",
+                         row=cohort.patient_ids.index(pid) + 1, field="brain_mask")
+
+
 def baseline_volumes(cohort: Cohort, pid: str, fields: Sequence[str]) -> dict:
     """The patient's baseline files: manifest.csv's, and an optional image (e.g. `mtr`) from the baseline row of
     visits.csv. InputError naming the channel when the cohort does not hold one the inputs need."""
@@ -161,4 +170,4 @@ def _patient_arrays(cohort: Cohort, feats: pd.DataFrame, visits: Sequence[str], 
     return PatientArrays(cond, brain, tab, arm, np.asarray(years, np.float32), np.asarray(counts, np.float32), centres)
 
 
-__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "baseline_volumes", "cohort_spacing", "load_arrays", "visit_horizons", "visit_schedule"]
+__all__ = ["IMAGE_CHANNELS", "MASK_CHANNELS", "OPTIONAL_IMAGE_CHANNELS", "baseline_volumes", "check_spacing", "cohort_spacing", "load_arrays", "visit_horizons", "visit_schedule"]

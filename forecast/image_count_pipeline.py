@@ -25,7 +25,7 @@ import torch
 from forecast.data import split_patients
 from forecast.image_count import ImageCountNet, TrainingStateError, collate, fit_image_count, multiscale_geometry
 from forecast.image_count_checkpoint import ImageCountMeta, check_cohort, load_image_count, save_image_count
-from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, READ_CHUNK, cohort_spacing, load_arrays, visit_schedule
+from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, READ_CHUNK, check_spacing, cohort_spacing, load_arrays, visit_schedule
 from forecast.image_count_sampling import MIN_DISTANCE_MM, exclusion_radius
 from mseval.simulate.anatomy import default_spacing
 from mseval.errors import InputError
@@ -68,17 +68,13 @@ def train_image_count(cohort_dir: str | Path, out: str | Path, *, epochs: int = 
     if not val_ids:
         raise InputError(cohort.root / "manifest.csv", f"--val-fraction {val_fraction:g} leaves no validation patient; the epoch is chosen on them", field="arm")
     inputs = IMAGE_CHANNELS + MASK_CHANNELS
+    spacing = cohort_spacing(cohort, ids[0])
+    for pid in ids[1:]:  # one grid in mm (the trunk's scales, the checkpoint's voxel size), checked before any patient is read
+        check_spacing(cohort, pid, cohort_spacing(cohort, pid), spacing, f"one model trains on one voxel size (resample the cohort); patient {ids[0]!r} has")
     read = (lambda d, n: progress("read", d, n)) if progress else None
     arrays = load_arrays(cohort, list(fit_ids) + list(val_ids), arms, inputs=inputs, normalization=normalization, progress=read, workers=workers,
                          cache=cache)
     train, val = arrays[: len(fit_ids)], arrays[len(fit_ids):]
-    spacing = cohort_spacing(cohort, ids[0])
-    for row, pid in enumerate(ids, start=1):  # one grid in mm: the trunk's scales and the checkpoint's voxel size are one
-        other = cohort_spacing(cohort, pid)
-        if not np.allclose(other, spacing, rtol=1e-3, atol=0.0):
-            raise InputError(cohort.root / "manifest.csv", f"patient {pid!r} has voxels of {' x '.join(f'{v:.3g}' for v in other)} mm, patient "
-                             f"{ids[0]!r} of {' x '.join(f'{v:.3g}' for v in spacing)} mm: one model trains on one voxel size (resample the cohort)",
-                             row=cohort.patient_ids.index(pid) + 1, field="brain_mask")
     options = dict(net_options or {})
     if options.get("centre_trunk", "multiscale") == "multiscale":
         options = multiscale_geometry(spacing) | options

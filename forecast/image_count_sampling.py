@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from forecast.centres import draw_centres
+from forecast.image_count import SPACING_DECIMALS
 
 MIN_DISTANCE_MM = 22.0
 """Default smallest distance (mm, Chebyshev per axis) between a member's lesion centres: 4 voxels of the 32^3 MNI grid
@@ -39,8 +40,8 @@ def exclusion_radius(min_distance_mm: float, spacing: Sequence[float]) -> tuple[
     d = float(min_distance_mm)
     if not (math.isfinite(d) and d >= 0):
         raise ValueError(f"min_distance_mm must be finite and >= 0, got {min_distance_mm!r}")
-    # ratios read to 1e-4 (float32 affines: 5.6875 mm may read 5.68750048)
-    return tuple(max(1, math.ceil(round(d / float(v), 4))) for v in spacing)  # type: ignore[return-value]
+    # voxel sizes read as `multiscale_geometry` reads them and ratios to 1e-4 (float32 affines: 5.6875 mm may read 5.68750048)
+    return tuple(max(1, math.ceil(round(d / round(float(v), SPACING_DECIMALS), 4))) for v in spacing)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
