@@ -172,3 +172,21 @@ def test_too_small_a_volume_says_so(tmp_path: Path) -> None:
     with pytest.raises(SimulationError, match="no room for .* use a larger --shape"):
         simulate_trial(tmp_path / "small", cfg)
     assert not (tmp_path / "small").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_net2_events_without_room_are_tallied_and_the_masks_show_every_counted_lesion(tmp_path: Path) -> None:
+    """A patient whose white matter fills up (16^3, 100 NET2 lesions a year on placebo) no longer stops the trial: the
+    events the masks cannot show are tallied per visit in simulation.json, and each visit's realized count is exactly
+    the lesions its NET2 mask shows (one 26-connected component each: lesions keep a one-voxel gap)."""
+    cfg = TrialConfig(patients_per_arm=1, shape=(16, 16, 16), seed=1, base_rate=100.0, baseline_lesions_per_sqrt_rate=0.0)
+    out = simulate_trial(tmp_path / "full", cfg)
+    without = json.loads((out / "simulation.json").read_text())["net2_without_room"]
+    assert without and all(n > 0 for visits in without.values() for n in visits.values())
+    truth = pd.read_csv(out / "truth_visits.csv")
+    observed = truth[truth["allocated"] & truth["realized_count"].notna()]
+    visits = pd.read_csv(out / "visits.csv")
+    for pid in without:
+        for row in observed[observed["patient_id"] == pid].itertuples():
+            path = visits[(visits["patient_id"] == pid) & (visits["visit"] == row.visit)]["net2_mask"].iloc[0]
+            mask = load_volume(out / path, mask=True).data
+            assert cc3d.connected_components(mask, connectivity=26).max() == row.realized_count, (pid, row.visit)
