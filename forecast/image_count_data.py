@@ -21,7 +21,7 @@ from forecast.preprocess import preprocess_images
 from forecast.image_count import FEATURES, PatientArrays
 from mseval.errors import InputError
 from mseval.io.cohort import Cohort
-from mseval.io.nifti import load_volume
+from mseval.io.nifti import load_volume, read_spacing
 from mseval.lesions.baseline_features import baseline_features
 from mseval.lesions.components import count_lesions
 from mseval.units import WEEKS_PER_YEAR
@@ -49,8 +49,11 @@ def visit_schedule(cohort: Cohort) -> tuple[tuple[str, ...], tuple[float, ...]]:
 
 
 def cohort_spacing(cohort: Cohort, pid: str) -> tuple[float, float, float]:
-    """(x, y, z) voxel size in mm of the patient's baseline brain mask (the grid a model reads it on)."""
-    return tuple(float(v) for v in cohort.load_patient(pid, ("brain_mask",))["brain_mask"].spacing)  # type: ignore[return-value]
+    """(x, y, z) voxel size in mm of the patient's baseline brain mask (the grid a model reads it on), from its header."""
+    path = cohort.path(pid, "brain_mask")
+    if path is None:
+        raise InputError(cohort.root / "manifest.csv", f"patient {pid!r} has no brain_mask", row=cohort.patient_ids.index(pid) + 1, field="brain_mask")
+    return read_spacing(path, field="brain_mask")
 
 
 def check_spacing(cohort: Cohort, pid: str, spacing: Sequence[float], expected: Sequence[float], what: str) -> None:

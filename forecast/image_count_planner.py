@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from forecast.planner import GiB, LiveBytes, MemoryEstimate, _fake_mode, largest_fitting
+from forecast.planner import GiB, LiveBytes, MemoryEstimate, _fake_mode, largest_fitting, memory_budget
 
 DEFAULT_NET: dict[str, Any] = {"hidden": 12, "count_hidden": 8, "count_trunk": "gated", "count_head": "linear", "centre_trunk": "multiscale"}
 """`make checkpoint`'s recipe (`forecast.image_release.RECIPE`)."""
@@ -109,7 +109,7 @@ class ImageCountPlan:
 
     @property
     def budget(self) -> int | None:
-        return None if self.gpu_gib is None else int(self.gpu_gib * GiB * (1 - self.headroom))
+        return memory_budget(self.gpu_gib, self.headroom)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per estimate: what, batch (patients), GiB, fits."""

@@ -212,6 +212,11 @@ def sampling_peak(cfg: ForecastConfig, members: int, *, guided: bool = True, bf1
     return MemoryEstimate("sampling", members, "bf16" if bf16 else "fp32", False, static, tracker.peak, max_rows)
 
 
+def memory_budget(gpu_gib: float | None, headroom: float) -> int | None:
+    """Bytes a plan may use on a device of `gpu_gib` GiB, keeping the `headroom` share free (None without a device)."""
+    return None if gpu_gib is None else int(gpu_gib * GiB * (1 - headroom))
+
+
 def largest_fitting(estimate: Callable[[int], MemoryEstimate], budget: int, *, upper: int = 256) -> tuple[int, MemoryEstimate | None]:
     """The largest batch b with estimate(b).peak <= budget (0 if none): peaks are affine in b, so
     two traces give the line; the guess is then checked by tracing it (and stepped down if over)."""
@@ -248,7 +253,7 @@ class Plan:
 
     @property
     def budget(self) -> int | None:
-        return None if self.gpu_gib is None else int(self.gpu_gib * GiB * (1 - self.headroom))
+        return memory_budget(self.gpu_gib, self.headroom)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per estimate: what, batch (members per call), precision, checkpointing, GiB, fits."""
@@ -313,5 +318,5 @@ def plan(cfg: ForecastConfig, *, batch_size: int | None = None, sample_members: 
     return p
 
 
-__all__ = ["LiveBytes", "MemoryEstimate", "Plan", "count_parameters", "forward_flops", "largest_fitting", "plan",
+__all__ = ["LiveBytes", "MemoryEstimate", "Plan", "count_parameters", "forward_flops", "largest_fitting", "memory_budget", "plan",
            "sampling_peak", "training_peak"]

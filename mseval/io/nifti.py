@@ -63,6 +63,21 @@ def _read(path: Path, field: str | None) -> tuple[np.ndarray, np.ndarray]:
     return data, affine
 
 
+def read_spacing(path: str | Path, *, field: str | None = None) -> tuple[float, float, float]:
+    """Voxel size in mm (column norms of the affine, as `Volume.spacing`) from the header alone: the image data is not
+    read. InputError naming `field` for a missing or unreadable file or a non-finite affine."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found", field=field)
+    try:
+        affine = np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - any decode failure is bad input
+        raise InputError(path, f"cannot read NIfTI header ({type(exc).__name__}: {exc})", field=field) from None
+    if not np.isfinite(affine).all():
+        raise InputError(path, "affine holds NaN or infinity", field=field)
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
 def load_volume(path: str | Path, *, mask: bool = False, field: str | None = None) -> Volume:
     """Load one 3D NIfTI. With `mask`, require values in {0, 1} and return uint8; else float32.
 

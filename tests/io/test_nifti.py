@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mseval.errors import InputError
-from mseval.io.nifti import check_same_grid, load_samples, load_volume, save_volume
+from mseval.io.nifti import check_same_grid, load_samples, load_volume, read_spacing, save_volume
 
 
 def _affine(spacing: float = 2.0) -> np.ndarray:
@@ -77,6 +77,28 @@ def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read NIfTI") as err:
         load_volume(tmp_path / "trunc.nii.gz", field="t1")
     assert "trunc.nii.gz" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_read_spacing_is_the_volumes_spacing_from_the_header_alone(tmp_path: Path) -> None:
+    """The voxel size without the data: the same as a loaded Volume's (also for an oblique affine), and read from a
+    file whose data is truncated (the header is whole); a missing file or a non-finite affine is one line naming it."""
+    a = _affine()
+    a[:3, :3] = a[:3, :3] @ np.array([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([1.0, 1.5, 0.5])
+    rng = np.random.default_rng(2)
+    save_volume(rng.normal(size=(16, 16, 16)).astype(np.float32), a, tmp_path / "oblique.nii.gz")
+    assert read_spacing(tmp_path / "oblique.nii.gz") == pytest.approx(load_volume(tmp_path / "oblique.nii.gz").spacing, abs=1e-6)
+    assert read_spacing(tmp_path / "oblique.nii.gz") == pytest.approx((2.0, 3.0, 1.0), abs=1e-5)
+    raw = (tmp_path / "oblique.nii.gz").read_bytes()
+    (tmp_path / "trunc.nii.gz").write_bytes(raw[: len(raw) // 2])
+    assert read_spacing(tmp_path / "trunc.nii.gz") == pytest.approx((2.0, 3.0, 1.0), abs=1e-5)
+    with pytest.raises(InputError, match="file not found"):
+        read_spacing(tmp_path / "nope.nii.gz", field="brain_mask")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), a), tmp_path / "nan_affine.nii")
+    raw = bytearray((tmp_path / "nan_affine.nii").read_bytes())
+    raw[280:284] = np.float32(np.nan).tobytes()  # srow_x[0] of the NIfTI-1 header (the sform nibabel reads)
+    (tmp_path / "nan_affine.nii").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="NaN"):
+        read_spacing(tmp_path / "nan_affine.nii")
 
 
 def test_grid_checks(tmp_path: Path) -> None:
