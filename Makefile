@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_CPU := torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: install test demo bench clean r checkpoint
+.PHONY: install test demo bench clean r checkpoint constraints
 
 # R with MASS, geepack and glmmTMB for the live parity tests (glm.nb, geeglm, glmmTMB) (Debian/Ubuntu, as root): `make r`.
 r:
@@ -51,6 +51,12 @@ demo: $(STAMP)
 checkpoint: $(STAMP)
 	$(PY) -m forecast.release --work build/checkpoint
 	$(PY) -m forecast.image_release --work build/checkpoint
+
+# Rewrite constraints/ci.txt (the versions CI installs) from the current .venv, after a deliberate upgrade and a green
+# `make test`; torch, its CUDA parts and tools installed by hand stay out.
+constraints: $(STAMP)
+	{ sed -n '1,3p' constraints/ci.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|nvidia-|pyflakes)=' | grep -v '^#'; } > constraints/ci.txt.new
+	mv constraints/ci.txt.new constraints/ci.txt
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
