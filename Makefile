@@ -39,15 +39,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mseval demo --out $(DEMO_OUT)
 
-# Rebuild both shipped checkpoints from scratch. First the demo checkpoint forecast/checkpoints/tiny_centre, also the
-# image forecaster's shape decoder (about 65 minutes on two CPU cores: simulate 2,400 + 240 patients (2.5 min), data
-# cache (4 min), fit the count head and the location network (6 min), train 1,500 steps (43 min), sample the validation
-# trial at guidance 1 (the 3-value grid took 8 min, one value about a third of that: the guidance is no longer tuned for
-# tiny_centre, whose count its count head draws) and choose the mask threshold); then the image forecaster forecast/checkpoints/image_count (forecast/image_release.py:
-# its own 600-patient trial, N4 + WhiteStripe, 40 epochs, the decoder's threshold chosen on the same validation trial:
-# 47 minutes measured on 2026-12-07 on a busy machine, 26.3 on a quiet one with today's code (reading 660 patients 14.5,
-# 40 epochs 8, rendering and tuning 3.5; bench/RESULTS_forecast.md r18)); about 86 minutes in all estimated from those
-# parts with the narrower guidance grid (not measured end to end; the issue's goal: 90).
+# Rebuild both shipped checkpoints from scratch: first the decoder forecast/checkpoints/tiny_centre (forecast/release.py:
+# simulate 2,400 + 240 patients, data cache, count head and location network, 1,500 training steps, sample the
+# validation trial at guidance 1 and choose the mask threshold), then the image forecaster forecast/checkpoints/image_count
+# (forecast/image_release.py: its own 600-patient trial, N4 + WhiteStripe, 40 epochs, the decoder's threshold chosen on
+# the same validation trial). Measured end to end on a fresh clone, 2 CPU cores, quiet: 64 min 12 s (decoder 34.8 min,
+# image forecaster 29.4 min; peak memory 2.4 GB), 2026-12-08, bench/RESULTS_forecast.md r19. The issue's goal: 90 min.
 checkpoint: $(STAMP)
 	$(PY) -m forecast.release --work build/checkpoint
 	$(PY) -m forecast.image_release --work build/checkpoint
