@@ -216,8 +216,8 @@ def add_net2_lesions(
     min_voxels: int,
 ) -> list[tuple[int, str]]:
     """Add `n` NET2 lesions: each enlarges an unused baseline lesion with probability `p_enlarging`
-    (falling back to a new lesion when none can grow), else is new. Returns (lesion id, kind) pairs.
-    Raises RuntimeError when the free space cannot hold them."""
+    (falling back to a new lesion when none can grow), else is new (falling back to enlarging an unused baseline lesion
+    when no new one fits). Returns (lesion id, kind) pairs. Raises RuntimeError when neither can hold one."""
     candidates = [int(i) for i in rng.permutation(np.asarray(baseline_ids, dtype=np.int64))]
     out: list[tuple[int, str]] = []
     for k in range(n):
@@ -231,7 +231,16 @@ def add_net2_lesions(
                 out.append((grown, "enlarging"))
                 continue
         lid_new = lf.place_new(rng, median_radius_mm=new_radius_mm, min_voxels=min_voxels)
+        if lid_new is not None:
+            out.append((lid_new, "new"))
+            continue
+        # No room for a separate lesion: confluent with an unused baseline lesion, read as its enlargement (as the
+        # simulator's world does, `mseval.simulate.trial`); only when none can grow is the forecast not drawable.
+        while candidates and lid_new is None:
+            lid = candidates.pop()
+            if lf.grow(lid, rng):
+                lid_new = lid
         if lid_new is None:
             raise RuntimeError(f"no room for NET2 lesion {k + 1} of {n}")
-        out.append((lid_new, "new"))
+        out.append((lid_new, "enlarging"))
     return out
