@@ -12,8 +12,9 @@ number). The recipe is r13's of `bench/RESULTS_forecast.md` (issue 21), observed
    (40 epochs; centre trunk multiscale, 12 channels; count trunk gated, 8 detector maps; linear NB2 head; seed 0);
 2. VALIDATION: the trial `forecast.release` tunes on (seed 2028, 40 per arm); 60 of its patients (10 per arm), 8
    trajectories each under the allocated arm (`forecast_trajectories`, seed 1), rendered once with the decoder's
-   probabilities kept; the decoder's voxel threshold is chosen from `forecast.evaluate.THRESHOLD_GRID` by the
-   lowest fair CRPS of the observed last-visit NET2 volume (`forecast.image_count_tuning.select_render_threshold`);
+   probabilities kept; the decoder's voxel threshold is chosen from `forecast.evaluate.THRESHOLD_GRID` as the one
+   whose rendered lesions' mean volume at the last visit is closest to the observed NET2 lesions'
+   (`forecast.image_count_tuning.select_render_threshold`; the threshold sets the size, nothing else);
 3. export: the image count checkpoint with `render.json` (the decoder's id, the chosen threshold, the labels, the
    tuning table and what it was tuned on). `mseval forecast image-render --forecaster OUT` takes its threshold and
    labels from there.

@@ -28,6 +28,7 @@ def built(renderer: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 def test_the_export_holds_the_model_and_the_threshold_chosen_on_validation(built: tuple[Path, Path, dict], renderer: Path) -> None:
     from forecast.checkpoint import load_checkpoint
     from forecast.image_count_checkpoint import load_image_count
+    from forecast.image_count_tuning import size_choice
     from forecast.image_release import read_render_settings
 
     work, out, render = built
@@ -35,9 +36,10 @@ def test_the_export_holds_the_model_and_the_threshold_chosen_on_validation(built
     assert digest == load_image_count(work / "image_count")[2]  # the trained model, exported unchanged
     doc = read_render_settings(out)
     assert doc == json.loads((out / "render.json").read_text()) and doc["mask_threshold"] == render["mask_threshold"]
+    size = {float(t): v for t, v in doc["tuned_on"]["size_ratio"].items()}
     crps = {float(t): v for t, v in doc["tuned_on"]["crps_mm3"].items()}
-    assert sorted(crps) == list(GRID) and doc["mask_threshold"] == min(crps, key=lambda t: (crps[t], t))
-    assert len(set(crps.values())) > 1  # the threshold changes what is scored
+    assert sorted(size) == sorted(crps) == list(GRID) and doc["mask_threshold"] == size_choice(size)
+    assert size[GRID[0]] > size[GRID[-1]]  # the threshold sets the size: a higher one, smaller lesions
     assert doc["renderer"] == load_checkpoint(renderer).id and doc["trajectories_checkpoint"] == digest[:12]
     assert digest[:12] in doc["description"] and doc["renderer"] in doc["description"]
     assert doc["tuned_on"]["patients"] and "seed 12" in doc["tuned_on"]["cohort"] and "seed 11" in doc["trained_on"]
@@ -108,3 +110,11 @@ def test_image_render_takes_the_forecasters_threshold_and_refuses_a_mismatch(cli
         r = cli("forecast", "image-render", val, samples, "--renderer", renderer, "--out", tmp_path / "bad", *args)
         assert r.code == 2 and words in r.err and len(r.err.strip().splitlines()) == 1, r.err
         assert not (tmp_path / "bad").exists()
+
+
+def test_the_size_criterion_takes_the_ratio_nearest_one_in_log_and_the_lower_threshold_on_a_tie() -> None:
+    from forecast.image_count_tuning import size_choice
+
+    assert size_choice({0.5: 1.27, 0.6: 1.15, 0.7: 1.02, 0.8: 0.88}) == 0.7
+    assert size_choice({0.5: 2.0, 0.6: 0.5}) == 0.5  # log 2 either way
+    assert size_choice({0.5: 0.0, 0.9: 0.2}) == 0.9  # nothing rendered is never the closest

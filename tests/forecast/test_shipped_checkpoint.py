@@ -93,13 +93,17 @@ def test_the_shipped_image_forecaster_names_the_shipped_decoder_and_its_recipe()
     model is the recipe's, trained on its own trial and tuned on the validation trial, never on a test trial."""
     from forecast.evaluate import THRESHOLD_GRID
     from forecast.image_count_checkpoint import load_image_count
+    import numpy as np
+
+    from forecast.image_count_tuning import size_choice
     from forecast.image_release import RECIPE, SHIPPED_IMAGE_CHECKPOINT, TRAIN_SEED, read_render_settings
 
     _, meta, digest = load_image_count(SHIPPED_IMAGE_CHECKPOINT)
     doc = read_render_settings(SHIPPED_IMAGE_CHECKPOINT)
     assert doc is not None and doc["renderer"] == load_checkpoint(SHIPPED_CHECKPOINT).id and doc["trajectories_checkpoint"] == digest[:12]
-    crps = {float(t): v for t, v in doc["tuned_on"]["crps_mm3"].items()}
-    assert sorted(crps) == sorted(THRESHOLD_GRID) and doc["mask_threshold"] == min(crps, key=lambda t: (crps[t], t))
+    size = {float(t): v for t, v in doc["tuned_on"]["size_ratio"].items()}
+    assert sorted(size) == sorted(THRESHOLD_GRID) and doc["mask_threshold"] == size_choice(size)
+    assert abs(np.log(size[doc["mask_threshold"]])) < 0.1  # the shipped lesions' mean size within 10% of validation's observed
     assert meta.normalization == RECIPE["normalization"] and all(meta.net[k] == v for k, v in RECIPE["net"].items())
     assert f"seed {TRAIN_SEED}" in doc["trained_on"] and f"seed {VALIDATION_SEED}" in doc["tuned_on"]["cohort"]
     assert tuple(meta.shape) == (32, 32, 32) and meta.visits == ("w24", "w48", "w96")
