@@ -52,7 +52,7 @@ checkpoint: $(STAMP)
 # Rewrite constraints/ci.txt (the versions CI installs) from the current .venv, after a deliberate upgrade and a green
 # `make test`; torch, its CUDA parts and tools installed by hand stay out.
 constraints: $(STAMP)
-	{ sed -n '1,3p' constraints/ci.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|triton|nvidia-|pyflakes)=' | grep -v '^#'; } > constraints/ci.txt.new
+	{ sed -n '1,3p' constraints/ci.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|torchvision|triton|pyflakes)==|^(nvidia-|cuda-)' | grep -v '^#'; } > constraints/ci.txt.new
 	mv constraints/ci.txt.new constraints/ci.txt
 
 bench: $(STAMP)

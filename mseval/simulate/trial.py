@@ -73,6 +73,7 @@ class PatientResult:
     followup_weeks: float
     prelesional_sites: int
     without_room: dict[str, int]  # visit label -> NET2 events the patient's full white matter could not show
+    confluent: dict[str, int]  # visit label -> new NET2 lesions without room, read as a baseline lesion enlarging
 
 
 def _place_or_fail(lf: LesionField, rng: np.random.Generator, cfg: TrialConfig, pid: str, k: int, n: int) -> int:
@@ -172,6 +173,8 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     snapshots, added, info = [], [], {}
     footprint: dict[int, int] = {}  # event index -> lesion id
     without_room: dict[str, int] = {}  # visit -> NET2 events the full white matter could not show
+    confluent: dict[str, int] = {}  # visit -> new lesions without room, read as an uncounted baseline lesion enlarging
+    full = False  # no new lesion fits and no unused baseline lesion can grow
     prev = 0.0
     for k, wk in enumerate(sched):
         new_ids = []
@@ -182,15 +185,20 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
                     cand = unused.pop()
                     if lf.grow(cand, rng):
                         lid, kind = cand, "enlarging"
-            if lid is None:
+            if lid is None and not full:
                 lid, kind = lf.place_new(rng, median_radius_mm=radius, min_voxels=cfg.min_voxels), "new"
             # No room for a separate new lesion (a very active patient on a coarse grid): it forms confluent with an
-            # uncounted baseline lesion, which radiologists read as that lesion enlarging; when none can grow either, the
-            # white matter is full and the masks cannot show the event (tallied in `without_room`, never raised).
-            while lid is None and unused:
-                cand = unused.pop()
-                if lf.grow(cand, rng):
-                    lid, kind = cand, "enlarging"
+            # uncounted baseline lesion, which radiologists read as that lesion enlarging (tallied in `confluent`); when
+            # none can grow either, the white matter is full and the masks cannot show this event or any later one
+            # (tallied in `without_room`; free space only shrinks, so no new lesion is tried again). Never raised.
+            if lid is None and not full:
+                while lid is None and unused:
+                    cand = unused.pop()
+                    if lf.grow(cand, rng):
+                        lid, kind = cand, "enlarging"
+                if lid is not None:
+                    confluent[cfg.visit_labels[k]] = confluent.get(cfg.visit_labels[k], 0) + 1
+                full = lid is None
             if lid is None:
                 without_room[cfg.visit_labels[k]] = without_room.get(cfg.visit_labels[k], 0) + 1
                 continue
@@ -292,7 +300,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
     total = None if last_obs is None else int(sum(counts[k] for k in range(len(sched)) if sched[k] <= last_obs))
     followup = last_obs if last_obs is not None else sched[0]
     return PatientResult(pid, float(t2.sum()) * voxel_mm3, total, pd.DataFrame(rows), pd.DataFrame(visit_rows), realized, followup, n_visible,
-                         without_room)
+                         without_room, confluent)
 
 
 def _run(args: tuple) -> PatientResult:
@@ -351,6 +359,7 @@ def simulate_trial(
                 "spacing_mm": list(spacing),
                 "sites": {site: dataclasses.asdict(site_scanner(cfg, site)) for site in sorted(patients["site"].unique())},
                 "weeks_per_year": WEEKS_PER_YEAR,
+                "net2_confluent": {r.patient_id: r.confluent for r in results if r.confluent},
                 "net2_without_room": {r.patient_id: r.without_room for r in results if r.without_room},
                 "truth_files": {"truth": "truth.csv", "visits": "truth_visits.csv", "lesions": "truth_lesions.csv",
                                 "oracle_inputs": "oracle_inputs.csv", "tissues": TISSUES_FILE,

@@ -175,13 +175,20 @@ def test_too_small_a_volume_says_so(tmp_path: Path) -> None:
 
 
 def test_net2_events_without_room_are_tallied_and_the_masks_show_every_counted_lesion(tmp_path: Path) -> None:
-    """A patient whose white matter fills up (16^3, 100 NET2 lesions a year on placebo) no longer stops the trial: the
-    events the masks cannot show are tallied per visit in simulation.json, and each visit's realized count is exactly
-    the lesions its NET2 mask shows (one 26-connected component each: lesions keep a one-voxel gap)."""
+    """A patient whose white matter fills up (16^3, 100 NET2 lesions a year on placebo) no longer stops the trial: a new
+    lesion without room enlarges an uncounted baseline lesion (tallied in `net2_confluent`, an enlarging lesion of that
+    visit), the events the masks cannot show are tallied per visit in `net2_without_room`, and each visit's realized
+    count is exactly the lesions its NET2 mask shows (one 26-connected component each: lesions keep a one-voxel gap)."""
     cfg = TrialConfig(patients_per_arm=1, shape=(16, 16, 16), seed=1, base_rate=100.0, baseline_lesions_per_sqrt_rate=0.0)
     out = simulate_trial(tmp_path / "full", cfg)
-    without = json.loads((out / "simulation.json").read_text())["net2_without_room"]
-    assert without and all(n > 0 for visits in without.values() for n in visits.values())
+    sim = json.loads((out / "simulation.json").read_text())
+    without, confluent = sim["net2_without_room"], sim["net2_confluent"]
+    assert without and confluent  # a new lesion read as its baseline lesion enlarging, then no room at all
+    lesions = pd.read_csv(out / "truth_lesions.csv")
+    for pid, visits in confluent.items():
+        for visit, n in visits.items():
+            grown = lesions[(lesions["patient_id"] == pid) & (lesions["visit"] == visit) & (lesions["kind"] == "enlarging")]
+            assert len(grown) >= n, (pid, visit)
     truth = pd.read_csv(out / "truth_visits.csv")
     observed = truth[truth["allocated"] & truth["realized_count"].notna()]
     visits = pd.read_csv(out / "visits.csv")
