@@ -32,7 +32,7 @@ FORECASTERS = ("image", "diffusion", "oracle")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     # The image forecaster: 48 patients read with N4 (about a minute on two cores), 48 x 6 x 2 trajectories rendered
-    # by the decoder, a patient's arms in one batch (DDIM-6); 3 min 33 s in all on two cores (2026-12-08).
+    # by the decoder, a patient's arms in one batch (DDIM-6); 3 min 54 s in all on two cores (2026-12-08).
     "image": {"patients_per_arm": 8, "samples": 2, "shape": (32, 32, 32)},
     # The diffusion demo fits in 10 minutes on two CPU cores: DEFAULT_TRAIN_STEPS steps of training
     # (about 4 minutes) on one trial, then every patient of a second trial under every arm
