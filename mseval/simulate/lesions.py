@@ -205,6 +205,16 @@ def field_from_masks(
     return lf
 
 
+def grow_one(lf: LesionField, candidates: list[int], rng: np.random.Generator) -> int | None:
+    """Pop lesion ids off the end of `candidates` until one grows (`LesionField.grow`); its id, or None when the list ran
+    out. The popped ids are used up either way."""
+    while candidates:
+        lid = candidates.pop()
+        if lf.grow(lid, rng):
+            return lid
+    return None
+
+
 def add_net2_lesions(
     lf: LesionField,
     n: int,
@@ -222,11 +232,7 @@ def add_net2_lesions(
     out: list[tuple[int, str]] = []
     for k in range(n):
         if candidates and rng.random() < p_enlarging:
-            grown = None
-            while candidates and grown is None:
-                lid = candidates.pop()
-                if lf.grow(lid, rng):
-                    grown = lid
+            grown = grow_one(lf, candidates, rng)
             if grown is not None:
                 out.append((grown, "enlarging"))
                 continue
@@ -236,10 +242,7 @@ def add_net2_lesions(
             continue
         # No room for a separate lesion: confluent with an unused baseline lesion, read as its enlargement (as the
         # simulator's world does, `mseval.simulate.trial`); only when none can grow is the forecast not drawable.
-        while candidates and lid_new is None:
-            lid = candidates.pop()
-            if lf.grow(lid, rng):
-                lid_new = lid
+        lid_new = grow_one(lf, candidates, rng)
         if lid_new is None:
             raise RuntimeError(f"no room for NET2 lesion {k + 1} of {n}")
         out.append((lid_new, "enlarging"))

@@ -40,7 +40,7 @@ from mseval.seeding import rng_for
 from mseval.simulate.anatomy import Anatomy, default_spacing, make_anatomy
 from mseval.simulate.arms import arms_frame
 from mseval.simulate.events import Events, draw_events
-from mseval.simulate.lesions import LesionField, periventricular_weights
+from mseval.simulate.lesions import LesionField, grow_one, periventricular_weights
 from mseval.simulate.model import (WEEKS_PER_YEAR, TrialConfig, arm_rate_ratios, draw_patients, site_scanner, truth_frame,
                                    visit_truth_frame)
 from mseval.simulate.mri import SEQUENCES, mtr_map, synthesize_mri
@@ -181,10 +181,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
         for e in np.flatnonzero(appears & (events.birth > prev) & (events.birth <= wk)):
             lid = None
             if events.enlarging[e]:
-                while unused and lid is None:
-                    cand = unused.pop()
-                    if lf.grow(cand, rng):
-                        lid, kind = cand, "enlarging"
+                lid, kind = grow_one(lf, unused, rng), "enlarging"
             if lid is None and not full:
                 lid, kind = lf.place_new(rng, median_radius_mm=radius, min_voxels=cfg.min_voxels), "new"
             # No room for a separate new lesion (a very active patient on a coarse grid): it forms confluent with an
@@ -192,10 +189,7 @@ def simulate_patient(row: dict, cfg: TrialConfig, spacing: tuple[float, float, f
             # none can grow either, the white matter is full and the masks cannot show this event or any later one
             # (tallied in `without_room`; free space only shrinks, so no new lesion is tried again). Never raised.
             if lid is None and not full:
-                while lid is None and unused:
-                    cand = unused.pop()
-                    if lf.grow(cand, rng):
-                        lid, kind = cand, "enlarging"
+                lid, kind = grow_one(lf, unused, rng), "enlarging"
                 if lid is not None:
                     confluent[cfg.visit_labels[k]] = confluent.get(cfg.visit_labels[k], 0) + 1
                 full = lid is None
