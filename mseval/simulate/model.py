@@ -48,8 +48,9 @@ class TrialConfig:
     by +/- `visit_window_weeks` per patient.
 
     Image channels (each documented in `mseval.simulate.model`'s docstring; 0 switches it off):
-    `dawm_strength` (and its rendering contrast `dawm_contrast`, a multiple of `mri.DAWM_DELTA`: at 1 the
-    DAWM's FLAIR is +60 a.u., 2 noise SDs; it changes the images only, never the DAWM share the oracle reads),
+    `dawm_strength` (and its rendering contrast `dawm_contrast`, a multiple of `mri.DAWM_DELTA`: at the default 2
+    the DAWM's FLAIR is +120 a.u., 4 noise SDs, close to grey matter's +140 as DAWM is described (docs/world.md);
+    trials written before 2026-12-08 were rendered at 1; it changes the images only, never the DAWM share the oracle reads),
     `prelesion_fraction` (and its rendering contrast `prelesion_contrast`, in units of the image noise SD), `spatial_strength` (the patient's own lesion-prone regions, shared by
     baseline and new lesions), `load_preference` (new lesions favour the regions of the patient's baseline
     lesions, smoothed over `load_smooth_mm`), `dawm_preference` (new lesions favour DAWM), `site_gain_sd` /
@@ -92,7 +93,7 @@ class TrialConfig:
     dawm_fraction: float = 0.04
     dawm_sd: float = 0.6
     dawm_preference: float = 2.0
-    dawm_contrast: float = 1.0
+    dawm_contrast: float = 2.0
     spatial_strength: float = 1.5
     spatial_smooth_mm: float = 15.0
     load_preference: float = 9.0
@@ -152,6 +153,8 @@ class TrialConfig:
         for k in ("shape", "spacing", "visits", "prelesion_months"):
             if kw.get(k) is not None:
                 kw[k] = tuple(kw[k])
+        if "dawm_contrast" not in d:
+            kw["dawm_contrast"] = 1.0  # written before the knob existed: rendered at the old contrast
         if "visits" not in d and kw.get("followup_weeks") is None:
             kw["followup_weeks"] = 48.0  # written before visits existed: one follow-up visit
         return cls(**kw)

@@ -134,8 +134,8 @@ def test_image_knobs_at_zero_leave_no_pre_lesional_sites_and_uninformative_dawm(
 
 def test_dawm_contrast_scales_the_dawm_rendering_only() -> None:
     """`dawm_contrast` multiplies the DAWM's intensity change on every sequence (noiseless images: FLAIR inside the DAWM
-    rises by about k x the 1x change over the white matter around it, before partial-volume smoothing); 1 is the shipped
-    world (bit-identical); the DAWM mask and everything else are untouched."""
+    rises by about k x the 1x change over the white matter around it, before partial-volume smoothing); 1 is
+    `synthesize_mri`'s own default (bit-identical); the DAWM mask and everything else are untouched."""
     from mseval.simulate.anatomy import make_anatomy
     from mseval.simulate.mri import synthesize_mri
 
@@ -156,6 +156,24 @@ def test_dawm_contrast_scales_the_dawm_rendering_only() -> None:
     assert np.array_equal(base, one)
     core = tuple(c)
     assert two[core] - off[core] == pytest.approx(2 * (one[core] - off[core]), rel=1e-4) and one[core] - off[core] > 20.0
+
+
+def test_default_dawm_looks_as_dawm_is_described_and_old_trials_keep_their_contrast() -> None:
+    """DAWM is described as intermediate between NAWM and focal lesions, its signal close to grey matter's (docs/world.md).
+    At the default `dawm_contrast` the DAWM's FLAIR (and T2, PD) lies between white matter and lesion and its FLAIR is
+    within 25% of grey matter's excess over white matter; a config written before the knob existed reads back at 1."""
+    from mseval.simulate.mri import DAWM_DELTA, TISSUE_INTENSITY
+
+    k = TrialConfig().dawm_contrast
+    for seq in ("flair", "t2", "pd"):
+        t = TISSUE_INTENSITY[seq]
+        assert t["wm"] < t["wm"] + k * DAWM_DELTA[seq] < t["lesion"]
+    gm_excess = TISSUE_INTENSITY["flair"]["gm"] - TISSUE_INTENSITY["flair"]["wm"]
+    assert abs(k * DAWM_DELTA["flair"] - gm_excess) <= 0.25 * gm_excess
+    old = TrialConfig().to_dict()
+    assert TrialConfig.from_dict(old).dawm_contrast == k
+    del old["dawm_contrast"]
+    assert TrialConfig.from_dict(old).dawm_contrast == 1.0
 
 
 def test_small_lesions_are_fainter_at_1p5_tesla_and_the_knob_at_one_switches_it_off() -> None:
