@@ -6,6 +6,15 @@ kept; trained the same way). DEV trials only (never the pre-registered TEST tria
     PYTHONPATH=. .venv/bin/python bench/image_count_dev.py --train /work/exp21/train --dev /work/exp21/dev --out /tmp/ic.json
     (--train A,B pools several training trials; --count-only trains and scores the count pathway alone)
 
+A shipped checkpoint judged as it is (issue 21's TEST protocol, reference (iv)): --checkpoint DIR scores that model as
+"model" (not retrained) and trains its image-free twin by the checkpoint's own recipe (its net, epochs, seed and
+normalisation; the same split of --train, which must be the trial it trained on); --array-cache DIR reuses the
+per-patient arrays a build already read (`forecast.image_count_cache`, e.g. build/checkpoint/arrays):
+
+    PYTHONPATH=. .venv/bin/python bench/image_count_dev.py --checkpoint forecast/checkpoints/image_count \
+        --train build/checkpoint/image_train --array-cache build/checkpoint/arrays --dev DEV --image-references \
+        --location-references --effects --out r.json
+
 Scores: exact CRPS of the cumulative NET2 count from baseline to each visit (lesions; the NB2 law
 of each model; the oracle's Bayes law), paired differences with SEs over the dev patients; log score
 per observed lesion centre (last visit, nats) of the model's centre intensity vs uniform over the brain, and with
@@ -96,9 +105,18 @@ def main() -> None:
     ap.add_argument("--count-trunk", default="conv", choices=COUNT_TRUNKS, help="the count pathway's detector maps (forecast.image_count.COUNT_TRUNKS)")
     ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"),
                     help="how the images are read (forecast.preprocess); give each its own --cache")
+    ap.add_argument("--checkpoint", default="", help="score this image count checkpoint as the model; train its twin by its recipe")
+    ap.add_argument("--array-cache", default="", help="forecast.image_count_cache folder (instead of the --cache pickle)")
     ap.add_argument("--mtr", action="store_true", help="add the cohorts' MTR map as an input channel (cohorts simulated with --mtr)")
     a = ap.parse_args()
     torch.set_num_threads(2)
+    shipped = None
+    if a.checkpoint:  # the recipe is the checkpoint's, not the command line's
+        from forecast.image_count_checkpoint import load_image_count
+
+        shipped = load_image_count(a.checkpoint)
+        a.epochs, a.seed = int(shipped[1].provenance["epochs"]), int(shipped[1].provenance["seed"])
+        a.normalization, a.count_only, a.mtr = shipped[1].normalization, False, False
     trains, dv = [read_cohort(t) for t in a.train.split(",")], read_cohort(a.dev)
     inputs = IMAGE_CHANNELS + MASK_CHANNELS + (("mtr",) if a.mtr else ())
     arms = list(trains[0].arms["arm"])
@@ -108,9 +126,16 @@ def main() -> None:
     for k, tr in enumerate(trains):  # several training trials: more patients and more scanners
         ids = tr.patient_ids[: a.limit] if a.limit else tr.patient_ids
         arm_of = tr.manifest.set_index("patient_id")["arm"]
-        fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, 0)
+        fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, a.seed if shipped is not None else 0)
+        if shipped is not None and k == 0 and (sorted(val_ids) != sorted(shipped[1].provenance["validation"])
+                                               or sorted(fit_ids) != sorted(shipped[1].provenance["train"])):
+            raise SystemExit(f"{a.train}: not the split {a.checkpoint} trained on (its provenance's train/validation patients)")
         ck = cache if k == 0 else cache.with_name(f"{cache.stem}.{k}.pkl")
-        if ck.is_file():
+        if a.array_cache:
+            kw = {"inputs": inputs, "normalization": a.normalization, "cache": a.array_cache, "workers": 2}
+            tp, vp = load_arrays(tr, fit_ids, arms, **kw), load_arrays(tr, val_ids, arms, **kw)
+            dp = load_arrays(dv, dv.patient_ids, arms, **kw) if k == 0 else None
+        elif ck.is_file():
             tp, vp, dp = pickle.loads(ck.read_bytes())
         else:
             kw = {"inputs": inputs, "normalization": a.normalization}
@@ -128,8 +153,17 @@ def main() -> None:
     nets = {}
     variants = {"model": (), "no_images": tuple(j for j, c in enumerate(inputs) if c not in MASK_CHANNELS)}  # every image channel zeroed
     for name, zero in ((k, variants[k]) for k in a.variants.split(",")):
-        net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk, count_head=a.count_head,
-                            centre_trunk=a.centre_trunk)
+        if shipped is not None:
+            if list(shipped[1].inputs) != list(inputs) or list(shipped[1].arms) != arms:
+                raise SystemExit(f"{a.checkpoint}: inputs {shipped[1].inputs} / arms {shipped[1].arms} differ from the trial's")
+            if name == "model":
+                nets[name] = (shipped[0], zero)
+                res["fit_model"] = shipped[1].fit | {"checkpoint": shipped[2]}
+                continue
+            net = ImageCountNet(**shipped[1].net)
+        else:
+            net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk, count_head=a.count_head,
+                                centre_trunk=a.centre_trunk)
         t0 = time.time()
         fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr, centres=not a.count_only,
                               progress=lambda e, n, v: print(f"  {name} epoch {e}/{n} val {v:.3f} ({time.time() - t0:.0f}s)", flush=True))
