@@ -6,7 +6,10 @@ observed counts. Used by `bench/image_count_dev.py --effects`.
 Reported per law, pooled over the non-reference arms and within arm (each arm's patients centred on the arm's mean,
 i.e. the heterogeneity alone): the slope of the true on the predicted log rate ratio (1 = calibrated), the slope of
 the predicted on the true (the acceptance's wording; below 1 whenever part of the truth is unobservable, such as the
-patient's response), the correlation, and the RMSE (log units).
+patient's response), the correlation, and the RMSE (log units); and the same slope of the predicted on the truth's
+*observable part* (`observable_log_rate_ratios`: the patient's response, which no input shows, integrated out), which
+is 1 for the exact law given what can be observed. The observable part itself is reported as a law
+(`observable_truth`), so the ceiling of the literal reading sits beside the models.
 """
 
 from __future__ import annotations
@@ -44,6 +47,31 @@ def nb2_log_rate_ratios(train: pd.DataFrame, dev: pd.DataFrame, arms: Sequence[s
                       for arm in arms], ignore_index=True)
 
 
+def observable_log_rate_ratios(root: str | Path, nodes: int = 40) -> pd.DataFrame:
+    """(patient_id, arm, lrr): log E_R[rho_ia] for every patient and arm, the simulator's rate ratio
+    rho_ia = RR_a ** (m_i R_ia) (`mseval.simulate.model`) with the patient's response R_ia = exp(response_sd Z), Z ~ N(0, 1),
+    integrated out by Gauss-Hermite quadrature (`nodes` points): the ratio of the expected counts that a law knowing
+    the arm, the age (m_i) and the latent activity but not the response would predict. Reads the trial's
+    simulation.json (arms, modifier, response_sd) and manifest.csv (ages); truth-side, for scoring only."""
+    import json
+
+    from mseval.simulate.model import effect_multiplier
+
+    root = Path(root)
+    cfg = json.loads((root / "simulation.json").read_text())["config"]
+    man = pd.read_csv(root / "manifest.csv")[["patient_id", "age"]]
+    m = effect_multiplier(man["age"].to_numpy(float), float(cfg["modifier"]))
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    resp = np.exp(float(cfg["response_sd"]) * z)
+    rows = []
+    for a in cfg["arms"]:
+        log_rr = np.log(float(a["rate_ratio"]))
+        lrr = np.zeros(len(man)) if a.get("reference") else np.log(np.exp(np.outer(m, resp) * log_rr) @ w)
+        rows.append(pd.DataFrame({"patient_id": man["patient_id"], "arm": a["arm"], "lrr": lrr}))
+    return pd.concat(rows, ignore_index=True)
+
+
 def _fit(pred: np.ndarray, true: np.ndarray) -> dict:
     """Slopes, correlation and RMSE; a law whose predictions do not vary (SD < 1e-6 log units, e.g. an NB2 without an
     arm:age term within an arm) has no slope of the truth on them nor correlation: NaN, flagged `varies` False."""
@@ -54,16 +82,24 @@ def _fit(pred: np.ndarray, true: np.ndarray) -> dict:
 
 
 def effect_accuracy(predictions: dict[str, pd.DataFrame], root: str | Path, reference: str) -> dict:
-    """{law: {"pooled": ..., "within_arm": ..., "n": patients x arms}} against truth.csv's log rate_ratio."""
+    """{law: {"pooled": ..., "within_arm": ..., "n": patients x arms}} against truth.csv's log rate_ratio; each block
+    also holds `slope_pred_on_observable`, the slope of the prediction on `observable_log_rate_ratios`. The observable
+    part is added as the law `observable_truth`."""
     truth = pd.read_csv(Path(root) / "truth.csv")[["patient_id", "arm", "rate_ratio"]]
+    obs = observable_log_rate_ratios(root).rename(columns={"lrr": "obs"})
     out = {}
-    for name, pred in predictions.items():
-        d = pred.merge(truth, on=["patient_id", "arm"])
+    for name, pred in (predictions | {"observable_truth": obs.rename(columns={"obs": "lrr"})}).items():
+        d = pred.merge(truth, on=["patient_id", "arm"]).merge(obs, on=["patient_id", "arm"])
         d = d[d["arm"] != reference].assign(true=lambda x: np.log(x["rate_ratio"]))
-        c = d.assign(lrr=d["lrr"] - d.groupby("arm")["lrr"].transform("mean"), true=d["true"] - d.groupby("arm")["true"].transform("mean"))
-        out[name] = {"n": int(len(d)), "pooled": _fit(d["lrr"].to_numpy(), d["true"].to_numpy()),
-                     "within_arm": _fit(c["lrr"].to_numpy(), c["true"].to_numpy())}
+        g = d.groupby("arm")
+        c = d.assign(lrr=d["lrr"] - g["lrr"].transform("mean"), true=d["true"] - g["true"].transform("mean"), obs=d["obs"] - g["obs"].transform("mean"))
+        blocks = {}
+        for key, x in (("pooled", d), ("within_arm", c)):
+            f = _fit(x["lrr"].to_numpy(), x["true"].to_numpy())
+            f["slope_pred_on_observable"] = float(np.polyfit(x["obs"].to_numpy(), x["lrr"].to_numpy(), 1)[0]) if np.std(x["obs"]) > 1e-9 else float("nan")
+            blocks[key] = f
+        out[name] = {"n": int(len(d))} | blocks
     return out
 
 
-__all__ = ["effect_accuracy", "model_log_rate_ratios", "nb2_log_rate_ratios"]
+__all__ = ["effect_accuracy", "model_log_rate_ratios", "nb2_log_rate_ratios", "observable_log_rate_ratios"]
