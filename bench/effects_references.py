@@ -25,17 +25,47 @@ from forecast.image_count import ImageCountNet, collate
 from mseval.stats.baseline_nb2 import fit_nb2_baseline
 
 
-def model_log_rate_ratios(net: ImageCountNet, patients: Sequence, arms: Sequence[str], ids: Sequence[str], *, zero: Sequence[int] = ()) -> pd.DataFrame:
-    """(patient_id, arm, lrr): log of the model's expected count to the last visit under each arm over that under arms[0]."""
+def model_log_means(net: ImageCountNet, patients: Sequence, arms: Sequence[str], ids: Sequence[str], *, zero: Sequence[int] = ()) -> pd.DataFrame:
+    """(patient_id, arm, log_mu): the log of the model's expected count to the last visit of every patient under every arm."""
     rows = []
     with torch.no_grad():
         for lo in range(0, len(patients), 16):
             b = collate(patients[lo: lo + 16], zero_channels=zero)
-            mus = [net(b["cond"], b["brain"], b["tab"], torch.full_like(b["arm"], k), b["years"], centres=False)[0][:, -1] for k in range(len(arms))]
             for k, arm in enumerate(arms):
-                for j, lr in enumerate((mus[k] - mus[0]).numpy()):
-                    rows.append((ids[lo + j], arm, float(lr)))
-    return pd.DataFrame(rows, columns=["patient_id", "arm", "lrr"])
+                log_mu = net(b["cond"], b["brain"], b["tab"], torch.full_like(b["arm"], k), b["years"], centres=False)[0][:, -1]
+                rows.extend((ids[lo + j], arm, float(v)) for j, v in enumerate(log_mu.numpy()))
+    return pd.DataFrame(rows, columns=["patient_id", "arm", "log_mu"])
+
+
+def model_log_rate_ratios(net: ImageCountNet, patients: Sequence, arms: Sequence[str], ids: Sequence[str], *, zero: Sequence[int] = ()) -> pd.DataFrame:
+    """(patient_id, arm, lrr): log of the model's expected count to the last visit under each arm over that under arms[0]."""
+    d = model_log_means(net, patients, arms, ids, zero=zero)
+    ref = d[d["arm"] == arms[0]].set_index("patient_id")["log_mu"]
+    return d.assign(lrr=d["log_mu"] - ref.loc[d["patient_id"]].to_numpy())[["patient_id", "arm", "lrr"]]
+
+
+def population_ratios(means: pd.DataFrame, root: str | Path, reference: str) -> dict:
+    """Counterfactual population rate ratios of a law against the truth. means: (patient_id, arm, mu) the law's expected
+    count to the last visit of every patient under every arm. Per arm: the law's ratio of mean expected counts over the
+    patients (every patient under both arms) vs the same ratio of `truth.csv`'s expected counts on the same patients
+    (`same_patients`) and vs the world's superpopulation ratio (`mseval.simulate.counts_only.population_rate_ratios`,
+    the protocol's target), each as law / truth."""
+    import json
+
+    from mseval.simulate.counts_only import population_rate_ratios
+    from mseval.simulate.model import TrialConfig
+
+    root = Path(root)
+    truth = pd.read_csv(root / "truth.csv").groupby("arm")["expected_count"].mean()
+    pop = population_rate_ratios(TrialConfig.from_dict(json.loads((root / "simulation.json").read_text())["config"]))
+    m = means.groupby("arm")["mu"].mean()
+    out = {}
+    for arm in m.index:
+        if arm == reference:
+            continue
+        law, same = float(m[arm] / m[reference]), float(truth[arm] / truth[reference])
+        out[arm] = {"law": law, "same_patients": same, "population": pop[arm], "law_over_same": law / same, "law_over_population": law / pop[arm]}
+    return out
 
 
 def nb2_log_rate_ratios(train: pd.DataFrame, dev: pd.DataFrame, arms: Sequence[str], formula: str) -> pd.DataFrame:
@@ -102,4 +132,4 @@ def effect_accuracy(predictions: dict[str, pd.DataFrame], root: str | Path, refe
     return out
 
 
-__all__ = ["effect_accuracy", "model_log_rate_ratios", "nb2_log_rate_ratios", "observable_log_rate_ratios"]
+__all__ = ["effect_accuracy", "model_log_rate_ratios", "nb2_log_rate_ratios", "observable_log_rate_ratios", "population_ratios", "model_log_means"]

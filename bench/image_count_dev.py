@@ -39,7 +39,7 @@ from forecast.image_count import CENTRE_TRUNKS, COUNT_HEADS, COUNT_TRUNKS, Image
 from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_horizons
 from mseval.io.cohort import read_cohort
 from mseval.lesions.baseline_features import baseline_features
-from mseval.metrics.calibration import crps_pmf
+from mseval.metrics.calibration import crps_pmf, pit_uniformity, randomized_pit_pmf
 from mseval.simulate.observable_oracle import cohort_observable_pmf
 from mseval.stats.baseline_nb2 import BASELINE_FORMULA, fit_nb2_baseline
 
@@ -212,6 +212,9 @@ def main() -> None:
             laws[k] = count_pmf(m[ok, v], al[ok, v])
         sc = {k: crps_pmf(p, y[ok].astype(int)) for k, p in laws.items()}
         row = {"visit": label, "n": int(ok.sum())} | {f"crps_{k}": float(s.mean()) for k, s in sc.items()}
+        for k, p in laws.items():  # calibration: randomised PIT of the observed count under each law (KS and chi-square p)
+            t = pit_uniformity(randomized_pit_pmf(p, y[ok].astype(int), seed=v))
+            row |= {f"pit_ks_p_{k}": t.ks_p, f"pit_chi2_p_{k}": t.chi2_p}
         active = y[ok] > 0
         if 0 < active.sum() < active.size:  # P(active) AUC: 1 - P(0 lesions) of each law against observed activity
             row |= {f"auc_{k}": float(roc_auc_score(active, 1.0 - np.asarray(p)[:, 0])) for k, p in laws.items()}
@@ -245,7 +248,7 @@ def main() -> None:
         res["location"]["observed_enlarging_share"] = float(np.mean(refs_a["enlarging"]))
         print(json.dumps(res["location"], indent=1), flush=True)
     if a.effects:
-        from bench.effects_references import effect_accuracy, model_log_rate_ratios, nb2_log_rate_ratios
+        from bench.effects_references import effect_accuracy, model_log_means, model_log_rate_ratios, nb2_log_rate_ratios, population_ratios
 
         last = len(visits) - 1
         ttab = feats_tr.assign(net2=[q.counts[last] for q in feats_tr["_arrays"]], followup_years=[q.years[last] for q in feats_tr["_arrays"]])
@@ -255,6 +258,9 @@ def main() -> None:
         preds_lrr |= {"nb2_baseline": nb2_log_rate_ratios(ttab, dtab, arms, BASELINE_FORMULA),
                       "nb2_arm_age": nb2_log_rate_ratios(ttab, dtab, arms, BASELINE_FORMULA + " + arm:age")}
         res["effects"] = effect_accuracy(preds_lrr, dv.root, arms[0])
+        res["population_ratios"] = {k: population_ratios(model_log_means(n, dev_p, arms, dv.patient_ids, zero=z).assign(mu=lambda x: np.exp(x["log_mu"])),
+                                                         dv.root, arms[0]) for k, (n, z) in nets.items()}
+        print(json.dumps(res["population_ratios"], indent=1), flush=True)
         print(json.dumps(res["effects"], indent=1), flush=True)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)

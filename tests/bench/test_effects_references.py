@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.effects_references import effect_accuracy, observable_log_rate_ratios
+from bench.effects_references import effect_accuracy, observable_log_rate_ratios, population_ratios
 from mseval.simulate.model import effect_multiplier
 
 
@@ -45,3 +45,16 @@ def test_observable_part_integrates_out_the_response(visits_cohort: Path, tmp_pa
     m_all = effect_multiplier(ages.loc[o0["patient_id"]].to_numpy(), float(cfg["modifier"]))
     rr = o0["arm"].map({a["arm"]: a["rate_ratio"] for a in cfg["arms"]}).to_numpy(float)
     assert np.allclose(o0["lrr"], m_all * np.log(rr))
+
+
+def test_population_ratios_of_the_truth_itself_are_one(visits_cohort: Path) -> None:
+    """A law whose expected counts are truth.csv's has law / same-patient truth = 1 for every active arm; its ratio to the
+    superpopulation target is near 1 (12 patients: within a factor 2); halving one arm's means halves that arm's ratio."""
+    truth = pd.read_csv(visits_cohort / "truth.csv").rename(columns={"expected_count": "mu"})[["patient_id", "arm", "mu"]]
+    out = population_ratios(truth, visits_cohort, "placebo")
+    assert set(out) == set(truth["arm"]) - {"placebo"}
+    for arm, r in out.items():
+        assert r["law_over_same"] == pytest.approx(1.0) and 0.5 < r["law_over_population"] < 2.0
+    arm = sorted(out)[0]
+    half = population_ratios(truth.assign(mu=np.where(truth["arm"] == arm, truth["mu"] / 2, truth["mu"])), visits_cohort, "placebo")
+    assert half[arm]["law_over_same"] == pytest.approx(0.5)
