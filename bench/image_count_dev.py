@@ -35,7 +35,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from forecast.data import split_patients
-from forecast.image_count import CENTRE_TRUNKS, COUNT_HEADS, COUNT_TRUNKS, ImageCountNet, collate, count_pmf, fit_image_count, logits_for
+from forecast.image_count import CENTRE_TRUNKS, COUNT_HEADS, COUNT_TERMS, COUNT_TRUNKS, ImageCountNet, collate, count_pmf, fit_image_count, logits_for
 from forecast.image_count_data import IMAGE_CHANNELS, MASK_CHANNELS, load_arrays, visit_horizons
 from mseval.io.cohort import read_cohort
 from mseval.lesions.baseline_features import baseline_features
@@ -101,6 +101,7 @@ def main() -> None:
                     help="per-patient log rate ratios at the last visit (each arm vs the first) against the truth (truth.csv rate_ratio), "
                          "beside the NB2 baseline and the NB2 with arm:age fitted on TRAIN's observed counts (bench/effects_references.py)")
     ap.add_argument("--count-head", default="mlp", choices=COUNT_HEADS, help="forecast.image_count.COUNT_HEADS")
+    ap.add_argument("--count-terms", default="linear", choices=COUNT_TERMS, help="the linear head's count-feature terms (forecast.image_count.COUNT_TERMS)")
     ap.add_argument("--centre-trunk", default="multiscale", choices=CENTRE_TRUNKS, help="the centre pathway's trunk (forecast.image_count.CENTRE_TRUNKS)")
     ap.add_argument("--count-trunk", default="conv", choices=COUNT_TRUNKS, help="the count pathway's detector maps (forecast.image_count.COUNT_TRUNKS)")
     ap.add_argument("--normalization", default="brain_z", choices=("brain_z", "n4_whitestripe"),
@@ -163,7 +164,7 @@ def main() -> None:
             net = ImageCountNet(**shipped[1].net)
         else:
             net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk, count_head=a.count_head,
-                                centre_trunk=a.centre_trunk)
+                                centre_trunk=a.centre_trunk, count_terms=a.count_terms)
         t0 = time.time()
         fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr, centres=not a.count_only,
                               progress=lambda e, n, v: print(f"  {name} epoch {e}/{n} val {v:.3f} ({time.time() - t0:.0f}s)", flush=True))

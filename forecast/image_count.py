@@ -113,21 +113,30 @@ class GatedDetectors(nn.Module):
 
 class LinearCountLaw(nn.Module):
     """(B, n_in) -> (B, n_intervals + 1): log rate of interval k = b_k + w . x (one slope vector for every interval, as
-    a log-linear NB2 regression with an interval-specific baseline rate) and one log dispersion, the last column."""
+    a log-linear NB2 regression with an interval-specific baseline rate) and the log dispersion, the last column: one
+    constant, or with `dispersion_index` a log-linear dispersion model a + v . x[:, dispersion_index] (as
+    `mseval.stats.nb2_dispersion_model`)."""
 
-    def __init__(self, n_in: int, n_intervals: int) -> None:
+    def __init__(self, n_in: int, n_intervals: int, dispersion_index: Sequence[int] | None = None) -> None:
         super().__init__()
         self.slope = nn.Linear(n_in, 1, bias=False)
         self.intercept = nn.Parameter(torch.zeros(n_intervals))
         self.log_alpha = nn.Parameter(torch.zeros(1))
+        self.register_buffer("dispersion_index", torch.as_tensor(list(dispersion_index or []), dtype=torch.long), persistent=False)
+        self.dispersion = nn.Linear(len(self.dispersion_index), 1, bias=False) if len(self.dispersion_index) else None
 
     def reset_parameters(self) -> None:
         self.slope.reset_parameters()
         nn.init.zeros_(self.intercept)
         nn.init.zeros_(self.log_alpha)
+        if self.dispersion is not None:
+            nn.init.zeros_(self.dispersion.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.slope(x) + self.intercept, self.log_alpha.expand(x.shape[0], 1)], 1)
+        log_alpha = self.log_alpha.expand(x.shape[0], 1)
+        if self.dispersion is not None:
+            log_alpha = log_alpha + self.dispersion(x[:, self.dispersion_index])
+        return torch.cat([self.slope(x) + self.intercept, log_alpha], 1)
 
 
 SUPPORT_MARGIN = 1.0
@@ -244,6 +253,15 @@ class MultiscaleFeatures(nn.Module):
         return torch.cat(maps, 1).contiguous(memory_format=torch.channels_last_3d)
 
 COUNT_HEADS = ("mlp", "linear")
+
+QUADRATIC_TERMS = (("gd_count", "gd_count"), ("t2_count", "t2_count"), ("gd_count", "t2_count"), ("gd_count", "age"), ("t2_count", "age"))
+"""The flexible count terms: products of standardised `FEATURES` (log1p counts; age)."""
+
+COUNT_TERMS = ("linear", "flexible")
+"""The linear count head's count-feature terms: linear (log Gd+, log T2 count, log T2 volume, age, arm, arm x age; one
+dispersion) or flexible (also the squares of the standardised log Gd+ and log T2 counts, their product, each of them
+times age, and a dispersion model over the arm and the two counts: the terms of
+`mseval.stats.baseline_nb2.FLEXIBLE_FORMULA` / `FLEXIBLE_DISPERSION` with a quadratic surface for the spline one)."""
 """The count law of the image summary, features and arm: mlp (two hidden layers: interactions, curvature) or linear
 (`LinearCountLaw`: an NB2 regression, as `mseval.stats.baseline_nb2` with the image summaries beside the count features
 and an arm:age term)."""
@@ -259,7 +277,7 @@ class ImageCountNet(nn.Module):
     def __init__(self, in_channels: int, n_arms: int, n_intervals: int = 3, *, hidden: int = 8, mlp: int = 32,
                  count_hidden: int = 8, count_trunk: str = "conv", count_head: str = "mlp", centre_trunk: str = "multiscale",
                  arm_age: bool | None = None, sigmas: Sequence[float | Sequence[float]] | None = None,
-                 margin: Sequence[int] | None = None) -> None:
+                 margin: Sequence[int] | None = None, count_terms: str = "linear") -> None:
         super().__init__()
         if centre_trunk not in CENTRE_TRUNKS:
             raise ValueError(f"centre_trunk must be one of {', '.join(CENTRE_TRUNKS)}, got {centre_trunk!r}")
@@ -267,12 +285,19 @@ class ImageCountNet(nn.Module):
             raise ValueError(f"count_trunk must be one of {', '.join(COUNT_TRUNKS)}, got {count_trunk!r}")
         if count_head not in COUNT_HEADS:
             raise ValueError(f"count_head must be one of {', '.join(COUNT_HEADS)}, got {count_head!r}")
+        if count_terms not in COUNT_TERMS:
+            raise ValueError(f"count_terms must be one of {', '.join(COUNT_TERMS)}, got {count_terms!r}")
+        if count_terms != "linear" and count_head != "linear":
+            raise ValueError(f"count_terms {count_terms!r} is the linear head's (an MLP forms its own terms)")
         self.n_arms = n_arms
         self.n_intervals = n_intervals
+        self.count_terms = count_terms
         with_arm_age = count_head == "linear" if arm_age is None else bool(arm_age)
         self.arguments = {"in_channels": in_channels, "n_arms": n_arms, "n_intervals": n_intervals, "hidden": hidden, "mlp": mlp,
                           "count_hidden": count_hidden, "count_trunk": count_trunk, "count_head": count_head, "centre_trunk": centre_trunk,
                           "arm_age": with_arm_age}
+        if count_terms != "linear":  # absent from older checkpoints' arguments: linear
+            self.arguments["count_terms"] = count_terms
         if (sigmas is not None or margin is not None) and centre_trunk != "multiscale":
             raise ValueError(f"sigmas and margin are the multiscale centre trunk's; the {centre_trunk!r} trunk has none")
         """The constructor's arguments: `ImageCountNet(**net.arguments)` rebuilds the architecture."""
@@ -297,8 +322,12 @@ class ImageCountNet(nn.Module):
         )
         # a log-linear law needs an arm x age term to let the effect vary by age (default: on for the linear head; an MLP forms its own)
         self.arm_age = with_arm_age
-        n_in = 2 * count_hidden + len(FEATURES) + n_arms * (2 if self.arm_age else 1)
-        self.count = LinearCountLaw(n_in, n_intervals) if count_head == "linear" else nn.Sequential(
+        n_in = 2 * count_hidden + len(FEATURES) + n_arms * (2 if self.arm_age else 1) + (len(QUADRATIC_TERMS) if count_terms == "flexible" else 0)
+        disp = None
+        if count_terms == "flexible":  # the dispersion model reads the arm (reference arm as baseline) and the two counts
+            f0 = 2 * count_hidden
+            disp = [f0 + FEATURES.index("gd_count"), f0 + FEATURES.index("t2_count")] + [f0 + len(FEATURES) + k for k in range(1, n_arms)]
+        self.count = LinearCountLaw(n_in, n_intervals, disp) if count_head == "linear" else nn.Sequential(
             nn.Linear(n_in, mlp), nn.SiLU(), nn.Linear(mlp, mlp), nn.SiLU(), nn.Linear(mlp, n_intervals + 1))
         self.to(memory_format=torch.channels_last_3d)
         self.register_buffer("tab_mean", torch.zeros(len(FEATURES)))
@@ -367,14 +396,17 @@ class ImageCountNet(nn.Module):
         return log_mu, log_alpha, logits
 
     def count_inputs(self, summary: torch.Tensor, tab: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
-        """(B, 2 * count_hidden + F + K [+ K]): the standardised image summary, standardised features, one-hot arm, and for
+        """(B, 2 * count_hidden + F + K [+ K] [+ Q]): the standardised image summary, standardised features, one-hot arm, for
         the linear head the one-hot arm times the standardised age (the arm:age effect modification of an NB2 SAP; an MLP
-        forms its own interactions)."""
+        forms its own interactions) and, with `count_terms="flexible"`, the products `QUADRATIC_TERMS` of the standardised
+        features."""
         z = (tab.float() - self.tab_mean) / self.tab_sd
         onehot = nn.functional.one_hot(arm.long(), self.n_arms).float()
         parts = [(summary - self.summary_mean) / self.summary_sd, z, onehot]
         if self.arm_age:
             parts.append(onehot * z[:, FEATURES.index("age"), None])
+        if self.count_terms == "flexible":
+            parts.append(torch.stack([z[:, FEATURES.index(a)] * z[:, FEATURES.index(b)] for a, b in QUADRATIC_TERMS], 1))
         return torch.cat(parts, 1)
 
     def count_law(self, inputs: torch.Tensor, years: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,7 +428,8 @@ class ImageCountNet(nn.Module):
 def describe(arguments: dict) -> str:
     """What a configuration of `ImageCountNet` is, in words (for the checkpoint's metadata and the commands' output)."""
     trunk = {"conv": "convolutional detector maps", "gated": "gated white-matter detector maps"}[arguments["count_trunk"]]
-    head = ("a log-linear NB2 regression (fitted by maximum likelihood each epoch" + (", with arm x age)" if arguments.get("arm_age") else ")")
+    terms = (", quadratic count terms and a dispersion model" if arguments.get("count_terms", "linear") == "flexible" else "")
+    head = ("a log-linear NB2 regression (fitted by maximum likelihood each epoch" + (", with arm x age" if arguments.get("arm_age") else "") + terms + ")"
             if arguments["count_head"] == "linear" else "an MLP")
     place = {"multiscale": "multiscale smoothed image features", "shallow": "a two-layer convolutional trunk"}[arguments["centre_trunk"]]
     return (f"NB2 count law per scheduled visit from {trunk}' brain shares, the baseline lesion counts, age and arm through {head}; "
@@ -709,5 +742,5 @@ def count_pmf(log_mu: np.ndarray, log_alpha: np.ndarray) -> np.ndarray:
     return nb2_law_pmf(np.exp(np.asarray(log_mu, float)), np.exp(np.asarray(log_alpha, float)))
 
 
-__all__ = ["CENTRE_TRUNKS", "COUNT_HEADS", "COUNT_TRUNKS", "FEATURES", "MULTISCALE_SIGMAS", "REFERENCE_VOXEL_MM", "multiscale_geometry", "GatedDetectors", "ImageCountFit", "ImageCountNet", "LinearCountLaw", "MultiscaleFeatures", "PatientArrays", "TrainingStateError", "collate", "count_pmf", "describe", "evaluate_loss",
+__all__ = ["CENTRE_TRUNKS", "COUNT_HEADS", "COUNT_TERMS", "COUNT_TRUNKS", "QUADRATIC_TERMS", "FEATURES", "MULTISCALE_SIGMAS", "REFERENCE_VOXEL_MM", "multiscale_geometry", "GatedDetectors", "ImageCountFit", "ImageCountNet", "LinearCountLaw", "MultiscaleFeatures", "PatientArrays", "TrainingStateError", "collate", "count_pmf", "describe", "evaluate_loss",
            "fit_image_count", "logits_for", "loss_terms", "tabular", "trajectory_logpmf"]

@@ -504,3 +504,43 @@ def test_linear_head_lets_the_arm_effect_vary_with_age(arrays) -> None:
         net.count.slope.weight[0, -len(arms):] = 0.0
     # the same up to float32 rounding of the log means (one arm has no training lesion here, so its ratio is far out)
     assert abs(lrr(25.0) - lrr(55.0)) < 1e-6 * max(1.0, abs(lrr(25.0)))
+
+
+def test_flexible_count_terms_reach_the_mean_and_the_dispersion(arrays) -> None:
+    """`count_terms="flexible"`: after the maximum-likelihood fit the quadratic count terms move the mean (zeroing their
+    weights changes it); the dispersion model's inputs are the arm and the counts (alpha differs between arms and with
+    the T2 count); the architecture
+    rebuilds from `arguments` (a checkpoint's) with the same forecast; the MLP head or an unknown name is refused, and the
+    default head's arguments are those of checkpoints written before the option existed."""
+    from forecast.image_count import QUADRATIC_TERMS
+
+    _, arms, ps = arrays
+    net = ImageCountNet(7, len(arms), hidden=4, count_hidden=3, count_trunk="gated", count_head="linear", arm_age=False, count_terms="flexible")
+    fit_image_count(net, ps[:14], ps[14:], epochs=0, batch=7, seed=3, centres=False)
+    b = collate(ps[:6])
+
+    def law(model: ImageCountNet, arm: torch.Tensor, tab: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            m, a, _ = model(b["cond"], b["brain"], b["tab"] if tab is None else tab, arm, b["years"], centres=False)
+        return m, a
+
+    with torch.no_grad():  # 14 training patients put the fitted dispersion on its floor; the wiring, at a set value
+        net.count.log_alpha.fill_(-1.0)
+        net.count.dispersion.weight.fill_(0.3)
+    m0, a0 = law(net, b["arm"])
+    assert float((law(net, torch.zeros_like(b["arm"]))[1] - law(net, torch.full_like(b["arm"], 1))[1]).abs().max()) > 1e-4
+    more = b["tab"].clone()
+    more[:, 1] *= 3.0  # three times the T2 lesions
+    assert float((law(net, b["arm"], more)[1] - a0).abs().max()) > 1e-4
+    twin = ImageCountNet(**net.arguments)
+    twin.load_state_dict(net.state_dict())
+    twin.eval()
+    assert torch.equal(law(twin, b["arm"])[0], m0)
+    with torch.no_grad():
+        net.count.slope.weight[0, -len(QUADRATIC_TERMS):] = 0.0
+    assert float((law(net, b["arm"])[0] - m0).abs().max()) > 1e-4
+    with pytest.raises(ValueError, match="linear head"):
+        ImageCountNet(7, len(arms), count_head="mlp", count_terms="flexible")
+    with pytest.raises(ValueError, match="count_terms must be one of"):
+        ImageCountNet(7, len(arms), count_head="linear", count_terms="spline")
+    assert "count_terms" not in ImageCountNet(7, len(arms), count_head="linear").arguments
