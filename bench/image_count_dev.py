@@ -1,7 +1,8 @@
-"""Development check of the image count model (`forecast.image_count`) against the references on the
-same patients: the count-feature NB2 baseline (fitted on the same training patients) and the
-observable oracle, with the image-ablated model (image channels zeroed, masks and tabular features
-kept; trained the same way). DEV trials only (never the pre-registered TEST trial of issue 21).
+"""The image count model (`forecast.image_count`) against the references on the same patients: the count-feature NB2
+baseline and the flexible count-feature baseline (fitted on the same training patients' observed counts), the
+observable oracle, and the image-ablated model (image channels zeroed, masks and tabular features kept; trained the
+same way). Development on DEV trials; with --checkpoint it is also the scorer that issue 21's pre-registered TEST
+protocol names for the count, location and effect criteria (bench/RESULTS_forecast.md, amendment 7).
 
     PYTHONPATH=. .venv/bin/python bench/image_count_dev.py --train /work/exp21/train --dev /work/exp21/dev --out /tmp/ic.json
     (--train A,B pools several training trials; --count-only trains and scores the count pathway alone)
@@ -41,7 +42,7 @@ from mseval.io.cohort import read_cohort
 from mseval.lesions.baseline_features import baseline_features
 from mseval.metrics.calibration import crps_pmf, pit_uniformity, randomized_pit_pmf
 from mseval.simulate.observable_oracle import cohort_observable_pmf
-from mseval.stats.baseline_nb2 import BASELINE_FORMULA, fit_nb2_baseline
+from mseval.stats.baseline_nb2 import BASELINE_FORMULA, fit_flexible_baseline, fit_nb2_baseline
 
 
 MASK_INPUT = len(IMAGE_CHANNELS)
@@ -203,7 +204,8 @@ def main() -> None:
         ttab = feats_tr.assign(net2=[q.counts[v] for q in feats_tr["_arrays"]], followup_years=[q.years[v] for q in feats_tr["_arrays"]]).drop(columns="_arrays")
         ttab = ttab[np.isfinite(ttab["net2"])]
         dtab = feats_dv.assign(followup_years=[p.years[v] for p in dev_p])
-        laws = {"nb2_baseline": fit_nb2_baseline(ttab, reference="placebo").pmf(dtab[ok])}
+        laws = {"nb2_baseline": fit_nb2_baseline(ttab, reference="placebo").pmf(dtab[ok]),
+                "flexible_baseline": fit_flexible_baseline(ttab).pmf(dtab[ok])}  # reference (v): the count features, flexibly
         for k, terms in extra_terms.items():
             laws[k] = fit_nb2_baseline(ttab, formula=BASELINE_FORMULA + terms, reference="placebo").pmf(dtab[ok])
         orc = cohort_observable_pmf(dv.root, dtab[ok].assign(gd_count=dtab.loc[ok, "gd_count"]))
@@ -219,13 +221,15 @@ def main() -> None:
         active = y[ok] > 0
         if 0 < active.sum() < active.size:  # P(active) AUC: 1 - P(0 lesions) of each law against observed activity
             row |= {f"auc_{k}": float(roc_auc_score(active, 1.0 - np.asarray(p)[:, 0])) for k, p in laws.items()}
-        for k in ("model", "no_images", "oracle", *extra_terms):
+        for k in ("model", "no_images", "oracle", "flexible_baseline", *extra_terms):
             if k in sc:
                 d = sc[k] - sc["nb2_baseline"]
                 row[f"{k}_minus_nb2"] = float(d.mean()); row[f"{k}_minus_nb2_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
         if "model" in sc and "no_images" in sc:
             d = sc["model"] - sc["no_images"]
             row["model_minus_no_images"] = float(d.mean()); row["model_minus_no_images_se"] = float(d.std(ddof=1) / np.sqrt(len(d)))
+        if "model" in sc and "oracle" in sc:  # the acceptance's share of the NB2-to-oracle gap closed
+            row["model_share_of_gap"] = float((sc["model"].mean() - sc["nb2_baseline"].mean()) / (sc["oracle"].mean() - sc["nb2_baseline"].mean()))
         rows.append(row)
         print(row, flush=True)
     res["count"] = rows
