@@ -19,6 +19,7 @@ def image_train(
     normalization: Annotated[str, typer.Option(help="brain_z or n4_whitestripe (forecast.preprocess).")] = "brain_z",
     count_trunk: Annotated[str, typer.Option("--count-trunk", help="conv or gated (forecast.image_count.COUNT_TRUNKS).")] = "conv",
     count_head: Annotated[str, typer.Option("--count-head", help="mlp or linear (forecast.image_count.COUNT_HEADS).")] = "mlp",
+    count_terms: Annotated[str, typer.Option("--count-terms", help="The linear head's count-feature terms: linear, or flexible (quadratic terms and a dispersion model; forecast.image_count.COUNT_TERMS).")] = "linear",
     centre_trunk: Annotated[str, typer.Option("--centre-trunk", help="multiscale or shallow (forecast.image_count.CENTRE_TRUNKS).")] = "multiscale",
     hidden: Annotated[int, typer.Option(help="Channels of the centre pathway's features.")] = 12,
     count_hidden: Annotated[int, typer.Option("--count-hidden", help="Detector maps of the count pathway.")] = 8,
@@ -28,7 +29,7 @@ def image_train(
 ) -> None:
     """Train the image count model (an NB2 count law per scheduled visit and an arm-specific lesion-centre intensity,
     both read from the baseline images) on a multi-visit cohort's observed outcomes; the truth is never read."""
-    from forecast.image_count import CENTRE_TRUNKS, COUNT_HEADS, COUNT_TRUNKS
+    from forecast.image_count import CENTRE_TRUNKS, COUNT_HEADS, COUNT_TERMS, COUNT_TRUNKS
     from forecast.image_count_pipeline import train_image_count
     from forecast.preprocess import NORMALIZATIONS
     from mseval.commands._checks import check_min, check_out_folder
@@ -42,9 +43,12 @@ def image_train(
     if not 0 < val_fraction < 1:
         raise InputError(None, "--val-fraction must lie strictly between 0 and 1", field="val_fraction")
     for option, value, allowed in (("--normalization", normalization, NORMALIZATIONS), ("--count-trunk", count_trunk, COUNT_TRUNKS),
-                                   ("--count-head", count_head, COUNT_HEADS), ("--centre-trunk", centre_trunk, CENTRE_TRUNKS)):
+                                   ("--count-head", count_head, COUNT_HEADS), ("--centre-trunk", centre_trunk, CENTRE_TRUNKS),
+                                   ("--count-terms", count_terms, COUNT_TERMS)):
         if value not in allowed:
             raise InputError(None, f"{option} {value!r}: choose one of {', '.join(allowed)}", field=option.lstrip("-").replace("-", "_"))
+    if count_terms != "linear" and count_head != "linear":
+        raise InputError(None, f"--count-terms {count_terms} is the linear head's; add --count-head linear (an MLP forms its own terms)", field="count_terms")
     if min_distance_mm is not None and not (math.isfinite(min_distance_mm) and min_distance_mm >= 0):
         raise InputError(None, f"--min-distance-mm must be a finite distance >= 0 (mm), got {min_distance_mm!r}", field="min_distance_mm")
     check_out_folder(out)
@@ -52,7 +56,8 @@ def image_train(
     with read_bar, fit_bar:
         meta = train_image_count(cohort, out, epochs=epochs, seed=seed, val_fraction=val_fraction, normalization=normalization,
                                  net_options={"hidden": hidden, "count_hidden": count_hidden, "count_trunk": count_trunk,
-                                              "count_head": count_head, "centre_trunk": centre_trunk}, workers=workers, cache=cache,
+                                              "count_head": count_head, "centre_trunk": centre_trunk}
+                                 | ({"count_terms": count_terms} if count_terms != "linear" else {}), workers=workers, cache=cache,
                                  min_distance_mm=min_distance_mm, progress=lambda stage, done, total: (read if stage == "read" else fit_epoch)(done, total))
     from forecast.image_count import describe
 

@@ -66,6 +66,8 @@ def test_bad_inputs_one_line_exit_2(cli, trained: Path, visits_cohort: Path, tin
         (("forecast", "image-laws", visits_cohort, tmp_path / "nothing", "--out", out), "not found"),
         (("forecast", "image-laws", visits_cohort, trained, "--out", out, "--reference-arm", "x"), "never seen"),
         (("forecast", "image-train", visits_cohort, "--out", tmp_path / "c", "--count-head", "gam"), "choose one of"),
+        (("forecast", "image-train", visits_cohort, "--out", tmp_path / "c", "--count-terms", "spline"), "choose one of"),
+        (("forecast", "image-train", visits_cohort, "--out", tmp_path / "c", "--count-terms", "flexible"), "--count-head linear"),
         (("forecast", "image-train", visits_cohort, "--out", tmp_path / "c", "--val-fraction", "1"), "strictly between"),
     ]
     for args, message in cases:
@@ -339,3 +341,20 @@ def test_an_interrupted_render_resumes_to_the_uninterrupted_result(sampled: Path
     for v in ("w24", "w48", "w96"):
         a, b = ForecastStore.open(tmp_path / "a" / v), ForecastStore.open(tmp_path / "b" / v)
         assert a.keys() == b.keys() and all(np.array_equal(a.block(*k).masks()[0], b.block(*k).masks()[0]) for k in a.keys())
+
+
+def test_flexible_count_terms_from_the_command_line(cli, visits_cohort: Path, tmp_path: Path) -> None:
+    """`--count-head linear --count-terms flexible` reaches the checkpoint (its architecture and its description) and the
+    law table, whose dispersion then comes from a model over the arm and the counts (one value per patient and arm)."""
+    from forecast.image_count_checkpoint import load_image_count
+
+    out = tmp_path / "flex"
+    r = cli("forecast", "image-train", visits_cohort, "--out", out, "--epochs", "1", "--hidden", "2", "--count-hidden", "2",
+            "--count-trunk", "gated", "--count-head", "linear", "--count-terms", "flexible", "--seed", "4", "--val-fraction", "0.5")
+    assert r.code == 0, r.err
+    assert "quadratic count terms and a dispersion model" in r.out
+    assert load_image_count(out)[1].net["count_terms"] == "flexible"
+    r = cli("forecast", "image-laws", visits_cohort, out, "--out", tmp_path / "laws.csv")
+    assert r.code == 0, r.err
+    t = pd.read_csv(tmp_path / "laws.csv")
+    assert t["dispersion"].nunique() > 1
