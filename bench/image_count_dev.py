@@ -167,7 +167,9 @@ def main() -> None:
             net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk, count_head=a.count_head,
                                 centre_trunk=a.centre_trunk, count_terms=a.count_terms)
         t0 = time.time()
-        fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr, centres=not a.count_only,
+        # a shipped checkpoint's twin is a count reference only: its count pathway is trained (the pathways share no
+        # parameter, so the centre loss never reaches it), its centre pathway is not
+        fit = fit_image_count(net, train_p, val_p, epochs=a.epochs, zero_channels=zero, seed=a.seed, lr=a.lr, centres=not a.count_only and shipped is None,
                               progress=lambda e, n, v: print(f"  {name} epoch {e}/{n} val {v:.3f} ({time.time() - t0:.0f}s)", flush=True))
         print(f"  {name}: count epoch {fit.best_count_epoch} ({fit.val_count_nll:.4f}), centre epoch {fit.best_centre_epoch} ({fit.val_centre_nll:.4f})", flush=True)
         res[f"fit_{name}"] = fit.to_dict() | {"seconds": time.time() - t0}
@@ -175,7 +177,7 @@ def main() -> None:
     visits = visit_horizons(dv)
     feats_tr = pd.concat(feat_tabs, ignore_index=True)
     feats_dv = baseline_features(dv, outcome=False)
-    preds = {k: predict(n, dev_p, z, centres=not a.count_only) for k, (n, z) in nets.items()}
+    preds = {k: predict(n, dev_p, z, centres=not a.count_only and (shipped is None or k == "model")) for k, (n, z) in nets.items()}
     extra_terms: dict[str, str] = {}
     if a.image_references:  # fixed image summaries as NB2 covariates (fitted on observed counts only)
         from bench.readable_oracle import tail_share
