@@ -101,7 +101,8 @@ def build_image(out: Path, work: Path, *, renderer: Path = SHIPPED_CHECKPOINT, t
                         progress=lambda d, n: _log(t0, f"rendered {d}/{n}") if d % 10 == 0 or d == n else None)
     tuning = select_render_threshold(val_dir, render_dir, grid or THRESHOLD_GRID)
     print(tuning.summary(), flush=True)
-    render = {"description": f"image count model {digest[:12]} (NB2 count law on learned image summaries + tabular features + arm; "
+    terms = " (quadratic terms, a dispersion model)" if meta.net.get("count_terms", "linear") == "flexible" else ""
+    render = {"description": f"image count model {digest[:12]} (NB2 count law on learned image summaries + tabular features{terms} + arm; "
                              f"arm-specific image centre intensity) + centre-conditioned diffusion shape decoder {decoder.id}",
               "renderer": decoder.id, "mask_threshold": tuning.chosen, "labels": labels, "steps": int(decoder.config.sample_steps),
               "trajectories_checkpoint": digest[:12],
