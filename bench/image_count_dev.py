@@ -112,13 +112,14 @@ def main() -> None:
     ap.add_argument("--mtr", action="store_true", help="add the cohorts' MTR map as an input channel (cohorts simulated with --mtr)")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    shipped = None
+    shipped = meta = None  # with --checkpoint: (net, metadata, digest) and the metadata
     if a.checkpoint:  # the recipe is the checkpoint's, not the command line's
         from forecast.image_count_checkpoint import load_image_count
 
         shipped = load_image_count(a.checkpoint)
-        a.epochs, a.seed = int(shipped[1].provenance["epochs"]), int(shipped[1].provenance["seed"])
-        a.normalization, a.count_only, a.mtr = shipped[1].normalization, False, False
+        meta = shipped[1]
+        a.epochs, a.seed = int(meta.provenance["epochs"]), int(meta.provenance["seed"])
+        a.normalization, a.count_only, a.mtr = meta.normalization, False, False
     trains, dv = [read_cohort(t) for t in a.train.split(",")], read_cohort(a.dev)
     inputs = IMAGE_CHANNELS + MASK_CHANNELS + (("mtr",) if a.mtr else ())
     arms = list(trains[0].arms["arm"])
@@ -129,8 +130,8 @@ def main() -> None:
         ids = tr.patient_ids[: a.limit] if a.limit else tr.patient_ids
         arm_of = tr.manifest.set_index("patient_id")["arm"]
         fit_ids, val_ids = split_patients(ids, [arm_of[i] for i in ids], 0.1, a.seed if shipped is not None else 0)
-        if shipped is not None and k == 0 and (sorted(val_ids) != sorted(shipped[1].provenance["validation"])
-                                               or sorted(fit_ids) != sorted(shipped[1].provenance["train"])):
+        if shipped is not None and k == 0 and (sorted(val_ids) != sorted(meta.provenance["validation"])
+                                               or sorted(fit_ids) != sorted(meta.provenance["train"])):
             raise SystemExit(f"{a.train}: not the split {a.checkpoint} trained on (its provenance's train/validation patients)")
         ck = cache if k == 0 else cache.with_name(f"{cache.stem}.{k}.pkl")
         if a.array_cache:
@@ -156,13 +157,13 @@ def main() -> None:
     variants = {"model": (), "no_images": tuple(j for j, c in enumerate(inputs) if c not in MASK_CHANNELS)}  # every image channel zeroed
     for name, zero in ((k, variants[k]) for k in a.variants.split(",")):
         if shipped is not None:
-            if list(shipped[1].inputs) != list(inputs) or list(shipped[1].arms) != arms:
-                raise SystemExit(f"{a.checkpoint}: inputs {shipped[1].inputs} / arms {shipped[1].arms} differ from the trial's")
+            if list(meta.inputs) != list(inputs) or list(meta.arms) != arms:
+                raise SystemExit(f"{a.checkpoint}: inputs {meta.inputs} / arms {meta.arms} differ from the trial's")
             if name == "model":
                 nets[name] = (shipped[0], zero)
-                res["fit_model"] = shipped[1].fit | {"checkpoint": shipped[2]}
+                res["fit_model"] = meta.fit | {"checkpoint": shipped[2]}
                 continue
-            net = ImageCountNet(**shipped[1].net)
+            net = ImageCountNet(**meta.net)
         else:
             net = ImageCountNet(C, len(arms), hidden=a.hidden, count_hidden=a.count_hidden, count_trunk=a.count_trunk, count_head=a.count_head,
                                 centre_trunk=a.centre_trunk, count_terms=a.count_terms)

@@ -253,6 +253,9 @@ class MultiscaleFeatures(nn.Module):
         return torch.cat(maps, 1).contiguous(memory_format=torch.channels_last_3d)
 
 COUNT_HEADS = ("mlp", "linear")
+"""The count law of the image summary, features and arm: mlp (two hidden layers: interactions, curvature) or linear
+(`LinearCountLaw`: an NB2 regression, as `mseval.stats.baseline_nb2` with the image summaries beside the count features
+and an arm:age term)."""
 
 QUADRATIC_TERMS = (("gd_count", "gd_count"), ("t2_count", "t2_count"), ("gd_count", "t2_count"), ("gd_count", "age"), ("t2_count", "age"))
 """The flexible count terms: products of standardised `FEATURES` (log1p counts; age)."""
@@ -262,9 +265,6 @@ COUNT_TERMS = ("linear", "flexible")
 dispersion) or flexible (also the squares of the standardised log Gd+ and log T2 counts, their product, each of them
 times age, and a dispersion model over the arm and the two counts: the terms of
 `mseval.stats.baseline_nb2.FLEXIBLE_FORMULA` / `FLEXIBLE_DISPERSION` with a quadratic surface for the spline one)."""
-"""The count law of the image summary, features and arm: mlp (two hidden layers: interactions, curvature) or linear
-(`LinearCountLaw`: an NB2 regression, as `mseval.stats.baseline_nb2` with the image summaries beside the count features
-and an arm:age term)."""
 
 
 class ImageCountNet(nn.Module):
